@@ -1,0 +1,14 @@
+//! # ocd-core
+//!
+//! The protocol heart of `ocd`, a peer-to-peer discovery daemon that re-implements and goes beyond
+//! OpenCloud's `oc-discovery`.
+//!
+//! * [`proto`] — pure, deterministic state machines (sans-IO): feed them [`proto::Input`]s with the
+//!   current [`proto::Timestamp`], drain [`proto::Output`]s, and wake them at
+//!   [`proto::Peer::poll_timeout`]. No clocks, sockets, threads or unseeded randomness live there.
+//!
+//! Runtimes (tokio + iroh, smol + quinn) and the deterministic simulator only move bytes, keep time
+//! and store things; every protocol decision is taken here.
+#![forbid(unsafe_code)]
+
+pub mod proto;

@@ -1,0 +1,1 @@
+//! Indexer-side abuse control. (Stub — being implemented.)

@@ -1,0 +1,585 @@
+//! Connections as the core sees them: the `Hello` exchange, send queues and the address book.
+//!
+//! The transport authenticates *who* a peer is (its key); this layer checks that the peer is a
+//! member of the private network, the way the seed's libp2p PSK did (DESIGN §3). On every new
+//! connection both sides send [`Hello`] with a fresh nonce; each answers the other's nonce with a
+//! [`HelloProof`], a BLAKE3 keyed MAC under the network key over both peer ids and both nonces.
+//! Until a peer's proof verifies, nothing else it sends is processed (at most a few messages are
+//! held in case they overtook the proof); a wrong proof, or no proof within `handshake_timeout`,
+//! closes the connection.
+//!
+//! Messages for a peer without a ready connection are queued (bounded by `max_queued_per_peer`)
+//! and a dial is requested using the address book, which sub-machines fill with
+//! [`Action::Learn`](super::Action::Learn). Connections nobody needs are closed after
+//! `idle_timeout`.
+
+use super::config::Config;
+use super::identity::{Addr, PeerAddr, PeerId};
+use super::rng::DetRng;
+use super::time::Timestamp;
+use super::wire::{Hello, HelloProof, Message};
+use super::{CloseReason, Event, Output};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+/// Messages from a not-yet-verified peer held while its proof may still arrive.
+const MAX_EARLY_INBOUND: usize = 16;
+/// Most peers remembered in the address book.
+const ADDRESS_BOOK_MAX: usize = 4096;
+/// How often connection deadlines are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Computes the `Hello` proof that `prover` knows `network_key`.
+pub fn hello_mac(
+    network_key: &[u8; 32],
+    prover: &PeerId,
+    verifier: &PeerId,
+    verifier_nonce: &[u8; 32],
+    prover_nonce: &[u8; 32],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(network_key);
+    h.update(b"ocd hello v1");
+    h.update(prover.as_bytes());
+    h.update(verifier.as_bytes());
+    h.update(verifier_nonce);
+    h.update(prover_nonce);
+    *h.finalize().as_bytes()
+}
+
+#[derive(Debug)]
+enum State {
+    /// A dial was requested; waiting for the transport.
+    Dialing,
+    /// Connected; the `Hello` exchange is running.
+    Handshaking,
+    /// The peer proved the network key.
+    Ready,
+}
+
+#[derive(Debug)]
+struct Link {
+    state: State,
+    since: Timestamp,
+    last_activity: Timestamp,
+    our_nonce: [u8; 32],
+    their_nonce: Option<[u8; 32]>,
+    addr: Option<Addr>,
+    outbound_queue: VecDeque<Message>,
+    early_inbound: VecDeque<Message>,
+}
+
+/// What the router must do after the connection layer looked at an incoming message.
+#[derive(Debug, PartialEq)]
+pub enum Inbound {
+    /// Process these messages from the peer (verified; may be several after a handshake ends).
+    Deliver(Vec<Message>),
+    /// Nothing to process (handshake traffic, or held until the proof arrives).
+    Nothing,
+    /// The connection was closed; requests to this peer have failed.
+    Closed,
+}
+
+/// The per-peer connection table of one [`Peer`](super::Peer).
+#[derive(Debug)]
+pub struct Connections {
+    me: PeerId,
+    network_key: [u8; 32],
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    max_queued: usize,
+    links: BTreeMap<PeerId, Link>,
+    book: BTreeMap<PeerId, (Vec<Addr>, u64)>,
+    book_clock: u64,
+    rng: DetRng,
+    next_sweep: Option<Timestamp>,
+}
+
+impl Connections {
+    /// A connection table for `me` in the network identified by `network_key`.
+    pub fn new(me: PeerId, network_key: [u8; 32], config: &Config, rng: DetRng) -> Self {
+        Connections {
+            me,
+            network_key,
+            handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
+            max_queued: config.max_queued_per_peer,
+            links: BTreeMap::new(),
+            book: BTreeMap::new(),
+            book_clock: 0,
+            rng,
+            next_sweep: None,
+        }
+    }
+
+    /// Whether `peer` has proved the network key on the current connection.
+    pub fn is_ready(&self, peer: &PeerId) -> bool {
+        matches!(
+            self.links.get(peer),
+            Some(Link {
+                state: State::Ready,
+                ..
+            })
+        )
+    }
+
+    /// Number of connections (any state).
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Whether there are no connections.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// The transport address `peer` connected from, if known.
+    pub fn remote_addr(&self, peer: &PeerId) -> Option<&Addr> {
+        self.links.get(peer).and_then(|l| l.addr.as_ref())
+    }
+
+    /// How to reach `peer`: its connection address and address-book entries.
+    pub fn peer_addr(&self, peer: &PeerId) -> PeerAddr {
+        let mut addrs: Vec<Addr> = Vec::new();
+        if let Some(a) = self.remote_addr(peer) {
+            addrs.push(a.clone());
+        }
+        if let Some((book, _)) = self.book.get(peer) {
+            for a in book {
+                if !addrs.contains(a) && addrs.len() < PeerAddr::MAX_ADDRS {
+                    addrs.push(a.clone());
+                }
+            }
+        }
+        PeerAddr { id: *peer, addrs }
+    }
+
+    /// Remembers addresses for a peer (bounded; the least recently learned entry goes first).
+    pub fn learn(&mut self, pa: PeerAddr) {
+        if pa.id == self.me {
+            return;
+        }
+        self.book_clock += 1;
+        let clock = self.book_clock;
+        let mut addrs = pa.addrs;
+        addrs.truncate(PeerAddr::MAX_ADDRS);
+        match self.book.get_mut(&pa.id) {
+            Some(entry) => {
+                if !addrs.is_empty() {
+                    entry.0 = addrs;
+                }
+                entry.1 = clock;
+            }
+            None => {
+                if self.book.len() >= ADDRESS_BOOK_MAX
+                    && let Some(oldest) = self
+                        .book
+                        .iter()
+                        .min_by_key(|(_, (_, c))| *c)
+                        .map(|(k, _)| *k)
+                {
+                    self.book.remove(&oldest);
+                }
+                self.book.insert(pa.id, (addrs, clock));
+            }
+        }
+    }
+
+    /// Sends `message` to `to`, dialling and queueing as needed. Returns `false` if the message
+    /// was dropped (queue full, or sending to ourselves); the caller should fail its request.
+    pub fn send(
+        &mut self,
+        to: PeerId,
+        message: Message,
+        now: Timestamp,
+        out: &mut VecDeque<Output>,
+    ) -> bool {
+        if to == self.me {
+            return false;
+        }
+        match self.links.get_mut(&to) {
+            Some(link) => match link.state {
+                State::Ready => {
+                    link.last_activity = now;
+                    out.push_back(Output::Send { to, message });
+                    true
+                }
+                State::Dialing | State::Handshaking => {
+                    if link.outbound_queue.len() >= self.max_queued {
+                        return false;
+                    }
+                    link.outbound_queue.push_back(message);
+                    true
+                }
+            },
+            None => {
+                let mut q = VecDeque::new();
+                q.push_back(message);
+                let link = Link {
+                    state: State::Dialing,
+                    since: now,
+                    last_activity: now,
+                    our_nonce: [0; 32],
+                    their_nonce: None,
+                    addr: None,
+                    outbound_queue: q,
+                    early_inbound: VecDeque::new(),
+                };
+                self.links.insert(to, link);
+                out.push_back(Output::Connect {
+                    peer: self.peer_addr(&to),
+                });
+                self.arm_sweep(now);
+                true
+            }
+        }
+    }
+
+    /// A transport connection is up: start the `Hello` exchange.
+    pub fn on_up(
+        &mut self,
+        peer: PeerId,
+        addr: Option<Addr>,
+        now: Timestamp,
+        out: &mut VecDeque<Output>,
+    ) {
+        let mut nonce = [0u8; 32];
+        self.rng.fill(&mut nonce);
+        let link = self.links.entry(peer).or_insert_with(|| Link {
+            state: State::Dialing,
+            since: now,
+            last_activity: now,
+            our_nonce: [0; 32],
+            their_nonce: None,
+            addr: None,
+            outbound_queue: VecDeque::new(),
+            early_inbound: VecDeque::new(),
+        });
+        // A new transport connection replaces whatever we had: handshake again on it.
+        link.state = State::Handshaking;
+        link.since = now;
+        link.last_activity = now;
+        link.our_nonce = nonce;
+        link.their_nonce = None;
+        link.early_inbound.clear();
+        if addr.is_some() {
+            link.addr = addr;
+        }
+        out.push_back(Output::Send {
+            to: peer,
+            message: Message::Hello(Hello { nonce }),
+        });
+        self.arm_sweep(now);
+    }
+
+    /// The connection is gone (or could not be made). Returns how many queued messages were lost.
+    pub fn on_down(&mut self, peer: &PeerId) -> usize {
+        self.links
+            .remove(peer)
+            .map(|l| l.outbound_queue.len())
+            .unwrap_or(0)
+    }
+
+    /// Looks at a message from `from` before the router processes it.
+    pub fn on_message(
+        &mut self,
+        from: PeerId,
+        message: Message,
+        now: Timestamp,
+        out: &mut VecDeque<Output>,
+    ) -> Inbound {
+        let Some(link) = self.links.get_mut(&from) else {
+            // A message without a connection the transport told us about: refuse to process it.
+            out.push_back(Output::Close {
+                peer: from,
+                reason: CloseReason::ProtocolViolation,
+            });
+            return Inbound::Closed;
+        };
+        link.last_activity = now;
+        match message {
+            Message::Hello(Hello { nonce }) => {
+                if matches!(link.state, State::Dialing) || link.their_nonce.is_some() {
+                    // A second Hello on one connection, or one before the transport said "up".
+                    return self.fail(from, CloseReason::ProtocolViolation, out);
+                }
+                link.their_nonce = Some(nonce);
+                let mac = hello_mac(&self.network_key, &self.me, &from, &nonce, &link.our_nonce);
+                // The proof must go out even though the peer is not verified yet.
+                out.push_back(Output::Send {
+                    to: from,
+                    message: Message::HelloProof(HelloProof { mac }),
+                });
+                Inbound::Nothing
+            }
+            Message::HelloProof(HelloProof { mac }) => {
+                let Some(their_nonce) = link.their_nonce else {
+                    return self.fail(from, CloseReason::ProtocolViolation, out);
+                };
+                if !matches!(link.state, State::Handshaking) {
+                    return self.fail(from, CloseReason::ProtocolViolation, out);
+                }
+                let expected = hello_mac(
+                    &self.network_key,
+                    &from,
+                    &self.me,
+                    &link.our_nonce,
+                    &their_nonce,
+                );
+                if !constant_time_eq(&expected, &mac) {
+                    return self.fail(from, CloseReason::HandshakeFailed, out);
+                }
+                link.state = State::Ready;
+                for m in link.outbound_queue.drain(..) {
+                    out.push_back(Output::Send {
+                        to: from,
+                        message: m,
+                    });
+                }
+                let early: Vec<Message> = link.early_inbound.drain(..).collect();
+                out.push_back(Output::Event(Event::PeerAuthenticated { peer: from }));
+                if early.is_empty() {
+                    Inbound::Nothing
+                } else {
+                    Inbound::Deliver(early)
+                }
+            }
+            other => match link.state {
+                State::Ready => Inbound::Deliver(vec![other]),
+                State::Handshaking if link.early_inbound.len() < MAX_EARLY_INBOUND => {
+                    link.early_inbound.push_back(other);
+                    Inbound::Nothing
+                }
+                _ => self.fail(from, CloseReason::ProtocolViolation, out),
+            },
+        }
+    }
+
+    fn fail(&mut self, peer: PeerId, reason: CloseReason, out: &mut VecDeque<Output>) -> Inbound {
+        self.links.remove(&peer);
+        out.push_back(Output::Close { peer, reason });
+        if matches!(
+            reason,
+            CloseReason::HandshakeFailed | CloseReason::HandshakeTimeout
+        ) {
+            out.push_back(Output::Event(Event::HandshakeFailed { peer, reason }));
+        }
+        Inbound::Closed
+    }
+
+    /// Closes the connection to `peer` (if any). Returns whether there was one.
+    pub fn close(&mut self, peer: PeerId, reason: CloseReason, out: &mut VecDeque<Output>) -> bool {
+        if self.links.remove(&peer).is_some() {
+            out.push_back(Output::Close { peer, reason });
+            true
+        } else {
+            false
+        }
+    }
+
+    /// All peers with a connection in any state.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
+        self.links.keys()
+    }
+
+    fn arm_sweep(&mut self, now: Timestamp) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
+    }
+
+    /// The next time [`Connections::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.next_sweep
+    }
+
+    /// Enforces handshake and idle timeouts. `keep(peer)` says whether an idle connection is still
+    /// needed (pool member, open session). Returns the peers whose connection was dropped with
+    /// messages still queued, so their requests can fail.
+    pub fn handle_timeout(
+        &mut self,
+        now: Timestamp,
+        keep: impl Fn(&PeerId) -> bool,
+        out: &mut VecDeque<Output>,
+    ) -> Vec<PeerId> {
+        let Some(at) = self.next_sweep else {
+            return Vec::new();
+        };
+        if now < at {
+            return Vec::new();
+        }
+        let mut dropped = Vec::new();
+        let mut to_close = Vec::new();
+        for (peer, link) in &self.links {
+            match link.state {
+                State::Dialing | State::Handshaking => {
+                    if now.since(link.since) >= self.handshake_timeout {
+                        to_close.push((*peer, CloseReason::HandshakeTimeout));
+                    }
+                }
+                State::Ready => {
+                    if now.since(link.last_activity) >= self.idle_timeout && !keep(peer) {
+                        to_close.push((*peer, CloseReason::Idle));
+                    }
+                }
+            }
+        }
+        for (peer, reason) in to_close {
+            if let Some(link) = self.links.remove(&peer) {
+                if !link.outbound_queue.is_empty() || !matches!(link.state, State::Ready) {
+                    dropped.push(peer);
+                }
+                out.push_back(Output::Close { peer, reason });
+                if reason == CloseReason::HandshakeTimeout && !matches!(link.state, State::Dialing)
+                {
+                    out.push_back(Output::Event(Event::HandshakeFailed { peer, reason }));
+                }
+            }
+        }
+        self.next_sweep = if self.links.is_empty() {
+            None
+        } else {
+            Some(now + SWEEP_EVERY)
+        };
+        dropped
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b.iter()) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::identity::Keypair;
+    use crate::proto::wire::RequestId;
+
+    fn pair(key_a: [u8; 32], key_b: [u8; 32]) -> (PeerId, Connections, PeerId, Connections) {
+        let a = Keypair::derive(1, "a").peer_id();
+        let b = Keypair::derive(1, "b").peer_id();
+        let c = Config::default();
+        (
+            a,
+            Connections::new(a, key_a, &c, DetRng::new(1, "a")),
+            b,
+            Connections::new(b, key_b, &c, DetRng::new(1, "b")),
+        )
+    }
+
+    /// Moves every `Send` in `out` addressed to `to` into `to`'s table; returns deliveries.
+    fn pump(
+        from: PeerId,
+        out: &mut VecDeque<Output>,
+        to: PeerId,
+        conns: &mut Connections,
+        back: &mut VecDeque<Output>,
+    ) -> Vec<Inbound> {
+        let mut res = Vec::new();
+        while let Some(o) = out.pop_front() {
+            if let Output::Send { to: t, message } = o {
+                assert_eq!(t, to);
+                res.push(conns.on_message(from, message, Timestamp(10), back));
+            }
+        }
+        res
+    }
+
+    fn handshake(
+        key_b: [u8; 32],
+    ) -> (
+        Vec<Inbound>,
+        Vec<Inbound>,
+        VecDeque<Output>,
+        VecDeque<Output>,
+        Connections,
+        Connections,
+        PeerId,
+        PeerId,
+    ) {
+        let (a, mut ca, b, mut cb) = pair([1; 32], key_b);
+        let (mut oa, mut ob) = (VecDeque::new(), VecDeque::new());
+        assert!(ca.send(b, Message::Leave, Timestamp(0), &mut oa));
+        assert!(matches!(oa.pop_front(), Some(Output::Connect { .. })));
+        ca.on_up(b, None, Timestamp(1), &mut oa);
+        cb.on_up(a, None, Timestamp(1), &mut ob);
+        // Hellos cross, then proofs cross.
+        let mut ra = pump(a, &mut oa, b, &mut cb, &mut ob);
+        let mut rb = pump(b, &mut ob, a, &mut ca, &mut oa);
+        ra.extend(pump(a, &mut oa, b, &mut cb, &mut ob));
+        rb.extend(pump(b, &mut ob, a, &mut ca, &mut oa));
+        (ra, rb, oa, ob, ca, cb, a, b)
+    }
+
+    #[test]
+    fn hello_exchange_with_the_same_key_authenticates_and_flushes_queue() {
+        let (ra, _rb, _oa, _ob, ca, cb, a, b) = handshake([1; 32]);
+        assert!(ca.is_ready(&b) && cb.is_ready(&a));
+        // The queued Leave reached b after the handshake.
+        assert!(
+            ra.contains(&Inbound::Deliver(vec![Message::Leave])),
+            "{ra:?}"
+        );
+    }
+
+    #[test]
+    fn peer_with_the_wrong_network_key_is_closed_and_gets_nothing_processed() {
+        let (ra, rb, _oa, _ob, ca, cb, a, b) = handshake([2; 32]);
+        assert!(!ca.is_ready(&b));
+        assert!(!cb.is_ready(&a));
+        assert!(
+            ra.iter()
+                .chain(rb.iter())
+                .all(|i| !matches!(i, Inbound::Deliver(_)))
+        );
+        assert!(ra.contains(&Inbound::Closed) || rb.contains(&Inbound::Closed));
+    }
+
+    #[test]
+    fn application_message_before_handshake_is_not_delivered() {
+        let (a, mut ca, b, _cb) = pair([1; 32], [1; 32]);
+        let mut o = VecDeque::new();
+        ca.on_up(b, None, Timestamp(0), &mut o);
+        let r = ca.on_message(
+            b,
+            Message::WitnessQuery(crate::proto::wire::WitnessQuery {
+                req: RequestId(1),
+                indexer: a,
+            }),
+            Timestamp(1),
+            &mut o,
+        );
+        assert_eq!(r, Inbound::Nothing);
+        assert!(!ca.is_ready(&b));
+        // A message from a peer with no connection at all closes it.
+        let stranger = Keypair::derive(9, "s").peer_id();
+        assert_eq!(
+            ca.on_message(stranger, Message::Leave, Timestamp(1), &mut o),
+            Inbound::Closed
+        );
+    }
+
+    #[test]
+    fn handshake_that_never_completes_times_out() {
+        let (_a, mut ca, b, _cb) = pair([1; 32], [1; 32]);
+        let mut o = VecDeque::new();
+        ca.on_up(b, None, Timestamp(0), &mut o);
+        let limit = Timestamp(0) + Config::default().handshake_timeout + SWEEP_EVERY;
+        while let Some(now) = ca.poll_timeout() {
+            assert!(now <= limit, "handshake still pending after its timeout");
+            ca.handle_timeout(now, |_| true, &mut o);
+        }
+        assert!(!ca.is_ready(&b));
+        assert_eq!(ca.len(), 0);
+        assert!(o.iter().any(|x| matches!(
+            x,
+            Output::Close {
+                reason: CloseReason::HandshakeTimeout,
+                ..
+            }
+        )));
+    }
+}

@@ -1,0 +1,320 @@
+//! Who a peer is: an ed25519 key, its public half as [`PeerId`], and an application-level [`Did`].
+//!
+//! The same key is the transport identity (iroh's node id, or the key inside quinn's self-signed
+//! certificate), so the peer id of every received message is authenticated by the transport and
+//! nothing in the protocol trusts a self-declared id (seed bug B11).
+
+use ed25519_dalek::{Signer, Verifier};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Errors when parsing or checking identities.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    /// Not 64 lowercase or uppercase hex characters.
+    #[error("peer id must be 64 hex characters")]
+    BadPeerIdEncoding,
+    /// Not a valid ed25519 public key.
+    #[error("peer id is not a valid ed25519 public key")]
+    BadPublicKey,
+    /// A signature did not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// A DID that is empty, too long, or has control characters.
+    #[error("invalid DID")]
+    BadDid,
+    /// A peer address without a `@` separating id and transport addresses.
+    #[error("peer address must look like <peer-id>@<addr>[,<addr>…]")]
+    BadPeerAddr,
+}
+
+/// A peer's identity: its 32-byte ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerId(pub [u8; 32]);
+
+impl PeerId {
+    /// The raw public-key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A short printable form (first 10 hex characters) for logs and tables.
+    pub fn short(&self) -> ShortId {
+        ShortId(*self)
+    }
+
+    /// Verifies `sig` over `msg` with this key.
+    pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), IdentityError> {
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .map_err(|_| IdentityError::BadPublicKey)?;
+        let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+        vk.verify(msg, &sig)
+            .map_err(|_| IdentityError::BadSignature)
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&data_encoding::HEXLOWER.encode(&self.0))
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({})", self.short())
+    }
+}
+
+impl FromStr for PeerId {
+    type Err = IdentityError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(s.trim().as_bytes())
+            .map_err(|_| IdentityError::BadPeerIdEncoding)?;
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| IdentityError::BadPeerIdEncoding)?;
+        Ok(PeerId(arr))
+    }
+}
+
+/// Display adapter printing the first 10 hex characters of a [`PeerId`].
+#[derive(Clone, Copy)]
+pub struct ShortId(PeerId);
+
+impl fmt::Display for ShortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&data_encoding::HEXLOWER.encode(&self.0.0[..5]))
+    }
+}
+
+/// An ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature(#[serde(with = "sig_bytes")] pub [u8; 64]);
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Signature({}…)",
+            data_encoding::HEXLOWER.encode(&self.0[..6])
+        )
+    }
+}
+
+mod sig_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let v: &[u8] = <&[u8]>::deserialize(d)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
+    }
+}
+
+/// A daemon's ed25519 key pair.
+#[derive(Clone)]
+pub struct Keypair {
+    secret: ed25519_dalek::SigningKey,
+    public: PeerId,
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keypair({})", self.public.short())
+    }
+}
+
+impl Keypair {
+    /// Builds a key pair from 32 secret bytes (from a key file, or derived by the simulator).
+    pub fn from_secret_bytes(secret: [u8; 32]) -> Self {
+        let secret = ed25519_dalek::SigningKey::from_bytes(&secret);
+        let public = PeerId(secret.verifying_key().to_bytes());
+        Keypair { secret, public }
+    }
+
+    /// Derives a key deterministically from a seed and a label (simulator and tests only: the
+    /// daemon draws its secret from the operating system).
+    pub fn derive(seed: u64, label: &str) -> Self {
+        let mut h = blake3::Hasher::new_derive_key("ocd-core Keypair::derive v1");
+        h.update(&seed.to_le_bytes());
+        h.update(label.as_bytes());
+        Self::from_secret_bytes(*h.finalize().as_bytes())
+    }
+
+    /// The 32 secret bytes (to store in a key file with mode 0600).
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.secret.to_bytes()
+    }
+
+    /// This key's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.public
+    }
+
+    /// Signs `msg`.
+    pub fn sign(&self, msg: &[u8]) -> Signature {
+        Signature(self.secret.sign(msg).to_bytes())
+    }
+}
+
+/// Application-level identifier of a daemon (a UUID by default), chosen at first start and kept.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Did(String);
+
+impl Did {
+    /// Longest accepted DID, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Validates and wraps a DID string.
+    pub fn new(s: impl Into<String>) -> Result<Self, IdentityError> {
+        let s = s.into();
+        if s.is_empty() || s.len() > Self::MAX_LEN || s.chars().any(|c| c.is_control()) {
+            return Err(IdentityError::BadDid);
+        }
+        Ok(Did(s))
+    }
+
+    /// Derives a UUID-shaped DID from random bytes (the host supplies them).
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        let mut b = bytes;
+        b[6] = (b[6] & 0x0f) | 0x40; // version 4
+        b[8] = (b[8] & 0x3f) | 0x80; // variant 1
+        let h = data_encoding::HEXLOWER.encode(&b);
+        Did(format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        ))
+    }
+
+    /// The DID as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Did {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Did {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Did({})", self.0)
+    }
+}
+
+/// A transport address, opaque to the core (`"127.0.0.1:4001"` for the daemons; empty in the
+/// simulator, which routes by peer id).
+pub type Addr = String;
+
+/// A peer id with the transport addresses it can be reached at.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddr {
+    /// Who.
+    pub id: PeerId,
+    /// Where (may be empty when the transport can find the peer by id alone).
+    pub addrs: Vec<Addr>,
+}
+
+impl PeerAddr {
+    /// Most addresses kept per peer; extra ones are dropped on decode and on learning.
+    pub const MAX_ADDRS: usize = 8;
+
+    /// A peer address with no transport address (simulator, or id-routed transports).
+    pub fn id_only(id: PeerId) -> Self {
+        PeerAddr {
+            id,
+            addrs: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id.short(), self.addrs.join(","))
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.addrs.join(","))
+    }
+}
+
+impl FromStr for PeerAddr {
+    type Err = IdentityError;
+    /// Parses `<peer-id>@<addr>[,<addr>…]` or a bare `<peer-id>`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (id, rest) = match s.split_once('@') {
+            Some((id, rest)) => (id, rest),
+            None => (s, ""),
+        };
+        let id = PeerId::from_str(id)?;
+        let addrs: Vec<Addr> = rest
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .take(Self::MAX_ADDRS)
+            .map(String::from)
+            .collect();
+        Ok(PeerAddr { id, addrs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_id_round_trips_through_text() {
+        let k = Keypair::derive(1, "a");
+        let s = k.peer_id().to_string();
+        assert_eq!(s.len(), 64);
+        assert_eq!(PeerId::from_str(&s), Ok(k.peer_id()));
+        assert!(PeerId::from_str("zz").is_err());
+    }
+
+    #[test]
+    fn signatures_verify_only_for_the_signed_bytes_and_key() {
+        let k = Keypair::derive(1, "a");
+        let other = Keypair::derive(1, "b");
+        let sig = k.sign(b"hello");
+        assert!(k.peer_id().verify(b"hello", &sig).is_ok());
+        assert_eq!(
+            k.peer_id().verify(b"hellO", &sig),
+            Err(IdentityError::BadSignature)
+        );
+        assert!(other.peer_id().verify(b"hello", &sig).is_err());
+    }
+
+    #[test]
+    fn peer_addr_parses_id_and_addresses() {
+        let k = Keypair::derive(3, "x");
+        let pa: PeerAddr = format!("{}@127.0.0.1:4001, 127.0.0.1:4002", k.peer_id())
+            .parse()
+            .unwrap();
+        assert_eq!(pa.id, k.peer_id());
+        assert_eq!(
+            pa.addrs,
+            vec!["127.0.0.1:4001".to_string(), "127.0.0.1:4002".to_string()]
+        );
+    }
+
+    #[test]
+    fn did_from_random_is_uuid_shaped() {
+        let d = Did::from_random([7; 16]);
+        assert_eq!(d.as_str().len(), 36);
+        assert!(Did::new("").is_err());
+        assert!(Did::new("a\nb").is_err());
+    }
+}

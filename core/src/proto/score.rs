@@ -1,0 +1,1 @@
+//! Node-side indexer scoring. (Stub — being implemented.)

@@ -1,0 +1,1 @@
+//! Deterministic simulator of many `ocd-core` peers. (Being implemented.)

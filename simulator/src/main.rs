@@ -1,0 +1,2 @@
+//! `ocd-sim`: runs simulator scenarios.
+fn main() {}
