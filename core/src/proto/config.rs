@@ -226,18 +226,10 @@ impl Config {
             return bad("heartbeat_interval", "must be positive");
         }
         if self.response_timeout.is_zero() || self.response_timeout >= self.heartbeat_interval {
-            return bad(
-                "response_timeout",
-                "must be positive and shorter than heartbeat_interval",
-            );
+            return bad("response_timeout", "must be positive and shorter than heartbeat_interval");
         }
-        if self.challenge_spacing_min == 0
-            || self.challenge_spacing_min > self.challenge_spacing_max
-        {
-            return bad(
-                "challenge_spacing_min",
-                "must be in 1..=challenge_spacing_max",
-            );
+        if self.challenge_spacing_min == 0 || self.challenge_spacing_min > self.challenge_spacing_max {
+            return bad("challenge_spacing_min", "must be in 1..=challenge_spacing_max");
         }
         if self.did_challenge_every == 0 {
             return bad("did_challenge_every", "must be at least 1");
@@ -253,21 +245,14 @@ impl Config {
         }
         // An honest node heartbeats each indexer once per interval and may add one probe and one
         // immediate heartbeat; that must fit the indexer's per-window limit.
-        let per_window =
-            self.behaviour_window.as_millis() / self.heartbeat_interval.as_millis().max(1);
+        let per_window = self.behaviour_window.as_millis() / self.heartbeat_interval.as_millis().max(1);
         if per_window as usize + 2 > self.max_hb_per_minute {
-            return bad(
-                "max_hb_per_minute",
-                "too low for heartbeat_interval: honest nodes would be struck",
-            );
+            return bad("max_hb_per_minute", "too low for heartbeat_interval: honest nodes would be struck");
         }
         if self.strike_threshold == 0 {
             return bad("strike_threshold", "must be at least 1");
         }
-        if self.behaviour_table_max == 0
-            || self.indexer_cache_max == 0
-            || self.max_queued_per_peer == 0
-        {
+        if self.behaviour_table_max == 0 || self.indexer_cache_max == 0 || self.max_queued_per_peer == 0 {
             return bad("behaviour_table_max", "table sizes must be at least 1");
         }
         if self.gc_interval.is_zero() || self.session_expiry.is_zero() {
@@ -276,12 +261,8 @@ impl Config {
         if !(0.0..=1.0).contains(&self.offload_threshold) {
             return bad("offload_threshold", "must be within 0..=1");
         }
-        if self.seed_backoff_initial.is_zero() || self.seed_backoff_initial > self.seed_backoff_max
-        {
-            return bad(
-                "seed_backoff_initial",
-                "must be positive and at most seed_backoff_max",
-            );
+        if self.seed_backoff_initial.is_zero() || self.seed_backoff_initial > self.seed_backoff_max {
+            return bad("seed_backoff_initial", "must be positive and at most seed_backoff_max");
         }
         if self.min_score_start > self.min_score_end {
             return bad("min_score_start", "must not exceed min_score_end");
@@ -331,9 +312,7 @@ mod tests {
 
     #[test]
     fn config_parses_from_toml_with_durations_and_rejects_unknown_keys() {
-        let c: Config =
-            toml::from_str("max_nodes = 50\nheartbeat_interval = \"10s\"\nmax_hb_per_minute = 8")
-                .unwrap();
+        let c: Config = toml::from_str("max_nodes = 50\nheartbeat_interval = \"10s\"\nmax_hb_per_minute = 8").unwrap();
         assert_eq!(c.max_nodes, 50);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
         c.validate().unwrap();
@@ -342,15 +321,9 @@ mod tests {
 
     #[test]
     fn validate_rejects_limits_that_would_ban_honest_nodes() {
-        let c = Config {
-            max_hb_per_minute: 3,
-            ..Config::default()
-        };
+        let c = Config { max_hb_per_minute: 3, ..Config::default() };
         assert!(c.validate().is_err());
-        let c = Config {
-            min_indexers: 6,
-            ..Config::default()
-        };
+        let c = Config { min_indexers: 6, ..Config::default() };
         assert!(c.validate().is_err());
     }
 }

@@ -113,13 +113,7 @@ impl Connections {
 
     /// Whether `peer` has proved the network key on the current connection.
     pub fn is_ready(&self, peer: &PeerId) -> bool {
-        matches!(
-            self.links.get(peer),
-            Some(Link {
-                state: State::Ready,
-                ..
-            })
-        )
+        matches!(self.links.get(peer), Some(Link { state: State::Ready, .. }))
     }
 
     /// Number of connections (any state).
@@ -171,11 +165,7 @@ impl Connections {
             }
             None => {
                 if self.book.len() >= ADDRESS_BOOK_MAX
-                    && let Some(oldest) = self
-                        .book
-                        .iter()
-                        .min_by_key(|(_, (_, c))| *c)
-                        .map(|(k, _)| *k)
+                    && let Some(oldest) = self.book.iter().min_by_key(|(_, (_, c))| *c).map(|(k, _)| *k)
                 {
                     self.book.remove(&oldest);
                 }
@@ -186,13 +176,7 @@ impl Connections {
 
     /// Sends `message` to `to`, dialling and queueing as needed. Returns `false` if the message
     /// was dropped (queue full, or sending to ourselves); the caller should fail its request.
-    pub fn send(
-        &mut self,
-        to: PeerId,
-        message: Message,
-        now: Timestamp,
-        out: &mut VecDeque<Output>,
-    ) -> bool {
+    pub fn send(&mut self, to: PeerId, message: Message, now: Timestamp, out: &mut VecDeque<Output>) -> bool {
         if to == self.me {
             return false;
         }
@@ -225,9 +209,7 @@ impl Connections {
                     early_inbound: VecDeque::new(),
                 };
                 self.links.insert(to, link);
-                out.push_back(Output::Connect {
-                    peer: self.peer_addr(&to),
-                });
+                out.push_back(Output::Connect { peer: self.peer_addr(&to) });
                 self.arm_sweep(now);
                 true
             }
@@ -235,13 +217,7 @@ impl Connections {
     }
 
     /// A transport connection is up: start the `Hello` exchange.
-    pub fn on_up(
-        &mut self,
-        peer: PeerId,
-        addr: Option<Addr>,
-        now: Timestamp,
-        out: &mut VecDeque<Output>,
-    ) {
+    pub fn on_up(&mut self, peer: PeerId, addr: Option<Addr>, now: Timestamp, out: &mut VecDeque<Output>) {
         let mut nonce = [0u8; 32];
         self.rng.fill(&mut nonce);
         let link = self.links.entry(peer).or_insert_with(|| Link {
@@ -264,19 +240,13 @@ impl Connections {
         if addr.is_some() {
             link.addr = addr;
         }
-        out.push_back(Output::Send {
-            to: peer,
-            message: Message::Hello(Hello { nonce }),
-        });
+        out.push_back(Output::Send { to: peer, message: Message::Hello(Hello { nonce }) });
         self.arm_sweep(now);
     }
 
     /// The connection is gone (or could not be made). Returns how many queued messages were lost.
     pub fn on_down(&mut self, peer: &PeerId) -> usize {
-        self.links
-            .remove(peer)
-            .map(|l| l.outbound_queue.len())
-            .unwrap_or(0)
+        self.links.remove(peer).map(|l| l.outbound_queue.len()).unwrap_or(0)
     }
 
     /// Looks at a message from `from` before the router processes it.
@@ -289,10 +259,7 @@ impl Connections {
     ) -> Inbound {
         let Some(link) = self.links.get_mut(&from) else {
             // A message without a connection the transport told us about: refuse to process it.
-            out.push_back(Output::Close {
-                peer: from,
-                reason: CloseReason::ProtocolViolation,
-            });
+            out.push_back(Output::Close { peer: from, reason: CloseReason::ProtocolViolation });
             return Inbound::Closed;
         };
         link.last_activity = now;
@@ -305,10 +272,7 @@ impl Connections {
                 link.their_nonce = Some(nonce);
                 let mac = hello_mac(&self.network_key, &self.me, &from, &nonce, &link.our_nonce);
                 // The proof must go out even though the peer is not verified yet.
-                out.push_back(Output::Send {
-                    to: from,
-                    message: Message::HelloProof(HelloProof { mac }),
-                });
+                out.push_back(Output::Send { to: from, message: Message::HelloProof(HelloProof { mac }) });
                 Inbound::Nothing
             }
             Message::HelloProof(HelloProof { mac }) => {
@@ -318,30 +282,17 @@ impl Connections {
                 if !matches!(link.state, State::Handshaking) {
                     return self.fail(from, CloseReason::ProtocolViolation, out);
                 }
-                let expected = hello_mac(
-                    &self.network_key,
-                    &from,
-                    &self.me,
-                    &link.our_nonce,
-                    &their_nonce,
-                );
+                let expected = hello_mac(&self.network_key, &from, &self.me, &link.our_nonce, &their_nonce);
                 if !constant_time_eq(&expected, &mac) {
                     return self.fail(from, CloseReason::HandshakeFailed, out);
                 }
                 link.state = State::Ready;
                 for m in link.outbound_queue.drain(..) {
-                    out.push_back(Output::Send {
-                        to: from,
-                        message: m,
-                    });
+                    out.push_back(Output::Send { to: from, message: m });
                 }
                 let early: Vec<Message> = link.early_inbound.drain(..).collect();
                 out.push_back(Output::Event(Event::PeerAuthenticated { peer: from }));
-                if early.is_empty() {
-                    Inbound::Nothing
-                } else {
-                    Inbound::Deliver(early)
-                }
+                if early.is_empty() { Inbound::Nothing } else { Inbound::Deliver(early) }
             }
             other => match link.state {
                 State::Ready => Inbound::Deliver(vec![other]),
@@ -357,10 +308,7 @@ impl Connections {
     fn fail(&mut self, peer: PeerId, reason: CloseReason, out: &mut VecDeque<Output>) -> Inbound {
         self.links.remove(&peer);
         out.push_back(Output::Close { peer, reason });
-        if matches!(
-            reason,
-            CloseReason::HandshakeFailed | CloseReason::HandshakeTimeout
-        ) {
+        if matches!(reason, CloseReason::HandshakeFailed | CloseReason::HandshakeTimeout) {
             out.push_back(Output::Event(Event::HandshakeFailed { peer, reason }));
         }
         Inbound::Closed
@@ -429,17 +377,12 @@ impl Connections {
                     dropped.push(peer);
                 }
                 out.push_back(Output::Close { peer, reason });
-                if reason == CloseReason::HandshakeTimeout && !matches!(link.state, State::Dialing)
-                {
+                if reason == CloseReason::HandshakeTimeout && !matches!(link.state, State::Dialing) {
                     out.push_back(Output::Event(Event::HandshakeFailed { peer, reason }));
                 }
             }
         }
-        self.next_sweep = if self.links.is_empty() {
-            None
-        } else {
-            Some(now + SWEEP_EVERY)
-        };
+        self.next_sweep = if self.links.is_empty() { None } else { Some(now + SWEEP_EVERY) };
         dropped
     }
 }
@@ -462,12 +405,7 @@ mod tests {
         let a = Keypair::derive(1, "a").peer_id();
         let b = Keypair::derive(1, "b").peer_id();
         let c = Config::default();
-        (
-            a,
-            Connections::new(a, key_a, &c, DetRng::new(1, "a")),
-            b,
-            Connections::new(b, key_b, &c, DetRng::new(1, "b")),
-        )
+        (a, Connections::new(a, key_a, &c, DetRng::new(1, "a")), b, Connections::new(b, key_b, &c, DetRng::new(1, "b")))
     }
 
     /// Moves every `Send` in `out` addressed to `to` into `to`'s table; returns deliveries.
@@ -490,16 +428,8 @@ mod tests {
 
     fn handshake(
         key_b: [u8; 32],
-    ) -> (
-        Vec<Inbound>,
-        Vec<Inbound>,
-        VecDeque<Output>,
-        VecDeque<Output>,
-        Connections,
-        Connections,
-        PeerId,
-        PeerId,
-    ) {
+    ) -> (Vec<Inbound>, Vec<Inbound>, VecDeque<Output>, VecDeque<Output>, Connections, Connections, PeerId, PeerId)
+    {
         let (a, mut ca, b, mut cb) = pair([1; 32], key_b);
         let (mut oa, mut ob) = (VecDeque::new(), VecDeque::new());
         assert!(ca.send(b, Message::Leave, Timestamp(0), &mut oa));
@@ -519,10 +449,7 @@ mod tests {
         let (ra, _rb, _oa, _ob, ca, cb, a, b) = handshake([1; 32]);
         assert!(ca.is_ready(&b) && cb.is_ready(&a));
         // The queued Leave reached b after the handshake.
-        assert!(
-            ra.contains(&Inbound::Deliver(vec![Message::Leave])),
-            "{ra:?}"
-        );
+        assert!(ra.contains(&Inbound::Deliver(vec![Message::Leave])), "{ra:?}");
     }
 
     #[test]
@@ -530,11 +457,7 @@ mod tests {
         let (ra, rb, _oa, _ob, ca, cb, a, b) = handshake([2; 32]);
         assert!(!ca.is_ready(&b));
         assert!(!cb.is_ready(&a));
-        assert!(
-            ra.iter()
-                .chain(rb.iter())
-                .all(|i| !matches!(i, Inbound::Deliver(_)))
-        );
+        assert!(ra.iter().chain(rb.iter()).all(|i| !matches!(i, Inbound::Deliver(_))));
         assert!(ra.contains(&Inbound::Closed) || rb.contains(&Inbound::Closed));
     }
 
@@ -545,10 +468,7 @@ mod tests {
         ca.on_up(b, None, Timestamp(0), &mut o);
         let r = ca.on_message(
             b,
-            Message::WitnessQuery(crate::proto::wire::WitnessQuery {
-                req: RequestId(1),
-                indexer: a,
-            }),
+            Message::WitnessQuery(crate::proto::wire::WitnessQuery { req: RequestId(1), indexer: a }),
             Timestamp(1),
             &mut o,
         );
@@ -556,10 +476,7 @@ mod tests {
         assert!(!ca.is_ready(&b));
         // A message from a peer with no connection at all closes it.
         let stranger = Keypair::derive(9, "s").peer_id();
-        assert_eq!(
-            ca.on_message(stranger, Message::Leave, Timestamp(1), &mut o),
-            Inbound::Closed
-        );
+        assert_eq!(ca.on_message(stranger, Message::Leave, Timestamp(1), &mut o), Inbound::Closed);
     }
 
     #[test]
@@ -574,12 +491,6 @@ mod tests {
         }
         assert!(!ca.is_ready(&b));
         assert_eq!(ca.len(), 0);
-        assert!(o.iter().any(|x| matches!(
-            x,
-            Output::Close {
-                reason: CloseReason::HandshakeTimeout,
-                ..
-            }
-        )));
+        assert!(o.iter().any(|x| matches!(x, Output::Close { reason: CloseReason::HandshakeTimeout, .. })));
     }
 }

@@ -46,11 +46,9 @@ impl PeerId {
 
     /// Verifies `sig` over `msg` with this key.
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), IdentityError> {
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-            .map_err(|_| IdentityError::BadPublicKey)?;
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::BadPublicKey)?;
         let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-        vk.verify(msg, &sig)
-            .map_err(|_| IdentityError::BadSignature)
+        vk.verify(msg, &sig).map_err(|_| IdentityError::BadSignature)
     }
 }
 
@@ -72,9 +70,7 @@ impl FromStr for PeerId {
         let bytes = data_encoding::HEXLOWER_PERMISSIVE
             .decode(s.trim().as_bytes())
             .map_err(|_| IdentityError::BadPeerIdEncoding)?;
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| IdentityError::BadPeerIdEncoding)?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| IdentityError::BadPeerIdEncoding)?;
         Ok(PeerId(arr))
     }
 }
@@ -95,11 +91,7 @@ pub struct Signature(#[serde(with = "sig_bytes")] pub [u8; 64]);
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Signature({}…)",
-            data_encoding::HEXLOWER.encode(&self.0[..6])
-        )
+        write!(f, "Signature({}…)", data_encoding::HEXLOWER.encode(&self.0[..6]))
     }
 }
 
@@ -110,8 +102,7 @@ mod sig_bytes {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
         let v: &[u8] = <&[u8]>::deserialize(d)?;
-        v.try_into()
-            .map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
+        v.try_into().map_err(|_| serde::de::Error::invalid_length(v.len(), &"64 bytes"))
     }
 }
 
@@ -184,14 +175,7 @@ impl Did {
         b[6] = (b[6] & 0x0f) | 0x40; // version 4
         b[8] = (b[8] & 0x3f) | 0x80; // variant 1
         let h = data_encoding::HEXLOWER.encode(&b);
-        Did(format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        ))
+        Did(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
     }
 
     /// The DID as a string.
@@ -231,10 +215,7 @@ impl PeerAddr {
 
     /// A peer address with no transport address (simulator, or id-routed transports).
     pub fn id_only(id: PeerId) -> Self {
-        PeerAddr {
-            id,
-            addrs: Vec::new(),
-        }
+        PeerAddr { id, addrs: Vec::new() }
     }
 }
 
@@ -260,13 +241,8 @@ impl FromStr for PeerAddr {
             None => (s, ""),
         };
         let id = PeerId::from_str(id)?;
-        let addrs: Vec<Addr> = rest
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .take(Self::MAX_ADDRS)
-            .map(String::from)
-            .collect();
+        let addrs: Vec<Addr> =
+            rest.split(',').map(str::trim).filter(|a| !a.is_empty()).take(Self::MAX_ADDRS).map(String::from).collect();
         Ok(PeerAddr { id, addrs })
     }
 }
@@ -290,24 +266,16 @@ mod tests {
         let other = Keypair::derive(1, "b");
         let sig = k.sign(b"hello");
         assert!(k.peer_id().verify(b"hello", &sig).is_ok());
-        assert_eq!(
-            k.peer_id().verify(b"hellO", &sig),
-            Err(IdentityError::BadSignature)
-        );
+        assert_eq!(k.peer_id().verify(b"hellO", &sig), Err(IdentityError::BadSignature));
         assert!(other.peer_id().verify(b"hello", &sig).is_err());
     }
 
     #[test]
     fn peer_addr_parses_id_and_addresses() {
         let k = Keypair::derive(3, "x");
-        let pa: PeerAddr = format!("{}@127.0.0.1:4001, 127.0.0.1:4002", k.peer_id())
-            .parse()
-            .unwrap();
+        let pa: PeerAddr = format!("{}@127.0.0.1:4001, 127.0.0.1:4002", k.peer_id()).parse().unwrap();
         assert_eq!(pa.id, k.peer_id());
-        assert_eq!(
-            pa.addrs,
-            vec!["127.0.0.1:4001".to_string(), "127.0.0.1:4002".to_string()]
-        );
+        assert_eq!(pa.addrs, vec!["127.0.0.1:4001".to_string(), "127.0.0.1:4002".to_string()]);
     }
 
     #[test]

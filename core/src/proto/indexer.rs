@@ -19,14 +19,7 @@ impl IndexerService {
         IndexerService { _config: config }
     }
     /// A heartbeat from an authenticated peer.
-    pub fn on_heartbeat(
-        &mut self,
-        _from: PeerAddr,
-        _hb: Heartbeat,
-        _now: Timestamp,
-        _out: &mut Vec<Action>,
-    ) {
-    }
+    pub fn on_heartbeat(&mut self, _from: PeerAddr, _hb: Heartbeat, _now: Timestamp, _out: &mut Vec<Action>) {}
     /// The node left.
     pub fn on_leave(&mut self, _from: PeerId, _now: Timestamp, _out: &mut Vec<Action>) {}
     /// A candidates request.

@@ -22,20 +22,11 @@ pub struct Roles {
 
 impl Roles {
     /// A plain node.
-    pub const NODE: Roles = Roles {
-        node: true,
-        indexer: false,
-    };
+    pub const NODE: Roles = Roles { node: true, indexer: false };
     /// A plain indexer (keeps a pool of other indexers only if it has seeds).
-    pub const INDEXER: Roles = Roles {
-        node: false,
-        indexer: true,
-    };
+    pub const INDEXER: Roles = Roles { node: false, indexer: true };
     /// Both.
-    pub const BOTH: Roles = Roles {
-        node: true,
-        indexer: true,
-    };
+    pub const BOTH: Roles = Roles { node: true, indexer: true };
 }
 
 /// Everything a [`Peer`] is built from.
@@ -97,12 +88,7 @@ impl Peer {
     pub fn new(setup: PeerSetup, now: Timestamp) -> Self {
         let me = setup.keypair.peer_id();
         let mut rng = DetRng::new(setup.rng_seed, "peer");
-        let conns = Connections::new(
-            me,
-            setup.network_key,
-            &setup.config,
-            rng.fork("connections"),
-        );
+        let conns = Connections::new(me, setup.network_key, &setup.config, rng.fork("connections"));
         let seeds: Vec<PeerAddr> = setup.seeds.into_iter().filter(|s| s.id != me).collect();
         // A node keeps `max_indexers`; an indexer with seeds keeps a pool of other indexers twice
         // that size (the seed's "strict indexer", C §3).
@@ -125,10 +111,8 @@ impl Peer {
                 now,
             )
         });
-        let indexer = setup
-            .roles
-            .indexer
-            .then(|| IndexerService::new(setup.config.clone(), me, rng.fork("indexer"), now));
+        let indexer =
+            setup.roles.indexer.then(|| IndexerService::new(setup.config.clone(), me, rng.fork("indexer"), now));
         Peer {
             me,
             did: setup.did,
@@ -184,34 +168,27 @@ impl Peer {
             return;
         }
         match input {
-            Input::ConnectionUp {
-                peer,
-                addr,
-                outbound: _,
-            } => {
+            Input::ConnectionUp { peer, addr, outbound: _ } => {
                 self.conns.on_up(peer, addr, now, &mut self.out);
             }
             Input::ConnectionDown { peer } | Input::ConnectFailed { peer } => {
                 self.conns.on_down(&peer);
                 self.peer_unreachable(peer, now);
             }
-            Input::Received { from, message } => {
-                match self.conns.on_message(from, message, now, &mut self.out) {
-                    Inbound::Deliver(msgs) => {
-                        for m in msgs {
-                            self.dispatch(from, m, now);
-                        }
+            Input::Received { from, message } => match self.conns.on_message(from, message, now, &mut self.out) {
+                Inbound::Deliver(msgs) => {
+                    for m in msgs {
+                        self.dispatch(from, m, now);
                     }
-                    Inbound::Nothing => {}
-                    Inbound::Closed => self.peer_unreachable(from, now),
                 }
-            }
+                Inbound::Nothing => {}
+                Inbound::Closed => self.peer_unreachable(from, now),
+            },
             Input::Timeout => {
                 let pool = &self.pool;
                 let indexer = &self.indexer;
                 let keep = |p: &PeerId| {
-                    pool.as_ref().is_some_and(|x| x.contains(p))
-                        || indexer.as_ref().is_some_and(|x| x.has_session(p))
+                    pool.as_ref().is_some_and(|x| x.contains(p)) || indexer.as_ref().is_some_and(|x| x.has_session(p))
                 };
                 let dropped = self.conns.handle_timeout(now, keep, &mut self.out);
                 for p in dropped {
@@ -272,8 +249,7 @@ impl Peer {
         match message {
             Message::Hello(_) | Message::HelloProof(_) => {
                 // Handled by the connection layer; a late duplicate is a violation.
-                self.conns
-                    .close(from, CloseReason::ProtocolViolation, &mut self.out);
+                self.conns.close(from, CloseReason::ProtocolViolation, &mut self.out);
                 self.peer_unreachable(from, now);
             }
             Message::Heartbeat(hb) => {
@@ -303,18 +279,9 @@ impl Peer {
                         fill_rate: v.fill_rate,
                         score: v.score,
                     },
-                    None => WitnessReport {
-                        req: q.req,
-                        seen: false,
-                        born_at: None,
-                        fill_rate: 0.0,
-                        score: 0.0,
-                    },
+                    None => WitnessReport { req: q.req, seen: false, born_at: None, fill_rate: 0.0, score: 0.0 },
                 };
-                self.actions.push(Action::Send {
-                    to: from,
-                    message: Message::WitnessReport(report),
-                });
+                self.actions.push(Action::Send { to: from, message: Message::WitnessReport(report) });
             }
             m @ (Message::HeartbeatResponse(_)
             | Message::Refused(_)
@@ -338,14 +305,8 @@ impl Peer {
     }
 
     fn refuse(&mut self, to: PeerId, req: super::wire::RequestId, reason: RefuseReason) {
-        self.actions.push(Action::Send {
-            to,
-            message: Message::Refused(Refused {
-                req,
-                reason,
-                suggestions: Vec::new(),
-            }),
-        });
+        self.actions
+            .push(Action::Send { to, message: Message::Refused(Refused { req, reason, suggestions: Vec::new() }) });
     }
 
     fn peer_unreachable(&mut self, peer: PeerId, now: Timestamp) {
@@ -365,16 +326,13 @@ impl Peer {
             for a in batch {
                 match a {
                     Action::Send { to, message } => {
-                        if !self.conns.send(to, message, now, &mut self.out)
-                            && !failed.contains(&to)
-                        {
+                        if !self.conns.send(to, message, now, &mut self.out) && !failed.contains(&to) {
                             failed.push(to);
                         }
                     }
                     Action::Learn(pa) => self.conns.learn(pa),
                     Action::Close { peer, reason } => {
-                        if self.conns.close(peer, reason, &mut self.out) && !failed.contains(&peer)
-                        {
+                        if self.conns.close(peer, reason, &mut self.out) && !failed.contains(&peer) {
                             failed.push(peer);
                         }
                     }

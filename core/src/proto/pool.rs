@@ -40,14 +40,7 @@ impl IndexerPool {
         IndexerPool { _config: config }
     }
     /// Handles a reply (heartbeat response, refusal, witness report, candidates).
-    pub fn on_message(
-        &mut self,
-        _from: PeerId,
-        _m: Message,
-        _now: Timestamp,
-        _out: &mut Vec<Action>,
-    ) {
-    }
+    pub fn on_message(&mut self, _from: PeerId, _m: Message, _now: Timestamp, _out: &mut Vec<Action>) {}
     /// The peer cannot be reached: fail its in-flight requests.
     pub fn on_unreachable(&mut self, _peer: PeerId, _now: Timestamp, _out: &mut Vec<Action>) {}
     /// Runs due timers.

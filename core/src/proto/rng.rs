@@ -25,11 +25,7 @@ impl DetRng {
         let mut h = blake3::Hasher::new_derive_key("ocd-core DetRng v1");
         h.update(&seed.to_le_bytes());
         h.update(domain.as_bytes());
-        DetRng {
-            reader: h.finalize_xof(),
-            buf: [0; 64],
-            pos: 64,
-        }
+        DetRng { reader: h.finalize_xof(), buf: [0; 64], pos: 64 }
     }
 
     /// Derives an independent child generator (for a sub-machine).

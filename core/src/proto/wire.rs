@@ -276,8 +276,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, WireError> {
     if version != WIRE_VERSION {
         return Err(WireError::Version(version));
     }
-    let (msg, rest) = postcard::take_from_bytes::<Message>(body)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes::<Message>(body).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::Trailing(rest.len()));
     }
@@ -394,10 +393,7 @@ mod tests {
     fn oversized_frame_is_rejected_before_it_is_buffered() {
         let mut d = FrameDecoder::new();
         d.extend(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes());
-        assert_eq!(
-            d.next_message(),
-            Err(WireError::Oversized(MAX_FRAME_LEN + 1))
-        );
+        assert_eq!(d.next_message(), Err(WireError::Oversized(MAX_FRAME_LEN + 1)));
         d.extend(&[0; 100]);
         assert!(d.next_message().is_err(), "decoder stays poisoned");
         assert_eq!(d.buffered(), 0);
@@ -408,10 +404,7 @@ mod tests {
         let mut p = encode(&Message::Leave);
         p[0] = 99;
         assert_eq!(decode(&p), Err(WireError::Version(99)));
-        assert!(matches!(
-            decode(&[WIRE_VERSION, 0xff, 0xff, 0xff]),
-            Err(WireError::Malformed(_))
-        ));
+        assert!(matches!(decode(&[WIRE_VERSION, 0xff, 0xff, 0xff]), Err(WireError::Malformed(_))));
         assert_eq!(decode(&[]), Err(WireError::Empty));
         let mut t = encode(&Message::Leave);
         t.push(0);
