@@ -1,0 +1,95 @@
+//! The `Hello` exchange seen through a whole `Peer`: a peer that proves the network key gets its
+//! requests answered; a peer with the wrong key, or one that skips the handshake, gets nothing
+//! processed and is disconnected.
+
+use ocd_core::proto::connections::hello_mac;
+use ocd_core::proto::wire::{Hello, HelloProof, Message, RequestId, WitnessQuery};
+use ocd_core::proto::{CloseReason, Event, Input, Keypair, Output, Peer, PeerSetup, Roles, Timestamp};
+
+const KEY: [u8; 32] = [42; 32];
+
+fn drain(p: &mut Peer) -> Vec<Output> {
+    std::iter::from_fn(|| p.poll_output()).collect()
+}
+
+/// Plays a remote peer `me` against `target` by hand; returns the target's outputs after the
+/// query and whether the target authenticated us.
+fn run(our_key: [u8; 32], skip_handshake: bool) -> (Vec<Output>, bool, Peer) {
+    let now = Timestamp(1_000_000);
+    let target_keys = Keypair::derive(5, "target");
+    let mut target = Peer::new(PeerSetup::new(target_keys.clone(), KEY, Roles::NODE), now);
+    let me = Keypair::derive(5, "remote").peer_id();
+    let our_nonce = [9u8; 32];
+
+    target.handle(Input::ConnectionUp { peer: me, addr: None, outbound: false }, now);
+    let out = drain(&mut target);
+    let their_nonce = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send { to, message: Message::Hello(Hello { nonce }) } if *to == me => Some(*nonce),
+            _ => None,
+        })
+        .expect("target opens with Hello");
+
+    let mut authenticated = false;
+    if !skip_handshake {
+        target.handle(Input::Received { from: me, message: Message::Hello(Hello { nonce: our_nonce }) }, now);
+        let out = drain(&mut target);
+        // The target proves the key to us over our nonce.
+        let proof = out.iter().find_map(|o| match o {
+            Output::Send { message: Message::HelloProof(HelloProof { mac }), .. } => Some(*mac),
+            _ => None,
+        });
+        assert_eq!(proof, Some(hello_mac(&KEY, &target_keys.peer_id(), &me, &our_nonce, &their_nonce)));
+        let mac = hello_mac(&our_key, &me, &target_keys.peer_id(), &their_nonce, &our_nonce);
+        target.handle(Input::Received { from: me, message: Message::HelloProof(HelloProof { mac }) }, now);
+        authenticated = drain(&mut target)
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::PeerAuthenticated { peer }) if *peer == me));
+    }
+    let q = Message::WitnessQuery(WitnessQuery { req: RequestId(7), indexer: me });
+    target.handle(Input::Received { from: me, message: q }, now);
+    (drain(&mut target), authenticated, target)
+}
+
+#[test]
+fn peer_with_the_network_key_is_authenticated_and_answered() {
+    let (out, authenticated, _) = run(KEY, false);
+    assert!(authenticated);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send { message: Message::WitnessReport(r), .. } if r.req == RequestId(7))),
+        "query answered: {out:?}"
+    );
+}
+
+#[test]
+fn peer_with_the_wrong_network_key_gets_nothing_processed() {
+    let (out, authenticated, _) = run([1; 32], false);
+    assert!(!authenticated);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Send { message: Message::WitnessReport(_), .. })),
+        "nothing answered: {out:?}"
+    );
+}
+
+#[test]
+fn peer_that_skips_the_handshake_gets_nothing_processed() {
+    let (out, authenticated, mut target) = run(KEY, true);
+    assert!(!authenticated);
+    assert!(!out.iter().any(|o| matches!(o, Output::Send { message: Message::WitnessReport(_), .. })));
+    // The query is held, never processed; the handshake timeout then closes the connection.
+    let mut later = Vec::new();
+    let mut wakes = 0;
+    while let Some(t) = target.poll_timeout() {
+        wakes += 1;
+        assert!(wakes < 100, "handshake timeout must fire");
+        target.handle(Input::Timeout, t);
+        later.extend(drain(&mut target));
+        if later.iter().any(|o| matches!(o, Output::Close { .. })) {
+            break;
+        }
+    }
+    assert!(later.iter().any(|o| matches!(o, Output::Close { reason: CloseReason::HandshakeTimeout, .. })));
+    assert!(!later.iter().any(|o| matches!(o, Output::Send { message: Message::WitnessReport(_), .. })));
+}

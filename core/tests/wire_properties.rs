@@ -1,0 +1,171 @@
+//! Property tests of the wire: every message round-trips through frames, and no byte sequence
+//! makes the decoder panic, spin or buffer beyond one frame.
+
+use ocd_core::proto::Timestamp;
+use ocd_core::proto::identity::{Did, PeerAddr, PeerId};
+use ocd_core::proto::wire::{
+    self, CandidatesRequest, CandidatesResponse, ChallengeEntry, FrameDecoder, Heartbeat, HeartbeatKind,
+    HeartbeatResponse, Hello, HelloProof, Message, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
+};
+use proptest::prelude::*;
+
+fn peer_id() -> impl Strategy<Value = PeerId> {
+    any::<[u8; 32]>().prop_map(PeerId)
+}
+
+fn peer_addr() -> impl Strategy<Value = PeerAddr> {
+    (peer_id(), prop::collection::vec("[a-z0-9.:]{0,24}", 0..3)).prop_map(|(id, addrs)| PeerAddr { id, addrs })
+}
+
+fn did() -> impl Strategy<Value = Did> {
+    "[a-z0-9:-]{1,40}".prop_map(|s| Did::new(s).expect("non-empty printable"))
+}
+
+fn ts() -> impl Strategy<Value = Timestamp> {
+    any::<u64>().prop_map(Timestamp)
+}
+
+/// Finite floats only: NaN != NaN would make round-trip equality fail for a reason that is not a bug.
+fn float() -> impl Strategy<Value = f64> {
+    -1e6f64..1e6f64
+}
+
+fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
+    prop_oneof![
+        Just(RefuseReason::Banned),
+        Just(RefuseReason::RateLimited),
+        Just(RefuseReason::Busy),
+        Just(RefuseReason::Full),
+        Just(RefuseReason::LowScore),
+        Just(RefuseReason::NotServed),
+        Just(RefuseReason::Unknown),
+    ]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    let req = any::<u64>().prop_map(RequestId);
+    prop_oneof![
+        any::<[u8; 32]>().prop_map(|nonce| Message::Hello(Hello { nonce })),
+        any::<[u8; 32]>().prop_map(|mac| Message::HelloProof(HelloProof { mac })),
+        (
+            req.clone(),
+            any::<bool>(),
+            any::<u16>(),
+            any::<(bool, bool, bool)>(),
+            prop::collection::vec(peer_id(), 0..4),
+            prop::option::of(did()),
+            prop::option::of(did()),
+            prop::option::of("[ -~]{0,20}"),
+        )
+            .prop_map(|(req, probe, need, (referent, is_indexer, want_witnesses), challenges, cd, d, name)| {
+                Message::Heartbeat(Heartbeat {
+                    req,
+                    kind: if probe { HeartbeatKind::Probe } else { HeartbeatKind::Regular },
+                    need,
+                    referent,
+                    is_indexer,
+                    challenges,
+                    challenge_did: cd,
+                    want_witnesses,
+                    did: d,
+                    name,
+                })
+            }),
+        (
+            req.clone(),
+            float(),
+            any::<(u32, u32)>(),
+            ts(),
+            prop::collection::vec((peer_id(), any::<bool>(), prop::option::of(ts())), 0..4),
+            prop::option::of(any::<bool>()),
+            prop::collection::vec(peer_addr(), 0..4),
+            prop::collection::vec(peer_addr(), 0..4),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(req, fill_rate, (peer_count, max_nodes), born_at, ch, did_found, witnesses, suggestions, sm)| {
+                    Message::HeartbeatResponse(HeartbeatResponse {
+                        req,
+                        fill_rate,
+                        peer_count,
+                        max_nodes,
+                        born_at,
+                        challenges: ch
+                            .into_iter()
+                            .map(|(peer, found, last_seen)| ChallengeEntry { peer, found, last_seen })
+                            .collect(),
+                        did_found,
+                        witnesses,
+                        suggestions,
+                        suggest_migrate: sm,
+                    })
+                }
+            ),
+        (req.clone(), refuse_reason(), prop::collection::vec(peer_addr(), 0..3))
+            .prop_map(|(req, reason, suggestions)| Message::Refused(Refused { req, reason, suggestions })),
+        Just(Message::Leave),
+        (req.clone(), peer_id()).prop_map(|(req, indexer)| Message::WitnessQuery(WitnessQuery { req, indexer })),
+        (req.clone(), any::<bool>(), prop::option::of(ts()), float(), float()).prop_map(
+            |(req, seen, born_at, fill_rate, score)| {
+                Message::WitnessReport(WitnessReport { req, seen, born_at, fill_rate, score })
+            }
+        ),
+        (req.clone(), any::<u16>())
+            .prop_map(|(req, count)| Message::CandidatesRequest(CandidatesRequest { req, count })),
+        (req, prop::collection::vec(peer_addr(), 0..5))
+            .prop_map(|(req, candidates)| Message::CandidatesResponse(CandidatesResponse { req, candidates })),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn every_message_round_trips_through_a_frame(msgs in prop::collection::vec(message(), 1..6), chunk in 1usize..64) {
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            bytes.extend(wire::encode_frame(m));
+        }
+        let mut dec = FrameDecoder::new();
+        let mut got = Vec::new();
+        for c in bytes.chunks(chunk) {
+            dec.extend(c);
+            while let Some(m) = dec.next_message().expect("valid frames decode") {
+                got.push(m);
+            }
+        }
+        prop_assert_eq!(got, msgs);
+        prop_assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_errors_are_terminal(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        // As a payload.
+        let _ = wire::decode(&bytes);
+        // As a stream: terminates, never buffers more than one frame's worth, and stays poisoned.
+        let mut dec = FrameDecoder::new();
+        dec.extend(&bytes);
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            prop_assert!(steps <= bytes.len() + 2, "decoder must make progress");
+            match dec.next_message() {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(e) => {
+                    prop_assert_eq!(dec.next_message(), Err(e));
+                    break;
+                }
+            }
+        }
+        prop_assert!(dec.buffered() <= bytes.len());
+    }
+
+    #[test]
+    fn flipping_one_byte_of_a_frame_never_panics(m in message(), pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let mut p = wire::encode(&m);
+        let i = pos.index(p.len());
+        p[i] ^= 1 << bit;
+        let _ = wire::decode(&p);
+    }
+}
