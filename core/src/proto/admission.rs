@@ -1,1 +1,699 @@
-//! Indexer-side abuse control. (Stub — being implemented.)
+//! Indexer-side abuse control: the burst guard, per-peer rate windows, strikes and bans.
+//!
+//! The seed's `behavior.go` (spec B §9, C §9) protects an indexer with two local mechanisms, both
+//! kept here with the seed's constants (all [`Config`] fields):
+//!
+//! * a [`BurstGuard`] — a sliding log allowing at most `max_conn_per_window` (20) **new** sessions
+//!   per `conn_window` (30 s) across all peers, against coordinated registration floods. A
+//!   rejected attempt is not recorded, so a flood does not lock honest newcomers out for longer
+//!   than the window;
+//! * a [`BehaviourTable`] — per peer, sliding windows of `behaviour_window` (60 s) for heartbeats
+//!   (5), record publishes (10) and record gets (50). The (max+1)-th event in a window is refused
+//!   and costs one strike; a DID change or a bad signature costs two. At `strike_threshold` (3)
+//!   strikes the peer is banned for `ban_duration` (10 min), and while banned its requests are
+//!   refused without more strikes piling up (the seed pushed the ban out on every strike).
+//!
+//! Fixes over the seed:
+//!
+//! * **Strikes decay** (B §13.13, C §18.9): one strike is forgiven per `strike_decay` without a new
+//!   strike, and a ban that ends clears the strikes — the ban was the sentence. In the seed strikes
+//!   never decayed, so after one ban any single later violation (e.g. an honest node's nudge
+//!   burst) banned the peer again.
+//! * **The table is bounded** (C §18.8): at most `behaviour_table_max` peers. A new peer evicts the
+//!   least recently active peer that is not banned; only when every entry is banned does the ban
+//!   that ends first go, so bans survive a Sybil flood as long as possible. Read-only queries
+//!   ([`BehaviourTable::is_banned`]) never create entries.
+//! * **Clean entries are pruned** at GC ([`BehaviourTable::prune`]): peers with no strike, no ban,
+//!   no event left in any window and no session. A peer whose window still holds events is kept,
+//!   so pruning never resets a rate limit early.
+
+use super::config::Config;
+use super::identity::{Did, PeerId};
+use super::time::Timestamp;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+/// The outcome of strikes given to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strike {
+    /// The peer's strike count after this strike.
+    pub strikes: u32,
+    /// Set when this strike banned the peer: the end of the ban.
+    pub banned_until: Option<Timestamp>,
+}
+
+/// Which per-peer rate window an event counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RateKind {
+    /// Heartbeats and probes (`max_hb_per_minute`).
+    Heartbeat,
+    /// Record publishes (`max_publish_per_minute`).
+    Publish,
+    /// Record gets and candidate requests (`max_get_per_minute`).
+    Get,
+}
+
+impl fmt::Display for RateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RateKind::Heartbeat => "heartbeat",
+            RateKind::Publish => "publish",
+            RateKind::Get => "get",
+        })
+    }
+}
+
+/// Why a peer's request was not admitted.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AdmissionError {
+    /// The peer is banned (no strike is added while banned).
+    #[error("peer is banned until {until}")]
+    Banned {
+        /// End of the ban.
+        until: Timestamp,
+    },
+    /// The peer exceeded a rate window and was struck.
+    #[error("{kind} volume exceeded ({} strikes)", strike.strikes)]
+    RateLimited {
+        /// The window that overflowed.
+        kind: RateKind,
+        /// The strike it cost.
+        strike: Strike,
+    },
+    /// The burst guard is full: too many new sessions lately, retry later.
+    #[error("connection rate limit exceeded, retry later")]
+    Busy,
+    /// The peer claimed a DID other than the first one bound to it and was struck twice.
+    #[error("DID mismatch for peer {peer}")]
+    DidMismatch {
+        /// The peer.
+        peer: PeerId,
+        /// The strikes it cost.
+        strike: Strike,
+    },
+}
+
+impl AdmissionError {
+    /// The strike this refusal cost, if any.
+    pub fn strike(&self) -> Option<Strike> {
+        match self {
+            AdmissionError::RateLimited { strike, .. } | AdmissionError::DidMismatch { strike, .. } => Some(*strike),
+            AdmissionError::Banned { .. } | AdmissionError::Busy => None,
+        }
+    }
+}
+
+/// Global burst limit on new sessions (B §9.2): a sliding log of admitted session openings.
+#[derive(Clone, Debug)]
+pub struct BurstGuard {
+    log: VecDeque<Timestamp>,
+    max: usize,
+    window: Duration,
+}
+
+impl BurstGuard {
+    /// A guard admitting `config.max_conn_per_window` new sessions per `config.conn_window`.
+    pub fn new(config: &Config) -> Self {
+        BurstGuard { log: VecDeque::new(), max: config.max_conn_per_window, window: config.conn_window }
+    }
+
+    fn prune(&mut self, now: Timestamp) {
+        // The window is half-open, (now − window, now]: an opening exactly `window` old has left.
+        let cutoff = now.saturating_sub(self.window);
+        while self.log.front().is_some_and(|t| *t <= cutoff) {
+            self.log.pop_front();
+        }
+    }
+
+    /// Whether a new session may open at `now`, without recording anything.
+    pub fn check(&mut self, now: Timestamp) -> Result<(), AdmissionError> {
+        self.prune(now);
+        if self.log.len() >= self.max { Err(AdmissionError::Busy) } else { Ok(()) }
+    }
+
+    /// Records a session opened at `now` (after [`BurstGuard::check`] allowed it).
+    pub fn record(&mut self, now: Timestamp) {
+        self.prune(now);
+        self.log.push_back(now);
+    }
+
+    /// Checks and records in one step (the seed's `Allow()`); a refused attempt is not recorded.
+    pub fn try_admit(&mut self, now: Timestamp) -> Result<(), AdmissionError> {
+        self.check(now)?;
+        self.log.push_back(now);
+        Ok(())
+    }
+
+    /// Openings currently in the window (as of the last call).
+    pub fn in_window(&self) -> usize {
+        self.log.len()
+    }
+}
+
+/// The limits a [`BehaviourTable`] applies, copied from [`Config`].
+#[derive(Clone, Debug)]
+struct Limits {
+    window: Duration,
+    max_hb: usize,
+    max_publish: usize,
+    max_get: usize,
+    strike_threshold: u32,
+    ban_duration: Duration,
+    strike_decay: Duration,
+    max_entries: usize,
+}
+
+/// What the table knows of one peer.
+#[derive(Clone, Debug)]
+struct Behaviour {
+    /// The first DID this peer claimed.
+    did: Option<Did>,
+    heartbeats: VecDeque<Timestamp>,
+    publishes: VecDeque<Timestamp>,
+    gets: VecDeque<Timestamp>,
+    strikes: u32,
+    /// Last strike, or last forgiveness: decay counts from here.
+    decay_from: Timestamp,
+    banned_until: Option<Timestamp>,
+    last_active: Timestamp,
+}
+
+impl Behaviour {
+    fn new(now: Timestamp) -> Self {
+        Behaviour {
+            did: None,
+            heartbeats: VecDeque::new(),
+            publishes: VecDeque::new(),
+            gets: VecDeque::new(),
+            strikes: 0,
+            decay_from: now,
+            banned_until: None,
+            last_active: now,
+        }
+    }
+
+    /// Applies what time did since the last update: an ended ban clears the strikes, and one
+    /// strike is forgiven per `strike_decay` without a new one. Strikes are frozen during a ban.
+    fn refresh(&mut self, limits: &Limits, now: Timestamp) {
+        if let Some(until) = self.banned_until {
+            if until > now {
+                return;
+            }
+            self.banned_until = None;
+            self.strikes = 0;
+            self.decay_from = now;
+        }
+        if self.strikes == 0 {
+            self.decay_from = now;
+            return;
+        }
+        let step = u128::from(super::time::duration_ms(limits.strike_decay));
+        if step == 0 {
+            self.strikes = 0;
+            self.decay_from = now;
+            return;
+        }
+        let elapsed = u128::from(now.0.saturating_sub(self.decay_from.0));
+        let forgiven = elapsed / step;
+        if forgiven > 0 {
+            let forgiven_u32 = u32::try_from(forgiven).unwrap_or(u32::MAX);
+            self.strikes = self.strikes.saturating_sub(forgiven_u32);
+            let advanced = u64::try_from(forgiven * step).unwrap_or(u64::MAX);
+            self.decay_from = Timestamp(self.decay_from.0.saturating_add(advanced));
+            if self.strikes == 0 {
+                self.decay_from = now;
+            }
+        }
+    }
+
+    fn banned_at(&self, now: Timestamp) -> Option<Timestamp> {
+        self.banned_until.filter(|u| *u > now)
+    }
+
+    fn strike(&mut self, n: u32, limits: &Limits, now: Timestamp) -> Strike {
+        self.strikes = self.strikes.saturating_add(n);
+        self.decay_from = now;
+        let mut banned_until = None;
+        if self.strikes >= limits.strike_threshold {
+            let until = now + limits.ban_duration;
+            self.banned_until = Some(until);
+            banned_until = Some(until);
+        }
+        Strike { strikes: self.strikes, banned_until }
+    }
+
+    fn window_mut(&mut self, kind: RateKind) -> &mut VecDeque<Timestamp> {
+        match kind {
+            RateKind::Heartbeat => &mut self.heartbeats,
+            RateKind::Publish => &mut self.publishes,
+            RateKind::Get => &mut self.gets,
+        }
+    }
+
+    fn prune_windows(&mut self, limits: &Limits, now: Timestamp) {
+        // Half-open, (now − window, now]: with the seed's closed window a node heartbeating exactly
+        // every 20 s would hold 4 regular heartbeats in 60 s, leaving no room for a probe and a
+        // nudge that `Config::validate` promises.
+        let cutoff = now.saturating_sub(limits.window);
+        for w in [&mut self.heartbeats, &mut self.publishes, &mut self.gets] {
+            while w.front().is_some_and(|t| *t <= cutoff) {
+                w.pop_front();
+            }
+        }
+    }
+
+    fn is_clean(&self) -> bool {
+        self.strikes == 0
+            && self.banned_until.is_none()
+            && self.heartbeats.is_empty()
+            && self.publishes.is_empty()
+            && self.gets.is_empty()
+    }
+}
+
+/// Per-peer behaviour tracking (B §9.3–9.4, C §9.2): rate windows, strikes, bans, DID binding.
+///
+/// Every mutating call takes `now`; decay and ban expiry are applied lazily on the peer's next
+/// call and at [`BehaviourTable::prune`].
+#[derive(Clone, Debug)]
+pub struct BehaviourTable {
+    limits: Limits,
+    entries: BTreeMap<PeerId, Behaviour>,
+    /// Entries not banned (as of their last update), by last activity: eviction order.
+    idle: BTreeSet<(Timestamp, PeerId)>,
+    /// Banned entries, by ban end.
+    bans: BTreeSet<(Timestamp, PeerId)>,
+}
+
+impl BehaviourTable {
+    /// An empty table with the limits of `config`.
+    pub fn new(config: &Config) -> Self {
+        BehaviourTable {
+            limits: Limits {
+                window: config.behaviour_window,
+                max_hb: config.max_hb_per_minute,
+                max_publish: config.max_publish_per_minute,
+                max_get: config.max_get_per_minute,
+                strike_threshold: config.strike_threshold.max(1),
+                ban_duration: config.ban_duration,
+                strike_decay: config.strike_decay,
+                max_entries: config.behaviour_table_max.max(1),
+            },
+            entries: BTreeMap::new(),
+            idle: BTreeSet::new(),
+            bans: BTreeSet::new(),
+        }
+    }
+
+    /// Peers tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no peer is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `peer` is tracked.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.entries.contains_key(peer)
+    }
+
+    /// When `peer`'s ban ends, if it is banned at `now`. Never creates an entry.
+    pub fn banned_until(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {
+        self.entries.get(peer).and_then(|e| e.banned_at(now))
+    }
+
+    /// Whether `peer` is banned at `now`. Never creates an entry.
+    pub fn is_banned(&self, peer: &PeerId, now: Timestamp) -> bool {
+        self.banned_until(peer, now).is_some()
+    }
+
+    /// `peer`'s strikes as of its last update (decay is applied on its next request and at GC).
+    pub fn strikes(&self, peer: &PeerId) -> u32 {
+        self.entries.get(peer).map_or(0, |e| e.strikes)
+    }
+
+    /// The first DID `peer` claimed, if any.
+    pub fn bound_did(&self, peer: &PeerId) -> Option<&Did> {
+        self.entries.get(peer).and_then(|e| e.did.as_ref())
+    }
+
+    /// Counts a heartbeat or probe in `peer`'s window: `Banned`, or `RateLimited` (one strike) for
+    /// the `(max_hb_per_minute + 1)`-th within `behaviour_window`.
+    pub fn record_heartbeat(&mut self, peer: PeerId, now: Timestamp) -> Result<(), AdmissionError> {
+        self.record(peer, RateKind::Heartbeat, now)
+    }
+
+    /// Counts a record publish in `peer`'s window (limit `max_publish_per_minute`).
+    pub fn record_publish(&mut self, peer: PeerId, now: Timestamp) -> Result<(), AdmissionError> {
+        self.record(peer, RateKind::Publish, now)
+    }
+
+    /// Counts a record get (or candidates request) in `peer`'s window (limit `max_get_per_minute`).
+    pub fn record_get(&mut self, peer: PeerId, now: Timestamp) -> Result<(), AdmissionError> {
+        self.record(peer, RateKind::Get, now)
+    }
+
+    /// Counts an event of `kind` in `peer`'s window.
+    pub fn record(&mut self, peer: PeerId, kind: RateKind, now: Timestamp) -> Result<(), AdmissionError> {
+        let max = match kind {
+            RateKind::Heartbeat => self.limits.max_hb,
+            RateKind::Publish => self.limits.max_publish,
+            RateKind::Get => self.limits.max_get,
+        };
+        self.with_entry(peer, now, |e, limits| {
+            if let Some(until) = e.banned_at(now) {
+                return Err(AdmissionError::Banned { until });
+            }
+            e.prune_windows(limits, now);
+            let window = e.window_mut(kind);
+            if window.len() >= max {
+                // The refused event is not recorded.
+                let strike = e.strike(1, limits, now);
+                return Err(AdmissionError::RateLimited { kind, strike });
+            }
+            window.push_back(now);
+            Ok(())
+        })
+    }
+
+    /// Binds `did` to `peer` on first sight; a different DID later costs two strikes (B §9.4:
+    /// "identity change is severe") and fails. A banned peer is refused without more strikes.
+    pub fn check_identity(&mut self, peer: PeerId, did: &Did, now: Timestamp) -> Result<(), AdmissionError> {
+        self.with_entry(peer, now, |e, limits| {
+            if let Some(until) = e.banned_at(now) {
+                return Err(AdmissionError::Banned { until });
+            }
+            match &e.did {
+                None => {
+                    e.did = Some(did.clone());
+                    Ok(())
+                }
+                Some(bound) if bound == did => Ok(()),
+                Some(_) => Err(AdmissionError::DidMismatch { peer, strike: e.strike(2, limits, now) }),
+            }
+        })
+    }
+
+    /// A record signed badly by `peer`: two strikes (B §9.4: "near-immediate ban"). A banned peer
+    /// gets no more strikes.
+    pub fn record_bad_signature(&mut self, peer: PeerId, now: Timestamp) -> Strike {
+        self.with_entry(peer, now, |e, limits| {
+            if e.banned_at(now).is_some() {
+                return Strike { strikes: e.strikes, banned_until: None };
+            }
+            e.strike(2, limits, now)
+        })
+    }
+
+    /// GC (C §18.8): applies decay and ban expiry to every entry, then drops the clean ones (no
+    /// strike, no ban, empty windows) for which `has_session` is false. Returns how many went.
+    pub fn prune(&mut self, now: Timestamp, has_session: impl Fn(&PeerId) -> bool) -> usize {
+        let before = self.entries.len();
+        let limits = &self.limits;
+        self.entries.retain(|peer, e| {
+            e.refresh(limits, now);
+            e.prune_windows(limits, now);
+            !e.is_clean() || has_session(peer)
+        });
+        self.rebuild_indices();
+        before - self.entries.len()
+    }
+
+    fn rebuild_indices(&mut self) {
+        self.idle.clear();
+        self.bans.clear();
+        for (peer, e) in &self.entries {
+            match e.banned_until {
+                Some(until) => self.bans.insert((until, *peer)),
+                None => self.idle.insert((e.last_active, *peer)),
+            };
+        }
+    }
+
+    fn unindex(&mut self, peer: &PeerId, e: &Behaviour) {
+        match e.banned_until {
+            Some(until) => self.bans.remove(&(until, *peer)),
+            None => self.idle.remove(&(e.last_active, *peer)),
+        };
+    }
+
+    fn index(&mut self, peer: &PeerId, e: &Behaviour) {
+        match e.banned_until {
+            Some(until) => self.bans.insert((until, *peer)),
+            None => self.idle.insert((e.last_active, *peer)),
+        };
+    }
+
+    /// Frees one slot: lapsed bans become ordinary entries, then the least recently active
+    /// unbanned entry goes; only if every entry is banned does the ban that ends first go.
+    fn make_room(&mut self, now: Timestamp) {
+        while let Some(&(until, peer)) = self.bans.first() {
+            if until > now {
+                break;
+            }
+            self.bans.pop_first();
+            if let Some(e) = self.entries.get_mut(&peer) {
+                e.refresh(&self.limits, now);
+                self.idle.insert((e.last_active, peer));
+            }
+        }
+        let victim = match self.idle.pop_first() {
+            Some((_, peer)) => Some(peer),
+            None => self.bans.pop_first().map(|(_, peer)| peer),
+        };
+        if let Some(peer) = victim {
+            self.entries.remove(&peer);
+        }
+    }
+
+    fn with_entry<R>(&mut self, peer: PeerId, now: Timestamp, f: impl FnOnce(&mut Behaviour, &Limits) -> R) -> R {
+        let mut e = match self.entries.remove(&peer) {
+            Some(e) => {
+                self.unindex(&peer, &e);
+                e
+            }
+            None => {
+                while self.entries.len() >= self.limits.max_entries {
+                    let len = self.entries.len();
+                    self.make_room(now);
+                    if self.entries.len() == len {
+                        break;
+                    }
+                }
+                Behaviour::new(now)
+            }
+        };
+        e.refresh(&self.limits, now);
+        e.last_active = now;
+        let r = f(&mut e, &self.limits);
+        self.index(&peer, &e);
+        self.entries.insert(peer, e);
+        r
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::proto::identity::Keypair;
+
+    fn peer(i: u64) -> PeerId {
+        Keypair::derive(i, "admission").peer_id()
+    }
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp(1_000_000 + secs * 1000)
+    }
+
+    #[test]
+    fn flood_over_limit_strikes_and_third_strike_bans() {
+        let c = Config::default();
+        let mut t = BehaviourTable::new(&c);
+        let p = peer(1);
+        for i in 0..5 {
+            assert_eq!(t.record_heartbeat(p, at(i)), Ok(()), "heartbeat {i} is within the limit");
+        }
+        let e = t.record_heartbeat(p, at(5)).unwrap_err();
+        assert_eq!(
+            e,
+            AdmissionError::RateLimited {
+                kind: RateKind::Heartbeat,
+                strike: Strike { strikes: 1, banned_until: None }
+            }
+        );
+        assert_eq!(t.record_heartbeat(p, at(6)).unwrap_err().strike().map(|s| s.strikes), Some(2));
+        let third = t.record_heartbeat(p, at(7)).unwrap_err();
+        assert_eq!(third.strike(), Some(Strike { strikes: 3, banned_until: Some(at(7) + c.ban_duration) }));
+        assert!(t.is_banned(&p, at(8)));
+        // While banned, requests are refused without more strikes piling up or the ban moving.
+        for i in 8..20 {
+            assert_eq!(t.record_heartbeat(p, at(i)), Err(AdmissionError::Banned { until: at(7) + c.ban_duration }));
+            assert_eq!(t.record_bad_signature(p, at(i)).banned_until, None);
+        }
+        assert_eq!(t.strikes(&p), 3);
+        // Other windows of the same peer are refused too; other peers are unaffected.
+        assert!(matches!(t.record_get(p, at(21)), Err(AdmissionError::Banned { .. })));
+        assert_eq!(t.record_heartbeat(peer(2), at(21)), Ok(()));
+    }
+
+    #[test]
+    fn window_slides_so_a_steady_node_is_never_struck() {
+        let c = Config::default();
+        let mut t = BehaviourTable::new(&c);
+        let p = peer(1);
+        // Every 20 s plus a probe and an immediate extra heartbeat now and then.
+        for i in 0..1000u64 {
+            assert_eq!(t.record_heartbeat(p, at(i * 20)), Ok(()));
+            if i % 10 == 0 {
+                assert_eq!(t.record_heartbeat(p, at(i * 20 + 1)), Ok(()));
+                assert_eq!(t.record_heartbeat(p, at(i * 20 + 2)), Ok(()));
+            }
+        }
+        assert_eq!(t.strikes(&p), 0);
+    }
+
+    #[test]
+    fn strikes_decay_over_time() {
+        let c = Config::default();
+        let mut t = BehaviourTable::new(&c);
+        let p = peer(1);
+        assert_eq!(t.record_bad_signature(p, at(0)), Strike { strikes: 2, banned_until: None });
+        // Just before one decay period: still 2; a period later one is forgiven, then the other.
+        assert_eq!(t.record_get(p, at(599)), Ok(()));
+        assert_eq!(t.strikes(&p), 2);
+        assert_eq!(t.record_get(p, at(600)), Ok(()));
+        assert_eq!(t.strikes(&p), 1);
+        assert_eq!(t.record_get(p, at(1200)), Ok(()));
+        assert_eq!(t.strikes(&p), 0);
+        // A new strike restarts the decay clock: two more strikes just under one decay period
+        // later find nothing forgiven, and ban.
+        assert_eq!(t.record_bad_signature(p, at(2000)).strikes, 2);
+        assert_eq!(t.record_bad_signature(p, at(2000 + 599)).banned_until, Some(at(2599) + c.ban_duration));
+        // Strikes also decay at GC, without any request from the peer.
+        let q = peer(2);
+        t.record_bad_signature(q, at(3000));
+        t.prune(at(3000 + 1200), |_| false);
+        assert_eq!(t.strikes(&q), 0);
+        assert!(!t.contains(&q), "a fully forgiven peer without a session is pruned");
+    }
+
+    #[test]
+    fn ban_expires() {
+        let c = Config::default();
+        let mut t = BehaviourTable::new(&c);
+        let p = peer(1);
+        t.record_bad_signature(p, at(0));
+        let s = t.record_bad_signature(p, at(1));
+        let until = s.banned_until.unwrap();
+        assert_eq!(until, at(1) + c.ban_duration);
+        assert!(t.is_banned(&p, Timestamp(until.0 - 1)));
+        assert!(!t.is_banned(&p, until));
+        assert_eq!(t.record_heartbeat(p, until), Ok(()));
+        // The ban's end does not leave the strikes at the threshold: one more strike is no ban.
+        assert_eq!(t.strikes(&p), 0);
+        assert_eq!(t.record_bad_signature(p, until).banned_until, None);
+    }
+
+    #[test]
+    fn burst_guard_admits_twenty_per_thirty_seconds() {
+        let c = Config::default();
+        let mut g = BurstGuard::new(&c);
+        for i in 0..20 {
+            assert_eq!(g.try_admit(Timestamp(1_000 + i * 100)), Ok(()), "opening {i}");
+        }
+        // Refused attempts are not recorded, however many.
+        for i in 0..100 {
+            assert_eq!(g.try_admit(Timestamp(5_000 + i)), Err(AdmissionError::Busy));
+        }
+        // The first opening (t = 1000) leaves the window exactly 30 s later, the second 100 ms after.
+        assert_eq!(g.try_admit(Timestamp(30_999)), Err(AdmissionError::Busy));
+        assert_eq!(g.try_admit(Timestamp(31_000)), Ok(()));
+        assert_eq!(g.try_admit(Timestamp(31_050)), Err(AdmissionError::Busy));
+        assert_eq!(g.in_window(), 20);
+        // `check` alone records nothing.
+        let mut g = BurstGuard::new(&c);
+        for _ in 0..50 {
+            assert_eq!(g.check(Timestamp(0)), Ok(()));
+        }
+        assert_eq!(g.in_window(), 0);
+    }
+
+    #[test]
+    fn table_stays_bounded_and_keeps_bans() {
+        let c = Config { behaviour_table_max: 8, ..Config::default() };
+        let mut t = BehaviourTable::new(&c);
+        // Three banned peers.
+        for i in 0..3 {
+            t.record_bad_signature(peer(i), at(i));
+            t.record_bad_signature(peer(i), at(i));
+            assert!(t.is_banned(&peer(i), at(10)));
+        }
+        // A Sybil flood of fresh peers.
+        for i in 100..1100 {
+            let _ = t.record_heartbeat(peer(i), Timestamp(at(10).0 + i));
+            assert!(t.len() <= 8);
+        }
+        for i in 0..3 {
+            assert!(t.is_banned(&peer(i), at(20)), "ban of peer {i} survives the flood");
+        }
+        // The most recently active unbanned peers are the ones kept.
+        assert!(t.contains(&peer(1099)));
+        assert!(t.is_banned(&peer(0), at(599)) && !t.is_banned(&peer(0), at(600)));
+        assert!(!t.contains(&peer(100)));
+
+        // When every entry is banned, the ban that ends first goes.
+        let c = Config { behaviour_table_max: 2, ..Config::default() };
+        let mut t = BehaviourTable::new(&c);
+        for (i, s) in [(0, 0), (1, 5)] {
+            t.record_bad_signature(peer(i), at(s));
+            t.record_bad_signature(peer(i), at(s));
+        }
+        let _ = t.record_heartbeat(peer(9), at(6));
+        assert!(!t.contains(&peer(0)));
+        assert!(t.is_banned(&peer(1), at(7)));
+        // Read-only queries never create entries.
+        assert!(!t.is_banned(&peer(42), at(7)));
+        assert!(!t.contains(&peer(42)));
+    }
+
+    #[test]
+    fn prune_keeps_sessions_strikes_bans_and_open_windows() {
+        let c = Config::default();
+        let mut t = BehaviourTable::new(&c);
+        let (with_session, struck, recent, stale) = (peer(1), peer(2), peer(3), peer(4));
+        for p in [with_session, stale] {
+            t.record_heartbeat(p, at(0)).unwrap();
+        }
+        t.record_bad_signature(struck, at(50));
+        t.record_heartbeat(recent, at(50)).unwrap();
+        let pruned = t.prune(at(61), |p| *p == with_session);
+        assert_eq!(pruned, 1);
+        assert!(!t.contains(&stale));
+        for p in [with_session, struck, recent] {
+            assert!(t.contains(&p));
+        }
+    }
+
+    #[test]
+    fn first_did_is_bound_and_a_different_one_costs_two_strikes() {
+        let c = Config::default();
+        let mut t = BehaviourTable::new(&c);
+        let p = peer(1);
+        let d1 = Did::new("did:one").unwrap();
+        let d2 = Did::new("did:two").unwrap();
+        assert_eq!(t.check_identity(p, &d1, at(0)), Ok(()));
+        assert_eq!(t.check_identity(p, &d1, at(1)), Ok(()));
+        assert_eq!(
+            t.check_identity(p, &d2, at(2)),
+            Err(AdmissionError::DidMismatch { peer: p, strike: Strike { strikes: 2, banned_until: None } })
+        );
+        assert_eq!(t.bound_did(&p), Some(&d1));
+        let e = t.check_identity(p, &d2, at(3)).unwrap_err();
+        assert_eq!(e.strike().and_then(|s| s.banned_until), Some(at(3) + c.ban_duration));
+    }
+}
