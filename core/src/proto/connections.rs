@@ -426,10 +426,11 @@ mod tests {
         res
     }
 
-    fn handshake(
-        key_b: [u8; 32],
-    ) -> (Vec<Inbound>, Vec<Inbound>, VecDeque<Output>, VecDeque<Output>, Connections, Connections, PeerId, PeerId)
-    {
+    /// Deliveries to b, deliveries to a, then both tables and both ids, after a full exchange.
+    type Handshake =
+        (Vec<Inbound>, Vec<Inbound>, VecDeque<Output>, VecDeque<Output>, Connections, Connections, PeerId, PeerId);
+
+    fn handshake(key_b: [u8; 32]) -> Handshake {
         let (a, mut ca, b, mut cb) = pair([1; 32], key_b);
         let (mut oa, mut ob) = (VecDeque::new(), VecDeque::new());
         assert!(ca.send(b, Message::Leave, Timestamp(0), &mut oa));

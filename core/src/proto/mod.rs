@@ -163,6 +163,9 @@ pub enum CloseReason {
     Banned,
     /// Graceful shutdown.
     Shutdown,
+    /// We removed this indexer from our pool while it was alive (score, evidence, migration, room
+    /// for a seed) and told it so with [`Message::Leave`].
+    Evicted,
 }
 
 /// Why a node stopped counting an indexer as live.
