@@ -1,1 +1,57 @@
-//! Deterministic simulator of many `ocd-core` peers. (Being implemented.)
+//! # ocd-simulator — a deterministic discrete-event simulator of many `ocd-core` peers
+//!
+//! The simulator runs real [`ocd_core::proto::Peer`]s — the same state machines the daemons run —
+//! in virtual time, thousands at once, and measures how the network copes with crashes,
+//! partitions and byzantine peers (DESIGN.md §5). It contains **no protocol logic**: it moves
+//! messages (through the real wire codec), keeps time, injects faults and misbehaviour, and
+//! watches events and read-only pool views.
+//!
+//! * [`scenario`] — the TOML scenario format, parsed and checked up front;
+//! * [`net`] — links, latency, loss, FIFO delivery, partitions, half-open links;
+//! * [`queue`] — the event queue (a calendar queue ordered by time, then push order);
+//! * [`sim`] — the event loop, faults, byzantine output filters and measurements;
+//! * [`report`] — the JSON report and its text summary;
+//! * [`bench`](mod@bench) — the fixed large scenario of `ocd-sim bench`;
+//! * [`plot`] — a hand-written SVG of a report's pool timeline.
+//!
+//! Same scenario and seed ⇒ the same report, field for field, except `wall_ms`: the run is a pure
+//! function of its inputs, and `trace_hash` (BLAKE3 over every peer start, delivered message,
+//! dial, close and event, in order) proves it.
+//!
+//! ## Measurement definitions
+//!
+//! Pool statistics cover alive, started, *honest* node-role peers (`node` or `node+indexer`);
+//! a peer made byzantine is left out from then on. A node's live pool size is the number of
+//! indexers in its pool (tracked from `IndexerAdded`/`IndexerEvicted` events) that
+//! `IndexerPool::is_live` reports live.
+//!
+//! * `crash`: affected = nodes counting a target live at the crash; detect = crash → the node
+//!   stops counting that target live (an `IndexerEvicted`/`IndexerDown` event or `is_live`
+//!   turning false, checked after every input the node handles), per (node, target); recover =
+//!   crash → first moment, once every target is detected, that the node has ≥ `min_indexers` live.
+//! * `partition`: the same for live indexers across the cut. `heal`: affected = nodes below min at
+//!   the heal; recover = heal → ≥ min. `restart`: `affected_nodes` = nodes that counted the target
+//!   live when it crashed; `readmitted` = nodes whose `IndexerLive` for it came within 60 s.
+//! * byzantine indexer: `honest_nodes` = honest nodes that had it in their pool at or after the
+//!   start; `evicted_by` = the share of them that evicted it, for any reason (`evict_reasons`
+//!   breaks it down); `evicted_for_cause_by` is stricter: of the honest nodes that counted it
+//!   *live* after the start, the share whose next eviction of it was not a refusal, a returning
+//!   seed or a migration. Byzantine node: `reached` = indexers
+//!   that received a message from it after the start, `banned_by` = the share of them that banned
+//!   it.
+//!
+//! Byzantine behaviours are filters on the misbehaving peer's outputs (`lie_challenges`,
+//! `fake_fill`, `flap_born_at`, `drop_responses`) or traffic injected on its behalf
+//! (`heartbeat_flood`); the core itself always stays honest.
+
+pub mod bench;
+pub mod net;
+pub mod plot;
+pub mod queue;
+pub mod report;
+pub mod scenario;
+pub mod sim;
+
+pub use report::Report;
+pub use scenario::{Scenario, ScenarioError};
+pub use sim::{Simulation, run};

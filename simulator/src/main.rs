@@ -1,2 +1,147 @@
-//! `ocd-sim`: runs simulator scenarios.
-fn main() {}
+//! `ocd-sim`: run a scenario, the fixed bench, or plot a report.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ocd_simulator::bench::{self, BenchParams};
+use ocd_simulator::{Report, Scenario, Simulation};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Deterministic simulator of many ocd peers.
+#[derive(Parser)]
+#[command(name = "ocd-sim", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario and write its report.
+    Run {
+        /// The scenario file (TOML, DESIGN.md §5).
+        scenario: PathBuf,
+        /// Override the scenario's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Print the JSON report on stdout instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Log every message, link change and event of these peers (targets: "g/i", "g/a..b", "g")
+        /// to stderr.
+        #[arg(long, value_delimiter = ',')]
+        trace: Vec<String>,
+    },
+    /// Run the fixed large scenario and print throughput.
+    Bench {
+        /// Node-role peers.
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Indexer-role peers.
+        #[arg(long, default_value_t = 100)]
+        indexers: usize,
+        /// Simulated time (e.g. "1h", "10m").
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the JSON report here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Draw a report's pool timeline as SVG.
+    Plot {
+        /// A JSON report written by `run --report`.
+        report: PathBuf,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn write_report(path: &PathBuf, report: &Report) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("cannot write report {}", path.display()))
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ocd-sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run { scenario, seed, report, json, trace } => {
+            let mut sc = Scenario::load(&scenario)?;
+            if let Some(s) = seed {
+                sc = sc.with_seed(s);
+            }
+            let mut sim = Simulation::new(sc)?;
+            let unknown = sim.trace_peers(&trace);
+            if !unknown.is_empty() {
+                anyhow::bail!("--trace: no such peer(s): {}", unknown.join(", "));
+            }
+            let r = sim.run();
+            if let Some(path) = &report {
+                write_report(path, &r)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r.summary());
+                if let Some(path) = &report {
+                    println!("report written to {}", path.display());
+                }
+            }
+        }
+        Command::Bench { nodes, indexers, duration, seed, report } => {
+            let sc = bench::scenario(BenchParams { nodes, indexers, duration, seed })?;
+            let peers = sc.peer_count();
+            println!(
+                "bench: {nodes} nodes + {indexers} indexers, {} simulated, seed {seed}",
+                humantime::format_duration(duration)
+            );
+            let setup = Instant::now();
+            let sim = Simulation::new(sc)?;
+            let setup_s = setup.elapsed().as_secs_f64();
+            let r = sim.run();
+            let wall_s = (r.wall_ms.max(1)) as f64 / 1000.0;
+            println!("setup           {setup_s:.2} s (keys and peers)");
+            println!("wall            {wall_s:.2} s");
+            println!("events          {}", r.events);
+            println!("messages        {}", r.messages);
+            println!("events/s        {:.0}", r.events as f64 / wall_s);
+            println!("messages/s      {:.0}", r.messages as f64 / wall_s);
+            println!("peer-s / wall-s {:.0}", peers as f64 * (r.sim_ms as f64 / 1000.0) / wall_s);
+            println!("sim-s / wall-s  {:.1}", (r.sim_ms as f64 / 1000.0) / wall_s);
+            println!(
+                "final pool      mean live {:.2}, {} of {} nodes below min {}",
+                r.pool.final_mean_live, r.pool.final_nodes_below_min, r.pool.final_nodes, r.pool.min_target
+            );
+            println!("invariant violations {}", r.invariant_violation_count);
+            println!("trace_hash      {}", r.trace_hash);
+            if let Some(path) = &report {
+                write_report(path, &r)?;
+            }
+        }
+        Command::Plot { report, out } => {
+            let text = std::fs::read_to_string(&report).with_context(|| format!("cannot read {}", report.display()))?;
+            let r: Report =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a report", report.display()))?;
+            std::fs::write(&out, ocd_simulator::plot::svg(&r))
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("wrote {}", out.display());
+        }
+    }
+    Ok(())
+}

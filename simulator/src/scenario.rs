@@ -1,0 +1,822 @@
+//! Scenarios: the TOML format of DESIGN.md §5, parsed and checked before anything runs.
+//!
+//! A scenario names groups of peers (`"<group>/<index>"`), the network they share, the faults
+//! injected at fixed simulated times and (later) application workloads. Everything is resolved up
+//! front — durations, targets, group configs — so a typo fails with a clear message before the
+//! first simulated millisecond, never halfway through a run.
+//!
+//! Keys the format does not know are allowed at the top level, in `[network]`, in `[[group]]` and
+//! in `[[fault]]` (DESIGN: "extra keys are allowed"); they are listed in [`Scenario::notes`] so a
+//! misspelt key does not go unnoticed. `[group.config]` is the exception: it is an
+//! `ocd_core::proto::Config` and an unknown field there is an error.
+//!
+//! Target syntax: `"g/i"` (one peer), `"g/a..b"` (indices `a` to `b − 1`), `"g"` (the whole group).
+
+use ocd_core::proto::{Config, Roles};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a scenario cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a key has the wrong type.
+    #[error("invalid scenario: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// A duration that is not `<number><unit>` with unit ms, s, m or h.
+    #[error("{context}: bad duration {value:?} (expected e.g. \"500ms\", \"20s\", \"5m\", \"1h\"): {why}")]
+    Duration {
+        /// Where it was found.
+        context: String,
+        /// The text.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A target or seed names a group that does not exist.
+    #[error("{context}: unknown group {group:?} in target {target:?} (groups: {known})")]
+    UnknownGroup {
+        /// Where it was found.
+        context: String,
+        /// The target text.
+        target: String,
+        /// The unknown group.
+        group: String,
+        /// The groups that exist.
+        known: String,
+    },
+    /// A target index beyond the group's size.
+    #[error("{context}: target {target:?} is out of range: group {group:?} has {count} peers")]
+    OutOfRange {
+        /// Where it was found.
+        context: String,
+        /// The target text.
+        target: String,
+        /// The group.
+        group: String,
+        /// Its size.
+        count: usize,
+    },
+    /// A target that does not follow the syntax.
+    #[error("{context}: bad target {target:?}: {why} (expected \"g/i\", \"g/a..b\" or \"g\")")]
+    BadTarget {
+        /// Where it was found.
+        context: String,
+        /// The target text.
+        target: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A group's `[group.config]` is not a valid `Config`.
+    #[error("group {group:?}: invalid config: {why}")]
+    Config {
+        /// The group.
+        group: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Anything else that makes the scenario meaningless.
+    #[error("{context}: {why}")]
+    Invalid {
+        /// Where.
+        context: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+type Extra = BTreeMap<String, toml::Value>;
+
+#[derive(Deserialize)]
+struct RawScenario {
+    name: String,
+    #[serde(default)]
+    seed: u64,
+    duration: String,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default, rename = "group")]
+    groups: Vec<RawGroup>,
+    #[serde(default, rename = "fault")]
+    faults: Vec<RawFault>,
+    #[serde(default, rename = "workload")]
+    workloads: Vec<toml::Table>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Deserialize, Default)]
+struct RawNetwork {
+    latency_ms: Option<[u64; 2]>,
+    loss: Option<f64>,
+    idle_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Deserialize)]
+struct RawGroup {
+    name: String,
+    count: usize,
+    role: String,
+    #[serde(default)]
+    seeds: Vec<String>,
+    seeds_sample: Option<usize>,
+    start_spread: Option<String>,
+    config: Option<toml::Table>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Deserialize)]
+struct RawFault {
+    at: String,
+    kind: String,
+    #[serde(default)]
+    targets: Vec<String>,
+    sides: Option<Vec<Vec<String>>>,
+    behaviour: Option<String>,
+    loss: Option<f64>,
+    latency_ms: Option<[u64; 2]>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+/// A parsed, checked scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Its name (reported).
+    pub name: String,
+    /// Seed of every random choice of the run (`--seed` overrides it).
+    pub seed: u64,
+    /// Simulated time to run.
+    pub duration: Duration,
+    /// The network model's parameters at the start.
+    pub network: NetworkSpec,
+    /// The peers, group by group; peer indices follow this order.
+    pub groups: Vec<GroupSpec>,
+    /// Faults, in file order (they fire in time order; ties in file order).
+    pub faults: Vec<FaultSpec>,
+    /// Application workloads, kept for later issues (reported as unsupported).
+    pub workloads: Vec<WorkloadSpec>,
+    /// Warnings found while parsing (ignored keys, unsupported features).
+    pub notes: Vec<String>,
+}
+
+/// `[network]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkSpec {
+    /// One-way latency bounds in ms, drawn uniformly per message (`latency_ms = [lo, hi]`).
+    pub latency_ms: (u64, u64),
+    /// Drop probability per message.
+    pub loss: f64,
+    /// After this long a half-open link (crashed peer, partition) is reported down to the live end.
+    pub idle_timeout: Duration,
+    /// A dial to an unreachable peer fails after this long.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            latency_ms: (10, 80),
+            loss: 0.0,
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[[group]]`: `count` peers named `"<name>/<i>"`.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    /// Group name.
+    pub name: String,
+    /// How many peers.
+    pub count: usize,
+    /// Their roles.
+    pub roles: Roles,
+    /// Seed indexers, as target strings.
+    pub seeds: Vec<String>,
+    /// Each peer gets this many seeds drawn from `seeds` (default: all).
+    pub seeds_sample: Option<usize>,
+    /// Start times are uniform in `[0, start_spread)`.
+    pub start_spread: Duration,
+    /// The peers' config (defaults overridden by `[group.config]`).
+    pub config: Config,
+}
+
+/// `[[fault]]`.
+#[derive(Clone, Debug)]
+pub struct FaultSpec {
+    /// When it fires, from the start of the run.
+    pub at: Duration,
+    /// What it does.
+    pub kind: FaultKind,
+}
+
+/// What a fault does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultKind {
+    /// Drop the targets' state; their links stay half-open.
+    Crash {
+        /// Target strings.
+        targets: Vec<String>,
+    },
+    /// Start the targets again with the same identity and fresh state.
+    Restart {
+        /// Target strings.
+        targets: Vec<String>,
+    },
+    /// Cut the network between the listed sides.
+    Partition {
+        /// Each side is a list of target strings.
+        sides: Vec<Vec<String>>,
+    },
+    /// End every partition.
+    Heal,
+    /// Change the loss probability.
+    SetLoss {
+        /// The new probability.
+        loss: f64,
+    },
+    /// Change the latency bounds.
+    SetLatency {
+        /// The new bounds in ms.
+        latency_ms: (u64, u64),
+    },
+    /// Make the targets misbehave (an output filter applied by the simulator).
+    Byzantine {
+        /// Target strings.
+        targets: Vec<String>,
+        /// How.
+        behaviour: Behaviour,
+    },
+}
+
+impl FaultKind {
+    /// The `kind` string of the scenario format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultKind::Crash { .. } => "crash",
+            FaultKind::Restart { .. } => "restart",
+            FaultKind::Partition { .. } => "partition",
+            FaultKind::Heal => "heal",
+            FaultKind::SetLoss { .. } => "set_loss",
+            FaultKind::SetLatency { .. } => "set_latency",
+            FaultKind::Byzantine { .. } => "byzantine",
+        }
+    }
+
+    /// The target strings this fault names (all sides for a partition).
+    pub fn target_strings(&self) -> Vec<String> {
+        match self {
+            FaultKind::Crash { targets } | FaultKind::Restart { targets } | FaultKind::Byzantine { targets, .. } => {
+                targets.clone()
+            }
+            FaultKind::Partition { sides } => sides.iter().flatten().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Byzantine behaviours (DESIGN §5). The core stays honest: each is a filter the simulator applies
+/// to the byzantine peer's outputs, or traffic it injects on that peer's behalf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Behaviour {
+    /// Indexer: every challenge answer says "not found, never seen".
+    LieChallenges,
+    /// Indexer: reports a 2 % fill rate while its peer count and capacity stay true.
+    FakeFill,
+    /// Indexer: `born_at` alternates between the real value and one hour earlier.
+    FlapBornAt,
+    /// Indexer: drops its heartbeat responses, refusals and candidate responses.
+    DropResponses,
+    /// Indexer: withholds records (later issue; not simulated).
+    WithholdRecords,
+    /// Indexer: forges search hits (later issue; not simulated).
+    ForgeSearchHits,
+    /// Node: one extra regular heartbeat per second to every indexer it is connected to.
+    HeartbeatFlood,
+    /// Node: claims another peer's DID (later issue; not simulated).
+    ClaimForeignDid,
+    /// Node: publishes badly signed records (later issue; not simulated).
+    BadSignature,
+}
+
+impl Behaviour {
+    const ALL: [(&'static str, Behaviour); 9] = [
+        ("lie_challenges", Behaviour::LieChallenges),
+        ("fake_fill", Behaviour::FakeFill),
+        ("flap_born_at", Behaviour::FlapBornAt),
+        ("drop_responses", Behaviour::DropResponses),
+        ("withhold_records", Behaviour::WithholdRecords),
+        ("forge_search_hits", Behaviour::ForgeSearchHits),
+        ("heartbeat_flood", Behaviour::HeartbeatFlood),
+        ("claim_foreign_did", Behaviour::ClaimForeignDid),
+        ("bad_signature", Behaviour::BadSignature),
+    ];
+
+    /// The scenario-format name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, b)| *b == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+
+    /// Parses a scenario-format name.
+    pub fn from_name(s: &str) -> Option<Behaviour> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, b)| *b)
+    }
+
+    /// Whether the simulator implements it (the others belong to later issues).
+    pub fn is_simulated(self) -> bool {
+        matches!(
+            self,
+            Behaviour::LieChallenges
+                | Behaviour::FakeFill
+                | Behaviour::FlapBornAt
+                | Behaviour::DropResponses
+                | Behaviour::HeartbeatFlood
+        )
+    }
+
+    /// Whether it is an indexer misbehaviour (else a node one).
+    pub fn is_indexer_behaviour(self) -> bool {
+        !matches!(self, Behaviour::HeartbeatFlood | Behaviour::ClaimForeignDid | Behaviour::BadSignature)
+    }
+}
+
+/// `[[workload]]`, kept verbatim for later issues.
+#[derive(Clone, Debug)]
+pub struct WorkloadSpec {
+    /// `lookup`, `search` or `send`.
+    pub kind: String,
+    /// When it starts.
+    pub from: Option<Duration>,
+    /// Every key as written.
+    pub raw: toml::Table,
+}
+
+/// Parses a duration such as `"500ms"`, `"20s"`, `"5m"`, `"1h"` (any humantime syntax).
+pub fn parse_duration(context: &str, value: &str) -> Result<Duration, ScenarioError> {
+    humantime::parse_duration(value.trim()).map_err(|e| ScenarioError::Duration {
+        context: context.to_string(),
+        value: value.to_string(),
+        why: e.to_string(),
+    })
+}
+
+fn parse_role(group: &str, role: &str) -> Result<Roles, ScenarioError> {
+    match role {
+        "node" => Ok(Roles::NODE),
+        "indexer" => Ok(Roles::INDEXER),
+        "node+indexer" | "indexer+node" => Ok(Roles::BOTH),
+        other => Err(ScenarioError::Invalid {
+            context: format!("group {group:?}"),
+            why: format!("unknown role {other:?} (expected \"node\", \"indexer\" or \"node+indexer\")"),
+        }),
+    }
+}
+
+fn check_latency(context: &str, l: [u64; 2]) -> Result<(u64, u64), ScenarioError> {
+    if l[0] > l[1] {
+        return Err(ScenarioError::Invalid {
+            context: context.to_string(),
+            why: format!("latency_ms = [{}, {}]: the lower bound exceeds the upper bound", l[0], l[1]),
+        });
+    }
+    Ok((l[0], l[1]))
+}
+
+fn check_loss(context: &str, loss: f64) -> Result<f64, ScenarioError> {
+    if !(0.0..=1.0).contains(&loss) {
+        return Err(ScenarioError::Invalid {
+            context: context.to_string(),
+            why: format!("loss = {loss} is not a probability in [0, 1]"),
+        });
+    }
+    Ok(loss)
+}
+
+fn note_extra(notes: &mut Vec<String>, context: &str, extra: &Extra) {
+    for k in extra.keys() {
+        notes.push(format!("{context}: key `{k}` is not used by the simulator (ignored)"));
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.to_path_buf(), source })?;
+        Scenario::from_toml(&text)
+    }
+
+    /// Parses and checks a scenario.
+    pub fn from_toml(text: &str) -> Result<Scenario, ScenarioError> {
+        let raw: RawScenario = toml::from_str(text)?;
+        let mut notes = Vec::new();
+        note_extra(&mut notes, "scenario", &raw.extra);
+        let duration = parse_duration("duration", &raw.duration)?;
+        if duration.is_zero() {
+            return Err(ScenarioError::Invalid { context: "duration".into(), why: "must be positive".into() });
+        }
+
+        let rn = raw.network;
+        note_extra(&mut notes, "[network]", &rn.extra);
+        let mut network = NetworkSpec::default();
+        if let Some(l) = rn.latency_ms {
+            network.latency_ms = check_latency("[network]", l)?;
+        }
+        if let Some(l) = rn.loss {
+            network.loss = check_loss("[network]", l)?;
+        }
+        if let Some(t) = &rn.idle_timeout {
+            network.idle_timeout = parse_duration("[network] idle_timeout", t)?;
+        }
+        if let Some(t) = &rn.connect_timeout {
+            network.connect_timeout = parse_duration("[network] connect_timeout", t)?;
+        }
+
+        let mut groups: Vec<GroupSpec> = Vec::new();
+        for g in raw.groups {
+            let ctx = format!("group {:?}", g.name);
+            if g.name.is_empty() || g.name.contains('/') || g.name.contains("..") {
+                return Err(ScenarioError::Invalid {
+                    context: ctx,
+                    why: "a group name must be non-empty and contain neither '/' nor '..'".into(),
+                });
+            }
+            if groups.iter().any(|x| x.name == g.name) {
+                return Err(ScenarioError::Invalid { context: ctx, why: "duplicate group name".into() });
+            }
+            note_extra(&mut notes, &ctx, &g.extra);
+            let roles = parse_role(&g.name, &g.role)?;
+            let config: Config = match g.config {
+                Some(t) => t.try_into().map_err(|e: toml::de::Error| ScenarioError::Config {
+                    group: g.name.clone(),
+                    why: e.message().trim().to_string(),
+                })?,
+                None => Config::default(),
+            };
+            config.validate().map_err(|e| ScenarioError::Config { group: g.name.clone(), why: e.to_string() })?;
+            let start_spread = match &g.start_spread {
+                Some(s) => parse_duration(&format!("{ctx} start_spread"), s)?,
+                None => Duration::ZERO,
+            };
+            groups.push(GroupSpec {
+                name: g.name,
+                count: g.count,
+                roles,
+                seeds: g.seeds,
+                seeds_sample: g.seeds_sample,
+                start_spread,
+                config,
+            });
+        }
+        if groups.iter().all(|g| g.count == 0) {
+            return Err(ScenarioError::Invalid { context: "scenario".into(), why: "no peers: add a [[group]]".into() });
+        }
+
+        let mut scenario = Scenario {
+            name: raw.name,
+            seed: raw.seed,
+            duration,
+            network,
+            groups,
+            faults: Vec::new(),
+            workloads: Vec::new(),
+            notes: Vec::new(),
+        };
+        for g in &scenario.groups {
+            let ctx = format!("group {:?} seeds", g.name);
+            scenario.resolve(&ctx, &g.seeds)?;
+        }
+
+        for (i, f) in raw.faults.into_iter().enumerate() {
+            let ctx = format!("fault #{} ({} at {})", i + 1, f.kind, f.at);
+            note_extra(&mut notes, &ctx, &f.extra);
+            let at = parse_duration(&format!("{ctx} at"), &f.at)?;
+            if at > duration {
+                notes.push(format!("{ctx}: fires after the end of the run (never happens)"));
+            }
+            let need_targets = |targets: &Vec<String>| -> Result<(), ScenarioError> {
+                if targets.is_empty() {
+                    return Err(ScenarioError::Invalid { context: ctx.clone(), why: "needs `targets`".into() });
+                }
+                Ok(())
+            };
+            let kind = match f.kind.as_str() {
+                "crash" => {
+                    need_targets(&f.targets)?;
+                    FaultKind::Crash { targets: f.targets }
+                }
+                "restart" => {
+                    need_targets(&f.targets)?;
+                    FaultKind::Restart { targets: f.targets }
+                }
+                "partition" => {
+                    let sides = f.sides.unwrap_or_default();
+                    if sides.len() < 2 || sides.iter().any(|s| s.is_empty()) {
+                        return Err(ScenarioError::Invalid {
+                            context: ctx,
+                            why: "a partition needs `sides` with at least two non-empty lists of targets".into(),
+                        });
+                    }
+                    FaultKind::Partition { sides }
+                }
+                "heal" => FaultKind::Heal,
+                "set_loss" => {
+                    let loss = f.loss.ok_or_else(|| ScenarioError::Invalid {
+                        context: ctx.clone(),
+                        why: "set_loss needs `loss`".into(),
+                    })?;
+                    FaultKind::SetLoss { loss: check_loss(&ctx, loss)? }
+                }
+                "set_latency" => {
+                    let l = f.latency_ms.ok_or_else(|| ScenarioError::Invalid {
+                        context: ctx.clone(),
+                        why: "set_latency needs `latency_ms = [lo, hi]`".into(),
+                    })?;
+                    FaultKind::SetLatency { latency_ms: check_latency(&ctx, l)? }
+                }
+                "byzantine" => {
+                    need_targets(&f.targets)?;
+                    let name = f.behaviour.as_deref().unwrap_or("");
+                    let behaviour = Behaviour::from_name(name).ok_or_else(|| ScenarioError::Invalid {
+                        context: ctx.clone(),
+                        why: format!(
+                            "unknown behaviour {name:?} (expected one of: {})",
+                            Behaviour::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        ),
+                    })?;
+                    if !behaviour.is_simulated() {
+                        notes.push(format!(
+                            "{ctx}: behaviour `{}` is not simulated yet (later issue); the peers stay honest",
+                            behaviour.name()
+                        ));
+                    }
+                    FaultKind::Byzantine { targets: f.targets, behaviour }
+                }
+                other => {
+                    return Err(ScenarioError::Invalid {
+                        context: ctx,
+                        why: format!(
+                            "unknown kind {other:?} (expected crash, restart, partition, heal, set_loss, \
+                             set_latency or byzantine)"
+                        ),
+                    });
+                }
+            };
+            for t in kind.target_strings() {
+                scenario.resolve(&ctx, std::slice::from_ref(&t))?;
+            }
+            if let FaultKind::Byzantine { targets, behaviour } = &kind {
+                for p in scenario.resolve(&ctx, targets)? {
+                    let roles = scenario.roles_of(p);
+                    let fits = if behaviour.is_indexer_behaviour() { roles.indexer } else { roles.node };
+                    if !fits {
+                        notes.push(format!(
+                            "{ctx}: `{}` does not apply to {} (wrong role); it has no effect there",
+                            behaviour.name(),
+                            scenario.peer_name(p)
+                        ));
+                    }
+                }
+            }
+            scenario.faults.push(FaultSpec { at, kind });
+        }
+
+        for (i, w) in raw.workloads.into_iter().enumerate() {
+            let kind = w.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
+            let from = match w.get("from").and_then(|v| v.as_str()) {
+                Some(s) => Some(parse_duration(&format!("workload #{} from", i + 1), s)?),
+                None => None,
+            };
+            notes.push(format!("workload #{} `{kind}`: unsupported (implemented by a later issue); ignored", i + 1));
+            scenario.workloads.push(WorkloadSpec { kind, from, raw: w });
+        }
+        scenario.notes = notes;
+        Ok(scenario)
+    }
+
+    /// Total number of peers.
+    pub fn peer_count(&self) -> usize {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+
+    /// Index of the first peer of each group.
+    fn group_offset(&self, group: usize) -> usize {
+        self.groups.iter().take(group).map(|g| g.count).sum()
+    }
+
+    /// The group of peer `p` and its index in the group.
+    pub fn locate(&self, p: usize) -> Option<(usize, usize)> {
+        let mut base = 0;
+        for (gi, g) in self.groups.iter().enumerate() {
+            if p < base + g.count {
+                return Some((gi, p - base));
+            }
+            base += g.count;
+        }
+        None
+    }
+
+    /// `"<group>/<index>"` of peer `p`.
+    pub fn peer_name(&self, p: usize) -> String {
+        match self.locate(p) {
+            Some((g, i)) => format!("{}/{}", self.groups[g].name, i),
+            None => format!("?/{p}"),
+        }
+    }
+
+    /// The roles of peer `p`.
+    pub fn roles_of(&self, p: usize) -> Roles {
+        self.locate(p).map(|(g, _)| self.groups[g].roles).unwrap_or(Roles { node: false, indexer: false })
+    }
+
+    /// Resolves target strings to peer indices (sorted, deduplicated).
+    pub fn resolve(&self, context: &str, targets: &[String]) -> Result<Vec<usize>, ScenarioError> {
+        let mut out = Vec::new();
+        for t in targets {
+            out.extend(self.resolve_one(context, t)?);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn resolve_one(&self, context: &str, target: &str) -> Result<std::ops::Range<usize>, ScenarioError> {
+        let bad = |why: &str| ScenarioError::BadTarget {
+            context: context.to_string(),
+            target: target.to_string(),
+            why: why.to_string(),
+        };
+        let (gname, sel) = match target.trim().split_once('/') {
+            Some((g, s)) => (g, Some(s)),
+            None => (target.trim(), None),
+        };
+        let gi = self.groups.iter().position(|g| g.name == gname).ok_or_else(|| ScenarioError::UnknownGroup {
+            context: context.to_string(),
+            target: target.to_string(),
+            group: gname.to_string(),
+            known: self.groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", "),
+        })?;
+        let count = self.groups[gi].count;
+        let base = self.group_offset(gi);
+        let out_of_range = || ScenarioError::OutOfRange {
+            context: context.to_string(),
+            target: target.to_string(),
+            group: gname.to_string(),
+            count,
+        };
+        let (a, b) = match sel {
+            None => (0, count),
+            Some(s) => match s.split_once("..") {
+                Some((a, b)) => {
+                    let a: usize = a.trim().parse().map_err(|_| bad("range start is not a number"))?;
+                    let b: usize = b.trim().parse().map_err(|_| bad("range end is not a number"))?;
+                    if a >= b {
+                        return Err(bad("empty range (a..b is half-open: b must exceed a)"));
+                    }
+                    if b > count {
+                        return Err(out_of_range());
+                    }
+                    (a, b)
+                }
+                None => {
+                    let i: usize = s.trim().parse().map_err(|_| bad("index is not a number"))?;
+                    if i >= count {
+                        return Err(out_of_range());
+                    }
+                    (i, i + 1)
+                }
+            },
+        };
+        Ok(base + a..base + b)
+    }
+
+    /// Returns a copy with another seed (the CLI's `--seed`).
+    pub fn with_seed(mut self, seed: u64) -> Scenario {
+        self.seed = seed;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "t"
+seed = 3
+duration = "2m"
+[[group]]
+name = "idx"
+count = 4
+role = "indexer"
+[[group]]
+name = "n"
+count = 10
+role = "node"
+seeds = ["idx/0", "idx/1"]
+start_spread = "10s"
+"#;
+
+    fn with(extra: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::from_toml(&format!("{BASE}\n{extra}"))
+    }
+
+    #[test]
+    fn targets_resolve_single_range_and_whole_group() {
+        let s = with("").unwrap();
+        assert_eq!(s.resolve("t", &["idx/2".into()]).unwrap(), vec![2]);
+        assert_eq!(s.resolve("t", &["n/0..3".into()]).unwrap(), vec![4, 5, 6]);
+        assert_eq!(s.resolve("t", &["idx".into()]).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(s.peer_name(5), "n/1");
+        assert_eq!(s.peer_count(), 14);
+    }
+
+    #[test]
+    fn bad_targets_are_reported_with_their_context() {
+        let s = with("").unwrap();
+        let e = s.resolve("fault #1", &["nope/1".into()]).unwrap_err();
+        assert!(matches!(e, ScenarioError::UnknownGroup { .. }), "{e}");
+        assert!(e.to_string().contains("nope"));
+        let e = s.resolve("t", &["idx/4".into()]).unwrap_err();
+        assert!(matches!(e, ScenarioError::OutOfRange { count: 4, .. }), "{e}");
+        assert!(matches!(s.resolve("t", &["idx/0..5".into()]), Err(ScenarioError::OutOfRange { .. })));
+        assert!(matches!(s.resolve("t", &["idx/3..3".into()]), Err(ScenarioError::BadTarget { .. })));
+        assert!(matches!(s.resolve("t", &["idx/x".into()]), Err(ScenarioError::BadTarget { .. })));
+    }
+
+    #[test]
+    fn durations_accept_ms_s_m_h_and_reject_garbage() {
+        assert_eq!(parse_duration("x", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("x", "20s").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("x", "5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("x", "1h").unwrap(), Duration::from_secs(3600));
+        assert!(matches!(parse_duration("x", "5 parsecs"), Err(ScenarioError::Duration { .. })));
+        let e =
+            Scenario::from_toml("name='x'\nduration='soon'\n[[group]]\nname='a'\ncount=1\nrole='node'").unwrap_err();
+        assert!(e.to_string().contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn faults_are_checked_at_parse_time() {
+        let e = with("[[fault]]\nat='1m'\nkind='crash'\ntargets=['idx/9']").unwrap_err();
+        assert!(e.to_string().contains("fault #1"), "{e}");
+        let e = with("[[fault]]\nat='1m'\nkind='explode'\ntargets=['idx/1']").unwrap_err();
+        assert!(e.to_string().contains("unknown kind"), "{e}");
+        let e = with("[[fault]]\nat='1m'\nkind='byzantine'\ntargets=['idx/1']\nbehaviour='nice'").unwrap_err();
+        assert!(e.to_string().contains("unknown behaviour"), "{e}");
+        let e = with("[[fault]]\nat='1m'\nkind='partition'\nsides=[['idx/0']]").unwrap_err();
+        assert!(e.to_string().contains("two"), "{e}");
+        let s = with(
+            "[[fault]]\nat='1m'\nkind='partition'\nsides=[['idx/0..2','n/0..5'],['idx/2..4']]\n\
+             [[fault]]\nat='90s'\nkind='heal'\n\
+             [[fault]]\nat='1m'\nkind='byzantine'\ntargets=['idx/3']\nbehaviour='withhold_records'",
+        )
+        .unwrap();
+        assert_eq!(s.faults.len(), 3);
+        assert!(s.notes.iter().any(|n| n.contains("withhold_records")), "{:?}", s.notes);
+    }
+
+    #[test]
+    fn unknown_config_keys_are_errors_but_other_extra_keys_are_noted() {
+        let e = Scenario::from_toml(
+            &BASE.replace("role = \"indexer\"", "role = \"indexer\"\n[group.config]\nmax_nodez = 5"),
+        )
+        .unwrap_err();
+        assert!(matches!(&e, ScenarioError::Config { group, .. } if group == "idx"), "{e}");
+        assert!(e.to_string().contains("max_nodez"), "{e}");
+        let s =
+            Scenario::from_toml(&format!("comment = 'hi'\n{BASE}\n[[workload]]\nkind='lookup'\nfrom='1m'")).unwrap();
+        assert!(s.notes.iter().any(|n| n.contains("comment")));
+        assert!(s.notes.iter().any(|n| n.contains("lookup") && n.contains("unsupported")));
+        assert_eq!(s.workloads.len(), 1);
+    }
+
+    #[test]
+    fn group_config_overrides_defaults_and_is_validated() {
+        let s = Scenario::from_toml(&BASE.replace(
+            "start_spread = \"10s\"",
+            "start_spread = \"10s\"\n[group.config]\nmin_indexers = 2\nmax_indexers = 4\nheartbeat_interval = \"10s\"\nmax_hb_per_minute = 8",
+        ))
+        .unwrap();
+        assert_eq!(s.groups[1].config.min_indexers, 2);
+        assert_eq!(s.groups[1].config.heartbeat_interval, Duration::from_secs(10));
+        let e = Scenario::from_toml(&BASE.replace("start_spread = \"10s\"", "[group.config]\nmin_indexers = 9"))
+            .unwrap_err();
+        assert!(matches!(e, ScenarioError::Config { .. }), "{e}");
+    }
+}

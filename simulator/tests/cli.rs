@@ -1,0 +1,124 @@
+//! The `ocd-sim` binary: determinism across processes, seeds, and errors on bad scenarios.
+
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const SMALL: &str = r#"
+name = "cli-small"
+seed = 9
+duration = "3m"
+
+[network]
+latency_ms = [5, 40]
+
+[[group]]
+name = "idx"
+count = 3
+role = "indexer"
+seeds = ["idx"]
+seeds_sample = 2
+start_spread = "5s"
+
+[[group]]
+name = "n"
+count = 30
+role = "node"
+seeds = ["idx"]
+seeds_sample = 2
+start_spread = "20s"
+[group.config]
+min_indexers = 2
+max_indexers = 3
+
+[[fault]]
+at = "90s"
+kind = "crash"
+targets = ["idx/0"]
+"#;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ocd-sim-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(scenario: &PathBuf, seed: Option<u64>, report: &PathBuf) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocd-sim"));
+    cmd.arg("run").arg(scenario).arg("--report").arg(report);
+    if let Some(s) = seed {
+        cmd.arg("--seed").arg(s.to_string());
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "ocd-sim failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(report).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn same_scenario_and_seed_in_two_processes_give_the_same_report_and_another_seed_does_not() {
+    let dir = scratch("det");
+    let sc = dir.join("small.toml");
+    std::fs::write(&sc, SMALL).unwrap();
+    let mut a = run(&sc, None, &dir.join("a.json"));
+    let mut b = run(&sc, None, &dir.join("b.json"));
+    assert_eq!(a["trace_hash"], b["trace_hash"]);
+    assert_eq!(a["seed"], 9);
+    for r in [&mut a, &mut b] {
+        r["wall_ms"] = 0.into();
+        r["events_per_wall_s"] = 0.into();
+    }
+    assert_eq!(a, b, "reports differ beyond wall-clock fields");
+    let c = run(&sc, Some(10), &dir.join("c.json"));
+    assert_eq!(c["seed"], 10);
+    assert_ne!(a["trace_hash"], c["trace_hash"]);
+    for key in
+        ["scenario", "sim_ms", "events", "messages", "pool", "faults", "byzantine", "bans", "invariant_violations"]
+    {
+        assert!(a.get(key).is_some(), "report lacks `{key}`");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_scenario_exits_non_zero_with_a_clear_message() {
+    let dir = scratch("bad");
+    let cases = [
+        (SMALL.replace("targets = [\"idx/0\"]", "targets = [\"idx/7\"]"), "out of range"),
+        (SMALL.replace("targets = [\"idx/0\"]", "targets = [\"nope/0\"]"), "unknown group"),
+        (SMALL.replace("duration = \"3m\"", "duration = \"3 fortnights\""), "bad duration"),
+        (SMALL.replace("max_indexers = 3", "max_indexerz = 3"), "max_indexerz"),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let sc = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&sc, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ocd-sim")).arg("run").arg(&sc).output().unwrap();
+        assert!(!out.status.success(), "case {i} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "case {i}: stderr {err:?} lacks {expected:?}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd-sim")).arg("run").arg(dir.join("missing.toml")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read scenario"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plot_writes_an_svg_of_a_report() {
+    let dir = scratch("plot");
+    let sc = dir.join("small.toml");
+    std::fs::write(&sc, SMALL).unwrap();
+    run(&sc, None, &dir.join("r.json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd-sim"))
+        .args(["plot"])
+        .arg(dir.join("r.json"))
+        .arg("--out")
+        .arg(dir.join("r.svg"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let svg = std::fs::read_to_string(dir.join("r.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.trim_end().ends_with("</svg>"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
