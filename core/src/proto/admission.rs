@@ -434,13 +434,6 @@ impl BehaviourTable {
         }
     }
 
-    fn unindex(&mut self, peer: &PeerId, e: &Behaviour) {
-        match e.banned_until {
-            Some(until) => self.bans.remove(&(until, *peer)),
-            None => self.idle.remove(&(e.last_active, *peer)),
-        };
-    }
-
     fn index(&mut self, peer: &PeerId, e: &Behaviour) {
         match e.banned_until {
             Some(until) => self.bans.insert((until, *peer)),
@@ -471,22 +464,33 @@ impl BehaviourTable {
     }
 
     fn with_entry<R>(&mut self, peer: PeerId, now: Timestamp, f: impl FnOnce(&mut Behaviour, &Limits) -> R) -> R {
-        let mut e = match self.entries.remove(&peer) {
-            Some(e) => {
-                self.unindex(&peer, &e);
-                e
+        // Hot path (every heartbeat): update in place, touching only the index entry that moved.
+        if let Some(e) = self.entries.get_mut(&peer) {
+            let old_key = (e.banned_until, e.last_active);
+            e.refresh(&self.limits, now);
+            e.last_active = now;
+            let r = f(e, &self.limits);
+            let new_key = (e.banned_until, e.last_active);
+            if old_key != new_key {
+                match old_key {
+                    (Some(until), _) => self.bans.remove(&(until, peer)),
+                    (None, active) => self.idle.remove(&(active, peer)),
+                };
+                match new_key {
+                    (Some(until), _) => self.bans.insert((until, peer)),
+                    (None, active) => self.idle.insert((active, peer)),
+                };
             }
-            None => {
-                while self.entries.len() >= self.limits.max_entries {
-                    let len = self.entries.len();
-                    self.make_room(now);
-                    if self.entries.len() == len {
-                        break;
-                    }
-                }
-                Behaviour::new(now)
+            return r;
+        }
+        while self.entries.len() >= self.limits.max_entries {
+            let len = self.entries.len();
+            self.make_room(now);
+            if self.entries.len() == len {
+                break;
             }
-        };
+        }
+        let mut e = Behaviour::new(now);
         e.refresh(&self.limits, now);
         e.last_active = now;
         let r = f(&mut e, &self.limits);

@@ -26,8 +26,8 @@ use std::time::Duration;
 const MAX_EARLY_INBOUND: usize = 16;
 /// Most peers remembered in the address book.
 const ADDRESS_BOOK_MAX: usize = 4096;
-/// How often connection deadlines are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Slack added to a sweep deadline so that links expiring close together are handled in one sweep.
+const SWEEP_SLACK: Duration = Duration::from_millis(500);
 
 /// Computes the `Hello` proof that `prover` knows `network_key`.
 pub fn hello_mac(
@@ -71,8 +71,10 @@ struct Link {
 /// What the router must do after the connection layer looked at an incoming message.
 #[derive(Debug, PartialEq)]
 pub enum Inbound {
-    /// Process these messages from the peer (verified; may be several after a handshake ends).
-    Deliver(Vec<Message>),
+    /// Process this message from the (verified) peer.
+    Deliver(Message),
+    /// The handshake just completed: process these messages that arrived ahead of the proof.
+    DeliverHeld(Vec<Message>),
     /// Nothing to process (handshake traffic, or held until the proof arrives).
     Nothing,
     /// The connection was closed; requests to this peer have failed.
@@ -210,7 +212,7 @@ impl Connections {
                 };
                 self.links.insert(to, link);
                 out.push_back(Output::Connect { peer: self.peer_addr(&to) });
-                self.arm_sweep(now);
+                self.arm_sweep(now + self.handshake_timeout);
                 true
             }
         }
@@ -241,7 +243,7 @@ impl Connections {
             link.addr = addr;
         }
         out.push_back(Output::Send { to: peer, message: Message::Hello(Hello { nonce }) });
-        self.arm_sweep(now);
+        self.arm_sweep(now + self.handshake_timeout);
     }
 
     /// The connection is gone (or could not be made). Returns how many queued messages were lost.
@@ -287,15 +289,17 @@ impl Connections {
                     return self.fail(from, CloseReason::HandshakeFailed, out);
                 }
                 link.state = State::Ready;
+                let idle_at = now + self.idle_timeout;
                 for m in link.outbound_queue.drain(..) {
                     out.push_back(Output::Send { to: from, message: m });
                 }
                 let early: Vec<Message> = link.early_inbound.drain(..).collect();
                 out.push_back(Output::Event(Event::PeerAuthenticated { peer: from }));
-                if early.is_empty() { Inbound::Nothing } else { Inbound::Deliver(early) }
+                self.arm_sweep(idle_at);
+                if early.is_empty() { Inbound::Nothing } else { Inbound::DeliverHeld(early) }
             }
             other => match link.state {
-                State::Ready => Inbound::Deliver(vec![other]),
+                State::Ready => Inbound::Deliver(other),
                 State::Handshaking if link.early_inbound.len() < MAX_EARLY_INBOUND => {
                     link.early_inbound.push_back(other);
                     Inbound::Nothing
@@ -329,9 +333,17 @@ impl Connections {
         self.links.keys()
     }
 
-    fn arm_sweep(&mut self, now: Timestamp) {
-        if self.next_sweep.is_none() {
-            self.next_sweep = Some(now + SWEEP_EVERY);
+    /// Makes sure a sweep happens no later than `deadline` (+ slack). Activity only moves link
+    /// deadlines later, so an earlier sweep is merely early: it recomputes the exact next one.
+    fn arm_sweep(&mut self, deadline: Timestamp) {
+        let at = deadline + SWEEP_SLACK;
+        self.next_sweep = Some(self.next_sweep.map_or(at, |t| t.min(at)));
+    }
+
+    fn deadline(&self, link: &Link) -> Timestamp {
+        match link.state {
+            State::Dialing | State::Handshaking => link.since + self.handshake_timeout,
+            State::Ready => link.last_activity + self.idle_timeout,
         }
     }
 
@@ -382,7 +394,19 @@ impl Connections {
                 }
             }
         }
-        self.next_sweep = if self.links.is_empty() { None } else { Some(now + SWEEP_EVERY) };
+        // The exact next deadline (kept-alive idle links are looked at again one idle period on).
+        self.next_sweep = None;
+        let next = self
+            .links
+            .values()
+            .map(|l| {
+                let d = self.deadline(l);
+                if d <= now { now + self.idle_timeout } else { d }
+            })
+            .min();
+        if let Some(d) = next {
+            self.arm_sweep(d);
+        }
         dropped
     }
 }
@@ -450,7 +474,7 @@ mod tests {
         let (ra, _rb, _oa, _ob, ca, cb, a, b) = handshake([1; 32]);
         assert!(ca.is_ready(&b) && cb.is_ready(&a));
         // The queued Leave reached b after the handshake.
-        assert!(ra.contains(&Inbound::Deliver(vec![Message::Leave])), "{ra:?}");
+        assert!(ra.contains(&Inbound::Deliver(Message::Leave)), "{ra:?}");
     }
 
     #[test]
@@ -458,7 +482,7 @@ mod tests {
         let (ra, rb, _oa, _ob, ca, cb, a, b) = handshake([2; 32]);
         assert!(!ca.is_ready(&b));
         assert!(!cb.is_ready(&a));
-        assert!(ra.iter().chain(rb.iter()).all(|i| !matches!(i, Inbound::Deliver(_))));
+        assert!(ra.iter().chain(rb.iter()).all(|i| !matches!(i, Inbound::Deliver(_) | Inbound::DeliverHeld(_))));
         assert!(ra.contains(&Inbound::Closed) || rb.contains(&Inbound::Closed));
     }
 
@@ -485,7 +509,7 @@ mod tests {
         let (_a, mut ca, b, _cb) = pair([1; 32], [1; 32]);
         let mut o = VecDeque::new();
         ca.on_up(b, None, Timestamp(0), &mut o);
-        let limit = Timestamp(0) + Config::default().handshake_timeout + SWEEP_EVERY;
+        let limit = Timestamp(0) + Config::default().handshake_timeout + SWEEP_SLACK;
         while let Some(now) = ca.poll_timeout() {
             assert!(now <= limit, "handshake still pending after its timeout");
             ca.handle_timeout(now, |_| true, &mut o);

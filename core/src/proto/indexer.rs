@@ -416,10 +416,20 @@ impl IndexerService {
     // ---- heartbeat flows -----------------------------------------------------------------------
 
     fn on_probe(&mut self, peer: PeerId, hb: Heartbeat, now: Timestamp, out: &mut Vec<Action>) {
-        if !self.sessions.contains_key(&peer) && self.sessions.len() >= self.config.max_nodes {
-            let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
-            self.refuse(peer, hb.req, RefuseReason::Full, suggestions, out);
-            return;
+        if !self.sessions.contains_key(&peer) {
+            // A probe asks "could I join you now?": answer as the prober's first regular heartbeat
+            // would be answered, without using the burst guard. Otherwise a node admits us after
+            // the probe, is refused `Busy` on its next heartbeat, and loops.
+            if self.sessions.len() >= self.config.max_nodes {
+                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+                self.refuse(peer, hb.req, RefuseReason::Full, suggestions, out);
+                return;
+            }
+            if self.burst.check(now).is_err() {
+                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+                self.refuse(peer, hb.req, RefuseReason::Busy, suggestions, out);
+                return;
+            }
         }
         self.respond(peer, &hb, true, now, out);
     }
@@ -441,7 +451,8 @@ impl IndexerService {
             self.update_session(from, did, &hb, now);
         } else {
             if self.burst.check(now).is_err() {
-                self.refuse(peer, hb.req, RefuseReason::Busy, Vec::new(), out);
+                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+                self.refuse(peer, hb.req, RefuseReason::Busy, suggestions, out);
                 return;
             }
             if self.sessions.len() >= self.config.max_nodes {
@@ -1055,12 +1066,12 @@ mod tests {
     }
 
     #[test]
-    fn probe_creates_no_session_and_skips_burst_guard() {
-        let mut h = Harness::new(Config { max_conn_per_window: 1, ..Config::default() });
+    fn probe_creates_no_session_and_uses_no_burst_slot() {
+        let mut h = Harness::new(Config { max_conn_per_window: 2, ..Config::default() });
         h.ix.note_indexer(indexer(1), Some(0.1), at(0));
         let (a, prober, late) = (node(1), node(2), node(3));
         h.beat(&a, at(1));
-        // The burst guard is now full, yet a probe is answered with metrics and opens nothing.
+        // One burst slot is left: a probe is answered with metrics, opens nothing, uses no slot.
         let out = h.send(&prober, Heartbeat { want_witnesses: true, need: 2, ..probe() }, at(2));
         let r = response(&out);
         assert_eq!(r.peer_count, 1);
@@ -1069,20 +1080,27 @@ mod tests {
         assert_eq!(r.suggestions, vec![indexer(1)]);
         assert!(events(&out).is_empty());
         assert!(!h.ix.has_session(&prober.id));
-        // A regular newcomer is refused by the burst guard.
+        // The slot the probe did not use admits a regular newcomer.
         let out = h.beat(&late, at(3));
+        assert_eq!(events(&out), vec![&Event::SessionOpened { node: late.id }]);
+        // Now the guard is full: a stranger's probe is refused `Busy` (with places to go), as its
+        // first heartbeat would be, so consensus never admits an indexer that cannot take it now.
+        let out = h.send(&prober, probe(), at(4));
         assert_eq!(refusal(&out).reason, RefuseReason::Busy);
-        assert!(!h.ix.has_session(&late.id));
-        // Probes still count in the prober's rate window.
-        for s in 4..8 {
+        assert_eq!(refusal(&out).suggestions, vec![indexer(1)]);
+        // Members' probes are still answered.
+        let out = h.send(&a, probe(), at(5));
+        assert_eq!(response(&out).peer_count, 2);
+        // Probes still count in the prober's rate window (4 so far, counting the refused one).
+        for s in 6..9 {
             assert_eq!(sent_to(&h.send(&prober, probe(), at(s)), prober.id).len(), 1);
         }
         let out = h.send(&prober, probe(), at(9));
         assert_eq!(refusal(&out).reason, RefuseReason::RateLimited);
         assert_eq!(h.ix.strikes(&prober.id), 1);
-        // Once the burst window has passed, a newcomer is admitted.
-        let out = h.beat(&late, at(40));
-        assert_eq!(events(&out), vec![&Event::SessionOpened { node: late.id }]);
+        // Once the burst window has passed, the stranger's probe is answered again.
+        let out = h.send(&prober, probe(), at(75));
+        assert_eq!(response(&out).peer_count, 2);
     }
 
     #[test]

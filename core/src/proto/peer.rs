@@ -80,6 +80,8 @@ pub struct Peer {
     indexer: Option<IndexerService>,
     out: VecDeque<Output>,
     actions: Vec<Action>,
+    /// Scratch buffer `apply_actions` swaps with `actions`, so no round allocates.
+    batch: Vec<Action>,
     shut_down: bool,
 }
 
@@ -123,6 +125,7 @@ impl Peer {
             indexer,
             out: VecDeque::new(),
             actions: Vec::new(),
+            batch: Vec::new(),
             shut_down: false,
         }
     }
@@ -176,7 +179,8 @@ impl Peer {
                 self.peer_unreachable(peer, now);
             }
             Input::Received { from, message } => match self.conns.on_message(from, message, now, &mut self.out) {
-                Inbound::Deliver(msgs) => {
+                Inbound::Deliver(m) => self.dispatch(from, m, now),
+                Inbound::DeliverHeld(msgs) => {
                     for m in msgs {
                         self.dispatch(from, m, now);
                     }
@@ -321,9 +325,10 @@ impl Peer {
             if self.actions.is_empty() {
                 return;
             }
-            let batch: Vec<Action> = std::mem::take(&mut self.actions);
+            std::mem::swap(&mut self.actions, &mut self.batch);
+            let mut batch = std::mem::take(&mut self.batch);
             let mut failed: Vec<PeerId> = Vec::new();
-            for a in batch {
+            for a in batch.drain(..) {
                 match a {
                     Action::Send { to, message } => {
                         if !self.conns.send(to, message, now, &mut self.out) && !failed.contains(&to) {
@@ -339,6 +344,7 @@ impl Peer {
                     Action::Event(e) => self.out.push_back(Output::Event(e)),
                 }
             }
+            self.batch = batch;
             for p in failed {
                 self.peer_unreachable(p, now);
             }

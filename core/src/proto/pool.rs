@@ -63,8 +63,8 @@ use super::rng::DetRng;
 use super::score::{self, IndexerScore, ScoreFactors};
 use super::time::Timestamp;
 use super::wire::{
-    CandidatesRequest, CandidatesResponse, Heartbeat, HeartbeatKind, HeartbeatResponse, Message, Refused, RequestId,
-    WitnessQuery, WitnessReport,
+    CandidatesRequest, CandidatesResponse, Heartbeat, HeartbeatKind, HeartbeatResponse, Message, RefuseReason, Refused,
+    RequestId, WitnessQuery, WitnessReport,
 };
 use super::{Action, AddedVia, CloseReason, Event, EvictReason, FailReason};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1035,6 +1035,16 @@ impl IndexerPool {
             return;
         }
         e.state = EntryState::Pending;
+        if reason == FailReason::Refused(RefuseReason::Busy) && e.score.uptime.consecutive_fails < max_failures {
+            // The indexer's burst guard said "not now" (B §9.2): it is alive and answering, so this
+            // is no failure of the indexer. Keep the slot and retry after half to one heartbeat
+            // interval, jittered so that refused nodes do not all come back in step; after
+            // `last_indexer_max_failures` refusals in a row it counts as a failure below.
+            let half = self.config.heartbeat_interval / 2;
+            let jitter = Duration::from_millis(self.rng.below(crate::proto::time::duration_ms(half) + 1));
+            e.next_due = now + half + jitter;
+            return;
+        }
         if e.is_seed {
             e.state = EntryState::Down;
             e.next_due = now + Self::backoff(&self.config, e.retries.saturating_add(1));
@@ -1347,7 +1357,7 @@ impl IndexerPool {
 mod tests {
     use super::*;
     use crate::proto::identity::Keypair;
-    use crate::proto::wire::{ChallengeEntry, RefuseReason};
+    use crate::proto::wire::ChallengeEntry;
     use proptest::prelude::*;
 
     const T0: Timestamp = Timestamp(1_000_000);
