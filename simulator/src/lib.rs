@@ -11,6 +11,7 @@
 //! * [`queue`] — the event queue (a calendar queue ordered by time, then push order);
 //! * [`sim`] — the event loop, faults, byzantine output filters and measurements;
 //! * [`report`] — the JSON report and its text summary;
+//! * [`trace`] — the buffered BLAKE3 trace hash;
 //! * [`bench`](mod@bench) — the fixed large scenario of `ocd-sim bench`;
 //! * [`plot`] — a hand-written SVG of a report's pool timeline.
 //!
@@ -51,6 +52,7 @@ pub mod queue;
 pub mod report;
 pub mod scenario;
 pub mod sim;
+pub mod trace;
 
 pub use report::Report;
 pub use scenario::{Scenario, ScenarioError};

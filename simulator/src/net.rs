@@ -11,7 +11,7 @@
 //! answers into scheduled events and feeds them to the peers.
 
 use ocd_core::proto::DetRng;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
@@ -71,6 +71,8 @@ pub struct Link {
     pub open: [bool; 2],
     /// Last scheduled delivery time per direction (lower → higher, higher → lower), for FIFO.
     last_delivery: [u64; 2],
+    /// Where each end (lower index first) lists the other in `Network::adj`.
+    pos: [u32; 2],
 }
 
 impl Link {
@@ -122,7 +124,8 @@ pub enum ConnectOutcome {
 #[derive(Debug)]
 pub struct Network {
     links: FastMap<u64, Link>,
-    adj: Vec<BTreeSet<PeerIx>>,
+    /// Each peer's link partners, unordered; [`Link::pos`] says where, for O(1) removal.
+    adj: Vec<Vec<PeerIx>>,
     side: Vec<u16>,
     partition_gen: u64,
     latency_ms: (u64, u64),
@@ -132,7 +135,45 @@ pub struct Network {
     /// A dial to an unreachable peer fails after this long.
     pub connect_timeout_ms: u64,
     next_epoch: u64,
-    rng: DetRng,
+    rng: NetRng,
+}
+
+/// The network's own random stream: SplitMix64 seeded from a [`DetRng`]. Latency and loss draws
+/// happen for every message, and this is far cheaper than the XOF behind `DetRng`.
+#[derive(Debug, Clone)]
+struct NetRng(u64);
+
+impl NetRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi` (`lo` when `hi <= lo`), without modulo bias.
+    fn range_inclusive(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        let n = (hi - lo).wrapping_add(1);
+        if n == 0 {
+            return self.next_u64();
+        }
+        let zone = u64::MAX - (u64::MAX % n);
+        loop {
+            let v = self.next_u64();
+            if v < zone {
+                return lo + v % n;
+            }
+        }
+    }
+
+    /// `true` with probability `p`.
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
 }
 
 fn key(a: PeerIx, b: PeerIx) -> (u64, PeerIx) {
@@ -148,11 +189,11 @@ impl Network {
         loss: f64,
         idle_timeout: Duration,
         connect_timeout: Duration,
-        rng: DetRng,
+        mut rng: DetRng,
     ) -> Self {
         Network {
             links: FastMap::default(),
-            adj: vec![BTreeSet::new(); peers],
+            adj: vec![Vec::new(); peers],
             side: vec![0; peers],
             partition_gen: 0,
             latency_ms,
@@ -160,7 +201,7 @@ impl Network {
             idle_timeout_ms: ms(idle_timeout),
             connect_timeout_ms: ms(connect_timeout),
             next_epoch: 1,
-            rng,
+            rng: NetRng(rng.next_u64()),
         }
     }
 
@@ -204,7 +245,9 @@ impl Network {
 
     /// Peers `p` has a link with (any state), in index order.
     pub fn partners(&self, p: PeerIx) -> Vec<PeerIx> {
-        self.adj[p as usize].iter().copied().collect()
+        let mut v = self.adj[p as usize].clone();
+        v.sort_unstable();
+        v
     }
 
     /// Number of links in the table (any state).
@@ -212,17 +255,42 @@ impl Network {
         self.links.len()
     }
 
-    fn insert(&mut self, a: PeerIx, b: PeerIx, link: Link) {
-        self.links.insert(key(a, b).0, link);
-        self.adj[a as usize].insert(b);
-        self.adj[b as usize].insert(a);
+    /// Inserts or replaces the link between `a` and `b`.
+    fn insert(&mut self, a: PeerIx, b: PeerIx, mut link: Link) {
+        let (k, lo) = key(a, b);
+        let hi = if lo == a { b } else { a };
+        match self.links.get(&k) {
+            Some(old) => link.pos = old.pos,
+            None => {
+                let slot = |v: &Vec<PeerIx>| u32::try_from(v.len()).unwrap_or(u32::MAX);
+                link.pos = [slot(&self.adj[lo as usize]), slot(&self.adj[hi as usize])];
+                self.adj[lo as usize].push(hi);
+                self.adj[hi as usize].push(lo);
+            }
+        }
+        self.links.insert(k, link);
     }
 
     /// Removes the link between `a` and `b`; returns it.
     pub fn remove(&mut self, a: PeerIx, b: PeerIx) -> Option<Link> {
-        let l = self.links.remove(&key(a, b).0)?;
-        self.adj[a as usize].remove(&b);
-        self.adj[b as usize].remove(&a);
+        let (k, lo) = key(a, b);
+        let l = self.links.remove(&k)?;
+        let hi = if lo == a { b } else { a };
+        for (x, i) in [(lo, l.pos[0]), (hi, l.pos[1])] {
+            let list = &mut self.adj[x as usize];
+            let i = i as usize;
+            if i >= list.len() {
+                continue;
+            }
+            list.swap_remove(i);
+            // The last partner moved into slot `i`: update its link.
+            if let Some(&moved) = list.get(i) {
+                let (mk, mlo) = key(x, moved);
+                if let Some(m) = self.links.get_mut(&mk) {
+                    m.pos[usize::from(x != mlo)] = i as u32;
+                }
+            }
+        }
         Some(l)
     }
 
@@ -251,7 +319,9 @@ impl Network {
         } else {
             (LinkState::Failing, now + self.connect_timeout_ms)
         };
-        self.insert(from, to, Link { epoch, state, dialer: from, since: now, open: [false; 2], last_delivery: [0; 2] });
+        let link =
+            Link { epoch, state, dialer: from, since: now, open: [false; 2], last_delivery: [0; 2], pos: [0; 2] };
+        self.insert(from, to, link);
         if ok { ConnectOutcome::Establish { at, epoch } } else { ConnectOutcome::Fail { at, epoch } }
     }
 
@@ -408,12 +478,11 @@ impl Network {
         }
         self.partition_gen += 1;
         let mut cut = Vec::new();
-        for (a, partners) in self.adj.iter().enumerate() {
-            let a = a as PeerIx;
+        for a in 0..self.adj.len() as PeerIx {
             if self.side[a as usize] == 0 {
                 continue;
             }
-            for &b in partners.range(a + 1..) {
+            for b in self.partners(a).into_iter().filter(|b| *b > a) {
                 if !self.reachable(a, b)
                     && let Some(l) = self.link(a, b)
                     && l.state == LinkState::Up
@@ -553,6 +622,44 @@ mod tests {
         assert_eq!(n.reset(1), vec![(0, true), (2, true)]);
         assert!(n.link(0, 1).is_none() && n.partners(1).is_empty());
         assert!(!n.end_down(0, 1, e), "stale notice after restart");
+    }
+
+    #[test]
+    fn partner_lists_follow_random_dials_and_removals() {
+        let mut n = Network::new(12, (1, 5), 0.0, Duration::from_secs(30), Duration::from_secs(5), DetRng::new(2, "t"));
+        let mut rng = DetRng::new(9, "partners");
+        let mut reference = std::collections::BTreeSet::new();
+        for t in 0..5000 {
+            let (a, b) = (rng.below(12) as PeerIx, rng.below(12) as PeerIx);
+            if a == b {
+                continue;
+            }
+            let k = (a.min(b), a.max(b));
+            if rng.below(2) == 0 {
+                n.connect(t, a, b, true);
+                reference.insert(k);
+            } else {
+                assert_eq!(n.remove(a, b).is_some(), reference.remove(&k));
+            }
+            for p in 0..12 {
+                let want: Vec<PeerIx> = reference
+                    .iter()
+                    .filter_map(|&(x, y)| {
+                        if x == p {
+                            Some(y)
+                        } else if y == p {
+                            Some(x)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+                let mut want = want;
+                want.sort_unstable();
+                assert_eq!(n.partners(p), want);
+            }
+        }
+        assert_eq!(n.link_count(), reference.len());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
 /// Width of the ring, in ms (a power of two).
-pub const WINDOW_MS: u64 = 1 << 16;
+pub const WINDOW_MS: u64 = 1 << 13;
 const MASK: u64 = WINDOW_MS - 1;
 
 struct Far<T> {

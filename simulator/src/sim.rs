@@ -18,6 +18,7 @@ use crate::net::{ConnectOutcome, FastMap, Network, PeerIx, SendOutcome, ms};
 use crate::queue::EventQueue;
 use crate::report::{Bans, ByzantineReport, FaultReport, NetReport, PoolReport, Report, Stats};
 use crate::scenario::{Behaviour, FaultKind, Scenario, ScenarioError};
+use crate::trace::Trace;
 use ocd_core::proto::wire::{self, Heartbeat, HeartbeatKind, Message};
 use ocd_core::proto::{
     DetRng, Event, EvictReason, FailReason, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerSetup, RequestId,
@@ -43,16 +44,42 @@ const MAX_BELOW_MIN_LISTED: usize = 20;
 /// `flap_born_at` moves `born_at` back by this much on every other response.
 const FLAP_OFFSET: Duration = Duration::from_secs(3600);
 
+/// A queued event. Kept at 24 bytes: message bytes wait in [`InFlight`], rare payloads are boxed.
 #[derive(Debug)]
 enum Ev {
     Start(PeerIx),
-    Wake { peer: PeerIx, generation: u64 },
-    Deliver { from: PeerIx, to: PeerIx, epoch: u64, bytes: Vec<u8> },
-    Establish { a: PeerIx, b: PeerIx, epoch: u64 },
-    ConnectFailed { a: PeerIx, b: PeerIx, epoch: u64 },
-    ConnectFailedUnknown { peer: PeerIx, target: PeerId },
-    Down { peer: PeerIx, other: PeerIx, epoch: u64 },
-    CutExpired { a: PeerIx, b: PeerIx, epoch: u64, generation: u64 },
+    Wake {
+        peer: PeerIx,
+        generation: u64,
+    },
+    /// The encoded message is `in_flight[slot]`.
+    Deliver {
+        from: PeerIx,
+        to: PeerIx,
+        epoch: u64,
+        slot: u32,
+    },
+    Establish {
+        a: PeerIx,
+        b: PeerIx,
+        epoch: u64,
+    },
+    ConnectFailed {
+        a: PeerIx,
+        b: PeerIx,
+        epoch: u64,
+    },
+    ConnectFailedUnknown {
+        peer: PeerIx,
+        target: Box<PeerId>,
+    },
+    Down {
+        peer: PeerIx,
+        other: PeerIx,
+        epoch: u64,
+    },
+    /// `(a, b, epoch, partition generation)`.
+    CutExpired(Box<(PeerIx, PeerIx, u64, u64)>),
     Fault(usize),
     Sample,
     FloodTick(PeerIx),
@@ -138,16 +165,6 @@ struct Readmit {
     nodes: BTreeSet<PeerIx>,
 }
 
-/// Adapter feeding `format!`-style output into the trace hash without allocating.
-struct HashWriter<'a>(&'a mut blake3::Hasher);
-
-impl std::fmt::Write for HashWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.update(s.as_bytes());
-        Ok(())
-    }
-}
-
 /// One simulation run. Build it with [`Simulation::new`], then [`Simulation::run`].
 pub struct Simulation {
     scenario: Scenario,
@@ -159,7 +176,7 @@ pub struct Simulation {
     index: FastMap<PeerId, PeerIx>,
     net: Network,
     network_key: [u8; 32],
-    trace: blake3::Hasher,
+    trace: Trace,
     events: u64,
     messages: u64,
     netr: NetReport,
@@ -179,6 +196,34 @@ pub struct Simulation {
     spins: u64,
     watch_log: BTreeSet<PeerIx>,
     sent_by_kind: [u64; MESSAGE_KINDS],
+    in_flight: InFlight,
+}
+
+/// Encoded messages on their way, in reusable slots, so queue entries stay small.
+#[derive(Default)]
+struct InFlight {
+    slots: Vec<Vec<u8>>,
+    free: Vec<u32>,
+}
+
+impl InFlight {
+    fn put(&mut self, bytes: Vec<u8>) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = bytes;
+                i
+            }
+            None => {
+                self.slots.push(bytes);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn take(&mut self, slot: u32) -> Vec<u8> {
+        self.free.push(slot);
+        self.slots.get_mut(slot as usize).map(std::mem::take).unwrap_or_default()
+    }
 }
 
 /// Number of [`Message`] variants counted in `sent_by_kind`.
@@ -212,6 +257,57 @@ const KIND_NAMES: [&str; MESSAGE_KINDS] = [
     "candidates_response",
 ];
 
+/// Appends `e` to the trace. The frequent variants are written compactly (a tag and the full peer
+/// id); the others as their `Debug` text.
+fn trace_event(trace: &mut Trace, e: &Event) {
+    let (tag, id) = match e {
+        Event::PeerAuthenticated { peer } => (b"E:auth", peer),
+        Event::RequestRefused { peer, reason } => {
+            trace.bytes(b"E:refused");
+            trace.bytes(peer.as_bytes());
+            trace.debug(reason);
+            return;
+        }
+        Event::IndexerLive { indexer } => (b"E:live", indexer),
+        Event::SessionOpened { node } => (b"E:sess", node),
+        Event::IndexerAdded { indexer, via } => {
+            trace.bytes(b"E:added");
+            trace.bytes(indexer.as_bytes());
+            trace.debug(via);
+            return;
+        }
+        Event::IndexerEvicted { indexer, reason } => {
+            trace.bytes(b"E:evicted");
+            trace.bytes(indexer.as_bytes());
+            trace.debug(reason);
+            return;
+        }
+        other => {
+            trace.debug(other);
+            return;
+        }
+    };
+    trace.bytes(tag);
+    trace.bytes(id.as_bytes());
+}
+
+/// `Keypair::derive(seed, name)` for every name, in order, spread over the machine's cores (key
+/// derivation dominates building a large simulation; each key is a pure function of its name).
+fn derive_keypairs(seed: u64, names: &[String]) -> Vec<Keypair> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads <= 1 || names.len() < 512 {
+        return names.iter().map(|n| Keypair::derive(seed, n)).collect();
+    }
+    let chunk = names.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(|n| Keypair::derive(seed, n)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
 fn derive_u64(seed: u64, label: &str) -> u64 {
     let mut h = blake3::Hasher::new_derive_key("ocd-sim seed v1");
     h.update(&seed.to_le_bytes());
@@ -235,6 +331,9 @@ impl Simulation {
         let mut ids = Vec::with_capacity(n);
         let mut starts = Vec::with_capacity(n);
         let mut min_target = 0;
+        let names: Vec<String> =
+            scenario.groups.iter().flat_map(|g| (0..g.count).map(move |i| format!("{}/{}", g.name, i))).collect();
+        let mut keypairs = derive_keypairs(seed, &names).into_iter();
         for (gi, g) in scenario.groups.iter().enumerate() {
             let seeds = scenario.resolve(&format!("group {:?} seeds", g.name), &g.seeds)?;
             if g.roles.node {
@@ -243,7 +342,7 @@ impl Simulation {
             for i in 0..g.count {
                 let name = format!("{}/{}", g.name, i);
                 let me = peers.len();
-                let keypair = Keypair::derive(seed, &name);
+                let keypair = keypairs.next().unwrap_or_else(|| Keypair::derive(seed, &name));
                 let id = keypair.peer_id();
                 let mut config = g.config.clone();
                 if config.name.is_empty() {
@@ -322,8 +421,8 @@ impl Simulation {
             scenario.network.connect_timeout,
             net_rng,
         );
-        let mut trace = blake3::Hasher::new_derive_key("ocd-sim trace v1");
-        trace.update(&seed.to_le_bytes());
+        let mut trace = Trace::new("ocd-sim trace v1");
+        trace.u64(seed);
         let end = EPOCH_MS + ms(scenario.duration);
         let mut sim = Simulation {
             now: EPOCH_MS,
@@ -354,6 +453,7 @@ impl Simulation {
             spins: 0,
             watch_log: BTreeSet::new(),
             sent_by_kind: [0; MESSAGE_KINDS],
+            in_flight: InFlight::default(),
             scenario,
         };
         for (p, at) in starts.into_iter().enumerate() {
@@ -433,6 +533,13 @@ impl Simulation {
 
     /// Runs to the end of the scenario and returns the report.
     pub fn run(mut self) -> Report {
+        self.run_to_end()
+    }
+
+    /// [`Simulation::run`] without consuming the simulation, so the caller chooses when (and
+    /// whether) to free its peers: a CLI about to exit can skip that work. The report's lists are
+    /// moved out; the simulation should not be run further.
+    pub fn run_to_end(&mut self) -> Report {
         let wall = std::time::Instant::now();
         self.run_until(self.end);
         let wall_ms = u64::try_from(wall.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -470,7 +577,8 @@ impl Simulation {
                     self.handle(peer, Input::Timeout, true);
                 }
             }
-            Ev::Deliver { from, to, epoch, bytes } => {
+            Ev::Deliver { from, to, epoch, slot } => {
+                let bytes = self.in_flight.take(slot);
                 if !self.net.is_open(to, from, epoch) {
                     return;
                 }
@@ -506,7 +614,7 @@ impl Simulation {
                 if self.alive(peer) {
                     self.events += 1;
                     self.netr.connect_failed += 1;
-                    self.handle(peer, Input::ConnectFailed { peer: target }, false);
+                    self.handle(peer, Input::ConnectFailed { peer: *target }, false);
                 }
             }
             Ev::Down { peer, other, epoch } => {
@@ -516,7 +624,8 @@ impl Simulation {
                     self.handle(peer, Input::ConnectionDown { peer: oid }, false);
                 }
             }
-            Ev::CutExpired { a, b, epoch, generation } => {
+            Ev::CutExpired(cut) => {
+                let (a, b, epoch, generation) = *cut;
                 for p in self.net.cut_expired(a, b, epoch, generation) {
                     if self.alive(p) {
                         self.events += 1;
@@ -554,22 +663,22 @@ impl Simulation {
         sp.peer = Some(Peer::new(sp.setup.clone(), Timestamp(now)));
         sp.life = Life::Alive;
         sp.members.clear();
-        self.trace.update(b"start");
-        self.trace.update(&now.to_le_bytes());
-        self.trace.update(&p.to_le_bytes());
-        self.trace.update(self.ids[p as usize].as_bytes());
+        self.trace.bytes(b"start");
+        self.trace.u64(now);
+        self.trace.u32(p);
+        self.trace.bytes(self.ids[p as usize].as_bytes());
         self.handle(p, Input::Timeout, true);
     }
 
     fn deliver(&mut self, from: PeerIx, to: PeerIx, bytes: &[u8]) {
         self.messages += 1;
         self.netr.bytes += bytes.len() as u64;
-        self.trace.update(b"msg");
-        self.trace.update(&self.now.to_le_bytes());
-        self.trace.update(&from.to_le_bytes());
-        self.trace.update(&to.to_le_bytes());
-        self.trace.update(&(bytes.len() as u64).to_le_bytes());
-        self.trace.update(bytes);
+        self.trace.bytes(b"msg");
+        self.trace.u64(self.now);
+        self.trace.u32(from);
+        self.trace.u32(to);
+        self.trace.u64(bytes.len() as u64);
+        self.trace.bytes(bytes);
         if let Some(t) = self.peers[from as usize].byz_track
             && self.peers[to as usize].roles.indexer
         {
@@ -661,9 +770,14 @@ impl Simulation {
         }
         match o {
             Output::Send { to, message } => {
-                let Some(message) = self.byzantine_filter(p, message) else {
-                    self.netr.dropped_byzantine += 1;
-                    return;
+                let message = if self.peers[p as usize].byz.is_none() {
+                    message
+                } else {
+                    let Some(message) = self.byzantine_filter(p, message) else {
+                        self.netr.dropped_byzantine += 1;
+                        return;
+                    };
+                    message
                 };
                 match self.index.get(&to).copied() {
                     Some(q) => self.send(p, q, &message),
@@ -675,10 +789,10 @@ impl Simulation {
             }
             Output::Connect { peer } => {
                 self.netr.connects += 1;
-                self.trace.update(b"dial");
-                self.trace.update(&self.now.to_le_bytes());
-                self.trace.update(&p.to_le_bytes());
-                self.trace.update(peer.id.as_bytes());
+                self.trace.bytes(b"dial");
+                self.trace.u64(self.now);
+                self.trace.u32(p);
+                self.trace.bytes(peer.id.as_bytes());
                 match self.index.get(&peer.id).copied() {
                     Some(q) => {
                         let alive = self.alive(q);
@@ -694,16 +808,16 @@ impl Simulation {
                     }
                     None => {
                         let at = self.now + self.net.connect_timeout_ms;
-                        self.schedule(at, Ev::ConnectFailedUnknown { peer: p, target: peer.id });
+                        self.schedule(at, Ev::ConnectFailedUnknown { peer: p, target: Box::new(peer.id) });
                     }
                 }
             }
             Output::Close { peer, reason } => {
-                self.trace.update(b"close");
-                self.trace.update(&self.now.to_le_bytes());
-                self.trace.update(&p.to_le_bytes());
-                self.trace.update(peer.as_bytes());
-                self.trace.update(format!("{reason:?}").as_bytes());
+                self.trace.bytes(b"close");
+                self.trace.u64(self.now);
+                self.trace.u32(p);
+                self.trace.bytes(peer.as_bytes());
+                self.trace.debug(&reason);
                 if let Some(q) = self.index.get(&peer).copied() {
                     self.close_link(p, q);
                 }
@@ -717,8 +831,8 @@ impl Simulation {
         self.sent_by_kind[kind_index(message)] += 1;
         match self.net.send(self.now, from, to) {
             SendOutcome::Deliver { at, epoch } => {
-                let bytes = wire::encode(message);
-                self.schedule(at, Ev::Deliver { from, to, epoch, bytes });
+                let slot = self.in_flight.put(wire::encode(message));
+                self.schedule(at, Ev::Deliver { from, to, epoch, slot });
             }
             SendOutcome::NoLink => self.netr.dropped_no_link += 1,
             SendOutcome::Partitioned => self.netr.dropped_partition += 1,
@@ -802,9 +916,9 @@ impl Simulation {
         let spec = self.scenario.faults[i].clone();
         let targets = self.fault_targets[i].clone();
         let report = self.faults.len();
-        self.trace.update(b"fault");
-        self.trace.update(&self.now.to_le_bytes());
-        self.trace.update(&(i as u64).to_le_bytes());
+        self.trace.bytes(b"fault");
+        self.trace.u64(self.now);
+        self.trace.u64(i as u64);
         self.faults.push(FaultReport {
             at: self.now - EPOCH_MS,
             kind: spec.kind.name().to_string(),
@@ -856,7 +970,10 @@ impl Simulation {
                 let sides = self.fault_sides[i].clone();
                 let (cut, generation) = self.net.partition(&sides);
                 for (a, b, epoch) in cut {
-                    self.schedule(self.now + self.net.idle_timeout_ms, Ev::CutExpired { a, b, epoch, generation });
+                    self.schedule(
+                        self.now + self.net.idle_timeout_ms,
+                        Ev::CutExpired(Box::new((a, b, epoch, generation))),
+                    );
                 }
                 let mut nodes: BTreeMap<PeerIx, NodeTrack> = BTreeMap::new();
                 for (n, sp) in self.peers.iter().enumerate() {
@@ -984,10 +1101,10 @@ impl Simulation {
 
     fn on_event(&mut self, p: PeerIx, e: Event) {
         let now = self.now;
-        self.trace.update(b"event");
-        self.trace.update(&now.to_le_bytes());
-        self.trace.update(&p.to_le_bytes());
-        let _ = std::fmt::Write::write_fmt(&mut HashWriter(&mut self.trace), format_args!("{e:?}"));
+        self.trace.bytes(b"event");
+        self.trace.u64(now);
+        self.trace.u32(p);
+        trace_event(&mut self.trace, &e);
         match e {
             Event::IndexerAdded { indexer, .. } => {
                 let Some(x) = self.index.get(&indexer).copied() else { return };
@@ -1210,7 +1327,7 @@ impl Simulation {
         self.peers.iter().filter(|sp| sp.is_node() && sp.honest() && sp.life == Life::Alive)
     }
 
-    fn finish(mut self, wall_ms: u64) -> Report {
+    fn finish(&mut self, wall_ms: u64) -> Report {
         let sim_ms = self.end - EPOCH_MS;
         let (mean, below, count) = self.pool_health();
         let below_names: Vec<String> = self
@@ -1302,7 +1419,7 @@ impl Simulation {
         Report {
             scenario: self.scenario.name.clone(),
             seed: self.scenario.seed,
-            trace_hash: self.trace.finalize().to_hex().to_string(),
+            trace_hash: self.trace.finalize_hex(),
             sim_ms,
             wall_ms,
             events: self.events,
@@ -1311,17 +1428,17 @@ impl Simulation {
             pool: PoolReport {
                 min_target: self.min_target,
                 final_nodes_below_min: below,
-                timeline: self.timeline,
+                timeline: std::mem::take(&mut self.timeline),
                 final_mean_live: mean,
                 final_nodes: count,
                 final_below_min_peers: below_names,
             },
-            faults: self.faults,
+            faults: std::mem::take(&mut self.faults),
             byzantine,
             bans,
-            invariant_violations: self.violations,
+            invariant_violations: std::mem::take(&mut self.violations),
             invariant_violation_count: self.violation_count,
-            network: self.netr,
+            network: std::mem::take(&mut self.netr),
             notes,
             events_per_wall_s: self.events as f64 / wall_s,
         }
@@ -1369,6 +1486,11 @@ role = "indexer"
     fn ready(s: &Simulation, a: &str, b: &str) -> bool {
         let bid = s.ids[s.peer_index(b).unwrap() as usize];
         s.peer(a).unwrap().connections().is_ready(&bid)
+    }
+
+    #[test]
+    fn queue_entries_stay_small() {
+        assert!(std::mem::size_of::<Ev>() <= 24, "Ev is {} bytes", std::mem::size_of::<Ev>());
     }
 
     #[test]
