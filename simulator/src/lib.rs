@@ -34,7 +34,8 @@
 //!   the heal; recover = heal → ≥ min. `restart`: `affected_nodes` = nodes that counted the target
 //!   live when it crashed; `readmitted` = nodes whose `IndexerLive` for it came within 60 s.
 //! * byzantine indexer: `honest_nodes` = honest nodes that had it in their pool at or after the
-//!   start; `evicted_by` = the share of them that evicted it, for any reason (`evict_reasons`
+//!   start and either evicted it or held it for at least 5 simulated minutes (those that met it
+//!   later and still hold it are counted in `too_recent`); `evicted_by` = the share of them that evicted it, for any reason (`evict_reasons`
 //!   breaks it down); `evicted_for_cause_by` is stricter: of the honest nodes that counted it
 //!   *live* after the start, the share whose next eviction of it was not a refusal, a returning
 //!   seed or a migration. Byzantine node: `reached` = indexers

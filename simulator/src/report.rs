@@ -90,9 +90,13 @@ pub struct ByzantineReport {
     pub behaviour: String,
     /// When it started misbehaving.
     pub since: u64,
-    /// Indexer: honest node-role peers that had it in their pool at or after `since`.
+    /// Indexer: honest node-role peers that had it in their pool at or after `since`, and either
+    /// evicted it or held it for at least 5 simulated minutes (a fair chance to judge it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub honest_nodes: Option<usize>,
+    /// Indexer: honest nodes that met it less than 5 minutes before the end and still hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub too_recent: Option<usize>,
     /// Indexer: share of those that evicted it after `since`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evicted_by: Option<f64>,
@@ -287,12 +291,13 @@ impl Report {
                 if b.honest_nodes.is_some() {
                     let _ = writeln!(
                         s,
-                        "  {:<10} {:<16} evicted by {:>4} of {} honest nodes, p50 {}",
+                        "  {:<10} {:<16} evicted by {:>4} of {} honest nodes, p50 {} ({} met it too recently)",
                         b.peer,
                         b.behaviour,
                         pct(b.evicted_by),
                         b.honest_nodes.unwrap_or(0),
-                        ms(b.p50_evict_ms)
+                        ms(b.p50_evict_ms),
+                        b.too_recent.unwrap_or(0)
                     );
                     let _ = writeln!(
                         s,

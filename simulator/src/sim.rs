@@ -142,6 +142,10 @@ struct NodeTrack {
     recovered: Option<u64>,
 }
 
+/// Exposure an honest node needs before it is counted in a byzantine indexer's `honest_nodes`
+/// (unless it already evicted it): the 2-minute eviction grace plus a few challenge batches.
+const BYZANTINE_MIN_EXPOSURE_MS: u64 = 5 * 60 * 1000;
+
 struct ByzTrack {
     peer: PeerIx,
     behaviour: Behaviour,
@@ -1371,6 +1375,7 @@ impl Simulation {
                 evicted_by: None,
                 p50_evict_ms: None,
                 evict_reasons: None,
+                too_recent: None,
                 live_nodes: None,
                 evicted_for_cause_by: None,
                 reached: None,
@@ -1378,9 +1383,21 @@ impl Simulation {
                 p50_ban_ms: None,
             };
             if t.behaviour.is_indexer_behaviour() {
-                let mut times: Vec<u64> =
-                    t.nodes.values().filter_map(|(from, ev)| ev.map(|e| e.saturating_sub(*from))).collect();
-                let n = t.nodes.len();
+                // A node that met the indexer in the last `BYZANTINE_MIN_EXPOSURE_MS` of the run
+                // and has not evicted it yet had no fair chance to (eviction grace plus a few
+                // challenge batches): it is reported as `too_recent`, not as a miss.
+                let end = self.now;
+                let fair = |(from, ev): &&(u64, Option<u64>)| {
+                    ev.is_some() || end.saturating_sub(*from) >= BYZANTINE_MIN_EXPOSURE_MS
+                };
+                let mut times: Vec<u64> = t
+                    .nodes
+                    .values()
+                    .filter(fair)
+                    .filter_map(|(from, ev)| ev.map(|e| e.saturating_sub(*from)))
+                    .collect();
+                let n = t.nodes.values().filter(fair).count();
+                b.too_recent = Some(t.nodes.len() - n);
                 b.honest_nodes = Some(n);
                 b.evicted_by = Some(if n == 0 { 0.0 } else { times.len() as f64 / n as f64 });
                 b.p50_evict_ms = Stats::of(&mut times).map(|s| s.p50);
