@@ -93,6 +93,10 @@ pub struct Connections {
     book: BTreeMap<PeerId, (Vec<Addr>, u64)>,
     book_clock: u64,
     rng: DetRng,
+    /// Links still dialling or handshaking, with their handshake deadline (usually few).
+    pending: BTreeMap<PeerId, Timestamp>,
+    /// When ready links are next scanned for idleness (every half idle period while any exist).
+    next_idle_sweep: Option<Timestamp>,
     next_sweep: Option<Timestamp>,
 }
 
@@ -109,6 +113,8 @@ impl Connections {
             book: BTreeMap::new(),
             book_clock: 0,
             rng,
+            pending: BTreeMap::new(),
+            next_idle_sweep: None,
             next_sweep: None,
         }
     }
@@ -212,7 +218,9 @@ impl Connections {
                 };
                 self.links.insert(to, link);
                 out.push_back(Output::Connect { peer: self.peer_addr(&to) });
-                self.arm_sweep(now + self.handshake_timeout);
+                let deadline = now + self.handshake_timeout;
+                self.pending.insert(to, deadline);
+                self.arm_sweep(deadline + SWEEP_SLACK);
                 true
             }
         }
@@ -243,11 +251,14 @@ impl Connections {
             link.addr = addr;
         }
         out.push_back(Output::Send { to: peer, message: Message::Hello(Hello { nonce }) });
-        self.arm_sweep(now + self.handshake_timeout);
+        let deadline = now + self.handshake_timeout;
+        self.pending.insert(peer, deadline);
+        self.arm_sweep(deadline + SWEEP_SLACK);
     }
 
     /// The connection is gone (or could not be made). Returns how many queued messages were lost.
     pub fn on_down(&mut self, peer: &PeerId) -> usize {
+        self.pending.remove(peer);
         self.links.remove(peer).map(|l| l.outbound_queue.len()).unwrap_or(0)
     }
 
@@ -289,13 +300,17 @@ impl Connections {
                     return self.fail(from, CloseReason::HandshakeFailed, out);
                 }
                 link.state = State::Ready;
-                let idle_at = now + self.idle_timeout;
                 for m in link.outbound_queue.drain(..) {
                     out.push_back(Output::Send { to: from, message: m });
                 }
                 let early: Vec<Message> = link.early_inbound.drain(..).collect();
                 out.push_back(Output::Event(Event::PeerAuthenticated { peer: from }));
-                self.arm_sweep(idle_at);
+                self.pending.remove(&from);
+                if self.next_idle_sweep.is_none() {
+                    let at = now + self.idle_timeout / 2;
+                    self.next_idle_sweep = Some(at);
+                    self.arm_sweep(at);
+                }
                 if early.is_empty() { Inbound::Nothing } else { Inbound::DeliverHeld(early) }
             }
             other => match link.state {
@@ -311,6 +326,7 @@ impl Connections {
 
     fn fail(&mut self, peer: PeerId, reason: CloseReason, out: &mut VecDeque<Output>) -> Inbound {
         self.links.remove(&peer);
+        self.pending.remove(&peer);
         out.push_back(Output::Close { peer, reason });
         if matches!(reason, CloseReason::HandshakeFailed | CloseReason::HandshakeTimeout) {
             out.push_back(Output::Event(Event::HandshakeFailed { peer, reason }));
@@ -320,6 +336,7 @@ impl Connections {
 
     /// Closes the connection to `peer` (if any). Returns whether there was one.
     pub fn close(&mut self, peer: PeerId, reason: CloseReason, out: &mut VecDeque<Output>) -> bool {
+        self.pending.remove(&peer);
         if self.links.remove(&peer).is_some() {
             out.push_back(Output::Close { peer, reason });
             true
@@ -333,18 +350,9 @@ impl Connections {
         self.links.keys()
     }
 
-    /// Makes sure a sweep happens no later than `deadline` (+ slack). Activity only moves link
-    /// deadlines later, so an earlier sweep is merely early: it recomputes the exact next one.
-    fn arm_sweep(&mut self, deadline: Timestamp) {
-        let at = deadline + SWEEP_SLACK;
+    /// Makes sure a sweep happens no later than `at`.
+    fn arm_sweep(&mut self, at: Timestamp) {
         self.next_sweep = Some(self.next_sweep.map_or(at, |t| t.min(at)));
-    }
-
-    fn deadline(&self, link: &Link) -> Timestamp {
-        match link.state {
-            State::Dialing | State::Handshaking => link.since + self.handshake_timeout,
-            State::Ready => link.last_activity + self.idle_timeout,
-        }
     }
 
     /// The next time [`Connections::handle_timeout`] has work.
@@ -368,22 +376,27 @@ impl Connections {
             return Vec::new();
         }
         let mut dropped = Vec::new();
-        let mut to_close = Vec::new();
-        for (peer, link) in &self.links {
-            match link.state {
-                State::Dialing | State::Handshaking => {
-                    if now.since(link.since) >= self.handshake_timeout {
-                        to_close.push((*peer, CloseReason::HandshakeTimeout));
-                    }
-                }
-                State::Ready => {
-                    if now.since(link.last_activity) >= self.idle_timeout && !keep(peer) {
-                        to_close.push((*peer, CloseReason::Idle));
-                    }
+        let mut to_close: Vec<(PeerId, CloseReason)> = self
+            .pending
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(peer, _)| (*peer, CloseReason::HandshakeTimeout))
+            .collect();
+        // Idle links are found by a scan every half idle period, so a link is closed between one
+        // and one and a half idle periods after its last use.
+        if self.next_idle_sweep.is_some_and(|t| t <= now) {
+            self.next_idle_sweep = None;
+            for (peer, link) in &self.links {
+                if matches!(link.state, State::Ready)
+                    && now.since(link.last_activity) >= self.idle_timeout
+                    && !keep(peer)
+                {
+                    to_close.push((*peer, CloseReason::Idle));
                 }
             }
         }
         for (peer, reason) in to_close {
+            self.pending.remove(&peer);
             if let Some(link) = self.links.remove(&peer) {
                 if !link.outbound_queue.is_empty() || !matches!(link.state, State::Ready) {
                     dropped.push(peer);
@@ -394,18 +407,15 @@ impl Connections {
                 }
             }
         }
-        // The exact next deadline (kept-alive idle links are looked at again one idle period on).
         self.next_sweep = None;
-        let next = self
-            .links
-            .values()
-            .map(|l| {
-                let d = self.deadline(l);
-                if d <= now { now + self.idle_timeout } else { d }
-            })
-            .min();
-        if let Some(d) = next {
-            self.arm_sweep(d);
+        if let Some(d) = self.pending.values().min().copied() {
+            self.arm_sweep(d + SWEEP_SLACK);
+        }
+        if self.next_idle_sweep.is_none() && self.links.len() > self.pending.len() {
+            self.next_idle_sweep = Some(now + self.idle_timeout / 2);
+        }
+        if let Some(t) = self.next_idle_sweep {
+            self.arm_sweep(t);
         }
         dropped
     }
@@ -502,6 +512,26 @@ mod tests {
         // A message from a peer with no connection at all closes it.
         let stranger = Keypair::derive(9, "s").peer_id();
         assert_eq!(ca.on_message(stranger, Message::Leave, Timestamp(1), &mut o), Inbound::Closed);
+    }
+
+    #[test]
+    fn unused_connection_is_closed_after_the_idle_timeout_unless_still_needed() {
+        let (_ra, _rb, _oa, _ob, mut ca, mut cb, a, b) = handshake([1; 32]);
+        let idle = Config::default().idle_timeout;
+        let mut o = VecDeque::new();
+        // b still needs a (e.g. a session): kept; a does not need b: closed within 1.5 idle periods.
+        let end = Timestamp(10) + idle + idle / 2 + SWEEP_SLACK;
+        for (conns, keep) in [(&mut ca, false), (&mut cb, true)] {
+            while let Some(t) = conns.poll_timeout() {
+                if t > end {
+                    break;
+                }
+                conns.handle_timeout(t, |_| keep, &mut o);
+            }
+        }
+        assert!(!ca.is_ready(&b), "idle, unneeded link closed");
+        assert!(cb.is_ready(&a), "needed link kept");
+        assert!(o.iter().any(|x| matches!(x, Output::Close { peer, reason: CloseReason::Idle } if *peer == b)));
     }
 
     #[test]
