@@ -32,6 +32,11 @@
 //!   with others) and is probed on a back-off of `seed_backoff_initial` ×2, capped exactly at
 //!   `seed_backoff_max` (the seed overshot to 320 s, B6). When it answers it comes back, evicting
 //!   the worst non-seed if the pool is full.
+//! * **Busy** (the indexer's burst guard refused a new session) is not a failure: the indexer is
+//!   alive and says "not now". The entry keeps its slot and is retried after half to one
+//!   heartbeat interval, jittered; only `last_indexer_max_failures` refusals in a row count as a
+//!   heartbeat failure. (Treating it as a failure made nodes evict, re-probe and re-admit busy
+//!   indexers in a loop during join waves.)
 //! * **Migration**: an indexer above its offload threshold asks us to move; a non-seed is evicted
 //!   only if enough other live indexers remain, a seed only loses its seed flag (B15).
 //!
