@@ -57,8 +57,12 @@ pub struct Config {
     pub fill_tolerance: f64,
     /// Witness fill-rate tolerance (A §6.11: 0.25).
     pub witness_fill_tolerance: f64,
-    /// Most witnesses an indexer returns and a node queries (C §12: 3).
+    /// Most witnesses an indexer returns (C §12: 3).
     pub max_witnesses: usize,
+    /// Witnesses a node queries per challenge batch, drawn at random from those returned (ocd:
+    /// the seed queried every returned witness on every heartbeat; each query opens a connection
+    /// to another node, so one per batch bounds the cost while evidence still accrues each batch).
+    pub witness_queries: usize,
     /// Score multiplier lost per unexplained `born_at` change (A §5.3: 0.30).
     pub born_at_penalty: f64,
     /// `dynamicMinScore` at age 0 (A §7.8: 20); also the consensus admission floor (B §3.2).
@@ -171,6 +175,7 @@ impl Default for Config {
             fill_tolerance: 0.1,
             witness_fill_tolerance: 0.25,
             max_witnesses: 3,
+            witness_queries: 1,
             born_at_penalty: 0.30,
             min_score_start: 20.0,
             min_score_end: 80.0,

@@ -924,14 +924,18 @@ impl IndexerPool {
     }
 
     fn query_witnesses(&mut self, indexer: PeerId, r: &HeartbeatResponse, now: Timestamp, out: &mut Vec<Action>) {
-        let mut asked: BTreeSet<PeerId> = BTreeSet::new();
-        for w in &r.witnesses {
-            if asked.len() >= self.config.max_witnesses {
-                break;
-            }
-            if w.id == self.me || w.id == indexer || !asked.insert(w.id) {
-                continue;
-            }
+        // Each query opens a connection to another node: ask `witness_queries` of the returned
+        // witnesses, drawn at random by us (not in the order the indexer chose).
+        let mut seen: BTreeSet<PeerId> = BTreeSet::new();
+        let mut candidates: Vec<&PeerAddr> = r
+            .witnesses
+            .iter()
+            .filter(|w| w.id != self.me && w.id != indexer && seen.insert(w.id))
+            .take(self.config.max_witnesses)
+            .collect();
+        self.rng.shuffle(&mut candidates);
+        candidates.truncate(self.config.witness_queries);
+        for w in candidates {
             let req = self.next_request();
             self.requests.insert(
                 req,
@@ -2182,7 +2186,13 @@ mod tests {
 
     #[test]
     fn witness_disagreement_lowers_score() {
-        let cfg = Config { challenge_spacing_min: 1, challenge_spacing_max: 1, max_witnesses: 4, ..Config::default() };
+        let cfg = Config {
+            challenge_spacing_min: 1,
+            challenge_spacing_max: 1,
+            max_witnesses: 4,
+            witness_queries: 4,
+            ..Config::default()
+        };
         let (s, t) = (pid("s"), pid("t"));
         let w: Vec<PeerId> = (0..4).map(|i| pid(&format!("w{i}"))).collect();
         let me = pid("me");
@@ -2212,6 +2222,27 @@ mod tests {
         net.run_for(secs(300));
         let ev = net.evictions();
         assert_eq!(ev.iter().map(|e| (e.1, e.2)).collect::<Vec<_>>(), vec![(s, EvictReason::WitnessesDisagree)]);
+    }
+
+    #[test]
+    fn one_random_witness_is_queried_per_challenge_batch_by_default() {
+        let cfg = Config { challenge_spacing_min: 1, challenge_spacing_max: 1, ..Config::default() };
+        let s = pid("s");
+        let me = pid("me");
+        let w: Vec<PeerId> = (0..3).map(|i| pid(&format!("w{i}"))).collect();
+        let mut net = Net::new(cfg, &[s], 5).with(s, Ix { witnesses: vec![me, w[0], w[1], w[2]], ..Ix::honest() });
+        for x in &w {
+            net.witnesses.insert(*x, WitnessMode::Agree);
+        }
+        net.run_for(secs(200));
+        let batches = net.regular_heartbeats_to(s).iter().filter(|(_, hb)| !hb.challenges.is_empty()).count();
+        let queried: Vec<usize> = w.iter().map(|x| net.sent_to(*x, "witness_query")).collect();
+        assert!(batches >= 5, "every heartbeat is a challenge batch here");
+        // One query per answered batch (the last batch may still be in flight).
+        let total = queried.iter().sum::<usize>();
+        assert!(total == batches || total + 1 == batches, "one query per batch: {queried:?} for {batches}");
+        assert!(queried.iter().all(|q| *q > 0), "drawn at random, not the indexer's first pick: {queried:?}");
+        assert_eq!(net.sent_to(me, "witness_query"), 0);
     }
 
     #[test]
