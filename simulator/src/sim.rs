@@ -899,16 +899,9 @@ impl Simulation {
             let sp = &mut self.peers[p as usize];
             sp.flood_req += 1;
             let hb = Message::Heartbeat(Heartbeat {
-                req: RequestId(FLOOD_REQ_BASE + sp.flood_req),
-                kind: HeartbeatKind::Regular,
-                need: 0,
-                referent: false,
-                is_indexer: false,
-                challenges: Vec::new(),
-                challenge_did: None,
-                want_witnesses: false,
                 did: Some(did.clone()),
                 name: Some(name.clone()),
+                ..Heartbeat::bare(RequestId(FLOOD_REQ_BASE + sp.flood_req), HeartbeatKind::Regular)
             });
             self.send(p, q, &hb);
         }

@@ -859,18 +859,7 @@ mod tests {
     }
 
     fn hb() -> Heartbeat {
-        Heartbeat {
-            req: RequestId(1),
-            kind: HeartbeatKind::Regular,
-            need: 0,
-            referent: false,
-            is_indexer: false,
-            challenges: Vec::new(),
-            challenge_did: None,
-            want_witnesses: false,
-            did: None,
-            name: None,
-        }
+        Heartbeat::bare(RequestId(1), HeartbeatKind::Regular)
     }
 
     fn probe() -> Heartbeat {

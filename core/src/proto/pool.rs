@@ -530,6 +530,13 @@ impl IndexerPool {
         r
     }
 
+    /// Remembers an outgoing request until its reply or `response_timeout` (every wait is
+    /// bounded, B7).
+    fn track(&mut self, req: RequestId, to: PeerId, kind: RequestKind, now: Timestamp) {
+        let deadline = now + self.config.response_timeout;
+        self.requests.insert(req, Request { to, sent_at: now, deadline, kind });
+    }
+
     fn draw_challenge_spacing(&mut self) -> u32 {
         let lo = u64::from(self.config.challenge_spacing_min.max(1));
         let hi = u64::from(self.config.challenge_spacing_max);
@@ -706,15 +713,7 @@ impl IndexerPool {
         };
         e.in_flight = Some(req);
         e.next_due = now + self.config.heartbeat_interval;
-        self.requests.insert(
-            req,
-            Request {
-                to: peer,
-                sent_at: now,
-                deadline: now + self.config.response_timeout,
-                kind: RequestKind::Heartbeat(sent),
-            },
-        );
+        self.track(req, peer, RequestKind::Heartbeat(sent), now);
         self.log_send(peer, now);
         out.push(Action::Send {
             to: peer,
@@ -745,16 +744,9 @@ impl IndexerPool {
 
     fn probe_message(&self, req: RequestId) -> Message {
         Message::Heartbeat(Heartbeat {
-            req,
-            kind: HeartbeatKind::Probe,
             need: u16::try_from(self.need()).unwrap_or(u16::MAX),
-            referent: false,
             is_indexer: self.is_indexer,
-            challenges: Vec::new(),
-            challenge_did: None,
-            want_witnesses: false,
-            did: None,
-            name: None,
+            ..Heartbeat::bare(req, HeartbeatKind::Probe)
         })
     }
 
@@ -768,15 +760,7 @@ impl IndexerPool {
         e.next_due = now + Self::backoff(&self.config, e.retries.saturating_add(1));
         e.in_flight = Some(req);
         let sent = HeartbeatSent { retry: true, challenge: false, did_challenge: false, want_witnesses: false };
-        self.requests.insert(
-            req,
-            Request {
-                to: peer,
-                sent_at: now,
-                deadline: now + self.config.response_timeout,
-                kind: RequestKind::Heartbeat(sent),
-            },
-        );
+        self.track(req, peer, RequestKind::Heartbeat(sent), now);
         self.log_send(peer, now);
         out.push(Action::Send { to: peer, message });
     }
@@ -937,15 +921,7 @@ impl IndexerPool {
         candidates.truncate(self.config.witness_queries);
         for w in candidates {
             let req = self.next_request();
-            self.requests.insert(
-                req,
-                Request {
-                    to: w.id,
-                    sent_at: now,
-                    deadline: now + self.config.response_timeout,
-                    kind: RequestKind::Witness { indexer, born_at: r.born_at, fill_rate: r.fill_rate },
-                },
-            );
+            self.track(req, w.id, RequestKind::Witness { indexer, born_at: r.born_at, fill_rate: r.fill_rate }, now);
             out.push(Action::Learn(w.clone()));
             out.push(Action::Send { to: w.id, message: Message::WitnessQuery(WitnessQuery { req, indexer }) });
         }
@@ -1260,15 +1236,7 @@ impl IndexerPool {
         let mut waiting = BTreeSet::new();
         for v in voters {
             let req = self.next_request();
-            self.requests.insert(
-                req,
-                Request {
-                    to: v,
-                    sent_at: now,
-                    deadline: now + self.config.response_timeout,
-                    kind: RequestKind::Candidates,
-                },
-            );
+            self.track(req, v, RequestKind::Candidates, now);
             waiting.insert(req);
             out.push(Action::Send { to: v, message: Message::CandidatesRequest(CandidatesRequest { req, count }) });
         }
@@ -1322,15 +1290,7 @@ impl IndexerPool {
             }
             let req = self.next_request();
             let message = self.probe_message(req);
-            self.requests.insert(
-                req,
-                Request {
-                    to: id,
-                    sent_at: now,
-                    deadline: now + self.config.response_timeout,
-                    kind: RequestKind::CandidateProbe,
-                },
-            );
+            self.track(req, id, RequestKind::CandidateProbe, now);
             c.waiting.insert(req);
             self.log_send(id, now);
             out.push(Action::Learn(a));

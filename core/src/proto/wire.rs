@@ -139,6 +139,25 @@ pub struct Heartbeat {
     pub name: Option<String>,
 }
 
+impl Heartbeat {
+    /// A heartbeat with nothing but its id and kind (no need, challenges, DID or name); fill in
+    /// the rest with struct-update syntax.
+    pub fn bare(req: RequestId, kind: HeartbeatKind) -> Self {
+        Heartbeat {
+            req,
+            kind,
+            need: 0,
+            referent: false,
+            is_indexer: false,
+            challenges: Vec::new(),
+            challenge_did: None,
+            want_witnesses: false,
+            did: None,
+            name: None,
+        }
+    }
+}
+
 /// One challenge answer (A §3.3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeEntry {
