@@ -100,3 +100,18 @@ fn steady_state_brings_every_node_to_its_minimum_pool() {
     assert_eq!(r.pool.final_nodes_below_min, 0, "below min at the end: {:?}", r.pool.final_below_min_peers);
     assert!(r.pool.final_mean_live >= r.pool.min_target as f64);
 }
+
+#[test]
+fn lossy_and_slow_network_keeps_every_node_at_its_minimum_pool() {
+    let r = report("lossy-network.toml");
+    // Once joined (by 10 min), no node is ever below its minimum, while latency and loss rise.
+    let late: Vec<_> = r.pool.timeline.iter().filter(|p| p.0 >= 600_000).collect();
+    assert!(!late.is_empty());
+    for p in &late {
+        assert_eq!(p.2, 0, "nodes below min at {} ms: {:?}", p.0, p);
+        assert!(p.1 >= r.pool.min_target as f64, "mean live pool below min at {} ms", p.0);
+    }
+    assert_eq!(r.pool.final_nodes_below_min, 0);
+    assert_eq!(r.bans.honest, 0, "loss must never get an honest node banned");
+    assert_eq!(r.invariant_violation_count, 0, "{:#?}", r.invariant_violations);
+}
