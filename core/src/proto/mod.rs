@@ -17,7 +17,8 @@
 //! * [`indexer`] — the **indexer role**: admission ([`admission`]: burst guard, rate limits,
 //!   strikes, bans), sessions keyed by the authenticated peer id, heartbeat responses, offload and
 //!   the candidates responder (spec A §7, B §9, C §9–§13);
-//! * [`score`] — the node-side 7-factor indexer score and its helpers.
+//! * [`score`] — the node-side 7-factor indexer score and its helpers;
+//! * [`record`] — signed, self-certifying peer records (used by the record service and DHT).
 //!
 //! Sub-machines talk to the router through [`Action`]s; the router turns them into [`Output`]s,
 //! dialling peers and queueing messages as needed.
@@ -43,6 +44,7 @@ pub mod identity;
 pub mod indexer;
 mod peer;
 pub mod pool;
+pub mod record;
 pub mod rng;
 pub mod score;
 pub mod time;

@@ -1,0 +1,241 @@
+//! Signed peer records: what a daemon says about itself, verifiable by anyone.
+//!
+//! A [`PeerRecord`] is a [`RecordBody`] — peer id, DID, name, transport addresses, application
+//! fields, issue and expiry times — signed with the daemon's own key over its canonical postcard
+//! encoding, prefixed with a domain tag (DESIGN §3). Because the signing key *is* the peer id, a
+//! record keyed by peer id is self-certifying: whoever stores or serves it cannot alter it, and a
+//! reader verifies it itself (the seed's `DHTPayload` was never checked, A §6.6).
+//!
+//! Verification also bounds everything a peer controls: field sizes, the lifetime of a record
+//! (so nobody can publish one that never expires), and how far in the future it may claim to have
+//! been issued (clock skew). Between two valid records of the same owner, the later expiry wins.
+
+use super::identity::{Addr, Did, Keypair, PeerId, Signature};
+use super::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Domain separation for record signatures.
+const SIGNING_DOMAIN: &[u8] = b"ocd peer record v1\0";
+/// Longest name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// Most transport addresses in a record.
+pub const MAX_ADDRS: usize = 8;
+/// Longest transport address or application field, in bytes.
+pub const MAX_FIELD_LEN: usize = 512;
+/// Longest lifetime (`expires_at − issued_at`) a record may claim.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// How far in the future `issued_at` may be, to tolerate clock skew between daemons.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// Why a record was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// The signature does not verify with the record's own peer id.
+    #[error("record signature does not verify")]
+    BadSignature,
+    /// The signing key is not the record's peer id.
+    #[error("record is not signed by the key of its peer id")]
+    WrongKey,
+    /// `now ≥ expires_at`.
+    #[error("record expired at {0}")]
+    Expired(Timestamp),
+    /// `issued_at` is further in the future than the allowed clock skew.
+    #[error("record issued in the future ({0})")]
+    FromTheFuture(Timestamp),
+    /// `expires_at ≤ issued_at`, or a lifetime above [`MAX_LIFETIME`].
+    #[error("record lifetime is empty or longer than allowed")]
+    BadLifetime,
+    /// A field is too long, or there are too many addresses.
+    #[error("record field `{0}` is too large")]
+    TooLarge(&'static str),
+}
+
+/// The signed content of a [`PeerRecord`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordBody {
+    /// The owner; its key signs the record.
+    pub peer_id: PeerId,
+    /// The owner's application identifier.
+    pub did: Did,
+    /// Human-readable name (the seed's `NAME`).
+    pub name: String,
+    /// Transport addresses the owner can be reached at.
+    pub addrs: Vec<Addr>,
+    /// Application API URL.
+    pub api_url: Option<String>,
+    /// NATS address.
+    pub nats_address: Option<String>,
+    /// Wallet.
+    pub wallet: Option<String>,
+    /// When the owner signed it.
+    pub issued_at: Timestamp,
+    /// After this instant the record is void.
+    pub expires_at: Timestamp,
+}
+
+impl RecordBody {
+    /// The exact bytes that are signed: a domain tag, then the postcard encoding of the body.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = SIGNING_DOMAIN.to_vec();
+        // Serialising plain data into a Vec cannot fail.
+        match postcard::to_extend(self, out) {
+            Ok(v) => v,
+            Err(_) => SIGNING_DOMAIN.to_vec(),
+        }
+    }
+
+    fn check_shape(&self) -> Result<(), RecordError> {
+        if self.name.len() > MAX_NAME_LEN {
+            return Err(RecordError::TooLarge("name"));
+        }
+        if self.addrs.len() > MAX_ADDRS {
+            return Err(RecordError::TooLarge("addrs"));
+        }
+        if self.addrs.iter().any(|a| a.len() > MAX_FIELD_LEN) {
+            return Err(RecordError::TooLarge("addrs"));
+        }
+        for (field, v) in [("api_url", &self.api_url), ("nats_address", &self.nats_address), ("wallet", &self.wallet)] {
+            if v.as_ref().is_some_and(|s| s.len() > MAX_FIELD_LEN) {
+                return Err(RecordError::TooLarge(field));
+            }
+        }
+        if self.expires_at <= self.issued_at || self.expires_at.since(self.issued_at) > MAX_LIFETIME {
+            return Err(RecordError::BadLifetime);
+        }
+        Ok(())
+    }
+}
+
+/// A record signed by its owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// What is claimed.
+    pub body: RecordBody,
+    /// The owner's signature over [`RecordBody::signing_bytes`].
+    pub signature: Signature,
+}
+
+impl PeerRecord {
+    /// Signs `body` with `key`, which must be the key of `body.peer_id`; the body must be
+    /// well-formed (sizes, lifetime).
+    pub fn sign(body: RecordBody, key: &Keypair) -> Result<Self, RecordError> {
+        if key.peer_id() != body.peer_id {
+            return Err(RecordError::WrongKey);
+        }
+        body.check_shape()?;
+        let signature = key.sign(&body.signing_bytes());
+        Ok(PeerRecord { body, signature })
+    }
+
+    /// Checks the record as of `now`: shape, lifetime, not expired, not issued in the future
+    /// beyond [`MAX_CLOCK_SKEW`], and the owner's signature.
+    pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
+        self.body.check_shape()?;
+        if now >= self.body.expires_at {
+            return Err(RecordError::Expired(self.body.expires_at));
+        }
+        if self.body.issued_at > now + MAX_CLOCK_SKEW {
+            return Err(RecordError::FromTheFuture(self.body.issued_at));
+        }
+        self.body.peer_id.verify(&self.body.signing_bytes(), &self.signature).map_err(|_| RecordError::BadSignature)
+    }
+
+    /// Whether `self` should replace `other` for the same owner: it expires later (ties keep the
+    /// one already held). Records of different owners never replace each other.
+    pub fn supersedes(&self, other: &PeerRecord) -> bool {
+        self.body.peer_id == other.body.peer_id && self.body.expires_at > other.body.expires_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: Timestamp = Timestamp(1_700_000_000_000);
+
+    fn body(key: &Keypair) -> RecordBody {
+        RecordBody {
+            peer_id: key.peer_id(),
+            did: Did::new("did:example:alice").unwrap(),
+            name: "alice".into(),
+            addrs: vec!["127.0.0.1:4001".into()],
+            api_url: Some("http://127.0.0.1:8080".into()),
+            nats_address: None,
+            wallet: None,
+            issued_at: NOW,
+            expires_at: NOW + Duration::from_secs(120),
+        }
+    }
+
+    #[test]
+    fn signed_record_verifies_until_it_expires() {
+        let k = Keypair::derive(1, "alice");
+        let r = PeerRecord::sign(body(&k), &k).unwrap();
+        assert_eq!(r.verify(NOW), Ok(()));
+        assert_eq!(r.verify(NOW + Duration::from_secs(119)), Ok(()));
+        assert_eq!(r.verify(NOW + Duration::from_secs(120)), Err(RecordError::Expired(r.body.expires_at)));
+    }
+
+    #[test]
+    fn a_record_can_only_be_signed_by_its_owner() {
+        let (alice, mallory) = (Keypair::derive(1, "alice"), Keypair::derive(1, "mallory"));
+        assert_eq!(PeerRecord::sign(body(&alice), &mallory), Err(RecordError::WrongKey));
+        // Re-labelling Alice's record as Mallory's breaks the signature.
+        let mut r = PeerRecord::sign(body(&alice), &alice).unwrap();
+        r.body.peer_id = mallory.peer_id();
+        assert_eq!(r.verify(NOW), Err(RecordError::BadSignature));
+    }
+
+    #[test]
+    fn lifetimes_sizes_and_clock_skew_are_bounded() {
+        let k = Keypair::derive(1, "alice");
+        let forever = RecordBody { expires_at: NOW + MAX_LIFETIME + Duration::from_secs(1), ..body(&k) };
+        assert_eq!(PeerRecord::sign(forever, &k), Err(RecordError::BadLifetime));
+        let empty = RecordBody { expires_at: NOW, ..body(&k) };
+        assert_eq!(PeerRecord::sign(empty, &k), Err(RecordError::BadLifetime));
+        let big = RecordBody { name: "x".repeat(MAX_NAME_LEN + 1), ..body(&k) };
+        assert_eq!(PeerRecord::sign(big, &k), Err(RecordError::TooLarge("name")));
+        let future = RecordBody {
+            issued_at: NOW + MAX_CLOCK_SKEW + Duration::from_secs(1),
+            expires_at: NOW + MAX_CLOCK_SKEW + Duration::from_secs(60),
+            ..body(&k)
+        };
+        let r = PeerRecord::sign(future, &k).unwrap();
+        assert!(matches!(r.verify(NOW), Err(RecordError::FromTheFuture(_))));
+    }
+
+    #[test]
+    fn later_expiry_of_the_same_owner_supersedes() {
+        let (a, b) = (Keypair::derive(1, "a"), Keypair::derive(1, "b"));
+        let old = PeerRecord::sign(body(&a), &a).unwrap();
+        let new = PeerRecord::sign(RecordBody { expires_at: NOW + Duration::from_secs(240), ..body(&a) }, &a).unwrap();
+        assert!(new.supersedes(&old));
+        assert!(!old.supersedes(&new));
+        assert!(!old.supersedes(&old));
+        let other =
+            PeerRecord::sign(RecordBody { expires_at: NOW + Duration::from_secs(999), ..body(&b) }, &b).unwrap();
+        assert!(!other.supersedes(&old), "another owner never replaces a record");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Flipping any bit of an encoded record either makes it undecodable or makes it fail
+        /// verification — unless the flip landed on bytes that decode to the very same record.
+        #[test]
+        fn record_validation_never_accepts_a_tampered_record(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let k = Keypair::derive(7, "owner");
+            let r = PeerRecord::sign(body(&k), &k).unwrap();
+            let mut bytes = postcard::to_stdvec(&r).unwrap();
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            if let Ok(t) = postcard::from_bytes::<PeerRecord>(&bytes) {
+                if t != r {
+                    prop_assert!(t.verify(NOW).is_err(), "tampered record accepted: {t:?}");
+                }
+            }
+        }
+    }
+}
