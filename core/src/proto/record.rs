@@ -77,7 +77,7 @@ pub struct RecordBody {
 impl RecordBody {
     /// The exact bytes that are signed: a domain tag, then the postcard encoding of the body.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut out = SIGNING_DOMAIN.to_vec();
+        let out = SIGNING_DOMAIN.to_vec();
         // Serialising plain data into a Vec cannot fail.
         match postcard::to_extend(self, out) {
             Ok(v) => v,
