@@ -18,7 +18,8 @@
 //!   strikes, bans), sessions keyed by the authenticated peer id, heartbeat responses, offload and
 //!   the candidates responder (spec A §7, B §9, C §9–§13);
 //! * [`score`] — the node-side 7-factor indexer score and its helpers;
-//! * [`record`] — signed, self-certifying peer records (used by the record service and DHT).
+//! * [`record`] — signed, self-certifying peer records (used by the record service and DHT);
+//! * [`kad`] — the Kademlia routing table the indexers' DHT is built on.
 //!
 //! Sub-machines talk to the router through [`Action`]s; the router turns them into [`Output`]s,
 //! dialling peers and queueing messages as needed.
@@ -42,6 +43,7 @@ pub mod config;
 pub mod connections;
 pub mod identity;
 pub mod indexer;
+pub mod kad;
 mod peer;
 pub mod pool;
 pub mod record;
