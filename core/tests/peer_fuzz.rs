@@ -226,8 +226,17 @@ impl Harness {
     }
 }
 
+/// `default` cases, or `PROPTEST_CASES` from the environment to fuzz for longer.
+fn cases(default: u32) -> ProptestConfig {
+    let mut c = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = default;
+    }
+    c
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(cases(256))]
 
     #[test]
     fn arbitrary_inputs_never_panic_spin_or_break_pool_bounds(ops in prop::collection::vec(op(), 1..120)) {

@@ -117,8 +117,17 @@ fn message() -> impl Strategy<Value = Message> {
     ]
 }
 
+/// `default` cases, or `PROPTEST_CASES` from the environment to fuzz for longer.
+fn cases(default: u32) -> ProptestConfig {
+    let mut c = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = default;
+    }
+    c
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(cases(512))]
 
     #[test]
     fn every_message_round_trips_through_a_frame(msgs in prop::collection::vec(message(), 1..6), chunk in 1usize..64) {
