@@ -71,6 +71,12 @@ pub struct FaultReport {
     pub detect_ms: Option<Stats>,
     /// Fault → node again has at least `min_indexers` live indexers, per node.
     pub recover_ms: Option<Stats>,
+    /// Every detection time behind `detect_ms`, sorted (for CDF plots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub detect_samples_ms: Vec<u64>,
+    /// Every recovery time behind `recover_ms`, sorted (for CDF plots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recover_samples_ms: Vec<u64>,
     /// (node, target) pairs never detected by the end of the run.
     pub undetected: usize,
     /// Nodes never recovered by the end of the run.

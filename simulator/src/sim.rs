@@ -923,6 +923,8 @@ impl Simulation {
             affected_nodes: 0,
             detect_ms: None,
             recover_ms: None,
+            detect_samples_ms: Vec::new(),
+            recover_samples_ms: Vec::new(),
             undetected: 0,
             unrecovered: 0,
             readmitted: None,
@@ -1351,6 +1353,9 @@ impl Simulation {
             let f = &mut self.faults[tr.report];
             f.detect_ms = Stats::of(&mut detect);
             f.recover_ms = Stats::of(&mut recover);
+            // `Stats::of` sorted them: kept for CDF plots.
+            f.detect_samples_ms = detect;
+            f.recover_samples_ms = recover;
             f.undetected = undetected;
             f.unrecovered = unrecovered;
         }

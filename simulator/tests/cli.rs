@@ -120,5 +120,11 @@ fn plot_writes_an_svg_of_a_report() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let svg = std::fs::read_to_string(dir.join("r.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.trim_end().ends_with("</svg>"));
+    // The crash's detection times are in the report and drawn as a CDF.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("r.json")).unwrap()).unwrap();
+    let samples = report["faults"][0]["detect_samples_ms"].as_array().map_or(0, Vec::len);
+    assert!(samples > 0, "detection samples in the report");
+    assert!(svg.contains("CDF") && svg.contains("crash at 90s"), "detection CDF drawn");
     let _ = std::fs::remove_dir_all(&dir);
 }
