@@ -193,6 +193,198 @@ impl RoutingTable {
     }
 }
 
+/// Tunables of an iterative lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LookupConfig {
+    /// How many closest peers the lookup converges on (Kademlia's k).
+    pub k: usize,
+    /// Queries in flight at once (Kademlia's α).
+    pub alpha: usize,
+    /// How long a queried peer has to answer before it counts as failed.
+    pub timeout: std::time::Duration,
+    /// Most candidates remembered (the farthest are dropped beyond it), bounding memory.
+    pub max_candidates: usize,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        LookupConfig { k: 20, alpha: 3, timeout: std::time::Duration::from_secs(5), max_candidates: 80 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    Waiting,
+    InFlight { deadline: Timestamp },
+    Answered,
+    Failed,
+}
+
+/// One iterative Kademlia lookup (FIND_NODE; FIND_VALUE callers stop it early when a value
+/// arrives): ask the α closest peers not yet asked, merge the closer peers they return, and stop
+/// once the k closest peers known have all answered — or nobody is left to ask.
+///
+/// Pure and timer-driven: [`Lookup::next_queries`] says whom to ask, the caller reports answers
+/// and failures, and [`Lookup::handle_timeout`] fails queries past their deadline. A peer is
+/// asked at most once; at most α queries are in flight; candidates are bounded.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    target: Key,
+    me: PeerId,
+    config: LookupConfig,
+    candidates: std::collections::BTreeMap<Distance, (PeerAddr, Probe, u32)>,
+    in_flight: usize,
+    queried: usize,
+}
+
+impl Lookup {
+    /// A lookup of `target` by `me`, starting from `seeds` (usually our table's closest peers).
+    pub fn new(me: PeerId, target: Key, seeds: Vec<PeerAddr>, config: LookupConfig) -> Self {
+        let config = LookupConfig { k: config.k.max(1), alpha: config.alpha.max(1), ..config };
+        let mut l =
+            Lookup { target, me, config, candidates: std::collections::BTreeMap::new(), in_flight: 0, queried: 0 };
+        for s in seeds {
+            l.offer(s, 1);
+        }
+        l
+    }
+
+    /// The key looked up.
+    pub fn target(&self) -> Key {
+        self.target
+    }
+
+    fn offer(&mut self, addr: PeerAddr, hop: u32) {
+        if addr.id == self.me {
+            return;
+        }
+        let d = self.target.distance(&Key::from(addr.id));
+        if self.candidates.contains_key(&d) {
+            return;
+        }
+        if self.candidates.len() >= self.config.max_candidates.max(self.config.k) {
+            // Full: only a closer peer than the farthest *waiting* one gets in, replacing it.
+            let Some(far) = self.candidates.iter().rev().find(|(_, (_, p, _))| *p == Probe::Waiting).map(|(d, _)| *d)
+            else {
+                return;
+            };
+            if d >= far {
+                return;
+            }
+            self.candidates.remove(&far);
+        }
+        self.candidates.insert(d, (addr, Probe::Waiting, hop));
+    }
+
+    /// Peers to ask now (each at most once, at most α in flight), marking them in flight until
+    /// `now + timeout`. Empty when the lookup is finished or waiting for answers.
+    pub fn next_queries(&mut self, now: Timestamp) -> Vec<PeerAddr> {
+        if self.is_finished() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let deadline = now + self.config.timeout;
+        // Only the k closest peers that have not failed are worth asking.
+        let mut alive_seen = 0;
+        for (addr, probe, _) in self.candidates.values_mut() {
+            if self.in_flight >= self.config.alpha || alive_seen >= self.config.k {
+                break;
+            }
+            match probe {
+                Probe::Failed => continue,
+                Probe::Waiting => {
+                    *probe = Probe::InFlight { deadline };
+                    self.in_flight += 1;
+                    self.queried += 1;
+                    out.push(addr.clone());
+                }
+                Probe::InFlight { .. } | Probe::Answered => {}
+            }
+            alive_seen += 1;
+        }
+        out
+    }
+
+    fn probe_of(&mut self, peer: &PeerId) -> Option<&mut (PeerAddr, Probe, u32)> {
+        let d = self.target.distance(&Key::from(*peer));
+        self.candidates.get_mut(&d)
+    }
+
+    /// `from` answered with the peers it knows closest to the target. Answers from peers we did
+    /// not ask (or already heard from) are ignored.
+    pub fn on_response(&mut self, from: &PeerId, closer: Vec<PeerAddr>) {
+        let hop = match self.probe_of(from) {
+            Some((_, probe @ Probe::InFlight { .. }, hop)) => {
+                *probe = Probe::Answered;
+                *hop
+            }
+            _ => return,
+        };
+        self.in_flight -= 1;
+        for c in closer.into_iter().take(self.config.k) {
+            self.offer(c, hop + 1);
+        }
+    }
+
+    /// `peer` could not be asked or did not answer.
+    pub fn on_failure(&mut self, peer: &PeerId) {
+        if let Some((_, probe @ Probe::InFlight { .. }, _)) = self.probe_of(peer) {
+            *probe = Probe::Failed;
+            self.in_flight -= 1;
+        }
+    }
+
+    /// Fails every query past its deadline.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        for (_, probe, _) in self.candidates.values_mut() {
+            if let Probe::InFlight { deadline } = probe
+                && *deadline <= now
+            {
+                *probe = Probe::Failed;
+                self.in_flight -= 1;
+            }
+        }
+    }
+
+    /// The earliest query deadline.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.candidates
+            .values()
+            .filter_map(|(_, p, _)| match p {
+                Probe::InFlight { deadline } => Some(*deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Finished: nothing in flight and the k closest non-failed candidates have all answered
+    /// (or no candidate is left to ask).
+    pub fn is_finished(&self) -> bool {
+        self.in_flight == 0
+            && self
+                .candidates
+                .values()
+                .filter(|(_, p, _)| *p != Probe::Failed)
+                .take(self.config.k)
+                .all(|(_, p, _)| *p == Probe::Answered)
+    }
+
+    /// The closest peers that answered, closest first (the lookup's result).
+    pub fn closest_answered(&self, n: usize) -> Vec<PeerAddr> {
+        self.candidates.values().filter(|(_, p, _)| *p == Probe::Answered).take(n).map(|(a, _, _)| a.clone()).collect()
+    }
+
+    /// How many hops from the seeds the closest answering peer was (seeds are hop 1).
+    pub fn hops(&self) -> Option<u32> {
+        self.candidates.values().find(|(_, p, _)| *p == Probe::Answered).map(|(_, _, h)| *h)
+    }
+
+    /// Peers asked so far.
+    pub fn queried(&self) -> usize {
+        self.queried
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,8 +432,153 @@ mod tests {
         assert_eq!(t.insert(PeerAddr::id_only(me), Timestamp(7)), Insert::Ourselves);
     }
 
+    /// A network of `n` peers with proper Kademlia tables: every peer was offered to every table
+    /// in a random order (far buckets keep k of many, near buckets keep all of few).
+    fn network(n: u64, k: usize) -> (Vec<PeerId>, Vec<RoutingTable>) {
+        let ids: Vec<PeerId> = (0..n).map(|i| pid(1000 + i)).collect();
+        let mut rng = crate::proto::rng::DetRng::new(n, "kad-net");
+        let tables = ids
+            .iter()
+            .map(|me| {
+                let mut t = RoutingTable::new(*me, k);
+                let mut order = ids.clone();
+                rng.shuffle(&mut order);
+                for other in order {
+                    t.insert(PeerAddr::id_only(other), Timestamp(0));
+                }
+                t
+            })
+            .collect();
+        (ids, tables)
+    }
+
+    fn run_lookup(
+        ids: &[PeerId],
+        tables: &[RoutingTable],
+        from: usize,
+        target: Key,
+        down: &[usize],
+        cfg: LookupConfig,
+    ) -> (Lookup, usize) {
+        let me = ids[from];
+        let seeds = tables[from].closest(&target, cfg.k);
+        let mut l = Lookup::new(me, target, seeds, cfg);
+        let mut now = Timestamp(0);
+        let mut rounds = 0;
+        while !l.is_finished() {
+            rounds += 1;
+            assert!(rounds < 1000, "lookup must terminate");
+            let qs = l.next_queries(now);
+            assert!(qs.len() <= cfg.alpha);
+            if qs.is_empty() {
+                now = l.poll_timeout().expect("waiting on a deadline");
+                l.handle_timeout(now);
+                continue;
+            }
+            for q in qs {
+                let i = ids.iter().position(|x| *x == q.id).unwrap();
+                if down.contains(&i) {
+                    continue; // silent: times out
+                }
+                l.on_response(&q.id, tables[i].closest(&target, cfg.k));
+            }
+        }
+        (l, rounds)
+    }
+
+    #[test]
+    fn lookup_converges_on_the_true_closest_peers() {
+        let cfg = LookupConfig { k: 8, alpha: 3, ..LookupConfig::default() };
+        let (ids, tables) = network(300, cfg.k);
+        for t in 0..20u64 {
+            let target = Key::of(&t.to_le_bytes());
+            let (l, _) = run_lookup(&ids, &tables, (t * 7 % 300) as usize, target, &[], cfg);
+            let mut truth: Vec<(Distance, PeerId)> = ids
+                .iter()
+                .filter(|p| **p != ids[(t * 7 % 300) as usize])
+                .map(|p| (target.distance(&Key::from(*p)), *p))
+                .collect();
+            truth.sort();
+            let got: Vec<PeerId> = l.closest_answered(cfg.k).iter().map(|a| a.id).collect();
+            let best: Vec<PeerId> = truth.iter().take(cfg.k).map(|(_, p)| *p).collect();
+            let hits = got.iter().filter(|p| best.contains(p)).count();
+            assert_eq!(hits, cfg.k, "target {t}: found {hits} of the {} closest", cfg.k);
+            assert!(l.queried() < 60, "a lookup asks a bounded number of peers: {}", l.queried());
+            assert!(l.hops().is_some());
+        }
+    }
+
+    #[test]
+    fn lookup_routes_around_silent_peers() {
+        let cfg = LookupConfig { k: 8, alpha: 3, ..LookupConfig::default() };
+        let (ids, tables) = network(300, cfg.k);
+        let down: Vec<usize> = (0..300).filter(|i| i % 5 == 0).collect();
+        let target = Key::of(b"/node/some-did");
+        let (l, _) = run_lookup(&ids, &tables, 1, target, &down, cfg);
+        let got = l.closest_answered(cfg.k);
+        assert_eq!(got.len(), cfg.k);
+        assert!(got.iter().all(|a| !down.contains(&ids.iter().position(|x| *x == a.id).unwrap())));
+        assert!(l.poll_timeout().is_none(), "no query left in flight");
+    }
+
+    #[test]
+    fn lookup_ignores_unsolicited_and_duplicate_answers_and_never_asks_itself() {
+        let me = pid(1);
+        let (a, b) = (pid(2), pid(3));
+        let mut l =
+            Lookup::new(me, Key::of(b"x"), vec![PeerAddr::id_only(a), PeerAddr::id_only(me)], LookupConfig::default());
+        let q = l.next_queries(Timestamp(0));
+        assert_eq!(q.iter().map(|x| x.id).collect::<Vec<_>>(), vec![a]);
+        l.on_response(&b, vec![PeerAddr::id_only(pid(9))]); // never asked: ignored
+        l.on_response(&a, vec![PeerAddr::id_only(me), PeerAddr::id_only(b)]);
+        l.on_response(&a, vec![PeerAddr::id_only(pid(10))]); // duplicate: ignored
+        let q = l.next_queries(Timestamp(1));
+        assert_eq!(q.iter().map(|x| x.id).collect::<Vec<_>>(), vec![b]);
+        l.on_failure(&b);
+        assert!(l.is_finished());
+        assert_eq!(l.closest_answered(5).iter().map(|x| x.id).collect::<Vec<_>>(), vec![a]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn lookup_asks_each_peer_once_keeps_alpha_and_terminates(
+            script in prop::collection::vec((0u8..3, prop::collection::vec(0u64..60, 0..6)), 1..200),
+            alpha in 1usize..4,
+        ) {
+            let me = pid(0);
+            let cfg = LookupConfig { k: 5, alpha, timeout: std::time::Duration::from_secs(1), max_candidates: 20 };
+            let seeds: Vec<PeerAddr> = (1..6).map(|i| PeerAddr::id_only(pid(i))).collect();
+            let mut l = Lookup::new(me, Key::of(b"t"), seeds, cfg);
+            let mut asked = std::collections::BTreeSet::new();
+            let mut pending: Vec<PeerId> = Vec::new();
+            let mut now = Timestamp(0);
+            let mut steps = script.into_iter().cycle();
+            for _ in 0..2000 {
+                if l.is_finished() {
+                    break;
+                }
+                for q in l.next_queries(now) {
+                    prop_assert!(q.id != me);
+                    prop_assert!(asked.insert(q.id), "asked twice: {:?}", q.id);
+                    pending.push(q.id);
+                }
+                prop_assert!(pending.len() <= alpha);
+                let Some((action, closer)) = steps.next() else { break };
+                match (action, pending.pop()) {
+                    (0, Some(p)) => l.on_response(&p, closer.iter().map(|i| PeerAddr::id_only(pid(*i))).collect()),
+                    (1, Some(p)) => l.on_failure(&p),
+                    _ => {
+                        now = now + std::time::Duration::from_secs(2);
+                        l.handle_timeout(now);
+                        pending.clear();
+                    }
+                }
+            }
+            prop_assert!(l.is_finished(), "lookup did not terminate");
+            prop_assert!(l.closest_answered(5).len() <= 5);
+        }
 
         #[test]
         fn routing_table_invariants_hold(ops in prop::collection::vec((0u64..300, any::<bool>()), 1..400), k in 1usize..8, target in any::<[u8; 32]>()) {
