@@ -239,3 +239,202 @@ mod tests {
         }
     }
 }
+
+/// Why a record was not stored.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The record itself is invalid (signature, expiry, sizes).
+    #[error(transparent)]
+    Invalid(#[from] RecordError),
+    /// Its DID is bound to another peer's key: the publisher claims a foreign DID (a strike).
+    #[error("DID {did} belongs to another key")]
+    ForeignDid {
+        /// The DID claimed.
+        did: Did,
+    },
+    /// A record of the same owner that expires later is already held.
+    #[error("a newer record is already stored")]
+    Stale,
+}
+
+/// The records an indexer holds, reachable by peer id and by DID (the seed's `/pid/<PeerId>` and
+/// `/node/<DID>` keys, C §7), validated on the way in and on the way out.
+///
+/// A DID is bound to the first key that stored a record for it; a record for that DID signed by
+/// another key is refused with [`StoreError::ForeignDid`] (the caller strikes the publisher). The
+/// binding outlives the record, for `binding_ttl` after its last refresh, so a thief cannot wait
+/// for an expiry to take a DID over. The store is bounded: at capacity, the record closest to
+/// expiry goes first.
+#[derive(Clone, Debug)]
+pub struct RecordStore {
+    by_peer: std::collections::BTreeMap<PeerId, PeerRecord>,
+    /// DID → (owner, binding valid until).
+    did_owner: std::collections::BTreeMap<Did, (PeerId, Timestamp)>,
+    max_records: usize,
+    binding_ttl: Duration,
+}
+
+impl RecordStore {
+    /// An empty store of at most `max_records` records; DID bindings last `binding_ttl` after the
+    /// owner's last record expired.
+    pub fn new(max_records: usize, binding_ttl: Duration) -> Self {
+        RecordStore {
+            by_peer: std::collections::BTreeMap::new(),
+            did_owner: std::collections::BTreeMap::new(),
+            max_records: max_records.max(1),
+            binding_ttl,
+        }
+    }
+
+    /// Records held (possibly expired until the next [`RecordStore::prune`]).
+    pub fn len(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_peer.is_empty()
+    }
+
+    /// Verifies and stores `record`. Returns whether it replaced an older record of its owner.
+    pub fn put(&mut self, record: PeerRecord, now: Timestamp) -> Result<bool, StoreError> {
+        record.verify(now)?;
+        let owner = record.body.peer_id;
+        let did = record.body.did.clone();
+        if let Some((bound, until)) = self.did_owner.get(&did)
+            && *bound != owner
+            && *until > now
+        {
+            return Err(StoreError::ForeignDid { did });
+        }
+        let replaced = match self.by_peer.get(&owner) {
+            Some(old) if !record.supersedes(old) => return Err(StoreError::Stale),
+            Some(old) => {
+                // The owner moved to another DID: release the old binding.
+                if old.body.did != did {
+                    self.did_owner.remove(&old.body.did);
+                }
+                true
+            }
+            None => false,
+        };
+        if !replaced && self.by_peer.len() >= self.max_records {
+            let victim = self.by_peer.iter().min_by_key(|(_, r)| r.body.expires_at).map(|(p, _)| *p);
+            if let Some(v) = victim {
+                self.by_peer.remove(&v);
+            }
+        }
+        let until = record.body.expires_at + self.binding_ttl;
+        self.did_owner.insert(did, (owner, until));
+        self.by_peer.insert(owner, record);
+        // Bindings outlive records; keep at most 4× as many, dropping those of owners without a
+        // record that lapse first.
+        while self.did_owner.len() > self.max_records.saturating_mul(4) {
+            let victim = self
+                .did_owner
+                .iter()
+                .filter(|(_, (o, _))| !self.by_peer.contains_key(o))
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(d, _)| d.clone());
+            match victim {
+                Some(d) => self.did_owner.remove(&d),
+                None => break,
+            };
+        }
+        Ok(replaced)
+    }
+
+    /// The valid record of `peer`, if any (`/pid/<PeerId>`).
+    pub fn by_peer(&self, peer: &PeerId, now: Timestamp) -> Option<&PeerRecord> {
+        self.by_peer.get(peer).filter(|r| r.verify(now).is_ok())
+    }
+
+    /// The valid record for `did`, if any (`/node/<DID>`).
+    pub fn by_did(&self, did: &Did, now: Timestamp) -> Option<&PeerRecord> {
+        let (owner, _) = self.did_owner.get(did)?;
+        self.by_peer(owner, now).filter(|r| r.body.did == *did)
+    }
+
+    /// Drops expired records and lapsed DID bindings.
+    pub fn prune(&mut self, now: Timestamp) {
+        self.by_peer.retain(|_, r| r.body.expires_at > now);
+        self.did_owner.retain(|_, (_, until)| *until > now);
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    const NOW: Timestamp = Timestamp(1_700_000_000_000);
+
+    fn rec(key: &Keypair, did: &str, ttl_s: u64, at: Timestamp) -> PeerRecord {
+        let body = RecordBody {
+            peer_id: key.peer_id(),
+            did: Did::new(did).unwrap(),
+            name: "n".into(),
+            addrs: Vec::new(),
+            api_url: None,
+            nats_address: None,
+            wallet: None,
+            issued_at: at,
+            expires_at: at + Duration::from_secs(ttl_s),
+        };
+        PeerRecord::sign(body, key).unwrap()
+    }
+
+    #[test]
+    fn records_are_found_by_peer_and_did_until_they_expire() {
+        let a = Keypair::derive(1, "a");
+        let mut s = RecordStore::new(10, Duration::from_secs(600));
+        assert_eq!(s.put(rec(&a, "did:a", 120, NOW), NOW), Ok(false));
+        let did = Did::new("did:a").unwrap();
+        assert_eq!(s.by_did(&did, NOW).map(|r| r.body.peer_id), Some(a.peer_id()));
+        assert!(s.by_peer(&a.peer_id(), NOW).is_some());
+        let later = NOW + Duration::from_secs(121);
+        assert!(s.by_did(&did, later).is_none(), "an expired record is never served");
+        s.prune(later);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_foreign_did_claim_is_refused_even_after_the_owner_record_expired() {
+        let (a, m) = (Keypair::derive(1, "a"), Keypair::derive(1, "mallory"));
+        let mut s = RecordStore::new(10, Duration::from_secs(600));
+        s.put(rec(&a, "did:a", 120, NOW), NOW).unwrap();
+        let steal = rec(&m, "did:a", 120, NOW);
+        assert_eq!(s.put(steal, NOW), Err(StoreError::ForeignDid { did: Did::new("did:a").unwrap() }));
+        // Waiting for the owner's record to expire does not help within the binding's lifetime.
+        let t = NOW + Duration::from_secs(300);
+        s.prune(t);
+        assert!(matches!(s.put(rec(&m, "did:a", 120, t), t), Err(StoreError::ForeignDid { .. })));
+        assert_eq!(s.by_did(&Did::new("did:a").unwrap(), NOW).map(|r| r.body.peer_id), None, "pruned");
+    }
+
+    #[test]
+    fn newer_expiry_wins_and_tampered_or_stale_records_are_refused() {
+        let a = Keypair::derive(1, "a");
+        let mut s = RecordStore::new(10, Duration::from_secs(600));
+        s.put(rec(&a, "did:a", 120, NOW), NOW).unwrap();
+        assert_eq!(s.put(rec(&a, "did:a", 60, NOW), NOW), Err(StoreError::Stale));
+        let t = NOW + Duration::from_secs(20);
+        assert_eq!(s.put(rec(&a, "did:a", 120, t), t), Ok(true));
+        let mut forged = rec(&a, "did:a", 600, t);
+        forged.body.name = "forged".into();
+        assert_eq!(s.put(forged, t), Err(StoreError::Invalid(RecordError::BadSignature)));
+    }
+
+    #[test]
+    fn the_store_stays_bounded() {
+        let mut s = RecordStore::new(3, Duration::from_secs(60));
+        for i in 0..10u64 {
+            let k = Keypair::derive(i, "bounded");
+            s.put(rec(&k, &format!("did:{i}"), 100 + i, NOW), NOW).unwrap();
+            assert!(s.len() <= 3);
+        }
+        // The ones closest to expiry went first; DID bindings are bounded too.
+        assert!(s.by_did(&Did::new("did:9").unwrap(), NOW).is_some());
+        assert!(s.by_did(&Did::new("did:0").unwrap(), NOW).is_none());
+        assert!(s.did_owner.len() <= 12);
+    }
+}
