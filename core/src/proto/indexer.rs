@@ -56,7 +56,7 @@
 //! Per-heartbeat work is `O(log n + k)` in the number of sessions `n`: witnesses are drawn from a
 //! vector of non-indexer sessions by index, DIDs and expiry deadlines are indexed. GC may scan.
 
-use super::admission::{AdmissionError, BehaviourTable, BurstGuard, Strike};
+use super::admission::{AdmissionError, BehaviourTable, BurstGuard, RateKind, Strike};
 use super::config::Config;
 use super::identity::{Did, PeerAddr, PeerId};
 use super::rng::DetRng;
@@ -221,21 +221,38 @@ impl IndexerService {
     /// A heartbeat (regular or probe) from the transport-authenticated `from`.
     pub fn on_heartbeat(&mut self, from: PeerAddr, hb: Heartbeat, now: Timestamp, out: &mut Vec<Action>) {
         let peer = from.id;
-        if peer == self.me {
-            return;
-        }
-        if self.behaviour.is_banned(&peer, now) {
-            self.refuse_banned(peer, hb.req, out);
-            return;
-        }
-        if let Err(e) = self.behaviour.record_heartbeat(peer, now) {
-            self.refuse_admission(peer, hb.req, RefuseReason::RateLimited, e, out);
+        if !self.admit_request(peer, hb.req, RateKind::Heartbeat, now, out) {
             return;
         }
         match hb.kind {
             HeartbeatKind::Probe => self.on_probe(peer, hb, now, out),
             HeartbeatKind::Regular => self.on_regular(from, hb, now, out),
         }
+    }
+
+    /// The gate in front of every request: never from ourselves, a banned peer is refused, and the
+    /// request counts in the peer's `kind` window (over the limit: refused, and a strike). Returns
+    /// whether to go on.
+    fn admit_request(
+        &mut self,
+        peer: PeerId,
+        req: RequestId,
+        kind: RateKind,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if peer == self.me {
+            return false;
+        }
+        if self.behaviour.is_banned(&peer, now) {
+            self.refuse_banned(peer, req, out);
+            return false;
+        }
+        if let Err(e) = self.behaviour.record(peer, kind, now) {
+            self.refuse_admission(peer, req, RefuseReason::RateLimited, e, out);
+            return false;
+        }
+        true
     }
 
     /// The node left (it dropped us from its pool): its session ends at once.
@@ -251,15 +268,7 @@ impl IndexerService {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        if from == self.me {
-            return;
-        }
-        if self.behaviour.is_banned(&from, now) {
-            self.refuse_banned(from, request.req, out);
-            return;
-        }
-        if let Err(e) = self.behaviour.record_get(from, now) {
-            self.refuse_admission(from, request.req, RefuseReason::RateLimited, e, out);
+        if !self.admit_request(from, request.req, RateKind::Get, now, out) {
             return;
         }
         if !self.sessions.contains_key(&from) {
