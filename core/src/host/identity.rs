@@ -113,6 +113,11 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
+/// A random `u64` from the operating system (seeds the core's deterministic RNG at start).
+pub fn os_random_u64() -> Result<u64, IdentityFileError> {
+    Ok(u64::from_le_bytes(random()?))
+}
+
 /// Loads the identity from `data_dir`, creating the directory, the key and the DID on first start.
 pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityFileError> {
     fs::create_dir_all(data_dir).map_err(io(data_dir))?;

@@ -5,5 +5,15 @@
 //! I/O: it reads and writes files and draws randomness from the operating system.
 //!
 //! * [`identity`] — the daemon's key, DID and network key on disk.
+//! * [`transport`] — the two small traits (transport, runtime) a runtime implements.
 
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod devnet;
+pub mod driver;
 pub mod identity;
+pub mod metrics;
+pub mod status;
+pub mod transport;

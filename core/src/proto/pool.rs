@@ -1782,7 +1782,7 @@ mod tests {
                 assert!(hb.challenges.len() <= 3);
                 assert!(hb.challenges[1..].iter().all(|c| s.contains(c) && c != p));
                 assert!(hb.want_witnesses);
-                assert_eq!(hb.challenge_did.is_some(), batches % 5 == 0, "DID on every fifth batch");
+                assert_eq!(hb.challenge_did.is_some(), batches.is_multiple_of(5), "DID on every fifth batch");
             }
             assert!(batches >= 10);
             let sc = net.score_of(*p);

@@ -231,10 +231,10 @@ mod tests {
             let mut bytes = postcard::to_stdvec(&r).unwrap();
             let i = pos.index(bytes.len());
             bytes[i] ^= 1 << bit;
-            if let Ok(t) = postcard::from_bytes::<PeerRecord>(&bytes) {
-                if t != r {
-                    prop_assert!(t.verify(NOW).is_err(), "tampered record accepted: {t:?}");
-                }
+            if let Ok(t) = postcard::from_bytes::<PeerRecord>(&bytes)
+                && t != r
+            {
+                prop_assert!(t.verify(NOW).is_err(), "tampered record accepted: {t:?}");
             }
         }
     }

@@ -1,0 +1,283 @@
+//! The command line, shared by `ocd` (tokio + iroh) and `ocd-smol` (smol + quinn): both binaries
+//! call [`main`] with their [`Launcher`], so they have the same commands, flags and configuration.
+
+use super::config::DaemonConfig;
+use super::control::{self, ControlCommand, ControlReply};
+use super::daemon::{DaemonSetup, HostError, init_logging};
+use super::devnet::{self, DevnetArgs};
+use super::identity;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// What a runtime crate provides: how to run a daemon on it.
+pub trait Launcher {
+    /// Binary name (`ocd` or `ocd-smol`).
+    const BINARY: &'static str;
+    /// Runtime name for reports (`tokio` or `smol`).
+    const RUNTIME: &'static str;
+    /// Builds the runtime and the transport and serves until shutdown.
+    fn run(setup: DaemonSetup) -> Result<(), HostError>;
+}
+
+/// `ocd` — peer-to-peer discovery daemon.
+#[derive(Debug, Parser)]
+#[command(version, about = "ocd: peer-to-peer discovery daemon (nodes, indexers, DHT, search)")]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Create (or show) the key and DID in a data directory, and optionally a network key.
+    Keygen(KeygenArgs),
+    /// Show a running daemon's pool, sessions and counters.
+    Status(StatusArgs),
+    /// Start a whole network of daemons on 127.0.0.1 and watch it converge.
+    Devnet(DevnetArgs),
+}
+
+/// `run` flags; each overrides the config file and the environment.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Roles: node, indexer, or node,indexer (env NODE_MODE).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// QUIC listen address, e.g. 0.0.0.0:4001.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Seed indexer `<peer-id>@ip:port` (repeatable; env INDEXER_ADDRESSES).
+    #[arg(long = "seed")]
+    pub seeds: Vec<String>,
+    /// Data directory (key, DID, control socket).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Network key file (env PSK_PATH).
+    #[arg(long)]
+    pub network_key: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    pub metrics: Option<SocketAddr>,
+    /// Control socket path.
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// Name sent to indexers (env NAME).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Fewest live indexers wanted (env MIN_INDEXER).
+    #[arg(long)]
+    pub min_indexers: Option<usize>,
+    /// Largest pool (env MAX_INDEXER).
+    #[arg(long)]
+    pub max_indexers: Option<usize>,
+    /// Log JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// `keygen` flags.
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Data directory to create the key and DID in.
+    #[arg(long, default_value = "./ocd-data")]
+    pub data_dir: PathBuf,
+    /// Also create a new network key file here (never overwritten).
+    #[arg(long)]
+    pub network_key: Option<PathBuf>,
+}
+
+/// `status` flags.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Data directory of the daemon.
+    #[arg(long, default_value = "./ocd-data")]
+    pub data_dir: PathBuf,
+    /// Control socket (default: `<data-dir>/control.sock`).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunArgs {
+    /// Merges file, environment and flags into one configuration.
+    pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<DaemonConfig, HostError> {
+        let mut c = match &self.config {
+            Some(path) => DaemonConfig::from_file(path)?,
+            None => DaemonConfig::default(),
+        };
+        c.apply_env(env)?;
+        if let Some(v) = &self.mode {
+            c.mode = v.clone();
+        }
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if !self.seeds.is_empty() {
+            c.seeds = self.seeds.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = &self.network_key {
+            c.network_key = v.clone();
+        }
+        if let Some(v) = self.metrics {
+            c.metrics = Some(v);
+        }
+        if let Some(v) = &self.control_socket {
+            c.control_socket = Some(v.clone());
+        }
+        if let Some(v) = &self.name {
+            c.protocol.name = v.clone();
+        }
+        if let Some(v) = self.min_indexers {
+            c.protocol.min_indexers = v;
+        }
+        if let Some(v) = self.max_indexers {
+            c.protocol.max_indexers = v;
+        }
+        if self.log_json {
+            c.log_json = true;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Entry point of both binaries.
+pub fn main<L: Launcher>() -> ExitCode {
+    let matches = Cli::command().name(L::BINARY).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        Commands::Run(args) => {
+            let config = match args.resolve(|k| std::env::var(k).ok()) {
+                Ok(c) => c,
+                Err(e) => return fail(L::BINARY, &e),
+            };
+            init_logging(config.log_json);
+            let setup = match DaemonSetup::load(config) {
+                Ok(s) => s,
+                Err(HostError::Identity(e @ identity::IdentityFileError::Io { .. }))
+                    if e.to_string().contains("network key") =>
+                {
+                    eprintln!(
+                        "{}: {e}\n  create one with `{} keygen --network-key <path>` and share it with the network",
+                        L::BINARY,
+                        L::BINARY
+                    );
+                    return ExitCode::from(2);
+                }
+                Err(e) => return fail(L::BINARY, &e),
+            };
+            if setup.identity.created_key {
+                tracing::info!(peer = %setup.identity.keypair.peer_id(), did = %setup.identity.did, "created a new identity");
+            }
+            match L::run(setup) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(L::BINARY, &e),
+            }
+        }
+        Commands::Keygen(args) => {
+            let id = match identity::load_or_create(&args.data_dir) {
+                Ok(id) => id,
+                Err(e) => return fail(L::BINARY, &e),
+            };
+            println!("peer id  {}", id.keypair.peer_id());
+            println!("did      {}", id.did);
+            println!(
+                "key      {} ({})",
+                args.data_dir.join(identity::KEY_FILE).display(),
+                if id.created_key { "created" } else { "existing" }
+            );
+            if let Some(path) = args.network_key {
+                if path.exists() {
+                    match identity::load_network_key(&path) {
+                        Ok(_) => println!("network  {} (existing)", path.display()),
+                        Err(e) => return fail(L::BINARY, &e),
+                    }
+                } else {
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    match identity::create_network_key(&path) {
+                        Ok(_) => println!("network  {} (created; share it with every member)", path.display()),
+                        Err(e) => return fail(L::BINARY, &e),
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Commands::Status(args) => {
+            let socket = args.control_socket.unwrap_or_else(|| args.data_dir.join(super::config::CONTROL_SOCKET));
+            match control::request(&socket, &ControlCommand::Status) {
+                Ok(ControlReply::Status(report)) => {
+                    if args.json {
+                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    } else {
+                        print!("{}", report.render());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Ok(other) => {
+                    eprintln!("{}: unexpected reply {other:?}", L::BINARY);
+                    ExitCode::FAILURE
+                }
+                Err(e) => fail(L::BINARY, &e),
+            }
+        }
+        Commands::Devnet(args) => {
+            init_logging(false);
+            devnet::main(args, L::BINARY, L::RUNTIME)
+        }
+    }
+}
+
+fn fail(binary: &str, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("{binary}: {e}");
+    ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_env_which_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "mode = \"indexer\"\n[protocol]\nname = \"file\"\nmin_indexers = 2\n").unwrap();
+        let cli = Cli::try_parse_from(["ocd", "run", "--config", file.to_str().unwrap(), "--name", "flag"]).unwrap();
+        let Commands::Run(args) = cli.command else { panic!("not run") };
+        let c = args
+            .resolve(|k| match k {
+                "NAME" => Some("env".into()),
+                "MIN_INDEXER" => Some("3".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(c.protocol.name, "flag");
+        assert_eq!(c.protocol.min_indexers, 3);
+        assert_eq!(c.mode, "indexer");
+    }
+
+    #[test]
+    fn invalid_configuration_is_refused_before_start() {
+        let cli = Cli::try_parse_from(["ocd", "run", "--min-indexers", "9", "--max-indexers", "2"]).unwrap();
+        let Commands::Run(args) = cli.command else { panic!("not run") };
+        assert!(args.resolve(|_| None).is_err());
+    }
+}

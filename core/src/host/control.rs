@@ -1,0 +1,178 @@
+//! The local control socket: a Unix socket in the data directory (mode 0600) over which
+//! `ocd status` and the devnet talk to a running daemon. One JSON line in, one JSON line out.
+//!
+//! The server runs on its own thread and hands each request to the driver through a bounded
+//! channel; the driver answers from its own state, so the control path never touches the core
+//! concurrently.
+
+use super::status::StatusReport;
+use futures::channel::{mpsc, oneshot};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Longest accepted request line.
+const MAX_REQUEST: u64 = 4096;
+/// How long a request may wait for the driver.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a client asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum ControlCommand {
+    /// A [`StatusReport`].
+    Status,
+    /// Shut down gracefully (same as SIGTERM).
+    Shutdown,
+}
+
+/// What the daemon answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum ControlReply {
+    /// The status.
+    Status(Box<StatusReport>),
+    /// Shutdown started.
+    ShuttingDown,
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A request on its way to the driver.
+#[derive(Debug)]
+pub struct ControlRequest {
+    /// The command.
+    pub command: ControlCommand,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<ControlReply>,
+}
+
+/// Errors of the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another daemon is already listening on the socket.
+    #[error("{0}: another daemon is already running with this data directory")]
+    AlreadyRunning(PathBuf),
+    /// No daemon is listening.
+    #[error("{path}: no daemon is running here ({source}); is `ocd run` started with this data directory?")]
+    NotRunning {
+        /// The socket.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Socket I/O failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The daemon answered something unreadable.
+    #[error("bad reply from the daemon: {0}")]
+    BadReply(String),
+}
+
+/// Starts the control server on `path` (a stale socket file is replaced; a live one is an error).
+pub fn serve(path: &Path, requests: mpsc::Sender<ControlRequest>) -> Result<(), ControlError> {
+    let io = |source| ControlError::Io { path: path.to_path_buf(), source };
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    std::thread::Builder::new()
+        .name("ocd-control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let requests = requests.clone();
+                // One short-lived thread per client, so a stuck client never blocks the others.
+                let _ = std::thread::Builder::new().name("ocd-control-conn".into()).spawn(move || {
+                    let _ = answer(stream, requests);
+                });
+            }
+        })
+        .map_err(io)?;
+    Ok(())
+}
+
+fn answer(stream: UnixStream, mut requests: mpsc::Sender<ControlRequest>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<ControlCommand>(line.trim()) {
+        Err(e) => ControlReply::Error { message: format!("bad request: {e}") },
+        Ok(command) => {
+            let (tx, rx) = oneshot::channel();
+            let sent = futures::executor::block_on(futures::SinkExt::send(
+                &mut requests,
+                ControlRequest { command, reply: tx },
+            ));
+            match sent {
+                Err(_) => ControlReply::Error { message: "the daemon is shutting down".into() },
+                Ok(()) => futures::executor::block_on(rx)
+                    .unwrap_or(ControlReply::Error { message: "the daemon is shutting down".into() }),
+            }
+        }
+    };
+    let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{}".into());
+    out.push('\n');
+    (&stream).write_all(out.as_bytes())
+}
+
+/// Sends one command to the daemon listening on `path` and returns its reply.
+pub fn request(path: &Path, command: &ControlCommand) -> Result<ControlReply, ControlError> {
+    let io = |source| ControlError::Io { path: path.to_path_buf(), source };
+    let stream =
+        UnixStream::connect(path).map_err(|source| ControlError::NotRunning { path: path.to_path_buf(), source })?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT * 2)).map_err(io)?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
+    let mut line = serde_json::to_string(command).map_err(|e| ControlError::BadReply(e.to_string()))?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new((&stream).take(16 << 20)).read_line(&mut reply).map_err(io)?;
+    serde_json::from_str(reply.trim()).map_err(|e| ControlError::BadReply(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[test]
+    fn control_socket_round_trip_and_single_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let (tx, mut rx) = mpsc::channel::<ControlRequest>(4);
+        serve(&path, tx.clone()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(serve(&path, tx), Err(ControlError::AlreadyRunning(_))));
+        let server = std::thread::spawn(move || {
+            let req = futures::executor::block_on(rx.next()).unwrap();
+            assert_eq!(req.command, ControlCommand::Shutdown);
+            req.reply.send(ControlReply::ShuttingDown).unwrap();
+        });
+        assert_eq!(request(&path, &ControlCommand::Shutdown).unwrap(), ControlReply::ShuttingDown);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn no_daemon_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = request(&dir.path().join("none.sock"), &ControlCommand::Status).unwrap_err();
+        assert!(e.to_string().contains("no daemon is running"), "{e}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Starting a daemon, written once for both runtimes: resolve the identity and network key, build
+//! the [`Peer`], start the control socket, metrics and signal handling, then run the
+//! [driver](super::driver) over the runtime's transport until shutdown.
+
+use super::config::{ConfigFileError, DaemonConfig};
+use super::control::{self, ControlCommand, ControlError, ControlRequest};
+use super::driver::{self, Clock, DriverOptions};
+use super::identity::{self, Identity, IdentityFileError};
+use super::metrics::{self, Metrics};
+use super::transport::{Runtime, Transport};
+use crate::proto::{Peer, PeerAddr, PeerSetup, Roles};
+use futures::channel::{mpsc, oneshot};
+use std::sync::Arc;
+
+/// Errors that stop a daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigFileError),
+    /// Identity or network key files.
+    #[error(transparent)]
+    Identity(#[from] IdentityFileError),
+    /// Control socket.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The transport could not start.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// Other I/O (metrics socket, runtime, signals).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Everything resolved before the runtime starts.
+#[derive(Debug)]
+pub struct DaemonSetup {
+    /// The configuration (file, environment and flags merged).
+    pub config: DaemonConfig,
+    /// Key and DID from the data directory.
+    pub identity: Identity,
+    /// The private network's key.
+    pub network_key: [u8; 32],
+    /// Roles.
+    pub roles: Roles,
+    /// Seeds, parsed.
+    pub seeds: Vec<PeerAddr>,
+}
+
+impl DaemonSetup {
+    /// Validates `config`, loads (or on first start creates) the identity, and reads the network
+    /// key.
+    pub fn load(config: DaemonConfig) -> Result<Self, HostError> {
+        config.validate()?;
+        let roles = config.roles()?;
+        let seeds = config.seed_addrs()?;
+        let identity = identity::load_or_create(&config.data_dir)?;
+        let network_key = identity::load_network_key(&config.network_key)?;
+        Ok(DaemonSetup { config, identity, network_key, roles, seeds })
+    }
+
+    /// The core's setup.
+    pub fn peer_setup(&self) -> Result<PeerSetup, HostError> {
+        let rng_seed = match self.config.rng_seed {
+            Some(s) => s,
+            None => identity::os_random_u64()?,
+        };
+        Ok(PeerSetup {
+            config: self.config.protocol.clone(),
+            keypair: self.identity.keypair.clone(),
+            did: self.identity.did.clone(),
+            network_key: self.network_key,
+            roles: self.roles,
+            seeds: self.seeds.clone(),
+            rng_seed,
+        })
+    }
+}
+
+/// Runs the daemon on `transport` and `rt` until SIGINT/SIGTERM or a control `shutdown`.
+pub async fn serve<T: Transport, R: Runtime>(
+    rt: R,
+    transport: T,
+    setup: DaemonSetup,
+    runtime_name: &'static str,
+) -> Result<(), HostError> {
+    let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
+    let socket = setup.config.control_socket_path();
+    control::serve(&socket, control_tx.clone())?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = setup.config.metrics {
+        let bound = metrics::serve(addr, metrics.clone())
+            .map_err(|source| HostError::Io { context: format!("metrics on {addr}"), source })?;
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
+    }
+    watch_signals(control_tx.clone())?;
+    drop(control_tx);
+    let clock = Clock::start();
+    let peer = Peer::new(setup.peer_setup()?, clock.now());
+    let options = DriverOptions {
+        runtime_name,
+        send_queue: setup.config.send_queue,
+        connect_timeout: setup.config.protocol.handshake_timeout,
+        ..DriverOptions::default()
+    };
+    driver::run(rt, transport, peer, clock, options, control_rx, metrics).await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+/// SIGINT/SIGTERM start a graceful shutdown; a second signal exits at once.
+fn watch_signals(tx: mpsc::Sender<ControlRequest>) -> Result<(), HostError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|source| HostError::Io { context: "installing signal handlers".into(), source })?;
+    std::thread::Builder::new()
+        .name("ocd-signals".into())
+        .spawn(move || {
+            let mut tx = tx;
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(128 + sig);
+                }
+                tracing::info!(signal = sig, "signal received: shutting down gracefully");
+                let (reply, _rx) = oneshot::channel();
+                let _ = futures::executor::block_on(futures::SinkExt::send(
+                    &mut tx,
+                    ControlRequest { command: ControlCommand::Shutdown, reply },
+                ));
+            }
+        })
+        .map_err(|source| HostError::Io { context: "signal thread".into(), source })?;
+    Ok(())
+}
+
+/// Installs the `tracing` subscriber: `RUST_LOG` (default `info`), text or JSON lines, on stderr.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}

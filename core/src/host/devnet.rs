@@ -1,0 +1,567 @@
+//! `ocd devnet`: a whole network of real daemons on 127.0.0.1, each a separate process of the
+//! `ocd` (or `ocd-smol`) binary, with relays and address lookup off. It shows the pools filling
+//! live, optionally SIGKILLs an indexer midway (`--chaos`), and ends with a summary — one JSON
+//! object with `--json` — exiting non-zero if the network did not converge.
+
+use super::config::DaemonConfig;
+use super::control::{self, ControlCommand, ControlReply};
+use super::identity;
+use super::status::{StatusReport, short};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// `devnet` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevnetArgs {
+    /// Number of indexers.
+    #[arg(long, default_value_t = 3)]
+    pub indexers: usize,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 10)]
+    pub nodes: usize,
+    /// How long to run, e.g. 60s or 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Runtime of the daemons: tokio (`ocd`) or smol (`ocd-smol`); default: this binary's.
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// SIGKILL one indexer halfway through and watch the nodes replace it.
+    #[arg(long)]
+    pub chaos: bool,
+    /// Print one JSON summary object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Minimum pool of each node (default: min(3, indexers that stay up)).
+    #[arg(long)]
+    pub min_indexers: Option<usize>,
+    /// Directory for data, configs and logs (default: a fresh temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Stop as soon as every node is at its minimum (with `--chaos`: kill an indexer 3 s after
+    /// that and stop once they recover); `--duration` becomes the time limit.
+    #[arg(long)]
+    pub until_converged: bool,
+    /// Keep the directory afterwards (it is always kept when the network did not converge).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Errors setting up a devnet.
+#[derive(Debug, thiserror::Error)]
+pub enum DevnetError {
+    /// A file or process operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A daemon did not come up.
+    #[error("{name} did not start: {reason} (log: {log})")]
+    Start {
+        /// Which daemon.
+        name: String,
+        /// Why.
+        reason: String,
+        /// Its log file.
+        log: String,
+    },
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// One daemon in the final summary.
+#[derive(Debug, Serialize)]
+pub struct PeerSummary {
+    /// Devnet name (`indexer-0`, `node-3`).
+    pub name: String,
+    /// Peer id (hex).
+    pub peer: String,
+    /// `indexer` or `node`.
+    pub role: String,
+    /// Whether its process was still answering at the end.
+    pub alive: bool,
+    /// Live indexers in its pool (nodes; indexers report their own pool of indexers).
+    pub live_pool: usize,
+    /// Admitted sessions (indexers).
+    pub sessions: usize,
+    /// Mean score of its live pool entries.
+    pub mean_score: Option<f64>,
+}
+
+/// What happened to the chaos victim.
+#[derive(Debug, Serialize)]
+pub struct ChaosSummary {
+    /// The killed indexer.
+    pub killed: String,
+    /// Seconds into the run.
+    pub at_secs: f64,
+    /// Nodes that had it live when it was killed.
+    pub nodes_affected: usize,
+    /// Affected nodes that stopped counting it live by the end.
+    pub nodes_detected: usize,
+    /// Seconds from the kill until the last affected node stopped counting it live.
+    pub detected_after_secs: Option<f64>,
+    /// Seconds from the kill until every affected node had detected it and every node was at its
+    /// minimum again (if it happened).
+    pub recovered_after_secs: Option<f64>,
+}
+
+/// The devnet's result.
+#[derive(Debug, Serialize)]
+pub struct DevnetSummary {
+    /// `tokio` or `smol`.
+    pub runtime: String,
+    /// Indexers started.
+    pub indexers: usize,
+    /// Nodes started.
+    pub nodes: usize,
+    /// Seconds run.
+    pub duration_secs: f64,
+    /// Each node's minimum pool.
+    pub min_indexers: usize,
+    /// Every node at its minimum pool and every surviving daemon answering, at the end.
+    pub converged: bool,
+    /// Nodes below their minimum at the end.
+    pub nodes_below_min: usize,
+    /// Seconds until every node first reached its minimum.
+    pub converged_after_secs: Option<f64>,
+    /// The chaos event, with `--chaos`.
+    pub chaos: Option<ChaosSummary>,
+    /// Where data and logs are (kept with `--keep` or on failure).
+    pub dir: String,
+    /// Every daemon.
+    pub peers: Vec<PeerSummary>,
+}
+
+struct Daemon {
+    name: String,
+    indexer: bool,
+    dir: PathBuf,
+    child: Child,
+    peer: String,
+    address: String,
+    killed: bool,
+}
+
+impl Daemon {
+    fn socket(&self) -> PathBuf {
+        self.dir.join(super::config::CONTROL_SOCKET)
+    }
+    fn status(&self) -> Option<StatusReport> {
+        if self.killed {
+            return None;
+        }
+        match control::request(&self.socket(), &ControlCommand::Status) {
+            Ok(ControlReply::Status(r)) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevnetError {
+    let context = context.into();
+    move |source| DevnetError::Io { context, source }
+}
+
+/// Finds the daemon binary for `runtime`: this executable, or its sibling.
+fn binary_for(runtime: &str, own_binary: &str, own_runtime: &str) -> Result<PathBuf, DevnetError> {
+    let me = std::env::current_exe().map_err(io("locating this executable"))?;
+    if runtime == own_runtime {
+        return Ok(me);
+    }
+    let name = match runtime {
+        "tokio" => "ocd",
+        "smol" => "ocd-smol",
+        other => return Err(DevnetError::Usage(format!("unknown runtime `{other}` (tokio or smol)"))),
+    };
+    let sibling = me.with_file_name(name);
+    if sibling.exists() {
+        Ok(sibling)
+    } else {
+        Err(DevnetError::Usage(format!(
+            "`{own_binary} devnet --runtime {runtime}` needs the `{name}` binary next to {} (build it with `cargo build --release --bin {name}`)",
+            me.display()
+        )))
+    }
+}
+
+/// Runs the devnet and prints its summary. Exit code 0 iff it converged.
+pub fn main(args: DevnetArgs, own_binary: &str, own_runtime: &str) -> ExitCode {
+    match run(&args, own_binary, own_runtime) {
+        Ok(summary) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+            } else {
+                print_summary(&summary);
+            }
+            if summary.converged { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("{own_binary} devnet: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the devnet: start, watch, (chaos), stop, summarise.
+pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<DevnetSummary, DevnetError> {
+    if args.indexers == 0 || args.nodes == 0 {
+        return Err(DevnetError::Usage("need at least one indexer and one node".into()));
+    }
+    if args.chaos && args.indexers < 2 {
+        return Err(DevnetError::Usage("--chaos needs at least 2 indexers".into()));
+    }
+    let runtime = args.runtime.clone().unwrap_or_else(|| own_runtime.to_string());
+    let exe = binary_for(&runtime, own_binary, own_runtime)?;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("ocd-devnet-{}", std::process::id())),
+    };
+    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        return Err(DevnetError::Usage(format!("{} is not empty; pick another --dir", dir.display())));
+    }
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let key = dir.join("network.key");
+    identity::create_network_key(&key).map_err(|e| DevnetError::Usage(e.to_string()))?;
+    let surviving = args.indexers - usize::from(args.chaos);
+    let min = args.min_indexers.unwrap_or(surviving.min(3)).max(1);
+    if min > surviving {
+        return Err(DevnetError::Usage(format!("--min-indexers {min} exceeds the {surviving} indexers that stay up")));
+    }
+    let max = args.indexers.clamp(min, 5.max(min));
+
+    let mut daemons: Vec<Daemon> = Vec::new();
+    let result = (|| {
+        progress(&format!(
+            "starting {} indexers and {} nodes ({runtime}) in {}",
+            args.indexers,
+            args.nodes,
+            dir.display()
+        ));
+        for i in 0..args.indexers {
+            let seeds: Vec<String> = daemons.iter().map(|d| d.address.clone()).collect();
+            let mut d = spawn(&exe, &dir, &key, &format!("indexer-{i}"), true, seeds, 1, max)?;
+            wait_up(&mut d, Duration::from_secs(20))?;
+            daemons.push(d);
+        }
+        let seeds: Vec<String> = daemons.iter().map(|d| d.address.clone()).collect();
+        for j in 0..args.nodes {
+            daemons.push(spawn(&exe, &dir, &key, &format!("node-{j}"), false, seeds.clone(), min, max)?);
+        }
+        for d in daemons.iter_mut().filter(|d| !d.indexer) {
+            wait_up(d, Duration::from_secs(20))?;
+        }
+        Ok::<(), DevnetError>(())
+    })();
+    if let Err(e) = result {
+        stop_all(&mut daemons);
+        return Err(e);
+    }
+
+    let watch_start = Instant::now();
+    let chaos_at = args.duration / 2;
+    let mut chaos: Option<ChaosSummary> = None;
+    let mut converged_after = None;
+    let mut chaos_had_it: Vec<String> = Vec::new();
+    let mut last_line = String::new();
+    let mut last_print = Instant::now();
+    let mut last: Vec<Option<StatusReport>>;
+    loop {
+        let elapsed = watch_start.elapsed();
+        last = daemons.iter().map(Daemon::status).collect();
+        let (at_min, pools, sessions) = tally(&daemons, &last, min);
+        if at_min == args.nodes && converged_after.is_none() {
+            converged_after = Some(elapsed.as_secs_f64());
+        }
+        if let Some(c) = chaos.as_mut() {
+            let since = elapsed.as_secs_f64() - c.at_secs;
+            let still = daemons
+                .iter()
+                .zip(&last)
+                .filter(|(d, r)| {
+                    chaos_had_it.contains(&d.name) && r.as_ref().is_some_and(|r| pool_has_live(r, &c.killed))
+                })
+                .count();
+            c.nodes_detected = c.nodes_affected - still;
+            if still == 0 && c.detected_after_secs.is_none() {
+                c.detected_after_secs = Some(since);
+                progress(&format!(
+                    "chaos: all {} affected nodes detected the dead indexer after {since:.1}s",
+                    c.nodes_affected
+                ));
+            }
+            if still == 0 && at_min == args.nodes && c.recovered_after_secs.is_none() {
+                c.recovered_after_secs = Some(since);
+                progress(&format!("chaos: every node is back at its minimum {since:.1}s after the kill"));
+            }
+        }
+        let line =
+            format!("nodes at min({min}): {at_min}/{} · node pools {pools} · indexer sessions {sessions}", args.nodes);
+        if line != last_line || last_print.elapsed() >= Duration::from_secs(1) {
+            progress(&format!("[{:>4.0}s] {line}", elapsed.as_secs_f64()));
+            last_line = line;
+            last_print = Instant::now();
+        }
+        let done =
+            at_min == args.nodes && (!args.chaos || chaos.as_ref().is_some_and(|c| c.recovered_after_secs.is_some()));
+        if elapsed >= args.duration || (args.until_converged && done) {
+            break;
+        }
+        let chaos_due = if args.until_converged {
+            converged_after.map(|t| Duration::from_secs_f64(t) + Duration::from_secs(3))
+        } else {
+            Some(chaos_at)
+        };
+        if args.chaos && chaos.is_none() && chaos_due.is_some_and(|due| elapsed >= due) {
+            // The victim: the indexer most nodes have live, to make the point.
+            let victim = (0..args.indexers)
+                .max_by_key(|&i| last.iter().flatten().filter(|r| pool_has_live(r, &daemons[i].peer)).count())
+                .unwrap_or(0);
+            chaos_had_it = daemons
+                .iter()
+                .zip(&last)
+                .filter(|(d, r)| !d.indexer && r.as_ref().is_some_and(|r| pool_has_live(r, &daemons[victim].peer)))
+                .map(|(d, _)| d.name.clone())
+                .collect();
+            let d = &mut daemons[victim];
+            let _ = d.child.kill(); // SIGKILL
+            let _ = d.child.wait();
+            d.killed = true;
+            progress(&format!(
+                "chaos: SIGKILL {} ({}), live in {} node pools",
+                d.name,
+                short(&d.peer),
+                chaos_had_it.len()
+            ));
+            chaos = Some(ChaosSummary {
+                killed: d.peer.clone(),
+                at_secs: elapsed.as_secs_f64(),
+                nodes_affected: chaos_had_it.len(),
+                nodes_detected: 0,
+                detected_after_secs: None,
+                recovered_after_secs: None,
+            });
+            continue;
+        }
+        let tick = if args.until_converged { Duration::from_millis(250) } else { Duration::from_secs(1) };
+        std::thread::sleep(tick.min(args.duration.saturating_sub(elapsed)).max(Duration::from_millis(50)));
+    }
+
+    let peers: Vec<PeerSummary> = daemons
+        .iter()
+        .zip(&last)
+        .map(|(d, r)| PeerSummary {
+            name: d.name.clone(),
+            peer: d.peer.clone(),
+            role: if d.indexer { "indexer" } else { "node" }.into(),
+            alive: r.is_some(),
+            live_pool: r.as_ref().and_then(|r| r.pool.as_ref()).map(|p| p.live).unwrap_or(0),
+            sessions: r.as_ref().and_then(|r| r.indexer.as_ref()).map(|i| i.sessions).unwrap_or(0),
+            mean_score: r.as_ref().and_then(|r| r.pool.as_ref()).and_then(|p| {
+                let live: Vec<f64> = p.entries.iter().filter(|e| e.state == "live").map(|e| e.score).collect();
+                (!live.is_empty()).then(|| live.iter().sum::<f64>() / live.len() as f64)
+            }),
+        })
+        .collect();
+    let nodes_below_min = peers.iter().filter(|p| p.role == "node" && (!p.alive || p.live_pool < min)).count();
+    let daemons_down = daemons.iter().zip(&last).filter(|(d, r)| !d.killed && r.is_none()).count();
+    let converged =
+        nodes_below_min == 0 && daemons_down == 0 && chaos.as_ref().is_none_or(|c| c.recovered_after_secs.is_some());
+    progress("stopping every daemon (graceful shutdown)");
+    stop_all(&mut daemons);
+    let keep = args.keep || !converged || args.dir.is_some();
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(DevnetSummary {
+        runtime,
+        indexers: args.indexers,
+        nodes: args.nodes,
+        duration_secs: watch_start.elapsed().as_secs_f64(),
+        min_indexers: min,
+        converged,
+        nodes_below_min,
+        converged_after_secs: converged_after,
+        chaos,
+        dir: if keep { dir.display().to_string() } else { String::new() },
+        peers,
+    })
+}
+
+fn pool_has_live(r: &StatusReport, peer: &str) -> bool {
+    r.pool.as_ref().is_some_and(|p| p.entries.iter().any(|e| e.peer == peer && e.state == "live"))
+}
+
+fn tally(daemons: &[Daemon], last: &[Option<StatusReport>], min: usize) -> (usize, String, String) {
+    let mut at_min = 0;
+    let mut pools = String::new();
+    let mut sessions = Vec::new();
+    for (d, r) in daemons.iter().zip(last) {
+        if d.indexer {
+            sessions.push(match r.as_ref().and_then(|r| r.indexer.as_ref()) {
+                Some(ix) => ix.sessions.to_string(),
+                None => "✗".into(),
+            });
+        } else {
+            let live = r.as_ref().and_then(|r| r.pool.as_ref()).map(|p| p.live).unwrap_or(0);
+            if live >= min {
+                at_min += 1;
+            }
+            pools.push(char::from_digit(live.min(9) as u32, 10).unwrap_or('?'));
+        }
+    }
+    (at_min, pools, format!("[{}]", sessions.join(" ")))
+}
+
+fn progress(line: &str) {
+    eprintln!("{line}");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    key: &Path,
+    name: &str,
+    indexer: bool,
+    seeds: Vec<String>,
+    min: usize,
+    max: usize,
+) -> Result<Daemon, DevnetError> {
+    let data = dir.join(name);
+    std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
+    let mut c = DaemonConfig {
+        mode: if indexer { "indexer" } else { "node" }.into(),
+        listen: "127.0.0.1:0".parse().map_err(|_| DevnetError::Usage("bad listen address".into()))?,
+        seeds,
+        data_dir: data.clone(),
+        network_key: key.to_path_buf(),
+        relays: false,
+        address_lookup: false,
+        ..DaemonConfig::default()
+    };
+    c.protocol.name = name.into();
+    c.protocol.min_indexers = min;
+    c.protocol.max_indexers = max;
+    let config_path = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_path, c.to_toml()).map_err(io(format!("writing {}", config_path.display())))?;
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("run").arg("--config").arg(&config_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    // The daemons read only their config file: the devnet must not inherit a user's overrides.
+    for var in
+        ["NODE_MODE", "INDEXER_ADDRESSES", "NAME", "MIN_INDEXER", "MAX_INDEXER", "PSK_PATH", "NODE_ENDPOINT_PORT"]
+    {
+        cmd.env_remove(var);
+    }
+    for var in ["OCD_LISTEN", "OCD_DATA_DIR", "OCD_METRICS", "SEARCH_TIMEOUT"] {
+        cmd.env_remove(var);
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info");
+    }
+    let child = cmd.spawn().map_err(io(format!("starting {}", exe.display())))?;
+    Ok(Daemon {
+        name: name.into(),
+        indexer,
+        dir: data,
+        child,
+        peer: String::new(),
+        address: String::new(),
+        killed: false,
+    })
+}
+
+fn wait_up(d: &mut Daemon, timeout: Duration) -> Result<(), DevnetError> {
+    let deadline = Instant::now() + timeout;
+    let log = d.dir.with_extension("log").display().to_string();
+    loop {
+        if let Ok(Some(status)) = d.child.try_wait() {
+            return Err(DevnetError::Start { name: d.name.clone(), reason: format!("exited with {status}"), log });
+        }
+        if let Some(r) = d.status() {
+            d.peer = r.peer_id.clone();
+            d.address = r.address.clone();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DevnetError::Start {
+                name: d.name.clone(),
+                reason: "no answer on its control socket".into(),
+                log,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop_all(daemons: &mut [Daemon]) {
+    for d in daemons.iter().filter(|d| !d.killed) {
+        let _ = control::request(&d.socket(), &ControlCommand::Shutdown);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for d in daemons.iter_mut().filter(|d| !d.killed) {
+        loop {
+            match d.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = d.child.kill();
+                    let _ = d.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+fn print_summary(s: &DevnetSummary) {
+    println!();
+    println!("{:<12} {:<16} {:<8} {:>5} {:>8} {:>7}", "name", "peer", "role", "pool", "sessions", "score");
+    for p in &s.peers {
+        println!(
+            "{:<12} {:<16} {:<8} {:>5} {:>8} {:>7}",
+            p.name,
+            short(&p.peer),
+            p.role,
+            if p.alive { p.live_pool.to_string() } else { "✗".into() },
+            p.sessions,
+            p.mean_score.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into())
+        );
+    }
+    println!();
+    if let Some(c) = &s.chaos {
+        println!(
+            "chaos: killed {} at {:.0}s; it was live in {} node pools; {} detected it{}; {}",
+            short(&c.killed),
+            c.at_secs,
+            c.nodes_affected,
+            c.nodes_detected,
+            c.detected_after_secs.map(|t| format!(" (all within {t:.1}s)")).unwrap_or_default(),
+            match c.recovered_after_secs {
+                Some(r) => format!("every node back at its minimum after {r:.1}s"),
+                None => "the nodes did NOT all recover".into(),
+            }
+        );
+    }
+    println!(
+        "{} runtime, {} indexers, {} nodes, {:.0}s: {} ({} nodes below their minimum of {}){}",
+        s.runtime,
+        s.indexers,
+        s.nodes,
+        s.duration_secs,
+        if s.converged { "CONVERGED" } else { "NOT CONVERGED" },
+        s.nodes_below_min,
+        s.min_indexers,
+        s.converged_after_secs.map(|t| format!("; all nodes first at minimum after {t:.1}s")).unwrap_or_default()
+    );
+    if !s.dir.is_empty() {
+        println!("data and logs: {}", s.dir);
+    }
+}

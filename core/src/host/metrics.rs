@@ -1,0 +1,203 @@
+//! Prometheus metrics: counters and gauges the driver updates, rendered in the text exposition
+//! format and served over plain HTTP on a configurable local address.
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Every metric of one daemon. Shared between the driver (writer) and the HTTP thread (reader).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Heartbeats (and probes) this node sent.
+    pub heartbeats_sent: AtomicU64,
+    /// Heartbeats this indexer received from authenticated peers.
+    pub heartbeats_received: AtomicU64,
+    /// Requests refused (sent by us as an indexer, or received by us as a node).
+    pub heartbeats_refused: AtomicU64,
+    /// Indexers evicted from our pool.
+    pub evictions: AtomicU64,
+    /// Peers we banned.
+    pub bans: AtomicU64,
+    /// Frames sent.
+    pub frames_sent: AtomicU64,
+    /// Frames received.
+    pub frames_received: AtomicU64,
+    /// Connections closed for a malformed/oversized frame.
+    pub protocol_errors: AtomicU64,
+    /// Connections closed because their send queue overflowed.
+    pub slow_peers: AtomicU64,
+    /// Handshakes (`Hello`) that failed.
+    pub handshake_failures: AtomicU64,
+    /// Live indexers in the pool (gauge).
+    pub pool_live: AtomicU64,
+    /// Admitted node sessions (gauge).
+    pub sessions: AtomicU64,
+    /// Open connections (gauge).
+    pub connections: AtomicU64,
+    /// Per-indexer gauges: (peer id hex, score, last RTT seconds).
+    pub indexers: Mutex<Vec<(String, f64, Option<f64>)>>,
+}
+
+/// Counter values, for `ocd status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// See [`Metrics::heartbeats_sent`].
+    pub heartbeats_sent: u64,
+    /// See [`Metrics::heartbeats_received`].
+    pub heartbeats_received: u64,
+    /// See [`Metrics::heartbeats_refused`].
+    pub heartbeats_refused: u64,
+    /// See [`Metrics::evictions`].
+    pub evictions: u64,
+    /// See [`Metrics::bans`].
+    pub bans: u64,
+    /// See [`Metrics::protocol_errors`].
+    pub protocol_errors: u64,
+    /// See [`Metrics::slow_peers`].
+    pub slow_peers: u64,
+    /// See [`Metrics::handshake_failures`].
+    pub handshake_failures: u64,
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets a gauge.
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Ordering::Relaxed);
+    }
+
+    /// The counters, for the status report.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            heartbeats_sent: get(&self.heartbeats_sent),
+            heartbeats_received: get(&self.heartbeats_received),
+            heartbeats_refused: get(&self.heartbeats_refused),
+            evictions: get(&self.evictions),
+            bans: get(&self.bans),
+            protocol_errors: get(&self.protocol_errors),
+            slow_peers: get(&self.slow_peers),
+            handshake_failures: get(&self.handshake_failures),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        };
+        metric("ocd_heartbeats_sent_total", "counter", "Heartbeats sent to indexers.", get(&self.heartbeats_sent));
+        metric(
+            "ocd_heartbeats_received_total",
+            "counter",
+            "Heartbeats received from nodes.",
+            get(&self.heartbeats_received),
+        );
+        metric(
+            "ocd_heartbeats_refused_total",
+            "counter",
+            "Requests refused (sent or received).",
+            get(&self.heartbeats_refused),
+        );
+        metric("ocd_pool_evictions_total", "counter", "Indexers evicted from the pool.", get(&self.evictions));
+        metric("ocd_bans_total", "counter", "Peers banned by this indexer.", get(&self.bans));
+        metric("ocd_frames_sent_total", "counter", "Wire frames sent.", get(&self.frames_sent));
+        metric("ocd_frames_received_total", "counter", "Wire frames received.", get(&self.frames_received));
+        metric(
+            "ocd_protocol_errors_total",
+            "counter",
+            "Connections closed for a bad frame.",
+            get(&self.protocol_errors),
+        );
+        metric("ocd_slow_peers_total", "counter", "Connections closed on send-queue overflow.", get(&self.slow_peers));
+        metric("ocd_handshake_failures_total", "counter", "Failed Hello exchanges.", get(&self.handshake_failures));
+        metric("ocd_pool_size", "gauge", "Live indexers in the pool.", get(&self.pool_live));
+        metric("ocd_sessions", "gauge", "Admitted node sessions.", get(&self.sessions));
+        metric("ocd_connections", "gauge", "Open connections.", get(&self.connections));
+        let indexers = self.indexers.lock().map(|g| g.clone()).unwrap_or_default();
+        if !indexers.is_empty() {
+            s.push_str("# HELP ocd_pool_indexer_score Score (0-100) of each pool entry.\n");
+            s.push_str("# TYPE ocd_pool_indexer_score gauge\n");
+            for (peer, score, _) in &indexers {
+                s.push_str(&format!("ocd_pool_indexer_score{{indexer=\"{peer}\"}} {score}\n"));
+            }
+            s.push_str("# HELP ocd_pool_indexer_rtt_seconds Last heartbeat round trip of each pool entry.\n");
+            s.push_str("# TYPE ocd_pool_indexer_rtt_seconds gauge\n");
+            for (peer, _, rtt) in &indexers {
+                if let Some(rtt) = rtt {
+                    s.push_str(&format!("ocd_pool_indexer_rtt_seconds{{indexer=\"{peer}\"}} {rtt}\n"));
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Serves `metrics` at `addr` (any path) from a background thread. Returns the bound address.
+pub fn serve(addr: SocketAddr, metrics: std::sync::Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("ocd-metrics".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = answer(stream, &metrics);
+        }
+    })?;
+    Ok(local)
+}
+
+fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    // Read the request head (bounded), ignore it: every path serves the metrics.
+    let mut line = String::new();
+    for _ in 0..64 {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" || line.len() > 8192 {
+            break;
+        }
+    }
+    let body = metrics.render();
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::Arc;
+
+    #[test]
+    fn metrics_endpoint_serves_prometheus_text() {
+        let m = Arc::new(Metrics::default());
+        Metrics::inc(&m.heartbeats_sent);
+        Metrics::set(&m.pool_live, 3);
+        m.indexers.lock().unwrap().push(("ab".into(), 87.5, Some(0.012)));
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK"));
+        assert!(body.contains("\nocd_heartbeats_sent_total 1\n"), "{body}");
+        assert!(body.contains("\nocd_pool_size 3\n"));
+        assert!(body.contains("ocd_pool_indexer_score{indexer=\"ab\"} 87.5"));
+        assert!(body.contains("ocd_pool_indexer_rtt_seconds{indexer=\"ab\"} 0.012"));
+    }
+}

@@ -1,0 +1,312 @@
+//! What `ocd status` shows: a snapshot of the running daemon built from the core's read-only
+//! views, serialised as JSON over the control socket, and rendered as a table.
+
+use super::metrics::MetricsSnapshot;
+use crate::proto::pool::EntryState;
+use crate::proto::{Peer, PeerAddr, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// A snapshot of the daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `ocd` (tokio + iroh) or `ocd-smol` (smol + quinn).
+    pub runtime: String,
+    /// Crate version.
+    pub version: String,
+    /// Our peer id (hex).
+    pub peer_id: String,
+    /// Our DID.
+    pub did: String,
+    /// Our name.
+    pub name: String,
+    /// `node`, `indexer` or both.
+    pub roles: Vec<String>,
+    /// Our dialable address, `<peer-id>@ip:port`.
+    pub address: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Open, authenticated-or-handshaking connections known to the core.
+    pub connections: usize,
+    /// The node role's pool.
+    pub pool: Option<PoolStatus>,
+    /// The indexer role's state.
+    pub indexer: Option<IndexerStatus>,
+    /// Counters since start.
+    pub counters: MetricsSnapshot,
+}
+
+/// The pool of a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Minimum wanted live indexers.
+    pub min: usize,
+    /// Maximum pool size.
+    pub max: usize,
+    /// Live indexers now.
+    pub live: usize,
+    /// Every entry.
+    pub entries: Vec<PoolEntryStatus>,
+}
+
+/// One pool entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PoolEntryStatus {
+    /// The indexer (hex).
+    pub peer: String,
+    /// `pending`, `live` or `down`.
+    pub state: String,
+    /// Sticky seed.
+    pub seed: bool,
+    /// Our search referent.
+    pub referent: bool,
+    /// How it entered the pool.
+    pub via: String,
+    /// Score 0–100.
+    pub score: f64,
+    /// The factors of the score.
+    pub factors: Factors,
+    /// Last round trip, in milliseconds.
+    pub last_rtt_ms: Option<u64>,
+    /// Heartbeat failures since its last answer.
+    pub fails: u32,
+}
+
+/// The score factors of one entry (each 0–1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Factors {
+    /// Uptime ratio.
+    pub uptime: f64,
+    /// Challenge accuracy.
+    pub challenges: f64,
+    /// Latency score.
+    pub latency: f64,
+    /// 1 − fill.
+    pub fill: f64,
+    /// Fill consistency.
+    pub fill_consistency: f64,
+    /// Witness consistency.
+    pub witnesses: f64,
+    /// DID challenge success.
+    pub did: f64,
+    /// `born_at` stability.
+    pub born_at: f64,
+}
+
+/// The indexer role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexerStatus {
+    /// Admitted nodes.
+    pub sessions: usize,
+    /// Capacity.
+    pub max_nodes: usize,
+    /// sessions / capacity.
+    pub fill_rate: f64,
+    /// Start of this indexer's life (ms since the epoch).
+    pub born_at_ms: u64,
+    /// Other indexers it knows.
+    pub known_indexers: usize,
+    /// Admitted nodes.
+    pub nodes: Vec<SessionStatus>,
+}
+
+/// One admitted node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    /// The node (hex).
+    pub peer: String,
+    /// Its name, if sent.
+    pub name: Option<String>,
+    /// Its DID, if sent.
+    pub did: Option<String>,
+    /// Seconds since its last heartbeat.
+    pub last_seen_secs: u64,
+    /// It chose us as referent.
+    pub referent: bool,
+    /// It is an indexer.
+    pub is_indexer: bool,
+    /// Its admission score.
+    pub admission_score: f64,
+}
+
+fn state_name(s: EntryState) -> &'static str {
+    match s {
+        EntryState::Pending => "pending",
+        EntryState::Live => "live",
+        EntryState::Down => "down",
+    }
+}
+
+impl StatusReport {
+    /// Builds a snapshot from the core.
+    pub fn build(
+        peer: &Peer,
+        runtime: &str,
+        address: &PeerAddr,
+        started: Timestamp,
+        now: Timestamp,
+        counters: MetricsSnapshot,
+    ) -> Self {
+        let roles = peer.roles();
+        let pool = peer.pool().map(|p| PoolStatus {
+            min: p.min_pool(),
+            max: p.max_pool(),
+            live: p.live_count(),
+            entries: p
+                .entries()
+                .map(|e| PoolEntryStatus {
+                    peer: e.peer.to_string(),
+                    state: state_name(e.state).into(),
+                    seed: e.is_seed,
+                    referent: e.referent,
+                    via: format!("{:?}", e.via).to_lowercase(),
+                    score: e.score,
+                    factors: Factors {
+                        uptime: e.factors.uptime,
+                        challenges: e.factors.challenge_accuracy,
+                        latency: e.factors.latency,
+                        fill: e.factors.fill,
+                        fill_consistency: e.factors.fill_consistency,
+                        witnesses: e.factors.witness_consistency,
+                        did: e.factors.did_success,
+                        born_at: e.factors.born_at_penalty,
+                    },
+                    last_rtt_ms: e.last_rtt.map(|d| d.as_millis() as u64),
+                    fails: e.consecutive_fails,
+                })
+                .collect(),
+        });
+        let indexer = peer.indexer().map(|ix| IndexerStatus {
+            sessions: ix.session_count(),
+            max_nodes: peer.config().max_nodes,
+            fill_rate: ix.fill_rate(),
+            born_at_ms: ix.born_at().0,
+            known_indexers: ix.known_indexers().count(),
+            nodes: ix
+                .sessions()
+                .map(|s| SessionStatus {
+                    peer: s.peer.to_string(),
+                    name: s.name.map(String::from),
+                    did: s.did.map(|d| d.to_string()),
+                    last_seen_secs: now.0.saturating_sub(s.last_seen.0) / 1000,
+                    referent: s.referent,
+                    is_indexer: s.is_indexer,
+                    admission_score: s.admission_score,
+                })
+                .collect(),
+        });
+        StatusReport {
+            runtime: runtime.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            peer_id: peer.id().to_string(),
+            did: peer.did().to_string(),
+            name: peer.config().name.clone(),
+            roles: [roles.node.then_some("node"), roles.indexer.then_some("indexer")]
+                .into_iter()
+                .flatten()
+                .map(String::from)
+                .collect(),
+            address: address.to_string(),
+            uptime_secs: now.0.saturating_sub(started.0) / 1000,
+            connections: peer.connections().len(),
+            pool,
+            indexer,
+            counters,
+        }
+    }
+
+    /// Whether this daemon is a node whose pool has reached its minimum.
+    pub fn at_min_pool(&self) -> bool {
+        self.pool.as_ref().is_some_and(|p| p.live >= p.min)
+    }
+
+    /// A readable, fixed-width rendering.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "ocd {} ({})  roles: {}", self.version, self.runtime, self.roles.join(","));
+        let _ = writeln!(s, "peer     {}", self.peer_id);
+        let _ = writeln!(s, "did      {}", self.did);
+        if !self.name.is_empty() {
+            let _ = writeln!(s, "name     {}", self.name);
+        }
+        let _ = writeln!(s, "address  {}", self.address);
+        let _ =
+            writeln!(s, "uptime   {}", humantime::format_duration(std::time::Duration::from_secs(self.uptime_secs)));
+        let _ = writeln!(s, "conns    {}", self.connections);
+        if let Some(p) = &self.pool {
+            let _ = writeln!(s, "\npool: {} live (min {}, max {})", p.live, p.min, p.max);
+            let _ = writeln!(
+                s,
+                "  {:<16} {:<7} {:>6}  {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5}  {:>7}  flags",
+                "indexer", "state", "score", "upt", "chal", "lat", "fill", "fcon", "wit", "did", "born", "rtt",
+            );
+            for e in &p.entries {
+                let f = &e.factors;
+                let flags = [e.seed.then_some("seed"), e.referent.then_some("referent")]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let rtt = e.last_rtt_ms.map(|r| format!("{r}ms")).unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    s,
+                    "  {:<16} {:<7} {:>6.1}  {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2}  {:>7}  {}",
+                    short(&e.peer),
+                    e.state,
+                    e.score,
+                    f.uptime,
+                    f.challenges,
+                    f.latency,
+                    f.fill,
+                    f.fill_consistency,
+                    f.witnesses,
+                    f.did,
+                    f.born_at,
+                    rtt,
+                    flags
+                );
+            }
+        }
+        if let Some(ix) = &self.indexer {
+            let _ = writeln!(
+                s,
+                "\nindexer: {} nodes admitted (capacity {}, fill {:.1}%), knows {} indexers",
+                ix.sessions,
+                ix.max_nodes,
+                ix.fill_rate * 100.0,
+                ix.known_indexers
+            );
+            if !ix.nodes.is_empty() {
+                let _ = writeln!(s, "  {:<16} {:<16} {:>9} {:>6}  flags", "node", "name", "last seen", "admit");
+                for n in &ix.nodes {
+                    let flags = [n.referent.then_some("referent"), n.is_indexer.then_some("indexer")]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let _ = writeln!(
+                        s,
+                        "  {:<16} {:<16} {:>8}s {:>6.1}  {}",
+                        short(&n.peer),
+                        n.name.as_deref().unwrap_or("-"),
+                        n.last_seen_secs,
+                        n.admission_score,
+                        flags
+                    );
+                }
+            }
+        }
+        let c = &self.counters;
+        let _ = writeln!(
+            s,
+            "\nheartbeats sent {} / received {} / refused {}; evictions {}; bans {}",
+            c.heartbeats_sent, c.heartbeats_received, c.heartbeats_refused, c.evictions, c.bans
+        );
+        s
+    }
+}
+
+/// The first 16 hex characters of a peer id.
+pub fn short(peer: &str) -> &str {
+    peer.get(..16).unwrap_or(peer)
+}

@@ -1,0 +1,51 @@
+//! The `ocd` binary's own commands (the end-to-end network tests are in `tests/`).
+
+use std::process::Command;
+
+#[test]
+fn keygen_creates_an_identity_once_and_a_network_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = dir.path().join("psk/network.key");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_ocd"))
+            .args(["keygen", "--data-dir"])
+            .arg(&data)
+            .arg("--network-key")
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{first:?}");
+    let out = String::from_utf8(first.stdout).unwrap();
+    assert!(out.contains("(created)"), "{out}");
+    assert!(key.exists());
+    let second = run();
+    let again = String::from_utf8(second.stdout).unwrap();
+    assert!(again.contains("(existing)"), "{again}");
+    let id = |s: &str| s.lines().next().unwrap().to_string();
+    assert_eq!(id(&out), id(&again), "the peer id is kept");
+}
+
+#[test]
+fn status_without_a_daemon_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd")).args(["status", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon is running"));
+}
+
+#[test]
+fn run_without_a_network_key_explains_how_to_make_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd"))
+        .args(["run", "--listen", "127.0.0.1:0", "--network-key"])
+        .arg(dir.path().join("missing.key"))
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keygen --network-key"), "{out:?}");
+}
