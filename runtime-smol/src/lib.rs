@@ -46,7 +46,7 @@ impl Launcher for SmolLauncher {
         smol::block_on(async move {
             let transport =
                 QuinnTransport::bind(quinn_config(&setup)).map_err(|e| HostError::Transport(e.to_string()))?;
-            daemon::serve(SmolRuntime, transport, setup, Self::BINARY).await
+            daemon::serve(SmolRuntime, transport, setup, Self::RUNTIME).await
         })
     }
 }

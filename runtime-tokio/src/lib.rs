@@ -41,7 +41,7 @@ impl Launcher for TokioLauncher {
         rt.block_on(async move {
             let transport =
                 IrohTransport::bind(iroh_config(&setup)).await.map_err(|e| HostError::Transport(e.to_string()))?;
-            daemon::serve(TokioRuntime, transport, setup, Self::BINARY).await
+            daemon::serve(TokioRuntime, transport, setup, Self::RUNTIME).await
         })
     }
 }

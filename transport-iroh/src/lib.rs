@@ -174,8 +174,7 @@ impl IrohTransport {
                 .address_lookup(iroh::address_lookup::PkarrResolver::n0_dns())
                 .address_lookup(iroh::address_lookup::DnsAddressLookup::n0_dns());
         }
-        let endpoint =
-            builder.bind().await.map_err(|source| IrohTransportError::Bind { addr: config.bind, source })?;
+        let endpoint = builder.bind().await.map_err(|source| IrohTransportError::Bind { addr: config.bind, source })?;
         tracing::debug!(peer_id = %peer_id_of(endpoint.id()).short(), addrs = ?endpoint.bound_sockets(), "iroh transport bound");
         Ok(IrohTransport { endpoint, shutdown_grace: config.shutdown_grace })
     }
@@ -290,15 +289,14 @@ impl Transport for IrohTransport {
 /// Dials `peer` on its direct addresses and opens the connection's stream.
 async fn dial(endpoint: &Endpoint, peer: PeerAddr) -> Result<Established<IrohTransport>, TransportError> {
     let expected = peer.id;
-    let id = PublicKey::from_bytes(&expected.0)
-        .map_err(|e| TransportError::BadAddress { peer: expected, reason: format!("not an ed25519 public key: {e}") })?;
+    let id = PublicKey::from_bytes(&expected.0).map_err(|e| TransportError::BadAddress {
+        peer: expected,
+        reason: format!("not an ed25519 public key: {e}"),
+    })?;
     let direct: Vec<SocketAddr> = peer.addrs.iter().filter_map(|a| a.parse().ok()).collect();
     if direct.is_empty() {
-        let reason = if peer.addrs.is_empty() {
-            "no address".to_string()
-        } else {
-            format!("no ip:port among {:?}", peer.addrs)
-        };
+        let reason =
+            if peer.addrs.is_empty() { "no address".to_string() } else { format!("no ip:port among {:?}", peer.addrs) };
         return Err(TransportError::BadAddress { peer: expected, reason });
     }
     if endpoint.is_closed() {

@@ -66,6 +66,20 @@ async fn local_addr_is_our_key_and_bound_loopback_socket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_to_every_ipv4_interface_advertises_concrete_ipv4_addresses() {
+    let key = Keypair::derive(7, "wildcard");
+    let config = IrohConfig { bind: "0.0.0.0:0".parse().expect("addr"), ..IrohConfig::loopback(key.secret_bytes()) };
+    let t = IrohTransport::bind(config).await.expect("bind on 0.0.0.0");
+    let addr = t.local_addr();
+    assert_eq!(addr.id, key.peer_id());
+    for a in &addr.addrs {
+        let socket: std::net::SocketAddr = a.parse().expect("ip:port");
+        assert!(socket.is_ipv4() && !socket.ip().is_unspecified() && socket.port() != 0, "{addr:?}");
+    }
+    t.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_authenticates_both_ends_and_bytes_flow_both_ways() {
     let (a, key_a) = transport("a").await;
     let (b, key_b) = transport("b").await;

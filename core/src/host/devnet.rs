@@ -128,7 +128,7 @@ pub struct DevnetSummary {
     pub converged: bool,
     /// Nodes below their minimum at the end.
     pub nodes_below_min: usize,
-    /// Seconds until every node first reached its minimum.
+    /// Seconds from starting the nodes until every node first reached its minimum.
     pub converged_after_secs: Option<f64>,
     /// The chaos event, with `--chaos`.
     pub chaos: Option<ChaosSummary>,
@@ -236,6 +236,7 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
     let max = args.indexers.clamp(min, 5.max(min));
 
     let mut daemons: Vec<Daemon> = Vec::new();
+    let mut nodes_started = Instant::now();
     let result = (|| {
         progress(&format!(
             "starting {} indexers and {} nodes ({runtime}) in {}",
@@ -250,6 +251,7 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
             daemons.push(d);
         }
         let seeds: Vec<String> = daemons.iter().map(|d| d.address.clone()).collect();
+        nodes_started = Instant::now();
         for j in 0..args.nodes {
             daemons.push(spawn(&exe, &dir, &key, &format!("node-{j}"), false, seeds.clone(), min, max)?);
         }
@@ -276,7 +278,7 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         last = daemons.iter().map(Daemon::status).collect();
         let (at_min, pools, sessions) = tally(&daemons, &last, min);
         if at_min == args.nodes && converged_after.is_none() {
-            converged_after = Some(elapsed.as_secs_f64());
+            converged_after = Some(nodes_started.elapsed().as_secs_f64());
         }
         if let Some(c) = chaos.as_mut() {
             let since = elapsed.as_secs_f64() - c.at_secs;

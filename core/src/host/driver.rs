@@ -66,7 +66,7 @@ impl Clock {
 /// Settings of the driver (plumbing only; protocol settings live in the core's config).
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
-    /// Name reported by `status` (`ocd` or `ocd-smol`).
+    /// Runtime name reported by `status` (`tokio` or `smol`).
     pub runtime_name: &'static str,
     /// Frames queued per connection before the peer is disconnected as too slow.
     pub send_queue: usize,
@@ -79,7 +79,7 @@ pub struct DriverOptions {
 impl Default for DriverOptions {
     fn default() -> Self {
         DriverOptions {
-            runtime_name: "ocd",
+            runtime_name: "tokio",
             send_queue: 1024,
             connect_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(250),

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 /// A snapshot of the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// `ocd` (tokio + iroh) or `ocd-smol` (smol + quinn).
+    /// `tokio` (the `ocd` binary, iroh) or `smol` (`ocd-smol`, quinn).
     pub runtime: String,
     /// Crate version.
     pub version: String,
@@ -223,7 +223,7 @@ impl StatusReport {
     /// A readable, fixed-width rendering.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "ocd {} ({})  roles: {}", self.version, self.runtime, self.roles.join(","));
+        let _ = writeln!(s, "ocd {} (runtime {})  roles: {}", self.version, self.runtime, self.roles.join(","));
         let _ = writeln!(s, "peer     {}", self.peer_id);
         let _ = writeln!(s, "did      {}", self.did);
         if !self.name.is_empty() {
@@ -247,7 +247,11 @@ impl StatusReport {
                     .flatten()
                     .collect::<Vec<_>>()
                     .join(",");
-                let rtt = e.last_rtt_ms.map(|r| format!("{r}ms")).unwrap_or_else(|| "-".into());
+                let rtt = match e.last_rtt_ms {
+                    Some(0) => "<1ms".into(),
+                    Some(r) => format!("{r}ms"),
+                    None => "-".into(),
+                };
                 let _ = writeln!(
                     s,
                     "  {:<16} {:<7} {:>6.1}  {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2} {:>5.2}  {:>7}  {}",
