@@ -115,6 +115,7 @@ fn build(spec: MsgSpec, me: PeerId) -> Message {
             want_witnesses,
             did: None,
             name: None,
+            record: None,
         }),
         MsgSpec::Response { req, fill, peers, max, born, found, sugg, migrate } => {
             Message::HeartbeatResponse(HeartbeatResponse {
@@ -125,6 +126,8 @@ fn build(spec: MsgSpec, me: PeerId) -> Message {
                 born_at: Timestamp(born),
                 challenges: vec![ChallengeEntry { peer: me, found, last_seen: Some(Timestamp(born)) }],
                 did_found: Some(found),
+                did_record: None,
+                record_expires: None,
                 witnesses: addrs(sugg.clone()),
                 suggestions: addrs(sugg),
                 suggest_migrate: migrate,

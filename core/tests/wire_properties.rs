@@ -69,6 +69,7 @@ fn message() -> impl Strategy<Value = Message> {
                     want_witnesses,
                     did: d,
                     name,
+                    record: None,
                 })
             }),
         (
@@ -95,6 +96,8 @@ fn message() -> impl Strategy<Value = Message> {
                             .map(|(peer, found, last_seen)| ChallengeEntry { peer, found, last_seen })
                             .collect(),
                         did_found,
+                        did_record: None,
+                        record_expires: None,
                         witnesses,
                         suggestions,
                         suggest_migrate: sm,

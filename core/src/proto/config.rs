@@ -145,6 +145,53 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub search_timeout: Duration,
 
+    // ---- records and the DHT ---------------------------------------------------------------
+    /// Lifetime of a node's signed record; it is re-signed when half of it is left (the seed
+    /// signed a 2-minute record on every heartbeat and every indexer verified each one; ocd
+    /// re-signs at half-life so an indexer verifies a node's record once per ~2.5 min, and a
+    /// stopped node stops being found at most this long after its last signature).
+    #[serde(with = "humantime_serde")]
+    pub record_ttl: Duration,
+    /// Kademlia's k: bucket size and replication factor (libp2p's default, 20).
+    pub kad_k: usize,
+    /// Kademlia's α: queries in flight per lookup (3).
+    pub kad_alpha: usize,
+    /// How long a DHT peer has to answer one query (ocd; the seed bounded whole operations by 10 s).
+    #[serde(with = "humantime_serde")]
+    pub kad_rpc_timeout: Duration,
+    /// Most DHT lookups an indexer runs at once; more are refused (bounded in-flight queries).
+    pub kad_max_queries: usize,
+    /// Most records an indexer stores.
+    pub record_store_max: usize,
+    /// How often an indexer re-announces itself under the rendezvous key (B §4.1: 60 s).
+    #[serde(with = "humantime_serde")]
+    pub provide_interval: Duration,
+    /// Lifetime of a provider announcement (ocd: the seed's 48 h default kept dead indexers
+    /// discoverable for two days, C §18.15).
+    #[serde(with = "humantime_serde")]
+    pub provider_ttl: Duration,
+    /// How often an indexer refreshes its cache of other indexers from the DHT (C §13.2: 2 min).
+    #[serde(with = "humantime_serde")]
+    pub indexer_cache_refresh: Duration,
+    /// Bound on the DHT spot check of a DID challenge (C §12.7: 3 s).
+    #[serde(with = "humantime_serde")]
+    pub dht_check_timeout: Duration,
+    /// How long a node waits for an indexer to answer a record lookup (C §14.3: 10 s).
+    #[serde(with = "humantime_serde")]
+    pub lookup_timeout: Duration,
+    /// Indexers a node asks before a lookup fails.
+    pub lookup_attempts: u32,
+    /// Least time between two DHT provider discoveries of a node whose pool is not full (doubles
+    /// while discoveries find nothing new, up to 8×).
+    #[serde(with = "humantime_serde")]
+    pub discovery_interval: Duration,
+    /// Peers an indexer always treats as known (the seed's local peer DB), as hex peer ids.
+    #[serde(with = "peer_id_list")]
+    pub trusted_peers: Vec<super::identity::PeerId>,
+    /// Peers an indexer never serves (the seed's `BLACKLIST` relation), as hex peer ids.
+    #[serde(with = "peer_id_list")]
+    pub blocked_peers: Vec<super::identity::PeerId>,
+
     // ---- connections -----------------------------------------------------------------------
     /// A connection whose `Hello` exchange has not completed by then is closed (ocd).
     #[serde(with = "humantime_serde")]
@@ -208,6 +255,21 @@ impl Default for Config {
             offload_grace: Duration::from_secs(180),
             indexer_cache_max: 10,
             search_timeout: Duration::from_secs(5),
+            record_ttl: Duration::from_secs(300),
+            kad_k: 20,
+            kad_alpha: 3,
+            kad_rpc_timeout: Duration::from_secs(3),
+            kad_max_queries: 1024,
+            record_store_max: 100_000,
+            provide_interval: Duration::from_secs(60),
+            provider_ttl: Duration::from_secs(180),
+            indexer_cache_refresh: Duration::from_secs(120),
+            dht_check_timeout: Duration::from_secs(3),
+            lookup_timeout: Duration::from_secs(10),
+            lookup_attempts: 3,
+            discovery_interval: Duration::from_secs(60),
+            trusted_peers: Vec::new(),
+            blocked_peers: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_queued_per_peer: 64,
@@ -269,6 +331,24 @@ impl Config {
         if self.seed_backoff_initial.is_zero() || self.seed_backoff_initial > self.seed_backoff_max {
             return bad("seed_backoff_initial", "must be positive and at most seed_backoff_max");
         }
+        if self.record_ttl < Duration::from_secs(10) || self.record_ttl > super::record::MAX_LIFETIME {
+            return bad("record_ttl", "must be between 10s and 1h");
+        }
+        if self.kad_k == 0 || self.kad_alpha == 0 || self.kad_max_queries == 0 || self.record_store_max == 0 {
+            return bad("kad_k", "kad_k, kad_alpha, kad_max_queries and record_store_max must be at least 1");
+        }
+        if self.kad_rpc_timeout.is_zero() || self.lookup_timeout.is_zero() || self.dht_check_timeout.is_zero() {
+            return bad("kad_rpc_timeout", "DHT timeouts must be positive");
+        }
+        if self.provide_interval.is_zero()
+            || self.provider_ttl <= self.provide_interval
+            || self.provider_ttl > super::record::MAX_PROVIDER_LIFETIME
+        {
+            return bad("provider_ttl", "must exceed provide_interval (positive) and be at most 30m");
+        }
+        if self.indexer_cache_refresh.is_zero() || self.discovery_interval.is_zero() {
+            return bad("indexer_cache_refresh", "must be positive");
+        }
         if self.min_score_start > self.min_score_end {
             return bad("min_score_start", "must not exceed min_score_end");
         }
@@ -289,6 +369,22 @@ impl Config {
     /// The RTT at which the latency score reaches 0 (`BaseRoundTrip × 10`, A §6.6).
     pub fn max_rtt(&self) -> Duration {
         self.base_round_trip * 10
+    }
+}
+
+/// Peer-id lists as arrays of hex strings in TOML.
+mod peer_id_list {
+    use super::super::identity::PeerId;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::str::FromStr;
+
+    pub fn serialize<S: Serializer>(v: &[PeerId], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|p| p.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerId>, D::Error> {
+        let raw = Vec::<String>::deserialize(d)?;
+        raw.iter().map(|s| PeerId::from_str(s).map_err(serde::de::Error::custom)).collect()
     }
 }
 

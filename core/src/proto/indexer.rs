@@ -58,12 +58,14 @@
 
 use super::admission::{AdmissionError, BehaviourTable, BurstGuard, RateKind, Strike};
 use super::config::Config;
+use super::dht::{Offer, QueryId};
 use super::identity::{Did, PeerAddr, PeerId};
+use super::record::{PeerRecord, StoreError};
 use super::rng::DetRng;
 use super::time::Timestamp;
 use super::wire::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse, Message,
-    RefuseReason, Refused, RequestId,
+    Publish, Published, RefuseReason, Refused, RequestId, StoreRefusal,
 };
 use super::{Action, CloseReason, Event, SessionEnd};
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,6 +85,26 @@ const UNKNOWN_FILL: f64 = 0.5;
 const SUGGESTION_JITTER: f64 = 0.25;
 /// Longest node name kept, in bytes (names come from peers).
 const MAX_NAME_LEN: usize = 128;
+
+/// What the indexer role needs from the record store and the DHT (implemented by
+/// [`Dht`](super::dht::Dht); unit tests use a plain store).
+pub trait RecordDesk {
+    /// A record handed over by its owner `from` (publish, or embedded in a heartbeat).
+    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp) -> Offer;
+    /// The expiry of `peer`'s record held and served.
+    fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp>;
+    /// Starts the DHT spot check of `did` (a heartbeat's DID challenge).
+    fn check_did(&mut self, did: &Did, now: Timestamp) -> DidCheck;
+}
+
+/// How a DID spot check goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DidCheck {
+    /// A DHT query runs; its result is handed to [`IndexerService::finish_did_check`].
+    Pending(QueryId),
+    /// Answered at once (no other indexer to ask): the record found, if any.
+    Answered(Option<PeerRecord>),
+}
 
 /// The admission score of a node: `100 × (0.6 × uptime_ratio + 0.4 × standing)` with
 /// `standing = 1 − strikes/strike_threshold`; both terms are clamped to [0, 1] (NaN counts as 0).
@@ -190,6 +212,8 @@ pub struct IndexerService {
     burst: BurstGuard,
     behaviour: BehaviourTable,
     next_gc: Timestamp,
+    /// Heartbeat responses held until the DHT spot check of their DID challenge ends.
+    did_checks: BTreeMap<QueryId, (PeerId, HeartbeatResponse)>,
 }
 
 impl IndexerService {
@@ -213,20 +237,166 @@ impl IndexerService {
             burst,
             behaviour,
             next_gc,
+            did_checks: BTreeMap::new(),
         }
     }
 
     // ---- inputs --------------------------------------------------------------------------------
 
-    /// A heartbeat (regular or probe) from the transport-authenticated `from`.
-    pub fn on_heartbeat(&mut self, from: PeerAddr, hb: Heartbeat, now: Timestamp, out: &mut Vec<Action>) {
+    /// A heartbeat (regular or probe) from the transport-authenticated `from`. A record it
+    /// carries is handed to `desk` once the heartbeat is admitted.
+    pub fn on_heartbeat(
+        &mut self,
+        from: PeerAddr,
+        hb: Heartbeat,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let peer = from.id;
         if !self.admit_request(peer, hb.req, RateKind::Heartbeat, now, out) {
             return;
         }
         match hb.kind {
-            HeartbeatKind::Probe => self.on_probe(peer, hb, now, out),
-            HeartbeatKind::Regular => self.on_regular(from, hb, now, out),
+            HeartbeatKind::Probe => self.on_probe(peer, hb, desk, now, out),
+            HeartbeatKind::Regular => self.on_regular(from, hb, desk, now, out),
+        }
+    }
+
+    /// A node publishes its record (C §14.2): rate-limited with the publish window, the record must
+    /// be the sender's own and bound to the DID it uses; a bad one costs two strikes.
+    pub fn on_publish(
+        &mut self,
+        from: PeerId,
+        publish: Publish,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        if self.config.blocked_peers.contains(&from) {
+            self.refuse(from, publish.req, RefuseReason::Unknown, Vec::new(), out);
+            return;
+        }
+        if !self.admit_request(from, publish.req, RateKind::Publish, now, out) {
+            return;
+        }
+        let req = publish.req;
+        match self.take_record(from, publish.record, req, desk, now, out) {
+            RecordTaken::Held(expires) => {
+                out.push(Action::Send { to: from, message: Message::Published(Published { req, expires }) })
+            }
+            RecordTaken::Refused => self.refuse(from, req, RefuseReason::BadRecord, Vec::new(), out),
+            RecordTaken::Banned => {}
+        }
+    }
+
+    /// The "is this peer known" gate (C §14.1) plus the get window, in front of record gets:
+    /// a session, a trusted peer, or a valid record held (`known_record`) passes; a blocked peer
+    /// never does. Refuses and returns `false` otherwise.
+    pub fn admit_get(
+        &mut self,
+        from: PeerId,
+        req: RequestId,
+        known_record: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if self.behaviour.is_banned(&from, now) {
+            self.refuse_banned(from, req, out);
+            return false;
+        }
+        if !self.is_known(&from, known_record) {
+            self.refuse(from, req, RefuseReason::Unknown, Vec::new(), out);
+            return false;
+        }
+        self.admit_request(from, req, RateKind::Get, now, out)
+    }
+
+    /// The gate in front of DHT requests: never a blocked or banned peer; requests of DHT clients
+    /// (`server == false`, i.e. nodes) count in the get window, those of other indexers do not.
+    pub fn admit_dht(
+        &mut self,
+        from: PeerId,
+        req: RequestId,
+        server: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if from == self.me {
+            return false;
+        }
+        if self.config.blocked_peers.contains(&from) {
+            self.refuse(from, req, RefuseReason::Unknown, Vec::new(), out);
+            return false;
+        }
+        if server {
+            if self.behaviour.is_banned(&from, now) {
+                self.refuse_banned(from, req, out);
+                return false;
+            }
+            return true;
+        }
+        self.admit_request(from, req, RateKind::Get, now, out)
+    }
+
+    /// Strikes `peer` for a bad record (invalid signature or shape, a foreign DID, or an invalid
+    /// `STORE`): two strikes; closes it when that bans it.
+    pub fn punish_bad_record(&mut self, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        let strike = self.behaviour.record_bad_signature(peer, now);
+        if self.punish(peer, strike, out) {
+            out.push(Action::Close { peer, reason: CloseReason::Banned });
+        }
+    }
+
+    /// The DHT spot check started for a held heartbeat response ended: send it.
+    pub fn finish_did_check(&mut self, query: QueryId, record: Option<PeerRecord>, out: &mut Vec<Action>) {
+        if let Some((peer, mut response)) = self.did_checks.remove(&query) {
+            response.did_found = Some(record.is_some());
+            response.did_record = record;
+            out.push(Action::Send { to: peer, message: Message::HeartbeatResponse(response) });
+        }
+    }
+
+    fn is_known(&self, peer: &PeerId, known_record: bool) -> bool {
+        !self.config.blocked_peers.contains(peer)
+            && (self.sessions.contains_key(peer) || self.config.trusted_peers.contains(peer) || known_record)
+    }
+
+    /// Hands a record from its owner to the desk after the identity and publish-window checks.
+    fn take_record(
+        &mut self,
+        peer: PeerId,
+        record: PeerRecord,
+        req: RequestId,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> RecordTaken {
+        // The record's DID must be the one this peer is bound to (or becomes its binding).
+        match self.check_did(peer, Some(&record.body.did), req, now, out) {
+            Err(()) => return RecordTaken::Banned,
+            Ok(None) => return RecordTaken::Refused,
+            Ok(Some(_)) => {}
+        }
+        let owner = record.body.peer_id;
+        match desk.offer(peer, record, now) {
+            Offer::Held(t) => RecordTaken::Held(Some(t)),
+            Offer::Checking => RecordTaken::Held(None),
+            Offer::Refused(StoreError::Stale) => RecordTaken::Held(desk.held_expiry(&peer, now)),
+            Offer::Refused(e) => {
+                let reason = match e {
+                    StoreError::ForeignDid { .. } => StoreRefusal::ForeignDid,
+                    _ => StoreRefusal::Invalid,
+                };
+                out.push(Action::Event(Event::RecordRejected { from: peer, owner, reason }));
+                let strike = self.behaviour.record_bad_signature(peer, now);
+                if self.punish(peer, strike, out) {
+                    self.refuse(peer, req, RefuseReason::Banned, Vec::new(), out);
+                    out.push(Action::Close { peer, reason: CloseReason::Banned });
+                    return RecordTaken::Banned;
+                }
+                RecordTaken::Refused
+            }
         }
     }
 
@@ -260,19 +430,16 @@ impl IndexerService {
         self.close_session(from, SessionEnd::Left, out);
     }
 
-    /// A request for replacement indexers (C §13.3).
+    /// A request for replacement indexers (C §13.3), behind the "is this peer known" gate.
     pub fn on_candidates_request(
         &mut self,
         from: PeerId,
         request: CandidatesRequest,
+        known_record: bool,
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        if !self.admit_request(from, request.req, RateKind::Get, now, out) {
-            return;
-        }
-        if !self.sessions.contains_key(&from) {
-            self.refuse(from, request.req, RefuseReason::Unknown, Vec::new(), out);
+        if !self.admit_get(from, request.req, known_record, now, out) {
             return;
         }
         let count = match usize::from(request.count) {
@@ -424,7 +591,14 @@ impl IndexerService {
 
     // ---- heartbeat flows -----------------------------------------------------------------------
 
-    fn on_probe(&mut self, peer: PeerId, hb: Heartbeat, now: Timestamp, out: &mut Vec<Action>) {
+    fn on_probe(
+        &mut self,
+        peer: PeerId,
+        hb: Heartbeat,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         if !self.sessions.contains_key(&peer) {
             // A probe asks "could I join you now?": answer as the prober's first regular heartbeat
             // would be answered, without using the burst guard. Otherwise a node admits us after
@@ -440,10 +614,17 @@ impl IndexerService {
                 return;
             }
         }
-        self.respond(peer, &hb, true, now, out);
+        self.respond(peer, &hb, true, desk, now, out);
     }
 
-    fn on_regular(&mut self, from: PeerAddr, hb: Heartbeat, now: Timestamp, out: &mut Vec<Action>) {
+    fn on_regular(
+        &mut self,
+        from: PeerAddr,
+        mut hb: Heartbeat,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let peer = from.id;
         if self.sessions.contains_key(&peer) {
             let Ok(did) = self.check_did(peer, hb.did.as_ref(), hb.req, now, out) else {
@@ -482,7 +663,25 @@ impl IndexerService {
             out.push(Action::Event(Event::SessionOpened { node: peer }));
             self.update_session(from, did, &hb, now);
         }
-        self.respond(peer, &hb, false, now, out);
+        if let Some(record) = hb.record.take() {
+            let counted = match self.behaviour.record(peer, RateKind::Publish, now) {
+                Ok(()) => true,
+                Err(e) => {
+                    if let Some(strike) = e.strike()
+                        && self.punish(peer, strike, out)
+                    {
+                        self.refuse(peer, hb.req, RefuseReason::Banned, Vec::new(), out);
+                        out.push(Action::Close { peer, reason: CloseReason::Banned });
+                        return;
+                    }
+                    false
+                }
+            };
+            if counted && self.take_record(peer, record, hb.req, desk, now, out) == RecordTaken::Banned {
+                return;
+            }
+        }
+        self.respond(peer, &hb, false, desk, now, out);
     }
 
     /// Binds a DID to the peer. `Ok(Some)` to store, `Ok(None)` when none was sent or it differs
@@ -628,7 +827,15 @@ impl IndexerService {
     // ---- responses -----------------------------------------------------------------------------
 
     /// Sends the heartbeat response (C §12). A probe gets no witnesses and no offload.
-    fn respond(&mut self, peer: PeerId, hb: &Heartbeat, probe: bool, now: Timestamp, out: &mut Vec<Action>) {
+    fn respond(
+        &mut self,
+        peer: PeerId,
+        hb: &Heartbeat,
+        probe: bool,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let fill_rate = self.fill_rate();
         let challenges = hb
             .challenges
@@ -639,7 +846,6 @@ impl IndexerService {
                 None => ChallengeEntry { peer: *p, found: false, last_seen: None },
             })
             .collect();
-        let did_found = hb.challenge_did.as_ref().map(|d| self.has_did(d));
         let witnesses = if hb.want_witnesses && !probe { self.sample_witnesses(peer) } else { Vec::new() };
         let offloading = !probe && fill_rate > self.config.offload_threshold;
         let mut wanted = usize::from(hb.need).min(self.config.max_candidates);
@@ -655,16 +861,29 @@ impl IndexerService {
             max_nodes: u32::try_from(self.config.max_nodes).unwrap_or(u32::MAX),
             born_at: self.born_at,
             challenges,
-            did_found,
+            did_found: None,
+            did_record: None,
+            record_expires: desk.held_expiry(&peer, now),
             witnesses,
             suggestions,
             suggest_migrate,
         };
+        // The DID challenge is answered for real: a DHT lookup of `/node/<DID>` (C §12.7), the
+        // response held until it ends (bounded by `dht_check_timeout`).
+        let mut response = response;
+        if let Some(did) = hb.challenge_did.as_ref().filter(|_| !probe) {
+            match desk.check_did(did, now) {
+                DidCheck::Pending(q) => {
+                    self.did_checks.insert(q, (peer, response));
+                    return;
+                }
+                DidCheck::Answered(r) => {
+                    response.did_found = Some(r.is_some());
+                    response.did_record = r;
+                }
+            }
+        }
         out.push(Action::Send { to: peer, message: Message::HeartbeatResponse(response) });
-    }
-
-    fn has_did(&self, did: &Did) -> bool {
-        self.dids.range((did.clone(), PeerId([0; 32]))..).next().is_some_and(|(d, _)| d == did)
     }
 
     /// Up to `max_witnesses` random non-indexer sessions other than the requester, drawn by index.
@@ -825,6 +1044,17 @@ impl IndexerService {
     }
 }
 
+/// What became of a record handed over by its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecordTaken {
+    /// Held (with its expiry), or being checked (`None`).
+    Held(Option<Timestamp>),
+    /// Refused (struck, not banned).
+    Refused,
+    /// The peer is banned now (refusal and close already emitted).
+    Banned,
+}
+
 /// `s` cut to at most `max` bytes, on a character boundary.
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -867,6 +1097,23 @@ mod tests {
         Did::new(s).unwrap()
     }
 
+    /// The signed record of `node(i)` claiming `d`, issued at `now`.
+    fn record(i: u64, d: &str, now: Timestamp) -> PeerRecord {
+        let key = Keypair::derive(i, "node");
+        let body = crate::proto::record::RecordBody {
+            peer_id: key.peer_id(),
+            did: did(d),
+            name: format!("node-{i}"),
+            addrs: Vec::new(),
+            api_url: None,
+            nats_address: None,
+            wallet: None,
+            issued_at: now,
+            expires_at: now + Duration::from_secs(300),
+        };
+        PeerRecord::sign(body, &key).unwrap()
+    }
+
     fn hb() -> Heartbeat {
         Heartbeat::bare(RequestId(1), HeartbeatKind::Regular)
     }
@@ -875,21 +1122,55 @@ mod tests {
         Heartbeat { kind: HeartbeatKind::Probe, ..hb() }
     }
 
+    /// A record desk without a DHT: a plain store (DID checks answered from it).
+    struct StoreDesk {
+        store: crate::proto::record::RecordStore,
+        offers: usize,
+    }
+
+    impl RecordDesk for StoreDesk {
+        fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp) -> Offer {
+            self.offers += 1;
+            if record.body.peer_id != from {
+                return Offer::Refused(StoreError::Invalid(crate::proto::record::RecordError::WrongKey));
+            }
+            let expires = record.body.expires_at;
+            if self.store.holds(&record) {
+                return Offer::Held(expires);
+            }
+            match self.store.put(record, now) {
+                Ok(_) => Offer::Held(expires),
+                Err(e) => Offer::Refused(e),
+            }
+        }
+
+        fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {
+            self.store.by_peer(peer, now).map(|r| r.body.expires_at)
+        }
+
+        fn check_did(&mut self, did: &Did, now: Timestamp) -> DidCheck {
+            DidCheck::Answered(self.store.by_did(did, now).cloned())
+        }
+    }
+
     /// One indexer under test, driven by hand.
     struct Harness {
         ix: IndexerService,
         me: PeerId,
+        desk: StoreDesk,
     }
 
     impl Harness {
         fn new(config: Config) -> Self {
             let me = Keypair::derive(0, "me").peer_id();
-            Harness { ix: IndexerService::new(config, me, DetRng::new(7, "indexer-test"), at(0)), me }
+            let desk =
+                StoreDesk { store: crate::proto::record::RecordStore::new(1000, Duration::from_secs(3600)), offers: 0 };
+            Harness { ix: IndexerService::new(config, me, DetRng::new(7, "indexer-test"), at(0)), me, desk }
         }
 
         fn send(&mut self, from: &PeerAddr, hb: Heartbeat, now: Timestamp) -> Vec<Action> {
             let mut out = Vec::new();
-            self.ix.on_heartbeat(from.clone(), hb, now, &mut out);
+            self.ix.on_heartbeat(from.clone(), hb, &mut self.desk, now, &mut out);
             out
         }
 
@@ -899,7 +1180,13 @@ mod tests {
 
         fn candidates(&mut self, from: &PeerAddr, count: u16, now: Timestamp) -> Vec<Action> {
             let mut out = Vec::new();
-            self.ix.on_candidates_request(from.id, CandidatesRequest { req: RequestId(5), count }, now, &mut out);
+            self.ix.on_candidates_request(
+                from.id,
+                CandidatesRequest { req: RequestId(5), count },
+                false,
+                now,
+                &mut out,
+            );
             out
         }
 
@@ -1003,7 +1290,9 @@ mod tests {
         let mut h = Harness::new(Config { max_nodes: 4, ..Config::default() });
         let (a, b, stranger) = (node(1), node(2), node(3));
         h.beat(&a, at(0));
-        h.send(&b, Heartbeat { did: Some(did("did:b")), ..hb() }, at(1));
+        let out =
+            h.send(&b, Heartbeat { did: Some(did("did:b")), record: Some(record(2, "did:b", at(1))), ..hb() }, at(1));
+        assert_eq!(response(&out).record_expires, Some(at(301)), "the record is held and acknowledged");
         let out = h.send(
             &a,
             Heartbeat {
@@ -1026,6 +1315,7 @@ mod tests {
             ]
         );
         assert_eq!(r.did_found, Some(true));
+        assert_eq!(r.did_record.as_ref().map(|x| x.body.peer_id), Some(b.id), "the record itself comes back");
         assert!(!r.suggest_migrate);
         let out = h.send(&a, Heartbeat { challenge_did: Some(did("did:nobody")), ..hb() }, at(40));
         assert_eq!(response(&out).did_found, Some(false));
@@ -1345,7 +1635,7 @@ mod tests {
     fn did_is_never_clobbered_and_a_changed_did_costs_strikes() {
         let mut h = Harness::new(Config::default());
         let a = node(1);
-        h.send(&a, Heartbeat { did: Some(did("did:a")), ..hb() }, at(0));
+        h.send(&a, Heartbeat { did: Some(did("did:a")), record: Some(record(1, "did:a", at(0))), ..hb() }, at(0));
         h.beat(&a, at(20));
         assert_eq!(h.ix.session(&a.id).unwrap().did, Some(&did("did:a")), "a missing DID does not clobber");
         // A different DID: two strikes, still answered, the first DID kept.
@@ -1360,9 +1650,12 @@ mod tests {
         assert!(events(&out).iter().any(|e| matches!(e, Event::PeerBanned { .. })));
         assert_eq!(closes(&out), vec![(a.id, CloseReason::Banned)]);
         assert!(!h.ix.has_session(&a.id));
-        // Its DID no longer answers challenges.
+        // The DID check asks the record store (the DHT), not the sessions: a's signed record stays
+        // findable until it expires, then it is gone.
         let b = node(2);
         let out = h.send(&b, Heartbeat { challenge_did: Some(did("did:a")), ..hb() }, at(61));
+        assert_eq!(response(&out).did_found, Some(true));
+        let out = h.send(&b, Heartbeat { challenge_did: Some(did("did:a")), ..hb() }, at(301));
         assert_eq!(response(&out).did_found, Some(false));
     }
 

@@ -14,7 +14,7 @@ use super::identity::{PeerAddr, PeerId};
 use super::time::Timestamp;
 
 /// A point in the 256-bit Kademlia space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Key(pub [u8; 32]);
 
 impl Key {
@@ -31,6 +31,12 @@ impl Key {
         }
         Distance(d)
     }
+}
+
+/// The rendezvous key indexers provide: BLAKE3 of `/opencloud/indexers` (the seed's
+/// `IndexerCID`, B §4.4, hashed into ocd's key space).
+pub fn indexer_rendezvous() -> Key {
+    Key::of(b"/opencloud/indexers")
 }
 
 impl From<PeerId> for Key {
@@ -377,6 +383,18 @@ impl Lookup {
     /// How many hops from the seeds the closest answering peer was (seeds are hop 1).
     pub fn hops(&self) -> Option<u32> {
         self.candidates.values().find(|(_, p, _)| *p == Probe::Answered).map(|(_, _, h)| *h)
+    }
+
+    /// The hop at which `peer` was found (seeds are hop 1), if it is a candidate.
+    pub fn hop_of(&self, peer: &PeerId) -> Option<u32> {
+        let d = self.target.distance(&Key::from(*peer));
+        self.candidates.get(&d).map(|(_, _, h)| *h)
+    }
+
+    /// Whether a query to `peer` is in flight.
+    pub fn is_in_flight(&self, peer: &PeerId) -> bool {
+        let d = self.target.distance(&Key::from(*peer));
+        matches!(self.candidates.get(&d), Some((_, Probe::InFlight { .. }, _)))
     }
 
     /// Peers asked so far.

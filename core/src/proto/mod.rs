@@ -41,9 +41,11 @@
 pub mod admission;
 pub mod config;
 pub mod connections;
+pub mod dht;
 pub mod identity;
 pub mod indexer;
 pub mod kad;
+pub mod lookup;
 mod peer;
 pub mod pool;
 pub mod record;
@@ -55,9 +57,10 @@ pub mod wire;
 pub use config::{Config, ConfigError};
 pub use identity::{Addr, Did, IdentityError, Keypair, PeerAddr, PeerId, Signature};
 pub use peer::{Peer, PeerSetup, Roles};
+pub use record::{PeerRecord, ProviderRecord, RecordError};
 pub use rng::DetRng;
 pub use time::Timestamp;
-pub use wire::{Message, RequestId, WireError};
+pub use wire::{Message, RecordKey, RequestId, WireError};
 
 use std::time::Duration;
 
@@ -101,6 +104,13 @@ pub enum Input {
 pub enum Command {
     /// Leave every indexer politely and close all connections (graceful shutdown).
     Shutdown,
+    /// Find a peer's record by DID or peer id; answered by [`Event::LookupDone`] with the same id.
+    Lookup {
+        /// Chosen by the caller, echoed in the answer.
+        id: u64,
+        /// What to find.
+        key: RecordKey,
+    },
 }
 
 /// Something the caller must do, drained with [`Peer::poll_output`].
@@ -150,6 +160,12 @@ pub enum Action {
     },
     /// Report an event.
     Event(Event),
+    /// The node's pool wants more indexers: discover providers of the indexer rendezvous key
+    /// in the DHT (answered with [`IndexerPool::on_providers`](pool::IndexerPool::on_providers)).
+    DiscoverIndexers {
+        /// How many providers to find.
+        want: usize,
+    },
 }
 
 /// Why the core closes a connection.
@@ -212,6 +228,8 @@ pub enum AddedVia {
     Suggestion,
     /// Chosen by candidate consensus after an eviction.
     Consensus,
+    /// Found as a provider of the indexer rendezvous key in the DHT.
+    Discovery,
 }
 
 /// Why an indexer ended a node's session.
@@ -315,5 +333,37 @@ pub enum Event {
         peer: PeerId,
         /// Until when.
         until: Timestamp,
+    },
+    // ---- records and DHT ----
+    /// A [`Command::Lookup`] finished. `record` is verified (signature, expiry, key) by this peer.
+    LookupDone {
+        /// The command's id.
+        id: u64,
+        /// What was looked up.
+        key: RecordKey,
+        /// The verified record, or `None` when it was not found.
+        record: Option<PeerRecord>,
+        /// DHT hops the answering indexer needed (0: it held the record).
+        hops: u32,
+        /// Indexers asked by this peer (1 unless one failed or had nothing).
+        attempts: u32,
+    },
+    /// An indexer accepted a record into its store (new owner, or a newer record of one).
+    RecordStored {
+        /// The record's owner.
+        owner: PeerId,
+        /// The record's DID.
+        did: Did,
+        /// Who handed it over (the owner itself, or a replicating indexer).
+        from: PeerId,
+    },
+    /// An indexer refused a record.
+    RecordRejected {
+        /// Who handed it over.
+        from: PeerId,
+        /// The record's claimed owner.
+        owner: PeerId,
+        /// Why.
+        reason: wire::StoreRefusal,
     },
 }

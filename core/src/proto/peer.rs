@@ -2,13 +2,16 @@
 
 use super::config::Config;
 use super::connections::{Connections, Inbound};
+use super::dht::{Dht, DhtDone, Purpose, select_by_fill};
 use super::identity::{Addr, Did, Keypair, PeerAddr, PeerId};
 use super::indexer::IndexerService;
+use super::lookup::RecordLookups;
 use super::pool::IndexerPool;
+use super::record::{PeerRecord, RecordBody};
 use super::rng::DetRng;
 use super::time::Timestamp;
-use super::wire::{Message, RefuseReason, Refused, WitnessReport};
-use super::{Action, CloseReason, Command, Input, Output};
+use super::wire::{Message, RecordReply, RefuseReason, Refused, WitnessReport};
+use super::{Action, CloseReason, Command, Event, Input, Output};
 use std::collections::VecDeque;
 
 /// Which roles a daemon plays (the seed's `NODE_MODE`).
@@ -46,6 +49,9 @@ pub struct PeerSetup {
     pub seeds: Vec<PeerAddr>,
     /// Seed for every random choice this peer makes.
     pub rng_seed: u64,
+    /// Transport addresses this peer can be reached at, put in its record and provider
+    /// announcements (empty where the transport routes by peer id alone, as in the simulator).
+    pub addrs: Vec<Addr>,
 }
 
 impl PeerSetup {
@@ -61,6 +67,7 @@ impl PeerSetup {
             roles,
             seeds: Vec::new(),
             rng_seed: 0,
+            addrs: Vec::new(),
         }
     }
 }
@@ -78,6 +85,13 @@ pub struct Peer {
     conns: Connections,
     pool: Option<IndexerPool>,
     indexer: Option<IndexerService>,
+    /// The DHT: a server for an indexer, a client for a node.
+    dht: Dht,
+    lookups: RecordLookups,
+    keypair: Keypair,
+    addrs: Vec<Addr>,
+    /// Our signed record (re-signed at half-life).
+    record: Option<PeerRecord>,
     out: VecDeque<Output>,
     actions: Vec<Action>,
     /// Scratch buffer `apply_actions` swaps with `actions`, so no round allocates.
@@ -92,6 +106,7 @@ impl Peer {
         let mut rng = DetRng::new(setup.rng_seed, "peer");
         let conns = Connections::new(me, setup.network_key, &setup.config, rng.fork("connections"));
         let seeds: Vec<PeerAddr> = setup.seeds.into_iter().filter(|s| s.id != me).collect();
+        let bootstrap = seeds.clone();
         // A node keeps `max_indexers`; an indexer with seeds keeps a pool of other indexers twice
         // that size (the seed's "strict indexer", C §3).
         let pool = if setup.roles.node {
@@ -115,19 +130,86 @@ impl Peer {
         });
         let indexer =
             setup.roles.indexer.then(|| IndexerService::new(setup.config.clone(), me, rng.fork("indexer"), now));
-        Peer {
+        let dht = Dht::new(
+            setup.config.clone(),
+            setup.keypair.clone(),
+            setup.addrs.clone(),
+            setup.roles.indexer,
+            &bootstrap,
+            rng.fork("dht"),
+            now,
+        );
+        let mut peer = Peer {
             me,
             did: setup.did,
             roles: setup.roles,
+            lookups: RecordLookups::new(setup.config.clone()),
             config: setup.config,
             conns,
             pool,
             indexer,
+            dht,
+            keypair: setup.keypair,
+            addrs: setup.addrs,
+            record: None,
             out: VecDeque::new(),
             actions: Vec::new(),
             batch: Vec::new(),
             shut_down: false,
+        };
+        peer.resign(now);
+        peer
+    }
+
+    /// Signs a fresh record (the seed's claim at start, then before each expiry) and hands it to
+    /// the pool (which sends it to indexers that do not hold it) and to our own DHT store.
+    fn resign(&mut self, now: Timestamp) {
+        let mut addrs = self.addrs.clone();
+        addrs.truncate(super::record::MAX_ADDRS);
+        let mut name = self.config.name.clone();
+        if name.len() > super::record::MAX_NAME_LEN {
+            name = String::new();
         }
+        let body = RecordBody {
+            peer_id: self.me,
+            did: self.did.clone(),
+            name,
+            addrs,
+            api_url: None,
+            nats_address: None,
+            wallet: None,
+            issued_at: now,
+            expires_at: now + self.config.record_ttl,
+        };
+        let Ok(record) = PeerRecord::sign(body, &self.keypair) else {
+            return;
+        };
+        if let Some(pool) = &mut self.pool {
+            pool.set_record(record.clone());
+        }
+        if self.roles.indexer {
+            let _ = self.dht.offer_record(self.me, record.clone(), now);
+        }
+        self.record = Some(record);
+    }
+
+    fn record_refresh_at(&self) -> Option<Timestamp> {
+        self.record.as_ref().map(|r| r.body.issued_at + self.config.record_ttl / 2)
+    }
+
+    /// This peer's current signed record.
+    pub fn record(&self) -> Option<&PeerRecord> {
+        self.record.as_ref()
+    }
+
+    /// The DHT (server for an indexer, client for a node).
+    pub fn dht(&self) -> &Dht {
+        &self.dht
+    }
+
+    /// Record lookups in flight from this node.
+    pub fn pending_lookups(&self) -> usize {
+        self.lookups.len()
     }
 
     /// This peer's id.
@@ -208,6 +290,18 @@ impl Peer {
                 {
                     ix.handle_timeout(now, &mut self.actions);
                 }
+                if let Some(ix) = &self.indexer {
+                    self.dht.set_fill(ix.fill_rate(), self.config.max_nodes);
+                }
+                if self.dht.poll_timeout().is_some_and(|t| t <= now) {
+                    self.dht.handle_timeout(now);
+                }
+                if self.lookups.poll_timeout().is_some_and(|t| t <= now) {
+                    self.lookups.handle_timeout(now, &mut self.actions);
+                }
+                if self.record_refresh_at().is_some_and(|t| t <= now) {
+                    self.resign(now);
+                }
             }
             Input::Command(Command::Shutdown) => {
                 if let Some(pool) = &mut self.pool {
@@ -220,6 +314,15 @@ impl Peer {
                 }
                 self.shut_down = true;
                 return;
+            }
+            Input::Command(Command::Lookup { id, key }) => {
+                if self.roles.indexer {
+                    let deadline = self.config.lookup_timeout;
+                    self.dht.find_value(key, Purpose::Command { id }, false, &[], deadline, now);
+                } else {
+                    let indexers = self.pool.as_ref().map(|p| p.live_by_score()).unwrap_or_default();
+                    self.lookups.start(id, key, indexers, now, &mut self.actions);
+                }
             }
         }
         self.apply_actions(now);
@@ -239,6 +342,9 @@ impl Peer {
             self.conns.poll_timeout(),
             self.pool.as_ref().and_then(|p| p.poll_timeout()),
             self.indexer.as_ref().and_then(|i| i.poll_timeout()),
+            self.dht.poll_timeout(),
+            self.lookups.poll_timeout(),
+            self.record_refresh_at(),
         ]
         .into_iter()
         .flatten()
@@ -259,9 +365,75 @@ impl Peer {
             Message::Heartbeat(hb) => {
                 let addr = self.sender_addr(from);
                 match &mut self.indexer {
-                    Some(ix) => ix.on_heartbeat(addr, hb, now, &mut self.actions),
+                    Some(ix) => ix.on_heartbeat(addr, hb, &mut self.dht, now, &mut self.actions),
                     None => self.refuse(from, hb.req, RefuseReason::NotServed),
                 }
+            }
+            Message::Publish(p) => match &mut self.indexer {
+                Some(ix) => ix.on_publish(from, p, &mut self.dht, now, &mut self.actions),
+                None => self.refuse(from, p.req, RefuseReason::NotServed),
+            },
+            Message::GetRecord(g) => match &mut self.indexer {
+                Some(ix) => {
+                    let known = self.dht.knows(&from, now);
+                    if ix.admit_get(from, g.req, known, now, &mut self.actions) {
+                        let deadline = self.config.lookup_timeout;
+                        self.dht.find_value(
+                            g.key,
+                            Purpose::NodeGet { to: from, req: g.req },
+                            false,
+                            &[],
+                            deadline,
+                            now,
+                        );
+                    }
+                }
+                None => self.refuse(from, g.req, RefuseReason::NotServed),
+            },
+            Message::RecordReply(r) => self.lookups.on_reply(from, r, now, &mut self.actions),
+            Message::Published(_) => {}
+            m @ (Message::FindNode(_)
+            | Message::FindValue(_)
+            | Message::GetProviders(_)
+            | Message::Store(_)
+            | Message::AddProvider(_)) => {
+                let (req, server) = match &m {
+                    Message::FindNode(x) => (x.req, x.server),
+                    Message::FindValue(x) => (x.req, x.server),
+                    Message::GetProviders(x) => (x.req, x.server),
+                    Message::Store(x) => (x.req, self.dht.table().contains(&from)),
+                    Message::AddProvider(x) => (x.req, self.dht.table().contains(&from)),
+                    _ => return,
+                };
+                match &mut self.indexer {
+                    Some(ix) => {
+                        if ix.admit_dht(from, req, server, now, &mut self.actions) {
+                            let addr = self.conns.peer_addr(&from);
+                            if self.dht.on_request(addr, m, now).is_some() {
+                                ix.punish_bad_record(from, now, &mut self.actions);
+                            }
+                        }
+                    }
+                    None => self.refuse(from, req, RefuseReason::NotServed),
+                }
+            }
+            m @ (Message::Nodes(_) | Message::Value(_) | Message::Providers(_) | Message::StoreAck(_)) => {
+                let req = match &m {
+                    Message::Nodes(x) => x.req,
+                    Message::Value(x) => x.req,
+                    Message::Providers(x) => x.req,
+                    Message::StoreAck(x) => x.req,
+                    _ => return,
+                };
+                let addr = self.conns.peer_addr(&from);
+                self.dht.on_response(addr, req, Some(m), now);
+            }
+            Message::Refused(r) if Dht::owns(r.req) => {
+                let addr = self.conns.peer_addr(&from);
+                self.dht.on_response(addr, r.req, None, now);
+            }
+            Message::Refused(r) if RecordLookups::owns(r.req) => {
+                self.lookups.on_failure(r.req, now, &mut self.actions);
             }
             Message::Leave => {
                 if let Some(ix) = &mut self.indexer {
@@ -269,7 +441,10 @@ impl Peer {
                 }
             }
             Message::CandidatesRequest(req) => match &mut self.indexer {
-                Some(ix) => ix.on_candidates_request(from, req, now, &mut self.actions),
+                Some(ix) => {
+                    let known = self.dht.knows(&from, now);
+                    ix.on_candidates_request(from, req, known, now, &mut self.actions)
+                }
                 None => self.refuse(from, req.req, RefuseReason::NotServed),
             },
             Message::WitnessQuery(q) => {
@@ -317,11 +492,62 @@ impl Peer {
         if let Some(pool) = &mut self.pool {
             pool.on_unreachable(peer, now, &mut self.actions);
         }
+        self.dht.on_unreachable(peer, now);
+        self.lookups.on_unreachable(peer, now, &mut self.actions);
+    }
+
+    /// Routes finished DHT queries to whoever started them.
+    fn route_dht(&mut self, now: Timestamp) {
+        self.dht.drain_actions(&mut self.actions);
+        while let Some(done) = self.dht.poll_done() {
+            match done {
+                DhtDone::Value { purpose: Purpose::NodeGet { to, req }, record, hops, .. } => {
+                    let hops = u8::try_from(hops).unwrap_or(u8::MAX);
+                    self.actions
+                        .push(Action::Send { to, message: Message::RecordReply(RecordReply { req, record, hops }) });
+                }
+                DhtDone::Value { purpose: Purpose::Command { id }, key, record, hops, .. } => {
+                    self.actions.push(Action::Event(Event::LookupDone { id, key, record, hops, attempts: 1 }));
+                }
+                DhtDone::Value { purpose: Purpose::DidCheck, query, record, .. } => {
+                    if let Some(ix) = &mut self.indexer {
+                        ix.finish_did_check(query, record, &mut self.actions);
+                    }
+                }
+                DhtDone::Value { .. } => {}
+                DhtDone::Providers { purpose: Purpose::Discovery, providers } => {
+                    if let Some(pool) = &mut self.pool {
+                        pool.on_providers(&providers, now, &mut self.actions);
+                    }
+                }
+                DhtDone::Providers { purpose: Purpose::IndexerCache, providers } => {
+                    if let Some(ix) = &mut self.indexer {
+                        let me = self.me;
+                        let want = self.config.indexer_cache_max;
+                        let mut rng = DetRng::new(now.0, "indexer-cache");
+                        for addr in select_by_fill(&providers, want, |p| *p == me, &mut rng) {
+                            let fill = providers
+                                .iter()
+                                .find(|r| r.body.provider.id == addr.id)
+                                .map(|r| f64::from(r.body.fill_rate));
+                            ix.note_indexer(addr, fill, now);
+                        }
+                    }
+                }
+                DhtDone::Providers { .. } => {}
+                DhtDone::Claim { publisher, accepted } => {
+                    if !accepted && let Some(ix) = &mut self.indexer {
+                        ix.punish_bad_record(publisher, now, &mut self.actions);
+                    }
+                }
+            }
+        }
     }
 
     fn apply_actions(&mut self, now: Timestamp) {
         // Failures feed back into the pool, which may act again; bound the rounds defensively.
         for _ in 0..64 {
+            self.route_dht(now);
             if self.actions.is_empty() {
                 return;
             }
@@ -342,6 +568,11 @@ impl Peer {
                         }
                     }
                     Action::Event(e) => self.out.push_back(Output::Event(e)),
+                    Action::DiscoverIndexers { want } => {
+                        // When the query cannot start it is reported finished and empty.
+                        let seeds = self.pool.as_ref().map(|p| p.live_by_score()).unwrap_or_default();
+                        self.dht.find_providers(want, Purpose::Discovery, &seeds, now);
+                    }
                 }
             }
             self.batch = batch;

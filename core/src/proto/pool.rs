@@ -63,7 +63,9 @@
 //! [`IndexerPool::poll_timeout`].
 
 use super::config::Config;
+use super::dht::select_by_fill;
 use super::identity::{Did, PeerAddr, PeerId};
+use super::record::{PeerRecord, ProviderRecord};
 use super::rng::DetRng;
 use super::score::{self, IndexerScore, ScoreFactors};
 use super::time::Timestamp;
@@ -155,6 +157,8 @@ struct Entry {
     failure_since_answer: bool,
     /// Has answered at least once.
     answered: bool,
+    /// The expiry of our record this indexer last said it holds.
+    record_held: Option<Timestamp>,
 }
 
 impl Entry {
@@ -176,6 +180,7 @@ impl Entry {
             acknowledged: false,
             failure_since_answer: false,
             answered: false,
+            record_held: None,
         }
     }
 
@@ -262,7 +267,18 @@ pub struct IndexerPool {
     recovery: Option<Recovery>,
     started: bool,
     shut: bool,
+    /// Our signed record, sent to each indexer until it holds this version.
+    record: Option<PeerRecord>,
+    /// Earliest next DHT provider discovery.
+    next_discovery: Timestamp,
+    /// Discoveries in a row that added nothing (the interval doubles, up to 8×).
+    discovery_misses: u32,
+    /// A discovery is running.
+    discovering: bool,
 }
+
+/// The first DHT provider discovery waits this long after start (B §4.3: a 5 s warm-up).
+const DISCOVERY_WARMUP: Duration = Duration::from_secs(5);
 
 impl IndexerPool {
     /// A pool seeded with `seeds`, holding at most `max_pool` active indexers. Seeds are
@@ -307,6 +323,10 @@ impl IndexerPool {
             recovery: None,
             started: false,
             shut: false,
+            record: None,
+            next_discovery: now + DISCOVERY_WARMUP,
+            discovery_misses: 0,
+            discovering: false,
         };
         for s in pool.seeds.clone() {
             let nc = pool.draw_challenge_spacing();
@@ -387,6 +407,9 @@ impl IndexerPool {
             && self.active_count() == 0
         {
             consider(r.next_at);
+        }
+        if !self.discovering && self.need() > 0 && self.entries.values().any(|e| e.state == EntryState::Live) {
+            consider(self.next_discovery);
         }
         next
     }
@@ -507,7 +530,68 @@ impl IndexerPool {
         self.consensus_progress(now, out);
         self.follow_up(now, out);
         self.recovery_step(now, out);
+        self.discover_if_due(now, out);
         self.send_due(now, out);
+    }
+
+    /// Asks the DHT for providers when the pool has room, at most every `discovery_interval`
+    /// (doubling while discoveries add nothing). Needs a live indexer to start from.
+    fn discover_if_due(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        if self.discovering || now < self.next_discovery || self.need() == 0 {
+            return;
+        }
+        if !self.entries.values().any(|e| e.state == EntryState::Live) {
+            return;
+        }
+        self.discovering = true;
+        let step = self.config.discovery_interval.saturating_mul(1 << self.discovery_misses.min(3));
+        self.next_discovery = now + step;
+        // B §4.7: ask for three times the need, keep the best `need`.
+        out.push(Action::DiscoverIndexers { want: self.need().saturating_mul(3) });
+    }
+
+    /// Providers found by a discovery: the pool takes up to its need, preferring less loaded
+    /// indexers (randomised) and at most one per /24, skipping members and cooling-down peers.
+    pub fn on_providers(&mut self, providers: &[ProviderRecord], now: Timestamp, out: &mut Vec<Action>) {
+        self.discovering = false;
+        if self.shut {
+            return;
+        }
+        let need = self.need();
+        let me = self.me;
+        let entries = &self.entries;
+        let cooldown = &self.cooldown;
+        let picked = select_by_fill(
+            providers,
+            need,
+            |p| *p == me || entries.contains_key(p) || cooldown.get(p).is_some_and(|t| *t > now),
+            &mut self.rng,
+        );
+        let mut added = 0;
+        for p in picked {
+            if self.add_entry(p, AddedVia::Discovery, false, now, out) {
+                added += 1;
+            }
+        }
+        if added == 0 {
+            self.discovery_misses = self.discovery_misses.saturating_add(1);
+        } else {
+            self.discovery_misses = 0;
+        }
+        self.pump(now, out);
+    }
+
+    /// Sets our signed record; indexers that do not hold this version get it with their next
+    /// heartbeat.
+    pub fn set_record(&mut self, record: PeerRecord) {
+        self.record = Some(record);
+    }
+
+    /// Live indexers, best score first (where a node sends its record lookups).
+    pub fn live_by_score(&self) -> Vec<PeerAddr> {
+        let mut v: Vec<(&PeerId, &Entry)> = self.entries.iter().filter(|(_, e)| e.state == EntryState::Live).collect();
+        v.sort_by(|a, b| b.1.current.total_cmp(&a.1.current).then(a.0.cmp(b.0)));
+        v.into_iter().map(|(_, e)| e.addr.clone()).collect()
     }
 
     /// A live indexer that holds our session (answered a regular heartbeat, not only a probe):
@@ -705,6 +789,8 @@ impl IndexerPool {
         } else {
             (Some(self.did.clone()), Some(self.config.name.clone()).filter(|n| !n.is_empty()))
         };
+        // The record travels only while this indexer does not hold its current version.
+        let record = self.record.as_ref().filter(|r| e.record_held != Some(r.body.expires_at)).cloned();
         let sent = HeartbeatSent {
             retry: false,
             challenge,
@@ -728,6 +814,7 @@ impl IndexerPool {
                 want_witnesses: challenge,
                 did,
                 name,
+                record,
             }),
         });
     }
@@ -807,9 +894,16 @@ impl IndexerPool {
             return;
         }
         e.in_flight = None;
-        let rtt = now.since(sent_at);
-        e.last_rtt = Some(rtt);
-        e.latency = score::latency_score(rtt, cfg);
+        // A DID challenge's answer waits for a DHT lookup: its round trip is not the indexer's
+        // latency.
+        if !sent.did_challenge {
+            let rtt = now.since(sent_at);
+            e.last_rtt = Some(rtt);
+            e.latency = score::latency_score(rtt, cfg);
+        }
+        if !sent.retry {
+            e.record_held = r.record_expires;
+        }
         e.score.uptime.record_heartbeat(now, cfg.liveness_interval.saturating_mul(2));
         match e.score.last_born_at {
             Some(old) if old != r.born_at => {
@@ -848,7 +942,12 @@ impl IndexerPool {
         }
         if sent.did_challenge {
             e.score.did_checked = e.score.did_checked.saturating_add(1);
-            if r.did_found == Some(true) {
+            // Found only if the DHT returned our own record, intact.
+            let ours = r
+                .did_record
+                .as_ref()
+                .is_some_and(|rec| rec.body.peer_id == me && rec.body.did == self.did && rec.verify(now).is_ok());
+            if r.did_found == Some(true) && ours {
                 e.score.did_success = e.score.did_success.saturating_add(1);
             }
         }
@@ -1418,14 +1517,32 @@ mod tests {
         events: Vec<(Timestamp, Event)>,
         closed: Vec<PeerId>,
         learned: BTreeSet<PeerId>,
+        /// The node's own record, which honest indexers hand back to DID challenges.
+        record: Option<PeerRecord>,
     }
 
     impl Net {
         fn new(config: Config, seeds: &[PeerId], max_pool: usize) -> Self {
             let me = pid("me");
             let did = Did::new("did:me").expect("valid did");
-            let pool = IndexerPool::new(config, me, did, addrs(seeds), max_pool, false, DetRng::new(7, "pool"), T0);
+            let body = crate::proto::record::RecordBody {
+                peer_id: me,
+                did: did.clone(),
+                name: String::new(),
+                addrs: Vec::new(),
+                api_url: None,
+                nats_address: None,
+                wallet: None,
+                issued_at: T0,
+                expires_at: T0 + Duration::from_secs(3600),
+            };
+            let record = PeerRecord::sign(body, &Keypair::derive(42, "me")).ok();
+            let mut pool = IndexerPool::new(config, me, did, addrs(seeds), max_pool, false, DetRng::new(7, "pool"), T0);
+            if let Some(r) = &record {
+                pool.set_record(r.clone());
+            }
             Net {
+                record,
                 pool,
                 me,
                 now: T0,
@@ -1470,6 +1587,7 @@ mod tests {
                     Action::Learn(pa) => {
                         self.learned.insert(pa.id);
                     }
+                    Action::DiscoverIndexers { .. } => {}
                 }
             }
         }
@@ -1518,6 +1636,12 @@ mod tests {
                                     })
                                     .collect(),
                                 did_found: hb.challenge_did.as_ref().map(|_| !ix.lie_challenges),
+                                did_record: hb
+                                    .challenge_did
+                                    .as_ref()
+                                    .and(self.record.clone())
+                                    .filter(|_| !ix.lie_challenges),
+                                record_expires: self.record.as_ref().map(|r| r.body.expires_at),
                                 witnesses: if hb.want_witnesses { addrs(&ix.witnesses) } else { Vec::new() },
                                 suggestions: addrs(&ix.suggestions),
                                 suggest_migrate: ix.migrate,
@@ -2121,6 +2245,8 @@ mod tests {
             born_at: Timestamp(500),
             challenges: vec![],
             did_found: None,
+            did_record: None,
+            record_expires: None,
             witnesses: vec![],
             suggestions: vec![],
             suggest_migrate: false,
@@ -2393,6 +2519,8 @@ mod tests {
                                 born_at: Timestamp(u64::from(*born) * 1000),
                                 challenges: hb.challenges.iter().map(|c| ChallengeEntry { peer: *c, found: *found, last_seen: Some(net.now) }).collect(),
                                 did_found: *did_found,
+                                did_record: None,
+                                record_expires: None,
                                 witnesses: list.clone(),
                                 suggestions: list,
                                 suggest_migrate: *migrate,
@@ -2438,6 +2566,8 @@ mod tests {
                             born_at: Timestamp(1),
                             challenges: vec![],
                             did_found: None,
+                            did_record: None,
+                            record_expires: None,
                             witnesses: vec![],
                             suggestions: vec![PeerAddr::id_only(u[(*who as usize + 1) % 12])],
                             suggest_migrate: true,

@@ -110,8 +110,8 @@ impl RecordBody {
 /// A record signed by its owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
-    /// What is claimed.
-    pub body: RecordBody,
+    /// What is claimed (boxed: records travel inside messages and events, which stay small).
+    pub body: Box<RecordBody>,
     /// The owner's signature over [`RecordBody::signing_bytes`].
     pub signature: Signature,
 }
@@ -125,7 +125,7 @@ impl PeerRecord {
         }
         body.check_shape()?;
         let signature = key.sign(&body.signing_bytes());
-        Ok(PeerRecord { body, signature })
+        Ok(PeerRecord { body: Box::new(body), signature })
     }
 
     /// Checks the record as of `now`: shape, lifetime, not expired, not issued in the future
@@ -145,6 +145,83 @@ impl PeerRecord {
     /// one already held). Records of different owners never replace each other.
     pub fn supersedes(&self, other: &PeerRecord) -> bool {
         self.body.peer_id == other.body.peer_id && self.body.expires_at > other.body.expires_at
+    }
+}
+
+/// Domain separation for provider-record signatures.
+const PROVIDER_DOMAIN: &[u8] = b"ocd provider record v1\0";
+/// Longest lifetime a provider record may claim (ocd: the seed's 48 h kept dead indexers
+/// discoverable for two days, C §18.15).
+pub const MAX_PROVIDER_LIFETIME: Duration = Duration::from_secs(1800);
+
+/// What an indexer announces under the rendezvous key: where it is and how loaded it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderBody {
+    /// The provider (its key signs the record) and its addresses.
+    pub provider: super::identity::PeerAddr,
+    /// Heartbeating nodes over capacity when signed, in `[0, 1]`.
+    pub fill_rate: f32,
+    /// Capacity in nodes.
+    pub capacity: u32,
+    /// When signed.
+    pub issued_at: Timestamp,
+    /// After this instant the announcement is void (minutes, not the seed's 48 h).
+    pub expires_at: Timestamp,
+}
+
+impl ProviderBody {
+    fn signing_bytes(&self) -> Vec<u8> {
+        match postcard::to_extend(self, PROVIDER_DOMAIN.to_vec()) {
+            Ok(v) => v,
+            Err(_) => PROVIDER_DOMAIN.to_vec(),
+        }
+    }
+
+    fn check_shape(&self) -> Result<(), RecordError> {
+        if self.provider.addrs.len() > MAX_ADDRS || self.provider.addrs.iter().any(|a| a.len() > MAX_FIELD_LEN) {
+            return Err(RecordError::TooLarge("addrs"));
+        }
+        if !(0.0..=1.0).contains(&self.fill_rate) {
+            return Err(RecordError::TooLarge("fill_rate"));
+        }
+        if self.expires_at <= self.issued_at || self.expires_at.since(self.issued_at) > MAX_PROVIDER_LIFETIME {
+            return Err(RecordError::BadLifetime);
+        }
+        Ok(())
+    }
+}
+
+/// A provider announcement signed by the provider: fill rate and capacity cannot be faked by
+/// whoever relays it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    /// What is announced (boxed, like [`PeerRecord::body`]).
+    pub body: Box<ProviderBody>,
+    /// The provider's signature.
+    pub signature: Signature,
+}
+
+impl ProviderRecord {
+    /// Signs `body` with `key` (the key of `body.provider.id`).
+    pub fn sign(body: ProviderBody, key: &Keypair) -> Result<Self, RecordError> {
+        if key.peer_id() != body.provider.id {
+            return Err(RecordError::WrongKey);
+        }
+        body.check_shape()?;
+        let signature = key.sign(&body.signing_bytes());
+        Ok(ProviderRecord { body: Box::new(body), signature })
+    }
+
+    /// Checks shape, lifetime, expiry, clock skew and signature as of `now`.
+    pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
+        self.body.check_shape()?;
+        if now >= self.body.expires_at {
+            return Err(RecordError::Expired(self.body.expires_at));
+        }
+        if self.body.issued_at > now + MAX_CLOCK_SKEW {
+            return Err(RecordError::FromTheFuture(self.body.issued_at));
+        }
+        self.body.provider.id.verify(&self.body.signing_bytes(), &self.signature).map_err(|_| RecordError::BadSignature)
     }
 }
 
@@ -299,6 +376,30 @@ impl RecordStore {
     /// Verifies and stores `record`. Returns whether it replaced an older record of its owner.
     pub fn put(&mut self, record: PeerRecord, now: Timestamp) -> Result<bool, StoreError> {
         record.verify(now)?;
+        self.put_verified(record, now)
+    }
+
+    /// Whether exactly this record is held (nothing to verify again).
+    pub fn holds(&self, record: &PeerRecord) -> bool {
+        self.by_peer.get(&record.body.peer_id) == Some(record)
+    }
+
+    /// The key a DID is bound to at `now`, if any.
+    pub fn did_owner(&self, did: &Did, now: Timestamp) -> Option<PeerId> {
+        self.did_owner.get(did).filter(|(_, until)| *until > now).map(|(p, _)| *p)
+    }
+
+    /// Iterates over the records held (possibly expired until the next prune).
+    pub fn iter(&self) -> impl Iterator<Item = &PeerRecord> + '_ {
+        self.by_peer.values()
+    }
+
+    /// Stores a record the caller has just verified with [`PeerRecord::verify`] at `now` (the
+    /// DID binding, staleness and bounds are still checked).
+    pub fn put_verified(&mut self, record: PeerRecord, now: Timestamp) -> Result<bool, StoreError> {
+        if now >= record.body.expires_at {
+            return Err(StoreError::Invalid(RecordError::Expired(record.body.expires_at)));
+        }
         let owner = record.body.peer_id;
         let did = record.body.did.clone();
         if let Some((bound, until)) = self.did_owner.get(&did)

@@ -298,6 +298,8 @@ mod tests {
             born_at: Timestamp(1),
             challenges: vec![],
             did_found: None,
+            did_record: None,
+            record_expires: None,
             witnesses: vec![],
             suggestions: vec![],
             suggest_migrate: false,

@@ -13,11 +13,13 @@
 //! machines sanitise them where they use them.
 
 use super::identity::{Did, PeerAddr, PeerId};
+use super::kad::Key;
+use super::record::{PeerRecord, ProviderRecord};
 use super::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// Version byte leading every payload. Bumped on any incompatible change to [`Message`].
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Largest accepted payload (version byte + message), in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -69,6 +71,32 @@ pub enum Message {
     CandidatesRequest(CandidatesRequest),
     /// Reply to a [`CandidatesRequest`].
     CandidatesResponse(CandidatesResponse),
+    /// Node → indexer: store my signed record (also carried by heartbeats when it changed).
+    Publish(Publish),
+    /// Reply to a [`Publish`]: the expiry of the sender's record the indexer now holds.
+    Published(Published),
+    /// Node → indexer: find a record by DID or peer id (the indexer resolves it in the DHT).
+    GetRecord(GetRecord),
+    /// Reply to a [`GetRecord`]: the record, which the node verifies itself.
+    RecordReply(RecordReply),
+    /// DHT: the peers closest to a key that the receiver knows.
+    FindNode(FindNode),
+    /// Reply to [`FindNode`].
+    Nodes(Nodes),
+    /// DHT: the record under a key, or the closest peers known.
+    FindValue(FindValue),
+    /// Reply to [`FindValue`].
+    Value(Value),
+    /// DHT: store this record (the receiver validates it).
+    Store(Store),
+    /// DHT: announce a provider of a key (the receiver validates the signed provider record).
+    AddProvider(AddProvider),
+    /// Reply to [`Store`] and [`AddProvider`].
+    StoreAck(StoreAck),
+    /// DHT: providers of a key, and the closest peers known.
+    GetProviders(GetProviders),
+    /// Reply to [`GetProviders`].
+    Providers(Providers),
 }
 
 impl Message {
@@ -85,6 +113,19 @@ impl Message {
             Message::WitnessReport(_) => "witness_report",
             Message::CandidatesRequest(_) => "candidates_request",
             Message::CandidatesResponse(_) => "candidates_response",
+            Message::Publish(_) => "publish",
+            Message::Published(_) => "published",
+            Message::GetRecord(_) => "get_record",
+            Message::RecordReply(_) => "record_reply",
+            Message::FindNode(_) => "find_node",
+            Message::Nodes(_) => "nodes",
+            Message::FindValue(_) => "find_value",
+            Message::Value(_) => "value",
+            Message::Store(_) => "store",
+            Message::AddProvider(_) => "add_provider",
+            Message::StoreAck(_) => "store_ack",
+            Message::GetProviders(_) => "get_providers",
+            Message::Providers(_) => "providers",
         }
     }
 }
@@ -137,6 +178,9 @@ pub struct Heartbeat {
     pub did: Option<Did>,
     /// The sender's name, sent with `did`.
     pub name: Option<String>,
+    /// The sender's signed record, sent only when the indexer does not hold this version yet
+    /// (its last [`HeartbeatResponse::record_expires`] differs).
+    pub record: Option<PeerRecord>,
 }
 
 impl Heartbeat {
@@ -154,6 +198,7 @@ impl Heartbeat {
             want_witnesses: false,
             did: None,
             name: None,
+            record: None,
         }
     }
 }
@@ -184,8 +229,13 @@ pub struct HeartbeatResponse {
     pub born_at: Timestamp,
     /// Answers to the heartbeat's challenges, in order.
     pub challenges: Vec<ChallengeEntry>,
-    /// Answer to `challenge_did`: whether the indexer can find that DID.
+    /// Answer to `challenge_did`: whether the indexer found that DID in the DHT.
     pub did_found: Option<bool>,
+    /// The record the DHT returned for `challenge_did`, for the node to check it is its own.
+    pub did_record: Option<PeerRecord>,
+    /// The expiry of the sender's record this indexer holds (`None`: none), so the node knows
+    /// whether to send its record again.
+    pub record_expires: Option<Timestamp>,
     /// Up to 3 other nodes connected to this indexer.
     pub witnesses: Vec<PeerAddr>,
     /// Other indexers worth joining (up to `need`, or 1 when offloading).
@@ -211,6 +261,8 @@ pub enum RefuseReason {
     NotServed,
     /// The sender is not known to the receiver (no session, no record).
     Unknown,
+    /// The record is invalid or claims a DID bound to another key.
+    BadRecord,
 }
 
 /// A refused request.
@@ -264,6 +316,194 @@ pub struct CandidatesResponse {
     pub req: RequestId,
     /// Other indexers the responder knows.
     pub candidates: Vec<PeerAddr>,
+}
+
+/// The two DHT keys of a peer record: by peer id (`/pid/<PeerId>`) and by DID (`/node/<DID>`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RecordKey {
+    /// `/pid/<PeerId>`.
+    Peer(PeerId),
+    /// `/node/<DID>`.
+    Did(Did),
+}
+
+impl RecordKey {
+    /// The key's position in the Kademlia space: BLAKE3 of `/pid/<32 bytes>` or `/node/<DID>`.
+    pub fn kad_key(&self) -> Key {
+        match self {
+            RecordKey::Peer(p) => {
+                let mut b = b"/pid/".to_vec();
+                b.extend_from_slice(p.as_bytes());
+                Key::of(&b)
+            }
+            RecordKey::Did(d) => {
+                let mut b = b"/node/".to_vec();
+                b.extend_from_slice(d.as_str().as_bytes());
+                Key::of(&b)
+            }
+        }
+    }
+
+    /// Whether `record` is an answer for this key.
+    pub fn matches(&self, record: &PeerRecord) -> bool {
+        match self {
+            RecordKey::Peer(p) => record.body.peer_id == *p,
+            RecordKey::Did(d) => record.body.did == *d,
+        }
+    }
+}
+
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordKey::Peer(p) => write!(f, "/pid/{p}"),
+            RecordKey::Did(d) => write!(f, "/node/{d}"),
+        }
+    }
+}
+
+/// Node → indexer: store my record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publish {
+    /// Request id.
+    pub req: RequestId,
+    /// The sender's own signed record.
+    pub record: PeerRecord,
+}
+
+/// Reply to a [`Publish`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// Echo of the request id.
+    pub req: RequestId,
+    /// Expiry of the sender's record now held (`None` if it is still being checked in the DHT).
+    pub expires: Option<Timestamp>,
+}
+
+/// Node → indexer record lookup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetRecord {
+    /// Request id.
+    pub req: RequestId,
+    /// What to find.
+    pub key: RecordKey,
+}
+
+/// Reply to a [`GetRecord`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordReply {
+    /// Echo of the request id.
+    pub req: RequestId,
+    /// The record found, unverified: the node checks it.
+    pub record: Option<PeerRecord>,
+    /// DHT hops the indexer needed (0: it held the record).
+    pub hops: u8,
+}
+
+/// DHT request: closest peers to `target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindNode {
+    /// Request id.
+    pub req: RequestId,
+    /// The point looked up.
+    pub target: Key,
+    /// The sender serves the DHT (an indexer) and may be added to routing tables.
+    pub server: bool,
+}
+
+/// Reply to [`FindNode`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nodes {
+    /// Echo of the request id.
+    pub req: RequestId,
+    /// Up to k peers closest to the target.
+    pub closer: Vec<PeerAddr>,
+}
+
+/// DHT request: the record under `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FindValue {
+    /// Request id.
+    pub req: RequestId,
+    /// The key.
+    pub key: RecordKey,
+    /// The sender serves the DHT.
+    pub server: bool,
+}
+
+/// Reply to [`FindValue`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Value {
+    /// Echo of the request id.
+    pub req: RequestId,
+    /// The record, if held (the asker verifies it).
+    pub record: Option<PeerRecord>,
+    /// Up to k peers closest to the key.
+    pub closer: Vec<PeerAddr>,
+}
+
+/// DHT request: store a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Store {
+    /// Request id.
+    pub req: RequestId,
+    /// The record.
+    pub record: PeerRecord,
+}
+
+/// DHT request: add a provider of `key`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddProvider {
+    /// Request id.
+    pub req: RequestId,
+    /// The key provided.
+    pub key: Key,
+    /// The provider's signed announcement (must be the sender's own).
+    pub provider: ProviderRecord,
+}
+
+/// Why a [`Store`] or [`AddProvider`] was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreRefusal {
+    /// Bad signature, expired, malformed.
+    Invalid,
+    /// The record's DID is bound to another key.
+    ForeignDid,
+    /// A newer record of the same owner is held.
+    Stale,
+    /// The receiver does not serve the DHT, or refuses the sender.
+    Refused,
+}
+
+/// Reply to [`Store`] and [`AddProvider`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreAck {
+    /// Echo of the request id.
+    pub req: RequestId,
+    /// `None`: stored (or the same record was already held).
+    pub refused: Option<StoreRefusal>,
+}
+
+/// DHT request: providers of `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetProviders {
+    /// Request id.
+    pub req: RequestId,
+    /// The key.
+    pub key: Key,
+    /// The sender serves the DHT.
+    pub server: bool,
+}
+
+/// Reply to [`GetProviders`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Providers {
+    /// Echo of the request id.
+    pub req: RequestId,
+    /// Signed provider records held (the asker verifies them).
+    pub providers: Vec<ProviderRecord>,
+    /// Up to k peers closest to the key.
+    pub closer: Vec<PeerAddr>,
 }
 
 /// Encodes a message as a frame payload (version byte + postcard).
@@ -388,6 +628,7 @@ mod tests {
             want_witnesses: true,
             did: None,
             name: Some("n".into()),
+            record: None,
         })
     }
 
