@@ -445,9 +445,11 @@ impl RecordStore {
         Ok(replaced)
     }
 
-    /// The valid record of `peer`, if any (`/pid/<PeerId>`).
+    /// The unexpired record of `peer`, if any (`/pid/<PeerId>`). Every record was verified on its
+    /// way in and is immutable here, so a read only checks the expiry (no signature check per
+    /// heartbeat); whoever receives it from us verifies it again.
     pub fn by_peer(&self, peer: &PeerId, now: Timestamp) -> Option<&PeerRecord> {
-        self.by_peer.get(peer).filter(|r| r.verify(now).is_ok())
+        self.by_peer.get(peer).filter(|r| now < r.body.expires_at)
     }
 
     /// The valid record for `did`, if any (`/node/<DID>`).
