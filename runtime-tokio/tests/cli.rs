@@ -49,3 +49,30 @@ fn run_without_a_network_key_explains_how_to_make_one() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("keygen --network-key"), "{out:?}");
 }
+
+#[test]
+fn lookup_without_a_daemon_is_an_error_not_a_negative_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd"))
+        .args(["lookup", "some-did", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon is running"), "{out:?}");
+}
+
+#[test]
+fn lookup_refuses_a_malformed_key_before_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["/pid/not-hex", ""] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ocd"))
+            .args(["lookup", bad, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("no daemon is running"), "{bad}: refused before contacting a daemon: {err}");
+    }
+}

@@ -9,7 +9,7 @@ use ocd_core::host::control::{self, ControlCommand, ControlReply};
 use ocd_core::host::identity;
 use ocd_core::host::status::StatusReport;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of a daemon binary built by cargo in this target directory.
@@ -206,6 +206,19 @@ impl Net {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs `<binary> <args…> --data-dir <daemon i's data dir>` (a client command such as
+    /// `lookup <key>`, talking to daemon `i` over its control socket) and returns its output.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(&self.binary)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.daemons[i].data_dir)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the client command")
     }
 
     /// Every daemon's log tail, for failure messages.

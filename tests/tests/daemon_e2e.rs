@@ -7,7 +7,8 @@ use futures::io::{AsyncReadExt, AsyncWriteExt};
 use ocd_core::host::transport::Transport;
 use ocd_core::proto::{Keypair, PeerAddr};
 use ocd_tests::{Net, devnet};
-use std::time::Duration;
+use std::process::Output;
+use std::time::{Duration, Instant};
 
 /// What a raw client observed after sending its bytes.
 #[derive(Debug, PartialEq)]
@@ -188,6 +189,139 @@ fn restarted_daemon_keeps_key_and_did_and_sigterm_is_graceful(runtime: &str) {
     assert_eq!(again.did, first.did);
 }
 
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// One devnet of 3 indexers and 4 nodes serves every lookup assertion: by DID and by peer id from
+/// a node, through an indexer's own DHT, an unknown DID (exit 1), and a node with no live indexer
+/// (a bounded error, exit 2). Phase timings are printed for the record.
+fn lookups_find_nodes_by_did_and_peer_id(runtime: &str) {
+    let t0 = Instant::now();
+    let mut net = Net::new(runtime);
+    let mut seeds = Vec::new();
+    let mut indexers = Vec::new();
+    for i in 0..3 {
+        let name = format!("indexer-{i}");
+        let ix = net.start(&name, &net.config(&name, "indexer", seeds.clone()));
+        seeds.push(net.address(ix));
+        indexers.push(ix);
+    }
+    let nodes: Vec<usize> = (0..4)
+        .map(|j| {
+            let name = format!("node-{j}");
+            let mut c = net.config(&name, "node", seeds.clone());
+            c.protocol.min_indexers = 2;
+            net.start(&name, &c)
+        })
+        .collect();
+    let converged = net.wait_until(Duration::from_secs(90), |n| nodes.iter().all(|&i| n.status(i).at_min_pool()));
+    assert!(converged, "the nodes never reached their pools:\n{}", net.logs());
+    let t_converged = t0.elapsed();
+    let (a, b) = (nodes[0], nodes[1]);
+    let sb = net.status(b);
+    let (b_peer, b_did) = (sb.peer_id.clone(), sb.did.clone());
+    let b_addr = sb.address.split_once('@').map(|(_, a)| a.to_string()).expect("address");
+
+    // B's record reaches the DHT with its heartbeats; poll until A can find it.
+    let found =
+        net.wait_until(Duration::from_secs(90), |n| n.cli(a, &["lookup", &b_did, "--timeout", "10s"]).status.success());
+    assert!(found, "node-0 never found node-1 by DID:\n{}", net.logs());
+    let t_found = t0.elapsed();
+
+    let by_did = net.cli(a, &["lookup", &b_did]);
+    let (out, err) = text(&by_did);
+    assert!(by_did.status.success(), "{out}\n{err}");
+    assert!(out.contains(&b_peer) && out.contains(&b_did), "{out}");
+    assert!(out.contains(&b_addr), "the record carries B's dialable address {b_addr}: {out}");
+
+    let by_peer = net.cli(a, &["lookup", &b_peer, "--json"]);
+    let (out, err) = text(&by_peer);
+    assert!(by_peer.status.success(), "{out}\n{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!(json["found"], true);
+    assert_eq!(json["key"], format!("/pid/{b_peer}"));
+    assert_eq!(json["record"]["peer_id"], b_peer.as_str());
+    assert_eq!(json["record"]["did"], b_did.as_str());
+    assert_eq!(json["record"]["name"], "node-1");
+    assert!(json["record"]["expires_at_ms"].as_u64() > json["record"]["issued_at_ms"].as_u64(), "{json}");
+    assert!(json["attempts"].as_u64() >= Some(1), "{json}");
+
+    // Several lookups at once through one daemon, which keeps serving meanwhile.
+    let keys: Vec<String> = nodes.iter().flat_map(|&i| [net.status(i).did, net.status(i).peer_id]).collect();
+    let outcomes: Vec<(String, Output)> = std::thread::scope(|s| {
+        let net = &net;
+        let running: Vec<_> =
+            keys.iter().map(|k| s.spawn(move || (k.clone(), net.cli(a, &["lookup", k, "--json"])))).collect();
+        assert!(net.status(a).at_min_pool(), "status answers while lookups run");
+        running.into_iter().map(|h| h.join().expect("lookup thread")).collect()
+    });
+    for (k, o) in &outcomes {
+        let (out, err) = text(o);
+        assert!(o.status.success(), "{k}: {out}\n{err}");
+        assert!(out.contains(k.as_str()), "{k}: {out}");
+    }
+
+    // An indexer looks up through its own store and the DHT.
+    let via_indexer = net.cli(indexers[2], &["lookup", &b_did]);
+    let (out, err) = text(&via_indexer);
+    assert!(via_indexer.status.success(), "{out}\n{err}");
+    assert!(out.contains(&b_peer), "{out}");
+
+    let unknown = net.cli(a, &["lookup", "did:example:nobody-has-this-one"]);
+    let (out, err) = text(&unknown);
+    assert_eq!(unknown.status.code(), Some(1), "not found is exit 1: {out}\n{err}");
+    assert!(err.contains("not found"), "{err}");
+
+    // The status shows the record and DHT view.
+    let sa = net.status(a);
+    let own = sa.record.as_ref().expect("a node signs its record");
+    assert!(own.expires_at_ms > sa.now_ms, "{}", sa.render());
+    assert_eq!(sa.dht.mode, "client");
+    assert!(sa.counters.lookups_found >= 2 && sa.counters.lookups_not_found >= 1, "{:?}", sa.counters);
+    let si = net.status(indexers[0]);
+    assert_eq!(si.dht.mode, "server");
+    assert!(si.dht.view.records >= 4, "every node's record is held: {}", si.render());
+    assert!(si.dht.view.table_size >= 1, "{}", si.render());
+    let t_asserted = t0.elapsed();
+
+    // A node whose pool is empty (its only seed is dead) fails cleanly and at once.
+    let dead = format!("{}@127.0.0.1:9", Keypair::derive(rand_seed(), "dead").peer_id());
+    let lonely = net.start("lonely", &net.config("lonely", "node", vec![dead]));
+    let started = Instant::now();
+    let none = net.cli(lonely, &["lookup", &b_did, "--timeout", "20s"]);
+    let (out, err) = text(&none);
+    assert_eq!(none.status.code(), Some(2), "no indexer to ask is an error: {out}\n{err}");
+    assert!(err.contains("no live indexer"), "{err}");
+    let t_lonely = started.elapsed();
+
+    // Indexers that hold the connection but never answer (SIGSTOP): the core would wait
+    // `lookup_timeout` per indexer; the client's bound ends the wait first, as an error.
+    let signal = |sig: &str, i: usize| {
+        let pid = net.daemons[i].pid().expect("running").to_string();
+        assert!(std::process::Command::new("kill").arg(sig).arg(&pid).status().expect("kill").success());
+    };
+    indexers.iter().for_each(|&i| signal("-STOP", i));
+    let started = Instant::now();
+    let stuck = net.cli(a, &["lookup", &b_did, "--timeout", "2s"]);
+    let t_stuck = started.elapsed();
+    indexers.iter().for_each(|&i| signal("-CONT", i));
+    let (out, err) = text(&stuck);
+    assert_eq!(stuck.status.code(), Some(2), "an unanswered lookup is an error: {out}\n{err}");
+    assert!(err.contains("no answer within 2s"), "{err}");
+    assert!(net.status(a).counters.lookups_timed_out >= 1);
+    eprintln!(
+        "[{runtime}] lookup e2e: converged {:.1}s, first lookup ok {:.1}s, assertions done {:.1}s, \
+         empty-pool lookup answered in {:.2}s, stopped-indexers lookup bounded at {:.2}s, total {:.1}s",
+        t_converged.as_secs_f64(),
+        t_found.as_secs_f64(),
+        t_asserted.as_secs_f64(),
+        t_lonely.as_secs_f64(),
+        t_stuck.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
+
 macro_rules! e2e {
     ($module:ident, $runtime:literal) => {
         mod $module {
@@ -210,6 +344,10 @@ macro_rules! e2e {
             #[test]
             fn restarted_daemon_keeps_key_and_did_and_sigterm_is_graceful() {
                 super::restarted_daemon_keeps_key_and_did_and_sigterm_is_graceful($runtime);
+            }
+            #[test]
+            fn lookups_find_nodes_by_did_and_peer_id() {
+                super::lookups_find_nodes_by_did_and_peer_id($runtime);
             }
         }
     };

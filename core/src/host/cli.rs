@@ -1,15 +1,26 @@
 //! The command line, shared by `ocd` (tokio + iroh) and `ocd-smol` (smol + quinn): both binaries
 //! call [`main`] with their [`Launcher`], so they have the same commands, flags and configuration.
+//!
+//! Exit codes: 0 success; 1 a negative answer (`lookup`: not found; `devnet`: did not converge);
+//! 2 an error (bad configuration, no daemon on the control socket, no indexer to ask, a timeout).
 
 use super::config::DaemonConfig;
 use super::control::{self, ControlCommand, ControlReply};
 use super::daemon::{DaemonSetup, HostError, init_logging};
 use super::devnet::{self, DevnetArgs};
 use super::identity;
+use super::lookup::{self, LookupReport};
+use crate::proto::RecordKey;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit code of a negative answer (not found, not converged).
+pub const EXIT_NEGATIVE: u8 = 1;
+/// Exit code of an error.
+pub const EXIT_ERROR: u8 = 2;
 
 /// What a runtime crate provides: how to run a daemon on it.
 pub trait Launcher {
@@ -37,8 +48,10 @@ pub enum Commands {
     Run(RunArgs),
     /// Create (or show) the key and DID in a data directory, and optionally a network key.
     Keygen(KeygenArgs),
-    /// Show a running daemon's pool, sessions and counters.
+    /// Show a running daemon's pool, sessions, records, DHT and counters.
     Status(StatusArgs),
+    /// Find a peer's signed record by DID or peer id, through the running daemon.
+    Lookup(LookupArgs),
     /// Start a whole network of daemons on 127.0.0.1 and watch it converge.
     Devnet(DevnetArgs),
 }
@@ -107,6 +120,26 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `lookup` flags.
+#[derive(Debug, clap::Args)]
+pub struct LookupArgs {
+    /// A peer id (64 hex characters) or a DID (anything else; `/node/<did>` forces a DID).
+    #[arg(value_parser = lookup::parse_key, value_name = "DID|PEER-ID")]
+    pub key: RecordKey,
+    /// Data directory of the daemon.
+    #[arg(long, default_value = "./ocd-data")]
+    pub data_dir: PathBuf,
+    /// Control socket (default: `<data-dir>/control.sock`).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this long, e.g. 15s or 1m (at most 5m).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 impl RunArgs {
@@ -179,7 +212,7 @@ pub fn main<L: Launcher>() -> ExitCode {
                         L::BINARY,
                         L::BINARY
                     );
-                    return ExitCode::from(2);
+                    return ExitCode::from(EXIT_ERROR);
                 }
                 Err(e) => return fail(L::BINARY, &e),
             };
@@ -232,13 +265,11 @@ pub fn main<L: Launcher>() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                Ok(other) => {
-                    eprintln!("{}: unexpected reply {other:?}", L::BINARY);
-                    ExitCode::FAILURE
-                }
+                Ok(other) => fail(L::BINARY, &format!("unexpected reply {other:?}")),
                 Err(e) => fail(L::BINARY, &e),
             }
         }
+        Commands::Lookup(args) => run_lookup(L::BINARY, args),
         Commands::Devnet(args) => {
             init_logging(false);
             devnet::main(args, L::BINARY, L::RUNTIME)
@@ -246,9 +277,42 @@ pub fn main<L: Launcher>() -> ExitCode {
     }
 }
 
+/// `lookup`: ask the daemon, print the verified record (or say why not).
+fn run_lookup(binary: &str, args: LookupArgs) -> ExitCode {
+    let socket = args.control_socket.unwrap_or_else(|| args.data_dir.join(super::config::CONTROL_SOCKET));
+    let timeout_ms = u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+    let key = args.key.clone();
+    let report: LookupReport = match control::request(&socket, &ControlCommand::Lookup { key, timeout_ms }) {
+        Ok(ControlReply::Lookup(report)) => *report,
+        Ok(ControlReply::Error { message }) => return fail(binary, &message),
+        Ok(other) => return fail(binary, &format!("unexpected reply {other:?}")),
+        Err(e) => return fail(binary, &e),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    }
+    if report.found {
+        if !args.json {
+            print!("{}", report.render());
+        }
+        return ExitCode::SUCCESS;
+    }
+    if report.attempts == 0 {
+        // A node with no live indexer has nobody to ask: an error, not an answer.
+        return fail(binary, &format!("cannot look up {}: no live indexer to ask (see `{binary} status`)", report.key));
+    }
+    eprintln!(
+        "{binary}: {} not found ({} indexer{} asked)",
+        report.key,
+        report.attempts,
+        if report.attempts == 1 { "" } else { "s" }
+    );
+    ExitCode::from(EXIT_NEGATIVE)
+}
+
 fn fail(binary: &str, e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("{binary}: {e}");
-    ExitCode::FAILURE
+    ExitCode::from(EXIT_ERROR)
 }
 
 #[cfg(test)]
@@ -272,6 +336,31 @@ mod tests {
         assert_eq!(c.protocol.name, "flag");
         assert_eq!(c.protocol.min_indexers, 3);
         assert_eq!(c.mode, "indexer");
+    }
+
+    #[test]
+    fn lookup_argument_is_a_peer_id_when_64_hex_characters_else_a_did() {
+        let peer = crate::proto::Keypair::derive(9, "cli").peer_id();
+        let parse = |args: &[&str]| match Cli::try_parse_from(args) {
+            Ok(Cli { command: Commands::Lookup(a) }) => Ok(a),
+            Ok(other) => panic!("not lookup: {other:?}"),
+            Err(e) => Err(e),
+        };
+        let hex = peer.to_string();
+        let a = parse(&["ocd", "lookup", &hex]).unwrap();
+        assert_eq!(a.key, RecordKey::Peer(peer));
+        assert_eq!(a.timeout, Duration::from_secs(15));
+        assert!(!a.json);
+        let a = parse(&["ocd", "lookup", "0f3c9a3e-5d2b-4c1a-9e8f-7a6b5c4d3e2f", "--json", "--timeout", "3s"]).unwrap();
+        assert_eq!(a.key, RecordKey::Did(crate::proto::Did::new("0f3c9a3e-5d2b-4c1a-9e8f-7a6b5c4d3e2f").unwrap()));
+        assert_eq!(a.timeout, Duration::from_secs(3));
+        assert!(a.json);
+        let a = parse(&["ocd", "lookup", &format!("/node/{hex}"), "--data-dir", "/tmp/x"]).unwrap();
+        assert!(matches!(a.key, RecordKey::Did(_)));
+        assert_eq!(a.data_dir, PathBuf::from("/tmp/x"));
+        assert!(parse(&["ocd", "lookup"]).is_err(), "the key is required");
+        assert!(parse(&["ocd", "lookup", "/pid/abc"]).is_err(), "a malformed peer id is refused");
+        assert!(parse(&["ocd", "lookup", "x", "--timeout", "soon"]).is_err());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! ```toml
 //! mode = "node"                      # "node", "indexer" or "node,indexer"   (NODE_MODE)
 //! listen = "0.0.0.0:4001"            # QUIC socket                          (NODE_ENDPOINT_PORT sets the port)
+//! advertise = ["203.0.113.7:4001"]   # addresses put in our record; default: the bound ones, with
+//!                                    # 0.0.0.0 replaced by this machine's address   (OCD_ADVERTISE)
 //! seeds = ["<peer-id-hex>@10.0.0.1:4001"]                                   # (INDEXER_ADDRESSES, comma-separated)
 //! data_dir = "./ocd-data"            # key, DID, control socket             (OCD_DATA_DIR)
 //! network_key = "./psk/psk.key"      # shared private-network key           (PSK_PATH)
@@ -15,6 +17,9 @@
 //! min_indexers = 2                   # (MIN_INDEXER)
 //! max_indexers = 5                   # (MAX_INDEXER)
 //! search_timeout = "5s"              # (SEARCH_TIMEOUT, seconds)
+//! record_ttl = "5m"                  # lifetime of our signed record (re-signed at half-life)
+//! trusted_peers = ["<peer-id-hex>"]  # an indexer always treats these as known (the seed's peer DB)
+//! blocked_peers = ["<peer-id-hex>"]  # an indexer never serves these (the seed's BLACKLIST)
 //! ```
 
 use crate::proto::{Config, PeerAddr, Roles};
@@ -63,6 +68,10 @@ pub struct DaemonConfig {
     pub mode: String,
     /// UDP socket the QUIC endpoint binds.
     pub listen: SocketAddr,
+    /// `ip:port` addresses advertised in our signed record and provider announcements (behind
+    /// NAT or port forwarding). Empty: the bound addresses, a wildcard IP replaced by this
+    /// machine's primary address.
+    pub advertise: Vec<String>,
     /// Seed indexers, as `<peer-id-hex>@ip:port[,ip:port…]`.
     pub seeds: Vec<String>,
     /// Where the key, DID and control socket live.
@@ -100,6 +109,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             mode: "node".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 4001)),
+            advertise: Vec::new(),
             seeds: Vec::new(),
             data_dir: PathBuf::from("./ocd-data"),
             network_key: PathBuf::from("./psk/psk.key"),
@@ -195,6 +205,9 @@ impl DaemonConfig {
         if let Some(v) = get("OCD_LISTEN") {
             self.listen = v.trim().parse().map_err(|_| bad("OCD_LISTEN", "not ip:port"))?;
         }
+        if let Some(v) = get("OCD_ADVERTISE") {
+            self.advertise = v.split([',', ' ']).map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+        }
         if let Some(v) = get("OCD_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
@@ -235,6 +248,23 @@ impl DaemonConfig {
         self.roles()?;
         self.seed_addrs()?;
         self.protocol.validate()?;
+        for a in &self.advertise {
+            match a.trim().parse::<SocketAddr>() {
+                Ok(sa) if !sa.ip().is_unspecified() && sa.port() != 0 => {}
+                _ => {
+                    return Err(ConfigFileError::Value {
+                        source_name: "advertise".into(),
+                        message: format!("`{a}` is not a dialable ip:port"),
+                    });
+                }
+            }
+        }
+        if self.advertise.len() > crate::proto::record::MAX_ADDRS {
+            return Err(ConfigFileError::Value {
+                source_name: "advertise".into(),
+                message: format!("at most {} addresses", crate::proto::record::MAX_ADDRS),
+            });
+        }
         if self.send_queue == 0 {
             return Err(ConfigFileError::Value { source_name: "send_queue".into(), message: "must be > 0".into() });
         }
@@ -320,6 +350,24 @@ mod tests {
         let seeds = c.seed_addrs().unwrap();
         assert_eq!(seeds.len(), 2);
         assert_eq!(seeds[0].addrs.len(), 2);
+    }
+
+    #[test]
+    fn advertised_addresses_and_peer_lists_parse_and_are_checked() {
+        let a = "aa".repeat(32);
+        let mut c = DaemonConfig::from_toml(&format!(
+            "advertise = [\"203.0.113.7:4001\"]\n[protocol]\ntrusted_peers = [\"{a}\"]\nblocked_peers = []\n"
+        ))
+        .unwrap();
+        assert_eq!(c.advertise, vec!["203.0.113.7:4001".to_string()]);
+        assert_eq!(c.protocol.trusted_peers.len(), 1);
+        c.validate().unwrap();
+        c.apply_env(env(&[("OCD_ADVERTISE", "198.51.100.1:1, 198.51.100.2:2")])).unwrap();
+        assert_eq!(c.advertise.len(), 2);
+        c.validate().unwrap();
+        c.advertise = vec!["0.0.0.0:4001".into()];
+        assert!(c.validate().unwrap_err().to_string().starts_with("advertise"));
+        assert!(DaemonConfig::from_toml("[protocol]\ntrusted_peers = [\"nope\"]\n").is_err());
     }
 
     #[test]

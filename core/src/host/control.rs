@@ -1,11 +1,15 @@
 //! The local control socket: a Unix socket in the data directory (mode 0600) over which
-//! `ocd status` and the devnet talk to a running daemon. One JSON line in, one JSON line out.
+//! `ocd status`, `ocd lookup` and the devnet talk to a running daemon. One JSON line in, one JSON
+//! line out.
 //!
 //! The server runs on its own thread and hands each request to the driver through a bounded
 //! channel; the driver answers from its own state, so the control path never touches the core
-//! concurrently.
+//! concurrently. A request that waits on the network (a lookup) is bounded by the driver; if its
+//! client hangs up first, the server drops the pending answer so the driver forgets it.
 
+use super::lookup::{self, LookupReport};
 use super::status::StatusReport;
+use crate::proto::RecordKey;
 use futures::channel::{mpsc, oneshot};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,8 +20,13 @@ use std::time::Duration;
 
 /// Longest accepted request line.
 const MAX_REQUEST: u64 = 4096;
-/// How long a request may wait for the driver.
+/// How long a request may wait for the driver (lookups: their own timeout, see
+/// [`ControlCommand::Lookup`]).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bound on a lookup (`ocd lookup --timeout`).
+pub const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest lookup bound the daemon accepts.
+pub const MAX_LOOKUP_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a client asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +36,32 @@ pub enum ControlCommand {
     Status,
     /// Shut down gracefully (same as SIGTERM).
     Shutdown,
+    /// Find a peer's record by DID or peer id; answered with [`ControlReply::Lookup`], or an
+    /// error if the core has not answered within `timeout_ms`.
+    Lookup {
+        /// What to find, as `/pid/<hex>` or `/node/<did>` on the wire.
+        #[serde(with = "lookup::key_text")]
+        key: RecordKey,
+        /// Bound on the wait, in milliseconds (default 15 s, at most 5 min).
+        #[serde(default = "default_lookup_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_lookup_timeout_ms() -> u64 {
+    DEFAULT_LOOKUP_TIMEOUT.as_millis() as u64
+}
+
+impl ControlCommand {
+    /// How long a client should wait for the reply to this command.
+    pub fn reply_timeout(&self) -> Duration {
+        match self {
+            ControlCommand::Lookup { timeout_ms, .. } => {
+                Duration::from_millis(*timeout_ms).min(MAX_LOOKUP_TIMEOUT) + REPLY_TIMEOUT
+            }
+            _ => REPLY_TIMEOUT * 2,
+        }
+    }
 }
 
 /// What the daemon answers.
@@ -37,6 +72,8 @@ pub enum ControlReply {
     Status(Box<StatusReport>),
     /// Shutdown started.
     ShuttingDown,
+    /// A lookup finished (found or not).
+    Lookup(Box<LookupReport>),
     /// The request failed.
     Error {
         /// Why.
@@ -114,6 +151,7 @@ fn answer(stream: UnixStream, mut requests: mpsc::Sender<ControlRequest>) -> std
     let reply = match serde_json::from_str::<ControlCommand>(line.trim()) {
         Err(e) => ControlReply::Error { message: format!("bad request: {e}") },
         Ok(command) => {
+            let waits_on_network = matches!(command, ControlCommand::Lookup { .. });
             let (tx, rx) = oneshot::channel();
             let sent = futures::executor::block_on(futures::SinkExt::send(
                 &mut requests,
@@ -121,8 +159,13 @@ fn answer(stream: UnixStream, mut requests: mpsc::Sender<ControlRequest>) -> std
             ));
             match sent {
                 Err(_) => ControlReply::Error { message: "the daemon is shutting down".into() },
-                Ok(()) => futures::executor::block_on(rx)
+                Ok(()) if !waits_on_network => futures::executor::block_on(rx)
                     .unwrap_or(ControlReply::Error { message: "the daemon is shutting down".into() }),
+                Ok(()) => match wait_unless_client_leaves(&stream, rx) {
+                    Some(reply) => reply,
+                    // The client hung up: dropping `rx` tells the driver nobody waits any more.
+                    None => return Ok(()),
+                },
             }
         }
     };
@@ -131,12 +174,47 @@ fn answer(stream: UnixStream, mut requests: mpsc::Sender<ControlRequest>) -> std
     (&stream).write_all(out.as_bytes())
 }
 
-/// Sends one command to the daemon listening on `path` and returns its reply.
+/// Waits for the driver's reply while watching the client: `None` if the client closed its end
+/// first. A helper thread blocks reading the (otherwise idle) client socket; end of stream or an
+/// error there means the client is gone.
+fn wait_unless_client_leaves(stream: &UnixStream, rx: oneshot::Receiver<ControlReply>) -> Option<ControlReply> {
+    let shutting_down = || ControlReply::Error { message: "the daemon is shutting down".into() };
+    let Ok(watch) = stream.try_clone() else {
+        return Some(futures::executor::block_on(rx).unwrap_or_else(|_| shutting_down()));
+    };
+    let (gone_tx, gone_rx) = oneshot::channel::<()>();
+    let watcher = std::thread::Builder::new().name("ocd-control-watch".into()).spawn(move || {
+        let mut byte = [0u8; 1];
+        loop {
+            match (&watch).read(&mut byte) {
+                Ok(0) => break,
+                Ok(_) => {} // nothing more is expected from the client; ignore it
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = gone_tx.send(());
+    });
+    if watcher.is_err() {
+        return Some(futures::executor::block_on(rx).unwrap_or_else(|_| shutting_down()));
+    }
+    let reply = match futures::executor::block_on(futures::future::select(rx, gone_rx)) {
+        futures::future::Either::Left((reply, _)) => Some(reply.unwrap_or_else(|_| shutting_down())),
+        futures::future::Either::Right(_) => None,
+    };
+    // Unblock the watcher (the reply, if any, is written on the write half, still open).
+    let _ = stream.shutdown(std::net::Shutdown::Read);
+    reply
+}
+
+/// Sends one command to the daemon listening on `path` and returns its reply (waiting at most
+/// [`ControlCommand::reply_timeout`]).
 pub fn request(path: &Path, command: &ControlCommand) -> Result<ControlReply, ControlError> {
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     let stream =
         UnixStream::connect(path).map_err(|source| ControlError::NotRunning { path: path.to_path_buf(), source })?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT * 2)).map_err(io)?;
+    stream.set_read_timeout(Some(command.reply_timeout())).map_err(io)?;
     stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_string(command).map_err(|e| ControlError::BadReply(e.to_string()))?;
     line.push('\n');
@@ -167,6 +245,36 @@ mod tests {
         });
         assert_eq!(request(&path, &ControlCommand::Shutdown).unwrap(), ControlReply::ShuttingDown);
         server.join().unwrap();
+    }
+
+    #[test]
+    fn lookup_command_carries_its_key_as_text() {
+        let key = lookup::parse_key("did-of-bob").unwrap();
+        let cmd = ControlCommand::Lookup { key: key.clone(), timeout_ms: 2_000 };
+        let line = serde_json::to_string(&cmd).unwrap();
+        assert_eq!(line, r#"{"command":"lookup","key":"/node/did-of-bob","timeout_ms":2000}"#);
+        assert_eq!(serde_json::from_str::<ControlCommand>(&line).unwrap(), cmd);
+        let default: ControlCommand = serde_json::from_str(r#"{"command":"lookup","key":"/node/x"}"#).unwrap();
+        assert!(matches!(default, ControlCommand::Lookup { timeout_ms: 15_000, .. }));
+        assert!(serde_json::from_str::<ControlCommand>(r#"{"command":"lookup","key":"/pid/zz"}"#).is_err());
+    }
+
+    #[test]
+    fn lookup_whose_client_hangs_up_is_dropped_for_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let (tx, mut rx) = mpsc::channel::<ControlRequest>(4);
+        serve(&path, tx).unwrap();
+        let client = UnixStream::connect(&path).unwrap();
+        (&client).write_all(b"{\"command\":\"lookup\",\"key\":\"/node/x\"}\n").unwrap();
+        let req = futures::executor::block_on(rx.next()).unwrap();
+        assert!(matches!(req.command, ControlCommand::Lookup { .. }));
+        assert!(!req.reply.is_canceled());
+        drop(client);
+        // The server notices the hang-up and drops its end: the driver sees a cancelled reply.
+        let mut reply = req.reply;
+        futures::executor::block_on(reply.cancellation());
+        assert!(reply.is_canceled());
     }
 
     #[test]

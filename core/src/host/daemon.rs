@@ -1,6 +1,6 @@
 //! Starting a daemon, written once for both runtimes: resolve the identity and network key, build
 //! the [`Peer`], start the control socket, metrics and signal handling, then run the
-//! [driver](super::driver) over the runtime's transport until shutdown.
+//! [driver] over the runtime's transport until shutdown.
 
 use super::config::{ConfigFileError, DaemonConfig};
 use super::control::{self, ControlCommand, ControlError, ControlRequest};
@@ -8,8 +8,9 @@ use super::driver::{self, Clock, DriverOptions};
 use super::identity::{self, Identity, IdentityFileError};
 use super::metrics::{self, Metrics};
 use super::transport::{Runtime, Transport};
-use crate::proto::{Peer, PeerAddr, PeerSetup, Roles};
+use crate::proto::{Addr, Peer, PeerAddr, PeerSetup, Roles};
 use futures::channel::{mpsc, oneshot};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
 /// Errors that stop a daemon from starting.
@@ -64,8 +65,9 @@ impl DaemonSetup {
         Ok(DaemonSetup { config, identity, network_key, roles, seeds })
     }
 
-    /// The core's setup.
-    pub fn peer_setup(&self) -> Result<PeerSetup, HostError> {
+    /// The core's setup; `addrs` are the addresses put in our record and provider announcements
+    /// (see [`advertised_addrs`]).
+    pub fn peer_setup(&self, addrs: Vec<Addr>) -> Result<PeerSetup, HostError> {
         let rng_seed = match self.config.rng_seed {
             Some(s) => s,
             None => identity::os_random_u64()?,
@@ -78,6 +80,7 @@ impl DaemonSetup {
             roles: self.roles,
             seeds: self.seeds.clone(),
             rng_seed,
+            addrs,
         })
     }
 }
@@ -101,16 +104,66 @@ pub async fn serve<T: Transport, R: Runtime>(
     watch_signals(control_tx.clone())?;
     drop(control_tx);
     let clock = Clock::start();
-    let peer = Peer::new(setup.peer_setup()?, clock.now());
+    let advertised = advertised_addrs(&transport.local_addr().addrs, &setup.config.advertise);
+    tracing::info!(addrs = ?advertised, "advertising these addresses in our record");
+    let peer = Peer::new(setup.peer_setup(advertised.clone())?, clock.now());
     let options = DriverOptions {
         runtime_name,
         send_queue: setup.config.send_queue,
         connect_timeout: setup.config.protocol.handshake_timeout,
+        advertised,
         ..DriverOptions::default()
     };
     driver::run(rt, transport, peer, clock, options, control_rx, metrics).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The addresses a daemon puts in its signed record and provider announcements: the configured
+/// `advertise` list if any, else the transport's bound addresses with every unspecified IP
+/// (`0.0.0.0`, `::`) replaced by this machine's primary address of that family — the one its
+/// routing table would use for outside traffic, found without sending anything — or by loopback
+/// when the machine has no route. Deduplicated, at most [`crate::proto::record::MAX_ADDRS`].
+pub fn advertised_addrs(bound: &[Addr], configured: &[String]) -> Vec<Addr> {
+    let mut out: Vec<Addr> = Vec::new();
+    let mut push = |a: String| {
+        if !out.contains(&a) && out.len() < crate::proto::record::MAX_ADDRS {
+            out.push(a);
+        }
+    };
+    if !configured.is_empty() {
+        configured.iter().map(|a| a.trim().to_string()).for_each(&mut push);
+        return out;
+    }
+    for a in bound {
+        match a.parse::<SocketAddr>() {
+            Ok(sa) if sa.ip().is_unspecified() => {
+                push(SocketAddr::new(primary_ip(sa.is_ipv4()), sa.port()).to_string())
+            }
+            _ => push(a.clone()),
+        }
+    }
+    out
+}
+
+/// This machine's address for outside traffic in one family (loopback without a route). A UDP
+/// `connect` only asks the routing table; no packet leaves the machine.
+fn primary_ip(v4: bool) -> IpAddr {
+    let (any, probe, loopback): (SocketAddr, SocketAddr, IpAddr) = if v4 {
+        ((Ipv4Addr::UNSPECIFIED, 0).into(), (Ipv4Addr::new(192, 0, 2, 1), 9).into(), Ipv4Addr::LOCALHOST.into())
+    } else {
+        (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
+            Ipv6Addr::LOCALHOST.into(),
+        )
+    };
+    UdpSocket::bind(any)
+        .and_then(|s| s.connect(probe).and_then(|()| s.local_addr()))
+        .map(|l| l.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(loopback)
 }
 
 /// SIGINT/SIGTERM start a graceful shutdown; a second signal exits at once.
@@ -147,4 +200,27 @@ pub fn init_logging(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_addresses_are_dialable() {
+        // Specific binds are advertised as they are.
+        assert_eq!(advertised_addrs(&["127.0.0.1:4001".into()], &[]), vec!["127.0.0.1:4001".to_string()]);
+        // A wildcard bind becomes a concrete address of the same family with the same port.
+        for (bound, v4) in [("0.0.0.0:4001", true), ("[::]:4002", false)] {
+            let out = advertised_addrs(&[bound.into()], &[]);
+            assert_eq!(out.len(), 1, "{out:?}");
+            let sa: SocketAddr = out[0].parse().unwrap();
+            assert!(!sa.ip().is_unspecified(), "{sa}");
+            assert_eq!(sa.is_ipv4(), v4);
+            assert_eq!(sa.port(), bound.rsplit(':').next().unwrap().parse::<u16>().unwrap());
+        }
+        // Configured addresses win; duplicates are dropped.
+        let configured = vec!["203.0.113.7:4001".to_string(), "203.0.113.7:4001".to_string()];
+        assert_eq!(advertised_addrs(&["0.0.0.0:4001".into()], &configured), vec!["203.0.113.7:4001".to_string()]);
+    }
 }

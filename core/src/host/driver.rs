@@ -18,14 +18,20 @@
 //!   are flushed and the stream finished before the QUIC close.
 //! * **Time.** `now` is wall-clock milliseconds at start plus a monotonic clock, so the core never
 //!   sees time go backwards.
+//! * **Lookups.** A control-socket lookup becomes `Command::Lookup` with a fresh id; the driver
+//!   keeps serving while it runs (any number at once, up to [`MAX_PENDING_LOOKUPS`]) and answers
+//!   the client when the core's `Event::LookupDone` with that id arrives. The core always answers,
+//!   but the wait is still bounded by the client's timeout, and a lookup whose client hung up is
+//!   forgotten at once.
 
-use super::control::{ControlCommand, ControlReply, ControlRequest};
+use super::control::{ControlCommand, ControlReply, ControlRequest, MAX_LOOKUP_TIMEOUT};
+use super::lookup::LookupReport;
 use super::metrics::Metrics;
 use super::status::StatusReport;
 use super::transport::{BoxFuture, ConnectionHandle, Established, Runtime, Transport, TransportError, close_code};
 use crate::proto::wire::{FrameDecoder, WireError, encode_frame};
-use crate::proto::{CloseReason, Command, Event, Input, Message, Output, Peer, PeerAddr, PeerId, Timestamp};
-use futures::channel::mpsc;
+use crate::proto::{CloseReason, Command, Event, Input, Message, Output, Peer, PeerAddr, PeerId, RecordKey, Timestamp};
+use futures::channel::{mpsc, oneshot};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::{HashMap, HashSet};
@@ -37,6 +43,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const READ_CHUNK: usize = 16 * 1024;
 /// Queue from all connection readers to the driver.
 const INBOX: usize = 4096;
+/// Most control-socket lookups waiting for the core at once; more are refused.
+pub const MAX_PENDING_LOOKUPS: usize = 256;
 
 /// The driver's clock: wall-clock milliseconds at start, advanced by a monotonic clock.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +82,9 @@ pub struct DriverOptions {
     pub connect_timeout: Duration,
     /// How long a gracefully closed connection lingers so its last frames arrive.
     pub linger: Duration,
+    /// The addresses this daemon advertises in its record and provider announcements (shown by
+    /// `status`; empty: the transport's bound addresses).
+    pub advertised: Vec<crate::proto::Addr>,
 }
 
 impl Default for DriverOptions {
@@ -83,6 +94,7 @@ impl Default for DriverOptions {
             send_queue: 1024,
             connect_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(250),
+            advertised: Vec::new(),
         }
     }
 }
@@ -110,6 +122,15 @@ enum Outgoing {
     Close { code: u32, reason: &'static str },
 }
 
+/// A control-socket lookup waiting for the core's answer.
+struct PendingLookup {
+    key: RecordKey,
+    started: Timestamp,
+    /// The client's bound.
+    timeout: Duration,
+    reply: oneshot::Sender<ControlReply>,
+}
+
 struct Conn<T: Transport> {
     id: u64,
     outbound: bool,
@@ -122,6 +143,10 @@ enum Wake<T: Transport> {
     Setup(SetupEvent<T>),
     Conn(ConnEvent),
     Timer,
+    /// A lookup's bound passed.
+    LookupExpired(u64),
+    /// A lookup's client hung up.
+    LookupAbandoned,
 }
 
 /// Runs `peer` until a [`ControlCommand::Shutdown`] arrives on `control` (or every control
@@ -138,9 +163,15 @@ pub async fn run<T: Transport, R: Runtime>(
 ) {
     let started = clock.now();
     let me = peer.id();
-    let local = transport.local_addr();
+    let bound = transport.local_addr();
+    let local = if options.advertised.is_empty() {
+        bound.clone()
+    } else {
+        PeerAddr { id: bound.id, addrs: options.advertised.clone() }
+    };
     let (setup_tx, mut setup_rx) = mpsc::unbounded::<SetupEvent<T>>();
     let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(INBOX);
+    let (expired_tx, mut expired_rx) = mpsc::unbounded::<u64>();
     let mut d = State::<T, R> {
         rt: rt.clone(),
         transport: transport.clone(),
@@ -153,6 +184,8 @@ pub async fn run<T: Transport, R: Runtime>(
         next_conn: 1,
         setup_tx: setup_tx.clone(),
         conn_tx,
+        lookups: HashMap::new(),
+        next_lookup: 1,
     };
 
     // Accept loop: each incoming connection finishes its handshake in its own task.
@@ -207,6 +240,12 @@ pub async fn run<T: Transport, R: Runtime>(
             {
                 return Poll::Ready(Wake::Timer);
             }
+            if let Poll::Ready(Some(id)) = expired_rx.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::LookupExpired(id));
+            }
+            if d.lookups.values_mut().any(|p| p.reply.poll_canceled(cx).is_ready()) {
+                return Poll::Ready(Wake::LookupAbandoned);
+            }
             Poll::Pending
         })
         .await;
@@ -216,6 +255,28 @@ pub async fn run<T: Transport, R: Runtime>(
                 timer = None;
                 peer.handle(Input::Timeout, now);
                 d.update_pool_gauges(&peer);
+            }
+            Wake::LookupExpired(id) => {
+                if let Some(p) = d.lookups.remove(&id) {
+                    Metrics::inc(&metrics.lookups_timed_out);
+                    tracing::info!(key = %p.key, waited_ms = now.0.saturating_sub(p.started.0), "lookup: no answer in time");
+                    let _ = p.reply.send(ControlReply::Error {
+                        message: format!(
+                            "lookup of {}: no answer within {}",
+                            p.key,
+                            humantime::format_duration(p.timeout)
+                        ),
+                    });
+                }
+            }
+            Wake::LookupAbandoned => {
+                d.lookups.retain(|id, p| {
+                    let keep = !p.reply.is_canceled();
+                    if !keep {
+                        tracing::debug!(id, key = %p.key, "lookup abandoned by its client");
+                    }
+                    keep
+                });
             }
             Wake::Setup(SetupEvent::Accepted(est)) => d.adopt(&mut peer, est, now),
             Wake::Setup(SetupEvent::Dialed { peer: id, result }) => {
@@ -260,13 +321,42 @@ pub async fn run<T: Transport, R: Runtime>(
             }
             Wake::Control(Some(req)) => match req.command {
                 ControlCommand::Status => {
-                    let report =
-                        StatusReport::build(&peer, options.runtime_name, &local, started, now, metrics.snapshot());
+                    let report = StatusReport::build(
+                        &peer,
+                        options.runtime_name,
+                        &local,
+                        &bound,
+                        started,
+                        now,
+                        metrics.snapshot(),
+                    );
                     let _ = req.reply.send(ControlReply::Status(Box::new(report)));
                 }
                 ControlCommand::Shutdown => {
                     let _ = req.reply.send(ControlReply::ShuttingDown);
                     break;
+                }
+                ControlCommand::Lookup { key, timeout_ms } => {
+                    if d.lookups.len() >= MAX_PENDING_LOOKUPS {
+                        let _ = req.reply.send(ControlReply::Error {
+                            message: format!("{MAX_PENDING_LOOKUPS} lookups are already running; try again"),
+                        });
+                    } else {
+                        let id = d.next_lookup;
+                        d.next_lookup += 1;
+                        let timeout =
+                            Duration::from_millis(timeout_ms).clamp(Duration::from_millis(1), MAX_LOOKUP_TIMEOUT);
+                        let (sleep, tx) = (rt.sleep(timeout), expired_tx.clone());
+                        rt.spawn(Box::pin(async move {
+                            sleep.await;
+                            let _ = tx.unbounded_send(id);
+                        }));
+                        tracing::debug!(id, %key, "lookup");
+                        // Registered before the core runs: it may answer at once.
+                        let pending = PendingLookup { key: key.clone(), started: now, timeout, reply: req.reply };
+                        d.lookups.insert(id, pending);
+                        peer.handle(Input::Command(Command::Lookup { id, key }), now);
+                    }
                 }
             },
             Wake::Control(None) => break,
@@ -279,6 +369,7 @@ pub async fn run<T: Transport, R: Runtime>(
         if let Some(ix) = peer.indexer() {
             Metrics::set(&metrics.sessions, ix.session_count() as u64);
         }
+        metrics.observe_dht(&peer);
     }
 
     tracing::info!("shutting down");
@@ -308,6 +399,9 @@ struct State<T: Transport, R: Runtime> {
     next_conn: u64,
     setup_tx: mpsc::UnboundedSender<SetupEvent<T>>,
     conn_tx: mpsc::Sender<ConnEvent>,
+    /// Control-socket lookups waiting for the core, by command id.
+    lookups: HashMap<u64, PendingLookup>,
+    next_lookup: u64,
 }
 
 impl<T: Transport, R: Runtime> State<T, R> {
@@ -389,7 +483,19 @@ impl<T: Transport, R: Runtime> State<T, R> {
             Event::PeerBanned { .. } => Metrics::inc(&self.metrics.bans),
             Event::HandshakeFailed { .. } => Metrics::inc(&self.metrics.handshake_failures),
             Event::RequestRefused { .. } => Metrics::inc(&self.metrics.heartbeats_refused),
+            Event::RecordStored { .. } => Metrics::inc(&self.metrics.records_stored),
+            Event::RecordRejected { .. } => Metrics::inc(&self.metrics.records_rejected),
             _ => {}
+        }
+        if let Event::LookupDone { id, key, record, hops, attempts } = &e {
+            Metrics::inc(if record.is_some() { &self.metrics.lookups_found } else { &self.metrics.lookups_not_found });
+            tracing::info!(%key, found = record.is_some(), hops, attempts, "lookup done");
+            if let Some(p) = self.lookups.remove(id) {
+                let now = self.clock.now();
+                let report = LookupReport::new(&p.key, record.as_ref(), *hops, *attempts, p.started, now);
+                let _ = p.reply.send(ControlReply::Lookup(Box::new(report)));
+            }
+            return;
         }
         match &e {
             Event::IndexerAdded { .. }
@@ -398,6 +504,7 @@ impl<T: Transport, R: Runtime> State<T, R> {
             | Event::IndexerEvicted { .. }
             | Event::SeedRecovery { .. }
             | Event::PeerBanned { .. }
+            | Event::RecordRejected { .. }
             | Event::HandshakeFailed { .. } => tracing::info!(event = ?e),
             _ => tracing::debug!(event = ?e),
         }

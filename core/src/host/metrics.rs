@@ -1,6 +1,7 @@
 //! Prometheus metrics: counters and gauges the driver updates, rendered in the text exposition
 //! format and served over plain HTTP on a configurable local address.
 
+use crate::proto::Peer;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,12 +38,74 @@ pub struct Metrics {
     pub sessions: AtomicU64,
     /// Open connections (gauge).
     pub connections: AtomicU64,
+    /// Lookups (`ocd lookup`) that found a verified record.
+    pub lookups_found: AtomicU64,
+    /// Lookups the core answered with "not found".
+    pub lookups_not_found: AtomicU64,
+    /// Lookups the core did not answer within the client's bound.
+    pub lookups_timed_out: AtomicU64,
+    /// Records this indexer accepted into its store (`Event::RecordStored`).
+    pub records_stored: AtomicU64,
+    /// Records this indexer refused (`Event::RecordRejected`).
+    pub records_rejected: AtomicU64,
+    /// The DHT's view, copied from the core after every step.
+    pub dht: Mutex<DhtGauges>,
     /// Per-indexer gauges: (peer id hex, score, last RTT seconds).
     pub indexers: Mutex<Vec<(String, f64, Option<f64>)>>,
 }
 
+/// The DHT's gauges and the core's DHT counters ([`crate::proto::dht::DhtStats`]), as last seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DhtGauges {
+    /// Records held (indexers; a node holds none).
+    pub records: u64,
+    /// Peers in the routing table.
+    pub table_size: u64,
+    /// Provider announcements held.
+    pub providers: u64,
+    /// DHT queries running.
+    pub queries_running: u64,
+    /// Queries started.
+    pub queries: u64,
+    /// Queries refused because `kad_max_queries` were running.
+    pub queries_refused: u64,
+    /// DHT RPCs sent.
+    pub rpcs: u64,
+    /// DHT RPCs that failed or timed out.
+    pub rpc_failures: u64,
+    /// Records accepted from `STORE`s.
+    pub stores_accepted: u64,
+    /// `STORE`s refused.
+    pub stores_refused: u64,
+    /// Record signatures verified.
+    pub verifications: u64,
+}
+
+impl DhtGauges {
+    /// Reads the core's DHT (a server for an indexer, a client for a node).
+    pub fn of(peer: &Peer) -> Self {
+        let dht = peer.dht();
+        let st = dht.stats();
+        DhtGauges {
+            records: dht.records().len() as u64,
+            table_size: dht.table().len() as u64,
+            providers: dht.provider_count() as u64,
+            queries_running: dht.query_count() as u64,
+            queries: st.queries,
+            queries_refused: st.queries_refused,
+            rpcs: st.rpcs,
+            rpc_failures: st.rpc_failures,
+            stores_accepted: st.stores_accepted,
+            stores_refused: st.stores_refused,
+            verifications: st.verifications,
+        }
+    }
+}
+
 /// Counter values, for `ocd status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MetricsSnapshot {
     /// See [`Metrics::heartbeats_sent`].
     pub heartbeats_sent: u64,
@@ -60,6 +123,16 @@ pub struct MetricsSnapshot {
     pub slow_peers: u64,
     /// See [`Metrics::handshake_failures`].
     pub handshake_failures: u64,
+    /// See [`Metrics::lookups_found`].
+    pub lookups_found: u64,
+    /// See [`Metrics::lookups_not_found`].
+    pub lookups_not_found: u64,
+    /// See [`Metrics::lookups_timed_out`].
+    pub lookups_timed_out: u64,
+    /// See [`Metrics::records_stored`].
+    pub records_stored: u64,
+    /// See [`Metrics::records_rejected`].
+    pub records_rejected: u64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -88,6 +161,18 @@ impl Metrics {
             protocol_errors: get(&self.protocol_errors),
             slow_peers: get(&self.slow_peers),
             handshake_failures: get(&self.handshake_failures),
+            lookups_found: get(&self.lookups_found),
+            lookups_not_found: get(&self.lookups_not_found),
+            lookups_timed_out: get(&self.lookups_timed_out),
+            records_stored: get(&self.records_stored),
+            records_rejected: get(&self.records_rejected),
+        }
+    }
+
+    /// Copies the core's DHT view into the gauges.
+    pub fn observe_dht(&self, peer: &Peer) {
+        if let Ok(mut slot) = self.dht.lock() {
+            *slot = DhtGauges::of(peer);
         }
     }
 
@@ -125,6 +210,44 @@ impl Metrics {
         metric("ocd_pool_size", "gauge", "Live indexers in the pool.", get(&self.pool_live));
         metric("ocd_sessions", "gauge", "Admitted node sessions.", get(&self.sessions));
         metric("ocd_connections", "gauge", "Open connections.", get(&self.connections));
+        let dht = self.dht.lock().map(|g| *g).unwrap_or_default();
+        metric("ocd_dht_records", "gauge", "Peer records held in this indexer's DHT store.", dht.records);
+        metric("ocd_dht_table_size", "gauge", "Indexers in the Kademlia routing table.", dht.table_size);
+        metric("ocd_dht_providers", "gauge", "Indexer provider announcements held.", dht.providers);
+        metric("ocd_dht_queries_running", "gauge", "DHT queries in flight.", dht.queries_running);
+        metric("ocd_dht_queries_total", "counter", "DHT queries started.", dht.queries);
+        metric(
+            "ocd_dht_queries_refused_total",
+            "counter",
+            "DHT queries refused because kad_max_queries were running.",
+            dht.queries_refused,
+        );
+        metric("ocd_dht_rpcs_total", "counter", "DHT RPCs sent.", dht.rpcs);
+        metric("ocd_dht_rpc_failures_total", "counter", "DHT RPCs that failed or timed out.", dht.rpc_failures);
+        metric("ocd_dht_stores_accepted_total", "counter", "Records accepted from DHT STOREs.", dht.stores_accepted);
+        metric("ocd_dht_stores_refused_total", "counter", "DHT STOREs refused.", dht.stores_refused);
+        metric("ocd_record_verifications_total", "counter", "Record signatures verified.", dht.verifications);
+        metric(
+            "ocd_records_stored_total",
+            "counter",
+            "Records accepted into this indexer's store (from owners or replicas).",
+            get(&self.records_stored),
+        );
+        metric(
+            "ocd_records_rejected_total",
+            "counter",
+            "Records refused by this indexer.",
+            get(&self.records_rejected),
+        );
+        s.push_str("# HELP ocd_lookups_total Lookups asked over the control socket, by outcome.\n");
+        s.push_str("# TYPE ocd_lookups_total counter\n");
+        for (outcome, v) in [
+            ("found", get(&self.lookups_found)),
+            ("not_found", get(&self.lookups_not_found)),
+            ("timed_out", get(&self.lookups_timed_out)),
+        ] {
+            s.push_str(&format!("ocd_lookups_total{{outcome=\"{outcome}\"}} {v}\n"));
+        }
         let indexers = self.indexers.lock().map(|g| g.clone()).unwrap_or_default();
         if !indexers.is_empty() {
             s.push_str("# HELP ocd_pool_indexer_score Score (0-100) of each pool entry.\n");
@@ -188,6 +311,10 @@ mod tests {
         let m = Arc::new(Metrics::default());
         Metrics::inc(&m.heartbeats_sent);
         Metrics::set(&m.pool_live, 3);
+        Metrics::inc(&m.lookups_found);
+        Metrics::inc(&m.lookups_not_found);
+        Metrics::inc(&m.lookups_not_found);
+        m.dht.lock().unwrap().rpcs = 42;
         m.indexers.lock().unwrap().push(("ab".into(), 87.5, Some(0.012)));
         let addr = serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
@@ -197,6 +324,10 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 200 OK"));
         assert!(body.contains("\nocd_heartbeats_sent_total 1\n"), "{body}");
         assert!(body.contains("\nocd_pool_size 3\n"));
+        assert!(body.contains("\nocd_dht_rpcs_total 42\n"), "{body}");
+        assert!(body.contains("\nocd_dht_records 0\n"), "{body}");
+        assert!(body.contains("ocd_lookups_total{outcome=\"found\"} 1\n"), "{body}");
+        assert!(body.contains("ocd_lookups_total{outcome=\"not_found\"} 2\n"), "{body}");
         assert!(body.contains("ocd_pool_indexer_score{indexer=\"ab\"} 87.5"));
         assert!(body.contains("ocd_pool_indexer_rtt_seconds{indexer=\"ab\"} 0.012"));
     }

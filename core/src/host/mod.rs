@@ -6,6 +6,10 @@
 //!
 //! * [`identity`] — the daemon's key, DID and network key on disk.
 //! * [`transport`] — the two small traits (transport, runtime) a runtime implements.
+//! * [`driver`] — the one event loop feeding the core, shared by both runtimes.
+//! * [`daemon`], [`config`], [`cli`] — starting a daemon, its configuration, its commands.
+//! * [`control`], [`status`], [`lookup`] — the local control socket and what it answers.
+//! * [`metrics`] — Prometheus counters and gauges; [`devnet`] — a whole network on 127.0.0.1.
 
 pub mod cli;
 pub mod config;
@@ -14,6 +18,7 @@ pub mod daemon;
 pub mod devnet;
 pub mod driver;
 pub mod identity;
+pub mod lookup;
 pub mod metrics;
 pub mod status;
 pub mod transport;

@@ -1,7 +1,8 @@
 //! What `ocd status` shows: a snapshot of the running daemon built from the core's read-only
 //! views, serialised as JSON over the control socket, and rendered as a table.
 
-use super::metrics::MetricsSnapshot;
+use super::lookup::rfc3339;
+use super::metrics::{DhtGauges, MetricsSnapshot};
 use crate::proto::pool::EntryState;
 use crate::proto::{Peer, PeerAddr, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -22,18 +23,55 @@ pub struct StatusReport {
     pub name: String,
     /// `node`, `indexer` or both.
     pub roles: Vec<String>,
-    /// Our dialable address, `<peer-id>@ip:port`.
+    /// Our dialable address, `<peer-id>@ip:port[,ip:port…]`: the addresses advertised in our
+    /// record and provider announcements.
     pub address: String,
+    /// The sockets the transport is bound to (may be `0.0.0.0:port`).
+    #[serde(default)]
+    pub listen: Vec<String>,
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// The daemon's clock at this snapshot (ms since the epoch).
+    #[serde(default)]
+    pub now_ms: u64,
     /// Open, authenticated-or-handshaking connections known to the core.
     pub connections: usize,
     /// The node role's pool.
     pub pool: Option<PoolStatus>,
     /// The indexer role's state.
     pub indexer: Option<IndexerStatus>,
+    /// Our own signed record.
+    #[serde(default)]
+    pub record: Option<OwnRecordStatus>,
+    /// The DHT: records, routing table, providers, queries, counters.
+    #[serde(default)]
+    pub dht: DhtStatus,
     /// Counters since start.
     pub counters: MetricsSnapshot,
+}
+
+/// Our own record, as last signed (it is re-signed at half-life).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnRecordStatus {
+    /// When it was signed (ms since the epoch).
+    pub issued_at_ms: u64,
+    /// When it expires (ms since the epoch).
+    pub expires_at_ms: u64,
+    /// `expires_at` in RFC 3339.
+    pub expires_at: String,
+    /// Addresses it advertises.
+    pub addrs: Vec<String>,
+}
+
+/// The DHT part of the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DhtStatus {
+    /// `server` (an indexer: routing table, store, providers) or `client` (a node: queries only).
+    pub mode: String,
+    /// Gauges and counters.
+    #[serde(flatten)]
+    pub view: DhtGauges,
 }
 
 /// The pool of a node.
@@ -143,6 +181,7 @@ impl StatusReport {
         peer: &Peer,
         runtime: &str,
         address: &PeerAddr,
+        listen: &PeerAddr,
         started: Timestamp,
         now: Timestamp,
         counters: MetricsSnapshot,
@@ -207,10 +246,22 @@ impl StatusReport {
                 .map(String::from)
                 .collect(),
             address: address.to_string(),
+            listen: listen.addrs.clone(),
             uptime_secs: now.0.saturating_sub(started.0) / 1000,
+            now_ms: now.0,
             connections: peer.connections().len(),
             pool,
             indexer,
+            record: peer.record().map(|r| OwnRecordStatus {
+                issued_at_ms: r.body.issued_at.0,
+                expires_at_ms: r.body.expires_at.0,
+                expires_at: rfc3339(r.body.expires_at),
+                addrs: r.body.addrs.clone(),
+            }),
+            dht: DhtStatus {
+                mode: if peer.dht().is_server() { "server" } else { "client" }.into(),
+                view: DhtGauges::of(peer),
+            },
             counters,
         }
     }
@@ -230,6 +281,9 @@ impl StatusReport {
             let _ = writeln!(s, "name     {}", self.name);
         }
         let _ = writeln!(s, "address  {}", self.address);
+        if self.listen.iter().any(|l| !self.address.contains(l.as_str())) {
+            let _ = writeln!(s, "listen   {}", self.listen.join(", "));
+        }
         let _ =
             writeln!(s, "uptime   {}", humantime::format_duration(std::time::Duration::from_secs(self.uptime_secs)));
         let _ = writeln!(s, "conns    {}", self.connections);
@@ -300,10 +354,41 @@ impl StatusReport {
                 }
             }
         }
+        let _ = writeln!(s);
+        match &self.record {
+            Some(r) => {
+                let left = r.expires_at_ms.saturating_sub(self.now_ms) / 1000;
+                let _ = writeln!(
+                    s,
+                    "record: expires {} (in {}), re-signed at half-life",
+                    r.expires_at,
+                    humantime::format_duration(std::time::Duration::from_secs(left))
+                );
+            }
+            None => {
+                let _ = writeln!(s, "record: none signed");
+            }
+        }
+        let d = &self.dht.view;
+        let _ = writeln!(
+            s,
+            "dht ({}): {} records, {} peers in the routing table, {} providers, {} queries running",
+            self.dht.mode, d.records, d.table_size, d.providers, d.queries_running
+        );
+        let _ = writeln!(
+            s,
+            "  queries {} (refused {}); rpcs {} (failed {}); stores accepted {} / refused {}; verifications {}",
+            d.queries, d.queries_refused, d.rpcs, d.rpc_failures, d.stores_accepted, d.stores_refused, d.verifications
+        );
         let c = &self.counters;
         let _ = writeln!(
             s,
-            "\nheartbeats sent {} / received {} / refused {}; evictions {}; bans {}",
+            "lookups found {} / not found {} / timed out {}; records stored {} / rejected {}",
+            c.lookups_found, c.lookups_not_found, c.lookups_timed_out, c.records_stored, c.records_rejected
+        );
+        let _ = writeln!(
+            s,
+            "heartbeats sent {} / received {} / refused {}; evictions {}; bans {}",
             c.heartbeats_sent, c.heartbeats_received, c.heartbeats_refused, c.evictions, c.bans
         );
         s
