@@ -53,6 +53,8 @@ fn heartbeat_response(req: RequestId) -> Message {
         born_at: Timestamp::from_millis(1_699_000_000_000),
         challenges,
         did_found: None,
+        did_record: None,
+        record_expires: Some(Timestamp::from_millis(1_700_000_300_000)),
         witnesses: Vec::new(),
         suggestions: Vec::new(),
         suggest_migrate: false,
