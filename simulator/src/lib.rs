@@ -38,13 +38,31 @@
 //!   later and still hold it are counted in `too_recent`); `evicted_by` = the share of them that evicted it, for any reason (`evict_reasons`
 //!   breaks it down); `evicted_for_cause_by` is stricter: of the honest nodes that counted it
 //!   *live* after the start, the share whose next eviction of it was not a refusal, a returning
-//!   seed or a migration. Byzantine node: `reached` = indexers
-//!   that received a message from it after the start, `banned_by` = the share of them that banned
-//!   it.
+//!   seed or a migration. Byzantine node: `reached` = indexers that received a message from it
+//!   after the start (for `claim_foreign_did` and `bad_signature`: a message carrying a record,
+//!   i.e. a forged one), `banned_by` = the share of them that banned it; `records_accepted` =
+//!   `RecordStored` events after the start for a record of it that carries a DID other than its
+//!   own or whose signature does not verify (must stay 0). `withhold_records`: `lookups` /
+//!   `lookups_ok_ratio` = workload lookups issued after the start and the share that succeeded.
+//! * `lookup` workload: at Poisson times (the run's seed) a random alive, honest node-role peer
+//!   started at least `warmup` ago looks up a random other such peer by DID, then (once that
+//!   finished) by peer id. A lookup is counted (`issued`) when its `LookupDone` came and its
+//!   target did not crash or restart meanwhile (else `excluded`); it succeeded (`ok`) when the
+//!   record is the target's. Latency = command → `LookupDone`, in simulated ms; hops = the
+//!   answering indexer's DHT hops. `failed_no_indexer` = failures where the asker had no live
+//!   indexer to ask.
+//! * `records`: `RecordStored` / `RecordRejected` events over the run; at the end, the alive
+//!   indexers' record-store, routing-table and provider sizes and every alive peer's DHT counters.
+//!
+//! Invariants checked while running (each breach is listed in `invariant_violations`): pools within
+//! their bounds and made of indexers, sessions within `max_nodes`, no honest peer banned, no honest
+//! indexer storing a record whose DID belongs to another peer or whose owner misbehaves with a bad
+//! signature, and no DID lookup answered with the record of a peer that does not own that DID.
 //!
 //! Byzantine behaviours are filters on the misbehaving peer's outputs (`lie_challenges`,
-//! `fake_fill`, `flap_born_at`, `drop_responses`) or traffic injected on its behalf
-//! (`heartbeat_flood`); the core itself always stays honest.
+//! `fake_fill`, `flap_born_at`, `drop_responses`, `withhold_records`, `claim_foreign_did`,
+//! `bad_signature`), on its inputs (`withhold_records` drops every `STORE` sent to it) or traffic
+//! injected on its behalf (`heartbeat_flood`); the core itself always stays honest.
 
 pub mod bench;
 pub mod net;

@@ -131,6 +131,23 @@ fn real_main() -> anyhow::Result<()> {
                 "final pool      mean live {:.2}, {} of {} nodes below min {}",
                 r.pool.final_mean_live, r.pool.final_nodes_below_min, r.pool.final_nodes, r.pool.min_target
             );
+            if let Some(l) = &r.lookups {
+                let pct = if l.issued == 0 { 0.0 } else { l.ok as f64 * 100.0 / l.issued as f64 };
+                println!(
+                    "lookups         {} of {} ok ({pct:.2}%), p50 {} ms, hops p50 {}",
+                    l.ok,
+                    l.issued,
+                    l.p50_ms.map_or("-".into(), |v| v.to_string()),
+                    l.hops_p50.map_or("-".into(), |v| v.to_string())
+                );
+            }
+            if let Some(rec) = &r.records {
+                println!(
+                    "records         {} stored, {} rejected; {:.0} per indexer at the end",
+                    rec.stored, rec.rejected, rec.mean_records_per_indexer
+                );
+            }
+            println!("bans            {} honest, {} byzantine", r.bans.honest, r.bans.byzantine);
             println!("invariant violations {}", r.invariant_violation_count);
             println!("trace_hash      {}", r.trace_hash);
             if let Some(path) = &report {

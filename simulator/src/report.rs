@@ -119,7 +119,8 @@ pub struct ByzantineReport {
     /// refusal, a returning seed or a migration (stricter than `evicted_by`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evicted_for_cause_by: Option<f64>,
-    /// Node: indexers that received at least one message from it after `since`.
+    /// Node: indexers that received at least one message from it after `since` (for
+    /// `claim_foreign_did` and `bad_signature`: one carrying a record, i.e. a forged one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reached: Option<usize>,
     /// Node: share of those that banned it.
@@ -128,6 +129,100 @@ pub struct ByzantineReport {
     /// Node: median time from `since` to the ban.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p50_ban_ms: Option<u64>,
+    /// `claim_foreign_did` / `bad_signature`: records of this peer that indexers accepted after
+    /// `since` with a DID other than its own or a signature that does not verify (must be 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_accepted: Option<u64>,
+    /// `claim_foreign_did`: the honest node whose DID it claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub victim: Option<String>,
+    /// `withhold_records`: workload lookups (of live peers) issued at or after `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookups: Option<u64>,
+    /// `withhold_records`: share of those that still succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookups_ok_ratio: Option<f64>,
+}
+
+/// Issued and successful lookups of one key kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLookups {
+    /// Lookups counted (finished, target still alive).
+    pub issued: u64,
+    /// Those that returned the target's record.
+    pub ok: u64,
+}
+
+/// The `lookup` workload's outcome (DESIGN §5). A lookup counts when it finished and its target
+/// did not crash or restart while it ran; the ratio is about live peers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LookupReport {
+    /// Lookups counted (`ok + failed`), DID and peer-id ones together.
+    pub issued: u64,
+    /// Lookups whose `LookupDone` carried a record of the target.
+    pub ok: u64,
+    /// Lookups that found nothing, or another peer's record.
+    pub failed: u64,
+    /// Latency (command → `LookupDone`) of successful lookups: median.
+    pub p50_ms: Option<u64>,
+    /// 99th percentile.
+    pub p99_ms: Option<u64>,
+    /// Largest.
+    pub max_ms: Option<u64>,
+    /// DHT hops of the answering indexer (0: it held the record) over successful lookups: median.
+    pub hops_p50: Option<u64>,
+    /// 99th percentile.
+    pub hops_p99: Option<u64>,
+    /// Indexers asked by the looking-up node, mean over counted lookups.
+    pub attempts_mean: f64,
+    /// Lookups by DID.
+    pub by_did: KeyLookups,
+    /// Lookups by peer id.
+    pub by_peer: KeyLookups,
+    /// Finished lookups not counted: the target crashed or restarted while they ran.
+    pub excluded: u64,
+    /// Of `failed`: the asking node had no live indexer to ask (0 attempts).
+    #[serde(default)]
+    pub failed_no_indexer: u64,
+    /// `[t, counted, ok]` per minute of issue time (`t` = start of the minute).
+    #[serde(default)]
+    pub timeline: Vec<(u64, u64, u64)>,
+    /// Lookups still running at the end of the run (not counted), or whose asker crashed.
+    pub unfinished: u64,
+    /// The first failures (at most 20): time, asker, target, key kind, attempts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+/// Records and the DHT: store events over the run and the indexers' state at the end.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordsReport {
+    /// `RecordStored` events (an indexer accepted a record), all sources.
+    pub stored: u64,
+    /// Of those, handed over by the record's owner itself (publish or heartbeat).
+    pub stored_from_owner: u64,
+    /// `RecordRejected` events.
+    pub rejected: u64,
+    /// `RecordRejected` by reason (`Invalid`, `ForeignDid`, `Stale`, `Refused`).
+    pub rejected_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Alive indexers at the end (the means below are over them).
+    pub indexers: usize,
+    /// Mean records held per indexer at the end.
+    pub mean_records_per_indexer: f64,
+    /// Most records held by one indexer at the end.
+    pub max_records_per_indexer: usize,
+    /// Mean routing-table size of the indexers at the end.
+    pub mean_routing_table: f64,
+    /// Mean provider announcements held per indexer at the end.
+    pub mean_providers: f64,
+    /// DHT queries started, summed over alive peers at the end (restarted peers count from 0).
+    pub dht_queries: u64,
+    /// DHT RPCs sent, summed likewise.
+    pub dht_rpcs: u64,
+    /// DHT RPCs that failed or timed out, summed likewise.
+    pub dht_rpc_failures: u64,
+    /// Record signatures verified by the DHT, summed likewise.
+    pub dht_verifications: u64,
 }
 
 /// Distinct peers banned by at least one indexer.
@@ -190,6 +285,16 @@ pub struct Report {
     pub byzantine: Vec<ByzantineReport>,
     /// Ban counts.
     pub bans: Bans,
+    /// The `lookup` workload (`null` without one).
+    #[serde(default)]
+    pub lookups: Option<LookupReport>,
+    /// Records and DHT totals (`null` when no peer is running at the end).
+    #[serde(default)]
+    pub records: Option<RecordsReport>,
+    /// `RequestRefused` events by `"<reason> <role of the refused peer>"` (role: `node`,
+    /// `indexer`, `byzantine`), e.g. `"RateLimited indexer"`.
+    #[serde(default)]
+    pub refusals: std::collections::BTreeMap<String, u64>,
     /// Broken invariants (capped; see `invariant_violation_count`).
     pub invariant_violations: Vec<String>,
     /// Total invariant violations, including those not listed.
@@ -315,8 +420,11 @@ impl Report {
                         let list: Vec<String> = r.iter().map(|(k, v)| format!("{k} {v}")).collect();
                         let _ = writeln!(s, "             reasons: {}", list.join(", "));
                     }
+                    if let (Some(n), Some(r)) = (b.lookups, b.lookups_ok_ratio) {
+                        let _ = writeln!(s, "             lookups while it misbehaved: {} of {n} ok", pct(Some(r)));
+                    }
                 } else {
-                    let _ = writeln!(
+                    let _ = write!(
                         s,
                         "  {:<10} {:<16} banned by {:>4} of {} indexers reached, p50 {}",
                         b.peer,
@@ -325,8 +433,77 @@ impl Report {
                         b.reached.unwrap_or(0),
                         ms(b.p50_ban_ms)
                     );
+                    if let Some(n) = b.records_accepted {
+                        let _ = write!(s, ", records accepted {n}");
+                    }
+                    if let Some(v) = &b.victim {
+                        let _ = write!(s, " (victim {v})");
+                    }
+                    s.push('\n');
                 }
             }
+        }
+        if let Some(l) = &self.lookups {
+            let pct = if l.issued == 0 { 0.0 } else { l.ok as f64 * 100.0 / l.issued as f64 };
+            let o = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                s,
+                "\nlookups: {} of {} ok ({pct:.2}%), {} failed; latency p50/p99/max {}/{}/{} ms; hops p50/p99 {}/{}; \
+                 attempts mean {:.2}",
+                l.ok,
+                l.issued,
+                l.failed,
+                o(l.p50_ms),
+                o(l.p99_ms),
+                o(l.max_ms),
+                o(l.hops_p50),
+                o(l.hops_p99),
+                l.attempts_mean
+            );
+            let _ = writeln!(
+                s,
+                "  by DID {} of {}, by peer id {} of {}; {} failed with no indexer to ask; {} excluded (target \
+                 crashed), {} unfinished",
+                l.by_did.ok,
+                l.by_did.issued,
+                l.by_peer.ok,
+                l.by_peer.issued,
+                l.failed_no_indexer,
+                l.excluded,
+                l.unfinished
+            );
+            let per_min: Vec<String> = l
+                .timeline
+                .iter()
+                .map(|(t, n, ok)| {
+                    format!("{}m {:.2}%", t / 60_000, if *n == 0 { 0.0 } else { *ok as f64 * 100.0 / *n as f64 })
+                })
+                .collect();
+            let _ = writeln!(s, "  ok per minute: {}", per_min.join(", "));
+            for f in l.failures.iter().take(5) {
+                let _ = writeln!(s, "  ✗ {f}");
+            }
+        }
+        if let Some(r) = &self.records {
+            let reasons: Vec<String> = r.rejected_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(
+                s,
+                "\nrecords: {} stored ({} from owners), {} rejected ({}); at the end {} indexers hold {:.1} records \
+                 on average (max {}), routing tables {:.1}, providers {:.1}",
+                r.stored,
+                r.stored_from_owner,
+                r.rejected,
+                if reasons.is_empty() { "-".to_string() } else { reasons.join(", ") },
+                r.indexers,
+                r.mean_records_per_indexer,
+                r.max_records_per_indexer,
+                r.mean_routing_table,
+                r.mean_providers
+            );
+        }
+        if !self.refusals.is_empty() {
+            let list: Vec<String> = self.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(s, "\nrefusals: {}", list.join(", "));
         }
         let _ = writeln!(s, "\nbans: {} honest, {} byzantine", self.bans.honest, self.bans.byzantine);
         let _ = writeln!(s, "invariant violations: {}", self.invariant_violation_count);

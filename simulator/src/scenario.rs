@@ -1,7 +1,8 @@
 //! Scenarios: the TOML format of DESIGN.md §5, parsed and checked before anything runs.
 //!
 //! A scenario names groups of peers (`"<group>/<index>"`), the network they share, the faults
-//! injected at fixed simulated times and (later) application workloads. Everything is resolved up
+//! injected at fixed simulated times and application workloads (`lookup`; `search` and `send`
+//! belong to later issues). Everything is resolved up
 //! front — durations, targets, group configs — so a typo fails with a clear message before the
 //! first simulated millisecond, never halfway through a run.
 //!
@@ -146,6 +147,7 @@ struct RawFault {
     targets: Vec<String>,
     sides: Option<Vec<Vec<String>>>,
     behaviour: Option<String>,
+    victim: Option<String>,
     loss: Option<f64>,
     latency_ms: Option<[u64; 2]>,
     #[serde(flatten)]
@@ -167,7 +169,8 @@ pub struct Scenario {
     pub groups: Vec<GroupSpec>,
     /// Faults, in file order (they fire in time order; ties in file order).
     pub faults: Vec<FaultSpec>,
-    /// Application workloads, kept for later issues (reported as unsupported).
+    /// Application workloads: `lookup` is run ([`WorkloadSpec::lookup`]); other kinds are kept
+    /// verbatim for later issues (reported as unsupported).
     pub workloads: Vec<WorkloadSpec>,
     /// Warnings found while parsing (ignored keys, unsupported features).
     pub notes: Vec<String>,
@@ -261,6 +264,9 @@ pub enum FaultKind {
         targets: Vec<String>,
         /// How.
         behaviour: Behaviour,
+        /// `claim_foreign_did`: the honest node whose DID is claimed (`victim = "g/i"`). Default:
+        /// the first node-role peer, in scenario order, that no byzantine fault targets.
+        victim: Option<String>,
     },
 }
 
@@ -302,15 +308,17 @@ pub enum Behaviour {
     FlapBornAt,
     /// Indexer: drops its heartbeat responses, refusals and candidate responses.
     DropResponses,
-    /// Indexer: withholds records (later issue; not simulated).
+    /// Indexer: answers every record request (`FIND_VALUE`, `GetRecord`) with "no record" and
+    /// silently drops every `STORE` sent to it.
     WithholdRecords,
     /// Indexer: forges search hits (later issue; not simulated).
     ForgeSearchHits,
     /// Node: one extra regular heartbeat per second to every indexer it is connected to.
     HeartbeatFlood,
-    /// Node: claims another peer's DID (later issue; not simulated).
+    /// Node: its heartbeats and `Publish` carry a record signed by its own key that claims an
+    /// honest victim's DID (and its heartbeats name that DID).
     ClaimForeignDid,
-    /// Node: publishes badly signed records (later issue; not simulated).
+    /// Node: its heartbeats and `Publish` carry its own record with a corrupted signature.
     BadSignature,
 }
 
@@ -345,7 +353,10 @@ impl Behaviour {
                 | Behaviour::FakeFill
                 | Behaviour::FlapBornAt
                 | Behaviour::DropResponses
+                | Behaviour::WithholdRecords
                 | Behaviour::HeartbeatFlood
+                | Behaviour::ClaimForeignDid
+                | Behaviour::BadSignature
         )
     }
 
@@ -355,7 +366,7 @@ impl Behaviour {
     }
 }
 
-/// `[[workload]]`, kept verbatim for later issues.
+/// `[[workload]]`.
 #[derive(Clone, Debug)]
 pub struct WorkloadSpec {
     /// `lookup`, `search` or `send`.
@@ -364,6 +375,27 @@ pub struct WorkloadSpec {
     pub from: Option<Duration>,
     /// Every key as written.
     pub raw: toml::Table,
+    /// The parsed `lookup` workload (`None` for the kinds not simulated yet).
+    pub lookup: Option<LookupSpec>,
+}
+
+/// `[[workload]] kind = "lookup"`: at Poisson times (rate `rate_per_s`, drawn from the run's
+/// seed), a random live honest node-role peer looks up a random other live honest node-role peer,
+/// first by DID, then — once that lookup has finished — by peer id. Both peers must have started
+/// at least `warmup` ago.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LookupSpec {
+    /// First lookup no earlier than this (`from`, default 0).
+    pub from: Duration,
+    /// No lookup starts after this (`until`, default: the end of the run).
+    pub until: Option<Duration>,
+    /// Mean lookups (DID ones; each is followed by a peer-id one) started per simulated second.
+    pub rate_per_s: f64,
+    /// Least time since the asking and the looked-up peer started (`warmup`, default 90 s), so
+    /// the target has had time to publish its record.
+    pub warmup: Duration,
+    /// Only these peers are looked up (`targets`, target strings; default: every node-role peer).
+    pub targets: Vec<String>,
 }
 
 /// Parses a duration such as `"500ms"`, `"20s"`, `"5m"`, `"1h"` (any humantime syntax).
@@ -565,7 +597,19 @@ impl Scenario {
                             behaviour.name()
                         ));
                     }
-                    FaultKind::Byzantine { targets: f.targets, behaviour }
+                    if let Some(v) = &f.victim {
+                        if behaviour != Behaviour::ClaimForeignDid {
+                            notes.push(format!("{ctx}: `victim` only applies to claim_foreign_did (ignored)"));
+                        }
+                        let ix = scenario.resolve(&ctx, std::slice::from_ref(v))?;
+                        if ix.len() != 1 || !scenario.roles_of(ix[0]).node {
+                            return Err(ScenarioError::Invalid {
+                                context: ctx,
+                                why: format!("victim {v:?} must name one node-role peer"),
+                            });
+                        }
+                    }
+                    FaultKind::Byzantine { targets: f.targets, behaviour, victim: f.victim }
                 }
                 other => {
                     return Err(ScenarioError::Invalid {
@@ -580,7 +624,7 @@ impl Scenario {
             for t in kind.target_strings() {
                 scenario.resolve(&ctx, std::slice::from_ref(&t))?;
             }
-            if let FaultKind::Byzantine { targets, behaviour } = &kind {
+            if let FaultKind::Byzantine { targets, behaviour, .. } = &kind {
                 for p in scenario.resolve(&ctx, targets)? {
                     let roles = scenario.roles_of(p);
                     let fits = if behaviour.is_indexer_behaviour() { roles.indexer } else { roles.node };
@@ -597,16 +641,75 @@ impl Scenario {
         }
 
         for (i, w) in raw.workloads.into_iter().enumerate() {
+            let ctx = format!("workload #{}", i + 1);
             let kind = w.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
             let from = match w.get("from").and_then(|v| v.as_str()) {
-                Some(s) => Some(parse_duration(&format!("workload #{} from", i + 1), s)?),
+                Some(s) => Some(parse_duration(&format!("{ctx} from"), s)?),
                 None => None,
             };
-            notes.push(format!("workload #{} `{kind}`: unsupported (implemented by a later issue); ignored", i + 1));
-            scenario.workloads.push(WorkloadSpec { kind, from, raw: w });
+            let lookup = if kind == "lookup" {
+                Some(scenario.parse_lookup(&ctx, &w, from, &mut notes)?)
+            } else {
+                notes.push(format!("{ctx} `{kind}`: unsupported (implemented by a later issue); ignored"));
+                None
+            };
+            scenario.workloads.push(WorkloadSpec { kind, from, raw: w, lookup });
         }
         scenario.notes = notes;
         Ok(scenario)
+    }
+
+    fn parse_lookup(
+        &self,
+        ctx: &str,
+        w: &toml::Table,
+        from: Option<Duration>,
+        notes: &mut Vec<String>,
+    ) -> Result<LookupSpec, ScenarioError> {
+        let invalid = |why: String| ScenarioError::Invalid { context: ctx.to_string(), why };
+        for k in w.keys() {
+            if !["kind", "from", "until", "rate_per_s", "warmup", "targets"].contains(&k.as_str()) {
+                notes.push(format!("{ctx}: key `{k}` is not used by the simulator (ignored)"));
+            }
+        }
+        let dur = |key: &str| -> Result<Option<Duration>, ScenarioError> {
+            match w.get(key) {
+                None => Ok(None),
+                Some(v) => match v.as_str() {
+                    Some(s) => parse_duration(&format!("{ctx} {key}"), s).map(Some),
+                    None => Err(invalid(format!("`{key}` must be a duration string such as \"90s\""))),
+                },
+            }
+        };
+        let until = dur("until")?;
+        let warmup = dur("warmup")?.unwrap_or(Duration::from_secs(90));
+        let from = from.unwrap_or(Duration::ZERO);
+        if until.is_some_and(|u| u <= from) {
+            return Err(invalid("`until` must be after `from`".into()));
+        }
+        let rate_per_s = match w.get("rate_per_s") {
+            Some(toml::Value::Float(f)) => *f,
+            Some(toml::Value::Integer(i)) => *i as f64,
+            Some(_) => return Err(invalid("`rate_per_s` must be a number".into())),
+            None => return Err(invalid("a lookup workload needs `rate_per_s`".into())),
+        };
+        if !(rate_per_s.is_finite() && rate_per_s > 0.0 && rate_per_s <= 10_000.0) {
+            return Err(invalid(format!("rate_per_s = {rate_per_s} must be in (0, 10000]")));
+        }
+        let targets: Vec<String> = match w.get("targets") {
+            None => Vec::new(),
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| invalid("`targets` must be strings".into())))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(invalid("`targets` must be an array of target strings".into())),
+        };
+        for p in self.resolve(ctx, &targets)? {
+            if !self.roles_of(p).node {
+                notes.push(format!("{ctx}: target {} is not a node-role peer (never looked up)", self.peer_name(p)));
+            }
+        }
+        Ok(LookupSpec { from, until, rate_per_s, warmup, targets })
     }
 
     /// Total number of peers.
@@ -784,11 +887,11 @@ start_spread = "10s"
         let s = with(
             "[[fault]]\nat='1m'\nkind='partition'\nsides=[['idx/0..2','n/0..5'],['idx/2..4']]\n\
              [[fault]]\nat='90s'\nkind='heal'\n\
-             [[fault]]\nat='1m'\nkind='byzantine'\ntargets=['idx/3']\nbehaviour='withhold_records'",
+             [[fault]]\nat='1m'\nkind='byzantine'\ntargets=['idx/3']\nbehaviour='forge_search_hits'",
         )
         .unwrap();
         assert_eq!(s.faults.len(), 3);
-        assert!(s.notes.iter().any(|n| n.contains("withhold_records")), "{:?}", s.notes);
+        assert!(s.notes.iter().any(|n| n.contains("forge_search_hits")), "{:?}", s.notes);
     }
 
     #[test]
@@ -799,10 +902,9 @@ start_spread = "10s"
         .unwrap_err();
         assert!(matches!(&e, ScenarioError::Config { group, .. } if group == "idx"), "{e}");
         assert!(e.to_string().contains("max_nodez"), "{e}");
-        let s =
-            Scenario::from_toml(&format!("comment = 'hi'\n{BASE}\n[[workload]]\nkind='lookup'\nfrom='1m'")).unwrap();
+        let s = Scenario::from_toml(&format!("comment = 'hi'\n{BASE}\n[[workload]]\nkind='send'\nfrom='1m'")).unwrap();
         assert!(s.notes.iter().any(|n| n.contains("comment")));
-        assert!(s.notes.iter().any(|n| n.contains("lookup") && n.contains("unsupported")));
+        assert!(s.notes.iter().any(|n| n.contains("send") && n.contains("unsupported")));
         assert_eq!(s.workloads.len(), 1);
     }
 
@@ -818,5 +920,38 @@ start_spread = "10s"
         let e = Scenario::from_toml(&BASE.replace("start_spread = \"10s\"", "[group.config]\nmin_indexers = 9"))
             .unwrap_err();
         assert!(matches!(e, ScenarioError::Config { .. }), "{e}");
+    }
+
+    #[test]
+    fn lookup_workload_is_parsed_and_checked() {
+        let s = with("[[workload]]\nkind='lookup'\nfrom='1m'\nuntil='2m'\nrate_per_s=2\ntargets=['n/0..3']").unwrap();
+        let l = s.workloads[0].lookup.clone().unwrap();
+        assert_eq!(l.from, Duration::from_secs(60));
+        assert_eq!(l.until, Some(Duration::from_secs(120)));
+        assert_eq!(l.rate_per_s, 2.0);
+        assert_eq!(l.warmup, Duration::from_secs(90));
+        assert_eq!(l.targets, vec!["n/0..3".to_string()]);
+        assert!(!s.notes.iter().any(|n| n.contains("unsupported")), "{:?}", s.notes);
+        let e = with("[[workload]]\nkind='lookup'\nfrom='1m'").unwrap_err();
+        assert!(e.to_string().contains("rate_per_s"), "{e}");
+        let e = with("[[workload]]\nkind='lookup'\nfrom='2m'\nuntil='1m'\nrate_per_s=1").unwrap_err();
+        assert!(e.to_string().contains("until"), "{e}");
+        let e = with("[[workload]]\nkind='lookup'\nrate_per_s=-1").unwrap_err();
+        assert!(e.to_string().contains("rate_per_s"), "{e}");
+        let e = with("[[workload]]\nkind='lookup'\nrate_per_s=1\ntargets=['zz']").unwrap_err();
+        assert!(matches!(e, ScenarioError::UnknownGroup { .. }), "{e}");
+    }
+
+    #[test]
+    fn byzantine_victim_must_be_one_node() {
+        let ok =
+            with("[[fault]]\nat='1m'\nkind='byzantine'\ntargets=['n/1']\nbehaviour='claim_foreign_did'\nvictim='n/0'")
+                .unwrap();
+        assert!(matches!(&ok.faults[0].kind, FaultKind::Byzantine { victim: Some(v), .. } if v == "n/0"));
+        let e = with(
+            "[[fault]]\nat='1m'\nkind='byzantine'\ntargets=['n/1']\nbehaviour='claim_foreign_did'\nvictim='idx/0'",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("victim"), "{e}");
     }
 }

@@ -13,16 +13,23 @@
 //! [`Event`]s and the read-only pool views to measure detection and recovery. Byzantine behaviours
 //! are filters on a misbehaving peer's outputs (or traffic injected on its behalf); the core itself
 //! is always honest.
+//!
+//! The `lookup` workload hands [`Command::Lookup`]s to random live nodes at Poisson times drawn
+//! from the run's seed and matches their [`Event::LookupDone`]s; tests can inject their own
+//! commands with [`Simulation::command`] and read the answers with
+//! [`Simulation::lookup_result`].
 
 use crate::net::{ConnectOutcome, FastMap, Network, PeerIx, SendOutcome, ms};
 use crate::queue::EventQueue;
-use crate::report::{Bans, ByzantineReport, FaultReport, NetReport, PoolReport, Report, Stats};
+use crate::report::{
+    Bans, ByzantineReport, FaultReport, KeyLookups, LookupReport, NetReport, PoolReport, RecordsReport, Report, Stats,
+};
 use crate::scenario::{Behaviour, FaultKind, Scenario, ScenarioError};
 use crate::trace::Trace;
-use ocd_core::proto::wire::{self, Heartbeat, HeartbeatKind, Message};
+use ocd_core::proto::wire::{self, Heartbeat, HeartbeatKind, Message, StoreRefusal};
 use ocd_core::proto::{
-    DetRng, Event, EvictReason, FailReason, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerSetup, RequestId,
-    Roles, Timestamp,
+    Command, DetRng, Did, Event, EvictReason, FailReason, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerRecord,
+    PeerSetup, RecordKey, RequestId, Roles, Timestamp,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -43,6 +50,11 @@ const MAX_VIOLATIONS_LISTED: usize = 200;
 const MAX_BELOW_MIN_LISTED: usize = 20;
 /// `flap_born_at` moves `born_at` back by this much on every other response.
 const FLAP_OFFSET: Duration = Duration::from_secs(3600);
+/// Ids of the `lookup` workload's commands start here; smaller ids are free for
+/// [`Simulation::command`].
+pub const WORKLOAD_LOOKUP_BASE: u64 = 1 << 48;
+/// Most lookup failures listed in the report (all are counted).
+const MAX_LOOKUP_FAILURES_LISTED: usize = 20;
 
 /// A queued event. Kept at 24 bytes: message bytes wait in [`InFlight`], rare payloads are boxed.
 #[derive(Debug)]
@@ -83,6 +95,13 @@ enum Ev {
     Fault(usize),
     Sample,
     FloodTick(PeerIx),
+    /// The `lookup` workload `workloads[i]` starts a lookup.
+    LookupTick(u32),
+    /// The peer-id lookup that follows a finished DID lookup.
+    LookupFollow {
+        asker: PeerIx,
+        target: PeerIx,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +130,12 @@ struct SimPeer {
     flood_req: u64,
     /// Fault trackers watching this node.
     watch: Vec<usize>,
+    /// When it last started.
+    started_at: Option<u64>,
+    /// When it last crashed or restarted.
+    last_down: Option<u64>,
+    /// `claim_foreign_did`: the node whose DID it claims.
+    victim: Option<PeerIx>,
 }
 
 impl SimPeer {
@@ -160,6 +185,84 @@ struct ByzTrack {
     /// Node behaviours: indexers reached, and when each banned it.
     reached: BTreeSet<PeerIx>,
     banned: BTreeMap<PeerIx, u64>,
+    /// Record behaviours: records of this peer accepted after `since` with a foreign DID or a bad
+    /// signature.
+    records_accepted: u64,
+    /// `claim_foreign_did`: the victim.
+    victim: Option<PeerIx>,
+    /// `withhold_records`: counted workload lookups issued since `since`, and the successful ones.
+    lookups: (u64, u64),
+}
+
+/// One `lookup` workload, resolved.
+struct LookupWork {
+    /// Absolute times.
+    from: u64,
+    until: u64,
+    rate_per_s: f64,
+    warmup_ms: u64,
+    /// Peers looked up (`None`: every node-role peer).
+    targets: Option<Vec<PeerIx>>,
+}
+
+/// A workload lookup in flight.
+struct PendingLookup {
+    asker: PeerIx,
+    target: PeerIx,
+    issued: u64,
+    by_did: bool,
+}
+
+/// Running totals behind [`LookupReport`].
+#[derive(Default)]
+struct LookupAcc {
+    latencies: Vec<u64>,
+    hops: Vec<u64>,
+    attempts: u64,
+    issued: u64,
+    ok: u64,
+    by_did: KeyLookups,
+    by_peer: KeyLookups,
+    excluded: u64,
+    no_indexer: u64,
+    failures: Vec<String>,
+    /// Minute of issue → (counted, ok).
+    per_minute: BTreeMap<u64, (u64, u64)>,
+}
+
+/// Running totals behind [`RecordsReport`].
+#[derive(Default)]
+struct RecordAcc {
+    stored: u64,
+    stored_from_owner: u64,
+    /// Indexed like [`REFUSALS`].
+    rejected: [u64; 4],
+}
+
+const REFUSALS: [&str; 4] = ["Invalid", "ForeignDid", "Stale", "Refused"];
+
+fn refusal_index(r: StoreRefusal) -> usize {
+    match r {
+        StoreRefusal::Invalid => 0,
+        StoreRefusal::ForeignDid => 1,
+        StoreRefusal::Stale => 2,
+        StoreRefusal::Refused => 3,
+    }
+}
+
+/// The [`Event::LookupDone`] of a command given with [`Simulation::command`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct LookupResult {
+    /// What was looked up.
+    pub key: RecordKey,
+    /// The verified record, if found.
+    pub record: Option<PeerRecord>,
+    /// DHT hops of the answering indexer.
+    pub hops: u32,
+    /// Indexers asked.
+    pub attempts: u32,
+    /// When the answer came, in ms since the start of the run.
+    pub at_ms: u64,
 }
 
 struct Readmit {
@@ -201,6 +304,18 @@ pub struct Simulation {
     watch_log: BTreeSet<PeerIx>,
     sent_by_kind: [u64; MESSAGE_KINDS],
     in_flight: InFlight,
+    /// Node-role peers, in index order (lookup askers and targets are drawn from them).
+    node_peers: Vec<PeerIx>,
+    fault_victims: Vec<Option<PeerIx>>,
+    lookup_work: Vec<LookupWork>,
+    lookup_rng: DetRng,
+    pending_lookups: BTreeMap<u64, PendingLookup>,
+    next_lookup_id: u64,
+    lookups: LookupAcc,
+    lookup_results: BTreeMap<(PeerIx, u64), LookupResult>,
+    records: RecordAcc,
+    /// `RequestRefused` events by `"<reason> <requester role>"`.
+    refusals: BTreeMap<String, u64>,
 }
 
 /// Encoded messages on their way, in reusable slots, so queue entries stay small.
@@ -231,8 +346,10 @@ impl InFlight {
 }
 
 /// Number of [`Message`] variants counted in `sent_by_kind`.
-const MESSAGE_KINDS: usize = 10;
+const MESSAGE_KINDS: usize = 23;
 
+/// Index of `m`'s variant in `sent_by_kind` (names: [`Message::kind`]). Exhaustive on purpose: a
+/// new message kind fails to compile here until it is counted.
 fn kind_index(m: &Message) -> usize {
     match m {
         Message::Hello(_) => 0,
@@ -245,6 +362,19 @@ fn kind_index(m: &Message) -> usize {
         Message::WitnessReport(_) => 7,
         Message::CandidatesRequest(_) => 8,
         Message::CandidatesResponse(_) => 9,
+        Message::Publish(_) => 10,
+        Message::Published(_) => 11,
+        Message::GetRecord(_) => 12,
+        Message::RecordReply(_) => 13,
+        Message::FindNode(_) => 14,
+        Message::Nodes(_) => 15,
+        Message::FindValue(_) => 16,
+        Message::Value(_) => 17,
+        Message::Store(_) => 18,
+        Message::AddProvider(_) => 19,
+        Message::StoreAck(_) => 20,
+        Message::GetProviders(_) => 21,
+        Message::Providers(_) => 22,
     }
 }
 
@@ -259,6 +389,19 @@ const KIND_NAMES: [&str; MESSAGE_KINDS] = [
     "witness_report",
     "candidates_request",
     "candidates_response",
+    "publish",
+    "published",
+    "get_record",
+    "record_reply",
+    "find_node",
+    "nodes",
+    "find_value",
+    "value",
+    "store",
+    "add_provider",
+    "store_ack",
+    "get_providers",
+    "providers",
 ];
 
 /// Appends `e` to the trace. The frequent variants are written compactly (a tag and the full peer
@@ -284,6 +427,29 @@ fn trace_event(trace: &mut Trace, e: &Event) {
             trace.bytes(b"E:evicted");
             trace.bytes(indexer.as_bytes());
             trace.debug(reason);
+            return;
+        }
+        Event::RecordStored { owner, did, from } => {
+            trace.bytes(b"E:stored");
+            trace.bytes(owner.as_bytes());
+            trace.bytes(from.as_bytes());
+            trace.bytes(did.as_str().as_bytes());
+            return;
+        }
+        Event::LookupDone { id, key, record, hops, attempts } => {
+            trace.bytes(b"E:lookup");
+            trace.u64(*id);
+            trace.debug(key);
+            match record {
+                Some(r) => {
+                    trace.bytes(r.body.peer_id.as_bytes());
+                    trace.u64(r.body.expires_at.0);
+                    trace.bytes(&r.signature.0);
+                }
+                None => trace.bytes(b"-"),
+            }
+            trace.u32(*hops);
+            trace.u32(*attempts);
             return;
         }
         other => {
@@ -386,6 +552,9 @@ impl Simulation {
                         flap: false,
                         flood_req: 0,
                         watch: Vec::new(),
+                        started_at: None,
+                        last_down: None,
+                        victim: None,
                     },
                 ));
                 ids.push(id);
@@ -405,10 +574,17 @@ impl Simulation {
         }
         let mut fault_targets = Vec::new();
         let mut fault_sides = Vec::new();
+        let mut fault_victims = Vec::new();
         for (i, f) in scenario.faults.iter().enumerate() {
             let ctx = format!("fault #{}", i + 1);
             let to_ix = |v: Vec<usize>| v.into_iter().map(|x| x as PeerIx).collect::<Vec<_>>();
             fault_targets.push(to_ix(scenario.resolve(&ctx, &f.kind.target_strings())?));
+            fault_victims.push(match &f.kind {
+                FaultKind::Byzantine { victim: Some(v), .. } => {
+                    scenario.resolve(&ctx, std::slice::from_ref(v))?.first().map(|x| *x as PeerIx)
+                }
+                _ => None,
+            });
             let sides = match &f.kind {
                 FaultKind::Partition { sides } => {
                     sides.iter().map(|s| scenario.resolve(&ctx, s).map(to_ix)).collect::<Result<Vec<_>, _>>()?
@@ -428,6 +604,40 @@ impl Simulation {
         let mut trace = Trace::new("ocd-sim trace v1");
         trace.u64(seed);
         let end = EPOCH_MS + ms(scenario.duration);
+        // Default victim of `claim_foreign_did`: the first node-role peer no byzantine fault targets.
+        let byz_targets: BTreeSet<PeerIx> = scenario
+            .faults
+            .iter()
+            .zip(&fault_targets)
+            .filter(|(f, _)| matches!(f.kind, FaultKind::Byzantine { .. }))
+            .flat_map(|(_, t)| t.iter().copied())
+            .collect();
+        let default_victim = (0..n as PeerIx).find(|p| scenario.roles_of(*p as usize).node && !byz_targets.contains(p));
+        for (f, v) in scenario.faults.iter().zip(fault_victims.iter_mut()) {
+            if matches!(f.kind, FaultKind::Byzantine { behaviour: Behaviour::ClaimForeignDid, .. }) && v.is_none() {
+                *v = default_victim;
+            }
+        }
+        let node_peers: Vec<PeerIx> =
+            peers.iter().enumerate().filter(|(_, p)| p.roles.node).map(|(i, _)| i as PeerIx).collect();
+        let mut lookup_work = Vec::new();
+        for (i, w) in scenario.workloads.iter().enumerate() {
+            let Some(l) = &w.lookup else { continue };
+            let targets = if l.targets.is_empty() {
+                None
+            } else {
+                let ctx = format!("workload #{}", i + 1);
+                let t = scenario.resolve(&ctx, &l.targets)?;
+                Some(t.into_iter().map(|x| x as PeerIx).filter(|x| peers[*x as usize].roles.node).collect())
+            };
+            lookup_work.push(LookupWork {
+                from: EPOCH_MS + ms(l.from),
+                until: l.until.map_or(end, |u| (EPOCH_MS + ms(u)).min(end)),
+                rate_per_s: l.rate_per_s,
+                warmup_ms: ms(l.warmup),
+                targets,
+            });
+        }
         let mut sim = Simulation {
             now: EPOCH_MS,
             end,
@@ -458,8 +668,24 @@ impl Simulation {
             watch_log: BTreeSet::new(),
             sent_by_kind: [0; MESSAGE_KINDS],
             in_flight: InFlight::default(),
+            node_peers,
+            fault_victims,
+            lookup_work,
+            lookup_rng: DetRng::new(seed, "ocd-sim lookups"),
+            pending_lookups: BTreeMap::new(),
+            next_lookup_id: WORKLOAD_LOOKUP_BASE,
+            lookups: LookupAcc::default(),
+            lookup_results: BTreeMap::new(),
+            records: RecordAcc::default(),
+            refusals: BTreeMap::new(),
             scenario,
         };
+        for i in 0..sim.lookup_work.len() {
+            let at = sim.lookup_work[i].from + sim.lookup_gap(i);
+            if at <= sim.lookup_work[i].until {
+                sim.schedule(at, Ev::LookupTick(i as u32));
+            }
+        }
         for (p, at) in starts.into_iter().enumerate() {
             sim.schedule(EPOCH_MS + at, Ev::Start(p as PeerIx));
         }
@@ -505,6 +731,40 @@ impl Simulation {
     /// The shared network key every peer was given.
     pub fn network_key(&self) -> [u8; 32] {
         self.network_key
+    }
+
+    /// The DID of the peer named `name` (known before it starts).
+    pub fn did_of(&self, name: &str) -> Option<&Did> {
+        self.peers.iter().find(|p| p.name == name).map(|p| &p.setup.did)
+    }
+
+    /// The peer id of the peer named `name`.
+    pub fn peer_id_of(&self, name: &str) -> Option<PeerId> {
+        self.peer_index(name).map(|p| self.ids[p as usize])
+    }
+
+    /// Hands `command` to the running peer named `name` now, as its application would, and
+    /// executes what it does at once. Returns `false` if no such peer is running.
+    ///
+    /// For a [`Command::Lookup`], use an `id` below [`WORKLOAD_LOOKUP_BASE`]; its
+    /// [`Event::LookupDone`] is kept for [`Simulation::lookup_result`].
+    pub fn command(&mut self, name: &str, command: Command) -> bool {
+        let Some(p) = self.peer_index(name) else { return false };
+        if !self.alive(p) {
+            return false;
+        }
+        self.trace.bytes(b"command");
+        self.trace.u64(self.now);
+        self.trace.u32(p);
+        self.trace.debug(&command);
+        self.handle(p, Input::Command(command), false);
+        true
+    }
+
+    /// The answer to a lookup given to peer `name` with [`Simulation::command`], once it came.
+    pub fn lookup_result(&self, name: &str, id: u64) -> Option<&LookupResult> {
+        let p = self.peer_index(name)?;
+        self.lookup_results.get(&(p, id))
     }
 
     /// Prints every message, dial, close, link change and event of these peers to stderr (the CLI's
@@ -654,6 +914,131 @@ impl Simulation {
                 }
                 self.schedule(self.now + FLOOD_EVERY_MS, Ev::FloodTick(p));
             }
+            Ev::LookupTick(i) => {
+                self.events += 1;
+                let i = i as usize;
+                self.start_workload_lookup(i);
+                let next = self.now + self.lookup_gap(i);
+                if next <= self.lookup_work[i].until {
+                    self.schedule(next, Ev::LookupTick(i as u32));
+                }
+            }
+            Ev::LookupFollow { asker, target } => {
+                if self.alive(asker) && self.alive(target) {
+                    self.events += 1;
+                    self.issue_lookup(asker, target, false);
+                }
+            }
+        }
+    }
+
+    // ---- the lookup workload ----
+
+    /// Time to the next lookup of workload `i`: exponential with mean `1 / rate` (a Poisson
+    /// process), in whole ms, from the run's seed.
+    fn lookup_gap(&mut self, i: usize) -> u64 {
+        let rate = self.lookup_work[i].rate_per_s;
+        let u = 1.0 - self.lookup_rng.unit_f64(); // (0, 1]
+        let gap = -u.ln() / rate * 1000.0;
+        if gap.is_finite() { gap.round().clamp(0.0, 1e12) as u64 } else { 0 }
+    }
+
+    /// Whether `q` may ask or be looked up: an alive, honest node-role peer started `warmup` ago.
+    fn lookup_eligible(&self, q: PeerIx, warmup_ms: u64) -> bool {
+        let sp = &self.peers[q as usize];
+        sp.is_node()
+            && sp.honest()
+            && sp.life == Life::Alive
+            && sp.started_at.is_some_and(|t| self.now.saturating_sub(t) >= warmup_ms)
+    }
+
+    fn start_workload_lookup(&mut self, i: usize) {
+        let warmup = self.lookup_work[i].warmup_ms;
+        let askers: Vec<PeerIx> =
+            self.node_peers.iter().copied().filter(|q| self.lookup_eligible(*q, warmup)).collect();
+        if askers.is_empty() {
+            return;
+        }
+        let asker = askers[self.lookup_rng.below(askers.len() as u64) as usize];
+        let pool = self.lookup_work[i].targets.as_deref().unwrap_or(&self.node_peers);
+        let targets: Vec<PeerIx> =
+            pool.iter().copied().filter(|q| *q != asker && self.lookup_eligible(*q, warmup)).collect();
+        if targets.is_empty() {
+            return;
+        }
+        let target = targets[self.lookup_rng.below(targets.len() as u64) as usize];
+        self.issue_lookup(asker, target, true);
+    }
+
+    fn issue_lookup(&mut self, asker: PeerIx, target: PeerIx, by_did: bool) {
+        let id = self.next_lookup_id;
+        self.next_lookup_id += 1;
+        let key = if by_did {
+            RecordKey::Did(self.peers[target as usize].setup.did.clone())
+        } else {
+            RecordKey::Peer(self.ids[target as usize])
+        };
+        self.pending_lookups.insert(id, PendingLookup { asker, target, issued: self.now, by_did });
+        self.trace.bytes(b"lookup");
+        self.trace.u64(self.now);
+        self.trace.u32(asker);
+        self.trace.u32(target);
+        self.trace.u64(id);
+        self.handle(asker, Input::Command(Command::Lookup { id, key }), false);
+    }
+
+    fn finish_lookup(&mut self, l: PendingLookup, record: Option<PeerRecord>, hops: u32, attempts: u32) {
+        let now = self.now;
+        if l.by_did {
+            // The peer-id lookup follows, as a separate event at the same instant.
+            self.schedule(now, Ev::LookupFollow { asker: l.asker, target: l.target });
+        }
+        let t = &self.peers[l.target as usize];
+        if t.life != Life::Alive || t.last_down.is_some_and(|d| d >= l.issued) {
+            self.lookups.excluded += 1;
+            return;
+        }
+        let ok = record.as_ref().is_some_and(|r| r.body.peer_id == self.ids[l.target as usize]);
+        let acc = &mut self.lookups;
+        acc.issued += 1;
+        acc.attempts += u64::from(attempts);
+        let by = if l.by_did { &mut acc.by_did } else { &mut acc.by_peer };
+        by.issued += 1;
+        let minute = acc.per_minute.entry((l.issued - EPOCH_MS) / SAMPLE_EVERY_MS).or_insert((0, 0));
+        minute.0 += 1;
+        minute.1 += u64::from(ok);
+        if ok {
+            by.ok += 1;
+            acc.ok += 1;
+            acc.latencies.push(now - l.issued);
+            acc.hops.push(u64::from(hops));
+        } else if attempts == 0 {
+            acc.no_indexer += 1;
+        }
+        if !ok && self.lookups.failures.len() < MAX_LOOKUP_FAILURES_LISTED {
+            let m = format!(
+                "t={}s: {} looked up {} by {} ({} attempts, {} ms): {}",
+                (l.issued - EPOCH_MS) / 1000,
+                self.peers[l.asker as usize].name,
+                self.peers[l.target as usize].name,
+                if l.by_did { "DID" } else { "peer id" },
+                attempts,
+                now - l.issued,
+                match &record {
+                    None => "not found".to_string(),
+                    Some(r) =>
+                        format!("got {}'s record", self.index.get(&r.body.peer_id).map_or("?", |x| self.name(*x))),
+                }
+            );
+            self.lookups.failures.push(m);
+        }
+        for b in &mut self.byz {
+            if b.behaviour == Behaviour::WithholdRecords && l.issued >= b.since {
+                b.lookups.0 += 1;
+                if ok {
+                    b.lookups.1 += 1;
+                }
+            }
         }
     }
 
@@ -666,6 +1051,7 @@ impl Simulation {
         let sp = &mut self.peers[p as usize];
         sp.peer = Some(Peer::new(sp.setup.clone(), Timestamp(now)));
         sp.life = Life::Alive;
+        sp.started_at = Some(now);
         sp.members.clear();
         self.trace.bytes(b"start");
         self.trace.u64(now);
@@ -683,12 +1069,32 @@ impl Simulation {
         self.trace.u32(to);
         self.trace.u64(bytes.len() as u64);
         self.trace.bytes(bytes);
+        let decoded = wire::decode(bytes);
         if let Some(t) = self.peers[from as usize].byz_track
             && self.peers[to as usize].roles.indexer
         {
-            self.byz[t].reached.insert(to);
+            // A record forger has reached an indexer once it handed it a (forged) record; other
+            // misbehaving nodes with any message.
+            let counts = match self.byz[t].behaviour {
+                Behaviour::ClaimForeignDid | Behaviour::BadSignature => match &decoded {
+                    Ok(Message::Heartbeat(hb)) => hb.record.is_some(),
+                    Ok(Message::Publish(_)) => true,
+                    _ => false,
+                },
+                _ => true,
+            };
+            if counts {
+                self.byz[t].reached.insert(to);
+            }
         }
-        match wire::decode(bytes) {
+        match decoded {
+            // A withholding indexer stores nothing it is sent, and answers nothing for it.
+            Ok(Message::Store(_))
+                if matches!(self.peers[to as usize].byz, Some((Behaviour::WithholdRecords, _)))
+                    && self.peers[to as usize].roles.indexer =>
+            {
+                self.netr.dropped_byzantine += 1;
+            }
             Ok(message) => {
                 let fid = self.ids[from as usize];
                 self.handle(to, Input::Received { from: fid, message }, false);
@@ -855,7 +1261,8 @@ impl Simulation {
     fn byzantine_filter(&mut self, p: PeerIx, message: Message) -> Option<Message> {
         let sp = &mut self.peers[p as usize];
         let Some((behaviour, _)) = sp.byz else { return Some(message) };
-        if !sp.roles.indexer {
+        let applies = if behaviour.is_indexer_behaviour() { sp.roles.indexer } else { sp.roles.node };
+        if !applies {
             return Some(message);
         }
         match (behaviour, message) {
@@ -881,7 +1288,51 @@ impl Simulation {
                 Behaviour::DropResponses,
                 Message::HeartbeatResponse(_) | Message::Refused(_) | Message::CandidatesResponse(_),
             ) => None,
+            (Behaviour::WithholdRecords, Message::Value(mut v)) => {
+                v.record = None;
+                Some(Message::Value(v))
+            }
+            (Behaviour::WithholdRecords, Message::RecordReply(mut r)) => {
+                r.record = None;
+                Some(Message::RecordReply(r))
+            }
+            (Behaviour::ClaimForeignDid | Behaviour::BadSignature, Message::Heartbeat(mut hb)) => {
+                if let Some(r) = hb.record.take() {
+                    hb.record = Some(self.forge_record(p, behaviour, r));
+                }
+                if behaviour == Behaviour::ClaimForeignDid
+                    && hb.did.is_some()
+                    && let Some(v) = self.peers[p as usize].victim
+                {
+                    hb.did = Some(self.peers[v as usize].setup.did.clone());
+                }
+                Some(Message::Heartbeat(hb))
+            }
+            (Behaviour::ClaimForeignDid | Behaviour::BadSignature, Message::Publish(mut pb)) => {
+                pb.record = self.forge_record(p, behaviour, pb.record);
+                Some(Message::Publish(pb))
+            }
             (_, m) => Some(m),
+        }
+    }
+
+    /// The record a misbehaving node sends instead of its own: re-signed by its own key with the
+    /// victim's DID (`claim_foreign_did`), or with one signature byte flipped (`bad_signature`).
+    fn forge_record(&self, p: PeerIx, behaviour: Behaviour, record: PeerRecord) -> PeerRecord {
+        let sp = &self.peers[p as usize];
+        match behaviour {
+            Behaviour::ClaimForeignDid => {
+                let Some(v) = sp.victim else { return record };
+                let mut body = (*record.body).clone();
+                body.did = self.peers[v as usize].setup.did.clone();
+                PeerRecord::sign(body, &sp.setup.keypair).unwrap_or(record)
+            }
+            Behaviour::BadSignature => {
+                let mut r = record;
+                r.signature.0[0] ^= 0x01;
+                r
+            }
+            _ => record,
         }
     }
 
@@ -1004,8 +1455,9 @@ impl Simulation {
             FaultKind::SetLoss { loss } => self.net.set_loss(loss),
             FaultKind::SetLatency { latency_ms } => self.net.set_latency(latency_ms),
             FaultKind::Byzantine { behaviour, .. } => {
+                let victim = self.fault_victims.get(i).copied().flatten();
                 for &t in &targets {
-                    self.make_byzantine(t, behaviour);
+                    self.make_byzantine(t, behaviour, victim);
                 }
             }
         }
@@ -1030,6 +1482,7 @@ impl Simulation {
         }
         sp.peer = None;
         sp.life = Life::Crashed;
+        sp.last_down = Some(self.now);
         sp.wake_gen += 1;
         sp.wake_at = None;
         sp.members.clear();
@@ -1043,6 +1496,7 @@ impl Simulation {
         let sp = &mut self.peers[p as usize];
         sp.peer = None;
         sp.life = Life::NotStarted;
+        sp.last_down = Some(self.now);
         sp.wake_gen += 1;
         sp.wake_at = None;
         sp.incarnation += 1;
@@ -1058,10 +1512,12 @@ impl Simulation {
         }
     }
 
-    fn make_byzantine(&mut self, p: PeerIx, behaviour: Behaviour) {
+    fn make_byzantine(&mut self, p: PeerIx, behaviour: Behaviour, victim: Option<PeerIx>) {
         let now = self.now;
         let sp = &mut self.peers[p as usize];
         sp.byz = Some((behaviour, now));
+        let victim = if behaviour == Behaviour::ClaimForeignDid { victim.filter(|v| *v != p) } else { None };
+        sp.victim = victim;
         if !behaviour.is_simulated() {
             return;
         }
@@ -1080,6 +1536,9 @@ impl Simulation {
             live_nodes: BTreeMap::new(),
             reached: BTreeSet::new(),
             banned: BTreeMap::new(),
+            records_accepted: 0,
+            victim,
+            lookups: (0, 0),
         };
         if behaviour.is_indexer_behaviour() {
             for (n, sp) in self.peers.iter().enumerate() {
@@ -1090,7 +1549,7 @@ impl Simulation {
                     }
                 }
             }
-        } else {
+        } else if behaviour == Behaviour::HeartbeatFlood {
             self.schedule(now + FLOOD_EVERY_MS, Ev::FloodTick(p));
         }
         self.byz.push(track);
@@ -1189,6 +1648,83 @@ impl Simulation {
                     }
                 }
             }
+            Event::LookupDone { id, key, record, hops, attempts } => {
+                // Whatever asked, a DID must only ever resolve to the peer that owns it.
+                if let (RecordKey::Did(d), Some(r)) = (&key, &record) {
+                    let owner = self.index.get(&r.body.peer_id).copied();
+                    if owner.is_none_or(|o| self.peers[o as usize].setup.did != *d) {
+                        let m = format!(
+                            "t={}s: {} looked up DID {d} and got the record of {}",
+                            (now - EPOCH_MS) / 1000,
+                            self.name(p),
+                            owner.map_or("an unknown peer", |o| self.name(o))
+                        );
+                        self.violation(m);
+                    }
+                }
+                match self.pending_lookups.remove(&id) {
+                    Some(l) if l.asker == p => self.finish_lookup(l, record, hops, attempts),
+                    other => {
+                        if let Some(l) = other {
+                            self.pending_lookups.insert(id, l);
+                        }
+                        let at_ms = now - EPOCH_MS;
+                        self.lookup_results.insert((p, id), LookupResult { key, record, hops, attempts, at_ms });
+                    }
+                }
+            }
+            Event::RecordStored { owner, did, from } => {
+                self.records.stored += 1;
+                if from == owner {
+                    self.records.stored_from_owner += 1;
+                }
+                let Some(o) = self.index.get(&owner).copied() else { return };
+                let foreign = self.peers[o as usize].setup.did != did;
+                let honest_indexer = self.peers[p as usize].honest();
+                if foreign && honest_indexer {
+                    let m = format!(
+                        "t={}s: honest indexer {} stored a record of {} claiming DID {did}{}",
+                        (now - EPOCH_MS) / 1000,
+                        self.name(p),
+                        self.name(o),
+                        self.peers
+                            .iter()
+                            .find(|q| q.setup.did == did)
+                            .map_or(String::new(), |q| format!(" (owned by {})", q.name))
+                    );
+                    self.violation(m);
+                }
+                if let Some(t) = self.peers[o as usize].byz_track
+                    && matches!(self.byz[t].behaviour, Behaviour::ClaimForeignDid | Behaviour::BadSignature)
+                    && now >= self.byz[t].since
+                {
+                    let bad_signature = !foreign && !self.holds_valid_record(p, &owner);
+                    if foreign || bad_signature {
+                        self.byz[t].records_accepted += 1;
+                    }
+                    if bad_signature && honest_indexer {
+                        let m = format!(
+                            "t={}s: honest indexer {} stored a badly signed record of {}",
+                            (now - EPOCH_MS) / 1000,
+                            self.name(p),
+                            self.name(o)
+                        );
+                        self.violation(m);
+                    }
+                }
+            }
+            Event::RecordRejected { reason, .. } => {
+                self.records.rejected[refusal_index(reason)] += 1;
+            }
+            Event::RequestRefused { peer, reason } => {
+                let role = match self.index.get(&peer).map(|x| &self.peers[*x as usize]) {
+                    Some(q) if !q.honest() => "byzantine",
+                    Some(q) if q.roles.indexer => "indexer",
+                    Some(_) => "node",
+                    None => "unknown",
+                };
+                *self.refusals.entry(format!("{reason:?} {role}")).or_insert(0) += 1;
+            }
             Event::PeerBanned { peer, .. } => {
                 let Some(x) = self.index.get(&peer).copied() else { return };
                 self.banned.insert(x);
@@ -1211,6 +1747,13 @@ impl Simulation {
             }
             _ => {}
         }
+    }
+
+    /// Whether indexer `p` holds a record of `owner` whose signature verifies (the record it just
+    /// reported stored). Checked only for misbehaving owners.
+    fn holds_valid_record(&self, p: PeerIx, owner: &PeerId) -> bool {
+        let Some(dht) = self.peers[p as usize].peer.as_ref().map(|q| q.dht()) else { return true };
+        dht.records().iter().find(|r| r.body.peer_id == *owner).is_none_or(|r| r.verify(Timestamp(self.now)).is_ok())
     }
 
     fn violation(&mut self, m: String) {
@@ -1379,7 +1922,18 @@ impl Simulation {
                 reached: None,
                 banned_by: None,
                 p50_ban_ms: None,
+                records_accepted: None,
+                victim: t.victim.map(|v| self.peers[v as usize].name.clone()),
+                lookups: None,
+                lookups_ok_ratio: None,
             };
+            if matches!(t.behaviour, Behaviour::ClaimForeignDid | Behaviour::BadSignature) {
+                b.records_accepted = Some(t.records_accepted);
+            }
+            if t.behaviour == Behaviour::WithholdRecords && !self.lookup_work.is_empty() {
+                b.lookups = Some(t.lookups.0);
+                b.lookups_ok_ratio = (t.lookups.0 > 0).then(|| t.lookups.1 as f64 / t.lookups.0 as f64);
+            }
             if t.behaviour.is_indexer_behaviour() {
                 // A node that met the indexer in the last `BYZANTINE_MIN_EXPOSURE_MS` of the run
                 // and has not evicted it yet had no fair chance to (eviction grace plus a few
@@ -1429,6 +1983,8 @@ impl Simulation {
                 self.spins
             ));
         }
+        let lookups = (!self.lookup_work.is_empty()).then(|| self.lookup_report());
+        let records = self.records_report();
         let wall_s = (wall_ms.max(1)) as f64 / 1000.0;
         self.netr.sent_by_kind = KIND_NAMES.iter().zip(self.sent_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
         Report {
@@ -1451,12 +2007,79 @@ impl Simulation {
             faults: std::mem::take(&mut self.faults),
             byzantine,
             bans,
+            lookups,
+            records,
+            refusals: std::mem::take(&mut self.refusals),
             invariant_violations: std::mem::take(&mut self.violations),
             invariant_violation_count: self.violation_count,
             network: std::mem::take(&mut self.netr),
             notes,
             events_per_wall_s: self.events as f64 / wall_s,
         }
+    }
+
+    fn lookup_report(&mut self) -> LookupReport {
+        let acc = &mut self.lookups;
+        let lat = Stats::of(&mut acc.latencies);
+        let hops = Stats::of(&mut acc.hops);
+        LookupReport {
+            issued: acc.issued,
+            ok: acc.ok,
+            failed: acc.issued - acc.ok,
+            p50_ms: lat.map(|s| s.p50),
+            p99_ms: lat.map(|s| s.p99),
+            max_ms: lat.map(|s| s.max),
+            hops_p50: hops.map(|s| s.p50),
+            hops_p99: hops.map(|s| s.p99),
+            attempts_mean: if acc.issued == 0 { 0.0 } else { acc.attempts as f64 / acc.issued as f64 },
+            by_did: acc.by_did,
+            by_peer: acc.by_peer,
+            excluded: acc.excluded,
+            failed_no_indexer: acc.no_indexer,
+            timeline: acc.per_minute.iter().map(|(m, (n, ok))| (m * SAMPLE_EVERY_MS, *n, *ok)).collect(),
+            unfinished: self.pending_lookups.len() as u64,
+            failures: std::mem::take(&mut acc.failures),
+        }
+    }
+
+    fn records_report(&self) -> Option<RecordsReport> {
+        let mut r = RecordsReport {
+            stored: self.records.stored,
+            stored_from_owner: self.records.stored_from_owner,
+            rejected: self.records.rejected.iter().sum(),
+            rejected_by_reason: REFUSALS
+                .iter()
+                .zip(self.records.rejected)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| ((*k).to_string(), n))
+                .collect(),
+            ..RecordsReport::default()
+        };
+        let (mut any, mut records, mut table, mut providers) = (false, 0usize, 0usize, 0usize);
+        for sp in &self.peers {
+            let Some(dht) = sp.peer.as_ref().map(|q| q.dht()) else { continue };
+            any = true;
+            let st = dht.stats();
+            r.dht_queries += st.queries;
+            r.dht_rpcs += st.rpcs;
+            r.dht_rpc_failures += st.rpc_failures;
+            r.dht_verifications += st.verifications;
+            if sp.roles.indexer {
+                r.indexers += 1;
+                records += dht.records().len();
+                r.max_records_per_indexer = r.max_records_per_indexer.max(dht.records().len());
+                table += dht.table().len();
+                providers += dht.provider_count();
+            }
+        }
+        if !any {
+            return None;
+        }
+        let n = r.indexers.max(1) as f64;
+        r.mean_records_per_indexer = records as f64 / n;
+        r.mean_routing_table = table as f64 / n;
+        r.mean_providers = providers as f64 / n;
+        Some(r)
     }
 
     /// Test hook: makes `a` dial `b` as if its core had asked to.
@@ -1573,6 +2196,36 @@ role = "indexer"
         assert_eq!(r1.without_wall_clock(), r2.without_wall_clock());
         let r3 = run(sc.with_seed(6)).unwrap();
         assert_ne!(r1.trace_hash, r3.trace_hash);
+    }
+
+    #[test]
+    fn forged_records_claim_the_victims_did_or_fail_verification() {
+        let mut s = sim("[[group]]\nname = \"n\"\ncount = 3\nrole = \"node\"\nseeds = [\"a\"]\n\
+             [[fault]]\nat = \"1m\"\nkind = \"byzantine\"\ntargets = [\"n/1\"]\nbehaviour = \"claim_foreign_did\"\n\
+             [[fault]]\nat = \"1m\"\nkind = \"byzantine\"\ntargets = [\"n/2\"]\nbehaviour = \"bad_signature\"");
+        s.run_for(Duration::from_secs(61));
+        let (n0, n1, n2) = (s.peer_index("n/0").unwrap(), s.peer_index("n/1").unwrap(), s.peer_index("n/2").unwrap());
+        assert_eq!(s.peers[n1 as usize].victim, Some(n0), "default victim: the first honest node");
+        let now = Timestamp(s.now);
+        let own = |p: PeerIx| s.peers[p as usize].peer.as_ref().unwrap().record().unwrap().clone();
+        let claim = s.forge_record(n1, Behaviour::ClaimForeignDid, own(n1));
+        assert_eq!(claim.verify(now), Ok(()), "a validly signed record…");
+        assert_eq!(claim.body.did, s.peers[n0 as usize].setup.did, "…claiming the victim's DID");
+        assert_eq!(claim.body.peer_id, s.ids[n1 as usize]);
+        let bad = s.forge_record(n2, Behaviour::BadSignature, own(n2));
+        assert!(bad.verify(now).is_err());
+        assert_eq!(bad.body, own(n2).body);
+    }
+
+    #[test]
+    fn lookup_times_are_a_pure_function_of_the_seed() {
+        let w =
+            "[[group]]\nname = \"n\"\ncount = 2\nrole = \"node\"\n[[workload]]\nkind = \"lookup\"\nrate_per_s = 4.0";
+        let gaps = |s: &mut Simulation| (0..200).map(|_| s.lookup_gap(0)).collect::<Vec<_>>();
+        let (a, b) = (gaps(&mut sim(w)), gaps(&mut sim(w)));
+        assert_eq!(a, b);
+        let mean = a.iter().sum::<u64>() as f64 / a.len() as f64;
+        assert!((150.0..400.0).contains(&mean), "mean gap {mean} ms for 4/s");
     }
 
     #[test]

@@ -115,3 +115,213 @@ fn lossy_and_slow_network_keeps_every_node_at_its_minimum_pool() {
     assert_eq!(r.bans.honest, 0, "loss must never get an honest node banned");
     assert_eq!(r.invariant_violation_count, 0, "{:#?}", r.invariant_violations);
 }
+
+// ---- records, the DHT and lookups (issue 4) ----
+//
+// The shipped lookup scenarios are sized for release builds (`lookup-scale.toml` has 5,000 nodes);
+// these tests run them scaled down — same shape, fewer nodes, shorter — so that each stays under
+// about a minute in a debug build. The full-size figures are measured in release (see
+// simulator/README.md).
+
+/// The shipped scenario `file` with each `(from, to)` text replacement applied (each `from` must
+/// occur, so a change to the file cannot silently void the variant).
+fn variant(file: &str, edits: &[(&str, &str)]) -> Scenario {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../simulator/scenarios").join(file);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (from, to) in edits {
+        assert!(text.contains(from), "{file} no longer contains {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    Scenario::from_toml(&text).unwrap_or_else(|e| panic!("{file} variant: {e}"))
+}
+
+fn ok_ratio(r: &Report) -> f64 {
+    let l = r.lookups.as_ref().expect("a lookups section");
+    assert!(l.issued > 0, "no lookup was counted: {l:?}");
+    l.ok as f64 / l.issued as f64
+}
+
+#[test]
+fn lookups_of_live_nodes_succeed_with_100_indexers_in_few_hops() {
+    // 100 indexers as in the full scenario, 200 nodes instead of 5,000, 3 minutes.
+    let sc = variant(
+        "lookup-scale.toml",
+        &[
+            ("duration = \"8m\"", "duration = \"3m\""),
+            ("count = 5000", "count = 200"),
+            ("start_spread = \"60s\"", "start_spread = \"20s\""),
+            ("from = \"5m\"", "from = \"70s\""),
+            ("rate_per_s = 20.0", "rate_per_s = 10.0"),
+            ("warmup = \"90s\"", "warmup = \"45s\""),
+        ],
+    );
+    let r = run(sc).unwrap();
+    let l = r.lookups.clone().expect("lookups");
+    assert!(ok_ratio(&r) >= 0.999, "only {} of {} lookups succeeded: {:#?}", l.ok, l.issued, l.failures);
+    assert!(l.by_did.issued > 0 && l.by_peer.issued > 0, "{l:?}");
+    // ⌈log2(100)⌉ / 2 + 1 = 4.5
+    assert!(l.hops_p50.unwrap_or(u64::MAX) <= 4, "median hops {:?}", l.hops_p50);
+    assert_eq!(r.invariant_violation_count, 0, "{:#?}", r.invariant_violations);
+    assert_eq!(r.bans.honest, 0, "{:?}", r.refusals);
+    let records = r.records.expect("records");
+    assert!(records.mean_records_per_indexer > 0.0 && records.mean_routing_table > 0.0, "{records:?}");
+}
+
+#[test]
+fn lookups_survive_20_percent_of_indexers_crashing_and_restarting() {
+    let sc = variant(
+        "lookup-churn.toml",
+        &[
+            ("duration = \"8m\"", "duration = \"5m\""),
+            ("count = 100", "count = 30"),
+            ("count = 1000", "count = 200"),
+            ("start_spread = \"60s\"", "start_spread = \"20s\""),
+            ("at = \"4m\"", "at = \"150s\""),
+            ("targets = [\"idx/0..20\"]", "targets = [\"idx/0..6\"]"),
+            ("at = \"5m\"", "at = \"210s\""),
+            ("targets = [\"idx/0..20\"]", "targets = [\"idx/0..6\"]"),
+            ("from = \"2m\"", "from = \"70s\""),
+        ],
+    );
+    let r = run(sc.with_seed(22)).unwrap();
+    let l = r.lookups.clone().expect("lookups");
+    assert!(ok_ratio(&r) >= 0.99, "only {} of {} lookups succeeded: {:#?}", l.ok, l.issued, l.failures);
+    let crash = r.faults.iter().find(|f| f.kind == "crash").expect("a crash");
+    assert!(crash.affected_nodes > 0, "the crash hit nobody: {crash:?}");
+    assert_eq!(r.bans.honest, 0, "{:?}", r.refusals);
+    assert_eq!(r.invariant_violation_count, 0, "{:#?}", r.invariant_violations);
+}
+
+#[test]
+fn a_withholding_indexer_does_not_stop_lookups() {
+    let sc = variant(
+        "withhold.toml",
+        &[
+            ("duration = \"10m\"", "duration = \"5m\""),
+            ("count = 30", "count = 20"),
+            ("count = 600", "count = 200"),
+            ("start_spread = \"60s\"", "start_spread = \"20s\""),
+            ("at = \"3m\"", "at = \"90s\""),
+            ("from = \"2m\"", "from = \"80s\""),
+        ],
+    );
+    let r = run(sc).unwrap();
+    let b = r.byzantine.iter().find(|b| b.behaviour == "withhold_records").expect("the withholder");
+    assert!(b.lookups.unwrap_or(0) > 0, "no lookup ran while it withheld: {b:?}");
+    let share = b.lookups_ok_ratio.unwrap_or(0.0);
+    assert!(share >= 0.99, "{:.2}% of lookups ok while {} withheld", share * 100.0, b.peer);
+    assert!(r.network.dropped_byzantine > 0, "the withholder was never sent a STORE to drop");
+    assert!(ok_ratio(&r) >= 0.99);
+    assert_eq!(r.bans.honest, 0);
+    assert_eq!(r.invariant_violation_count, 0, "{:#?}", r.invariant_violations);
+}
+
+#[test]
+fn forged_records_are_never_accepted_and_their_senders_are_banned() {
+    let sc =
+        variant("foreign-did.toml", &[("duration = \"10m\"", "duration = \"8m\""), ("count = 300", "count = 150")]);
+    let r = run(sc).unwrap();
+    assert_eq!(r.byzantine.len(), 2, "{:?}", r.byzantine);
+    for b in &r.byzantine {
+        assert_eq!(b.records_accepted, Some(0), "{} ({}) got records accepted", b.peer, b.behaviour);
+        assert!(b.reached.unwrap_or(0) > 0, "{} ({}) never sent a forged record", b.peer, b.behaviour);
+        let share = b.banned_by.unwrap_or(0.0);
+        assert!(
+            share >= 0.9,
+            "{} ({}) banned by {:.0}% of {:?} indexers",
+            b.peer,
+            b.behaviour,
+            share * 100.0,
+            b.reached
+        );
+    }
+    assert_eq!(r.bans.honest, 0, "{:?}", r.refusals);
+    // Among them: no honest indexer stored a forged record, and the victim's DID always resolved
+    // to the victim.
+    assert_eq!(r.invariant_violation_count, 0, "{:#?}", r.invariant_violations);
+    let records = r.records.as_ref().expect("records");
+    assert!(records.rejected > 0, "no forged record was ever refused: {records:?}");
+    let l = r.lookups.as_ref().expect("lookups");
+    assert_eq!(l.failed, 0, "{:#?}", l.failures);
+}
+
+const EXPIRY: &str = r#"
+name = "record-expiry"
+seed = 31
+duration = "6m"
+
+[[group]]
+name = "idx"
+count = 8
+role = "indexer"
+seeds = ["idx"]
+seeds_sample = 3
+start_spread = "10s"
+
+[[group]]
+name = "n"
+count = 30
+role = "node"
+seeds = ["idx"]
+seeds_sample = 2
+start_spread = "20s"
+[group.config]
+min_indexers = 2
+max_indexers = 3
+record_ttl = "60s"
+
+[[fault]]
+at = "2m"
+kind = "crash"
+targets = ["n/0"]
+"#;
+
+#[test]
+fn a_crashed_node_stops_being_found_once_its_record_expires() {
+    use ocd_core::proto::{Command, RecordKey};
+    use ocd_simulator::Simulation;
+    use std::time::Duration;
+
+    let mut sim = Simulation::new(Scenario::from_toml(EXPIRY).unwrap()).unwrap();
+    let (did, id) = (sim.did_of("n/0").unwrap().clone(), sim.peer_id_of("n/0").unwrap());
+    let lookup = |sim: &mut Simulation, at_s: u64, first_id: u64| {
+        sim.run_for(Duration::from_secs(at_s));
+        assert!(sim.command("n/1", Command::Lookup { id: first_id, key: RecordKey::Did(did.clone()) }));
+        assert!(sim.command("n/1", Command::Lookup { id: first_id + 1, key: RecordKey::Peer(id) }));
+        // Every lookup ends within lookup_timeout × lookup_attempts (30 s).
+        sim.run_for(Duration::from_secs(at_s + 35));
+        let a = sim.lookup_result("n/1", first_id).expect("the DID lookup finished").clone();
+        let b = sim.lookup_result("n/1", first_id + 1).expect("the peer-id lookup finished").clone();
+        (a.record, b.record)
+    };
+    // Shortly after the crash (2 min) its last record is still valid: found both ways.
+    let (a, b) = lookup(&mut sim, 125, 1);
+    assert!(sim.peer("n/0").is_none(), "n/0 crashed");
+    assert_eq!(a.map(|r| r.body.peer_id), Some(id), "not found by DID right after the crash");
+    assert_eq!(b.map(|r| r.body.peer_id), Some(id), "not found by peer id right after the crash");
+    // Its record was signed before the crash and lives record_ttl (60 s): gone by crash + 60 s.
+    let (a, b) = lookup(&mut sim, 120 + 60 + 10, 3);
+    assert_eq!(a, None, "still found by DID after its record expired");
+    assert_eq!(b, None, "still found by peer id after its record expired");
+    // A live node is still found at that point (the lookup path itself works).
+    let live = sim.peer_id_of("n/2").unwrap();
+    sim.run_for(Duration::from_secs(240));
+    assert!(sim.command("n/1", Command::Lookup { id: 5, key: RecordKey::Peer(live) }));
+    sim.run_for(Duration::from_secs(280));
+    let r = sim.lookup_result("n/1", 5).expect("finished").clone();
+    assert_eq!(r.record.map(|r| r.body.peer_id), Some(live));
+}
+
+#[test]
+fn same_seed_same_trace_hash_with_the_lookup_workload_on() {
+    let text = format!("{EXPIRY}\n[[workload]]\nkind = \"lookup\"\nfrom = \"70s\"\nrate_per_s = 5.0\nwarmup = \"40s\"");
+    let sc = Scenario::from_toml(&text).unwrap();
+    let a = run(sc.clone()).unwrap();
+    let b = run(sc.clone()).unwrap();
+    let l = a.lookups.as_ref().expect("lookups");
+    assert!(l.issued > 100, "{l:?}");
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.without_wall_clock(), b.without_wall_clock());
+    let c = run(sc.with_seed(32)).unwrap();
+    assert_ne!(a.trace_hash, c.trace_hash);
+}
