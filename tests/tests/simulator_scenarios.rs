@@ -143,16 +143,16 @@ fn ok_ratio(r: &Report) -> f64 {
 
 #[test]
 fn lookups_of_live_nodes_succeed_with_100_indexers_in_few_hops() {
-    // 100 indexers as in the full scenario, 200 nodes instead of 5,000, 3 minutes.
+    // 100 indexers as in the full scenario, 150 nodes instead of 5,000, 2.5 minutes.
     let sc = variant(
         "lookup-scale.toml",
         &[
-            ("duration = \"8m\"", "duration = \"3m\""),
-            ("count = 5000", "count = 200"),
+            ("duration = \"8m\"", "duration = \"150s\""),
+            ("count = 5000", "count = 150"),
             ("start_spread = \"60s\"", "start_spread = \"20s\""),
-            ("from = \"5m\"", "from = \"70s\""),
-            ("rate_per_s = 20.0", "rate_per_s = 10.0"),
-            ("warmup = \"90s\"", "warmup = \"45s\""),
+            ("from = \"5m\"", "from = \"60s\""),
+            ("rate_per_s = 20.0", "rate_per_s = 15.0"),
+            ("warmup = \"90s\"", "warmup = \"40s\""),
         ],
     );
     let r = run(sc).unwrap();

@@ -563,7 +563,7 @@ impl Dht {
                 }
                 Message::Providers(Providers { req, providers, closer: self.closer(&key, peer, k) })
             }
-            Message::Store(Store { req, record }) => {
+            Message::Store(Store { req, record, .. }) => {
                 let refused = self.accept_store(peer, record, now);
                 self.reply(peer, Message::StoreAck(StoreAck { req, refused }));
                 return refused.filter(|r| *r == StoreRefusal::Invalid);
@@ -853,7 +853,8 @@ impl Dht {
                 return;
             }
             Goal::Replicate { record } => {
-                Some(Box::new(move |req| Message::Store(Store { req, record: record.clone() })))
+                let server = self.server;
+                Some(Box::new(move |req| Message::Store(Store { req, record: record.clone(), server })))
             }
             Goal::Provide { record } => Some(Box::new(move |req| {
                 Message::AddProvider(AddProvider { req, key: indexer_rendezvous(), provider: record.clone() })

@@ -401,8 +401,12 @@ impl Peer {
                     Message::FindNode(x) => (x.req, x.server),
                     Message::FindValue(x) => (x.req, x.server),
                     Message::GetProviders(x) => (x.req, x.server),
-                    Message::Store(x) => (x.req, self.dht.table().contains(&from)),
-                    Message::AddProvider(x) => (x.req, self.dht.table().contains(&from)),
+                    // Replication traffic between indexers is not a node's "get": only DHT clients
+                    // count in the get window (routing-table membership was not enough: with 100
+                    // indexers a table holds ~60, and honest replicators were rate-limited).
+                    Message::Store(x) => (x.req, x.server),
+                    // A provider record is signed by its sender, who announces itself as a server.
+                    Message::AddProvider(x) => (x.req, true),
                     _ => return,
                 };
                 match &mut self.indexer {

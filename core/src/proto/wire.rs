@@ -449,6 +449,8 @@ pub struct Store {
     pub req: RequestId,
     /// The record.
     pub record: PeerRecord,
+    /// The sender serves the DHT (a replicating indexer): not counted in the get window.
+    pub server: bool,
 }
 
 /// DHT request: add a provider of `key`.
