@@ -120,25 +120,14 @@ impl PeerRecord {
     /// Signs `body` with `key`, which must be the key of `body.peer_id`; the body must be
     /// well-formed (sizes, lifetime).
     pub fn sign(body: RecordBody, key: &Keypair) -> Result<Self, RecordError> {
-        if key.peer_id() != body.peer_id {
-            return Err(RecordError::WrongKey);
-        }
-        body.check_shape()?;
-        let signature = key.sign(&body.signing_bytes());
+        let signature = sign_body(&body, key)?;
         Ok(PeerRecord { body: Box::new(body), signature })
     }
 
     /// Checks the record as of `now`: shape, lifetime, not expired, not issued in the future
     /// beyond [`MAX_CLOCK_SKEW`], and the owner's signature.
     pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
-        self.body.check_shape()?;
-        if now >= self.body.expires_at {
-            return Err(RecordError::Expired(self.body.expires_at));
-        }
-        if self.body.issued_at > now + MAX_CLOCK_SKEW {
-            return Err(RecordError::FromTheFuture(self.body.issued_at));
-        }
-        self.body.peer_id.verify(&self.body.signing_bytes(), &self.signature).map_err(|_| RecordError::BadSignature)
+        verify_body(&*self.body, &self.signature, now)
     }
 
     /// Whether `self` should replace `other` for the same owner: it expires later (ties keep the
@@ -146,6 +135,67 @@ impl PeerRecord {
     pub fn supersedes(&self, other: &PeerRecord) -> bool {
         self.body.peer_id == other.body.peer_id && self.body.expires_at > other.body.expires_at
     }
+}
+
+/// What peer records and provider records share: a signer, a shape check, a lifetime and the
+/// exact bytes signed.
+trait SignedBody {
+    fn signer(&self) -> PeerId;
+    fn signed_bytes(&self) -> Vec<u8>;
+    fn shape(&self) -> Result<(), RecordError>;
+    fn lifetime(&self) -> (Timestamp, Timestamp);
+}
+
+impl SignedBody for RecordBody {
+    fn signer(&self) -> PeerId {
+        self.peer_id
+    }
+    fn signed_bytes(&self) -> Vec<u8> {
+        self.signing_bytes()
+    }
+    fn shape(&self) -> Result<(), RecordError> {
+        self.check_shape()
+    }
+    fn lifetime(&self) -> (Timestamp, Timestamp) {
+        (self.issued_at, self.expires_at)
+    }
+}
+
+impl SignedBody for ProviderBody {
+    fn signer(&self) -> PeerId {
+        self.provider.id
+    }
+    fn signed_bytes(&self) -> Vec<u8> {
+        self.signing_bytes()
+    }
+    fn shape(&self) -> Result<(), RecordError> {
+        self.check_shape()
+    }
+    fn lifetime(&self) -> (Timestamp, Timestamp) {
+        (self.issued_at, self.expires_at)
+    }
+}
+
+/// Signs a well-formed body with its signer's key.
+fn sign_body(body: &impl SignedBody, key: &Keypair) -> Result<Signature, RecordError> {
+    if key.peer_id() != body.signer() {
+        return Err(RecordError::WrongKey);
+    }
+    body.shape()?;
+    Ok(key.sign(&body.signed_bytes()))
+}
+
+/// Shape, lifetime, not expired, not issued beyond [`MAX_CLOCK_SKEW`] in the future, signature.
+fn verify_body(body: &impl SignedBody, signature: &Signature, now: Timestamp) -> Result<(), RecordError> {
+    body.shape()?;
+    let (issued_at, expires_at) = body.lifetime();
+    if now >= expires_at {
+        return Err(RecordError::Expired(expires_at));
+    }
+    if issued_at > now + MAX_CLOCK_SKEW {
+        return Err(RecordError::FromTheFuture(issued_at));
+    }
+    body.signer().verify(&body.signed_bytes(), signature).map_err(|_| RecordError::BadSignature)
 }
 
 /// Domain separation for provider-record signatures.
@@ -204,24 +254,13 @@ pub struct ProviderRecord {
 impl ProviderRecord {
     /// Signs `body` with `key` (the key of `body.provider.id`).
     pub fn sign(body: ProviderBody, key: &Keypair) -> Result<Self, RecordError> {
-        if key.peer_id() != body.provider.id {
-            return Err(RecordError::WrongKey);
-        }
-        body.check_shape()?;
-        let signature = key.sign(&body.signing_bytes());
+        let signature = sign_body(&body, key)?;
         Ok(ProviderRecord { body: Box::new(body), signature })
     }
 
     /// Checks shape, lifetime, expiry, clock skew and signature as of `now`.
     pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
-        self.body.check_shape()?;
-        if now >= self.body.expires_at {
-            return Err(RecordError::Expired(self.body.expires_at));
-        }
-        if self.body.issued_at > now + MAX_CLOCK_SKEW {
-            return Err(RecordError::FromTheFuture(self.body.issued_at));
-        }
-        self.body.provider.id.verify(&self.body.signing_bytes(), &self.signature).map_err(|_| RecordError::BadSignature)
+        verify_body(&*self.body, &self.signature, now)
     }
 }
 
