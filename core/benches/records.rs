@@ -30,11 +30,9 @@
 //! verification. Run: `cargo bench -p ocd-core --bench records -- --warm-up-time 1 --measurement-time 3`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ocd_core::proto::dht::Dht;
-use ocd_core::proto::indexer::IndexerService;
-use ocd_core::proto::record::RecordBody;
-use ocd_core::proto::wire::{Heartbeat, HeartbeatKind};
-use ocd_core::proto::{Action, Config, DetRng, Did, Keypair, Message, PeerAddr, PeerRecord, RequestId, Timestamp};
+use ocd_core::proto::internals::{Action, Dht, IndexerService};
+use ocd_core::proto::wire::{Heartbeat, HeartbeatKind, IndexerMessage};
+use ocd_core::proto::{Config, DetRng, Did, Envelope, Keypair, PeerAddr, PeerRecord, RecordBody, RequestId, Timestamp};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -112,7 +110,7 @@ impl Bench {
         let key = Keypair::derive(0, "bench indexer");
         let me = key.peer_id();
         let dht = Dht::new(config.clone(), key, Vec::new(), true, &[], DetRng::new(1, "bench dht"), START);
-        let indexer = IndexerService::new(config, me, DetRng::new(2, "bench indexer"), START);
+        let indexer = IndexerService::new(config, me, DetRng::new(2, "bench indexer"), DetRng::new(3, "bench cache"), START);
         let nodes = (0..NODES)
             .map(|i| {
                 let key = Keypair::derive(i as u64, "bench node");
@@ -198,7 +196,7 @@ impl Bench {
             self.indexer.on_heartbeat(from, hb, &mut self.dht, self.now, &mut self.out);
             self.dht.drain_actions(&mut self.out);
             assert!(
-                self.out.iter().any(|a| matches!(a, Action::Send { message: Message::HeartbeatResponse(_), .. })),
+                self.out.iter().any(|a| matches!(a, Action::Send { message: Envelope::Indexer(IndexerMessage::HeartbeatResponse(_)), .. })),
                 "heartbeat not answered: {:?}",
                 self.out
             );
@@ -237,11 +235,11 @@ impl Bench {
             self.indexer.on_heartbeat(from.clone(), hb, &mut self.dht, self.now, &mut self.out);
             self.dht.drain_actions(&mut self.out);
             let response = self.out.iter().find_map(|a| match a {
-                Action::Send { to, message: Message::HeartbeatResponse(r) } if *to == from.id => Some(r),
+                Action::Send { to, message: Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)) } if *to == from.id => Some(r),
                 _ => None,
             });
             let response = response.unwrap_or_else(|| panic!("{carry:?}: no HeartbeatResponse in {:?}", self.out));
-            assert!(!self.out.iter().any(|a| matches!(a, Action::Send { message: Message::Refused(_), .. })));
+            assert!(!self.out.iter().any(|a| matches!(a, Action::Send { message: Envelope::Indexer(IndexerMessage::Refused(_)), .. })));
             let held = self.dht.records().by_peer(&from.id, self.now).expect("the indexer holds the record");
             assert_eq!(response.record_expires, Some(held.body.expires_at));
             if let Some(record) = carried {

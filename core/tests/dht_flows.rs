@@ -7,8 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use ocd_core::proto::record::{PeerRecord, RecordBody};
-use ocd_core::proto::wire::{self, Message};
+use ocd_core::proto::{PeerRecord, RecordBody};
+use ocd_core::proto::wire::{self, Envelope, IndexerMessage};
 use ocd_core::proto::{
     AddedVia, Command, Config, Did, Event, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerSetup, RecordKey, Roles,
     Timestamp,
@@ -37,9 +37,9 @@ struct Net {
     links: BTreeSet<(usize, usize)>,
     events: Vec<(usize, Timestamp, Event)>,
     /// Messages sent by kind, to count what travelled.
-    sent: Vec<(usize, usize, Message)>,
+    sent: Vec<(usize, usize, Envelope)>,
     /// Rewrites a peer's outgoing message (a misbehaving node).
-    tamper: BTreeMap<usize, Box<dyn Fn(Message) -> Message>>,
+    tamper: BTreeMap<usize, Box<dyn Fn(Envelope) -> Envelope>>,
 }
 
 impl Net {
@@ -235,7 +235,7 @@ fn a_published_record_is_found_by_did_and_by_peer_id_from_another_node() {
     assert!(record.is_none());
     // Records are replicated beyond the node's own indexers.
     let holders = (0..8)
-        .filter(|i| net.peers[*i].as_ref().unwrap().dht().records().by_peer(&net.ids[b], net.now).is_some())
+        .filter(|i| net.peers[*i].as_ref().unwrap().dht().record_by_peer(&net.ids[b], net.now).is_some())
         .count();
     assert!(holders >= 4, "replicated to the k closest: {holders} holders");
 }
@@ -250,7 +250,7 @@ fn heartbeats_carry_the_record_only_until_the_indexer_holds_it() {
         .iter()
         .filter(|(p, _, _)| *p == node)
         .filter_map(|(_, _, m)| match m {
-            Message::Heartbeat(hb) => Some(hb.record.is_some()),
+            Envelope::Indexer(IndexerMessage::Heartbeat(hb)) => Some(hb.record.is_some()),
             _ => None,
         })
         .collect();
@@ -294,9 +294,9 @@ fn a_node_claiming_a_foreign_did_is_refused_and_banned() {
     net.tamper.insert(
         thief,
         Box::new(move |m| match m {
-            Message::Heartbeat(mut hb) => {
+            Envelope::Indexer(IndexerMessage::Heartbeat(mut hb)) => {
                 hb.record = Some(forged(start));
-                Message::Heartbeat(hb)
+                Envelope::Indexer(IndexerMessage::Heartbeat(hb))
             }
             other => other,
         }),
@@ -331,11 +331,11 @@ fn a_badly_signed_record_is_never_stored_and_costs_a_ban() {
     net.tamper.insert(
         bad,
         Box::new(move |m| match m {
-            Message::Heartbeat(mut hb) => {
+            Envelope::Indexer(IndexerMessage::Heartbeat(mut hb)) => {
                 if let Some(r) = &mut hb.record {
                     r.body.name = "changed after signing".into();
                 }
-                Message::Heartbeat(hb)
+                Envelope::Indexer(IndexerMessage::Heartbeat(hb))
             }
             other => other,
         }),
@@ -354,7 +354,7 @@ fn a_badly_signed_record_is_never_stored_and_costs_a_ban() {
     );
     // Every record of the node any indexer holds verifies.
     for i in 0..4 {
-        if let Some(r) = net.peers[i].as_ref().unwrap().dht().records().by_peer(&me, net.now) {
+        if let Some(r) = net.peers[i].as_ref().unwrap().dht().record_by_peer(&me, net.now) {
             assert!(r.verify(net.now).is_ok());
             assert_ne!(r.body.name, "changed after signing");
         }
@@ -387,9 +387,9 @@ fn a_node_discovers_indexers_in_the_dht_and_dead_providers_fade() {
     net.tamper.insert(
         0,
         Box::new(|m| match m {
-            Message::HeartbeatResponse(mut r) => {
+            Envelope::Indexer(IndexerMessage::HeartbeatResponse(mut r)) => {
                 r.suggestions.clear();
-                Message::HeartbeatResponse(r)
+                Envelope::Indexer(IndexerMessage::HeartbeatResponse(r))
             }
             other => other,
         }),

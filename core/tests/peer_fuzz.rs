@@ -2,11 +2,11 @@
 //! panics, never spins (bounded outputs per input), never sends to itself, and its pool stays
 //! within bounds with no duplicates.
 
-use ocd_core::proto::connections::hello_mac;
-use ocd_core::proto::identity::PeerAddr;
+use ocd_core::proto::hello_mac;
+use ocd_core::proto::PeerAddr;
 use ocd_core::proto::wire::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello,
-    HelloProof, Message, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
+    HelloProof, Envelope, IndexerMessage, LinkMessage, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
 };
 use ocd_core::proto::{Config, Input, Keypair, Output, Peer, PeerId, PeerSetup, Roles, Timestamp};
 use proptest::prelude::*;
@@ -101,10 +101,10 @@ fn id_of(i: usize, me: PeerId) -> PeerId {
     if i >= REMOTES { me } else { remote(i) }
 }
 
-fn build(spec: MsgSpec, me: PeerId) -> Message {
+fn build(spec: MsgSpec, me: PeerId) -> Envelope {
     let addrs = |v: Vec<usize>| v.into_iter().map(|i| PeerAddr::id_only(id_of(i, me))).collect::<Vec<_>>();
     match spec {
-        MsgSpec::Heartbeat { req, probe, need, challenges, want_witnesses } => Message::Heartbeat(Heartbeat {
+        MsgSpec::Heartbeat { req, probe, need, challenges, want_witnesses } => Envelope::from(Heartbeat {
             req: RequestId(req),
             kind: if probe { HeartbeatKind::Probe } else { HeartbeatKind::Regular },
             need,
@@ -118,7 +118,7 @@ fn build(spec: MsgSpec, me: PeerId) -> Message {
             record: None,
         }),
         MsgSpec::Response { req, fill, peers, max, born, found, sugg, migrate } => {
-            Message::HeartbeatResponse(HeartbeatResponse {
+            Envelope::from(HeartbeatResponse {
                 req: RequestId(req),
                 fill_rate: fill,
                 peer_count: peers,
@@ -133,7 +133,7 @@ fn build(spec: MsgSpec, me: PeerId) -> Message {
                 suggest_migrate: migrate,
             })
         }
-        MsgSpec::Refused { req, reason, sugg } => Message::Refused(Refused {
+        MsgSpec::Refused { req, reason, sugg } => Envelope::from(IndexerMessage::Refused(Refused {
             req: RequestId(req),
             reason: [
                 RefuseReason::Banned,
@@ -145,12 +145,12 @@ fn build(spec: MsgSpec, me: PeerId) -> Message {
                 RefuseReason::Unknown,
             ][reason as usize % 7],
             suggestions: addrs(sugg),
-        }),
-        MsgSpec::Leave => Message::Leave,
+        })),
+        MsgSpec::Leave => Envelope::Indexer(IndexerMessage::Leave),
         MsgSpec::WitnessQuery { req, about } => {
-            Message::WitnessQuery(WitnessQuery { req: RequestId(req), indexer: id_of(about, me) })
+            Envelope::from(WitnessQuery { req: RequestId(req), indexer: id_of(about, me) })
         }
-        MsgSpec::WitnessReport { req, seen, born, fill } => Message::WitnessReport(WitnessReport {
+        MsgSpec::WitnessReport { req, seen, born, fill } => Envelope::from(WitnessReport {
             req: RequestId(req),
             seen,
             born_at: Some(Timestamp(born)),
@@ -158,12 +158,12 @@ fn build(spec: MsgSpec, me: PeerId) -> Message {
             score: fill,
         }),
         MsgSpec::CandidatesRequest { req, count } => {
-            Message::CandidatesRequest(CandidatesRequest { req: RequestId(req), count })
+            Envelope::from(CandidatesRequest { req: RequestId(req), count })
         }
         MsgSpec::CandidatesResponse { req, cands } => {
-            Message::CandidatesResponse(CandidatesResponse { req: RequestId(req), candidates: addrs(cands) })
+            Envelope::from(CandidatesResponse { req: RequestId(req), candidates: addrs(cands) })
         }
-        MsgSpec::StrayHello => Message::Hello(Hello { nonce: [1; 32] }),
+        MsgSpec::StrayHello => Envelope::from(Hello { nonce: [1; 32] }),
     }
 }
 
@@ -191,14 +191,14 @@ impl Harness {
         let r = remote(i);
         self.peer.handle(Input::ConnectionUp { peer: r, addr: None, outbound: false }, self.now);
         let nonce = self.drain().into_iter().find_map(|o| match o {
-            Output::Send { to, message: Message::Hello(Hello { nonce }) } if to == r => Some(nonce),
+            Output::Send { to, message: Envelope::Link(LinkMessage::Hello(Hello { nonce })) } if to == r => Some(nonce),
             _ => None,
         });
         let Some(their) = nonce else { return };
         let ours = [i as u8; 32];
-        self.peer.handle(Input::Received { from: r, message: Message::Hello(Hello { nonce: ours }) }, self.now);
+        self.peer.handle(Input::Received { from: r, message: Envelope::from(Hello { nonce: ours }) }, self.now);
         let mac = hello_mac(&KEY, &r, &self.me, &their, &ours);
-        self.peer.handle(Input::Received { from: r, message: Message::HelloProof(HelloProof { mac }) }, self.now);
+        self.peer.handle(Input::Received { from: r, message: Envelope::from(HelloProof { mac }) }, self.now);
         self.drain();
     }
 

@@ -2,8 +2,8 @@
 //! requests answered; a peer with the wrong key, or one that skips the handshake, gets nothing
 //! processed and is disconnected.
 
-use ocd_core::proto::connections::hello_mac;
-use ocd_core::proto::wire::{Hello, HelloProof, Message, RequestId, WitnessQuery};
+use ocd_core::proto::hello_mac;
+use ocd_core::proto::wire::{Envelope, Hello, HelloProof, LinkMessage, NodeMessage, RequestId, WitnessQuery};
 use ocd_core::proto::{CloseReason, Event, Input, Keypair, Output, Peer, PeerSetup, Roles, Timestamp};
 
 const KEY: [u8; 32] = [42; 32];
@@ -26,28 +26,28 @@ fn run(our_key: [u8; 32], skip_handshake: bool) -> (Vec<Output>, bool, Peer) {
     let their_nonce = out
         .iter()
         .find_map(|o| match o {
-            Output::Send { to, message: Message::Hello(Hello { nonce }) } if *to == me => Some(*nonce),
+            Output::Send { to, message: Envelope::Link(LinkMessage::Hello(Hello { nonce })) } if *to == me => Some(*nonce),
             _ => None,
         })
         .expect("target opens with Hello");
 
     let mut authenticated = false;
     if !skip_handshake {
-        target.handle(Input::Received { from: me, message: Message::Hello(Hello { nonce: our_nonce }) }, now);
+        target.handle(Input::Received { from: me, message: Envelope::from(Hello { nonce: our_nonce }) }, now);
         let out = drain(&mut target);
         // The target proves the key to us over our nonce.
         let proof = out.iter().find_map(|o| match o {
-            Output::Send { message: Message::HelloProof(HelloProof { mac }), .. } => Some(*mac),
+            Output::Send { message: Envelope::Link(LinkMessage::HelloProof(HelloProof { mac })), .. } => Some(*mac),
             _ => None,
         });
         assert_eq!(proof, Some(hello_mac(&KEY, &target_keys.peer_id(), &me, &our_nonce, &their_nonce)));
         let mac = hello_mac(&our_key, &me, &target_keys.peer_id(), &their_nonce, &our_nonce);
-        target.handle(Input::Received { from: me, message: Message::HelloProof(HelloProof { mac }) }, now);
+        target.handle(Input::Received { from: me, message: Envelope::from(HelloProof { mac }) }, now);
         authenticated = drain(&mut target)
             .iter()
             .any(|o| matches!(o, Output::Event(Event::PeerAuthenticated { peer }) if *peer == me));
     }
-    let q = Message::WitnessQuery(WitnessQuery { req: RequestId(7), indexer: me });
+    let q = Envelope::from(WitnessQuery { req: RequestId(7), indexer: me });
     target.handle(Input::Received { from: me, message: q }, now);
     (drain(&mut target), authenticated, target)
 }
@@ -58,7 +58,7 @@ fn peer_with_the_network_key_is_authenticated_and_answered() {
     assert!(authenticated);
     assert!(
         out.iter()
-            .any(|o| matches!(o, Output::Send { message: Message::WitnessReport(r), .. } if r.req == RequestId(7))),
+            .any(|o| matches!(o, Output::Send { message: Envelope::Node(NodeMessage::WitnessReport(r)), .. } if r.req == RequestId(7))),
         "query answered: {out:?}"
     );
 }
@@ -68,7 +68,7 @@ fn peer_with_the_wrong_network_key_gets_nothing_processed() {
     let (out, authenticated, _) = run([1; 32], false);
     assert!(!authenticated);
     assert!(
-        !out.iter().any(|o| matches!(o, Output::Send { message: Message::WitnessReport(_), .. })),
+        !out.iter().any(|o| matches!(o, Output::Send { message: Envelope::Node(NodeMessage::WitnessReport(_)), .. })),
         "nothing answered: {out:?}"
     );
 }
@@ -77,7 +77,7 @@ fn peer_with_the_wrong_network_key_gets_nothing_processed() {
 fn peer_that_skips_the_handshake_gets_nothing_processed() {
     let (out, authenticated, mut target) = run(KEY, true);
     assert!(!authenticated);
-    assert!(!out.iter().any(|o| matches!(o, Output::Send { message: Message::WitnessReport(_), .. })));
+    assert!(!out.iter().any(|o| matches!(o, Output::Send { message: Envelope::Node(NodeMessage::WitnessReport(_)), .. })));
     // The query is held, never processed; the handshake timeout then closes the connection.
     let mut later = Vec::new();
     let mut wakes = 0;
@@ -91,5 +91,5 @@ fn peer_that_skips_the_handshake_gets_nothing_processed() {
         }
     }
     assert!(later.iter().any(|o| matches!(o, Output::Close { reason: CloseReason::HandshakeTimeout, .. })));
-    assert!(!later.iter().any(|o| matches!(o, Output::Send { message: Message::WitnessReport(_), .. })));
+    assert!(!later.iter().any(|o| matches!(o, Output::Send { message: Envelope::Node(NodeMessage::WitnessReport(_)), .. })));
 }

@@ -2,10 +2,10 @@
 //! makes the decoder panic, spin or buffer beyond one frame.
 
 use ocd_core::proto::Timestamp;
-use ocd_core::proto::identity::{Did, PeerAddr, PeerId};
+use ocd_core::proto::{Did, PeerAddr, PeerId};
 use ocd_core::proto::wire::{
     self, CandidatesRequest, CandidatesResponse, ChallengeEntry, FrameDecoder, Heartbeat, HeartbeatKind,
-    HeartbeatResponse, Hello, HelloProof, Message, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
+    HeartbeatResponse, Hello, HelloProof, Envelope, IndexerMessage, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
 };
 use proptest::prelude::*;
 
@@ -42,11 +42,11 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
     ]
 }
 
-fn message() -> impl Strategy<Value = Message> {
+fn message() -> impl Strategy<Value = Envelope> {
     let req = any::<u64>().prop_map(RequestId);
     prop_oneof![
-        any::<[u8; 32]>().prop_map(|nonce| Message::Hello(Hello { nonce })),
-        any::<[u8; 32]>().prop_map(|mac| Message::HelloProof(HelloProof { mac })),
+        any::<[u8; 32]>().prop_map(|nonce| Envelope::from(Hello { nonce })),
+        any::<[u8; 32]>().prop_map(|mac| Envelope::from(HelloProof { mac })),
         (
             req.clone(),
             any::<bool>(),
@@ -58,7 +58,7 @@ fn message() -> impl Strategy<Value = Message> {
             prop::option::of("[ -~]{0,20}"),
         )
             .prop_map(|(req, probe, need, (referent, is_indexer, want_witnesses), challenges, cd, d, name)| {
-                Message::Heartbeat(Heartbeat {
+                Envelope::from(Heartbeat {
                     req,
                     kind: if probe { HeartbeatKind::Probe } else { HeartbeatKind::Regular },
                     need,
@@ -85,7 +85,7 @@ fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(
                 |(req, fill_rate, (peer_count, max_nodes), born_at, ch, did_found, witnesses, suggestions, sm)| {
-                    Message::HeartbeatResponse(HeartbeatResponse {
+                    Envelope::from(HeartbeatResponse {
                         req,
                         fill_rate,
                         peer_count,
@@ -105,18 +105,18 @@ fn message() -> impl Strategy<Value = Message> {
                 }
             ),
         (req.clone(), refuse_reason(), prop::collection::vec(peer_addr(), 0..3))
-            .prop_map(|(req, reason, suggestions)| Message::Refused(Refused { req, reason, suggestions })),
-        Just(Message::Leave),
-        (req.clone(), peer_id()).prop_map(|(req, indexer)| Message::WitnessQuery(WitnessQuery { req, indexer })),
+            .prop_map(|(req, reason, suggestions)| Envelope::Indexer(IndexerMessage::Refused(Refused { req, reason, suggestions }))),
+        Just(Envelope::Indexer(IndexerMessage::Leave)),
+        (req.clone(), peer_id()).prop_map(|(req, indexer)| Envelope::from(WitnessQuery { req, indexer })),
         (req.clone(), any::<bool>(), prop::option::of(ts()), float(), float()).prop_map(
             |(req, seen, born_at, fill_rate, score)| {
-                Message::WitnessReport(WitnessReport { req, seen, born_at, fill_rate, score })
+                Envelope::from(WitnessReport { req, seen, born_at, fill_rate, score })
             }
         ),
         (req.clone(), any::<u16>())
-            .prop_map(|(req, count)| Message::CandidatesRequest(CandidatesRequest { req, count })),
+            .prop_map(|(req, count)| Envelope::from(CandidatesRequest { req, count })),
         (req, prop::collection::vec(peer_addr(), 0..5))
-            .prop_map(|(req, candidates)| Message::CandidatesResponse(CandidatesResponse { req, candidates })),
+            .prop_map(|(req, candidates)| Envelope::from(CandidatesResponse { req, candidates })),
     ]
 }
 

@@ -8,21 +8,45 @@
 //!
 //! ## Shape
 //!
-//! A [`Peer`] is one daemon. It owns one sub-machine per mechanism and only routes between them:
+//! A [`Peer`] is one daemon. It owns one state machine per mechanism, each in its own folder with
+//! its own messages, and only routes between them (the habit of iroh-gossip's `proto`):
 //!
-//! * [`connections`] — the `Hello` exchange proving the network key, per-peer send queues while a
-//!   connection is set up, the address book, idle and handshake timeouts;
-//! * [`pool`] — the **node role**: a scored pool of indexers kept alive with heartbeats,
-//!   challenges and witnesses, eviction, candidate consensus and seed recovery (spec A §6, B §3);
-//! * [`indexer`] — the **indexer role**: admission ([`admission`]: burst guard, rate limits,
-//!   strikes, bans), sessions keyed by the authenticated peer id, heartbeat responses, offload and
-//!   the candidates responder (spec A §7, B §9, C §9–§13);
-//! * [`score`] — the node-side 7-factor indexer score and its helpers;
-//! * [`record`] — signed, self-certifying peer records (used by the record service and DHT);
-//! * [`kad`] — the Kademlia routing table the indexers' DHT is built on.
+//! ```text
+//! proto/
+//!   mod.rs      the public surface: Peer, PeerSetup, Roles, Input, Output, Command, Event, Config
+//!   peer/       the router: one arm per mechanism, no protocol decision of its own
+//!   wire/       frames and the versioned Envelope { Link, Indexer, Node, Dht }, the kind table
+//!   link/       the Hello exchange, per-peer queues, address book, idle/handshake timeouts
+//!   node/       the node role: the pool (heartbeat, rate, score, challenges, witnesses, eviction,
+//!               consensus, recovery, discovery) and record lookups
+//!   indexer/    the indexer role: sessions, admission and its gate, responses, offload,
+//!               candidates, the record gate
+//!   dht/        Kademlia: routing table and iterative lookups (kad), queries, record and
+//!               provider stores, replication
+//!   record.rs   signed peer and provider records, the record store, this peer's own record
+//!   identity.rs, time.rs, rng.rs, config.rs   shared basics
+//! ```
 //!
-//! Sub-machines talk to the router through [`Action`]s; the router turns them into [`Output`]s,
-//! dialling peers and queueing messages as needed.
+//! Every machine takes its inputs as method calls carrying `now`, pushes its effects into one sink
+//! passed in (`&mut Vec<Action>`: send, learn an address, close, event, a request to another
+//! machine), and reports its next deadline with `poll_timeout`. The router executes sends through
+//! the link, forwards requests between machines, and turns the rest into [`Output`]s.
+//!
+//! On the wire, a variant of [`wire::Envelope`] names the machine that serves the requests it
+//! carries, and a reply comes back in its request's variant: the router hands it to the machine
+//! that asked, so no machine reads another's request ids.
+//!
+//! ## Adding a mechanism
+//!
+//! 1. a folder `proto/<name>/` with a module doc that explains the protocol and cites the seed;
+//! 2. its message enum in `<name>/messages.rs`, and an [`wire::Envelope`] variant for it (bump
+//!    [`wire::WIRE_VERSION`], add its kinds to [`wire::KINDS`]);
+//! 3. its machine: inputs as methods taking `now`, effects into the `Action` sink, `poll_timeout`
+//!    and `handle_timeout`, randomness from a [`DetRng`] forked from the peer's seed;
+//! 4. one router arm in `peer/` for its envelope variant, and `From` impls lifting its messages
+//!    into the envelope;
+//! 5. its `Config` fields with the seed's defaults, each documented with where it comes from;
+//! 6. the events it reports, and a simulator workload and report section that exercise it.
 //!
 //! ## Driving a peer
 //!
@@ -38,29 +62,34 @@
 //! let _next_wake = peer.poll_timeout();
 //! ```
 
-pub mod admission;
-pub mod config;
-pub mod connections;
-pub mod dht;
-pub mod identity;
-pub mod indexer;
-pub mod kad;
-pub mod lookup;
+mod action;
+mod config;
+mod dht;
+mod identity;
+mod indexer;
+mod link;
+mod node;
 mod peer;
-pub mod pool;
-pub mod record;
-pub mod rng;
-pub mod score;
-pub mod time;
+mod record;
+mod rng;
+mod time;
 pub mod wire;
 
+#[cfg(feature = "internals")]
+pub mod internals;
+
+pub(crate) use action::Action;
 pub use config::{Config, ConfigError};
+pub use dht::DhtStats;
 pub use identity::{Addr, Did, IdentityError, Keypair, PeerAddr, PeerId, Signature};
-pub use peer::{Peer, PeerSetup, Roles};
-pub use record::{PeerRecord, ProviderRecord, RecordError};
+pub use indexer::{KnownIndexer, SessionView};
+pub use link::hello_mac;
+pub use node::{EntryState, PoolEntryView, ScoreFactors};
+pub use peer::{DhtView, IndexerView, LinkView, Peer, PeerSetup, PoolView, Roles};
+pub use record::{MAX_ADDRS, MAX_NAME_LEN, PeerRecord, ProviderRecord, RecordBody, RecordError, RecordKey};
 pub use rng::DetRng;
 pub use time::Timestamp;
-pub use wire::{Message, RecordKey, RequestId, WireError};
+pub use wire::{Envelope, RefuseReason, RequestId, StoreRefusal, WireError};
 
 use std::time::Duration;
 
@@ -91,7 +120,7 @@ pub enum Input {
         /// The transport-authenticated sender.
         from: PeerId,
         /// The message.
-        message: Message,
+        message: Envelope,
     },
     /// The deadline returned by [`Peer::poll_timeout`] has passed.
     Timeout,
@@ -126,7 +155,7 @@ pub enum Output {
         /// The recipient.
         to: PeerId,
         /// The message.
-        message: Message,
+        message: Envelope,
     },
     /// Close the connection to `peer`.
     Close {
@@ -137,35 +166,6 @@ pub enum Output {
     },
     /// Something the application (logs, metrics, the simulator) may want to know.
     Event(Event),
-}
-
-/// What sub-machines ask the router to do.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Send to a peer; the router dials it from the address book if there is no connection.
-    Send {
-        /// The recipient.
-        to: PeerId,
-        /// The message.
-        message: Message,
-    },
-    /// Remember how to reach a peer (seeds, suggestions, candidates, witnesses).
-    Learn(PeerAddr),
-    /// Close the connection to a peer.
-    Close {
-        /// The peer.
-        peer: PeerId,
-        /// Why.
-        reason: CloseReason,
-    },
-    /// Report an event.
-    Event(Event),
-    /// The node's pool wants more indexers: discover providers of the indexer rendezvous key
-    /// in the DHT (answered with [`IndexerPool::on_providers`](pool::IndexerPool::on_providers)).
-    DiscoverIndexers {
-        /// How many providers to find.
-        want: usize,
-    },
 }
 
 /// Why the core closes a connection.
@@ -184,7 +184,7 @@ pub enum CloseReason {
     /// Graceful shutdown.
     Shutdown,
     /// We removed this indexer from our pool while it was alive (score, evidence, migration, room
-    /// for a seed) and told it so with [`Message::Leave`].
+    /// for a seed) and told it so with `Leave`.
     Evicted,
 }
 
@@ -237,7 +237,7 @@ pub enum AddedVia {
 pub enum SessionEnd {
     /// No heartbeat within `session_expiry`.
     Expired,
-    /// The node said [`Message::Leave`].
+    /// The node said `Leave`.
     Left,
     /// The node was banned or its score fell below the threshold.
     Rejected,

@@ -10,6 +10,7 @@
 //! (so nobody can publish one that never expires), and how far in the future it may claim to have
 //! been issued (clock skew). Between two valid records of the same owner, the later expiry wins.
 
+use super::dht::kad::Key;
 use super::identity::{Addr, Did, Keypair, PeerId, Signature};
 use super::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -264,6 +265,101 @@ impl ProviderRecord {
     }
 }
 
+/// The two DHT keys of a peer record: by peer id (`/pid/<PeerId>`) and by DID (`/node/<DID>`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RecordKey {
+    /// `/pid/<PeerId>`.
+    Peer(PeerId),
+    /// `/node/<DID>`.
+    Did(Did),
+}
+
+impl RecordKey {
+    /// The key's position in the Kademlia space: BLAKE3 of `/pid/<32 bytes>` or `/node/<DID>`.
+    pub fn kad_key(&self) -> Key {
+        match self {
+            RecordKey::Peer(p) => {
+                let mut b = b"/pid/".to_vec();
+                b.extend_from_slice(p.as_bytes());
+                Key::of(&b)
+            }
+            RecordKey::Did(d) => {
+                let mut b = b"/node/".to_vec();
+                b.extend_from_slice(d.as_str().as_bytes());
+                Key::of(&b)
+            }
+        }
+    }
+
+    /// Whether `record` is an answer for this key.
+    pub fn matches(&self, record: &PeerRecord) -> bool {
+        match self {
+            RecordKey::Peer(p) => record.body.peer_id == *p,
+            RecordKey::Did(d) => record.body.did == *d,
+        }
+    }
+}
+
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordKey::Peer(p) => write!(f, "/pid/{p}"),
+            RecordKey::Did(d) => write!(f, "/node/{d}"),
+        }
+    }
+}
+
+
+/// This peer's own record: signed at start, re-signed at half-life (the seed's claim at start, then
+/// before each expiry). Owned by the router, which hands each new version to the node's pool (which
+/// sends it to indexers that do not hold it) and, on an indexer, to its own DHT store.
+#[derive(Debug)]
+pub(crate) struct OwnRecord {
+    keypair: Keypair,
+    did: Did,
+    name: String,
+    addrs: Vec<Addr>,
+    ttl: Duration,
+    current: Option<PeerRecord>,
+}
+
+impl OwnRecord {
+    /// Nothing signed yet; names too long for a record are left out, addresses truncated.
+    pub(crate) fn new(keypair: Keypair, did: Did, name: &str, mut addrs: Vec<Addr>, ttl: Duration) -> Self {
+        addrs.truncate(MAX_ADDRS);
+        let name = if name.len() > MAX_NAME_LEN { String::new() } else { name.to_string() };
+        OwnRecord { keypair, did, name, addrs, ttl, current: None }
+    }
+
+    /// Signs a fresh version valid from `now`; `None` if signing failed (the old one stays).
+    pub(crate) fn sign(&mut self, now: Timestamp) -> Option<PeerRecord> {
+        let body = RecordBody {
+            peer_id: self.keypair.peer_id(),
+            did: self.did.clone(),
+            name: self.name.clone(),
+            addrs: self.addrs.clone(),
+            api_url: None,
+            nats_address: None,
+            wallet: None,
+            issued_at: now,
+            expires_at: now + self.ttl,
+        };
+        let record = PeerRecord::sign(body, &self.keypair).ok()?;
+        self.current = Some(record.clone());
+        Some(record)
+    }
+
+    /// When the current version is re-signed (half its lifetime).
+    pub(crate) fn refresh_at(&self) -> Option<Timestamp> {
+        self.current.as_ref().map(|r| r.body.issued_at + self.ttl / 2)
+    }
+
+    /// The current version.
+    pub(crate) fn current(&self) -> Option<&PeerRecord> {
+        self.current.as_ref()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +503,7 @@ impl RecordStore {
         self.by_peer.len()
     }
 
+    #[cfg(test)]
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
         self.by_peer.is_empty()

@@ -10,15 +10,17 @@
 //!
 //! Messages for a peer without a ready connection are queued (bounded by `max_queued_per_peer`)
 //! and a dial is requested using the address book, which sub-machines fill with
-//! [`Action::Learn`](super::Action::Learn). Connections nobody needs are closed after
+//! [`Action::Learn`](crate::proto::Action::Learn). Connections nobody needs are closed after
 //! `idle_timeout`.
 
-use super::config::Config;
-use super::identity::{Addr, PeerAddr, PeerId};
-use super::rng::DetRng;
-use super::time::Timestamp;
-use super::wire::{Hello, HelloProof, Message};
-use super::{CloseReason, Event, Output};
+use crate::proto::config::Config;
+use crate::proto::identity::{Addr, PeerAddr, PeerId};
+use crate::proto::rng::DetRng;
+use crate::proto::time::Timestamp;
+use crate::proto::wire::{Envelope, Hello, HelloProof, LinkMessage};
+use crate::proto::{CloseReason, Event, Output};
+
+pub(crate) mod messages;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -64,17 +66,17 @@ struct Link {
     our_nonce: [u8; 32],
     their_nonce: Option<[u8; 32]>,
     addr: Option<Addr>,
-    outbound_queue: VecDeque<Message>,
-    early_inbound: VecDeque<Message>,
+    outbound_queue: VecDeque<Envelope>,
+    early_inbound: VecDeque<Envelope>,
 }
 
 /// What the router must do after the connection layer looked at an incoming message.
 #[derive(Debug, PartialEq)]
 pub enum Inbound {
     /// Process this message from the (verified) peer.
-    Deliver(Message),
+    Deliver(Envelope),
     /// The handshake just completed: process these messages that arrived ahead of the proof.
-    DeliverHeld(Vec<Message>),
+    DeliverHeld(Vec<Envelope>),
     /// Nothing to process (handshake traffic, or held until the proof arrives).
     Nothing,
     /// The connection was closed; requests to this peer have failed.
@@ -184,7 +186,7 @@ impl Connections {
 
     /// Sends `message` to `to`, dialling and queueing as needed. Returns `false` if the message
     /// was dropped (queue full, or sending to ourselves); the caller should fail its request.
-    pub fn send(&mut self, to: PeerId, message: Message, now: Timestamp, out: &mut VecDeque<Output>) -> bool {
+    pub fn send(&mut self, to: PeerId, message: Envelope, now: Timestamp, out: &mut VecDeque<Output>) -> bool {
         if to == self.me {
             return false;
         }
@@ -250,7 +252,7 @@ impl Connections {
         if addr.is_some() {
             link.addr = addr;
         }
-        out.push_back(Output::Send { to: peer, message: Message::Hello(Hello { nonce }) });
+        out.push_back(Output::Send { to: peer, message: Hello { nonce }.into() });
         let deadline = now + self.handshake_timeout;
         self.pending.insert(peer, deadline);
         self.arm_sweep(deadline + SWEEP_SLACK);
@@ -266,7 +268,7 @@ impl Connections {
     pub fn on_message(
         &mut self,
         from: PeerId,
-        message: Message,
+        message: Envelope,
         now: Timestamp,
         out: &mut VecDeque<Output>,
     ) -> Inbound {
@@ -277,7 +279,7 @@ impl Connections {
         };
         link.last_activity = now;
         match message {
-            Message::Hello(Hello { nonce }) => {
+            Envelope::Link(LinkMessage::Hello(Hello { nonce })) => {
                 if matches!(link.state, State::Dialing) || link.their_nonce.is_some() {
                     // A second Hello on one connection, or one before the transport said "up".
                     return self.fail(from, CloseReason::ProtocolViolation, out);
@@ -285,10 +287,10 @@ impl Connections {
                 link.their_nonce = Some(nonce);
                 let mac = hello_mac(&self.network_key, &self.me, &from, &nonce, &link.our_nonce);
                 // The proof must go out even though the peer is not verified yet.
-                out.push_back(Output::Send { to: from, message: Message::HelloProof(HelloProof { mac }) });
+                out.push_back(Output::Send { to: from, message: HelloProof { mac }.into() });
                 Inbound::Nothing
             }
-            Message::HelloProof(HelloProof { mac }) => {
+            Envelope::Link(LinkMessage::HelloProof(HelloProof { mac })) => {
                 let Some(their_nonce) = link.their_nonce else {
                     return self.fail(from, CloseReason::ProtocolViolation, out);
                 };
@@ -303,7 +305,7 @@ impl Connections {
                 for m in link.outbound_queue.drain(..) {
                     out.push_back(Output::Send { to: from, message: m });
                 }
-                let early: Vec<Message> = link.early_inbound.drain(..).collect();
+                let early: Vec<Envelope> = link.early_inbound.drain(..).collect();
                 out.push_back(Output::Event(Event::PeerAuthenticated { peer: from }));
                 self.pending.remove(&from);
                 if self.next_idle_sweep.is_none() {
@@ -467,7 +469,7 @@ mod tests {
     fn handshake(key_b: [u8; 32]) -> Handshake {
         let (a, mut ca, b, mut cb) = pair([1; 32], key_b);
         let (mut oa, mut ob) = (VecDeque::new(), VecDeque::new());
-        assert!(ca.send(b, Message::Leave, Timestamp(0), &mut oa));
+        assert!(ca.send(b, Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave), Timestamp(0), &mut oa));
         assert!(matches!(oa.pop_front(), Some(Output::Connect { .. })));
         ca.on_up(b, None, Timestamp(1), &mut oa);
         cb.on_up(a, None, Timestamp(1), &mut ob);
@@ -484,7 +486,7 @@ mod tests {
         let (ra, _rb, _oa, _ob, ca, cb, a, b) = handshake([1; 32]);
         assert!(ca.is_ready(&b) && cb.is_ready(&a));
         // The queued Leave reached b after the handshake.
-        assert!(ra.contains(&Inbound::Deliver(Message::Leave)), "{ra:?}");
+        assert!(ra.contains(&Inbound::Deliver(Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave))), "{ra:?}");
     }
 
     #[test]
@@ -503,7 +505,7 @@ mod tests {
         ca.on_up(b, None, Timestamp(0), &mut o);
         let r = ca.on_message(
             b,
-            Message::WitnessQuery(crate::proto::wire::WitnessQuery { req: RequestId(1), indexer: a }),
+            Envelope::from(crate::proto::wire::WitnessQuery { req: RequestId(1), indexer: a }),
             Timestamp(1),
             &mut o,
         );
@@ -511,7 +513,7 @@ mod tests {
         assert!(!ca.is_ready(&b));
         // A message from a peer with no connection at all closes it.
         let stranger = Keypair::derive(9, "s").peer_id();
-        assert_eq!(ca.on_message(stranger, Message::Leave, Timestamp(1), &mut o), Inbound::Closed);
+        assert_eq!(ca.on_message(stranger, Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave), Timestamp(1), &mut o), Inbound::Closed);
     }
 
     #[test]

@@ -8,15 +8,12 @@
 //! trusted `Found`, C §14.3). An empty, invalid or missing answer moves on to the next indexer, up
 //! to `lookup_attempts`, each bounded by `lookup_timeout`.
 
-use super::config::Config;
-use super::identity::{PeerAddr, PeerId};
-use super::time::Timestamp;
-use super::wire::{GetRecord, Message, RecordKey, RecordReply, RequestId};
-use super::{Action, Event};
+use crate::proto::config::Config;
+use crate::proto::identity::{PeerAddr, PeerId};
+use crate::proto::time::Timestamp;
+use crate::proto::wire::{GetRecord, RecordKey, RecordReply, RequestId};
+use crate::proto::{Action, Event};
 use std::collections::BTreeMap;
-
-/// Request ids of record lookups carry this bit.
-pub const REQ_SPACE: u64 = 1 << 61;
 
 #[derive(Clone, Debug)]
 struct Pending {
@@ -34,18 +31,12 @@ struct Pending {
 pub struct RecordLookups {
     config: Config,
     pending: BTreeMap<RequestId, Pending>,
-    next_req: u64,
 }
 
 impl RecordLookups {
     /// No lookup in flight.
     pub fn new(config: Config) -> Self {
-        RecordLookups { config, pending: BTreeMap::new(), next_req: 1 }
-    }
-
-    /// Whether `req` belongs to a record lookup.
-    pub fn owns(req: RequestId) -> bool {
-        req.0 & REQ_SPACE != 0 && req.0 & super::dht::REQ_SPACE == 0
+        RecordLookups { config, pending: BTreeMap::new() }
     }
 
     /// Lookups in flight.
@@ -53,18 +44,22 @@ impl RecordLookups {
         self.pending.len()
     }
 
-    /// Whether no lookup is in flight.
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
 
     /// Starts lookup `id` of `key`, asking `indexers` in order (at most `lookup_attempts`). With no
     /// indexer, it fails at once.
-    pub fn start(&mut self, id: u64, key: RecordKey, indexers: Vec<PeerAddr>, now: Timestamp, out: &mut Vec<Action>) {
+    pub fn start(
+        &mut self,
+        id: u64,
+        key: RecordKey,
+        indexers: Vec<PeerAddr>,
+        ids: &mut u64,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let max = usize::try_from(self.config.lookup_attempts.max(1)).unwrap_or(usize::MAX);
         let mut rest: Vec<PeerAddr> = indexers.into_iter().take(max).collect();
         rest.reverse();
-        self.ask_next(id, key, rest, 0, now, out);
+        self.ask_next(id, key, rest, 0, ids, now, out);
     }
 
     fn ask_next(
@@ -73,6 +68,7 @@ impl RecordLookups {
         key: RecordKey,
         mut rest: Vec<PeerAddr>,
         attempts: u32,
+        ids: &mut u64,
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
@@ -80,10 +76,9 @@ impl RecordLookups {
             out.push(Action::Event(Event::LookupDone { id, key, record: None, hops: 0, attempts }));
             return;
         };
-        let req = RequestId(REQ_SPACE | (self.next_req & (REQ_SPACE - 1)));
-        self.next_req = self.next_req.wrapping_add(1);
+        let req = super::next_request(ids);
         out.push(Action::Learn(next.clone()));
-        out.push(Action::Send { to: next.id, message: Message::GetRecord(GetRecord { req, key: key.clone() }) });
+        out.push(Action::Send { to: next.id, message: GetRecord { req, key: key.clone() }.into() });
         self.pending.insert(
             req,
             Pending { id, key, to: next.id, rest, attempts: attempts + 1, deadline: now + self.config.lookup_timeout },
@@ -91,7 +86,7 @@ impl RecordLookups {
     }
 
     /// An indexer's answer. A verified record for the key ends the lookup; anything else moves on.
-    pub fn on_reply(&mut self, from: PeerId, reply: RecordReply, now: Timestamp, out: &mut Vec<Action>) {
+    pub fn on_reply(&mut self, from: PeerId, reply: RecordReply, ids: &mut u64, now: Timestamp, out: &mut Vec<Action>) {
         let Some(p) = self.pending.get(&reply.req) else {
             return;
         };
@@ -110,30 +105,30 @@ impl RecordLookups {
                 hops: u32::from(reply.hops),
                 attempts: p.attempts,
             })),
-            None => self.ask_next(p.id, p.key, p.rest, p.attempts, now, out),
+            None => self.ask_next(p.id, p.key, p.rest, p.attempts, ids, now, out),
         }
     }
 
     /// The request `req` was refused, or its indexer is gone: try the next one.
-    pub fn on_failure(&mut self, req: RequestId, now: Timestamp, out: &mut Vec<Action>) {
+    pub fn on_failure(&mut self, req: RequestId, ids: &mut u64, now: Timestamp, out: &mut Vec<Action>) {
         if let Some(p) = self.pending.remove(&req) {
-            self.ask_next(p.id, p.key, p.rest, p.attempts, now, out);
+            self.ask_next(p.id, p.key, p.rest, p.attempts, ids, now, out);
         }
     }
 
     /// `peer` cannot be reached: its requests fail.
-    pub fn on_unreachable(&mut self, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
+    pub fn on_unreachable(&mut self, peer: PeerId, ids: &mut u64, now: Timestamp, out: &mut Vec<Action>) {
         let reqs: Vec<RequestId> = self.pending.iter().filter(|(_, p)| p.to == peer).map(|(r, _)| *r).collect();
         for r in reqs {
-            self.on_failure(r, now, out);
+            self.on_failure(r, ids, now, out);
         }
     }
 
     /// Fails requests past their deadline.
-    pub fn handle_timeout(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+    pub fn handle_timeout(&mut self, ids: &mut u64, now: Timestamp, out: &mut Vec<Action>) {
         let due: Vec<RequestId> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(r, _)| *r).collect();
         for r in due {
-            self.on_failure(r, now, out);
+            self.on_failure(r, ids, now, out);
         }
     }
 
@@ -141,4 +136,9 @@ impl RecordLookups {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.pending.values().map(|p| p.deadline).min()
     }
+}
+
+/// The answer to a lookup on a peer with no pool to ask: not found, nobody asked.
+pub fn unanswerable(id: u64, key: RecordKey) -> Event {
+    Event::LookupDone { id, key, record: None, hops: 0, attempts: 0 }
 }

@@ -17,9 +17,9 @@
 //! * [`quick_score`] gives 0 to a refused or timed-out probe, so a full or banning indexer is never
 //!   admitted as a candidate (B §13.4: the seed scored such refusals ≈ 49, above the floor of 20).
 
-use super::config::Config;
-use super::time::Timestamp;
-use super::wire::HeartbeatResponse;
+use crate::proto::config::Config;
+use crate::proto::time::Timestamp;
+use crate::proto::wire::HeartbeatResponse;
 use std::time::Duration;
 
 /// Weight of the uptime ratio in the node-side score (A §5.3).
@@ -255,6 +255,7 @@ impl IndexerScore {
         }
     }
 
+    #[cfg(test)]
     /// The seed's `ComputeNodeSideScore` (A §5.3), in `[0, 100]`.
     pub fn compute(&self, latency_score: f64, now: Timestamp, config: &Config) -> f64 {
         self.factors(latency_score, now, config).score()

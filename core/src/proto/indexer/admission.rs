@@ -27,9 +27,9 @@
 //!   no event left in any window and no session. A peer whose window still holds events is kept,
 //!   so pruning never resets a rate limit early.
 
-use super::config::Config;
-use super::identity::{Did, PeerId};
-use super::time::Timestamp;
+use crate::proto::config::Config;
+use crate::proto::identity::{Did, PeerId};
+use crate::proto::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
@@ -138,6 +138,7 @@ impl BurstGuard {
         self.log.push_back(now);
     }
 
+    #[cfg(test)]
     /// Checks and records in one step (the seed's `Allow()`); a refused attempt is not recorded.
     pub fn try_admit(&mut self, now: Timestamp) -> Result<(), AdmissionError> {
         self.check(now)?;
@@ -145,6 +146,7 @@ impl BurstGuard {
         Ok(())
     }
 
+    #[cfg(test)]
     /// Openings currently in the window (as of the last call).
     pub fn in_window(&self) -> usize {
         self.log.len()
@@ -208,7 +210,7 @@ impl Behaviour {
             self.decay_from = now;
             return;
         }
-        let step = u128::from(super::time::duration_ms(limits.strike_decay));
+        let step = u128::from(crate::proto::time::duration_ms(limits.strike_decay));
         if step == 0 {
             self.strikes = 0;
             self.decay_from = now;
@@ -311,11 +313,8 @@ impl BehaviourTable {
         self.entries.len()
     }
 
-    /// Whether no peer is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 
+    #[cfg(test)]
     /// Whether `peer` is tracked.
     pub fn contains(&self, peer: &PeerId) -> bool {
         self.entries.contains_key(peer)
@@ -336,22 +335,21 @@ impl BehaviourTable {
         self.entries.get(peer).map_or(0, |e| e.strikes)
     }
 
+    #[cfg(test)]
     /// The first DID `peer` claimed, if any.
     pub fn bound_did(&self, peer: &PeerId) -> Option<&Did> {
         self.entries.get(peer).and_then(|e| e.did.as_ref())
     }
 
+    #[cfg(test)]
     /// Counts a heartbeat or probe in `peer`'s window: `Banned`, or `RateLimited` (one strike) for
     /// the `(max_hb_per_minute + 1)`-th within `behaviour_window`.
     pub fn record_heartbeat(&mut self, peer: PeerId, now: Timestamp) -> Result<(), AdmissionError> {
         self.record(peer, RateKind::Heartbeat, now)
     }
 
-    /// Counts a record publish in `peer`'s window (limit `max_publish_per_minute`).
-    pub fn record_publish(&mut self, peer: PeerId, now: Timestamp) -> Result<(), AdmissionError> {
-        self.record(peer, RateKind::Publish, now)
-    }
 
+    #[cfg(test)]
     /// Counts a record get (or candidates request) in `peer`'s window (limit `max_get_per_minute`).
     pub fn record_get(&mut self, peer: PeerId, now: Timestamp) -> Result<(), AdmissionError> {
         self.record(peer, RateKind::Get, now)

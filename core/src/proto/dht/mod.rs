@@ -24,24 +24,24 @@
 //! seed's 48 h default kept dead indexers discoverable for two days).
 //!
 //! The machine never blocks: it queues [`Action`]s ([`Dht::drain_actions`]) and finished queries
-//! ([`Dht::poll_done`]) for the [`Peer`](super::Peer) that routes them.
+//! ([`Dht::poll_done`]) for the [`Peer`](crate::proto::Peer) that routes them.
 
-use super::config::Config;
-use super::identity::{Addr, Keypair, PeerAddr, PeerId};
-use super::kad::{Key, Lookup, LookupConfig, RoutingTable, indexer_rendezvous};
-use super::record::{PeerRecord, ProviderBody, ProviderRecord, RecordError, RecordStore, StoreError};
-use super::rng::DetRng;
-use super::time::Timestamp;
-use super::wire::{
-    AddProvider, FindNode, FindValue, GetProviders, Message, Nodes, Providers, RecordKey, RequestId, Store, StoreAck,
-    StoreRefusal, Value,
+use crate::proto::config::Config;
+use crate::proto::identity::{Addr, Keypair, PeerAddr, PeerId};
+use crate::proto::record::{PeerRecord, ProviderBody, ProviderRecord, RecordError, RecordStore, StoreError};
+use crate::proto::rng::DetRng;
+use crate::proto::time::Timestamp;
+use crate::proto::wire::{
+    AddProvider, DhtMessage, FindNode, FindValue, GetProviders, Nodes, Providers, RecordKey, RequestId, Store,
+    StoreAck, StoreRefusal, Value,
 };
-use super::{Action, Event};
+use crate::proto::{Action, Event};
+use kad::{Key, Lookup, LookupConfig, RoutingTable, indexer_rendezvous};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-/// Request ids of DHT RPCs carry this bit, so replies and refusals are routed back here.
-pub const REQ_SPACE: u64 = 1 << 62;
+pub(crate) mod kad;
+pub(crate) mod messages;
 /// Most provider announcements held.
 const MAX_PROVIDERS: usize = 4096;
 /// Provider records returned per `GET_PROVIDERS` answer.
@@ -66,7 +66,7 @@ pub enum Purpose {
         /// Its request id.
         req: RequestId,
     },
-    /// The local application's [`Command::Lookup`](super::Command::Lookup).
+    /// The local application's [`Command::Lookup`](crate::proto::Command::Lookup).
     Command {
         /// The command's id.
         id: u64,
@@ -423,8 +423,8 @@ impl Dht {
     }
 
     fn next_request(&mut self) -> RequestId {
-        let r = RequestId(REQ_SPACE | (self.next_req & (REQ_SPACE - 1)));
-        self.next_req = self.next_req.wrapping_add(1);
+        let r = RequestId(self.next_req);
+        self.next_req = self.next_req.wrapping_add(1).max(1);
         r
     }
 
@@ -535,22 +535,22 @@ impl Dht {
 
     /// A DHT request from `from` (authenticated). Returns the refusal of a `STORE` whose record is
     /// invalid, so the router can strike the sender.
-    pub fn on_request(&mut self, from: PeerAddr, message: Message, now: Timestamp) -> Option<StoreRefusal> {
+    pub fn on_request(&mut self, from: PeerAddr, message: DhtMessage, now: Timestamp) -> Option<StoreRefusal> {
         let peer = from.id;
         let k = self.lookup_config.k;
         let reply = match message {
-            Message::FindNode(FindNode { req, target, server }) => {
+            DhtMessage::FindNode(FindNode { req, target, server }) => {
                 self.note_server(&from, server, now);
-                Message::Nodes(Nodes { req, closer: self.closer(&target, peer, k) })
+                DhtMessage::Nodes(Nodes { req, closer: self.closer(&target, peer, k) })
             }
-            Message::FindValue(FindValue { req, key, server }) => {
+            DhtMessage::FindValue(FindValue { req, key, server }) => {
                 self.note_server(&from, server, now);
                 match self.local(&key, now).cloned() {
-                    Some(r) => Message::Value(Value { req, record: Some(r), closer: Vec::new() }),
-                    None => Message::Value(Value { req, record: None, closer: self.closer(&key.kad_key(), peer, k) }),
+                    Some(r) => DhtMessage::Value(Value { req, record: Some(r), closer: Vec::new() }),
+                    None => DhtMessage::Value(Value { req, record: None, closer: self.closer(&key.kad_key(), peer, k) }),
                 }
             }
-            Message::GetProviders(GetProviders { req, key, server }) => {
+            DhtMessage::GetProviders(GetProviders { req, key, server }) => {
                 self.note_server(&from, server, now);
                 let mut providers: Vec<ProviderRecord> = if key == indexer_rendezvous() {
                     self.providers.values().filter(|r| r.body.expires_at > now).cloned().collect()
@@ -561,16 +561,16 @@ impl Dht {
                     self.rng.shuffle(&mut providers);
                     providers.truncate(PROVIDERS_PER_ANSWER);
                 }
-                Message::Providers(Providers { req, providers, closer: self.closer(&key, peer, k) })
+                DhtMessage::Providers(Providers { req, providers, closer: self.closer(&key, peer, k) })
             }
-            Message::Store(Store { req, record, .. }) => {
+            DhtMessage::Store(Store { req, record, .. }) => {
                 let refused = self.accept_store(peer, record, now);
-                self.reply(peer, Message::StoreAck(StoreAck { req, refused }));
+                self.reply(peer, DhtMessage::StoreAck(StoreAck { req, refused }));
                 return refused.filter(|r| *r == StoreRefusal::Invalid);
             }
-            Message::AddProvider(AddProvider { req, key, provider }) => {
+            DhtMessage::AddProvider(AddProvider { req, key, provider }) => {
                 let refused = self.accept_provider(peer, key, provider, now);
-                self.reply(peer, Message::StoreAck(StoreAck { req, refused }));
+                self.reply(peer, DhtMessage::StoreAck(StoreAck { req, refused }));
                 return refused.filter(|r| *r == StoreRefusal::Invalid);
             }
             _ => return None,
@@ -579,8 +579,8 @@ impl Dht {
         None
     }
 
-    fn reply(&mut self, to: PeerId, message: Message) {
-        self.actions.push(Action::Send { to, message });
+    fn reply(&mut self, to: PeerId, message: DhtMessage) {
+        self.actions.push(Action::Send { to, message: message.into() });
     }
 
     fn closer(&self, target: &Key, exclude: PeerId, k: usize) -> Vec<PeerAddr> {
@@ -659,13 +659,20 @@ impl Dht {
 
     // ---- answers -------------------------------------------------------------------------------
 
-    /// Whether `req` is one of ours (a DHT RPC).
-    pub fn owns(req: RequestId) -> bool {
-        req.0 & REQ_SPACE != 0
+    /// A reply (`Nodes`, `Value`, `Providers`, `StoreAck`) or a refusal to one of our RPCs.
+    pub fn on_response(&mut self, from: PeerAddr, message: DhtMessage, now: Timestamp) {
+        let Some(req) = message.reply_to() else {
+            return;
+        };
+        let message = match message {
+            DhtMessage::Refused(_) => None,
+            m => Some(m),
+        };
+        self.answer(from, req, message, now);
     }
 
-    /// A reply (`Nodes`, `Value`, `Providers`, `StoreAck`) or a refusal (`None`) to our RPC `req`.
-    pub fn on_response(&mut self, from: PeerAddr, req: RequestId, message: Option<Message>, now: Timestamp) {
+    /// Our RPC `req` was answered (`Some`) or failed (`None`: refused or unreachable).
+    fn answer(&mut self, from: PeerAddr, req: RequestId, message: Option<DhtMessage>, now: Timestamp) {
         let Some((qid, asked)) = self.rpcs.get(&req).copied() else {
             return;
         };
@@ -679,25 +686,21 @@ impl Dht {
         let answered = message.is_some();
         if answered {
             self.failures.remove(&from.id);
-            if self.server {
-                self.table.insert(from.clone(), now);
-            } else {
-                // A client keeps the indexers that answer as starting points.
-                self.table.insert(from.clone(), now);
-            }
+            // A server learns a peer that answers; a client keeps it as a starting point.
+            self.table.insert(from.clone(), now);
         }
         match (&mut q.phase, message) {
             (Phase::Storing { pending }, _) => {
                 pending.remove(&req);
             }
             (Phase::Lookup, None) => q.lookup.on_failure(&from.id),
-            (Phase::Lookup, Some(Message::Nodes(n))) => {
+            (Phase::Lookup, Some(DhtMessage::Nodes(n))) => {
                 for c in &n.closer {
                     self.actions.push(Action::Learn(c.clone()));
                 }
                 q.lookup.on_response(&from.id, n.closer);
             }
-            (Phase::Lookup, Some(Message::Value(v))) => {
+            (Phase::Lookup, Some(DhtMessage::Value(v))) => {
                 let hop = q.lookup.hop_of(&from.id).unwrap_or(1);
                 let key = match &q.goal {
                     Goal::Value { key } => Some(key.clone()),
@@ -718,7 +721,7 @@ impl Dht {
                 }
                 q.lookup.on_response(&from.id, v.closer);
             }
-            (Phase::Lookup, Some(Message::Providers(p))) => {
+            (Phase::Lookup, Some(DhtMessage::Providers(p))) => {
                 for r in p.providers.into_iter().take(PROVIDERS_PER_ANSWER) {
                     let id = r.body.provider.id;
                     if id == self.me || q.providers.get(&id).is_some_and(|o| o.body.expires_at >= r.body.expires_at) {
@@ -746,7 +749,7 @@ impl Dht {
     pub fn on_unreachable(&mut self, peer: PeerId, now: Timestamp) {
         let reqs: Vec<RequestId> = self.rpcs.iter().filter(|(_, (_, p))| *p == peer).map(|(r, _)| *r).collect();
         for r in reqs {
-            self.on_response(PeerAddr::id_only(peer), r, None, now);
+            self.answer(PeerAddr::id_only(peer), r, None, now);
         }
     }
 
@@ -781,17 +784,17 @@ impl Dht {
                     let server = self.server;
                     let mut sends = Vec::with_capacity(asks.len());
                     for a in asks {
-                        let req = RequestId(REQ_SPACE | (self.next_req & (REQ_SPACE - 1)));
-                        self.next_req = self.next_req.wrapping_add(1);
+                        let req = RequestId(self.next_req);
+                        self.next_req = self.next_req.wrapping_add(1).max(1);
                         let message = match &q.goal {
-                            Goal::Value { key } => Message::FindValue(FindValue { req, key: key.clone(), server }),
-                            Goal::Claim { record, .. } => Message::FindValue(FindValue {
+                            Goal::Value { key } => DhtMessage::FindValue(FindValue { req, key: key.clone(), server }),
+                            Goal::Claim { record, .. } => DhtMessage::FindValue(FindValue {
                                 req,
                                 key: RecordKey::Did(record.body.did.clone()),
                                 server,
                             }),
-                            Goal::Providers { .. } => Message::GetProviders(GetProviders { req, key: target, server }),
-                            _ => Message::FindNode(FindNode { req, target, server }),
+                            Goal::Providers { .. } => DhtMessage::GetProviders(GetProviders { req, key: target, server }),
+                            _ => DhtMessage::FindNode(FindNode { req, target, server }),
                         };
                         sends.push((req, a, message));
                     }
@@ -799,7 +802,7 @@ impl Dht {
                         self.rpcs.insert(req, (qid, a.id));
                         self.stats.rpcs += 1;
                         self.actions.push(Action::Learn(a.clone()));
-                        self.actions.push(Action::Send { to: a.id, message });
+                        self.actions.push(Action::Send { to: a.id, message: message.into() });
                     }
                     false
                 }
@@ -819,7 +822,7 @@ impl Dht {
         if matches!(q.phase, Phase::Storing { .. }) {
             return;
         }
-        let store_msg: Option<Box<dyn Fn(RequestId) -> Message>> = match q.goal {
+        let store_msg: Option<Box<dyn Fn(RequestId) -> DhtMessage>> = match q.goal {
             Goal::Value { key } => {
                 let (record, hops) = match q.found {
                     Some((r, h)) => (Some(r), h),
@@ -854,10 +857,10 @@ impl Dht {
             }
             Goal::Replicate { record } => {
                 let server = self.server;
-                Some(Box::new(move |req| Message::Store(Store { req, record: record.clone(), server })))
+                Some(Box::new(move |req| DhtMessage::Store(Store { req, record: record.clone(), server })))
             }
             Goal::Provide { record } => Some(Box::new(move |req| {
-                Message::AddProvider(AddProvider { req, key: indexer_rendezvous(), provider: record.clone() })
+                DhtMessage::AddProvider(AddProvider { req, key: indexer_rendezvous(), provider: record.clone() })
             })),
         };
         let Some(make) = store_msg else { return };
@@ -868,7 +871,7 @@ impl Dht {
             self.rpcs.insert(req, (qid, t.id));
             self.stats.rpcs += 1;
             pending.insert(req);
-            self.actions.push(Action::Send { to: t.id, message: make(req) });
+            self.actions.push(Action::Send { to: t.id, message: make(req).into() });
         }
         if pending.is_empty() {
             return;
@@ -1027,7 +1030,7 @@ fn subnet24(addrs: &[Addr]) -> Option<[u8; 3]> {
     })
 }
 
-impl super::indexer::RecordDesk for Dht {
+impl crate::proto::indexer::RecordDesk for Dht {
     fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp) -> Offer {
         self.offer_record(from, record, now)
     }
@@ -1036,8 +1039,8 @@ impl super::indexer::RecordDesk for Dht {
         Dht::held_expiry(self, peer, now)
     }
 
-    fn check_did(&mut self, did: &super::identity::Did, now: Timestamp) -> super::indexer::DidCheck {
-        use super::indexer::DidCheck;
+    fn check_did(&mut self, did: &crate::proto::identity::Did, now: Timestamp) -> crate::proto::indexer::DidCheck {
+        use crate::proto::indexer::DidCheck;
         let key = RecordKey::Did(did.clone());
         if !self.server || self.table.is_empty() {
             return DidCheck::Answered(self.local(&key, now).cloned());

@@ -10,8 +10,8 @@
 //! This module is only the table; lookups, stores and provider records are separate machines
 //! built on it. Record keys (`/node/<DID>`, `/pid/<PeerId>`) map into the space with [`Key::of`].
 
-use super::identity::{PeerAddr, PeerId};
-use super::time::Timestamp;
+use crate::proto::identity::{PeerAddr, PeerId};
+use crate::proto::time::Timestamp;
 
 /// A point in the 256-bit Kademlia space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -118,10 +118,6 @@ impl RoutingTable {
         self.len == 0
     }
 
-    /// The bucket size.
-    pub fn k(&self) -> usize {
-        self.k
-    }
 
     fn bucket_of(&self, peer: &PeerId) -> Option<usize> {
         self.me.distance(&Key::from(*peer)).bucket()
@@ -152,6 +148,7 @@ impl RoutingTable {
         }
     }
 
+    #[cfg(test)]
     /// Replaces `stale` (which did not answer a ping) by `fresh`, if `stale` is still in the bucket
     /// `fresh` belongs to. Returns whether it did.
     pub fn replace(&mut self, stale: &PeerId, fresh: PeerAddr, now: Timestamp) -> bool {
@@ -180,6 +177,7 @@ impl RoutingTable {
         }
     }
 
+    #[cfg(test)]
     /// Whether `peer` is in the table.
     pub fn contains(&self, peer: &PeerId) -> bool {
         self.bucket_of(peer).is_some_and(|b| self.buckets[b].iter().any(|c| c.addr.id == *peer))
@@ -193,6 +191,7 @@ impl RoutingTable {
         all.into_iter().take(n).map(|(_, c)| c.addr.clone()).collect()
     }
 
+    #[cfg(test)]
     /// Every contact, bucket by bucket (nearest buckets last), least recently seen first.
     pub fn contacts(&self) -> impl Iterator<Item = &Contact> {
         self.buckets.iter().flatten()
@@ -397,6 +396,7 @@ impl Lookup {
         matches!(self.candidates.get(&d), Some((_, Probe::InFlight { .. }, _)))
     }
 
+    #[cfg(test)]
     /// Peers asked so far.
     pub fn queried(&self) -> usize {
         self.queried

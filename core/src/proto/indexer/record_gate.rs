@@ -1,0 +1,250 @@
+//! The record gate (spec C §14): publishes and records carried by heartbeats, record gets and DHT
+//! requests, behind the "is this peer known" check, the publish and get windows, and the DID
+//! binding; a bad record costs two strikes. The store itself is the DHT's, reached through
+//! [`RecordDesk`] — the synchronous part the indexer needs in the same step (the expiry it holds
+//! goes into the very heartbeat response), kept narrow so the role is unit-tested on a plain store.
+
+use super::*;
+
+/// What the indexer role needs from the record store and the DHT (implemented by
+/// [`Dht`](super::dht::Dht); unit tests use a plain store).
+pub trait RecordDesk {
+    /// A record handed over by its owner `from` (publish, or embedded in a heartbeat).
+    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp) -> Offer;
+    /// The expiry of `peer`'s record held and served.
+    fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp>;
+    /// Starts the DHT spot check of `did` (a heartbeat's DID challenge).
+    fn check_did(&mut self, did: &Did, now: Timestamp) -> DidCheck;
+}
+
+/// How a DID spot check goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DidCheck {
+    /// A DHT query runs; its result is handed to [`IndexerService::finish_did_check`].
+    Pending(QueryId),
+    /// Answered at once (no other indexer to ask): the record found, if any.
+    Answered(Option<PeerRecord>),
+}
+
+
+/// What became of a record handed over by its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RecordTaken {
+    /// Held (with its expiry), or being checked (`None`).
+    Held(Option<Timestamp>),
+    /// Refused (struck, not banned).
+    Refused,
+    /// The peer is banned now (refusal and close already emitted).
+    Banned,
+}
+
+
+impl IndexerService {
+    /// A node publishes its record (C §14.2): rate-limited with the publish window, the record must
+    /// be the sender's own and bound to the DID it uses; a bad one costs two strikes.
+    pub fn on_publish(
+        &mut self,
+        from: PeerId,
+        publish: Publish,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        if self.config.blocked_peers.contains(&from) {
+            self.refuse(from, Req::Indexer(publish.req), RefuseReason::Unknown, Vec::new(), out);
+            return;
+        }
+        if !self.admit_request(from, Req::Indexer(publish.req), RateKind::Publish, now, out) {
+            return;
+        }
+        let req = Req::Indexer(publish.req);
+        match self.take_record(from, publish.record, req, desk, now, out) {
+            RecordTaken::Held(expires) => {
+                out.push(Action::Send { to: from, message: Published { req: req.id(), expires }.into() })
+            }
+            RecordTaken::Refused => self.refuse(from, req, RefuseReason::BadRecord, Vec::new(), out),
+            RecordTaken::Banned => {}
+        }
+    }
+
+    /// The "is this peer known" gate (C §14.1) plus the get window, in front of record gets:
+    /// a session, a trusted peer, or a valid record held (`known_record`) passes; a blocked peer
+    /// never does. Refuses and returns `false` otherwise.
+    pub(crate) fn admit_get(
+        &mut self,
+        from: PeerId,
+        req: Req,
+        known_record: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if self.behaviour.is_banned(&from, now) {
+            self.refuse_banned(from, req, out);
+            return false;
+        }
+        if !self.is_known(&from, known_record) {
+            self.refuse(from, req, RefuseReason::Unknown, Vec::new(), out);
+            return false;
+        }
+        self.admit_request(from, req, RateKind::Get, now, out)
+    }
+
+    /// The gate in front of DHT requests: never a blocked or banned peer; requests of DHT clients
+    /// (`server == false`, i.e. nodes) count in the get window, those of other indexers do not.
+    pub(crate) fn admit_dht(
+        &mut self,
+        from: PeerId,
+        req: Req,
+        server: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if from == self.me {
+            return false;
+        }
+        if self.config.blocked_peers.contains(&from) {
+            self.refuse(from, req, RefuseReason::Unknown, Vec::new(), out);
+            return false;
+        }
+        if server {
+            if self.behaviour.is_banned(&from, now) {
+                self.refuse_banned(from, req, out);
+                return false;
+            }
+            return true;
+        }
+        self.admit_request(from, req, RateKind::Get, now, out)
+    }
+
+    /// Strikes `peer` for a bad record (invalid signature or shape, a foreign DID, or an invalid
+    /// `STORE`): two strikes; closes it when that bans it.
+    pub fn punish_bad_record(&mut self, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        let strike = self.behaviour.record_bad_signature(peer, now);
+        if self.punish(peer, strike, out) {
+            out.push(Action::Close { peer, reason: CloseReason::Banned });
+        }
+    }
+
+    /// The DHT spot check started for a held heartbeat response ended: send it.
+    pub fn finish_did_check(&mut self, query: QueryId, record: Option<PeerRecord>, out: &mut Vec<Action>) {
+        if let Some((peer, mut response)) = self.did_checks.remove(&query) {
+            response.did_found = Some(record.is_some());
+            response.did_record = record;
+            out.push(Action::Send { to: peer, message: response.into() });
+        }
+    }
+
+    pub(super) fn is_known(&self, peer: &PeerId, known_record: bool) -> bool {
+        !self.config.blocked_peers.contains(peer)
+            && (self.sessions.contains_key(peer) || self.config.trusted_peers.contains(peer) || known_record)
+    }
+
+    /// Hands a record from its owner to the desk after the identity and publish-window checks.
+    pub(super) fn take_record(
+        &mut self,
+        peer: PeerId,
+        record: PeerRecord,
+        req: Req,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> RecordTaken {
+        // The record's DID must be the one this peer is bound to (or becomes its binding).
+        match self.check_did(peer, Some(&record.body.did), req, now, out) {
+            Err(()) => return RecordTaken::Banned,
+            Ok(None) => return RecordTaken::Refused,
+            Ok(Some(_)) => {}
+        }
+        let owner = record.body.peer_id;
+        match desk.offer(peer, record, now) {
+            Offer::Held(t) => RecordTaken::Held(Some(t)),
+            Offer::Checking => RecordTaken::Held(None),
+            Offer::Refused(StoreError::Stale) => RecordTaken::Held(desk.held_expiry(&peer, now)),
+            Offer::Refused(e) => {
+                let reason = match e {
+                    StoreError::ForeignDid { .. } => StoreRefusal::ForeignDid,
+                    _ => StoreRefusal::Invalid,
+                };
+                out.push(Action::Event(Event::RecordRejected { from: peer, owner, reason }));
+                let strike = self.behaviour.record_bad_signature(peer, now);
+                if self.punish(peer, strike, out) {
+                    self.refuse(peer, req, RefuseReason::Banned, Vec::new(), out);
+                    out.push(Action::Close { peer, reason: CloseReason::Banned });
+                    return RecordTaken::Banned;
+                }
+                RecordTaken::Refused
+            }
+        }
+    }
+}
+
+/// A request of the indexer service from the authenticated `from`: served by the indexer role, or
+/// refused `NotServed` by a peer without it.
+pub fn on_request(
+    indexer: Option<&mut IndexerService>,
+    from: PeerAddr,
+    m: IndexerMessage,
+    desk: &mut Dht,
+    now: Timestamp,
+    out: &mut Vec<Action>,
+) {
+    let Some(ix) = indexer else {
+        if let Some(req) = m.request_id() {
+            not_served(from.id, Req::Indexer(req), out);
+        }
+        return;
+    };
+    let peer = from.id;
+    match m {
+        IndexerMessage::Heartbeat(hb) => ix.on_heartbeat(from, hb, desk, now, out),
+        IndexerMessage::Publish(p) => ix.on_publish(peer, p, desk, now, out),
+        IndexerMessage::GetRecord(g) => {
+            let known = desk.knows(&peer, now);
+            if ix.admit_get(peer, Req::Indexer(g.req), known, now, out) {
+                let deadline = ix.config.lookup_timeout;
+                desk.find_value(g.key, Purpose::NodeGet { to: peer, req: g.req }, false, &[], deadline, now);
+            }
+        }
+        IndexerMessage::Leave => ix.on_leave(peer, now, out),
+        IndexerMessage::CandidatesRequest(c) => {
+            let known = desk.knows(&peer, now);
+            ix.on_candidates_request(peer, c, known, now, out);
+        }
+        // Replies are routed to the node role, never here.
+        IndexerMessage::HeartbeatResponse(_)
+        | IndexerMessage::Refused(_)
+        | IndexerMessage::CandidatesResponse(_)
+        | IndexerMessage::Published(_)
+        | IndexerMessage::RecordReply(_) => {}
+    }
+}
+
+/// A DHT request from the authenticated `from`, behind the indexer's gate: never a blocked or
+/// banned peer, clients counted in the get window; a `STORE` of an invalid record strikes its
+/// sender. A peer without the indexer role refuses it `NotServed`.
+pub fn on_dht_request(
+    indexer: Option<&mut IndexerService>,
+    from: PeerAddr,
+    m: DhtMessage,
+    dht: &mut Dht,
+    now: Timestamp,
+    out: &mut Vec<Action>,
+) {
+    let Some((req, server)) = m.request() else {
+        return;
+    };
+    let Some(ix) = indexer else {
+        not_served(from.id, Req::Dht(req), out);
+        return;
+    };
+    let peer = from.id;
+    if ix.admit_dht(peer, Req::Dht(req), server, now, out) && dht.on_request(from, m, now).is_some() {
+        ix.punish_bad_record(peer, now, out);
+    }
+}
+
+/// Refuses a request this peer does not serve (it is not an indexer).
+fn not_served(to: PeerId, req: Req, out: &mut Vec<Action>) {
+    let refused = Refused { req: req.id(), reason: RefuseReason::NotServed, suggestions: Vec::new() };
+    out.push(Action::Send { to, message: req.refusal(refused) });
+}

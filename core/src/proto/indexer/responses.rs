@@ -1,0 +1,229 @@
+//! Heartbeat flows and responses (spec C §10–§12): probes, regular heartbeats, and the response
+//! with raw metrics, challenge answers, witnesses and suggestions.
+
+use super::*;
+
+impl IndexerService {
+    /// A heartbeat (regular or probe) from the transport-authenticated `from`. A record it
+    /// carries is handed to `desk` once the heartbeat is admitted.
+    pub fn on_heartbeat(
+        &mut self,
+        from: PeerAddr,
+        hb: Heartbeat,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let peer = from.id;
+        if !self.admit_request(peer, Req::Indexer(hb.req), RateKind::Heartbeat, now, out) {
+            return;
+        }
+        match hb.kind {
+            HeartbeatKind::Probe => self.on_probe(peer, hb, desk, now, out),
+            HeartbeatKind::Regular => self.on_regular(from, hb, desk, now, out),
+        }
+    }
+
+    pub(super) fn on_probe(
+        &mut self,
+        peer: PeerId,
+        hb: Heartbeat,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.sessions.contains_key(&peer) {
+            // A probe asks "could I join you now?": answer as the prober's first regular heartbeat
+            // would be answered, without using the burst guard. Otherwise a node admits us after
+            // the probe, is refused `Busy` on its next heartbeat, and loops.
+            if self.sessions.len() >= self.config.max_nodes {
+                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Full, suggestions, out);
+                return;
+            }
+            if self.burst.check(now).is_err() {
+                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Busy, suggestions, out);
+                return;
+            }
+        }
+        self.respond(peer, &hb, true, desk, now, out);
+    }
+
+    pub(super) fn on_regular(
+        &mut self,
+        from: PeerAddr,
+        mut hb: Heartbeat,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let peer = from.id;
+        if self.sessions.contains_key(&peer) {
+            let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Indexer(hb.req), now, out) else {
+                return;
+            };
+            self.refresh_session(peer, now);
+            let score = self.session(&peer).map_or(0.0, |v| v.admission_score);
+            let age = self.sessions.get(&peer).map_or(Duration::ZERO, |s| now.since(s.first_seen));
+            if score < self.config.dynamic_min_score(age) {
+                self.close_session(peer, SessionEnd::Rejected, out);
+                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::LowScore, Vec::new(), out);
+                return;
+            }
+            self.update_session(from, did, &hb, now);
+        } else {
+            if self.burst.check(now).is_err() {
+                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Busy, suggestions, out);
+                return;
+            }
+            if self.sessions.len() >= self.config.max_nodes {
+                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Full, suggestions, out);
+                return;
+            }
+            let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Indexer(hb.req), now, out) else {
+                return;
+            };
+            let score = admission_score(1.0, self.behaviour.strikes(&peer), self.config.strike_threshold);
+            if score < self.config.dynamic_min_score(Duration::ZERO) {
+                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::LowScore, Vec::new(), out);
+                return;
+            }
+            self.burst.record(now);
+            self.open_session(from.clone(), now);
+            out.push(Action::Event(Event::SessionOpened { node: peer }));
+            self.update_session(from, did, &hb, now);
+        }
+        if let Some(record) = hb.record.take() {
+            let counted = match self.behaviour.record(peer, RateKind::Publish, now) {
+                Ok(()) => true,
+                Err(e) => {
+                    if let Some(strike) = e.strike()
+                        && self.punish(peer, strike, out)
+                    {
+                        self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Banned, Vec::new(), out);
+                        out.push(Action::Close { peer, reason: CloseReason::Banned });
+                        return;
+                    }
+                    false
+                }
+            };
+            if counted && self.take_record(peer, record, Req::Indexer(hb.req), desk, now, out) == RecordTaken::Banned {
+                return;
+            }
+        }
+        self.respond(peer, &hb, false, desk, now, out);
+    }
+
+    /// Sends the heartbeat response (C §12). A probe gets no witnesses and no offload.
+    pub(super) fn respond(
+        &mut self,
+        peer: PeerId,
+        hb: &Heartbeat,
+        probe: bool,
+        desk: &mut dyn RecordDesk,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let fill_rate = self.fill_rate();
+        let challenges = hb
+            .challenges
+            .iter()
+            .take(MAX_CHALLENGES_ANSWERED)
+            .map(|p| match self.sessions.get(p) {
+                Some(s) => ChallengeEntry { peer: *p, found: true, last_seen: Some(s.last_seen) },
+                None => ChallengeEntry { peer: *p, found: false, last_seen: None },
+            })
+            .collect();
+        let witnesses = if hb.want_witnesses && !probe { self.sample_witnesses(peer) } else { Vec::new() };
+        let offloading = !probe && fill_rate > self.config.offload_threshold;
+        let mut wanted = usize::from(hb.need).min(self.config.max_candidates);
+        if offloading {
+            wanted = wanted.max(1);
+        }
+        let suggestions = self.pick_suggestions(peer, wanted);
+        let suggest_migrate = !probe && self.offload_decision(peer, fill_rate, !suggestions.is_empty(), now);
+        let response = HeartbeatResponse {
+            req: hb.req,
+            fill_rate,
+            peer_count: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+            max_nodes: u32::try_from(self.config.max_nodes).unwrap_or(u32::MAX),
+            born_at: self.born_at,
+            challenges,
+            did_found: None,
+            did_record: None,
+            record_expires: desk.held_expiry(&peer, now),
+            witnesses,
+            suggestions,
+            suggest_migrate,
+        };
+        // The DID challenge is answered for real: a DHT lookup of `/node/<DID>` (C §12.7), the
+        // response held until it ends (bounded by `dht_check_timeout`).
+        let mut response = response;
+        if let Some(did) = hb.challenge_did.as_ref().filter(|_| !probe) {
+            match desk.check_did(did, now) {
+                DidCheck::Pending(q) => {
+                    self.did_checks.insert(q, (peer, response));
+                    return;
+                }
+                DidCheck::Answered(r) => {
+                    response.did_found = Some(r.is_some());
+                    response.did_record = r;
+                }
+            }
+        }
+        out.push(Action::Send { to: peer, message: response.into() });
+    }
+
+    /// Up to `max_witnesses` random non-indexer sessions other than the requester, drawn by index.
+    pub(super) fn sample_witnesses(&mut self, requester: PeerId) -> Vec<PeerAddr> {
+        let n = self.witness_pool.len();
+        let k = self.config.max_witnesses.saturating_add(2).min(n);
+        // Floyd's algorithm: k distinct indices in O(k), then a shuffle so any prefix is uniform.
+        let mut picked: Vec<usize> = Vec::with_capacity(k);
+        for j in (n - k)..n {
+            let t = self.rng.below(j as u64 + 1) as usize;
+            picked.push(if picked.contains(&t) { j } else { t });
+        }
+        self.rng.shuffle(&mut picked);
+        let me = self.me;
+        picked
+            .into_iter()
+            .filter_map(|i| self.witness_pool.get(i))
+            .filter(|p| **p != requester && **p != me)
+            .filter_map(|p| self.sessions.get(p).map(|s| s.addr.clone()))
+            .take(self.config.max_witnesses)
+            .collect()
+    }
+
+    /// Up to `count` known indexers (not `exclude`, not us, not known full), preferring a lower
+    /// known fill rate with some randomness.
+    pub(super) fn pick_suggestions(&mut self, exclude: PeerId, count: usize) -> Vec<PeerAddr> {
+        if count == 0 {
+            return Vec::new();
+        }
+        let me = self.me;
+        let rng = &mut self.rng;
+        let mut ranked: Vec<(f64, &KnownIndexer)> = self
+            .known
+            .values()
+            .filter(|k| k.addr.id != exclude && k.addr.id != me && k.fill_rate.is_none_or(|f| f < 1.0))
+            .map(|k| (k.fill_rate.unwrap_or(UNKNOWN_FILL) + rng.unit_f64() * SUGGESTION_JITTER, k))
+            .collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        ranked.into_iter().take(count).map(|(_, k)| k.addr.clone()).collect()
+    }
+
+    /// Up to `count` known indexers (not `exclude`, not us, not known full), least loaded first.
+    pub(super) fn least_loaded(&self, exclude: PeerId, count: usize) -> Vec<PeerAddr> {
+        let mut ranked: Vec<&KnownIndexer> = self
+            .known
+            .values()
+            .filter(|k| k.addr.id != exclude && k.addr.id != self.me && k.fill_rate.is_none_or(|f| f < 1.0))
+            .collect();
+        ranked.sort_by(|a, b| a.fill_rate.unwrap_or(UNKNOWN_FILL).total_cmp(&b.fill_rate.unwrap_or(UNKNOWN_FILL)));
+        ranked.into_iter().take(count).map(|k| k.addr.clone()).collect()
+    }
+}

@@ -1,0 +1,165 @@
+//! Sessions (spec A §7, C §10): keyed by the transport-authenticated peer id (B11), gap-aware
+//! online time, DID binding (never clobbered, B10), referents and the witness pool; a session ends
+//! on expiry, `Leave`, a ban or a low score, and everything attached to it goes with it.
+
+use super::*;
+
+impl IndexerService {
+    pub(super) fn open_session(&mut self, addr: PeerAddr, now: Timestamp) {
+        let peer = addr.id;
+        let session = Session {
+            addr,
+            did: None,
+            name: None,
+            first_seen: now,
+            last_seen: now,
+            online: Duration::ZERO,
+            referent: false,
+            is_indexer: false,
+            witness_slot: None,
+        };
+        self.sessions.insert(peer, session);
+        self.expiry.insert((now, peer));
+    }
+
+    /// Records a heartbeat on an existing session: gap-aware online time and the expiry index.
+    pub(super) fn refresh_session(&mut self, peer: PeerId, now: Timestamp) {
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let gap = now.since(s.last_seen);
+        if gap <= self.config.liveness_interval * 2 {
+            s.online += gap;
+        }
+        if now > s.last_seen {
+            self.expiry.remove(&(s.last_seen, peer));
+            s.last_seen = now;
+            self.expiry.insert((now, peer));
+        }
+    }
+
+    /// Applies what an admitted heartbeat tells: DID and name (never clobbered by `None`),
+    /// referent flag, indexer role.
+    pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) {
+        let peer = from.id;
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        if !from.addrs.is_empty() {
+            s.addr = from.clone();
+        }
+        if let Some(did) = did
+            && s.did.as_ref() != Some(&did)
+        {
+            if let Some(old) = s.did.take() {
+                self.dids.remove(&(old, peer));
+            }
+            self.dids.insert((did.clone(), peer));
+            s.did = Some(did);
+        }
+        if let Some(name) = &hb.name {
+            s.name = Some(truncate(name, MAX_NAME_LEN).to_string());
+        }
+        s.referent = hb.referent;
+        if hb.referent {
+            self.referents.insert(peer);
+        } else {
+            self.referents.remove(&peer);
+        }
+        s.is_indexer = hb.is_indexer;
+        // Only non-indexer sessions serve as witnesses.
+        match (hb.is_indexer, s.witness_slot) {
+            (false, None) => {
+                s.witness_slot = Some(self.witness_pool.len());
+                self.witness_pool.push(peer);
+            }
+            (true, Some(slot)) => {
+                s.witness_slot = None;
+                self.witness_pool_remove(slot);
+            }
+            _ => {}
+        }
+        if hb.is_indexer {
+            self.note_indexer(from, None, now);
+        }
+    }
+
+    pub(super) fn witness_pool_remove(&mut self, slot: usize) {
+        if slot >= self.witness_pool.len() {
+            return;
+        }
+        self.witness_pool.swap_remove(slot);
+        if let Some(moved) = self.witness_pool.get(slot).copied()
+            && let Some(s) = self.sessions.get_mut(&moved)
+        {
+            s.witness_slot = Some(slot);
+        }
+    }
+
+    /// Ends a session and everything attached to it. Returns whether there was one.
+    pub(super) fn close_session(&mut self, peer: PeerId, reason: SessionEnd, out: &mut Vec<Action>) -> bool {
+        let Some(s) = self.sessions.remove(&peer) else {
+            return false;
+        };
+        self.expiry.remove(&(s.last_seen, peer));
+        if let Some(slot) = s.witness_slot {
+            self.witness_pool_remove(slot);
+        }
+        if let Some(did) = s.did {
+            self.dids.remove(&(did, peer));
+        }
+        self.referents.remove(&peer);
+        // A node that left is no longer an offload candidate; its batch slot frees at once.
+        self.offload.in_batch.remove(&peer);
+        self.offload.already_tried.remove(&peer);
+        out.push(Action::Event(Event::SessionClosed { node: peer, reason }));
+        true
+    }
+
+    /// The node left (it dropped us from its pool): its session ends at once.
+    pub fn on_leave(&mut self, from: PeerId, _now: Timestamp, out: &mut Vec<Action>) {
+        self.close_session(from, SessionEnd::Left, out);
+    }
+
+    /// Binds a DID to the peer. `Ok(Some)` to store, `Ok(None)` when none was sent or it differs
+    /// (two strikes, not stored), `Err` when the strikes banned the peer (refusal emitted).
+    pub(super) fn check_did(
+        &mut self,
+        peer: PeerId,
+        did: Option<&Did>,
+        req: Req,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Result<Option<Did>, ()> {
+        let Some(did) = did else {
+            return Ok(None);
+        };
+        match self.behaviour.check_identity(peer, did, now) {
+            Ok(()) => Ok(Some(did.clone())),
+            Err(AdmissionError::DidMismatch { strike, .. }) if strike.banned_until.is_none() => {
+                self.punish(peer, strike, out);
+                Ok(None)
+            }
+            Err(e) => {
+                if let Some(strike) = e.strike() {
+                    self.punish(peer, strike, out);
+                }
+                self.refuse_banned(peer, req, out);
+                Err(())
+            }
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub(super) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+

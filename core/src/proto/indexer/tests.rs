@@ -1,0 +1,662 @@
+//! Flow tests of the indexer role, on a plain record store.
+
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use crate::proto::wire::flat::Message;
+use crate::proto::identity::Keypair;
+
+fn at_ms(ms: u64) -> Timestamp {
+    Timestamp(1_000_000_000 + ms)
+}
+
+fn at(secs: u64) -> Timestamp {
+    at_ms(secs * 1000)
+}
+
+fn peer_addr(label: &str, i: u64) -> PeerAddr {
+    PeerAddr { id: Keypair::derive(i, label).peer_id(), addrs: vec![format!("10.{}.{}.1:4001", i / 256, i % 256)] }
+}
+
+fn node(i: u64) -> PeerAddr {
+    peer_addr("node", i)
+}
+
+fn indexer(i: u64) -> PeerAddr {
+    peer_addr("indexer", i)
+}
+
+fn did(s: &str) -> Did {
+    Did::new(s).unwrap()
+}
+
+/// The signed record of `node(i)` claiming `d`, issued at `now`.
+fn record(i: u64, d: &str, now: Timestamp) -> PeerRecord {
+    let key = Keypair::derive(i, "node");
+    let body = crate::proto::record::RecordBody {
+        peer_id: key.peer_id(),
+        did: did(d),
+        name: format!("node-{i}"),
+        addrs: Vec::new(),
+        api_url: None,
+        nats_address: None,
+        wallet: None,
+        issued_at: now,
+        expires_at: now + Duration::from_secs(300),
+    };
+    PeerRecord::sign(body, &key).unwrap()
+}
+
+fn hb() -> Heartbeat {
+    Heartbeat::bare(RequestId(1), HeartbeatKind::Regular)
+}
+
+fn probe() -> Heartbeat {
+    Heartbeat { kind: HeartbeatKind::Probe, ..hb() }
+}
+
+/// A record desk without a DHT: a plain store (DID checks answered from it).
+struct StoreDesk {
+    store: crate::proto::record::RecordStore,
+    offers: usize,
+}
+
+impl RecordDesk for StoreDesk {
+    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp) -> Offer {
+        self.offers += 1;
+        if record.body.peer_id != from {
+            return Offer::Refused(StoreError::Invalid(crate::proto::record::RecordError::WrongKey));
+        }
+        let expires = record.body.expires_at;
+        if self.store.holds(&record) {
+            return Offer::Held(expires);
+        }
+        match self.store.put(record, now) {
+            Ok(_) => Offer::Held(expires),
+            Err(e) => Offer::Refused(e),
+        }
+    }
+
+    fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {
+        self.store.by_peer(peer, now).map(|r| r.body.expires_at)
+    }
+
+    fn check_did(&mut self, did: &Did, now: Timestamp) -> DidCheck {
+        DidCheck::Answered(self.store.by_did(did, now).cloned())
+    }
+}
+
+/// One indexer under test, driven by hand.
+struct Harness {
+    ix: IndexerService,
+    me: PeerId,
+    desk: StoreDesk,
+}
+
+impl Harness {
+    fn new(config: Config) -> Self {
+        let me = Keypair::derive(0, "me").peer_id();
+        let desk =
+            StoreDesk { store: crate::proto::record::RecordStore::new(1000, Duration::from_secs(3600)), offers: 0 };
+        Harness { ix: IndexerService::new(config, me, DetRng::new(7, "indexer-test"), DetRng::new(8, "indexer-cache-test"), at(0)), me, desk }
+    }
+
+    fn send(&mut self, from: &PeerAddr, hb: Heartbeat, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.ix.on_heartbeat(from.clone(), hb, &mut self.desk, now, &mut out);
+        out
+    }
+
+    fn beat(&mut self, from: &PeerAddr, now: Timestamp) -> Vec<Action> {
+        self.send(from, hb(), now)
+    }
+
+    fn candidates(&mut self, from: &PeerAddr, count: u16, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.ix.on_candidates_request(
+            from.id,
+            CandidatesRequest { req: RequestId(5), count },
+            false,
+            now,
+            &mut out,
+        );
+        out
+    }
+
+    fn leave(&mut self, from: &PeerAddr, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.ix.on_leave(from.id, now, &mut out);
+        out
+    }
+
+    /// Runs every timer due up to `until`, as the router would.
+    fn run_timers(&mut self, until: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(t) = self.ix.poll_timeout() {
+            if t > until {
+                break;
+            }
+            self.ix.handle_timeout(t, &mut out);
+        }
+        out
+    }
+}
+
+fn sent_to(out: &[Action], to: PeerId) -> Vec<Message> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send { to: t, message } if *t == to => Some(Message::from(message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn response(out: &[Action]) -> &HeartbeatResponse {
+    let found = out.iter().find_map(|a| match a {
+        Action::Send { message: Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)), .. } => Some(r),
+        _ => None,
+    });
+    found.unwrap_or_else(|| panic!("expected a heartbeat response, got {out:?}"))
+}
+
+fn refusal(out: &[Action]) -> &Refused {
+    let found = out.iter().find_map(|a| match a {
+        Action::Send { message: Envelope::Indexer(IndexerMessage::Refused(r)), .. } => Some(r),
+        _ => None,
+    });
+    found.unwrap_or_else(|| panic!("expected a refusal, got {out:?}"))
+}
+
+fn events(out: &[Action]) -> Vec<&Event> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn closes(out: &[Action]) -> Vec<(PeerId, CloseReason)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Close { peer, reason } => Some((*peer, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn admission_score_is_100_for_an_honest_node_and_sanitises_input() {
+    assert_eq!(admission_score(1.0, 0, 3), 100.0);
+    assert!((admission_score(1.0, 2, 3) - 73.333).abs() < 0.01);
+    assert_eq!(admission_score(f64::NAN, 9, 3), 0.0);
+    assert_eq!(admission_score(7.0, 0, 0), 100.0);
+}
+
+#[test]
+fn heartbeat_opens_session_keyed_by_authenticated_peer() {
+    let mut h = Harness::new(Config::default());
+    let (a, b) = (node(1), node(2));
+    let out = h.send(&a, Heartbeat { req: RequestId(42), name: Some("alice".into()), ..hb() }, at(1));
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: a.id }]);
+    let r = response(&out);
+    assert_eq!(r.req, RequestId(42));
+    assert_eq!(sent_to(&out, a.id).len(), 1, "the reply goes to the authenticated sender");
+    assert!(h.ix.has_session(&a.id));
+    assert!(!h.ix.has_session(&b.id));
+    let v = h.ix.session(&a.id).unwrap();
+    assert_eq!((v.first_seen, v.last_seen, v.name, v.addr), (at(1), at(1), Some("alice"), &a));
+    // Another peer's heartbeat — whatever it says — never refreshes a's session.
+    let out = h.send(&b, Heartbeat { challenges: vec![a.id], ..hb() }, at(10));
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: b.id }]);
+    assert_eq!(h.ix.session(&a.id).unwrap().last_seen, at(1));
+    // a's next heartbeat refreshes its own session and opens nothing new.
+    let out = h.beat(&a, at(21));
+    assert!(events(&out).is_empty());
+    assert_eq!(h.ix.session_count(), 2);
+    assert_eq!(h.ix.session(&a.id).unwrap().last_seen, at(21));
+    assert_eq!(h.ix.session(&a.id).unwrap().name, Some("alice"), "a missing name does not clobber it");
+}
+
+#[test]
+fn response_reports_fill_and_challenge_answers() {
+    let mut h = Harness::new(Config { max_nodes: 4, ..Config::default() });
+    let (a, b, stranger) = (node(1), node(2), node(3));
+    h.beat(&a, at(0));
+    let out =
+        h.send(&b, Heartbeat { did: Some(did("did:b")), record: Some(record(2, "did:b", at(1))), ..hb() }, at(1));
+    assert_eq!(response(&out).record_expires, Some(at(301)), "the record is held and acknowledged");
+    let out = h.send(
+        &a,
+        Heartbeat {
+            req: RequestId(7),
+            challenges: vec![a.id, b.id, stranger.id],
+            challenge_did: Some(did("did:b")),
+            ..hb()
+        },
+        at(20),
+    );
+    let r = response(&out);
+    assert_eq!(r.req, RequestId(7));
+    assert_eq!((r.fill_rate, r.peer_count, r.max_nodes, r.born_at), (0.5, 2, 4, at(0)));
+    assert_eq!(
+        r.challenges,
+        vec![
+            ChallengeEntry { peer: a.id, found: true, last_seen: Some(at(20)) },
+            ChallengeEntry { peer: b.id, found: true, last_seen: Some(at(1)) },
+            ChallengeEntry { peer: stranger.id, found: false, last_seen: None },
+        ]
+    );
+    assert_eq!(r.did_found, Some(true));
+    assert_eq!(r.did_record.as_ref().map(|x| x.body.peer_id), Some(b.id), "the record itself comes back");
+    assert!(!r.suggest_migrate);
+    let out = h.send(&a, Heartbeat { challenge_did: Some(did("did:nobody")), ..hb() }, at(40));
+    assert_eq!(response(&out).did_found, Some(false));
+    let out = h.beat(&a, at(60));
+    assert_eq!(response(&out).did_found, None);
+    assert!(response(&out).challenges.is_empty());
+    assert_eq!(h.ix.fill_rate(), 0.5);
+}
+
+#[test]
+fn full_indexer_refuses_new_node_with_suggestions() {
+    let mut h = Harness::new(Config { max_nodes: 2, ..Config::default() });
+    for (i, fill) in
+        [(1, Some(0.9)), (2, Some(0.2)), (3, None), (4, Some(1.0)), (5, Some(0.4)), (6, Some(f64::NAN))]
+    {
+        h.ix.note_indexer(indexer(i), fill, at(0));
+    }
+    h.beat(&node(1), at(1));
+    h.beat(&node(2), at(2));
+    let newcomer = node(3);
+    let out = h.send(&newcomer, Heartbeat { req: RequestId(9), ..hb() }, at(3));
+    let r = refusal(&out);
+    assert_eq!((r.req, r.reason), (RequestId(9), RefuseReason::Full));
+    // Least loaded first; a known-full indexer is not suggested; unknown (and NaN) fill = 0.5.
+    assert_eq!(r.suggestions.len(), 3);
+    assert_eq!(r.suggestions[0], indexer(2));
+    assert_eq!(r.suggestions[1], indexer(5));
+    assert!([indexer(3), indexer(6)].contains(&r.suggestions[2]));
+    assert!(events(&out).contains(&&Event::RequestRefused { peer: newcomer.id, reason: RefuseReason::Full }));
+    assert!(!h.ix.has_session(&newcomer.id));
+    // A probe from a stranger is refused the same way; members still get answers.
+    let out = h.send(&newcomer, probe(), at(4));
+    assert_eq!(refusal(&out).reason, RefuseReason::Full);
+    let out = h.send(&node(1), probe(), at(5));
+    assert_eq!(response(&out).peer_count, 2);
+}
+
+#[test]
+fn probe_creates_no_session_and_uses_no_burst_slot() {
+    let mut h = Harness::new(Config { max_conn_per_window: 2, ..Config::default() });
+    h.ix.note_indexer(indexer(1), Some(0.1), at(0));
+    let (a, prober, late) = (node(1), node(2), node(3));
+    h.beat(&a, at(1));
+    // One burst slot is left: a probe is answered with metrics, opens nothing, uses no slot.
+    let out = h.send(&prober, Heartbeat { want_witnesses: true, need: 2, ..probe() }, at(2));
+    let r = response(&out);
+    assert_eq!(r.peer_count, 1);
+    assert!(r.witnesses.is_empty(), "no witnesses for a probe");
+    assert!(!r.suggest_migrate);
+    assert_eq!(r.suggestions, vec![indexer(1)]);
+    assert!(events(&out).is_empty());
+    assert!(!h.ix.has_session(&prober.id));
+    // The slot the probe did not use admits a regular newcomer.
+    let out = h.beat(&late, at(3));
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: late.id }]);
+    // Now the guard is full: a stranger's probe is refused `Busy` (with places to go), as its
+    // first heartbeat would be, so consensus never admits an indexer that cannot take it now.
+    let out = h.send(&prober, probe(), at(4));
+    assert_eq!(refusal(&out).reason, RefuseReason::Busy);
+    assert_eq!(refusal(&out).suggestions, vec![indexer(1)]);
+    // Members' probes are still answered.
+    let out = h.send(&a, probe(), at(5));
+    assert_eq!(response(&out).peer_count, 2);
+    // Probes still count in the prober's rate window (4 so far, counting the refused one).
+    for s in 6..9 {
+        assert_eq!(sent_to(&h.send(&prober, probe(), at(s)), prober.id).len(), 1);
+    }
+    let out = h.send(&prober, probe(), at(9));
+    assert_eq!(refusal(&out).reason, RefuseReason::RateLimited);
+    assert_eq!(h.ix.strikes(&prober.id), 1);
+    // Once the burst window has passed, the stranger's probe is answered again.
+    let out = h.send(&prober, probe(), at(75));
+    assert_eq!(response(&out).peer_count, 2);
+}
+
+#[test]
+fn flooding_node_is_struck_then_banned() {
+    let c = Config::default();
+    let ban = c.ban_duration;
+    let mut h = Harness::new(c);
+    let a = node(1);
+    for s in 0..5 {
+        response(&h.beat(&a, at(s)));
+    }
+    let out = h.beat(&a, at(5));
+    assert_eq!(refusal(&out).reason, RefuseReason::RateLimited);
+    assert!(events(&out).contains(&&Event::PeerStruck { peer: a.id, strikes: 1 }));
+    assert!(h.ix.has_session(&a.id), "one strike does not end the session");
+    let out = h.beat(&a, at(6));
+    assert!(events(&out).contains(&&Event::PeerStruck { peer: a.id, strikes: 2 }));
+    let out = h.beat(&a, at(7));
+    assert_eq!(refusal(&out).reason, RefuseReason::RateLimited);
+    let ev = events(&out);
+    assert!(ev.contains(&&Event::PeerStruck { peer: a.id, strikes: 3 }));
+    assert!(ev.contains(&&Event::PeerBanned { peer: a.id, until: at(7) + ban }));
+    assert!(ev.contains(&&Event::SessionClosed { node: a.id, reason: SessionEnd::Rejected }));
+    assert_eq!(closes(&out), vec![(a.id, CloseReason::Banned)]);
+    assert!(!h.ix.has_session(&a.id));
+    assert!(h.ix.is_banned(&a.id, at(8)));
+    // While banned: refused and disconnected, with no more strikes.
+    for s in 8..30 {
+        let out = h.beat(&a, at(s));
+        assert_eq!(refusal(&out).reason, RefuseReason::Banned);
+        assert_eq!(closes(&out), vec![(a.id, CloseReason::Banned)]);
+        assert!(!events(&out).iter().any(|e| matches!(e, Event::PeerStruck { .. })));
+    }
+    assert_eq!(h.ix.strikes(&a.id), 3);
+    // Candidate requests are refused too.
+    let out = h.candidates(&a, 3, at(31));
+    assert_eq!(refusal(&out).reason, RefuseReason::Banned);
+    // After the ban the node is admitted again as a new session.
+    let out = h.beat(&a, at(7) + ban);
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: a.id }]);
+    assert_eq!(h.ix.strikes(&a.id), 0);
+}
+
+#[test]
+fn honest_node_is_admitted_for_48_hours() {
+    let mut h = Harness::new(Config::default());
+    let honest = node(1);
+    let others: Vec<PeerAddr> = (2..6).map(node).collect();
+    let mut t = 0;
+    let end = 48 * 3600 * 1000;
+    while t <= end {
+        let now = at_ms(t);
+        h.run_timers(now);
+        for (i, o) in others.iter().enumerate() {
+            response(&h.beat(o, at_ms(t + 1 + i as u64)));
+        }
+        let out = h.send(&honest, Heartbeat { referent: true, need: 1, ..hb() }, now);
+        response(&out);
+        assert!(!events(&out).iter().any(|e| matches!(e, Event::RequestRefused { .. })));
+        // Once an hour the node's pool changes: a probe and an immediate extra heartbeat.
+        if t % 3_600_000 == 0 {
+            response(&h.send(&honest, probe(), at_ms(t + 100)));
+            response(&h.send(&honest, Heartbeat { referent: true, ..hb() }, at_ms(t + 200)));
+        }
+        t += 20_000;
+    }
+    let v = h.ix.session(&honest.id).unwrap();
+    assert_eq!(v.first_seen, at(0), "never re-admitted as new (O1 is gone)");
+    assert_eq!(v.admission_score, 100.0);
+    assert_eq!(h.ix.strikes(&honest.id), 0);
+    assert_eq!(h.ix.referents().map(|v| v.peer).collect::<Vec<_>>(), vec![honest.id]);
+}
+
+#[test]
+fn node_that_keeps_collecting_strikes_is_eventually_refused() {
+    let c = Config::default();
+    let min_end = c.min_score_end;
+    let mut h = Harness::new(c);
+    let offender = node(1);
+    let mut t = 0;
+    let refused_at = loop {
+        assert!(t < 48 * 3600 * 1000, "the offender was never refused");
+        let out = h.beat(&offender, at_ms(t));
+        if let Some(Message::Refused(r)) = sent_to(&out, offender.id).first() {
+            assert_eq!(r.reason, RefuseReason::LowScore);
+            assert!(
+                events(&out).contains(&&Event::SessionClosed { node: offender.id, reason: SessionEnd::Rejected })
+            );
+            break t;
+        }
+        // Every 21 minutes (once its window holds three heartbeats), a burst of four extra
+        // heartbeats: two over the limit, two strikes.
+        if t % 1_260_000 == 60_000 {
+            for k in 1..=4 {
+                h.beat(&offender, at_ms(t + k * 100));
+            }
+        }
+        t += 20_000;
+    };
+    assert!(!h.ix.is_banned(&offender.id, at_ms(refused_at)), "refused by score, not banned");
+    assert!(!h.ix.has_session(&offender.id));
+    // Two strikes of three: score 73.3, below the ramp once it passes that value (~21.3 h).
+    assert!(refused_at > 21 * 3600 * 1000, "refused at {} h", refused_at / 3_600_000);
+    assert!(min_end > admission_score(1.0, 2, 3));
+}
+
+#[test]
+fn silent_session_expires_and_drops_referent() {
+    let c = Config::default();
+    let expiry = c.session_expiry;
+    let mut h = Harness::new(c);
+    let (silent, chatty) = (node(1), node(2));
+    h.send(&silent, Heartbeat { referent: true, ..hb() }, at(0));
+    assert_eq!(h.ix.referents().count(), 1);
+    let mut t = 0;
+    while t <= 300 {
+        h.run_timers(at(t));
+        h.beat(&chatty, at(t));
+        t += 20;
+    }
+    // `run_timers` above went past the expiry; check the exact instant on a fresh indexer.
+    assert!(!h.ix.has_session(&silent.id));
+    assert!(h.ix.has_session(&chatty.id));
+    assert_eq!(h.ix.referents().count(), 0);
+
+    let mut h = Harness::new(Config::default());
+    h.send(&silent, Heartbeat { referent: true, ..hb() }, at(0));
+    let out = h.run_timers(at(0) + expiry);
+    assert!(out.is_empty());
+    assert!(h.ix.has_session(&silent.id), "silent for exactly session_expiry: still there");
+    let out = h.run_timers(at(0) + expiry + Duration::from_millis(1));
+    assert_eq!(events(&out), vec![&Event::SessionClosed { node: silent.id, reason: SessionEnd::Expired }]);
+    assert!(!h.ix.has_session(&silent.id));
+    assert_eq!(h.ix.referents().count(), 0);
+    // The slot is free and the node comes back as a new session.
+    let out = h.beat(&silent, at(200));
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: silent.id }]);
+    assert_eq!(h.ix.referents().count(), 0, "the new session is not a referent until it says so");
+}
+
+#[test]
+fn leave_frees_the_slot_at_once() {
+    let mut h = Harness::new(Config { max_nodes: 1, ..Config::default() });
+    let (a, b) = (node(1), node(2));
+    h.send(&a, Heartbeat { referent: true, ..hb() }, at(0));
+    assert_eq!(refusal(&h.beat(&b, at(1))).reason, RefuseReason::Full);
+    let out = h.leave(&a, at(2));
+    assert_eq!(events(&out), vec![&Event::SessionClosed { node: a.id, reason: SessionEnd::Left }]);
+    assert_eq!(h.ix.referents().count(), 0);
+    let out = h.beat(&b, at(3));
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: b.id }]);
+    // A leave without a session is ignored.
+    assert!(h.leave(&a, at(4)).is_empty());
+}
+
+#[test]
+fn offload_above_80_percent_asks_batches_of_five_with_grace() {
+    let mut h = Harness::new(Config { max_nodes: 10, ..Config::default() });
+    let nodes: Vec<PeerAddr> = (0..9).map(node).collect();
+    // Round 0: admission up to 90 % fill, but no other indexer is known: no suggestion, so no
+    // migration request.
+    for (i, n) in nodes.iter().enumerate() {
+        let out = h.beat(n, at_ms(i as u64 * 10));
+        assert!(!response(&out).suggest_migrate);
+    }
+    h.ix.note_indexer(indexer(1), Some(0.3), at(1));
+    h.ix.note_indexer(indexer(2), None, at(1));
+    let mut asked_in_round = Vec::new();
+    for round in 1..=21u64 {
+        let mut asked = BTreeSet::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let out = h.beat(n, at_ms(round * 20_000 + i as u64 * 10));
+            let r = response(&out);
+            assert_eq!(r.suggestions.len(), 1, "above the threshold at least one suggestion");
+            if r.suggest_migrate {
+                asked.insert(i);
+            }
+            assert!(h.ix.offload.in_batch.len() <= 5, "never more than a batch asked at once");
+        }
+        asked_in_round.push(asked);
+    }
+    let set = |v: &[usize]| v.iter().copied().collect::<BTreeSet<usize>>();
+    // Rounds 1–9 (t = 20 s … 180 s): the first batch of five keeps being asked for its grace.
+    for r in 1..=9 {
+        assert_eq!(asked_in_round[r - 1], set(&[0, 1, 2, 3, 4]), "round {r}");
+    }
+    // Round 10 is the hand-over: each of the first five is asked one last time at exactly
+    // 180 s, and as their grace ends one by one, the rest take the freed slots.
+    assert_eq!(asked_in_round[9], set(&[0, 1, 2, 3, 4, 5, 6, 7, 8]));
+    // Rounds 11–18: the first batch is "already tried" and left alone.
+    for r in 11..=18 {
+        assert_eq!(asked_in_round[r - 1], set(&[5, 6, 7, 8]), "round {r}");
+    }
+    // Round 20: everyone has been tried, so "already tried" resets and the cycle starts again.
+    assert_eq!(asked_in_round[19], set(&[0, 1, 2, 3, 4]));
+    assert_eq!(asked_in_round[20], set(&[0, 1, 2, 3, 4]));
+    // Two nodes leave: 70 % fill, no migration, and the state is reset.
+    h.leave(&nodes[7], at(430));
+    h.leave(&nodes[8], at(430));
+    for (i, n) in nodes.iter().take(7).enumerate() {
+        let r = h.beat(n, at_ms(440_000 + i as u64 * 10));
+        assert!(!response(&r).suggest_migrate);
+        assert!(response(&r).suggestions.is_empty(), "need 0 and not offloading: no suggestions");
+    }
+}
+
+#[test]
+fn candidates_capped_and_exclude_requester() {
+    let c = Config { indexer_cache_max: 20, max_candidates: 10, ..Config::default() };
+    let mut h = Harness::new(c);
+    let requester = indexer(100);
+    h.send(&requester, Heartbeat { is_indexer: true, ..hb() }, at(0));
+    assert!(h.ix.known_indexers().any(|k| k.addr == requester), "an indexer session becomes known");
+    for i in 0..14 {
+        h.ix.note_indexer(indexer(i), Some(0.5), at(1));
+    }
+    let me = PeerAddr::id_only(h.me);
+    h.ix.note_indexer(me, None, at(1));
+    assert_eq!(h.ix.known_indexers().count(), 15, "self is never remembered");
+    let cands = |out: &[Action]| match sent_to(out, requester.id).first() {
+        Some(Message::CandidatesResponse(r)) => r.candidates.clone(),
+        other => panic!("expected candidates, got {other:?}"),
+    };
+    for (asked, expected) in [(50u16, 10usize), (11, 10), (0, 3), (5, 5)] {
+        let got = cands(&h.candidates(&requester, asked, at(2)));
+        assert_eq!(got.len(), expected, "asked {asked}");
+        assert!(!got.iter().any(|a| a.id == requester.id || a.id == h.me));
+        assert_eq!(got.iter().map(|a| a.id).collect::<BTreeSet<_>>().len(), got.len(), "no duplicates");
+    }
+    // A peer without a session is not served.
+    let stranger = node(1);
+    let out = h.candidates(&stranger, 3, at(3));
+    assert_eq!(refusal(&out).reason, RefuseReason::Unknown);
+    // The "get" window limits requests: the 51st in a minute is refused and struck.
+    for _ in 0..46 {
+        cands(&h.candidates(&requester, 3, at(4)));
+    }
+    let out = h.candidates(&requester, 3, at(4));
+    assert_eq!(refusal(&out).reason, RefuseReason::RateLimited);
+    assert_eq!(h.ix.strikes(&requester.id), 1);
+}
+
+#[test]
+fn did_is_never_clobbered_and_a_changed_did_costs_strikes() {
+    let mut h = Harness::new(Config::default());
+    let a = node(1);
+    h.send(&a, Heartbeat { did: Some(did("did:a")), record: Some(record(1, "did:a", at(0))), ..hb() }, at(0));
+    h.beat(&a, at(20));
+    assert_eq!(h.ix.session(&a.id).unwrap().did, Some(&did("did:a")), "a missing DID does not clobber");
+    // A different DID: two strikes, still answered, the first DID kept.
+    let out =
+        h.send(&a, Heartbeat { did: Some(did("did:evil")), challenge_did: Some(did("did:a")), ..hb() }, at(40));
+    assert!(events(&out).contains(&&Event::PeerStruck { peer: a.id, strikes: 2 }));
+    assert_eq!(response(&out).did_found, Some(true));
+    assert_eq!(h.ix.session(&a.id).unwrap().did, Some(&did("did:a")));
+    // Changing it again bans.
+    let out = h.send(&a, Heartbeat { did: Some(did("did:evil2")), ..hb() }, at(60));
+    assert_eq!(refusal(&out).reason, RefuseReason::Banned);
+    assert!(events(&out).iter().any(|e| matches!(e, Event::PeerBanned { .. })));
+    assert_eq!(closes(&out), vec![(a.id, CloseReason::Banned)]);
+    assert!(!h.ix.has_session(&a.id));
+    // The DID check asks the record store (the DHT), not the sessions: a's signed record stays
+    // findable until it expires, then it is gone.
+    let b = node(2);
+    let out = h.send(&b, Heartbeat { challenge_did: Some(did("did:a")), ..hb() }, at(61));
+    assert_eq!(response(&out).did_found, Some(true));
+    let out = h.send(&b, Heartbeat { challenge_did: Some(did("did:a")), ..hb() }, at(301));
+    assert_eq!(response(&out).did_found, Some(false));
+}
+
+#[test]
+fn witnesses_are_other_sessions_never_requester() {
+    let mut h = Harness::new(Config::default());
+    let nodes: Vec<PeerAddr> = (0..8).map(node).collect();
+    let ix_session = indexer(1);
+    h.send(&ix_session, Heartbeat { is_indexer: true, ..hb() }, at(0));
+    for n in &nodes {
+        h.beat(n, at(0));
+    }
+    // A node leaves: it must never be offered as a witness again.
+    h.leave(&nodes[3], at(1));
+    let mut seen = BTreeSet::new();
+    for round in 0..40u64 {
+        for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != 3) {
+            let out = h.send(n, Heartbeat { want_witnesses: true, ..hb() }, at_ms(20_000 * (round + 1) + i as u64));
+            let w = &response(&out).witnesses;
+            assert_eq!(w.len(), 3);
+            let ids: BTreeSet<PeerId> = w.iter().map(|a| a.id).collect();
+            assert_eq!(ids.len(), 3, "distinct");
+            assert!(!ids.contains(&n.id), "never the requester");
+            assert!(!ids.contains(&ix_session.id), "never an indexer");
+            assert!(!ids.contains(&nodes[3].id), "never a node that left");
+            assert!(w.iter().all(|a| h.ix.session(&a.id).is_some_and(|v| v.addr == a)));
+            seen.extend(ids);
+        }
+    }
+    assert_eq!(seen.len(), 7, "every node still there gets picked sometimes");
+    // Without want_witnesses there are none; with few sessions, fewer.
+    assert!(response(&h.beat(&nodes[0], at(1000))).witnesses.is_empty());
+    let mut h = Harness::new(Config::default());
+    h.beat(&nodes[0], at(0));
+    h.beat(&nodes[1], at(0));
+    let out = h.send(&nodes[0], Heartbeat { want_witnesses: true, ..hb() }, at(20));
+    assert_eq!(response(&out).witnesses, vec![nodes[1].clone()]);
+}
+
+#[test]
+fn gc_forgets_stale_indexers_and_prunes_clean_peers() {
+    let mut h = Harness::new(Config::default());
+    h.ix.note_indexer(indexer(1), Some(0.2), at(0));
+    h.ix.note_indexer(indexer(2), Some(0.2), at(0));
+    let (member, prober) = (node(1), node(2));
+    h.send(&prober, probe(), at(0));
+    assert!(h.ix.behaviour().contains(&prober.id));
+    let mut t = 0;
+    while t <= 200 {
+        h.ix.note_indexer(indexer(2), None, at(t));
+        h.beat(&member, at(t));
+        h.run_timers(at(t));
+        t += 20;
+    }
+    let known: Vec<PeerAddr> = h.ix.known_indexers().map(|k| k.addr.clone()).collect();
+    assert_eq!(known, vec![indexer(2)]);
+    assert_eq!(h.ix.known_indexers().next().unwrap().fill_rate, Some(0.2), "an unknown fill keeps the last one");
+    assert!(!h.ix.behaviour().contains(&prober.id), "a clean peer without a session is pruned");
+    assert!(h.ix.behaviour().contains(&member.id), "a session's entry is kept");
+}
+
+#[test]
+fn known_indexers_are_bounded_to_the_most_recently_seen() {
+    let mut h = Harness::new(Config { indexer_cache_max: 3, ..Config::default() });
+    for i in 0..6 {
+        h.ix.note_indexer(indexer(i), Some(f64::INFINITY), at(i));
+    }
+    let ids: BTreeSet<PeerId> = h.ix.known_indexers().map(|k| k.addr.id).collect();
+    assert_eq!(ids, (3..6).map(|i| indexer(i).id).collect());
+    assert!(h.ix.known_indexers().all(|k| k.fill_rate.is_none()), "non-finite fill rates are dropped");
+}

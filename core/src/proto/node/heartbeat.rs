@@ -1,0 +1,311 @@
+//! Heartbeats (spec A §3.1, §6.2, E F7): sending them on each indexer's own schedule, matching
+//! their answers by request id (B8) and handling failures — a refusal `Busy` is "not now", a
+//! failing seed goes Down, any other failing entry is evicted when others remain.
+
+use super::*;
+
+impl IndexerPool {
+    /// Sends every heartbeat and retry probe that is due, or pushes it back until the peer is free
+    /// and within its rate budget.
+    pub(super) fn send_due(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        let due: Vec<PeerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.in_flight.is_none() && e.next_due <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let referent = self.referent();
+        for peer in due {
+            let wait = match self.busy_until(&peer) {
+                Some(busy) => Some(busy),
+                None => Some(self.rate_allowed_at(&peer, now)).filter(|t| *t > now),
+            };
+            if let Some(t) = wait {
+                if let Some(e) = self.entries.get_mut(&peer) {
+                    e.next_due = e.next_due.max(t);
+                }
+                continue;
+            }
+            match self.entries.get(&peer).map(|e| e.state) {
+                Some(EntryState::Down) => self.send_retry_probe(peer, now, out),
+                Some(_) => self.send_heartbeat(peer, referent == Some(peer), now, out),
+                None => {}
+            }
+        }
+    }
+
+    pub(super) fn send_heartbeat(&mut self, peer: PeerId, referent: bool, now: Timestamp, out: &mut Vec<Action>) {
+        let need = u16::try_from(self.need()).unwrap_or(u16::MAX);
+        let mut others: Vec<PeerId> =
+            self.entries.iter().filter(|(id, e)| **id != peer && e.is_active()).map(|(id, _)| *id).collect();
+        let spacing = self.draw_challenge_spacing_if_due(&peer);
+        let req = self.next_request();
+        let Some(e) = self.entries.get_mut(&peer) else {
+            return;
+        };
+        e.score.hb_count = e.score.hb_count.saturating_add(1);
+        let mut challenges = Vec::new();
+        let mut challenge_did = None;
+        let challenge = spacing.is_some();
+        if let Some(next) = spacing {
+            e.score.hb_count = 0;
+            e.score.next_challenge = next;
+            e.score.challenge_total = e.score.challenge_total.saturating_add(1);
+            e.score.did_batch_counter = e.score.did_batch_counter.saturating_add(1);
+            if e.score.did_batch_counter % self.config.did_challenge_every.max(1) == 0 {
+                challenge_did = Some(self.did.clone());
+            }
+            self.rng.shuffle(&mut others);
+            challenges.push(self.me);
+            challenges.extend(others.into_iter().take(self.config.challenge_extra_peers));
+        }
+        let (did, name) = if e.acknowledged {
+            (None, None)
+        } else {
+            (Some(self.did.clone()), Some(self.config.name.clone()).filter(|n| !n.is_empty()))
+        };
+        // The record travels only while this indexer does not hold its current version.
+        let record = self.record.as_ref().filter(|r| e.record_held != Some(r.body.expires_at)).cloned();
+        let sent = HeartbeatSent {
+            retry: false,
+            challenge,
+            did_challenge: challenge_did.is_some(),
+            want_witnesses: challenge,
+        };
+        e.in_flight = Some(req);
+        e.next_due = now + self.config.heartbeat_interval;
+        self.track(req, peer, RequestKind::Heartbeat(sent), now);
+        self.log_send(peer, now);
+        out.push(Action::Send {
+            to: peer,
+            message: Envelope::from(Heartbeat {
+                req,
+                kind: HeartbeatKind::Regular,
+                need,
+                referent,
+                is_indexer: self.is_indexer,
+                challenges,
+                challenge_did,
+                want_witnesses: challenge,
+                did,
+                name,
+                record,
+            }),
+        });
+    }
+
+    pub(super) fn probe_message(&self, req: RequestId) -> Envelope {
+        Envelope::from(Heartbeat {
+            need: u16::try_from(self.need()).unwrap_or(u16::MAX),
+            is_indexer: self.is_indexer,
+            ..Heartbeat::bare(req, HeartbeatKind::Probe)
+        })
+    }
+
+    pub(super) fn send_retry_probe(&mut self, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        let req = self.next_request();
+        let message = self.probe_message(req);
+        let Some(e) = self.entries.get_mut(&peer) else {
+            return;
+        };
+        e.retries = e.retries.saturating_add(1);
+        e.next_due = now + Self::backoff(&self.config, e.retries.saturating_add(1));
+        e.in_flight = Some(req);
+        let sent = HeartbeatSent { retry: true, challenge: false, did_challenge: false, want_witnesses: false };
+        self.track(req, peer, RequestKind::Heartbeat(sent), now);
+        self.log_send(peer, now);
+        out.push(Action::Send { to: peer, message });
+    }
+
+    pub(super) fn on_heartbeat_response(&mut self, from: PeerId, r: HeartbeatResponse, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(req) = self.take_request(r.req, from) else {
+            return;
+        };
+        match req.kind {
+            RequestKind::Heartbeat(sent) => self.on_indexer_answer(from, r.req, req.sent_at, sent, r, now, out),
+            RequestKind::CandidateProbe => {
+                let s = score::quick_score(Some(&r), now.since(req.sent_at), &self.config);
+                if let Some(c) = &mut self.consensus
+                    && c.waiting.remove(&r.req)
+                    && let Some(slot) = c.scores.get_mut(&from)
+                {
+                    slot.1 = s;
+                }
+            }
+            // The wrong kind of reply fails the request.
+            _ => self.fail_request(r.req, req, FailReason::Timeout, now, out),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_indexer_answer(
+        &mut self,
+        from: PeerId,
+        req: RequestId,
+        sent_at: Timestamp,
+        sent: HeartbeatSent,
+        r: HeartbeatResponse,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.me;
+        let cfg = &self.config;
+        let Some(e) = self.entries.get_mut(&from) else {
+            return;
+        };
+        if e.in_flight != Some(req) {
+            return;
+        }
+        e.in_flight = None;
+        // A DID challenge's answer waits for a DHT lookup: its round trip is not the indexer's
+        // latency.
+        if !sent.did_challenge {
+            let rtt = now.since(sent_at);
+            e.last_rtt = Some(rtt);
+            e.latency = score::latency_score(rtt, cfg);
+        }
+        if !sent.retry {
+            e.record_held = r.record_expires;
+        }
+        e.score.uptime.record_heartbeat(now, cfg.liveness_interval.saturating_mul(2));
+        match e.score.last_born_at {
+            Some(old) if old != r.born_at => {
+                let explained = e.failure_since_answer && r.born_at > old;
+                if !explained {
+                    e.score.born_at_changes = e.score.born_at_changes.saturating_add(1);
+                }
+                e.score.last_born_at = Some(r.born_at);
+            }
+            Some(_) => {}
+            None => e.score.last_born_at = Some(r.born_at),
+        }
+        e.failure_since_answer = false;
+        e.answered = true;
+        if !sent.retry {
+            e.acknowledged = true;
+            e.retries = 0;
+        }
+        e.score.last_fill_rate = score::sanitize_unit(r.fill_rate, 1.0);
+        if r.max_nodes > 0 {
+            e.score.fill_checked = e.score.fill_checked.saturating_add(1);
+            let expected = f64::from(r.peer_count) / f64::from(r.max_nodes);
+            if (expected - r.fill_rate).abs() < cfg.fill_tolerance {
+                e.score.fill_consistent = e.score.fill_consistent.saturating_add(1);
+            }
+        }
+        if sent.challenge {
+            let recent = cfg.liveness_interval.saturating_mul(2);
+            let correct = r.challenges.iter().find(|c| c.peer == me).is_some_and(|c| {
+                c.found && c.last_seen.is_some_and(|t| now.since(t) < recent && t.since(now) < recent)
+            });
+            e.score.challenge_answered = e.score.challenge_answered.saturating_add(1);
+            if correct {
+                e.score.challenge_correct = e.score.challenge_correct.saturating_add(1);
+            }
+        }
+        if sent.did_challenge {
+            e.score.did_checked = e.score.did_checked.saturating_add(1);
+            // Found only if the DHT returned our own record, intact.
+            let ours = r
+                .did_record
+                .as_ref()
+                .is_some_and(|rec| rec.body.peer_id == me && rec.body.did == self.did && rec.verify(now).is_ok());
+            if r.did_found == Some(true) && ours {
+                e.score.did_success = e.score.did_success.saturating_add(1);
+            }
+        }
+        match e.state {
+            EntryState::Live => {}
+            EntryState::Pending => {
+                e.state = EntryState::Live;
+                out.push(Action::Event(Event::IndexerLive { indexer: from }));
+            }
+            EntryState::Down => {
+                if !self.readmit_seed(from, now, out) {
+                    self.rescore(&from, now);
+                    return;
+                }
+            }
+        }
+        if !sent.retry {
+            // A session is acknowledged: seed recovery is over.
+            self.recovery = None;
+        }
+        if sent.want_witnesses {
+            self.query_witnesses(from, &r, now, out);
+        }
+        self.rescore(&from, now);
+        if let Some(reason) = self.eviction_reason(&from, now) {
+            self.evict(from, reason, now, out);
+            return;
+        }
+        self.add_suggestions(&r.suggestions, now, out);
+        if r.suggest_migrate && !sent.retry {
+            self.on_suggest_migrate(from, now, out);
+        }
+    }
+
+    pub(super) fn on_refused(&mut self, from: PeerId, r: Refused, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(req) = self.take_request(r.req, from) else {
+            return;
+        };
+        // A pool member that refuses may still point elsewhere; add those first, so the refusing
+        // indexer is not mistaken for the last one.
+        if matches!(req.kind, RequestKind::Heartbeat(_)) && self.entries.contains_key(&from) {
+            self.add_suggestions(&r.suggestions, now, out);
+        }
+        self.fail_request(r.req, req, FailReason::Refused(r.reason), now, out);
+    }
+
+    pub(super) fn on_heartbeat_failed(
+        &mut self,
+        peer: PeerId,
+        req: RequestId,
+        _sent: HeartbeatSent,
+        reason: FailReason,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let others_active = self.active_count() > 1;
+        let max_failures = self.config.last_indexer_max_failures;
+        let Some(e) = self.entries.get_mut(&peer) else {
+            return;
+        };
+        if e.in_flight != Some(req) {
+            return;
+        }
+        e.in_flight = None;
+        e.failure_since_answer = true;
+        e.acknowledged = false;
+        e.score.uptime.consecutive_fails = e.score.uptime.consecutive_fails.saturating_add(1);
+        if e.state == EntryState::Down {
+            // A retry probe failed; the next one is already scheduled.
+            return;
+        }
+        e.state = EntryState::Pending;
+        if reason == FailReason::Refused(RefuseReason::Busy) && e.score.uptime.consecutive_fails < max_failures {
+            // The indexer's burst guard said "not now" (B §9.2): it is alive and answering, so this
+            // is no failure of the indexer. Keep the slot and retry after half to one heartbeat
+            // interval, jittered so that refused nodes do not all come back in step; after
+            // `last_indexer_max_failures` refusals in a row it counts as a failure below.
+            let half = self.config.heartbeat_interval / 2;
+            let jitter = Duration::from_millis(self.rng.below(crate::proto::time::duration_ms(half) + 1));
+            e.next_due = now + half + jitter;
+            return;
+        }
+        if e.is_seed {
+            e.state = EntryState::Down;
+            e.next_due = now + Self::backoff(&self.config, e.retries.saturating_add(1));
+            out.push(Action::Event(Event::IndexerDown { indexer: peer, reason }));
+            // Its slot is free: fill it with others.
+            self.consensus_wanted = true;
+            return;
+        }
+        if others_active || e.score.uptime.consecutive_fails >= max_failures {
+            self.evict(peer, EvictReason::HeartbeatFailed(reason), now, out);
+        }
+    }
+}

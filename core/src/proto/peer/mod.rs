@@ -1,0 +1,474 @@
+//! [`Peer`]: one daemon's protocol state, routing between the machines.
+//!
+//! The router takes no protocol decision: an input goes to the machine it belongs to (a message by
+//! its envelope variant), the machines' effects come back through one [`Action`] sink, and the
+//! router executes them — sends through the link, requests between machines forwarded, events
+//! turned into outputs. Every random choice is made by a machine with a generator forked from the
+//! peer's seed.
+
+use crate::proto::config::Config;
+use crate::proto::dht::{Dht, DhtDone, Purpose};
+use crate::proto::identity::{Addr, Did, Keypair, PeerAddr, PeerId};
+use crate::proto::indexer::{self, IndexerService};
+use crate::proto::link::{Connections, Inbound};
+use crate::proto::node::{self, IndexerPool};
+use crate::proto::record::{OwnRecord, PeerRecord};
+use crate::proto::rng::DetRng;
+use crate::proto::time::Timestamp;
+use crate::proto::wire::{Envelope, RecordReply};
+use crate::proto::{Action, CloseReason, Command, Event, Input, Output};
+use std::collections::VecDeque;
+
+mod views;
+pub use views::{DhtView, IndexerView, LinkView, PoolView};
+
+/// Which roles a daemon plays (the seed's `NODE_MODE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Roles {
+    /// Keeps a pool of indexers and heartbeats them.
+    pub node: bool,
+    /// Admits node heartbeats and serves records.
+    pub indexer: bool,
+}
+
+impl Roles {
+    /// A plain node.
+    pub const NODE: Roles = Roles { node: true, indexer: false };
+    /// A plain indexer (keeps a pool of other indexers only if it has seeds).
+    pub const INDEXER: Roles = Roles { node: false, indexer: true };
+    /// Both.
+    pub const BOTH: Roles = Roles { node: true, indexer: true };
+}
+
+/// Everything a [`Peer`] is built from.
+#[derive(Clone, Debug)]
+pub struct PeerSetup {
+    /// Tunables.
+    pub config: Config,
+    /// The daemon's key; its public half is the peer id.
+    pub keypair: Keypair,
+    /// The daemon's DID (chosen at first start and kept by the host).
+    pub did: Did,
+    /// The private network's shared key (the seed's PSK).
+    pub network_key: [u8; 32],
+    /// Node, indexer, or both.
+    pub roles: Roles,
+    /// Seed indexers (the seed's `INDEXER_ADDRESSES`).
+    pub seeds: Vec<PeerAddr>,
+    /// Seed for every random choice this peer makes.
+    pub rng_seed: u64,
+    /// Transport addresses this peer can be reached at, put in its record and provider
+    /// announcements (empty where the transport routes by peer id alone, as in the simulator).
+    pub addrs: Vec<Addr>,
+}
+
+impl PeerSetup {
+    /// A setup with default config, a DID derived from the key, no seeds and seed 0.
+    pub fn new(keypair: Keypair, network_key: [u8; 32], roles: Roles) -> Self {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&keypair.peer_id().as_bytes()[..16]);
+        PeerSetup {
+            config: Config::default(),
+            keypair,
+            did: Did::from_random(b),
+            network_key,
+            roles,
+            seeds: Vec::new(),
+            rng_seed: 0,
+            addrs: Vec::new(),
+        }
+    }
+}
+
+/// One daemon's protocol state machine.
+///
+/// Feed it [`Input`]s with [`Peer::handle`], drain [`Output`]s with [`Peer::poll_output`], and
+/// call `handle(Input::Timeout, now)` once `now` reaches [`Peer::poll_timeout`].
+#[derive(Debug)]
+pub struct Peer {
+    me: PeerId,
+    did: Did,
+    roles: Roles,
+    config: Config,
+    link: Connections,
+    /// The node role: the pool of indexers and record lookups (also an indexer with seeds).
+    node: Option<IndexerPool>,
+    indexer: Option<IndexerService>,
+    /// The DHT: a server for an indexer, a client for a node.
+    dht: Dht,
+    /// Our signed record (re-signed at half-life).
+    record: OwnRecord,
+    out: VecDeque<Output>,
+    actions: Vec<Action>,
+    /// Scratch buffer `apply_actions` swaps with `actions`, so no round allocates.
+    batch: Vec<Action>,
+    shut_down: bool,
+}
+
+impl Peer {
+    /// Builds a peer; it starts contacting its seeds on the first [`Input::Timeout`].
+    pub fn new(setup: PeerSetup, now: Timestamp) -> Self {
+        let me = setup.keypair.peer_id();
+        let mut rng = DetRng::new(setup.rng_seed, "peer");
+        let link = Connections::new(me, setup.network_key, &setup.config, rng.fork("connections"));
+        let seeds: Vec<PeerAddr> = setup.seeds.into_iter().filter(|s| s.id != me).collect();
+        let bootstrap = seeds.clone();
+        // A node keeps `max_indexers`; an indexer with seeds keeps a pool of other indexers twice
+        // that size (the seed's "strict indexer", C §3).
+        let pool = if setup.roles.node {
+            Some(setup.config.max_indexers)
+        } else if !seeds.is_empty() {
+            Some(setup.config.max_indexers * 2)
+        } else {
+            None
+        }
+        .map(|max_pool| {
+            IndexerPool::new(
+                setup.config.clone(),
+                me,
+                setup.did.clone(),
+                seeds,
+                max_pool,
+                setup.roles.indexer,
+                rng.fork("pool"),
+                now,
+            )
+        });
+        let indexer_rng = setup.roles.indexer.then(|| rng.fork("indexer"));
+        let dht = Dht::new(
+            setup.config.clone(),
+            setup.keypair.clone(),
+            setup.addrs.clone(),
+            setup.roles.indexer,
+            &bootstrap,
+            rng.fork("dht"),
+            now,
+        );
+        // Forked last, so the streams above are those of earlier versions.
+        let indexer = indexer_rng
+            .map(|r| IndexerService::new(setup.config.clone(), me, r, rng.fork("indexer-cache"), now));
+        let record = OwnRecord::new(
+            setup.keypair.clone(),
+            setup.did.clone(),
+            &setup.config.name,
+            setup.addrs.clone(),
+            setup.config.record_ttl,
+        );
+        let mut peer = Peer {
+            me,
+            did: setup.did,
+            roles: setup.roles,
+            config: setup.config,
+            link,
+            node: pool,
+            indexer,
+            dht,
+            record,
+            out: VecDeque::new(),
+            actions: Vec::new(),
+            batch: Vec::new(),
+            shut_down: false,
+        };
+        peer.resign(now);
+        peer
+    }
+
+    /// Signs a fresh record and hands it to the pool and, on an indexer, to our own DHT store.
+    fn resign(&mut self, now: Timestamp) {
+        let Some(record) = self.record.sign(now) else {
+            return;
+        };
+        if let Some(pool) = &mut self.node {
+            pool.set_record(record.clone());
+        }
+        if self.roles.indexer {
+            let _ = self.dht.offer_record(self.me, record, now);
+        }
+    }
+
+    /// This peer's current signed record.
+    pub fn record(&self) -> Option<&PeerRecord> {
+        self.record.current()
+    }
+
+    /// The DHT (server for an indexer, client for a node).
+    pub fn dht(&self) -> DhtView<'_> {
+        DhtView(&self.dht)
+    }
+
+    /// Record lookups in flight from this node.
+    pub fn pending_lookups(&self) -> usize {
+        self.node.as_ref().map_or(0, |p| p.pending_lookups())
+    }
+
+    /// This peer's id.
+    pub fn id(&self) -> PeerId {
+        self.me
+    }
+
+    /// This peer's DID.
+    pub fn did(&self) -> &Did {
+        &self.did
+    }
+
+    /// This peer's roles.
+    pub fn roles(&self) -> Roles {
+        self.roles
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The node-role pool, if this peer keeps one.
+    pub fn pool(&self) -> Option<PoolView<'_>> {
+        self.node.as_ref().map(PoolView)
+    }
+
+    /// The indexer role, if this peer plays it.
+    pub fn indexer(&self) -> Option<IndexerView<'_>> {
+        self.indexer.as_ref().map(IndexerView)
+    }
+
+    /// The connection table.
+    pub fn connections(&self) -> LinkView<'_> {
+        LinkView(&self.link)
+    }
+
+    /// Processes one input at time `now`.
+    pub fn handle(&mut self, input: Input, now: Timestamp) {
+        if self.shut_down {
+            return;
+        }
+        match input {
+            Input::ConnectionUp { peer, addr, outbound: _ } => self.link.on_up(peer, addr, now, &mut self.out),
+            Input::ConnectionDown { peer } | Input::ConnectFailed { peer } => {
+                self.link.on_down(&peer);
+                self.peer_unreachable(peer, now);
+            }
+            Input::Received { from, message } => self.on_received(from, message, now),
+            Input::Timeout => self.on_timeout(now),
+            Input::Command(Command::Shutdown) => {
+                self.on_shutdown(now);
+                return;
+            }
+            Input::Command(Command::Lookup { id, key }) => {
+                if self.roles.indexer {
+                    let deadline = self.config.lookup_timeout;
+                    self.dht.find_value(key, Purpose::Command { id }, false, &[], deadline, now);
+                } else {
+                    match &mut self.node {
+                        Some(pool) => pool.lookup(id, key, now, &mut self.actions),
+                        None => self.actions.push(node::lookup::unanswerable(id, key).into()),
+                    }
+                }
+            }
+        }
+        self.apply_actions(now);
+    }
+
+    fn on_received(&mut self, from: PeerId, message: Envelope, now: Timestamp) {
+        match self.link.on_message(from, message, now, &mut self.out) {
+            Inbound::Deliver(m) => self.route(from, m, now),
+            Inbound::DeliverHeld(msgs) => {
+                for m in msgs {
+                    self.route(from, m, now);
+                }
+            }
+            Inbound::Nothing => {}
+            Inbound::Closed => self.peer_unreachable(from, now),
+        }
+    }
+
+    fn on_timeout(&mut self, now: Timestamp) {
+        let pool = &self.node;
+        let indexer = &self.indexer;
+        let keep = |p: &PeerId| {
+            pool.as_ref().is_some_and(|x| x.contains(p)) || indexer.as_ref().is_some_and(|x| x.has_session(p))
+        };
+        let dropped = self.link.handle_timeout(now, keep, &mut self.out);
+        for p in dropped {
+            self.peer_unreachable(p, now);
+        }
+        if let Some(pool) = &mut self.node
+            && pool.poll_timeout().is_some_and(|t| t <= now)
+        {
+            pool.handle_timeout(now, &mut self.actions);
+        }
+        if let Some(ix) = &mut self.indexer
+            && ix.poll_timeout().is_some_and(|t| t <= now)
+        {
+            ix.handle_timeout(now, &mut self.actions);
+        }
+        if let Some(ix) = &self.indexer {
+            self.dht.set_fill(ix.fill_rate(), self.config.max_nodes);
+        }
+        if self.dht.poll_timeout().is_some_and(|t| t <= now) {
+            self.dht.handle_timeout(now);
+        }
+        if self.record.refresh_at().is_some_and(|t| t <= now) {
+            self.resign(now);
+        }
+    }
+
+    fn on_shutdown(&mut self, now: Timestamp) {
+        if let Some(pool) = &mut self.node {
+            pool.shutdown(now, &mut self.actions);
+        }
+        self.apply_actions(now);
+        let peers: Vec<PeerId> = self.link.peers().copied().collect();
+        for p in peers {
+            self.link.close(p, CloseReason::Shutdown, &mut self.out);
+        }
+        self.shut_down = true;
+    }
+
+    /// The next output to execute, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Input::Timeout`] must next be handled (`None`: nothing scheduled).
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if self.shut_down {
+            return None;
+        }
+        [
+            self.link.poll_timeout(),
+            self.node.as_ref().and_then(|p| p.poll_timeout()),
+            self.indexer.as_ref().and_then(|i| i.poll_timeout()),
+            self.dht.poll_timeout(),
+            self.record.refresh_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Hands an authenticated message to its machine: one arm per envelope variant (requests and
+    /// replies of one mechanism go to the two ends of it).
+    fn route(&mut self, from: PeerId, message: Envelope, now: Timestamp) {
+        let out = &mut self.actions;
+        match message {
+            // Handled by the link; a late duplicate is a violation.
+            Envelope::Link(_) => {
+                self.link.close(from, CloseReason::ProtocolViolation, &mut self.out);
+                self.peer_unreachable(from, now);
+            }
+            Envelope::Indexer(m) if m.is_request() => {
+                let addr = self.link.peer_addr(&from);
+                indexer::on_request(self.indexer.as_mut(), addr, m, &mut self.dht, now, out);
+            }
+            Envelope::Indexer(m) => {
+                if let Some(pool) = &mut self.node {
+                    pool.on_indexer_reply(from, m, now, out);
+                }
+            }
+            Envelope::Node(m) => node::on_message(self.node.as_mut(), from, m, now, out),
+            Envelope::Dht(m) => {
+                let addr = self.link.peer_addr(&from);
+                if m.request().is_some() {
+                    indexer::on_dht_request(self.indexer.as_mut(), addr, m, &mut self.dht, now, out);
+                } else {
+                    self.dht.on_response(addr, m, now);
+                }
+            }
+        }
+    }
+
+    fn peer_unreachable(&mut self, peer: PeerId, now: Timestamp) {
+        if let Some(pool) = &mut self.node {
+            pool.on_unreachable(peer, now, &mut self.actions);
+        }
+        self.dht.on_unreachable(peer, now);
+    }
+
+    /// Routes finished DHT queries to whoever started them.
+    fn route_dht(&mut self, now: Timestamp) {
+        self.dht.drain_actions(&mut self.actions);
+        while let Some(done) = self.dht.poll_done() {
+            match done {
+                DhtDone::Value { purpose: Purpose::NodeGet { to, req }, record, hops, .. } => {
+                    let hops = u8::try_from(hops).unwrap_or(u8::MAX);
+                    let message = RecordReply { req, record, hops }.into();
+                    self.actions.push(Action::Send { to, message });
+                }
+                DhtDone::Value { purpose: Purpose::Command { id }, key, record, hops, .. } => {
+                    self.actions.push(Action::Event(Event::LookupDone { id, key, record, hops, attempts: 1 }));
+                }
+                DhtDone::Value { purpose: Purpose::DidCheck, query, record, .. } => {
+                    if let Some(ix) = &mut self.indexer {
+                        ix.finish_did_check(query, record, &mut self.actions);
+                    }
+                }
+                DhtDone::Value { .. } => {}
+                DhtDone::Providers { purpose: Purpose::Discovery, providers } => {
+                    if let Some(pool) = &mut self.node {
+                        pool.on_providers(&providers, now, &mut self.actions);
+                    }
+                }
+                DhtDone::Providers { purpose: Purpose::IndexerCache, providers } => {
+                    if let Some(ix) = &mut self.indexer {
+                        ix.on_providers(&providers, now);
+                    }
+                }
+                DhtDone::Providers { .. } => {}
+                DhtDone::Claim { publisher, accepted } => {
+                    if !accepted && let Some(ix) = &mut self.indexer {
+                        ix.punish_bad_record(publisher, now, &mut self.actions);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_actions(&mut self, now: Timestamp) {
+        // Failures feed back into the pool, which may act again; bound the rounds defensively.
+        for _ in 0..64 {
+            self.route_dht(now);
+            if self.actions.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut self.actions, &mut self.batch);
+            let mut batch = std::mem::take(&mut self.batch);
+            let mut failed: Vec<PeerId> = Vec::new();
+            for a in batch.drain(..) {
+                match a {
+                    Action::Send { to, message } => {
+                        if !self.link.send(to, message, now, &mut self.out) && !failed.contains(&to) {
+                            failed.push(to);
+                        }
+                    }
+                    Action::Learn(pa) => self.link.learn(pa),
+                    Action::Close { peer, reason } => {
+                        if self.link.close(peer, reason, &mut self.out) && !failed.contains(&peer) {
+                            failed.push(peer);
+                        }
+                    }
+                    Action::Event(e) => self.out.push_back(Output::Event(e)),
+                    Action::DiscoverIndexers { want } => {
+                        // When the query cannot start it is reported finished and empty.
+                        let seeds = self.node.as_ref().map(|p| p.live_by_score()).unwrap_or_default();
+                        self.dht.find_providers(want, Purpose::Discovery, &seeds, now);
+                    }
+                    Action::IndexerSeen { peer, fill_rate } => {
+                        if let Some(ix) = &mut self.indexer {
+                            ix.note_indexer(self.link.peer_addr(&peer), fill_rate, now);
+                        }
+                    }
+                }
+            }
+            self.batch = batch;
+            for p in failed {
+                self.peer_unreachable(p, now);
+            }
+        }
+        self.actions.clear();
+    }
+
+    /// Addresses this peer's connection layer knows for `peer`.
+    pub fn addresses_of(&self, peer: &PeerId) -> Vec<Addr> {
+        self.link.peer_addr(peer).addrs
+    }
+}
