@@ -23,10 +23,15 @@
 //!   the client when the core's `Event::LookupDone` with that id arrives. The core always answers,
 //!   but the wait is still bounded by the client's timeout, and a lookup whose client hung up is
 //!   forgotten at once.
+//!
+//! Shape: [`run`] waits for the next wake (a control command, a connection set up, a frame or a
+//! closed reader, the core's timer, a lookup's bound) and calls the matching `Driver::on_*`
+//! handler; then it executes the core's outputs (`Driver::drain_outputs` → `Driver::execute`)
+//! and refreshes the gauges. Every counter moves in [`Metrics::count`].
 
 use super::control::{ControlCommand, ControlReply, ControlRequest, MAX_LOOKUP_TIMEOUT};
 use super::lookup::LookupReport;
-use super::metrics::Metrics;
+use super::metrics::{Counted, Metrics};
 use super::status::StatusReport;
 use super::transport::{BoxFuture, ConnectionHandle, Established, Runtime, Transport, TransportError, close_code};
 use crate::proto::wire::{FrameDecoder, WireError, encode_frame};
@@ -35,6 +40,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -138,6 +144,7 @@ struct Conn<T: Transport> {
     tx: mpsc::Sender<Outgoing>,
 }
 
+/// What woke the driver.
 enum Wake<T: Transport> {
     Control(Option<ControlRequest>),
     Setup(SetupEvent<T>),
@@ -155,47 +162,134 @@ enum Wake<T: Transport> {
 pub async fn run<T: Transport, R: Runtime>(
     rt: R,
     transport: T,
-    mut peer: Peer,
+    peer: Peer,
     clock: Clock,
     options: DriverOptions,
-    mut control: mpsc::Receiver<ControlRequest>,
+    control: mpsc::Receiver<ControlRequest>,
     metrics: Arc<Metrics>,
 ) {
-    let started = clock.now();
-    let me = peer.id();
-    let bound = transport.local_addr();
-    let local = if options.advertised.is_empty() {
-        bound.clone()
-    } else {
-        PeerAddr { id: bound.id, addrs: options.advertised.clone() }
-    };
-    let (setup_tx, mut setup_rx) = mpsc::unbounded::<SetupEvent<T>>();
-    let (conn_tx, mut conn_rx) = mpsc::channel::<ConnEvent>(INBOX);
-    let (expired_tx, mut expired_rx) = mpsc::unbounded::<u64>();
-    let mut d = State::<T, R> {
-        rt: rt.clone(),
-        transport: transport.clone(),
-        me,
-        options: options.clone(),
-        metrics: metrics.clone(),
-        clock,
-        conns: HashMap::new(),
-        dialing: HashSet::new(),
-        next_conn: 1,
-        setup_tx: setup_tx.clone(),
-        conn_tx,
-        lookups: HashMap::new(),
-        next_lookup: 1,
-    };
+    let mut d = Driver::new(rt, transport, peer, clock, options, control, metrics);
+    d.start();
+    loop {
+        d.arm_timer();
+        let wake = d.next_wake().await;
+        let now = d.clock.now();
+        match wake {
+            Wake::Control(None) => break,
+            Wake::Control(Some(req)) => {
+                if d.on_control(req, now).is_break() {
+                    break;
+                }
+            }
+            Wake::Setup(SetupEvent::Accepted(est)) => d.on_connection(est, now),
+            Wake::Setup(SetupEvent::Dialed { peer, result }) => d.on_dialed(peer, result, now),
+            Wake::Conn(ConnEvent::Frame { conn, peer, message }) => d.on_frame(conn, peer, message, now),
+            Wake::Conn(ConnEvent::Closed { conn, peer, end }) => d.on_connection_closed(conn, peer, end, now),
+            Wake::Timer => d.on_timer(now),
+            Wake::LookupExpired(id) => d.on_lookup_expired(id, now),
+            Wake::LookupAbandoned => d.on_lookup_abandoned(),
+        }
+        d.drain_outputs();
+        d.metrics.observe(&d.peer, d.conns.len());
+    }
+    d.on_shutdown().await;
+}
 
-    // Accept loop: each incoming connection finishes its handshake in its own task.
-    {
-        let (rt2, transport2, tx, timeout) = (rt.clone(), transport.clone(), setup_tx.clone(), options.connect_timeout);
-        rt.spawn(Box::pin(async move {
-            while let Some(incoming) = transport2.accept().await {
+/// The loop's state: the core, its connections, and the sources that wake the loop.
+struct Driver<T: Transport, R: Runtime> {
+    rt: R,
+    transport: T,
+    peer: Peer,
+    me: PeerId,
+    options: DriverOptions,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    /// When we started (for `status`).
+    started: Timestamp,
+    /// Our advertised address (for `status`).
+    local: PeerAddr,
+    /// The transport's bound address (for `status`).
+    bound: PeerAddr,
+    conns: HashMap<PeerId, Conn<T>>,
+    dialing: HashSet<PeerId>,
+    next_conn: u64,
+    /// Control-socket lookups waiting for the core, by command id.
+    lookups: HashMap<u64, PendingLookup>,
+    next_lookup: u64,
+    control: mpsc::Receiver<ControlRequest>,
+    setup_tx: mpsc::UnboundedSender<SetupEvent<T>>,
+    setup_rx: mpsc::UnboundedReceiver<SetupEvent<T>>,
+    conn_tx: mpsc::Sender<ConnEvent>,
+    conn_rx: mpsc::Receiver<ConnEvent>,
+    expired_tx: mpsc::UnboundedSender<u64>,
+    expired_rx: mpsc::UnboundedReceiver<u64>,
+    /// The core's next deadline and a sleep armed for it.
+    timer: Option<(Timestamp, BoxFuture<()>)>,
+}
+
+impl<T: Transport, R: Runtime> Driver<T, R> {
+    fn new(
+        rt: R,
+        transport: T,
+        peer: Peer,
+        clock: Clock,
+        options: DriverOptions,
+        control: mpsc::Receiver<ControlRequest>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let bound = transport.local_addr();
+        let local = if options.advertised.is_empty() {
+            bound.clone()
+        } else {
+            PeerAddr { id: bound.id, addrs: options.advertised.clone() }
+        };
+        let (setup_tx, setup_rx) = mpsc::unbounded::<SetupEvent<T>>();
+        let (conn_tx, conn_rx) = mpsc::channel::<ConnEvent>(INBOX);
+        let (expired_tx, expired_rx) = mpsc::unbounded::<u64>();
+        Driver {
+            rt,
+            transport,
+            me: peer.id(),
+            peer,
+            options,
+            metrics,
+            started: clock.now(),
+            clock,
+            local,
+            bound,
+            conns: HashMap::new(),
+            dialing: HashSet::new(),
+            next_conn: 1,
+            lookups: HashMap::new(),
+            next_lookup: 1,
+            control,
+            setup_tx,
+            setup_rx,
+            conn_tx,
+            conn_rx,
+            expired_tx,
+            expired_rx,
+            timer: None,
+        }
+    }
+
+    /// Starts accepting connections and gives the core its first step.
+    fn start(&mut self) {
+        self.spawn_accept_loop();
+        tracing::info!(peer = %self.me, address = %self.local, runtime = self.options.runtime_name, "ocd started");
+        self.peer.handle(Input::Timeout, self.clock.now());
+        self.drain_outputs();
+    }
+
+    /// Accept loop: each incoming connection finishes its handshake in its own task.
+    fn spawn_accept_loop(&self) {
+        let (rt, transport, tx) = (self.rt.clone(), self.transport.clone(), self.setup_tx.clone());
+        let timeout = self.options.connect_timeout;
+        self.rt.spawn(Box::pin(async move {
+            while let Some(incoming) = transport.accept().await {
                 let tx = tx.clone();
-                let sleep = rt2.sleep(timeout);
-                rt2.spawn(Box::pin(async move {
+                let sleep = rt.sleep(timeout);
+                rt.spawn(Box::pin(async move {
                     match futures::future::select(Box::pin(incoming), sleep).await {
                         futures::future::Either::Left((Ok(est), _)) => {
                             let _ = tx.unbounded_send(SetupEvent::Accepted(est));
@@ -208,225 +302,242 @@ pub async fn run<T: Transport, R: Runtime>(
         }));
     }
 
-    tracing::info!(peer = %me, address = %local, runtime = options.runtime_name, "ocd started");
-    peer.handle(Input::Timeout, clock.now());
-    d.drain(&mut peer);
-
-    let mut timer: Option<(Timestamp, BoxFuture<()>)> = None;
-    loop {
-        // Never starve the timer behind a busy inbox.
-        let now = clock.now();
-        if peer.poll_timeout().is_some_and(|t| t <= now) {
-            peer.handle(Input::Timeout, now);
-            d.drain(&mut peer);
+    /// Runs a timeout that is already due — never starve the timer behind a busy inbox — and
+    /// arms the timer for the core's next deadline.
+    fn arm_timer(&mut self) {
+        let now = self.clock.now();
+        if self.peer.poll_timeout().is_some_and(|t| t <= now) {
+            self.peer.handle(Input::Timeout, now);
+            self.drain_outputs();
         }
-        match (peer.poll_timeout(), &timer) {
-            (None, _) => timer = None,
+        match (self.peer.poll_timeout(), &self.timer) {
+            (None, _) => self.timer = None,
             (Some(t), Some((armed, _))) if *armed == t => {}
-            (Some(t), _) => timer = Some((t, rt.sleep_until(clock.instant(t)))),
+            (Some(t), _) => self.timer = Some((t, self.rt.sleep_until(self.clock.instant(t)))),
         }
-        let wake = futures::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = control.poll_next_unpin(cx) {
+    }
+
+    /// Waits for the next thing to do, in priority order: control, connection setup, frames, the
+    /// timer, expired lookups, abandoned lookups.
+    async fn next_wake(&mut self) -> Wake<T> {
+        futures::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.control.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::Control(r));
             }
-            if let Poll::Ready(Some(e)) = setup_rx.poll_next_unpin(cx) {
+            if let Poll::Ready(Some(e)) = self.setup_rx.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::Setup(e));
             }
-            if let Poll::Ready(Some(e)) = conn_rx.poll_next_unpin(cx) {
+            if let Poll::Ready(Some(e)) = self.conn_rx.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::Conn(e));
             }
-            if let Some((_, t)) = timer.as_mut()
+            if let Some((_, t)) = self.timer.as_mut()
                 && t.poll_unpin(cx).is_ready()
             {
                 return Poll::Ready(Wake::Timer);
             }
-            if let Poll::Ready(Some(id)) = expired_rx.poll_next_unpin(cx) {
+            if let Poll::Ready(Some(id)) = self.expired_rx.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::LookupExpired(id));
             }
-            if d.lookups.values_mut().any(|p| p.reply.poll_canceled(cx).is_ready()) {
+            if self.lookups.values_mut().any(|p| p.reply.poll_canceled(cx).is_ready()) {
                 return Poll::Ready(Wake::LookupAbandoned);
             }
             Poll::Pending
         })
-        .await;
-        let now = clock.now();
-        match wake {
-            Wake::Timer => {
-                timer = None;
-                peer.handle(Input::Timeout, now);
-                d.update_pool_gauges(&peer);
-            }
-            Wake::LookupExpired(id) => {
-                if let Some(p) = d.lookups.remove(&id) {
-                    Metrics::inc(&metrics.lookups_timed_out);
-                    tracing::info!(key = %p.key, waited_ms = now.0.saturating_sub(p.started.0), "lookup: no answer in time");
-                    let _ = p.reply.send(ControlReply::Error {
-                        message: format!(
-                            "lookup of {}: no answer within {}",
-                            p.key,
-                            humantime::format_duration(p.timeout)
-                        ),
-                    });
-                }
-            }
-            Wake::LookupAbandoned => {
-                d.lookups.retain(|id, p| {
-                    let keep = !p.reply.is_canceled();
-                    if !keep {
-                        tracing::debug!(id, key = %p.key, "lookup abandoned by its client");
-                    }
-                    keep
-                });
-            }
-            Wake::Setup(SetupEvent::Accepted(est)) => d.adopt(&mut peer, est, now),
-            Wake::Setup(SetupEvent::Dialed { peer: id, result }) => {
-                d.dialing.remove(&id);
-                match result {
-                    Ok(est) => d.adopt(&mut peer, est, now),
-                    Err(e) => {
-                        tracing::debug!(peer = %id.short(), "dial failed: {e}");
-                        if !d.conns.contains_key(&id) {
-                            peer.handle(Input::ConnectFailed { peer: id }, now);
-                        }
-                    }
-                }
-            }
-            Wake::Conn(ConnEvent::Frame { conn, peer: from, message }) => {
-                if d.conns.get(&from).is_some_and(|c| c.id == conn) {
-                    Metrics::inc(&metrics.frames_received);
-                    match &message {
-                        Message::Heartbeat(_) => Metrics::inc(&metrics.heartbeats_received),
-                        Message::Refused(_) => Metrics::inc(&metrics.heartbeats_refused),
-                        _ => {}
-                    }
-                    peer.handle(Input::Received { from, message }, now);
-                }
-            }
-            Wake::Conn(ConnEvent::Closed { conn, peer: from, end }) => {
-                if d.conns.get(&from).is_some_and(|c| c.id == conn) {
-                    let c = d.conns.remove(&from);
-                    match &end {
-                        ReadEnd::Protocol(e) => {
-                            Metrics::inc(&metrics.protocol_errors);
-                            tracing::warn!(peer = %from.short(), "closing connection: {e}");
-                            if let Some(c) = c {
-                                c.handle.close(close_code::PROTOCOL, "bad frame");
-                            }
-                        }
-                        ReadEnd::Io(e) => tracing::debug!(peer = %from.short(), "connection lost: {e}"),
-                        ReadEnd::Eof => tracing::debug!(peer = %from.short(), "connection closed by peer"),
-                    }
-                    peer.handle(Input::ConnectionDown { peer: from }, now);
-                }
-            }
-            Wake::Control(Some(req)) => match req.command {
-                ControlCommand::Status => {
-                    let report = StatusReport::build(
-                        &peer,
-                        options.runtime_name,
-                        &local,
-                        &bound,
-                        started,
-                        now,
-                        metrics.snapshot(),
-                    );
-                    let _ = req.reply.send(ControlReply::Status(Box::new(report)));
-                }
-                ControlCommand::Shutdown => {
-                    let _ = req.reply.send(ControlReply::ShuttingDown);
-                    break;
-                }
-                ControlCommand::Lookup { key, timeout_ms } => {
-                    if d.lookups.len() >= MAX_PENDING_LOOKUPS {
-                        let _ = req.reply.send(ControlReply::Error {
-                            message: format!("{MAX_PENDING_LOOKUPS} lookups are already running; try again"),
-                        });
-                    } else {
-                        let id = d.next_lookup;
-                        d.next_lookup += 1;
-                        let timeout =
-                            Duration::from_millis(timeout_ms).clamp(Duration::from_millis(1), MAX_LOOKUP_TIMEOUT);
-                        let (sleep, tx) = (rt.sleep(timeout), expired_tx.clone());
-                        rt.spawn(Box::pin(async move {
-                            sleep.await;
-                            let _ = tx.unbounded_send(id);
-                        }));
-                        tracing::debug!(id, %key, "lookup");
-                        // Registered before the core runs: it may answer at once.
-                        let pending = PendingLookup { key: key.clone(), started: now, timeout, reply: req.reply };
-                        d.lookups.insert(id, pending);
-                        peer.handle(Input::Command(Command::Lookup { id, key }), now);
-                    }
-                }
-            },
-            Wake::Control(None) => break,
-        }
-        d.drain(&mut peer);
-        Metrics::set(&metrics.connections, d.conns.len() as u64);
-        if let Some(p) = peer.pool() {
-            Metrics::set(&metrics.pool_live, p.live_count() as u64);
-        }
-        if let Some(ix) = peer.indexer() {
-            Metrics::set(&metrics.sessions, ix.session_count() as u64);
-        }
-        metrics.observe_dht(&peer);
+        .await
     }
 
-    tracing::info!("shutting down");
-    peer.handle(Input::Command(Command::Shutdown), clock.now());
-    d.drain(&mut peer);
-    // Whatever the core did not close itself is closed now, gracefully.
-    for (_, c) in d.conns.drain() {
-        let mut tx = c.tx;
-        if tx.try_send(Outgoing::Close { code: close_code::NORMAL, reason: "shutdown" }).is_err() {
-            c.handle.close(close_code::NORMAL, "shutdown");
+    // ---- wake handlers ---------------------------------------------------------------------------
+
+    /// Whether `conn` is still `peer`'s connection (not one since replaced or closed).
+    fn is_current(&self, peer: &PeerId, conn: u64) -> bool {
+        self.conns.get(peer).is_some_and(|c| c.id == conn)
+    }
+
+    /// An authenticated frame from a connection's reader.
+    fn on_frame(&mut self, conn: u64, from: PeerId, message: Message, now: Timestamp) {
+        if self.is_current(&from, conn) {
+            self.metrics.count(Counted::Received(&message));
+            self.peer.handle(Input::Received { from, message }, now);
         }
     }
-    rt.sleep(options.linger + Duration::from_millis(50)).await;
-    transport.shutdown().await;
-    tracing::info!("stopped");
-}
 
-struct State<T: Transport, R: Runtime> {
-    rt: R,
-    transport: T,
-    me: PeerId,
-    options: DriverOptions,
-    metrics: Arc<Metrics>,
-    clock: Clock,
-    conns: HashMap<PeerId, Conn<T>>,
-    dialing: HashSet<PeerId>,
-    next_conn: u64,
-    setup_tx: mpsc::UnboundedSender<SetupEvent<T>>,
-    conn_tx: mpsc::Sender<ConnEvent>,
-    /// Control-socket lookups waiting for the core, by command id.
-    lookups: HashMap<u64, PendingLookup>,
-    next_lookup: u64,
-}
+    /// An established connection, inbound or outbound: the driver takes it over, resolving
+    /// duplicates (one connection per peer).
+    fn on_connection(&mut self, est: Established<T>, now: Timestamp) {
+        let id = est.peer;
+        if id == self.me {
+            est.handle.close(close_code::PROTOCOL, "connection to self");
+            return;
+        }
+        if let Some(existing) = self.conns.get(&id) {
+            // Opposite directions: both sides keep the connection dialled by the smaller id.
+            let keep_outbound = self.me < id;
+            if existing.outbound != est.outbound && existing.outbound == keep_outbound {
+                est.handle.close(close_code::NORMAL, "duplicate connection");
+                return;
+            }
+            if let Some(old) = self.conns.remove(&id) {
+                old.handle.close(close_code::NORMAL, "replaced by a newer connection");
+            }
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let (tx, rx) = mpsc::channel::<Outgoing>(self.options.send_queue);
+        let Established { peer: _, remote_addr, outbound, handle, send, recv } = est;
+        self.rt.spawn(Box::pin(write_loop::<T, R>(send, rx, handle.clone(), self.rt.clone(), self.options.linger)));
+        self.rt.spawn(Box::pin(read_loop(recv, conn, id, self.conn_tx.clone())));
+        self.conns.insert(id, Conn { id: conn, outbound, handle, tx });
+        tracing::debug!(peer = %id.short(), outbound, addr = ?remote_addr, "connection up");
+        self.peer.handle(Input::ConnectionUp { peer: id, addr: remote_addr, outbound }, now);
+    }
 
-impl<T: Transport, R: Runtime> State<T, R> {
+    /// A dial we started finished (or timed out).
+    fn on_dialed(&mut self, peer: PeerId, result: Result<Established<T>, TransportError>, now: Timestamp) {
+        self.dialing.remove(&peer);
+        match result {
+            Ok(est) => self.on_connection(est, now),
+            Err(e) => self.on_dial_failed(peer, e, now),
+        }
+    }
+
+    /// A dial failed; the core hears it unless the peer reached us meanwhile.
+    fn on_dial_failed(&mut self, peer: PeerId, error: TransportError, now: Timestamp) {
+        tracing::debug!(peer = %peer.short(), "dial failed: {error}");
+        if !self.conns.contains_key(&peer) {
+            self.peer.handle(Input::ConnectFailed { peer }, now);
+        }
+    }
+
+    /// A connection's reader stopped: end of stream, I/O error, or a bad frame (then the
+    /// connection is closed as a protocol error).
+    fn on_connection_closed(&mut self, conn: u64, from: PeerId, end: ReadEnd, now: Timestamp) {
+        if !self.is_current(&from, conn) {
+            return;
+        }
+        let c = self.conns.remove(&from);
+        match &end {
+            ReadEnd::Protocol(e) => {
+                self.metrics.count(Counted::ProtocolError);
+                tracing::warn!(peer = %from.short(), "closing connection: {e}");
+                if let Some(c) = c {
+                    c.handle.close(close_code::PROTOCOL, "bad frame");
+                }
+            }
+            ReadEnd::Io(e) => tracing::debug!(peer = %from.short(), "connection lost: {e}"),
+            ReadEnd::Eof => tracing::debug!(peer = %from.short(), "connection closed by peer"),
+        }
+        self.peer.handle(Input::ConnectionDown { peer: from }, now);
+    }
+
+    /// The core's deadline passed.
+    fn on_timer(&mut self, now: Timestamp) {
+        self.timer = None;
+        self.peer.handle(Input::Timeout, now);
+        self.metrics.observe_pool(&self.peer);
+    }
+
+    /// A control-socket command. `Break` on `shutdown`.
+    fn on_control(&mut self, req: ControlRequest, now: Timestamp) -> ControlFlow<()> {
+        match req.command {
+            ControlCommand::Status => {
+                let report = StatusReport::build(
+                    &self.peer,
+                    self.options.runtime_name,
+                    &self.local,
+                    &self.bound,
+                    self.started,
+                    now,
+                    self.metrics.snapshot(),
+                );
+                let _ = req.reply.send(ControlReply::Status(Box::new(report)));
+            }
+            ControlCommand::Shutdown => {
+                let _ = req.reply.send(ControlReply::ShuttingDown);
+                return ControlFlow::Break(());
+            }
+            ControlCommand::Lookup { key, timeout_ms } => self.on_lookup(key, timeout_ms, req.reply, now),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A control-socket lookup: handed to the core with a fresh id, bounded by the client's
+    /// timeout; refused when [`MAX_PENDING_LOOKUPS`] are already waiting.
+    fn on_lookup(&mut self, key: RecordKey, timeout_ms: u64, reply: oneshot::Sender<ControlReply>, now: Timestamp) {
+        if self.lookups.len() >= MAX_PENDING_LOOKUPS {
+            let _ = reply.send(ControlReply::Error {
+                message: format!("{MAX_PENDING_LOOKUPS} lookups are already running; try again"),
+            });
+            return;
+        }
+        let id = self.next_lookup;
+        self.next_lookup += 1;
+        let timeout = Duration::from_millis(timeout_ms).clamp(Duration::from_millis(1), MAX_LOOKUP_TIMEOUT);
+        let (sleep, tx) = (self.rt.sleep(timeout), self.expired_tx.clone());
+        self.rt.spawn(Box::pin(async move {
+            sleep.await;
+            let _ = tx.unbounded_send(id);
+        }));
+        tracing::debug!(id, %key, "lookup");
+        // Registered before the core runs: it may answer at once.
+        self.lookups.insert(id, PendingLookup { key: key.clone(), started: now, timeout, reply });
+        self.peer.handle(Input::Command(Command::Lookup { id, key }), now);
+    }
+
+    /// A lookup's bound passed without an answer from the core.
+    fn on_lookup_expired(&mut self, id: u64, now: Timestamp) {
+        let Some(p) = self.lookups.remove(&id) else {
+            return;
+        };
+        self.metrics.count(Counted::LookupTimedOut);
+        tracing::info!(key = %p.key, waited_ms = now.0.saturating_sub(p.started.0), "lookup: no answer in time");
+        let message = format!("lookup of {}: no answer within {}", p.key, humantime::format_duration(p.timeout));
+        let _ = p.reply.send(ControlReply::Error { message });
+    }
+
+    /// Some lookup's client hung up: forget every such lookup.
+    fn on_lookup_abandoned(&mut self) {
+        self.lookups.retain(|id, p| {
+            let keep = !p.reply.is_canceled();
+            if !keep {
+                tracing::debug!(id, key = %p.key, "lookup abandoned by its client");
+            }
+            keep
+        });
+    }
+
+    /// Shuts down gracefully: the core says goodbye, queued frames are flushed, every
+    /// connection is closed and the transport is shut down.
+    async fn on_shutdown(mut self) {
+        tracing::info!("shutting down");
+        self.peer.handle(Input::Command(Command::Shutdown), self.clock.now());
+        self.drain_outputs();
+        // Whatever the core did not close itself is closed now, gracefully.
+        for (_, c) in self.conns.drain() {
+            let mut tx = c.tx;
+            if tx.try_send(Outgoing::Close { code: close_code::NORMAL, reason: "shutdown" }).is_err() {
+                c.handle.close(close_code::NORMAL, "shutdown");
+            }
+        }
+        self.rt.sleep(self.options.linger + Duration::from_millis(50)).await;
+        self.transport.shutdown().await;
+        tracing::info!("stopped");
+    }
+
+    // ---- the core's outputs ----------------------------------------------------------------------
+
     /// Executes every pending output of the core.
-    fn drain(&mut self, peer: &mut Peer) {
-        while let Some(out) = peer.poll_output() {
-            match out {
-                Output::Connect { peer: pa } => self.dial(pa),
-                Output::Send { to, message } => self.send(peer, to, &message),
-                Output::Close { peer: id, reason } => {
-                    if let Some(c) = self.conns.remove(&id) {
-                        let code = match reason {
-                            CloseReason::HandshakeFailed | CloseReason::ProtocolViolation | CloseReason::Banned => {
-                                close_code::PROTOCOL
-                            }
-                            _ => close_code::NORMAL,
-                        };
-                        let mut tx = c.tx;
-                        if tx.try_send(Outgoing::Close { code, reason: close_reason_text(reason) }).is_err() {
-                            c.handle.close(code, close_reason_text(reason));
-                        }
-                    }
-                }
-                Output::Event(e) => self.event(e),
-            }
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.peer.poll_output() {
+            self.execute(out);
+        }
+    }
+
+    fn execute(&mut self, out: Output) {
+        match out {
+            Output::Connect { peer } => self.dial(peer),
+            Output::Send { to, message } => self.send(to, &message),
+            Output::Close { peer, reason } => self.close(peer, reason),
+            Output::Event(e) => self.on_event(e),
         }
     }
 
@@ -452,52 +563,55 @@ impl<T: Transport, R: Runtime> State<T, R> {
         }));
     }
 
-    fn send(&mut self, peer: &mut Peer, to: PeerId, message: &Message) {
+    /// Queues a frame; a peer whose queue is full is disconnected as too slow.
+    fn send(&mut self, to: PeerId, message: &Message) {
         let Some(c) = self.conns.get_mut(&to) else {
             // The connection went away and the core will hear it: nothing to send on.
             tracing::trace!(peer = %to.short(), kind = message.kind(), "dropping message: no connection");
             return;
         };
-        if matches!(message, Message::Heartbeat(_)) {
-            Metrics::inc(&self.metrics.heartbeats_sent);
-        }
-        match c.tx.try_send(Outgoing::Frame(encode_frame(message))) {
-            Ok(()) => Metrics::inc(&self.metrics.frames_sent),
-            Err(e) => {
-                let c = self.conns.remove(&to);
-                if e.is_full() {
-                    Metrics::inc(&self.metrics.slow_peers);
-                    tracing::warn!(peer = %to.short(), queue = self.options.send_queue, "peer too slow: send queue full, disconnecting");
-                }
-                if let Some(c) = c {
-                    c.handle.close(close_code::SLOW_PEER, "send queue full");
-                }
-                peer.handle(Input::ConnectionDown { peer: to }, self.clock.now());
+        let result = c.tx.try_send(Outgoing::Frame(encode_frame(message)));
+        self.metrics.count(Counted::Sent { message, queued: result.is_ok() });
+        if let Err(e) = result {
+            let c = self.conns.remove(&to);
+            if e.is_full() {
+                self.metrics.count(Counted::SlowPeer);
+                tracing::warn!(peer = %to.short(), queue = self.options.send_queue, "peer too slow: send queue full, disconnecting");
             }
+            if let Some(c) = c {
+                c.handle.close(close_code::SLOW_PEER, "send queue full");
+            }
+            self.peer.handle(Input::ConnectionDown { peer: to }, self.clock.now());
         }
     }
 
-    fn event(&mut self, e: Event) {
-        match &e {
-            Event::IndexerEvicted { .. } => Metrics::inc(&self.metrics.evictions),
-            Event::PeerBanned { .. } => Metrics::inc(&self.metrics.bans),
-            Event::HandshakeFailed { .. } => Metrics::inc(&self.metrics.handshake_failures),
-            Event::RequestRefused { .. } => Metrics::inc(&self.metrics.heartbeats_refused),
-            Event::RecordStored { .. } => Metrics::inc(&self.metrics.records_stored),
-            Event::RecordRejected { .. } => Metrics::inc(&self.metrics.records_rejected),
-            _ => {}
-        }
-        if let Event::LookupDone { id, key, record, hops, attempts } = &e {
-            Metrics::inc(if record.is_some() { &self.metrics.lookups_found } else { &self.metrics.lookups_not_found });
-            tracing::info!(%key, found = record.is_some(), hops, attempts, "lookup done");
-            if let Some(p) = self.lookups.remove(id) {
-                let now = self.clock.now();
-                let report = LookupReport::new(&p.key, record.as_ref(), *hops, *attempts, p.started, now);
-                let _ = p.reply.send(ControlReply::Lookup(Box::new(report)));
-            }
+    /// Closes a connection gracefully: its queued frames go out first.
+    fn close(&mut self, peer: PeerId, reason: CloseReason) {
+        let Some(c) = self.conns.remove(&peer) else {
             return;
+        };
+        let code = match reason {
+            CloseReason::HandshakeFailed | CloseReason::ProtocolViolation | CloseReason::Banned => close_code::PROTOCOL,
+            _ => close_code::NORMAL,
+        };
+        let mut tx = c.tx;
+        if tx.try_send(Outgoing::Close { code, reason: close_reason_text(reason) }).is_err() {
+            c.handle.close(code, close_reason_text(reason));
         }
+    }
+
+    /// An event of the core: counted, logged, and a finished lookup answered.
+    fn on_event(&mut self, e: Event) {
+        self.metrics.count(Counted::Event(&e));
         match &e {
+            Event::LookupDone { id, key, record, hops, attempts } => {
+                tracing::info!(%key, found = record.is_some(), hops, attempts, "lookup done");
+                if let Some(p) = self.lookups.remove(id) {
+                    let report =
+                        LookupReport::new(&p.key, record.as_ref(), *hops, *attempts, p.started, self.clock.now());
+                    let _ = p.reply.send(ControlReply::Lookup(Box::new(report)));
+                }
+            }
             Event::IndexerAdded { .. }
             | Event::IndexerLive { .. }
             | Event::IndexerDown { .. }
@@ -507,44 +621,6 @@ impl<T: Transport, R: Runtime> State<T, R> {
             | Event::RecordRejected { .. }
             | Event::HandshakeFailed { .. } => tracing::info!(event = ?e),
             _ => tracing::debug!(event = ?e),
-        }
-    }
-
-    /// Takes ownership of a new connection, resolving duplicates.
-    fn adopt(&mut self, peer: &mut Peer, est: Established<T>, now: Timestamp) {
-        let id = est.peer;
-        if id == self.me {
-            est.handle.close(close_code::PROTOCOL, "connection to self");
-            return;
-        }
-        if let Some(existing) = self.conns.get(&id) {
-            // Opposite directions: both sides keep the connection dialled by the smaller id.
-            let keep_outbound = self.me < id;
-            if existing.outbound != est.outbound && existing.outbound == keep_outbound {
-                est.handle.close(close_code::NORMAL, "duplicate connection");
-                return;
-            }
-            if let Some(old) = self.conns.remove(&id) {
-                old.handle.close(close_code::NORMAL, "replaced by a newer connection");
-            }
-        }
-        let conn = self.next_conn;
-        self.next_conn += 1;
-        let (tx, rx) = mpsc::channel::<Outgoing>(self.options.send_queue);
-        let Established { peer: _, remote_addr, outbound, handle, send, recv } = est;
-        self.rt.spawn(Box::pin(write_loop::<T, R>(send, rx, handle.clone(), self.rt.clone(), self.options.linger)));
-        self.rt.spawn(Box::pin(read_loop(recv, conn, id, self.conn_tx.clone())));
-        self.conns.insert(id, Conn { id: conn, outbound, handle, tx });
-        tracing::debug!(peer = %id.short(), outbound, addr = ?remote_addr, "connection up");
-        peer.handle(Input::ConnectionUp { peer: id, addr: remote_addr, outbound }, now);
-    }
-
-    fn update_pool_gauges(&self, peer: &Peer) {
-        if let Some(p) = peer.pool()
-            && let Ok(mut g) = self.metrics.indexers.lock()
-        {
-            g.clear();
-            g.extend(p.entries().map(|e| (e.peer.to_string(), e.score, e.last_rtt.map(|d| d.as_secs_f64()))));
         }
     }
 }

@@ -1,7 +1,12 @@
 //! Prometheus metrics: counters and gauges the driver updates, rendered in the text exposition
 //! format and served over plain HTTP on a configurable local address.
+//!
+//! Every counter the driver keeps is moved by [`Metrics::count`] from a [`Counted`] — a core
+//! [`Event`] wherever the core emits one, else something only the driver sees (a frame, a full
+//! send queue, a bad frame, an expired lookup). Gauges are copied from the core's read-only views
+//! by [`Metrics::observe`] and [`Metrics::observe_pool`].
 
-use crate::proto::Peer;
+use crate::proto::{Event, Message, Peer};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -139,6 +144,29 @@ fn get(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
+/// Something the driver saw that moves a counter; see [`Metrics::count`].
+#[derive(Clone, Copy, Debug)]
+pub enum Counted<'a> {
+    /// An event of the core.
+    Event(&'a Event),
+    /// A frame from a peer's current connection, handed to the core.
+    Received(&'a Message),
+    /// A message the core sent to a peer with an open connection; `queued` is false when the
+    /// connection's send queue did not take it (the connection is then dropped).
+    Sent {
+        /// The message.
+        message: &'a Message,
+        /// Whether the frame went into the send queue.
+        queued: bool,
+    },
+    /// A connection was dropped because its send queue was full.
+    SlowPeer,
+    /// A connection was closed for a malformed or oversized frame.
+    ProtocolError,
+    /// A control-socket lookup got no answer within its client's bound.
+    LookupTimedOut,
+}
+
 impl Metrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
@@ -169,10 +197,83 @@ impl Metrics {
         }
     }
 
+    /// Counts what the driver saw: the one place where the driver's counters move.
+    pub fn count(&self, what: Counted<'_>) {
+        let inc = Self::inc;
+        match what {
+            Counted::Event(e) => match e {
+                Event::IndexerEvicted { .. } => inc(&self.evictions),
+                Event::PeerBanned { .. } => inc(&self.bans),
+                Event::HandshakeFailed { .. } => inc(&self.handshake_failures),
+                // Every refusal this indexer sends: heartbeats, but also DHT and candidate
+                // requests (what `ocd_heartbeats_refused_total` has always counted).
+                // TODO(core events): `RequestRefused` should carry the refused request's kind
+                // (`RequestRefused { kind, .. }`) so that heartbeat refusals can be told apart.
+                Event::RequestRefused { .. } => inc(&self.heartbeats_refused),
+                Event::RecordStored { .. } => inc(&self.records_stored),
+                Event::RecordRejected { .. } => inc(&self.records_rejected),
+                Event::LookupDone { record, .. } => {
+                    inc(if record.is_some() { &self.lookups_found } else { &self.lookups_not_found })
+                }
+                _ => {}
+            },
+            Counted::Received(message) => {
+                inc(&self.frames_received);
+                // TODO(core events): derived from message kinds until the core emits
+                // `HeartbeatReceived { from }` (an indexer got a node's heartbeat) and
+                // `Refused { by, kind, reason }` (a request of ours was refused). Today every
+                // `Refused` received counts, whatever it answers: heartbeats, DHT RPCs, record
+                // lookups, candidate requests.
+                match message {
+                    Message::Heartbeat(_) => inc(&self.heartbeats_received),
+                    Message::Refused(_) => inc(&self.heartbeats_refused),
+                    _ => {}
+                }
+            }
+            Counted::Sent { message, queued } => {
+                // TODO(core events): derived from the message kind until the core emits
+                // `HeartbeatSent { to }` (heartbeats and probes alike, counted even when the send
+                // queue then overflows).
+                if matches!(message, Message::Heartbeat(_)) {
+                    inc(&self.heartbeats_sent);
+                }
+                if queued {
+                    inc(&self.frames_sent);
+                }
+            }
+            Counted::SlowPeer => inc(&self.slow_peers),
+            Counted::ProtocolError => inc(&self.protocol_errors),
+            Counted::LookupTimedOut => inc(&self.lookups_timed_out),
+        }
+    }
+
+    /// Copies the core's views into the gauges (after every step of the driver): open
+    /// connections, live pool entries, admitted sessions and the DHT.
+    pub fn observe(&self, peer: &Peer, connections: usize) {
+        Self::set(&self.connections, connections as u64);
+        if let Some(p) = peer.pool() {
+            Self::set(&self.pool_live, p.live_count() as u64);
+        }
+        if let Some(ix) = peer.indexer() {
+            Self::set(&self.sessions, ix.session_count() as u64);
+        }
+        self.observe_dht(peer);
+    }
+
     /// Copies the core's DHT view into the gauges.
     pub fn observe_dht(&self, peer: &Peer) {
         if let Ok(mut slot) = self.dht.lock() {
             *slot = DhtGauges::of(peer);
+        }
+    }
+
+    /// Copies the pool's entries (score, last RTT) into the per-indexer gauges.
+    pub fn observe_pool(&self, peer: &Peer) {
+        if let Some(p) = peer.pool()
+            && let Ok(mut g) = self.indexers.lock()
+        {
+            g.clear();
+            g.extend(p.entries().map(|e| (e.peer.to_string(), e.score, e.last_rtt.map(|d| d.as_secs_f64()))));
         }
     }
 
@@ -330,5 +431,26 @@ mod tests {
         assert!(body.contains("ocd_lookups_total{outcome=\"not_found\"} 2\n"), "{body}");
         assert!(body.contains("ocd_pool_indexer_score{indexer=\"ab\"} 87.5"));
         assert!(body.contains("ocd_pool_indexer_rtt_seconds{indexer=\"ab\"} 0.012"));
+    }
+
+    #[test]
+    fn count_moves_the_counters() {
+        use crate::proto::wire::{RefuseReason, Refused, RequestId};
+        use crate::proto::{PeerId, Timestamp};
+        let m = Metrics::default();
+        let peer = PeerId([7; 32]);
+        let refused = Message::Refused(Refused { req: RequestId(1), reason: RefuseReason::Busy, suggestions: vec![] });
+        m.count(Counted::Received(&refused));
+        m.count(Counted::Received(&Message::Leave));
+        m.count(Counted::Event(&Event::RequestRefused { peer, reason: RefuseReason::Full }));
+        m.count(Counted::Event(&Event::PeerBanned { peer, until: Timestamp(0) }));
+        m.count(Counted::Sent { message: &Message::Leave, queued: true });
+        m.count(Counted::Sent { message: &refused, queued: false });
+        m.count(Counted::SlowPeer);
+        m.count(Counted::LookupTimedOut);
+        let s = m.snapshot();
+        assert_eq!((s.heartbeats_refused, s.bans, s.slow_peers, s.lookups_timed_out), (2, 1, 1, 1));
+        assert_eq!((s.heartbeats_sent, s.heartbeats_received), (0, 0));
+        assert_eq!((get(&m.frames_received), get(&m.frames_sent)), (2, 1));
     }
 }
