@@ -259,10 +259,10 @@ impl DaemonConfig {
                 }
             }
         }
-        if self.advertise.len() > crate::proto::record::MAX_ADDRS {
+        if self.advertise.len() > crate::proto::MAX_ADDRS {
             return Err(ConfigFileError::Value {
                 source_name: "advertise".into(),
-                message: format!("at most {} addresses", crate::proto::record::MAX_ADDRS),
+                message: format!("at most {} addresses", crate::proto::MAX_ADDRS),
             });
         }
         if self.send_queue == 0 {

@@ -123,11 +123,11 @@ pub async fn serve<T: Transport, R: Runtime>(
 /// `advertise` list if any, else the transport's bound addresses with every unspecified IP
 /// (`0.0.0.0`, `::`) replaced by this machine's primary address of that family — the one its
 /// routing table would use for outside traffic, found without sending anything — or by loopback
-/// when the machine has no route. Deduplicated, at most [`crate::proto::record::MAX_ADDRS`].
+/// when the machine has no route. Deduplicated, at most [`crate::proto::MAX_ADDRS`].
 pub fn advertised_addrs(bound: &[Addr], configured: &[String]) -> Vec<Addr> {
     let mut out: Vec<Addr> = Vec::new();
     let mut push = |a: String| {
-        if !out.contains(&a) && out.len() < crate::proto::record::MAX_ADDRS {
+        if !out.contains(&a) && out.len() < crate::proto::MAX_ADDRS {
             out.push(a);
         }
     };

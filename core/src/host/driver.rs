@@ -35,7 +35,7 @@ use super::metrics::{Counted, Metrics};
 use super::status::StatusReport;
 use super::transport::{BoxFuture, ConnectionHandle, Established, Runtime, Transport, TransportError, close_code};
 use crate::proto::wire::{FrameDecoder, WireError, encode_frame};
-use crate::proto::{CloseReason, Command, Event, Input, Message, Output, Peer, PeerAddr, PeerId, RecordKey, Timestamp};
+use crate::proto::{CloseReason, Command, Envelope, Event, Input, Output, Peer, PeerAddr, PeerId, RecordKey, Timestamp};
 use futures::channel::{mpsc, oneshot};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -114,7 +114,7 @@ enum ReadEnd {
 }
 
 enum ConnEvent {
-    Frame { conn: u64, peer: PeerId, message: Message },
+    Frame { conn: u64, peer: PeerId, message: Envelope },
     Closed { conn: u64, peer: PeerId, end: ReadEnd },
 }
 
@@ -354,7 +354,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     }
 
     /// An authenticated frame from a connection's reader.
-    fn on_frame(&mut self, conn: u64, from: PeerId, message: Message, now: Timestamp) {
+    fn on_frame(&mut self, conn: u64, from: PeerId, message: Envelope, now: Timestamp) {
         if self.is_current(&from, conn) {
             self.metrics.count(Counted::Received(&message));
             self.peer.handle(Input::Received { from, message }, now);
@@ -564,7 +564,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     }
 
     /// Queues a frame; a peer whose queue is full is disconnected as too slow.
-    fn send(&mut self, to: PeerId, message: &Message) {
+    fn send(&mut self, to: PeerId, message: &Envelope) {
         let Some(c) = self.conns.get_mut(&to) else {
             // The connection went away and the core will hear it: nothing to send on.
             tracing::trace!(peer = %to.short(), kind = message.kind(), "dropping message: no connection");

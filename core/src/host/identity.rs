@@ -7,7 +7,7 @@
 //! if other users can read it. Files are written to a temporary name and renamed, so a crash
 //! never leaves a half-written key.
 
-use crate::proto::identity::{Did, Keypair};
+use crate::proto::{Did, Keypair};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -191,7 +191,7 @@ pub fn wall_clock_ms() -> u64 {
 mod tests {
     use super::*;
     use crate::proto::Keypair;
-    use crate::proto::record::RecordBody;
+    use crate::proto::RecordBody;
 
     #[test]
     fn sixty_four_hex_characters_are_a_peer_id_anything_else_a_did() {

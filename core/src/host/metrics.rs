@@ -6,7 +6,7 @@
 //! send queue, a bad frame, an expired lookup). Gauges are copied from the core's read-only views
 //! by [`Metrics::observe`] and [`Metrics::observe_pool`].
 
-use crate::proto::{Event, Message, Peer};
+use crate::proto::{Envelope, Event, Peer, RequestKind};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -93,8 +93,8 @@ impl DhtGauges {
         let dht = peer.dht();
         let st = dht.stats();
         DhtGauges {
-            records: dht.records().len() as u64,
-            table_size: dht.table().len() as u64,
+            records: dht.record_count() as u64,
+            table_size: dht.table_len() as u64,
             providers: dht.provider_count() as u64,
             queries_running: dht.query_count() as u64,
             queries: st.queries,
@@ -150,12 +150,12 @@ pub enum Counted<'a> {
     /// An event of the core.
     Event(&'a Event),
     /// A frame from a peer's current connection, handed to the core.
-    Received(&'a Message),
+    Received(&'a Envelope),
     /// A message the core sent to a peer with an open connection; `queued` is false when the
     /// connection's send queue did not take it (the connection is then dropped).
     Sent {
         /// The message.
-        message: &'a Message,
+        message: &'a Envelope,
         /// Whether the frame went into the send queue.
         queued: bool,
     },
@@ -205,11 +205,13 @@ impl Metrics {
                 Event::IndexerEvicted { .. } => inc(&self.evictions),
                 Event::PeerBanned { .. } => inc(&self.bans),
                 Event::HandshakeFailed { .. } => inc(&self.handshake_failures),
-                // Every refusal this indexer sends: heartbeats, but also DHT and candidate
-                // requests (what `ocd_heartbeats_refused_total` has always counted).
-                // TODO(core events): `RequestRefused` should carry the refused request's kind
-                // (`RequestRefused { kind, .. }`) so that heartbeat refusals can be told apart.
-                Event::RequestRefused { .. } => inc(&self.heartbeats_refused),
+                // Heartbeats refused, seen from either end: this indexer refusing a node's, or an
+                // indexer refusing ours. Other refusals (records, candidates, DHT) do not count.
+                Event::RequestRefused { request: RequestKind::Heartbeat, .. } | Event::HeartbeatRefused { .. } => {
+                    inc(&self.heartbeats_refused)
+                }
+                Event::HeartbeatSent { .. } => inc(&self.heartbeats_sent),
+                Event::HeartbeatReceived { .. } => inc(&self.heartbeats_received),
                 Event::RecordStored { .. } => inc(&self.records_stored),
                 Event::RecordRejected { .. } => inc(&self.records_rejected),
                 Event::LookupDone { record, .. } => {
@@ -217,26 +219,8 @@ impl Metrics {
                 }
                 _ => {}
             },
-            Counted::Received(message) => {
-                inc(&self.frames_received);
-                // TODO(core events): derived from message kinds until the core emits
-                // `HeartbeatReceived { from }` (an indexer got a node's heartbeat) and
-                // `Refused { by, kind, reason }` (a request of ours was refused). Today every
-                // `Refused` received counts, whatever it answers: heartbeats, DHT RPCs, record
-                // lookups, candidate requests.
-                match message {
-                    Message::Heartbeat(_) => inc(&self.heartbeats_received),
-                    Message::Refused(_) => inc(&self.heartbeats_refused),
-                    _ => {}
-                }
-            }
-            Counted::Sent { message, queued } => {
-                // TODO(core events): derived from the message kind until the core emits
-                // `HeartbeatSent { to }` (heartbeats and probes alike, counted even when the send
-                // queue then overflows).
-                if matches!(message, Message::Heartbeat(_)) {
-                    inc(&self.heartbeats_sent);
-                }
+            Counted::Received(_) => inc(&self.frames_received),
+            Counted::Sent { queued, .. } => {
                 if queued {
                     inc(&self.frames_sent);
                 }
@@ -435,22 +419,40 @@ mod tests {
 
     #[test]
     fn count_moves_the_counters() {
-        use crate::proto::wire::{RefuseReason, Refused, RequestId};
+        use crate::proto::wire::{IndexerMessage, RefuseReason, Refused, RequestId};
         use crate::proto::{PeerId, Timestamp};
         let m = Metrics::default();
         let peer = PeerId([7; 32]);
-        let refused = Message::Refused(Refused { req: RequestId(1), reason: RefuseReason::Busy, suggestions: vec![] });
+        let leave = Envelope::Indexer(IndexerMessage::Leave);
+        let refused = Envelope::Indexer(IndexerMessage::Refused(Refused {
+            req: RequestId(1),
+            reason: RefuseReason::Busy,
+            suggestions: vec![],
+        }));
         m.count(Counted::Received(&refused));
-        m.count(Counted::Received(&Message::Leave));
-        m.count(Counted::Event(&Event::RequestRefused { peer, reason: RefuseReason::Full }));
+        m.count(Counted::Received(&leave));
+        m.count(Counted::Event(&Event::HeartbeatRefused { indexer: peer, reason: RefuseReason::Busy }));
+        m.count(Counted::Event(&Event::RequestRefused {
+            peer,
+            request: RequestKind::Heartbeat,
+            reason: RefuseReason::Full,
+        }));
+        // A refused record get is no heartbeat refusal.
+        m.count(Counted::Event(&Event::RequestRefused {
+            peer,
+            request: RequestKind::Indexer,
+            reason: RefuseReason::Unknown,
+        }));
+        m.count(Counted::Event(&Event::HeartbeatSent { indexer: peer }));
+        m.count(Counted::Event(&Event::HeartbeatReceived { node: peer }));
         m.count(Counted::Event(&Event::PeerBanned { peer, until: Timestamp(0) }));
-        m.count(Counted::Sent { message: &Message::Leave, queued: true });
+        m.count(Counted::Sent { message: &leave, queued: true });
         m.count(Counted::Sent { message: &refused, queued: false });
         m.count(Counted::SlowPeer);
         m.count(Counted::LookupTimedOut);
         let s = m.snapshot();
         assert_eq!((s.heartbeats_refused, s.bans, s.slow_peers, s.lookups_timed_out), (2, 1, 1, 1));
-        assert_eq!((s.heartbeats_sent, s.heartbeats_received), (0, 0));
+        assert_eq!((s.heartbeats_sent, s.heartbeats_received), (1, 1));
         assert_eq!((get(&m.frames_received), get(&m.frames_sent)), (2, 1));
     }
 }

@@ -3,7 +3,7 @@
 
 use super::lookup::rfc3339;
 use super::metrics::{DhtGauges, MetricsSnapshot};
-use crate::proto::pool::EntryState;
+use crate::proto::EntryState;
 use crate::proto::{Peer, PeerAddr, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;

@@ -243,6 +243,17 @@ pub enum SessionEnd {
     Rejected,
 }
 
+/// What a refused request asked (in [`Event::RequestRefused`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A heartbeat or probe.
+    Heartbeat,
+    /// Another request of the indexer service: publish, record get, candidates.
+    Indexer,
+    /// A DHT RPC.
+    Dht,
+}
+
 /// Events for the application, logs, metrics and the simulator's report.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -266,6 +277,18 @@ pub enum Event {
         indexer: PeerId,
         /// How it was found.
         via: AddedVia,
+    },
+    /// The pool sent a heartbeat or probe to `indexer`.
+    HeartbeatSent {
+        /// The indexer.
+        indexer: PeerId,
+    },
+    /// `indexer` refused one of our heartbeats or probes.
+    HeartbeatRefused {
+        /// The indexer.
+        indexer: PeerId,
+        /// Why.
+        reason: wire::RefuseReason,
     },
     /// An indexer answered a heartbeat and now counts as live.
     IndexerLive {
@@ -313,10 +336,17 @@ pub enum Event {
         /// Why.
         reason: SessionEnd,
     },
+    /// An indexer got a heartbeat or probe from `node` (before admission).
+    HeartbeatReceived {
+        /// The sender.
+        node: PeerId,
+    },
     /// A request was refused.
     RequestRefused {
         /// The requester.
         peer: PeerId,
+        /// What it asked.
+        request: RequestKind,
         /// Why.
         reason: wire::RefuseReason,
     },

@@ -8,7 +8,9 @@ use super::*;
 /// same envelope variant (and so to the machine that asked).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Req {
-    /// A request of the indexer service (heartbeat, publish, get, candidates).
+    /// A heartbeat or probe.
+    Heartbeat(RequestId),
+    /// Another request of the indexer service (publish, get, candidates).
     Indexer(RequestId),
     /// A DHT request.
     Dht(RequestId),
@@ -18,14 +20,23 @@ impl Req {
     /// The request id.
     pub(crate) fn id(self) -> RequestId {
         match self {
-            Req::Indexer(r) | Req::Dht(r) => r,
+            Req::Heartbeat(r) | Req::Indexer(r) | Req::Dht(r) => r,
+        }
+    }
+
+    /// What the request asked, for events.
+    pub(crate) fn kind(self) -> RequestKind {
+        match self {
+            Req::Heartbeat(_) => RequestKind::Heartbeat,
+            Req::Indexer(_) => RequestKind::Indexer,
+            Req::Dht(_) => RequestKind::Dht,
         }
     }
 
     /// `refused` in this request's envelope variant.
     pub(crate) fn refusal(self, refused: Refused) -> Envelope {
         match self {
-            Req::Indexer(_) => IndexerMessage::Refused(refused).into(),
+            Req::Heartbeat(_) | Req::Indexer(_) => IndexerMessage::Refused(refused).into(),
             Req::Dht(_) => DhtMessage::Refused(refused).into(),
         }
     }
@@ -66,7 +77,7 @@ impl IndexerService {
         out: &mut Vec<Action>,
     ) {
         out.push(Action::Send { to: peer, message: req.refusal(Refused { req: req.id(), reason, suggestions }) });
-        out.push(Action::Event(Event::RequestRefused { peer, reason }));
+        out.push(Action::Event(Event::RequestRefused { peer, request: req.kind(), reason }));
     }
 
     /// Refuses a banned peer, drops its session and closes its connection.

@@ -68,7 +68,7 @@ use crate::proto::wire::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse,
     Publish, Published, RefuseReason, Refused, RequestId, StoreRefusal,
 };
-use crate::proto::{Action, CloseReason, Event, SessionEnd};
+use crate::proto::{Action, CloseReason, Event, RequestKind, SessionEnd};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 

@@ -15,7 +15,8 @@ impl IndexerService {
         out: &mut Vec<Action>,
     ) {
         let peer = from.id;
-        if !self.admit_request(peer, Req::Indexer(hb.req), RateKind::Heartbeat, now, out) {
+        out.push(Action::Event(Event::HeartbeatReceived { node: peer }));
+        if !self.admit_request(peer, Req::Heartbeat(hb.req), RateKind::Heartbeat, now, out) {
             return;
         }
         match hb.kind {
@@ -38,12 +39,12 @@ impl IndexerService {
             // the probe, is refused `Busy` on its next heartbeat, and loops.
             if self.sessions.len() >= self.config.max_nodes {
                 let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
-                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Full, suggestions, out);
+                self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Full, suggestions, out);
                 return;
             }
             if self.burst.check(now).is_err() {
                 let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
-                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Busy, suggestions, out);
+                self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Busy, suggestions, out);
                 return;
             }
         }
@@ -60,7 +61,7 @@ impl IndexerService {
     ) {
         let peer = from.id;
         if self.sessions.contains_key(&peer) {
-            let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Indexer(hb.req), now, out) else {
+            let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Heartbeat(hb.req), now, out) else {
                 return;
             };
             self.refresh_session(peer, now);
@@ -68,27 +69,27 @@ impl IndexerService {
             let age = self.sessions.get(&peer).map_or(Duration::ZERO, |s| now.since(s.first_seen));
             if score < self.config.dynamic_min_score(age) {
                 self.close_session(peer, SessionEnd::Rejected, out);
-                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::LowScore, Vec::new(), out);
+                self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::LowScore, Vec::new(), out);
                 return;
             }
             self.update_session(from, did, &hb, now);
         } else {
             if self.burst.check(now).is_err() {
                 let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
-                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Busy, suggestions, out);
+                self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Busy, suggestions, out);
                 return;
             }
             if self.sessions.len() >= self.config.max_nodes {
                 let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
-                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Full, suggestions, out);
+                self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Full, suggestions, out);
                 return;
             }
-            let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Indexer(hb.req), now, out) else {
+            let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Heartbeat(hb.req), now, out) else {
                 return;
             };
             let score = admission_score(1.0, self.behaviour.strikes(&peer), self.config.strike_threshold);
             if score < self.config.dynamic_min_score(Duration::ZERO) {
-                self.refuse(peer, Req::Indexer(hb.req), RefuseReason::LowScore, Vec::new(), out);
+                self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::LowScore, Vec::new(), out);
                 return;
             }
             self.burst.record(now);
@@ -103,14 +104,14 @@ impl IndexerService {
                     if let Some(strike) = e.strike()
                         && self.punish(peer, strike, out)
                     {
-                        self.refuse(peer, Req::Indexer(hb.req), RefuseReason::Banned, Vec::new(), out);
+                        self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Banned, Vec::new(), out);
                         out.push(Action::Close { peer, reason: CloseReason::Banned });
                         return;
                     }
                     false
                 }
             };
-            if counted && self.take_record(peer, record, Req::Indexer(hb.req), desk, now, out) == RecordTaken::Banned {
+            if counted && self.take_record(peer, record, Req::Heartbeat(hb.req), desk, now, out) == RecordTaken::Banned {
                 return;
             }
         }

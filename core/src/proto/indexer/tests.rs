@@ -167,9 +167,11 @@ fn refusal(out: &[Action]) -> &Refused {
     found.unwrap_or_else(|| panic!("expected a refusal, got {out:?}"))
 }
 
+/// The protocol events in `out` (without the `HeartbeatReceived` every heartbeat reports).
 fn events(out: &[Action]) -> Vec<&Event> {
     out.iter()
         .filter_map(|a| match a {
+            Action::Event(Event::HeartbeatReceived { .. }) => None,
             Action::Event(e) => Some(e),
             _ => None,
         })
@@ -277,7 +279,7 @@ fn full_indexer_refuses_new_node_with_suggestions() {
     assert_eq!(r.suggestions[0], indexer(2));
     assert_eq!(r.suggestions[1], indexer(5));
     assert!([indexer(3), indexer(6)].contains(&r.suggestions[2]));
-    assert!(events(&out).contains(&&Event::RequestRefused { peer: newcomer.id, reason: RefuseReason::Full }));
+    assert!(events(&out).contains(&&Event::RequestRefused { peer: newcomer.id, request: RequestKind::Heartbeat, reason: RefuseReason::Full }));
     assert!(!h.ix.has_session(&newcomer.id));
     // A probe from a stranger is refused the same way; members still get answers.
     let out = h.send(&newcomer, probe(), at(4));

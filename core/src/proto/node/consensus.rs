@@ -70,6 +70,7 @@ impl IndexerPool {
             self.track(req, id, RequestKind::CandidateProbe, now);
             c.waiting.insert(req);
             self.log_send(id, now);
+            out.push(Action::Event(Event::HeartbeatSent { indexer: id }));
             out.push(Action::Learn(a));
             out.push(Action::Send { to: id, message });
         }

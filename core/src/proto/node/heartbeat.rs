@@ -79,6 +79,7 @@ impl IndexerPool {
         e.next_due = now + self.config.heartbeat_interval;
         self.track(req, peer, RequestKind::Heartbeat(sent), now);
         self.log_send(peer, now);
+        out.push(Action::Event(Event::HeartbeatSent { indexer: peer }));
         out.push(Action::Send {
             to: peer,
             message: Envelope::from(Heartbeat {
@@ -117,6 +118,7 @@ impl IndexerPool {
         let sent = HeartbeatSent { retry: true, challenge: false, did_challenge: false, want_witnesses: false };
         self.track(req, peer, RequestKind::Heartbeat(sent), now);
         self.log_send(peer, now);
+        out.push(Action::Event(Event::HeartbeatSent { indexer: peer }));
         out.push(Action::Send { to: peer, message });
     }
 
@@ -254,6 +256,9 @@ impl IndexerPool {
         };
         // A pool member that refuses may still point elsewhere; add those first, so the refusing
         // indexer is not mistaken for the last one.
+        if matches!(req.kind, RequestKind::Heartbeat(_) | RequestKind::CandidateProbe) {
+            out.push(Action::Event(Event::HeartbeatRefused { indexer: from, reason: r.reason }));
+        }
         if matches!(req.kind, RequestKind::Heartbeat(_)) && self.entries.contains_key(&from) {
             self.add_suggestions(&r.suggestions, now, out);
         }
