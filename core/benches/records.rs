@@ -110,7 +110,8 @@ impl Bench {
         let key = Keypair::derive(0, "bench indexer");
         let me = key.peer_id();
         let dht = Dht::new(config.clone(), key, Vec::new(), true, &[], DetRng::new(1, "bench dht"), START);
-        let indexer = IndexerService::new(config, me, DetRng::new(2, "bench indexer"), DetRng::new(3, "bench cache"), START);
+        let indexer =
+            IndexerService::new(config, me, DetRng::new(2, "bench indexer"), DetRng::new(3, "bench cache"), START);
         let nodes = (0..NODES)
             .map(|i| {
                 let key = Keypair::derive(i as u64, "bench node");
@@ -196,7 +197,10 @@ impl Bench {
             self.indexer.on_heartbeat(from, hb, &mut self.dht, self.now, &mut self.out);
             self.dht.drain_actions(&mut self.out);
             assert!(
-                self.out.iter().any(|a| matches!(a, Action::Send { message: Envelope::Indexer(IndexerMessage::HeartbeatResponse(_)), .. })),
+                self.out.iter().any(|a| matches!(
+                    a,
+                    Action::Send { message: Envelope::Indexer(IndexerMessage::HeartbeatResponse(_)), .. }
+                )),
                 "heartbeat not answered: {:?}",
                 self.out
             );
@@ -235,11 +239,20 @@ impl Bench {
             self.indexer.on_heartbeat(from.clone(), hb, &mut self.dht, self.now, &mut self.out);
             self.dht.drain_actions(&mut self.out);
             let response = self.out.iter().find_map(|a| match a {
-                Action::Send { to, message: Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)) } if *to == from.id => Some(r),
+                Action::Send { to, message: Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)) }
+                    if *to == from.id =>
+                {
+                    Some(r)
+                }
                 _ => None,
             });
             let response = response.unwrap_or_else(|| panic!("{carry:?}: no HeartbeatResponse in {:?}", self.out));
-            assert!(!self.out.iter().any(|a| matches!(a, Action::Send { message: Envelope::Indexer(IndexerMessage::Refused(_)), .. })));
+            assert!(
+                !self
+                    .out
+                    .iter()
+                    .any(|a| matches!(a, Action::Send { message: Envelope::Indexer(IndexerMessage::Refused(_)), .. }))
+            );
             let held = self.dht.records().by_peer(&from.id, self.now).expect("the indexer holds the record");
             assert_eq!(response.record_expires, Some(held.body.expires_at));
             if let Some(record) = carried {

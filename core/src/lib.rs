@@ -6,7 +6,8 @@
 //! * [`proto`] — pure, deterministic state machines (sans-IO): feed them [`proto::Input`]s with the
 //!   current [`proto::Timestamp`], drain [`proto::Output`]s, and wake them at
 //!   [`proto::Peer::poll_timeout`]. No clocks, sockets, threads or unseeded randomness live there.
-//! * `host` (feature `host`) — runtime-neutral glue the daemons share: the identity files today.
+//! * `host` (feature `host`) — runtime-neutral glue the daemons share: configuration, identity
+//!   files, the CLI, the control socket, metrics, the generic driver and the devnet launcher.
 //!
 //! Runtimes (tokio + iroh, smol + quinn) and the deterministic simulator only move bytes, keep time
 //! and store things; every protocol decision is taken here.

@@ -7,12 +7,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use ocd_core::proto::{PeerRecord, RecordBody};
 use ocd_core::proto::wire::{self, Envelope, IndexerMessage};
 use ocd_core::proto::{
     AddedVia, Command, Config, Did, Event, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerSetup, RecordKey, Roles,
     Timestamp,
 };
+use ocd_core::proto::{PeerRecord, RecordBody};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -234,9 +234,8 @@ fn a_published_record_is_found_by_did_and_by_peer_id_from_another_node() {
     let (record, _) = net.lookup(a, RecordKey::Did(Did::new("did:test:nobody").unwrap()));
     assert!(record.is_none());
     // Records are replicated beyond the node's own indexers.
-    let holders = (0..8)
-        .filter(|i| net.peers[*i].as_ref().unwrap().dht().record_by_peer(&net.ids[b], net.now).is_some())
-        .count();
+    let holders =
+        (0..8).filter(|i| net.peers[*i].as_ref().unwrap().dht().record_by_peer(&net.ids[b], net.now).is_some()).count();
     assert!(holders >= 4, "replicated to the k closest: {holders} holders");
 }
 

@@ -2,11 +2,11 @@
 //! panics, never spins (bounded outputs per input), never sends to itself, and its pool stays
 //! within bounds with no duplicates.
 
-use ocd_core::proto::hello_mac;
 use ocd_core::proto::PeerAddr;
+use ocd_core::proto::hello_mac;
 use ocd_core::proto::wire::{
-    CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello,
-    HelloProof, Envelope, IndexerMessage, LinkMessage, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
+    CandidatesRequest, CandidatesResponse, ChallengeEntry, Envelope, Heartbeat, HeartbeatKind, HeartbeatResponse,
+    Hello, HelloProof, IndexerMessage, LinkMessage, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
 };
 use ocd_core::proto::{Config, Input, Keypair, Output, Peer, PeerId, PeerSetup, Roles, Timestamp};
 use proptest::prelude::*;
@@ -117,22 +117,20 @@ fn build(spec: MsgSpec, me: PeerId) -> Envelope {
             name: None,
             record: None,
         }),
-        MsgSpec::Response { req, fill, peers, max, born, found, sugg, migrate } => {
-            Envelope::from(HeartbeatResponse {
-                req: RequestId(req),
-                fill_rate: fill,
-                peer_count: peers,
-                max_nodes: max,
-                born_at: Timestamp(born),
-                challenges: vec![ChallengeEntry { peer: me, found, last_seen: Some(Timestamp(born)) }],
-                did_found: Some(found),
-                did_record: None,
-                record_expires: None,
-                witnesses: addrs(sugg.clone()),
-                suggestions: addrs(sugg),
-                suggest_migrate: migrate,
-            })
-        }
+        MsgSpec::Response { req, fill, peers, max, born, found, sugg, migrate } => Envelope::from(HeartbeatResponse {
+            req: RequestId(req),
+            fill_rate: fill,
+            peer_count: peers,
+            max_nodes: max,
+            born_at: Timestamp(born),
+            challenges: vec![ChallengeEntry { peer: me, found, last_seen: Some(Timestamp(born)) }],
+            did_found: Some(found),
+            did_record: None,
+            record_expires: None,
+            witnesses: addrs(sugg.clone()),
+            suggestions: addrs(sugg),
+            suggest_migrate: migrate,
+        }),
         MsgSpec::Refused { req, reason, sugg } => Envelope::from(IndexerMessage::Refused(Refused {
             req: RequestId(req),
             reason: [
@@ -157,9 +155,7 @@ fn build(spec: MsgSpec, me: PeerId) -> Envelope {
             fill_rate: fill,
             score: fill,
         }),
-        MsgSpec::CandidatesRequest { req, count } => {
-            Envelope::from(CandidatesRequest { req: RequestId(req), count })
-        }
+        MsgSpec::CandidatesRequest { req, count } => Envelope::from(CandidatesRequest { req: RequestId(req), count }),
         MsgSpec::CandidatesResponse { req, cands } => {
             Envelope::from(CandidatesResponse { req: RequestId(req), candidates: addrs(cands) })
         }

@@ -26,7 +26,9 @@ fn run(our_key: [u8; 32], skip_handshake: bool) -> (Vec<Output>, bool, Peer) {
     let their_nonce = out
         .iter()
         .find_map(|o| match o {
-            Output::Send { to, message: Envelope::Link(LinkMessage::Hello(Hello { nonce })) } if *to == me => Some(*nonce),
+            Output::Send { to, message: Envelope::Link(LinkMessage::Hello(Hello { nonce })) } if *to == me => {
+                Some(*nonce)
+            }
             _ => None,
         })
         .expect("target opens with Hello");
@@ -77,7 +79,9 @@ fn peer_with_the_wrong_network_key_gets_nothing_processed() {
 fn peer_that_skips_the_handshake_gets_nothing_processed() {
     let (out, authenticated, mut target) = run(KEY, true);
     assert!(!authenticated);
-    assert!(!out.iter().any(|o| matches!(o, Output::Send { message: Envelope::Node(NodeMessage::WitnessReport(_)), .. })));
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Send { message: Envelope::Node(NodeMessage::WitnessReport(_)), .. }))
+    );
     // The query is held, never processed; the handshake timeout then closes the connection.
     let mut later = Vec::new();
     let mut wakes = 0;
@@ -91,5 +95,7 @@ fn peer_that_skips_the_handshake_gets_nothing_processed() {
         }
     }
     assert!(later.iter().any(|o| matches!(o, Output::Close { reason: CloseReason::HandshakeTimeout, .. })));
-    assert!(!later.iter().any(|o| matches!(o, Output::Send { message: Envelope::Node(NodeMessage::WitnessReport(_)), .. })));
+    assert!(
+        !later.iter().any(|o| matches!(o, Output::Send { message: Envelope::Node(NodeMessage::WitnessReport(_)), .. }))
+    );
 }

@@ -2,11 +2,12 @@
 //! makes the decoder panic, spin or buffer beyond one frame.
 
 use ocd_core::proto::Timestamp;
-use ocd_core::proto::{Did, PeerAddr, PeerId};
 use ocd_core::proto::wire::{
-    self, CandidatesRequest, CandidatesResponse, ChallengeEntry, FrameDecoder, Heartbeat, HeartbeatKind,
-    HeartbeatResponse, Hello, HelloProof, Envelope, IndexerMessage, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
+    self, CandidatesRequest, CandidatesResponse, ChallengeEntry, Envelope, FrameDecoder, Heartbeat, HeartbeatKind,
+    HeartbeatResponse, Hello, HelloProof, IndexerMessage, RefuseReason, Refused, RequestId, WitnessQuery,
+    WitnessReport,
 };
+use ocd_core::proto::{Did, PeerAddr, PeerId};
 use proptest::prelude::*;
 
 fn peer_id() -> impl Strategy<Value = PeerId> {
@@ -104,8 +105,13 @@ fn message() -> impl Strategy<Value = Envelope> {
                     })
                 }
             ),
-        (req.clone(), refuse_reason(), prop::collection::vec(peer_addr(), 0..3))
-            .prop_map(|(req, reason, suggestions)| Envelope::Indexer(IndexerMessage::Refused(Refused { req, reason, suggestions }))),
+        (req.clone(), refuse_reason(), prop::collection::vec(peer_addr(), 0..3)).prop_map(
+            |(req, reason, suggestions)| Envelope::Indexer(IndexerMessage::Refused(Refused {
+                req,
+                reason,
+                suggestions
+            }))
+        ),
         Just(Envelope::Indexer(IndexerMessage::Leave)),
         (req.clone(), peer_id()).prop_map(|(req, indexer)| Envelope::from(WitnessQuery { req, indexer })),
         (req.clone(), any::<bool>(), prop::option::of(ts()), float(), float()).prop_map(
@@ -113,8 +119,7 @@ fn message() -> impl Strategy<Value = Envelope> {
                 Envelope::from(WitnessReport { req, seen, born_at, fill_rate, score })
             }
         ),
-        (req.clone(), any::<u16>())
-            .prop_map(|(req, count)| Envelope::from(CandidatesRequest { req, count })),
+        (req.clone(), any::<u16>()).prop_map(|(req, count)| Envelope::from(CandidatesRequest { req, count })),
         (req, prop::collection::vec(peer_addr(), 0..5))
             .prop_map(|(req, candidates)| Envelope::from(CandidatesResponse { req, candidates })),
     ]

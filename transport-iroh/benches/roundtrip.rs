@@ -14,9 +14,9 @@ use criterion::Criterion;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use ocd_core::host::transport::{ALPN, Established, Transport};
 use ocd_core::proto::wire::{
-    ChallengeEntry, FrameDecoder, Heartbeat, HeartbeatKind, HeartbeatResponse, Message, RequestId, encode_frame,
+    ChallengeEntry, FrameDecoder, Heartbeat, HeartbeatKind, HeartbeatResponse, IndexerMessage, RequestId, encode_frame,
 };
-use ocd_core::proto::{Keypair, PeerId, Timestamp};
+use ocd_core::proto::{Envelope, Keypair, PeerId, Timestamp};
 use ocd_transport_iroh::{IrohConfig, IrohTransport};
 use std::cell::Cell;
 use std::sync::OnceLock;
@@ -30,8 +30,8 @@ fn challenged() -> &'static [PeerId] {
 }
 
 /// A regular heartbeat carrying a challenge batch and a pool hint.
-fn heartbeat(req: u64) -> Message {
-    Message::Heartbeat(Heartbeat {
+fn heartbeat(req: u64) -> Envelope {
+    Envelope::from(Heartbeat {
         need: 1,
         challenges: challenged().to_vec(),
         want_witnesses: true,
@@ -40,12 +40,12 @@ fn heartbeat(req: u64) -> Message {
 }
 
 /// The indexer's answer to [`heartbeat`]: metrics and the three challenge answers.
-fn heartbeat_response(req: RequestId) -> Message {
+fn heartbeat_response(req: RequestId) -> Envelope {
     let challenges = challenged()
         .iter()
         .map(|&peer| ChallengeEntry { peer, found: true, last_seen: Some(Timestamp::from_millis(1_700_000_000_000)) })
         .collect();
-    Message::HeartbeatResponse(HeartbeatResponse {
+    Envelope::from(HeartbeatResponse {
         req,
         fill_rate: 0.25,
         peer_count: 250,
@@ -145,7 +145,7 @@ async fn answer_heartbeats(mut peer: Established<IrohTransport>) {
         };
         decoder.extend(&buf[..n]);
         while let Ok(Some(msg)) = decoder.next_message() {
-            if let Message::Heartbeat(hb) = msg
+            if let Envelope::Indexer(IndexerMessage::Heartbeat(hb)) = msg
                 && peer.send.write_all(&encode_frame(&heartbeat_response(hb.req))).await.is_err()
             {
                 return;
@@ -184,7 +184,7 @@ fn ocd_heartbeat(c: &mut Criterion, rt: &Runtime, tally: &Tally) {
                         assert!(n > 0, "peer closed the stream");
                         decoder.extend(&buf[..n]);
                     };
-                    assert!(matches!(reply, Message::HeartbeatResponse(r) if r.req == RequestId(next_req)));
+                    assert!(matches!(reply, Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)) if r.req == RequestId(next_req)));
                 }
                 let elapsed = start.elapsed();
                 tally.add(iters, elapsed);

@@ -35,7 +35,9 @@ use super::metrics::{Counted, Metrics};
 use super::status::StatusReport;
 use super::transport::{BoxFuture, ConnectionHandle, Established, Runtime, Transport, TransportError, close_code};
 use crate::proto::wire::{FrameDecoder, WireError, encode_frame};
-use crate::proto::{CloseReason, Command, Envelope, Event, Input, Output, Peer, PeerAddr, PeerId, RecordKey, Timestamp};
+use crate::proto::{
+    CloseReason, Command, Envelope, Event, Input, Output, Peer, PeerAddr, PeerId, RecordKey, Timestamp,
+};
 use futures::channel::{mpsc, oneshot};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{FutureExt, SinkExt, StreamExt};

@@ -21,7 +21,7 @@ pub struct Metrics {
     pub heartbeats_sent: AtomicU64,
     /// Heartbeats this indexer received from authenticated peers.
     pub heartbeats_received: AtomicU64,
-    /// Requests refused (sent by us as an indexer, or received by us as a node).
+    /// Heartbeats and probes refused (by us as an indexer, or to us as a node); other refusals do not count.
     pub heartbeats_refused: AtomicU64,
     /// Indexers evicted from our pool.
     pub evictions: AtomicU64,

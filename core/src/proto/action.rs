@@ -45,4 +45,3 @@ impl From<Event> for Action {
         Action::Event(e)
     }
 }
-

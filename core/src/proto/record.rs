@@ -309,7 +309,6 @@ impl std::fmt::Display for RecordKey {
     }
 }
 
-
 /// This peer's own record: signed at start, re-signed at half-life (the seed's claim at start, then
 /// before each expiry). Owned by the router, which hands each new version to the node's pool (which
 /// sends it to indexers that do not hold it) and, on an indexer, to its own DHT store.

@@ -118,7 +118,6 @@ impl RoutingTable {
         self.len == 0
     }
 
-
     fn bucket_of(&self, peer: &PeerId) -> Option<usize> {
         self.me.distance(&Key::from(*peer)).bucket()
     }

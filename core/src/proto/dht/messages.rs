@@ -5,7 +5,7 @@
 use super::kad::Key;
 use crate::proto::identity::PeerAddr;
 use crate::proto::record::{PeerRecord, ProviderRecord, RecordKey};
-use crate::proto::wire::{RequestId, Refused};
+use crate::proto::wire::{Refused, RequestId};
 use serde::{Deserialize, Serialize};
 
 /// DHT requests and replies.

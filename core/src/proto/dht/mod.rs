@@ -547,7 +547,9 @@ impl Dht {
                 self.note_server(&from, server, now);
                 match self.local(&key, now).cloned() {
                     Some(r) => DhtMessage::Value(Value { req, record: Some(r), closer: Vec::new() }),
-                    None => DhtMessage::Value(Value { req, record: None, closer: self.closer(&key.kad_key(), peer, k) }),
+                    None => {
+                        DhtMessage::Value(Value { req, record: None, closer: self.closer(&key.kad_key(), peer, k) })
+                    }
                 }
             }
             DhtMessage::GetProviders(GetProviders { req, key, server }) => {
@@ -793,7 +795,9 @@ impl Dht {
                                 key: RecordKey::Did(record.body.did.clone()),
                                 server,
                             }),
-                            Goal::Providers { .. } => DhtMessage::GetProviders(GetProviders { req, key: target, server }),
+                            Goal::Providers { .. } => {
+                                DhtMessage::GetProviders(GetProviders { req, key: target, server })
+                            }
                             _ => DhtMessage::FindNode(FindNode { req, target, server }),
                         };
                         sends.push((req, a, message));

@@ -313,7 +313,6 @@ impl BehaviourTable {
         self.entries.len()
     }
 
-
     #[cfg(test)]
     /// Whether `peer` is tracked.
     pub fn contains(&self, peer: &PeerId) -> bool {
@@ -347,7 +346,6 @@ impl BehaviourTable {
     pub fn record_heartbeat(&mut self, peer: PeerId, now: Timestamp) -> Result<(), AdmissionError> {
         self.record(peer, RateKind::Heartbeat, now)
     }
-
 
     #[cfg(test)]
     /// Counts a record get (or candidates request) in `peer`'s window (limit `max_get_per_minute`).

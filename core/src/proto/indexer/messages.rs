@@ -6,7 +6,7 @@
 use crate::proto::identity::{Did, PeerAddr, PeerId};
 use crate::proto::record::{PeerRecord, RecordKey};
 use crate::proto::time::Timestamp;
-use crate::proto::wire::{RequestId, Refused};
+use crate::proto::wire::{Refused, RequestId};
 use serde::{Deserialize, Serialize};
 
 /// Node → indexer requests and the indexer's replies.

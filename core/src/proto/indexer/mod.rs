@@ -62,13 +62,13 @@ use crate::proto::identity::{Did, PeerAddr, PeerId};
 use crate::proto::record::{PeerRecord, ProviderRecord, StoreError};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
-use crate::proto::wire::{DhtMessage, Envelope, IndexerMessage};
-use admission::{AdmissionError, BehaviourTable, BurstGuard, RateKind, Strike};
 use crate::proto::wire::{
-    CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse,
-    Publish, Published, RefuseReason, Refused, RequestId, StoreRefusal,
+    CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse, Publish,
+    Published, RefuseReason, Refused, RequestId, StoreRefusal,
 };
+use crate::proto::wire::{DhtMessage, Envelope, IndexerMessage};
 use crate::proto::{Action, CloseReason, Event, RequestKind, SessionEnd};
+use admission::{AdmissionError, BehaviourTable, BurstGuard, RateKind, Strike};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -201,7 +201,6 @@ pub struct IndexerService {
     did_checks: BTreeMap<QueryId, (PeerId, HeartbeatResponse)>,
 }
 
-
 impl IndexerService {
     /// An indexer born at `now` (its `born_at` never changes while it runs).
     pub fn new(config: Config, me: PeerId, rng: DetRng, cache_rng: DetRng, now: Timestamp) -> Self {
@@ -308,7 +307,6 @@ impl IndexerService {
     pub fn behaviour(&self) -> &BehaviourTable {
         &self.behaviour
     }
-
 
     fn view<'a>(&'a self, peer: &PeerId, s: &'a Session) -> SessionView<'a> {
         let uptime_ratio = s.uptime_ratio();

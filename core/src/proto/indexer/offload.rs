@@ -17,12 +17,17 @@ impl Offload {
     }
 }
 
-
 impl IndexerService {
     /// C §12.10: above the threshold, ask at most `offload_batch` nodes at a time to migrate; one
     /// that has not moved within `offload_grace` joins "already tried" and is not asked again until
     /// every session has been tried. At or below the threshold the state is reset.
-    pub(super) fn offload_decision(&mut self, peer: PeerId, fill_rate: f64, has_suggestions: bool, now: Timestamp) -> bool {
+    pub(super) fn offload_decision(
+        &mut self,
+        peer: PeerId,
+        fill_rate: f64,
+        has_suggestions: bool,
+        now: Timestamp,
+    ) -> bool {
         if fill_rate <= self.config.offload_threshold {
             self.offload.reset();
             return false;

@@ -26,7 +26,6 @@ pub enum DidCheck {
     Answered(Option<PeerRecord>),
 }
 
-
 /// What became of a record handed over by its owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum RecordTaken {
@@ -37,7 +36,6 @@ pub(super) enum RecordTaken {
     /// The peer is banned now (refusal and close already emitted).
     Banned,
 }
-
 
 impl IndexerService {
     /// A node publishes its record (C §14.2): rate-limited with the publish window, the record must

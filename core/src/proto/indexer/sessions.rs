@@ -162,4 +162,3 @@ pub(super) fn truncate(s: &str, max: usize) -> &str {
     }
     s.get(..end).unwrap_or("")
 }
-

@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::proto::wire::flat::Message;
 use crate::proto::identity::Keypair;
+use crate::proto::wire::flat::Message;
 
 fn at_ms(ms: u64) -> Timestamp {
     Timestamp(1_000_000_000 + ms)
@@ -98,7 +98,17 @@ impl Harness {
         let me = Keypair::derive(0, "me").peer_id();
         let desk =
             StoreDesk { store: crate::proto::record::RecordStore::new(1000, Duration::from_secs(3600)), offers: 0 };
-        Harness { ix: IndexerService::new(config, me, DetRng::new(7, "indexer-test"), DetRng::new(8, "indexer-cache-test"), at(0)), me, desk }
+        Harness {
+            ix: IndexerService::new(
+                config,
+                me,
+                DetRng::new(7, "indexer-test"),
+                DetRng::new(8, "indexer-cache-test"),
+                at(0),
+            ),
+            me,
+            desk,
+        }
     }
 
     fn send(&mut self, from: &PeerAddr, hb: Heartbeat, now: Timestamp) -> Vec<Action> {
@@ -113,13 +123,7 @@ impl Harness {
 
     fn candidates(&mut self, from: &PeerAddr, count: u16, now: Timestamp) -> Vec<Action> {
         let mut out = Vec::new();
-        self.ix.on_candidates_request(
-            from.id,
-            CandidatesRequest { req: RequestId(5), count },
-            false,
-            now,
-            &mut out,
-        );
+        self.ix.on_candidates_request(from.id, CandidatesRequest { req: RequestId(5), count }, false, now, &mut out);
         out
     }
 
@@ -225,8 +229,7 @@ fn response_reports_fill_and_challenge_answers() {
     let mut h = Harness::new(Config { max_nodes: 4, ..Config::default() });
     let (a, b, stranger) = (node(1), node(2), node(3));
     h.beat(&a, at(0));
-    let out =
-        h.send(&b, Heartbeat { did: Some(did("did:b")), record: Some(record(2, "did:b", at(1))), ..hb() }, at(1));
+    let out = h.send(&b, Heartbeat { did: Some(did("did:b")), record: Some(record(2, "did:b", at(1))), ..hb() }, at(1));
     assert_eq!(response(&out).record_expires, Some(at(301)), "the record is held and acknowledged");
     let out = h.send(
         &a,
@@ -263,9 +266,7 @@ fn response_reports_fill_and_challenge_answers() {
 #[test]
 fn full_indexer_refuses_new_node_with_suggestions() {
     let mut h = Harness::new(Config { max_nodes: 2, ..Config::default() });
-    for (i, fill) in
-        [(1, Some(0.9)), (2, Some(0.2)), (3, None), (4, Some(1.0)), (5, Some(0.4)), (6, Some(f64::NAN))]
-    {
+    for (i, fill) in [(1, Some(0.9)), (2, Some(0.2)), (3, None), (4, Some(1.0)), (5, Some(0.4)), (6, Some(f64::NAN))] {
         h.ix.note_indexer(indexer(i), fill, at(0));
     }
     h.beat(&node(1), at(1));
@@ -279,7 +280,11 @@ fn full_indexer_refuses_new_node_with_suggestions() {
     assert_eq!(r.suggestions[0], indexer(2));
     assert_eq!(r.suggestions[1], indexer(5));
     assert!([indexer(3), indexer(6)].contains(&r.suggestions[2]));
-    assert!(events(&out).contains(&&Event::RequestRefused { peer: newcomer.id, request: RequestKind::Heartbeat, reason: RefuseReason::Full }));
+    assert!(events(&out).contains(&&Event::RequestRefused {
+        peer: newcomer.id,
+        request: RequestKind::Heartbeat,
+        reason: RefuseReason::Full
+    }));
     assert!(!h.ix.has_session(&newcomer.id));
     // A probe from a stranger is refused the same way; members still get answers.
     let out = h.send(&newcomer, probe(), at(4));
@@ -409,9 +414,7 @@ fn node_that_keeps_collecting_strikes_is_eventually_refused() {
         let out = h.beat(&offender, at_ms(t));
         if let Some(Message::Refused(r)) = sent_to(&out, offender.id).first() {
             assert_eq!(r.reason, RefuseReason::LowScore);
-            assert!(
-                events(&out).contains(&&Event::SessionClosed { node: offender.id, reason: SessionEnd::Rejected })
-            );
+            assert!(events(&out).contains(&&Event::SessionClosed { node: offender.id, reason: SessionEnd::Rejected }));
             break t;
         }
         // Every 21 minutes (once its window holds three heartbeats), a burst of four extra
@@ -574,8 +577,7 @@ fn did_is_never_clobbered_and_a_changed_did_costs_strikes() {
     h.beat(&a, at(20));
     assert_eq!(h.ix.session(&a.id).unwrap().did, Some(&did("did:a")), "a missing DID does not clobber");
     // A different DID: two strikes, still answered, the first DID kept.
-    let out =
-        h.send(&a, Heartbeat { did: Some(did("did:evil")), challenge_did: Some(did("did:a")), ..hb() }, at(40));
+    let out = h.send(&a, Heartbeat { did: Some(did("did:evil")), challenge_did: Some(did("did:a")), ..hb() }, at(40));
     assert!(events(&out).contains(&&Event::PeerStruck { peer: a.id, strikes: 2 }));
     assert_eq!(response(&out).did_found, Some(true));
     assert_eq!(h.ix.session(&a.id).unwrap().did, Some(&did("did:a")));

@@ -513,7 +513,10 @@ mod tests {
         assert!(!ca.is_ready(&b));
         // A message from a peer with no connection at all closes it.
         let stranger = Keypair::derive(9, "s").peer_id();
-        assert_eq!(ca.on_message(stranger, Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave), Timestamp(1), &mut o), Inbound::Closed);
+        assert_eq!(
+            ca.on_message(stranger, Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave), Timestamp(1), &mut o),
+            Inbound::Closed
+        );
     }
 
     #[test]

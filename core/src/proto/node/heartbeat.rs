@@ -122,7 +122,13 @@ impl IndexerPool {
         out.push(Action::Send { to: peer, message });
     }
 
-    pub(super) fn on_heartbeat_response(&mut self, from: PeerId, r: HeartbeatResponse, now: Timestamp, out: &mut Vec<Action>) {
+    pub(super) fn on_heartbeat_response(
+        &mut self,
+        from: PeerId,
+        r: HeartbeatResponse,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let Some(req) = self.take_request(r.req, from) else {
             return;
         };

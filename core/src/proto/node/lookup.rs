@@ -44,7 +44,6 @@ impl RecordLookups {
         self.pending.len()
     }
 
-
     /// Starts lookup `id` of `key`, asking `indexers` in order (at most `lookup_attempts`). With no
     /// indexer, it fails at once.
     pub fn start(

@@ -90,13 +90,12 @@ mod score;
 mod tests;
 mod witnesses;
 
+use discovery::DISCOVERY_WARMUP;
 use lookup::RecordLookups;
 use messages::NodeMessage;
-use discovery::DISCOVERY_WARMUP;
 use rate::SEND_LOG_MAX;
 use score::IndexerScore;
 pub use score::ScoreFactors;
-
 
 /// Where an indexer stands in a node's pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,8 +292,6 @@ pub struct IndexerPool {
     /// A discovery is running.
     discovering: bool,
 }
-
-
 
 impl IndexerPool {
     /// A pool seeded with `seeds`, holding at most `max_pool` active indexers. Seeds are
@@ -669,13 +666,7 @@ fn next_request(next: &mut u64) -> RequestId {
 /// A message in the node-to-node mechanism: a witness query is answered from this peer's pool
 /// (every daemon with a pool is a witness, A §6.11; without one it has seen nothing), a report
 /// goes to the pool that asked.
-pub fn on_message(
-    pool: Option<&mut IndexerPool>,
-    from: PeerId,
-    m: NodeMessage,
-    now: Timestamp,
-    out: &mut Vec<Action>,
-) {
+pub fn on_message(pool: Option<&mut IndexerPool>, from: PeerId, m: NodeMessage, now: Timestamp, out: &mut Vec<Action>) {
     match (m, pool) {
         (NodeMessage::WitnessQuery(q), pool) => {
             let report = witnesses::answer(pool.as_deref(), &q);

@@ -217,11 +217,7 @@ impl Net {
                             challenges: hb
                                 .challenges
                                 .iter()
-                                .map(|c| ChallengeEntry {
-                                    peer: *c,
-                                    found: !ix.lie_challenges,
-                                    last_seen: Some(now),
-                                })
+                                .map(|c| ChallengeEntry { peer: *c, found: !ix.lie_challenges, last_seen: Some(now) })
                                 .collect(),
                             did_found: hb.challenge_did.as_ref().map(|_| !ix.lie_challenges),
                             did_record: hb
@@ -260,13 +256,9 @@ impl Net {
                 let (born_at, fill) = self.ix.get(&q.indexer).map(|i| (i.born_at, i.fill)).unwrap_or_default();
                 let report = match mode {
                     WitnessMode::Silent => return,
-                    WitnessMode::Agree => WitnessReport {
-                        req: q.req,
-                        seen: true,
-                        born_at: Some(born_at),
-                        fill_rate: fill,
-                        score: 70.0,
-                    },
+                    WitnessMode::Agree => {
+                        WitnessReport { req: q.req, seen: true, born_at: Some(born_at), fill_rate: fill, score: 70.0 }
+                    }
                     WitnessMode::NotSeen => {
                         WitnessReport { req: q.req, seen: false, born_at: None, fill_rate: 0.0, score: 0.0 }
                     }
@@ -443,8 +435,7 @@ fn seeds_are_deduplicated_self_filtered_and_truncated() {
 fn referent_is_the_best_scored_live_indexer() {
     let (a, b, c) = (pid("a"), pid("b"), pid("c"));
     let slow = |ms| Ix { latency_ms: ms, ..Ix::honest() };
-    let mut net =
-        Net::new(Config::default(), &[a, b, c], 5).with(a, slow(1500)).with(b, slow(40)).with(c, slow(3000));
+    let mut net = Net::new(Config::default(), &[a, b, c], 5).with(a, slow(1500)).with(b, slow(40)).with(c, slow(3000));
     net.run_for(secs(61));
     let mut rounds: BTreeMap<Timestamp, Vec<(PeerId, bool)>> = BTreeMap::new();
     for p in [a, b, c] {
@@ -549,10 +540,7 @@ fn consensus_admits_best_candidate_above_floor_and_rejects_refused_probes() {
     let mut net = Net::new(Config::default(), &[s], 2)
         .with(s, Ix { suggestions: vec![x], candidates: vec![a, b, c, d, s], ..Ix::honest() })
         .with(x, Ix::honest())
-        .with(
-            a,
-            Ix { probe_mode: Some(Mode::Refuse(RefuseReason::Full)), latency_ms: 1, fill: 0.0, ..Ix::honest() },
-        )
+        .with(a, Ix { probe_mode: Some(Mode::Refuse(RefuseReason::Full)), latency_ms: 1, fill: 0.0, ..Ix::honest() })
         .with(b, Ix { fill: 1.0, latency_ms: 3900, ..Ix::honest() })
         .with(c, Ix { fill: 0.5, latency_ms: 400, ..Ix::honest() })
         .with(d, Ix { fill: 0.1, latency_ms: 40, ..Ix::honest() });
@@ -630,9 +618,8 @@ fn seed_failure_marks_down_and_retries_with_capped_backoff() {
 #[test]
 fn last_indexer_survives_two_failures_then_is_evicted() {
     let (s, x) = (pid("s"), pid("x"));
-    let mut net = Net::new(Config::default(), &[s], 5)
-        .with(s, Ix { suggestions: vec![x], ..Ix::honest() })
-        .with(x, Ix::honest());
+    let mut net =
+        Net::new(Config::default(), &[s], 5).with(s, Ix { suggestions: vec![x], ..Ix::honest() }).with(x, Ix::honest());
     net.run_for(secs(1));
     net.ixm(s).suggestions.clear();
     net.ixm(s).mode = Mode::Silent;
@@ -806,9 +793,8 @@ fn migrate_respects_min_pool() {
 
     // A seed with enough non-seed alternatives is discharged, not evicted.
     let (s, y) = (pid("s"), pid("y"));
-    let mut net = Net::new(Config::default(), &[s], 5)
-        .with(s, Ix { suggestions: vec![y], ..Ix::honest() })
-        .with(y, Ix::honest());
+    let mut net =
+        Net::new(Config::default(), &[s], 5).with(s, Ix { suggestions: vec![y], ..Ix::honest() }).with(y, Ix::honest());
     net.run_for(secs(1));
     net.ixm(s).migrate = true;
     net.run_for(secs(21));

@@ -14,7 +14,13 @@ impl IndexerPool {
         Some(WitnessView { born_at: e.score.last_born_at?, fill_rate: e.score.last_fill_rate, score: e.current })
     }
 
-    pub(super) fn query_witnesses(&mut self, indexer: PeerId, r: &HeartbeatResponse, now: Timestamp, out: &mut Vec<Action>) {
+    pub(super) fn query_witnesses(
+        &mut self,
+        indexer: PeerId,
+        r: &HeartbeatResponse,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         // Each query opens a connection to another node: ask `witness_queries` of the returned
         // witnesses, drawn at random by us (not in the order the indexer chose).
         let mut seen: BTreeSet<PeerId> = BTreeSet::new();
@@ -62,7 +68,9 @@ impl IndexerPool {
 /// it is an active entry that has answered us.
 pub(super) fn answer(pool: Option<&IndexerPool>, q: &WitnessQuery) -> WitnessReport {
     match pool.and_then(|p| p.witness_view(&q.indexer)) {
-        Some(v) => WitnessReport { req: q.req, seen: true, born_at: Some(v.born_at), fill_rate: v.fill_rate, score: v.score },
+        Some(v) => {
+            WitnessReport { req: q.req, seen: true, born_at: Some(v.born_at), fill_rate: v.fill_rate, score: v.score }
+        }
         None => WitnessReport { req: q.req, seen: false, born_at: None, fill_rate: 0.0, score: 0.0 },
     }
 }

@@ -145,8 +145,8 @@ impl Peer {
             now,
         );
         // Forked last, so the streams above are those of earlier versions.
-        let indexer = indexer_rng
-            .map(|r| IndexerService::new(setup.config.clone(), me, r, rng.fork("indexer-cache"), now));
+        let indexer =
+            indexer_rng.map(|r| IndexerService::new(setup.config.clone(), me, r, rng.fork("indexer-cache"), now));
         let record = OwnRecord::new(
             setup.keypair.clone(),
             setup.did.clone(),

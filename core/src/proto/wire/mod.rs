@@ -30,6 +30,7 @@
 pub use super::dht::messages::{
     AddProvider, DhtMessage, FindNode, FindValue, GetProviders, Nodes, Providers, Store, StoreAck, StoreRefusal, Value,
 };
+use super::identity::PeerAddr;
 pub use super::indexer::messages::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse,
     IndexerMessage, Publish, Published, RecordReply,
@@ -37,7 +38,6 @@ pub use super::indexer::messages::{
 pub use super::link::messages::{Hello, HelloProof, LinkMessage};
 pub use super::node::messages::{NodeMessage, WitnessQuery, WitnessReport};
 pub use super::record::RecordKey;
-use super::identity::PeerAddr;
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
@@ -72,7 +72,6 @@ pub enum WireError {
 /// Matches a reply to its request; unique per sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u64);
-
 
 /// Everything peers say to each other: one variant per mechanism.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
