@@ -1,0 +1,245 @@
+//! Byzantine behaviours: filters on a misbehaving peer's outputs and inputs, forged records and
+//! traffic injected on its behalf. The core itself always stays honest.
+
+use super::engine::Ev;
+use super::{Life, Simulation};
+use crate::net::PeerIx;
+use crate::scenario::Behaviour;
+use ocd_core::proto::PeerRecord;
+use ocd_core::proto::RequestId;
+use ocd_core::proto::wire::{Heartbeat, HeartbeatKind, Message, WireError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// A flooding node sends its extra heartbeats this often.
+const FLOOD_EVERY_MS: u64 = 1_000;
+/// Request ids of injected flood heartbeats are `FLOOD_REQ_BASE + n`, `n` counting from 1 per
+/// flooding peer and never reset (not even by a restart): unique per sender. The indexer keeps no
+/// state per request id, it only echoes it in its answer, so what matters is where those answers
+/// land in the flooding peer's own (honest) core:
+///
+/// * a `HeartbeatResponse` goes to its pool, whose ids count up from 1 and so never meet these:
+///   it matches no request and is dropped;
+/// * a `Refused` is routed by its id, and `1 << 62` is the core DHT's `REQ_SPACE` bit: it goes to
+///   the DHT, whose ids are `REQ_SPACE | k` with `k` counting from 1 — flood id `n` *is* the id of
+///   the peer's `n`-th DHT RPC. It is taken as that RPC's refusal when that RPC is still in flight
+///   to the same indexer (the DHT checks the sender), and dropped otherwise.
+const FLOOD_REQ_BASE: u64 = 1 << 62;
+/// `flap_born_at` moves `born_at` back by this much on every other response.
+const FLAP_OFFSET: Duration = Duration::from_secs(3600);
+
+/// What one misbehaving peer achieved, for its [`crate::report::ByzantineReport`].
+pub(super) struct ByzTrack {
+    pub(super) peer: PeerIx,
+    pub(super) behaviour: Behaviour,
+    pub(super) since: u64,
+    /// Indexer behaviours: honest node → (measured from, evicted at).
+    pub(super) nodes: BTreeMap<PeerIx, (u64, Option<u64>)>,
+    /// Indexer behaviours: why those nodes evicted it (first eviction each).
+    pub(super) reasons: BTreeMap<String, usize>,
+    /// Indexer behaviours: honest nodes that counted it live after the start → whether their first
+    /// eviction after that was for cause (not a refusal, seed return or migration).
+    pub(super) live_nodes: BTreeMap<PeerIx, Option<bool>>,
+    /// Node behaviours: indexers reached, and when each banned it.
+    pub(super) reached: BTreeSet<PeerIx>,
+    pub(super) banned: BTreeMap<PeerIx, u64>,
+    /// Record behaviours: records of this peer accepted after `since` with a foreign DID or a bad
+    /// signature.
+    pub(super) records_accepted: u64,
+    /// `claim_foreign_did`: the victim.
+    pub(super) victim: Option<PeerIx>,
+    /// `withhold_records`: counted workload lookups issued since `since`, and the successful ones.
+    pub(super) lookups: (u64, u64),
+}
+
+impl ByzTrack {
+    fn new(peer: PeerIx, behaviour: Behaviour, since: u64, victim: Option<PeerIx>) -> ByzTrack {
+        ByzTrack {
+            peer,
+            behaviour,
+            since,
+            nodes: BTreeMap::new(),
+            reasons: BTreeMap::new(),
+            live_nodes: BTreeMap::new(),
+            reached: BTreeSet::new(),
+            banned: BTreeMap::new(),
+            records_accepted: 0,
+            victim,
+            lookups: (0, 0),
+        }
+    }
+}
+
+impl Simulation {
+    /// Makes `p` misbehave from now on, and starts measuring how the others cope.
+    pub(super) fn make_byzantine(&mut self, p: PeerIx, behaviour: Behaviour, victim: Option<PeerIx>) {
+        let now = self.now;
+        let sp = &mut self.peers[p as usize];
+        sp.byz = Some((behaviour, now));
+        let victim = if behaviour == Behaviour::ClaimForeignDid { victim.filter(|v| *v != p) } else { None };
+        sp.victim = victim;
+        if !behaviour.is_simulated() {
+            return;
+        }
+        let fits = if behaviour.is_indexer_behaviour() { sp.roles.indexer } else { sp.roles.node };
+        if !fits {
+            return;
+        }
+        let ti = self.byz.len();
+        sp.byz_track = Some(ti);
+        let mut track = ByzTrack::new(p, behaviour, now, victim);
+        if behaviour.is_indexer_behaviour() {
+            for (n, sp) in self.peers.iter().enumerate() {
+                if sp.is_node() && sp.honest() && sp.life == Life::Alive && sp.members.iter().any(|(m, _)| *m == p) {
+                    track.nodes.insert(n as PeerIx, (now, None));
+                    if sp.counts_live(&self.ids[p as usize]) {
+                        track.live_nodes.insert(n as PeerIx, None);
+                    }
+                }
+            }
+        } else if behaviour == Behaviour::HeartbeatFlood {
+            self.schedule(now + FLOOD_EVERY_MS, Ev::FloodTick(p));
+        }
+        self.byz.push(track);
+    }
+
+    /// What misbehaving peer `p` sends instead of `message` (`None`: nothing).
+    pub(super) fn byzantine_filter(&mut self, p: PeerIx, message: Message) -> Option<Message> {
+        let sp = &mut self.peers[p as usize];
+        let Some((behaviour, _)) = sp.byz else { return Some(message) };
+        let applies = if behaviour.is_indexer_behaviour() { sp.roles.indexer } else { sp.roles.node };
+        if !applies {
+            return Some(message);
+        }
+        match (behaviour, message) {
+            (Behaviour::LieChallenges, Message::HeartbeatResponse(mut r)) => {
+                for c in &mut r.challenges {
+                    c.found = false;
+                    c.last_seen = None;
+                }
+                Some(Message::HeartbeatResponse(r))
+            }
+            (Behaviour::FakeFill, Message::HeartbeatResponse(mut r)) => {
+                r.fill_rate = 0.02;
+                Some(Message::HeartbeatResponse(r))
+            }
+            (Behaviour::FlapBornAt, Message::HeartbeatResponse(mut r)) => {
+                sp.flap = !sp.flap;
+                if !sp.flap {
+                    r.born_at = r.born_at.saturating_sub(FLAP_OFFSET);
+                }
+                Some(Message::HeartbeatResponse(r))
+            }
+            (
+                Behaviour::DropResponses,
+                Message::HeartbeatResponse(_) | Message::Refused(_) | Message::CandidatesResponse(_),
+            ) => None,
+            (Behaviour::WithholdRecords, Message::Value(mut v)) => {
+                v.record = None;
+                Some(Message::Value(v))
+            }
+            (Behaviour::WithholdRecords, Message::RecordReply(mut r)) => {
+                r.record = None;
+                Some(Message::RecordReply(r))
+            }
+            (Behaviour::ClaimForeignDid | Behaviour::BadSignature, Message::Heartbeat(mut hb)) => {
+                if let Some(r) = hb.record.take() {
+                    hb.record = Some(self.forge_record(p, behaviour, r));
+                }
+                if behaviour == Behaviour::ClaimForeignDid
+                    && hb.did.is_some()
+                    && let Some(v) = self.peers[p as usize].victim
+                {
+                    hb.did = Some(self.peers[v as usize].setup.did.clone());
+                }
+                Some(Message::Heartbeat(hb))
+            }
+            (Behaviour::ClaimForeignDid | Behaviour::BadSignature, Message::Publish(mut pb)) => {
+                pb.record = self.forge_record(p, behaviour, pb.record);
+                Some(Message::Publish(pb))
+            }
+            (_, m) => Some(m),
+        }
+    }
+
+    /// The record a misbehaving node sends instead of its own: re-signed by its own key with the
+    /// victim's DID (`claim_foreign_did`), or with one signature byte flipped (`bad_signature`).
+    pub(super) fn forge_record(&self, p: PeerIx, behaviour: Behaviour, record: PeerRecord) -> PeerRecord {
+        let sp = &self.peers[p as usize];
+        match behaviour {
+            Behaviour::ClaimForeignDid => {
+                let Some(v) = sp.victim else { return record };
+                let mut body = (*record.body).clone();
+                body.did = self.peers[v as usize].setup.did.clone();
+                PeerRecord::sign(body, &sp.setup.keypair).unwrap_or(record)
+            }
+            Behaviour::BadSignature => {
+                let mut r = record;
+                r.signature.0[0] ^= 0x01;
+                r
+            }
+            _ => record,
+        }
+    }
+
+    /// Counts indexer `to` as reached by misbehaving node `from`: a record forger once it handed
+    /// it a (forged) record, other misbehaving nodes with any message.
+    pub(super) fn note_reached(&mut self, from: PeerIx, to: PeerIx, decoded: &Result<Message, WireError>) {
+        let Some(t) = self.peers[from as usize].byz_track else { return };
+        if !self.peers[to as usize].roles.indexer {
+            return;
+        }
+        let counts = match self.byz[t].behaviour {
+            Behaviour::ClaimForeignDid | Behaviour::BadSignature => match decoded {
+                Ok(Message::Heartbeat(hb)) => hb.record.is_some(),
+                Ok(Message::Publish(_)) => true,
+                _ => false,
+            },
+            _ => true,
+        };
+        if counts {
+            self.byz[t].reached.insert(to);
+        }
+    }
+
+    /// Whether `to` drops `message` unseen: a withholding indexer stores nothing it is sent, and
+    /// answers nothing for it.
+    pub(super) fn withholds(&self, to: PeerIx, message: &Message) -> bool {
+        let sp = &self.peers[to as usize];
+        matches!(message, Message::Store(_))
+            && matches!(sp.byz, Some((Behaviour::WithholdRecords, _)))
+            && sp.roles.indexer
+    }
+
+    /// A flooding node's tick: its extra heartbeats if it is alive, and the next tick.
+    pub(super) fn flood_tick(&mut self, p: PeerIx) {
+        if self.alive(p) {
+            self.events += 1;
+            self.flood(p);
+        }
+        self.schedule(self.now + FLOOD_EVERY_MS, Ev::FloodTick(p));
+    }
+
+    /// One extra heartbeat from `p` to every indexer it has a live link to.
+    fn flood(&mut self, p: PeerIx) {
+        let sp = &self.peers[p as usize];
+        let Some(peer) = sp.peer.as_ref() else { return };
+        let (did, name) = (peer.did().clone(), sp.name.clone());
+        let targets: Vec<PeerIx> = self
+            .net
+            .partners(p)
+            .into_iter()
+            .filter(|q| self.peers[*q as usize].roles.indexer && self.net.is_up_at(p, *q))
+            .collect();
+        for q in targets {
+            let sp = &mut self.peers[p as usize];
+            sp.flood_req += 1;
+            let hb = Message::Heartbeat(Heartbeat {
+                did: Some(did.clone()),
+                name: Some(name.clone()),
+                ..Heartbeat::bare(RequestId(FLOOD_REQ_BASE + sp.flood_req), HeartbeatKind::Regular)
+            });
+            self.send(p, q, &hb);
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The event loop: queued events, handing inputs to peers, and executing their outputs on the
+//! simulated network.
+
+use super::{EPOCH_MS, Life, Simulation};
+use crate::net::{ConnectOutcome, PeerIx, SendOutcome};
+use ocd_core::proto::wire::{self, Message};
+use ocd_core::proto::{CloseReason, Input, Output, Peer, PeerAddr, PeerId, Timestamp};
+
+/// A queued event. Kept at 24 bytes: message bytes wait in [`InFlight`], rare payloads are boxed.
+#[derive(Debug)]
+pub(super) enum Ev {
+    Start(PeerIx),
+    Wake {
+        peer: PeerIx,
+        generation: u64,
+    },
+    /// The encoded message is `in_flight[slot]`.
+    Deliver {
+        from: PeerIx,
+        to: PeerIx,
+        epoch: u64,
+        slot: u32,
+    },
+    Establish {
+        a: PeerIx,
+        b: PeerIx,
+        epoch: u64,
+    },
+    ConnectFailed {
+        a: PeerIx,
+        b: PeerIx,
+        epoch: u64,
+    },
+    ConnectFailedUnknown {
+        peer: PeerIx,
+        target: Box<PeerId>,
+    },
+    Down {
+        peer: PeerIx,
+        other: PeerIx,
+        epoch: u64,
+    },
+    /// `(a, b, epoch, partition generation)`.
+    CutExpired(Box<(PeerIx, PeerIx, u64, u64)>),
+    Fault(usize),
+    Sample,
+    FloodTick(PeerIx),
+    /// The `lookup` workload `i` (in the order of the scenario's lookup workloads) starts a lookup.
+    LookupTick(u32),
+    /// The peer-id lookup that follows a finished DID lookup.
+    LookupFollow {
+        asker: PeerIx,
+        target: PeerIx,
+    },
+}
+
+/// Encoded messages on their way, in reusable slots, so queue entries stay small.
+#[derive(Default)]
+pub(super) struct InFlight {
+    slots: Vec<Vec<u8>>,
+    free: Vec<u32>,
+}
+
+impl InFlight {
+    fn put(&mut self, bytes: Vec<u8>) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = bytes;
+                i
+            }
+            None => {
+                self.slots.push(bytes);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        }
+    }
+
+    fn take(&mut self, slot: u32) -> Vec<u8> {
+        self.free.push(slot);
+        self.slots.get_mut(slot as usize).map(std::mem::take).unwrap_or_default()
+    }
+}
+
+impl Simulation {
+    pub(super) fn schedule(&mut self, at: u64, ev: Ev) {
+        self.queue.push(at, ev);
+    }
+
+    /// Runs one popped event (`self.now` is already its time).
+    pub(super) fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start(p) => {
+                if self.peers[p as usize].life == Life::NotStarted {
+                    self.events += 1;
+                    self.start_peer(p);
+                }
+            }
+            Ev::Wake { peer, generation } => self.wake(peer, generation),
+            Ev::Deliver { from, to, epoch, slot } => self.arrive(from, to, epoch, slot),
+            Ev::Establish { a, b, epoch } => self.establish(a, b, epoch),
+            Ev::ConnectFailed { a, b, epoch } => self.connect_failed(a, b, epoch),
+            Ev::ConnectFailedUnknown { peer, target } => {
+                if self.alive(peer) {
+                    self.events += 1;
+                    self.netr.connect_failed += 1;
+                    self.handle(peer, Input::ConnectFailed { peer: *target }, false);
+                }
+            }
+            Ev::Down { peer, other, epoch } => {
+                if self.net.end_down(peer, other, epoch) && self.alive(peer) {
+                    self.events += 1;
+                    let oid = self.ids[other as usize];
+                    self.handle(peer, Input::ConnectionDown { peer: oid }, false);
+                }
+            }
+            Ev::CutExpired(cut) => self.cut_expired(*cut),
+            Ev::Fault(i) => {
+                self.events += 1;
+                self.fire_fault(i);
+            }
+            Ev::Sample => {
+                self.events += 1;
+                self.sample();
+            }
+            Ev::FloodTick(p) => self.flood_tick(p),
+            Ev::LookupTick(i) => self.lookup_tick(i as usize),
+            Ev::LookupFollow { asker, target } => self.lookup_follow(asker, target),
+        }
+    }
+
+    /// A peer's wake-up, unless a later one replaced it.
+    fn wake(&mut self, peer: PeerIx, generation: u64) {
+        let sp = &mut self.peers[peer as usize];
+        if sp.life == Life::Alive && sp.wake_gen == generation {
+            self.events += 1;
+            sp.wake_at = None;
+            self.handle(peer, Input::Timeout, true);
+        }
+    }
+
+    /// A message reaches the end of its link, unless the link closed meanwhile.
+    fn arrive(&mut self, from: PeerIx, to: PeerIx, epoch: u64, slot: u32) {
+        let bytes = self.in_flight.take(slot);
+        if !self.net.is_open(to, from, epoch) {
+            return;
+        }
+        self.events += 1;
+        self.deliver(from, to, &bytes);
+    }
+
+    /// A dial completes: both ends learn of the connection, the dialer first.
+    fn establish(&mut self, a: PeerIx, b: PeerIx, epoch: u64) {
+        let alive = self.alive(a) && self.alive(b);
+        match self.net.establish(self.now, a, b, epoch, alive) {
+            Ok(dialer) => {
+                self.events += 1;
+                let other = if dialer == a { b } else { a };
+                let (did, oid) = (self.ids[dialer as usize], self.ids[other as usize]);
+                self.handle(dialer, Input::ConnectionUp { peer: oid, addr: None, outbound: true }, false);
+                self.handle(other, Input::ConnectionUp { peer: did, addr: None, outbound: false }, false);
+            }
+            Err(Some(fail_at)) => self.schedule(fail_at, Ev::ConnectFailed { a, b, epoch }),
+            Err(None) => {}
+        }
+    }
+
+    fn connect_failed(&mut self, a: PeerIx, b: PeerIx, epoch: u64) {
+        if let Some(dialer) = self.net.fail(a, b, epoch) {
+            self.events += 1;
+            self.netr.connect_failed += 1;
+            let other = if dialer == a { b } else { a };
+            if self.alive(dialer) {
+                let oid = self.ids[other as usize];
+                self.handle(dialer, Input::ConnectFailed { peer: oid }, false);
+            }
+        }
+    }
+
+    /// A link cut by a partition times out: its alive ends see it go down.
+    fn cut_expired(&mut self, (a, b, epoch, generation): (PeerIx, PeerIx, u64, u64)) {
+        for p in self.net.cut_expired(a, b, epoch, generation) {
+            if self.alive(p) {
+                self.events += 1;
+                let q = if p == a { b } else { a };
+                let qid = self.ids[q as usize];
+                self.handle(p, Input::ConnectionDown { peer: qid }, false);
+            }
+        }
+    }
+
+    pub(super) fn alive(&self, p: PeerIx) -> bool {
+        self.peers[p as usize].life == Life::Alive
+    }
+
+    pub(super) fn start_peer(&mut self, p: PeerIx) {
+        let now = self.now;
+        let sp = &mut self.peers[p as usize];
+        sp.peer = Some(Peer::new(sp.setup.clone(), Timestamp(now)));
+        sp.life = Life::Alive;
+        sp.started_at = Some(now);
+        sp.members.clear();
+        self.trace.bytes(b"start");
+        self.trace.u64(now);
+        self.trace.u32(p);
+        self.trace.bytes(self.ids[p as usize].as_bytes());
+        self.handle(p, Input::Timeout, true);
+    }
+
+    /// Decodes a delivered message and hands it to `to` (through the byzantine input filters).
+    fn deliver(&mut self, from: PeerIx, to: PeerIx, bytes: &[u8]) {
+        self.messages += 1;
+        self.netr.bytes += bytes.len() as u64;
+        self.trace.bytes(b"msg");
+        self.trace.u64(self.now);
+        self.trace.u32(from);
+        self.trace.u32(to);
+        self.trace.u64(bytes.len() as u64);
+        self.trace.bytes(bytes);
+        let decoded = wire::decode(bytes);
+        self.note_reached(from, to, &decoded);
+        match decoded {
+            Ok(message) if self.withholds(to, &message) => self.netr.dropped_byzantine += 1,
+            Ok(message) => {
+                let fid = self.ids[from as usize];
+                self.handle(to, Input::Received { from: fid, message }, false);
+            }
+            Err(e) => {
+                let msg = format!(
+                    "{}: undecodable message from {}: {e}",
+                    self.peers[to as usize].name, self.peers[from as usize].name
+                );
+                self.violation(msg);
+                self.close_link(to, from);
+            }
+        }
+    }
+
+    /// Hands `input` to peer `p`, executes its outputs and re-arms its wake-up.
+    pub(super) fn handle(&mut self, p: PeerIx, input: Input, is_timeout: bool) {
+        let now = self.now;
+        if !self.watch_log.is_empty() && self.watch_log.contains(&p) {
+            self.log_input(p, &input);
+        }
+        let mut buf = std::mem::take(&mut self.out_buf);
+        let next = {
+            let Some(peer) = self.peers[p as usize].peer.as_mut() else {
+                self.out_buf = buf;
+                return;
+            };
+            peer.handle(input, Timestamp(now));
+            while let Some(o) = peer.poll_output() {
+                buf.push(o);
+            }
+            peer.poll_timeout().map(|t| t.0)
+        };
+        for o in buf.drain(..) {
+            self.execute(p, o);
+        }
+        self.out_buf = buf;
+        self.rearm(p, next, now, is_timeout);
+        if !self.peers[p as usize].watch.is_empty() {
+            self.update_watch(p);
+        }
+    }
+
+    /// Re-arms `p`'s wake-up at its deadline `next`. A deadline already due right after a timeout
+    /// was handled would spin: push it one ms forward (and count it).
+    fn rearm(&mut self, p: PeerIx, next: Option<u64>, now: u64, is_timeout: bool) {
+        let sp = &mut self.peers[p as usize];
+        if sp.life != Life::Alive {
+            return;
+        }
+        match next {
+            Some(mut t) => {
+                if t <= now && is_timeout {
+                    self.spins += 1;
+                    t = now + 1;
+                }
+                let t = t.max(now);
+                if sp.wake_at != Some(t) {
+                    sp.wake_gen += 1;
+                    sp.wake_at = Some(t);
+                    let generation = sp.wake_gen;
+                    self.schedule(t, Ev::Wake { peer: p, generation });
+                }
+            }
+            None => {
+                sp.wake_gen += 1;
+                sp.wake_at = None;
+            }
+        }
+    }
+
+    fn execute(&mut self, p: PeerIx, o: Output) {
+        if !self.watch_log.is_empty() && self.watch_log.contains(&p) {
+            self.log_output(p, &o);
+        }
+        match o {
+            Output::Send { to, message } => self.execute_send(p, to, message),
+            Output::Connect { peer } => self.execute_connect(p, peer),
+            Output::Close { peer, reason } => self.execute_close(p, peer, reason),
+            Output::Event(e) => self.on_event(p, e),
+        }
+    }
+
+    fn execute_send(&mut self, p: PeerIx, to: PeerId, message: Message) {
+        let message = if self.peers[p as usize].byz.is_none() {
+            message
+        } else {
+            let Some(message) = self.byzantine_filter(p, message) else {
+                self.netr.dropped_byzantine += 1;
+                return;
+            };
+            message
+        };
+        match self.index.get(&to).copied() {
+            Some(q) => self.send(p, q, &message),
+            None => {
+                self.netr.sent += 1;
+                self.netr.dropped_no_link += 1;
+            }
+        }
+    }
+
+    fn execute_connect(&mut self, p: PeerIx, peer: PeerAddr) {
+        self.netr.connects += 1;
+        self.trace.bytes(b"dial");
+        self.trace.u64(self.now);
+        self.trace.u32(p);
+        self.trace.bytes(peer.id.as_bytes());
+        match self.index.get(&peer.id).copied() {
+            Some(q) => {
+                let alive = self.alive(q);
+                match self.net.connect(self.now, p, q, alive) {
+                    ConnectOutcome::AlreadyLinked => {}
+                    ConnectOutcome::Establish { at, epoch } => self.schedule(at, Ev::Establish { a: p, b: q, epoch }),
+                    ConnectOutcome::Fail { at, epoch } => self.schedule(at, Ev::ConnectFailed { a: p, b: q, epoch }),
+                }
+            }
+            None => {
+                let at = self.now + self.net.connect_timeout_ms;
+                self.schedule(at, Ev::ConnectFailedUnknown { peer: p, target: Box::new(peer.id) });
+            }
+        }
+    }
+
+    fn execute_close(&mut self, p: PeerIx, peer: PeerId, reason: CloseReason) {
+        self.trace.bytes(b"close");
+        self.trace.u64(self.now);
+        self.trace.u32(p);
+        self.trace.bytes(peer.as_bytes());
+        self.trace.debug(&reason);
+        if let Some(q) = self.index.get(&peer).copied() {
+            self.close_link(p, q);
+        }
+    }
+
+    pub(super) fn send(&mut self, from: PeerIx, to: PeerIx, message: &Message) {
+        self.netr.sent += 1;
+        self.count_sent(message);
+        match self.net.send(self.now, from, to) {
+            SendOutcome::Deliver { at, epoch } => {
+                let slot = self.in_flight.put(wire::encode(message));
+                self.schedule(at, Ev::Deliver { from, to, epoch, slot });
+            }
+            SendOutcome::NoLink => self.netr.dropped_no_link += 1,
+            SendOutcome::Partitioned => self.netr.dropped_partition += 1,
+            SendOutcome::Lost => self.netr.dropped_loss += 1,
+        }
+    }
+
+    fn close_link(&mut self, from: PeerIx, to: PeerIx) {
+        if let Some((at, epoch)) = self.net.close(self.now, from, to) {
+            self.schedule(at, Ev::Down { peer: to, other: from, epoch });
+        }
+    }
+
+    // ---- `--trace` logging ----
+
+    fn log(&self, p: PeerIx, what: std::fmt::Arguments<'_>) {
+        if self.watch_log.contains(&p) {
+            eprintln!("{:>10.3}s {:<10} {what}", (self.now - EPOCH_MS) as f64 / 1000.0, self.peers[p as usize].name);
+        }
+    }
+
+    fn log_input(&self, p: PeerIx, input: &Input) {
+        match input {
+            Input::Received { from, message } => {
+                let f = self.index.get(from).map(|x| self.name(*x)).unwrap_or("?");
+                self.log(p, format_args!("<- {f:<10} {message:?}"));
+            }
+            Input::Timeout => {}
+            other => self.log(p, format_args!("input {other:?}")),
+        }
+    }
+
+    fn log_output(&self, p: PeerIx, o: &Output) {
+        match o {
+            Output::Send { to, message } => {
+                let t = self.index.get(to).map(|x| self.name(*x)).unwrap_or("?");
+                self.log(p, format_args!("-> {t:<10} {message:?}"));
+            }
+            other => self.log(p, format_args!("output {other:?}")),
+        }
+    }
+
+    /// Test hook: makes `a` dial `b` as if its core had asked to.
+    #[cfg(test)]
+    pub(super) fn dial(&mut self, a: PeerIx, b: PeerIx) {
+        let id = self.ids[b as usize];
+        self.execute(a, Output::Connect { peer: PeerAddr::id_only(id) });
+    }
+}

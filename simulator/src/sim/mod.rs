@@ -1,0 +1,656 @@
+//! The discrete-event engine: real [`Peer`]s, virtual time, a simulated network, faults and
+//! measurements.
+//!
+//! Events live in a queue ordered by `(time, sequence number)` ([`EventQueue`], a calendar queue
+//! equivalent to a binary heap on that key), so simultaneous events run in the order they were
+//! scheduled and a run is a pure function of the scenario and seed. Each
+//! peer's next wake-up ([`Peer::poll_timeout`]) is re-read after every input it handles and
+//! scheduled with a generation counter; an older wake-up still in the heap is skipped when popped
+//! (lazy deletion).
+//!
+//! The engine holds no protocol logic. It executes the peers' [`Output`]s — dials, sends, closes —
+//! through [`Network`], round-trips every message through the wire codec, and watches
+//! [`Event`]s and the read-only pool views to measure detection and recovery. Byzantine behaviours
+//! are filters on a misbehaving peer's outputs (or traffic injected on its behalf); the core itself
+//! is always honest.
+//!
+//! The `lookup` workload hands [`Command::Lookup`]s to random live nodes at Poisson times drawn
+//! from the run's seed and matches their [`Event::LookupDone`]s; tests can inject their own
+//! commands with [`Simulation::command`] and read the answers with
+//! [`Simulation::lookup_result`].
+//!
+//! The code is split by concern, each file adding its own `impl Simulation` block:
+//!
+//! * this file — [`Simulation`], its public API, building a run, and the per-peer state;
+//! * `engine` — the event loop: stepping events, handing inputs to peers, executing their
+//!   outputs on the network;
+//! * `faults` — crash, restart, partition, heal, loss and latency faults, and their detection
+//!   trackers;
+//! * `byzantine` — misbehaviour: output filters, forged records, heartbeat floods;
+//! * `workloads` — the `lookup` workload (other kinds go next to it);
+//! * `measure` — event bookkeeping, invariants, pool sampling and the final [`Report`].
+//!
+//! [`Event`]: ocd_core::proto::Event
+//! [`Event::LookupDone`]: ocd_core::proto::Event::LookupDone
+
+mod byzantine;
+mod engine;
+mod faults;
+mod measure;
+mod workloads;
+
+use crate::net::{FastMap, Network, PeerIx, ms};
+use crate::queue::EventQueue;
+use crate::report::{FaultReport, NetReport, Report};
+use crate::scenario::{Behaviour, GroupSpec, Scenario, ScenarioError};
+use crate::trace::Trace;
+use byzantine::ByzTrack;
+use engine::{Ev, InFlight};
+use faults::{FaultPlan, FaultTrack, Readmit};
+use measure::{LookupAcc, MESSAGE_KINDS, RecordAcc};
+use ocd_core::proto::{
+    Command, DetRng, Did, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerRecord, PeerSetup, RecordKey, Roles,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use workloads::LookupWorkload;
+
+pub use workloads::WORKLOAD_LOOKUP_BASE;
+
+/// Virtual time of the start of every run (ms since the Unix epoch), so timestamps look real.
+pub const EPOCH_MS: u64 = 1_700_000_000_000;
+/// Pool health is sampled this often.
+const SAMPLE_EVERY_MS: u64 = 60_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    NotStarted,
+    Alive,
+    Crashed,
+}
+
+struct SimPeer {
+    name: String,
+    roles: Roles,
+    setup: PeerSetup,
+    min_indexers: usize,
+    peer: Option<Peer>,
+    life: Life,
+    incarnation: u32,
+    wake_gen: u64,
+    wake_at: Option<u64>,
+    /// Indexers in this peer's pool, as told by its events, with the time each was added.
+    members: Vec<(PeerIx, u64)>,
+    /// Misbehaviour and when it started.
+    byz: Option<(Behaviour, u64)>,
+    byz_track: Option<usize>,
+    flap: bool,
+    flood_req: u64,
+    /// Fault trackers watching this node.
+    watch: Vec<usize>,
+    /// When it last started.
+    started_at: Option<u64>,
+    /// When it last crashed or restarted.
+    last_down: Option<u64>,
+    /// `claim_foreign_did`: the node whose DID it claims.
+    victim: Option<PeerIx>,
+}
+
+impl SimPeer {
+    /// A peer of group `g`, not started yet.
+    fn new(name: String, g: &GroupSpec, setup: PeerSetup) -> SimPeer {
+        SimPeer {
+            name,
+            roles: g.roles,
+            setup,
+            min_indexers: g.config.min_indexers,
+            peer: None,
+            life: Life::NotStarted,
+            incarnation: 0,
+            wake_gen: 0,
+            wake_at: None,
+            members: Vec::new(),
+            byz: None,
+            byz_track: None,
+            flap: false,
+            flood_req: 0,
+            watch: Vec::new(),
+            started_at: None,
+            last_down: None,
+            victim: None,
+        }
+    }
+    fn is_node(&self) -> bool {
+        self.roles.node
+    }
+    fn honest(&self) -> bool {
+        self.byz.is_none()
+    }
+    fn live_count(&self) -> usize {
+        self.peer.as_ref().and_then(|p| p.pool()).map_or(0, |pool| pool.live_count())
+    }
+    fn counts_live(&self, target: &PeerId) -> bool {
+        self.peer.as_ref().and_then(|p| p.pool()).is_some_and(|pool| pool.is_live(target))
+    }
+}
+
+/// The [`Event::LookupDone`] of a command given with [`Simulation::command`].
+///
+/// [`Event::LookupDone`]: ocd_core::proto::Event::LookupDone
+#[derive(Clone, Debug, PartialEq)]
+pub struct LookupResult {
+    /// What was looked up.
+    pub key: RecordKey,
+    /// The verified record, if found.
+    pub record: Option<PeerRecord>,
+    /// DHT hops of the answering indexer.
+    pub hops: u32,
+    /// Indexers asked.
+    pub attempts: u32,
+    /// When the answer came, in ms since the start of the run.
+    pub at_ms: u64,
+}
+
+/// One simulation run. Build it with [`Simulation::new`], then [`Simulation::run`].
+pub struct Simulation {
+    scenario: Scenario,
+    now: u64,
+    end: u64,
+    queue: EventQueue<Ev>,
+    peers: Vec<SimPeer>,
+    ids: Vec<PeerId>,
+    index: FastMap<PeerId, PeerIx>,
+    net: Network,
+    network_key: [u8; 32],
+    trace: Trace,
+    events: u64,
+    messages: u64,
+    netr: NetReport,
+    out_buf: Vec<Output>,
+    /// Fault targets, partition sides and byzantine victims, resolved.
+    fault_plan: FaultPlan,
+    faults: Vec<FaultReport>,
+    trackers: Vec<FaultTrack>,
+    byz: Vec<ByzTrack>,
+    readmits: Vec<Readmit>,
+    live_at_crash: BTreeMap<PeerIx, usize>,
+    banned: BTreeSet<PeerIx>,
+    violations: Vec<String>,
+    violation_count: usize,
+    timeline: Vec<(u64, f64, usize)>,
+    min_target: usize,
+    spins: u64,
+    watch_log: BTreeSet<PeerIx>,
+    sent_by_kind: [u64; MESSAGE_KINDS],
+    in_flight: InFlight,
+    /// Node-role peers, in index order (lookup askers and targets are drawn from them).
+    node_peers: Vec<PeerIx>,
+    /// The `lookup` workloads and the lookups they have in flight.
+    lookup: LookupWorkload,
+    lookups: LookupAcc,
+    lookup_results: BTreeMap<(PeerIx, u64), LookupResult>,
+    records: RecordAcc,
+    /// `RequestRefused` events by `"<reason> <requester role>"`.
+    refusals: BTreeMap<String, u64>,
+}
+
+/// Every peer of a scenario, built but not started.
+struct BuiltPeers {
+    peers: Vec<SimPeer>,
+    ids: Vec<PeerId>,
+    /// Start time of each peer, in ms after [`EPOCH_MS`] (taken out before assembling).
+    starts: Vec<u64>,
+    /// The largest `min_indexers` of any node-role group.
+    min_target: usize,
+}
+
+/// `Keypair::derive(seed, name)` for every name, in order, spread over the machine's cores (key
+/// derivation dominates building a large simulation; each key is a pure function of its name).
+fn derive_keypairs(seed: u64, names: &[String]) -> Vec<Keypair> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads <= 1 || names.len() < 512 {
+        return names.iter().map(|n| Keypair::derive(seed, n)).collect();
+    }
+    let chunk = names.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(|n| Keypair::derive(seed, n)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
+fn derive_u64(seed: u64, label: &str) -> u64 {
+    let mut h = blake3::Hasher::new_derive_key("ocd-sim seed v1");
+    h.update(&seed.to_le_bytes());
+    h.update(label.as_bytes());
+    let b = h.finalize();
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b.as_bytes()[..8]);
+    u64::from_le_bytes(x)
+}
+
+/// The seeds of peer `me` (named `name`): the group's `seeds` without itself, cut to a random
+/// `seeds_sample` of them (drawn from its own name) when that is smaller.
+fn seed_sample(seed: u64, name: &str, seeds: &[usize], me: usize, sample: Option<usize>) -> Vec<usize> {
+    let mut mine: Vec<usize> = seeds.iter().copied().filter(|s| *s != me).collect();
+    if let Some(k) = sample
+        && k < mine.len()
+    {
+        let mut r = DetRng::new(seed, &format!("ocd-sim seeds {name}"));
+        r.shuffle(&mut mine);
+        mine.truncate(k);
+        mine.sort_unstable();
+    }
+    mine
+}
+
+/// Builds every peer of `scenario`, in group order, with its keys, config, seeds and start time.
+fn build_peers(scenario: &Scenario, network_key: [u8; 32]) -> Result<BuiltPeers, ScenarioError> {
+    let seed = scenario.seed;
+    let n = scenario.peer_count();
+    let mut start_rng = DetRng::new(seed, "ocd-sim start times");
+    let mut peers = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut starts = Vec::with_capacity(n);
+    let mut min_target = 0;
+    let names: Vec<String> =
+        scenario.groups.iter().flat_map(|g| (0..g.count).map(move |i| format!("{}/{}", g.name, i))).collect();
+    let mut keypairs = derive_keypairs(seed, &names).into_iter();
+    for g in &scenario.groups {
+        let seeds = scenario.resolve(&format!("group {:?} seeds", g.name), &g.seeds)?;
+        if g.roles.node {
+            min_target = min_target.max(g.config.min_indexers);
+        }
+        for i in 0..g.count {
+            let name = format!("{}/{}", g.name, i);
+            let keypair = keypairs.next().unwrap_or_else(|| Keypair::derive(seed, &name));
+            let id = keypair.peer_id();
+            let mut config = g.config.clone();
+            if config.name.is_empty() {
+                config.name = name.clone();
+            }
+            let mine = seed_sample(seed, &name, &seeds, peers.len(), g.seeds_sample);
+            let mut setup = PeerSetup::new(keypair, network_key, g.roles);
+            setup.config = config;
+            setup.rng_seed = derive_u64(seed, &format!("{name}#0"));
+            // Seed ids are filled in below, once every key exists.
+            let spread = ms(g.start_spread);
+            starts.push(if spread > 0 { start_rng.below(spread) } else { 0 });
+            peers.push((mine, SimPeer::new(name, g, setup)));
+            ids.push(id);
+        }
+    }
+    let peers: Vec<SimPeer> = peers
+        .into_iter()
+        .map(|(mine, mut p)| {
+            p.setup.seeds = mine.iter().map(|s| PeerAddr::id_only(ids[*s])).collect();
+            p
+        })
+        .collect();
+    Ok(BuiltPeers { peers, ids, starts, min_target })
+}
+
+impl Simulation {
+    /// Builds every peer of `scenario` (none has started yet).
+    pub fn new(scenario: Scenario) -> Result<Simulation, ScenarioError> {
+        let seed = scenario.seed;
+        let mut network_key = [0u8; 32];
+        DetRng::new(seed, "ocd-sim network key").fill(&mut network_key);
+        let mut built = build_peers(&scenario, network_key)?;
+        let fault_plan = FaultPlan::build(&scenario)?;
+        let end = EPOCH_MS + ms(scenario.duration);
+        let lookup = LookupWorkload::build(&scenario, &built.peers, end)?;
+        let starts = std::mem::take(&mut built.starts);
+        let mut sim = Simulation::assemble(scenario, network_key, built, fault_plan, lookup, end);
+        sim.schedule_workloads();
+        sim.schedule_starts(starts);
+        sim.schedule_faults();
+        sim.schedule_samples();
+        Ok(sim)
+    }
+
+    /// The simulation before its first event, with everything counted at zero.
+    fn assemble(
+        scenario: Scenario,
+        network_key: [u8; 32],
+        built: BuiltPeers,
+        fault_plan: FaultPlan,
+        lookup: LookupWorkload,
+        end: u64,
+    ) -> Simulation {
+        let BuiltPeers { peers, ids, starts: _, min_target } = built;
+        let mut index = FastMap::default();
+        for (i, id) in ids.iter().enumerate() {
+            index.insert(*id, i as PeerIx);
+        }
+        let net = Network::new(
+            scenario.peer_count(),
+            scenario.network.latency_ms,
+            scenario.network.loss,
+            scenario.network.idle_timeout,
+            scenario.network.connect_timeout,
+            DetRng::new(scenario.seed, "ocd-sim network"),
+        );
+        let mut trace = Trace::new("ocd-sim trace v1");
+        trace.u64(scenario.seed);
+        let node_peers: Vec<PeerIx> =
+            peers.iter().enumerate().filter(|(_, p)| p.roles.node).map(|(i, _)| i as PeerIx).collect();
+        Simulation {
+            now: EPOCH_MS,
+            end,
+            queue: EventQueue::new(EPOCH_MS),
+            peers,
+            ids,
+            index,
+            net,
+            network_key,
+            trace,
+            events: 0,
+            messages: 0,
+            netr: NetReport::default(),
+            out_buf: Vec::new(),
+            fault_plan,
+            faults: Vec::new(),
+            trackers: Vec::new(),
+            byz: Vec::new(),
+            readmits: Vec::new(),
+            live_at_crash: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            violations: Vec::new(),
+            violation_count: 0,
+            timeline: Vec::new(),
+            min_target,
+            spins: 0,
+            watch_log: BTreeSet::new(),
+            sent_by_kind: [0; MESSAGE_KINDS],
+            in_flight: InFlight::default(),
+            node_peers,
+            lookup,
+            lookups: LookupAcc::default(),
+            lookup_results: BTreeMap::new(),
+            records: RecordAcc::default(),
+            refusals: BTreeMap::new(),
+            scenario,
+        }
+    }
+
+    /// Schedules every peer's start (`starts`: ms after [`EPOCH_MS`], by peer index).
+    fn schedule_starts(&mut self, starts: Vec<u64>) {
+        for (p, at) in starts.into_iter().enumerate() {
+            self.schedule(EPOCH_MS + at, Ev::Start(p as PeerIx));
+        }
+    }
+
+    /// Schedules every pool-health sample, once a minute to the end.
+    fn schedule_samples(&mut self) {
+        let mut t = EPOCH_MS + SAMPLE_EVERY_MS;
+        while t <= self.end {
+            self.schedule(t, Ev::Sample);
+            t += SAMPLE_EVERY_MS;
+        }
+    }
+
+    /// The scenario being run.
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    /// Current simulated time, in ms since the start of the run.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.now - EPOCH_MS
+    }
+
+    /// The peer named `"<group>/<i>"`, if it is running.
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name).and_then(|p| p.peer.as_ref())
+    }
+
+    /// Index of the peer named `name`.
+    pub fn peer_index(&self, name: &str) -> Option<PeerIx> {
+        self.peers.iter().position(|p| p.name == name).map(|i| i as PeerIx)
+    }
+
+    /// The network (links, partitions), read-only.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// The shared network key every peer was given.
+    pub fn network_key(&self) -> [u8; 32] {
+        self.network_key
+    }
+
+    /// The DID of the peer named `name` (known before it starts).
+    pub fn did_of(&self, name: &str) -> Option<&Did> {
+        self.peers.iter().find(|p| p.name == name).map(|p| &p.setup.did)
+    }
+
+    /// The peer id of the peer named `name`.
+    pub fn peer_id_of(&self, name: &str) -> Option<PeerId> {
+        self.peer_index(name).map(|p| self.ids[p as usize])
+    }
+
+    /// Hands `command` to the running peer named `name` now, as its application would, and
+    /// executes what it does at once. Returns `false` if no such peer is running.
+    ///
+    /// For a [`Command::Lookup`], use an `id` below [`WORKLOAD_LOOKUP_BASE`]; its
+    /// [`Event::LookupDone`] is kept for [`Simulation::lookup_result`].
+    ///
+    /// [`Event::LookupDone`]: ocd_core::proto::Event::LookupDone
+    pub fn command(&mut self, name: &str, command: Command) -> bool {
+        let Some(p) = self.peer_index(name) else { return false };
+        if !self.alive(p) {
+            return false;
+        }
+        self.trace.bytes(b"command");
+        self.trace.u64(self.now);
+        self.trace.u32(p);
+        self.trace.debug(&command);
+        self.handle(p, Input::Command(command), false);
+        true
+    }
+
+    /// The answer to a lookup given to peer `name` with [`Simulation::command`], once it came.
+    pub fn lookup_result(&self, name: &str, id: u64) -> Option<&LookupResult> {
+        let p = self.peer_index(name)?;
+        self.lookup_results.get(&(p, id))
+    }
+
+    /// Prints every message, dial, close, link change and event of these peers to stderr (the CLI's
+    /// `--trace`). Names that match no peer are returned.
+    pub fn trace_peers(&mut self, names: &[String]) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for n in names {
+            let hits = self.scenario.resolve("--trace", std::slice::from_ref(n));
+            match hits {
+                Ok(v) => self.watch_log.extend(v.into_iter().map(|x| x as PeerIx)),
+                Err(_) => unknown.push(n.clone()),
+            }
+        }
+        unknown
+    }
+
+    fn name(&self, p: PeerIx) -> &str {
+        &self.peers[p as usize].name
+    }
+
+    /// Runs to the end of the scenario and returns the report.
+    pub fn run(mut self) -> Report {
+        self.run_to_end()
+    }
+
+    /// [`Simulation::run`] without consuming the simulation, so the caller chooses when (and
+    /// whether) to free its peers: a CLI about to exit can skip that work. The report's lists are
+    /// moved out; the simulation should not be run further.
+    pub fn run_to_end(&mut self) -> Report {
+        let wall = std::time::Instant::now();
+        self.run_until(self.end);
+        let wall_ms = u64::try_from(wall.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.finish(wall_ms)
+    }
+
+    /// Processes every event up to and including `until` (absolute ms; see [`EPOCH_MS`]).
+    pub fn run_until(&mut self, until: u64) {
+        let until = until.min(self.end);
+        while let Some((at, ev)) = self.queue.pop_until(until) {
+            self.now = at;
+            self.step(ev);
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Processes every event up to `elapsed` after the start.
+    pub fn run_for(&mut self, elapsed: Duration) {
+        self.run_until(EPOCH_MS + ms(elapsed));
+    }
+}
+
+/// Runs `scenario` to the end and returns its report.
+pub fn run(scenario: Scenario) -> Result<Report, ScenarioError> {
+    Ok(Simulation::new(scenario)?.run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ocd_core::proto::Timestamp;
+
+    const TWO: &str = r#"
+name = "two"
+seed = 5
+duration = "10m"
+[network]
+latency_ms = [10, 30]
+[[group]]
+name = "a"
+count = 3
+role = "indexer"
+"#;
+
+    fn sim(extra: &str) -> Simulation {
+        Simulation::new(Scenario::from_toml(&format!("{TWO}\n{extra}")).unwrap()).unwrap()
+    }
+
+    fn ready(s: &Simulation, a: &str, b: &str) -> bool {
+        let bid = s.ids[s.peer_index(b).unwrap() as usize];
+        s.peer(a).unwrap().connections().is_ready(&bid)
+    }
+
+    #[test]
+    fn queue_entries_stay_small() {
+        assert!(std::mem::size_of::<Ev>() <= 24, "Ev is {} bytes", std::mem::size_of::<Ev>());
+    }
+
+    #[test]
+    fn dialled_link_completes_the_hello_exchange_on_both_ends() {
+        let mut s = sim("");
+        s.run_for(Duration::from_secs(1));
+        s.dial(0, 1);
+        s.run_for(Duration::from_secs(2));
+        assert!(ready(&s, "a/0", "a/1") && ready(&s, "a/1", "a/0"));
+        assert!(s.messages >= 4, "two hellos and two proofs");
+    }
+
+    #[test]
+    fn restart_resets_links_at_once_on_the_other_end() {
+        let mut s = sim("[[fault]]\nat = \"5s\"\nkind = \"restart\"\ntargets = [\"a/1\"]");
+        s.run_for(Duration::from_secs(1));
+        s.dial(0, 1);
+        s.run_for(Duration::from_secs(4));
+        assert!(ready(&s, "a/0", "a/1"));
+        s.run_for(Duration::from_secs(5));
+        assert!(s.network().link(0, 1).is_none());
+        assert!(!ready(&s, "a/0", "a/1"), "a/0 learnt of the restart at once");
+        let b = s.peer("a/1").unwrap();
+        assert!(b.connections().is_empty(), "the restarted peer starts with no connections");
+    }
+
+    #[test]
+    fn crash_leaves_link_half_open_until_the_idle_timeout() {
+        let mut s = sim("[[fault]]\nat = \"5s\"\nkind = \"crash\"\ntargets = [\"a/1\"]");
+        s.run_for(Duration::from_secs(1));
+        s.dial(0, 1);
+        s.run_for(Duration::from_secs(6));
+        assert!(s.peer("a/1").is_none());
+        assert!(ready(&s, "a/0", "a/1"), "still believes the link");
+        // idle_timeout defaults to 30 s.
+        s.run_for(Duration::from_secs(36));
+        assert!(s.network().link(0, 1).is_none());
+    }
+
+    #[test]
+    fn dial_across_a_partition_fails_and_heal_restores_it() {
+        let mut s = sim("[[fault]]\nat = \"1s\"\nkind = \"partition\"\nsides = [[\"a/0\"], [\"a/1\"]]\n\
+             [[fault]]\nat = \"20s\"\nkind = \"heal\"");
+        s.run_for(Duration::from_secs(2));
+        s.dial(0, 1);
+        s.dial(0, 2);
+        s.run_for(Duration::from_secs(10));
+        assert!(!ready(&s, "a/0", "a/1"));
+        assert!(ready(&s, "a/0", "a/2"), "a/2 is on no side and reaches everyone");
+        assert!(s.netr.connect_failed >= 1);
+        s.run_for(Duration::from_secs(21));
+        s.dial(0, 1);
+        s.run_for(Duration::from_secs(23));
+        assert!(ready(&s, "a/0", "a/1"));
+    }
+
+    #[test]
+    fn one_scenario_twice_gives_the_same_report_and_another_seed_another_hash() {
+        let text = format!(
+            "{TWO}\n[[group]]\nname = \"n\"\ncount = 20\nrole = \"node\"\nseeds = [\"a\"]\nseeds_sample = 2\nstart_spread = \"30s\"\n[[fault]]\nat = \"2m\"\nkind = \"crash\"\ntargets = [\"a/0\"]"
+        );
+        let sc = Scenario::from_toml(&text).unwrap();
+        let r1 = run(sc.clone()).unwrap();
+        let r2 = run(sc.clone()).unwrap();
+        assert_eq!(r1.without_wall_clock(), r2.without_wall_clock());
+        let r3 = run(sc.with_seed(6)).unwrap();
+        assert_ne!(r1.trace_hash, r3.trace_hash);
+    }
+
+    #[test]
+    fn forged_records_claim_the_victims_did_or_fail_verification() {
+        let mut s = sim("[[group]]\nname = \"n\"\ncount = 3\nrole = \"node\"\nseeds = [\"a\"]\n\
+             [[fault]]\nat = \"1m\"\nkind = \"byzantine\"\ntargets = [\"n/1\"]\nbehaviour = \"claim_foreign_did\"\n\
+             [[fault]]\nat = \"1m\"\nkind = \"byzantine\"\ntargets = [\"n/2\"]\nbehaviour = \"bad_signature\"");
+        s.run_for(Duration::from_secs(61));
+        let (n0, n1, n2) = (s.peer_index("n/0").unwrap(), s.peer_index("n/1").unwrap(), s.peer_index("n/2").unwrap());
+        assert_eq!(s.peers[n1 as usize].victim, Some(n0), "default victim: the first honest node");
+        let now = Timestamp(s.now);
+        let own = |p: PeerIx| s.peers[p as usize].peer.as_ref().unwrap().record().unwrap().clone();
+        let claim = s.forge_record(n1, Behaviour::ClaimForeignDid, own(n1));
+        assert_eq!(claim.verify(now), Ok(()), "a validly signed record…");
+        assert_eq!(claim.body.did, s.peers[n0 as usize].setup.did, "…claiming the victim's DID");
+        assert_eq!(claim.body.peer_id, s.ids[n1 as usize]);
+        let bad = s.forge_record(n2, Behaviour::BadSignature, own(n2));
+        assert!(bad.verify(now).is_err());
+        assert_eq!(bad.body, own(n2).body);
+    }
+
+    #[test]
+    fn lookup_times_are_a_pure_function_of_the_seed() {
+        let w =
+            "[[group]]\nname = \"n\"\ncount = 2\nrole = \"node\"\n[[workload]]\nkind = \"lookup\"\nrate_per_s = 4.0";
+        let gaps = |s: &mut Simulation| (0..200).map(|_| s.lookup_gap(0)).collect::<Vec<_>>();
+        let (a, b) = (gaps(&mut sim(w)), gaps(&mut sim(w)));
+        assert_eq!(a, b);
+        let mean = a.iter().sum::<u64>() as f64 / a.len() as f64;
+        assert!((150.0..400.0).contains(&mean), "mean gap {mean} ms for 4/s");
+    }
+
+    #[test]
+    fn seeds_sample_draws_distinct_seeds_and_excludes_self() {
+        let s = Simulation::new(
+            Scenario::from_toml(&format!("{TWO}\n[[group]]\nname = \"n\"\ncount = 5\nrole = \"node+indexer\"\nseeds = [\"a\", \"n\"]\nseeds_sample = 3")).unwrap(),
+        )
+        .unwrap();
+        for (i, p) in s.peers.iter().enumerate().skip(3) {
+            assert_eq!(p.setup.seeds.len(), 3);
+            assert!(p.setup.seeds.iter().all(|x| x.id != s.ids[i]));
+            let set: BTreeSet<_> = p.setup.seeds.iter().map(|x| x.id).collect();
+            assert_eq!(set.len(), 3);
+        }
+    }
+}
