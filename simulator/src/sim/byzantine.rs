@@ -7,7 +7,7 @@ use crate::net::PeerIx;
 use crate::scenario::Behaviour;
 use ocd_core::proto::PeerRecord;
 use ocd_core::proto::RequestId;
-use ocd_core::proto::wire::{Heartbeat, HeartbeatKind, Message, WireError};
+use ocd_core::proto::wire::{DhtMessage, Envelope, Heartbeat, HeartbeatKind, IndexerMessage, WireError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -15,15 +15,10 @@ use std::time::Duration;
 const FLOOD_EVERY_MS: u64 = 1_000;
 /// Request ids of injected flood heartbeats are `FLOOD_REQ_BASE + n`, `n` counting from 1 per
 /// flooding peer and never reset (not even by a restart): unique per sender. The indexer keeps no
-/// state per request id, it only echoes it in its answer, so what matters is where those answers
-/// land in the flooding peer's own (honest) core:
-///
-/// * a `HeartbeatResponse` goes to its pool, whose ids count up from 1 and so never meet these:
-///   it matches no request and is dropped;
-/// * a `Refused` is routed by its id, and `1 << 62` is the core DHT's `REQ_SPACE` bit: it goes to
-///   the DHT, whose ids are `REQ_SPACE | k` with `k` counting from 1 — flood id `n` *is* the id of
-///   the peer's `n`-th DHT RPC. It is taken as that RPC's refusal when that RPC is still in flight
-///   to the same indexer (the DHT checks the sender), and dropped otherwise.
+/// state per request id, it only echoes it in its answer, which comes back in the `Indexer`
+/// envelope variant and so reaches only the flooding peer's node role (never its DHT, whose
+/// replies travel in the `Dht` variant). The node role's ids count up from 1 and never reach
+/// `1 << 62`, so a flood answer matches none of its requests and is dropped.
 const FLOOD_REQ_BASE: u64 = 1 << 62;
 /// `flap_born_at` moves `born_at` back by this much on every other response.
 const FLAP_OFFSET: Duration = Duration::from_secs(3600);
@@ -104,7 +99,7 @@ impl Simulation {
     }
 
     /// What misbehaving peer `p` sends instead of `message` (`None`: nothing).
-    pub(super) fn byzantine_filter(&mut self, p: PeerIx, message: Message) -> Option<Message> {
+    pub(super) fn byzantine_filter(&mut self, p: PeerIx, message: Envelope) -> Option<Envelope> {
         let sp = &mut self.peers[p as usize];
         let Some((behaviour, _)) = sp.byz else { return Some(message) };
         let applies = if behaviour.is_indexer_behaviour() { sp.roles.indexer } else { sp.roles.node };
@@ -112,37 +107,42 @@ impl Simulation {
             return Some(message);
         }
         match (behaviour, message) {
-            (Behaviour::LieChallenges, Message::HeartbeatResponse(mut r)) => {
+            (Behaviour::LieChallenges, Envelope::Indexer(IndexerMessage::HeartbeatResponse(mut r))) => {
                 for c in &mut r.challenges {
                     c.found = false;
                     c.last_seen = None;
                 }
-                Some(Message::HeartbeatResponse(r))
+                Some(Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)))
             }
-            (Behaviour::FakeFill, Message::HeartbeatResponse(mut r)) => {
+            (Behaviour::FakeFill, Envelope::Indexer(IndexerMessage::HeartbeatResponse(mut r))) => {
                 r.fill_rate = 0.02;
-                Some(Message::HeartbeatResponse(r))
+                Some(Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)))
             }
-            (Behaviour::FlapBornAt, Message::HeartbeatResponse(mut r)) => {
+            (Behaviour::FlapBornAt, Envelope::Indexer(IndexerMessage::HeartbeatResponse(mut r))) => {
                 sp.flap = !sp.flap;
                 if !sp.flap {
                     r.born_at = r.born_at.saturating_sub(FLAP_OFFSET);
                 }
-                Some(Message::HeartbeatResponse(r))
+                Some(Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)))
             }
             (
                 Behaviour::DropResponses,
-                Message::HeartbeatResponse(_) | Message::Refused(_) | Message::CandidatesResponse(_),
+                Envelope::Indexer(IndexerMessage::HeartbeatResponse(_))
+                | Envelope::Indexer(IndexerMessage::Refused(_))
+                | Envelope::Indexer(IndexerMessage::CandidatesResponse(_)),
             ) => None,
-            (Behaviour::WithholdRecords, Message::Value(mut v)) => {
+            (Behaviour::WithholdRecords, Envelope::Dht(DhtMessage::Value(mut v))) => {
                 v.record = None;
-                Some(Message::Value(v))
+                Some(Envelope::Dht(DhtMessage::Value(v)))
             }
-            (Behaviour::WithholdRecords, Message::RecordReply(mut r)) => {
+            (Behaviour::WithholdRecords, Envelope::Indexer(IndexerMessage::RecordReply(mut r))) => {
                 r.record = None;
-                Some(Message::RecordReply(r))
+                Some(Envelope::Indexer(IndexerMessage::RecordReply(r)))
             }
-            (Behaviour::ClaimForeignDid | Behaviour::BadSignature, Message::Heartbeat(mut hb)) => {
+            (
+                Behaviour::ClaimForeignDid | Behaviour::BadSignature,
+                Envelope::Indexer(IndexerMessage::Heartbeat(mut hb)),
+            ) => {
                 if let Some(r) = hb.record.take() {
                     hb.record = Some(self.forge_record(p, behaviour, r));
                 }
@@ -152,11 +152,14 @@ impl Simulation {
                 {
                     hb.did = Some(self.peers[v as usize].setup.did.clone());
                 }
-                Some(Message::Heartbeat(hb))
+                Some(Envelope::Indexer(IndexerMessage::Heartbeat(hb)))
             }
-            (Behaviour::ClaimForeignDid | Behaviour::BadSignature, Message::Publish(mut pb)) => {
+            (
+                Behaviour::ClaimForeignDid | Behaviour::BadSignature,
+                Envelope::Indexer(IndexerMessage::Publish(mut pb)),
+            ) => {
                 pb.record = self.forge_record(p, behaviour, pb.record);
-                Some(Message::Publish(pb))
+                Some(Envelope::Indexer(IndexerMessage::Publish(pb)))
             }
             (_, m) => Some(m),
         }
@@ -184,15 +187,15 @@ impl Simulation {
 
     /// Counts indexer `to` as reached by misbehaving node `from`: a record forger once it handed
     /// it a (forged) record, other misbehaving nodes with any message.
-    pub(super) fn note_reached(&mut self, from: PeerIx, to: PeerIx, decoded: &Result<Message, WireError>) {
+    pub(super) fn note_reached(&mut self, from: PeerIx, to: PeerIx, decoded: &Result<Envelope, WireError>) {
         let Some(t) = self.peers[from as usize].byz_track else { return };
         if !self.peers[to as usize].roles.indexer {
             return;
         }
         let counts = match self.byz[t].behaviour {
             Behaviour::ClaimForeignDid | Behaviour::BadSignature => match decoded {
-                Ok(Message::Heartbeat(hb)) => hb.record.is_some(),
-                Ok(Message::Publish(_)) => true,
+                Ok(Envelope::Indexer(IndexerMessage::Heartbeat(hb))) => hb.record.is_some(),
+                Ok(Envelope::Indexer(IndexerMessage::Publish(_))) => true,
                 _ => false,
             },
             _ => true,
@@ -204,9 +207,9 @@ impl Simulation {
 
     /// Whether `to` drops `message` unseen: a withholding indexer stores nothing it is sent, and
     /// answers nothing for it.
-    pub(super) fn withholds(&self, to: PeerIx, message: &Message) -> bool {
+    pub(super) fn withholds(&self, to: PeerIx, message: &Envelope) -> bool {
         let sp = &self.peers[to as usize];
-        matches!(message, Message::Store(_))
+        matches!(message, Envelope::Dht(DhtMessage::Store(_)))
             && matches!(sp.byz, Some((Behaviour::WithholdRecords, _)))
             && sp.roles.indexer
     }
@@ -234,7 +237,7 @@ impl Simulation {
         for q in targets {
             let sp = &mut self.peers[p as usize];
             sp.flood_req += 1;
-            let hb = Message::Heartbeat(Heartbeat {
+            let hb = Envelope::from(Heartbeat {
                 did: Some(did.clone()),
                 name: Some(name.clone()),
                 ..Heartbeat::bare(RequestId(FLOOD_REQ_BASE + sp.flood_req), HeartbeatKind::Regular)

@@ -3,7 +3,7 @@
 
 use super::{EPOCH_MS, Life, Simulation};
 use crate::net::{ConnectOutcome, PeerIx, SendOutcome};
-use ocd_core::proto::wire::{self, Message};
+use ocd_core::proto::wire::{self, Envelope};
 use ocd_core::proto::{CloseReason, Input, Output, Peer, PeerAddr, PeerId, Timestamp};
 
 /// A queued event. Kept at 24 bytes: message bytes wait in [`InFlight`], rare payloads are boxed.
@@ -303,7 +303,7 @@ impl Simulation {
         }
     }
 
-    fn execute_send(&mut self, p: PeerIx, to: PeerId, message: Message) {
+    fn execute_send(&mut self, p: PeerIx, to: PeerId, message: Envelope) {
         let message = if self.peers[p as usize].byz.is_none() {
             message
         } else {
@@ -355,7 +355,7 @@ impl Simulation {
         }
     }
 
-    pub(super) fn send(&mut self, from: PeerIx, to: PeerIx, message: &Message) {
+    pub(super) fn send(&mut self, from: PeerIx, to: PeerIx, message: &Envelope) {
         self.netr.sent += 1;
         self.count_sent(message);
         match self.net.send(self.now, from, to) {

@@ -8,7 +8,7 @@ use crate::net::PeerIx;
 use crate::report::{Bans, ByzantineReport, KeyLookups, LookupReport, PoolReport, RecordsReport, Report, Stats};
 use crate::scenario::Behaviour;
 use crate::trace::Trace;
-use ocd_core::proto::wire::{Message, RefuseReason, StoreRefusal};
+use ocd_core::proto::wire::{self, Envelope, RefuseReason, StoreRefusal};
 use ocd_core::proto::{Did, Event, EvictReason, FailReason, PeerId, PeerRecord, RecordKey, Timestamp};
 use std::collections::BTreeMap;
 
@@ -59,77 +59,17 @@ fn refusal_index(r: StoreRefusal) -> usize {
     }
 }
 
-// ---- messages sent, by kind ----
-//
-// TODO(core wire table): replace `MESSAGE_KINDS`, `kind_index` and `KIND_NAMES` with the message
-// kind table of the core's wire module once it has one. Nothing else in the simulator knows the
-// list of message kinds: `count_sent` and `finish` are their only users.
+// ---- messages sent, by kind: the kind table is the core's (`wire::KINDS`) ----
 
-/// Number of [`Message`] variants counted in `sent_by_kind`.
-pub(super) const MESSAGE_KINDS: usize = 23;
-
-/// Index of `m`'s variant in `sent_by_kind` (names: [`Message::kind`]). Exhaustive on purpose: a
-/// new message kind fails to compile here until it is counted.
-fn kind_index(m: &Message) -> usize {
-    match m {
-        Message::Hello(_) => 0,
-        Message::HelloProof(_) => 1,
-        Message::Heartbeat(_) => 2,
-        Message::HeartbeatResponse(_) => 3,
-        Message::Refused(_) => 4,
-        Message::Leave => 5,
-        Message::WitnessQuery(_) => 6,
-        Message::WitnessReport(_) => 7,
-        Message::CandidatesRequest(_) => 8,
-        Message::CandidatesResponse(_) => 9,
-        Message::Publish(_) => 10,
-        Message::Published(_) => 11,
-        Message::GetRecord(_) => 12,
-        Message::RecordReply(_) => 13,
-        Message::FindNode(_) => 14,
-        Message::Nodes(_) => 15,
-        Message::FindValue(_) => 16,
-        Message::Value(_) => 17,
-        Message::Store(_) => 18,
-        Message::AddProvider(_) => 19,
-        Message::StoreAck(_) => 20,
-        Message::GetProviders(_) => 21,
-        Message::Providers(_) => 22,
-    }
-}
-
-const KIND_NAMES: [&str; MESSAGE_KINDS] = [
-    "hello",
-    "hello_proof",
-    "heartbeat",
-    "heartbeat_response",
-    "refused",
-    "leave",
-    "witness_query",
-    "witness_report",
-    "candidates_request",
-    "candidates_response",
-    "publish",
-    "published",
-    "get_record",
-    "record_reply",
-    "find_node",
-    "nodes",
-    "find_value",
-    "value",
-    "store",
-    "add_provider",
-    "store_ack",
-    "get_providers",
-    "providers",
-];
+/// Number of message kinds counted in `sent_by_kind`.
+pub(super) const MESSAGE_KINDS: usize = wire::KINDS.len();
 
 /// Appends `e` to the trace. The frequent variants are written compactly (a tag and the full peer
 /// id); the others as their `Debug` text.
 fn trace_event(trace: &mut Trace, e: &Event) {
     let (tag, id) = match e {
         Event::PeerAuthenticated { peer } => (b"E:auth", peer),
-        Event::RequestRefused { peer, reason } => {
+        Event::RequestRefused { peer, reason, .. } => {
             trace.bytes(b"E:refused");
             trace.bytes(peer.as_bytes());
             trace.debug(reason);
@@ -183,8 +123,8 @@ fn trace_event(trace: &mut Trace, e: &Event) {
 
 impl Simulation {
     /// Counts `m` in `sent_by_kind`.
-    pub(super) fn count_sent(&mut self, m: &Message) {
-        self.sent_by_kind[kind_index(m)] += 1;
+    pub(super) fn count_sent(&mut self, m: &Envelope) {
+        self.sent_by_kind[m.kind_index()] += 1;
     }
 
     /// Traces event `e` of peer `p` and updates whatever it measures.
@@ -199,7 +139,7 @@ impl Simulation {
             Event::IndexerEvicted { indexer, reason } => self.on_indexer_evicted(p, indexer, reason),
             Event::IndexerLive { indexer } => self.on_indexer_live(p, indexer),
             // Indexer role: refusals and bans.
-            Event::RequestRefused { peer, reason } => self.on_request_refused(peer, reason),
+            Event::RequestRefused { peer, reason, .. } => self.on_request_refused(peer, reason),
             Event::PeerBanned { peer, .. } => self.on_peer_banned(p, peer),
             // Records and DHT.
             Event::LookupDone { id, key, record, hops, attempts } => {
@@ -425,7 +365,7 @@ impl Simulation {
     /// reported stored). Checked only for misbehaving owners.
     fn holds_valid_record(&self, p: PeerIx, owner: &PeerId) -> bool {
         let Some(dht) = self.peers[p as usize].peer.as_ref().map(|q| q.dht()) else { return true };
-        dht.records().iter().find(|r| r.body.peer_id == *owner).is_none_or(|r| r.verify(Timestamp(self.now)).is_ok())
+        dht.records().find(|r| r.body.peer_id == *owner).is_none_or(|r| r.verify(Timestamp(self.now)).is_ok())
     }
 
     // ---- workload lookups ----
@@ -630,7 +570,8 @@ impl Simulation {
         let lookups = (!self.lookup.is_empty()).then(|| self.lookup_report());
         let records = self.records_report();
         let wall_s = (wall_ms.max(1)) as f64 / 1000.0;
-        self.netr.sent_by_kind = KIND_NAMES.iter().zip(self.sent_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
+        self.netr.sent_by_kind =
+            wire::KINDS.iter().zip(self.sent_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
         Report {
             scenario: self.scenario.name.clone(),
             seed: self.scenario.seed,
@@ -824,9 +765,9 @@ impl Simulation {
             r.dht_verifications += st.verifications;
             if sp.roles.indexer {
                 r.indexers += 1;
-                records += dht.records().len();
-                r.max_records_per_indexer = r.max_records_per_indexer.max(dht.records().len());
-                table += dht.table().len();
+                records += dht.record_count();
+                r.max_records_per_indexer = r.max_records_per_indexer.max(dht.record_count());
+                table += dht.table_len();
                 providers += dht.provider_count();
             }
         }

@@ -58,13 +58,13 @@ impl RecordLookups {
         let max = usize::try_from(self.config.lookup_attempts.max(1)).unwrap_or(usize::MAX);
         let mut rest: Vec<PeerAddr> = indexers.into_iter().take(max).collect();
         rest.reverse();
-        self.ask_next(id, key, rest, 0, ids, now, out);
+        self.ask_next((id, key), rest, 0, ids, now, out);
     }
 
+    /// Asks the next indexer of `rest` for lookup `(id, key)`, or ends it when none is left.
     fn ask_next(
         &mut self,
-        id: u64,
-        key: RecordKey,
+        (id, key): (u64, RecordKey),
         mut rest: Vec<PeerAddr>,
         attempts: u32,
         ids: &mut u64,
@@ -104,14 +104,14 @@ impl RecordLookups {
                 hops: u32::from(reply.hops),
                 attempts: p.attempts,
             })),
-            None => self.ask_next(p.id, p.key, p.rest, p.attempts, ids, now, out),
+            None => self.ask_next((p.id, p.key), p.rest, p.attempts, ids, now, out),
         }
     }
 
     /// The request `req` was refused, or its indexer is gone: try the next one.
     pub fn on_failure(&mut self, req: RequestId, ids: &mut u64, now: Timestamp, out: &mut Vec<Action>) {
         if let Some(p) = self.pending.remove(&req) {
-            self.ask_next(p.id, p.key, p.rest, p.attempts, ids, now, out);
+            self.ask_next((p.id, p.key), p.rest, p.attempts, ids, now, out);
         }
     }
 
