@@ -16,7 +16,7 @@
 //! The record desk is the real [`Dht`] in server mode with an empty routing table (so a record is
 //! stored locally, with no claim query nor replication), the configuration is the default one
 //! except for `max_conn_per_window` (see [`bench_config`]). What is timed per iteration is
-//! `IndexerService::on_heartbeat` plus draining the DHT's actions and dropping the output (the
+//! `IndexerService::on_heartbeat` and dropping the output (the
 //! heartbeat response), as the router does. Heartbeats (and their records) are built before each
 //! round, outside the timed loop.
 //!
@@ -156,7 +156,6 @@ impl Bench {
     /// One heartbeat of the node whose turn it is; the simulated clock moves on to the next one.
     fn step(&mut self, from: PeerAddr, hb: Heartbeat) {
         self.indexer.on_heartbeat(from, hb, &mut self.dht, self.now, &mut self.out);
-        self.dht.drain_actions(&mut self.out);
         black_box(&self.out);
         self.out.clear();
         self.now = self.now + HEARTBEAT_EVERY / NODES as u32;
@@ -195,7 +194,6 @@ impl Bench {
     fn untimed_round(&mut self, hbs: Vec<Heartbeat>) {
         for (from, hb) in self.pair(hbs) {
             self.indexer.on_heartbeat(from, hb, &mut self.dht, self.now, &mut self.out);
-            self.dht.drain_actions(&mut self.out);
             assert!(
                 self.out.iter().any(|a| matches!(
                     a,
@@ -215,9 +213,8 @@ impl Bench {
             self.indexer.handle_timeout(self.now, &mut self.out);
         }
         if self.dht.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.dht.handle_timeout(self.now);
+            self.dht.handle_timeout(self.now, &mut self.out);
         }
-        self.dht.drain_actions(&mut self.out);
         self.out.clear();
         if carry != Carry::Fresh && self.now >= self.signed_at + self.ttl / 2 {
             let refresh = self.build_round(Carry::Fresh);
@@ -237,7 +234,6 @@ impl Bench {
             let before = self.dht.stats().verifications;
             let carried = hb.record.clone();
             self.indexer.on_heartbeat(from.clone(), hb, &mut self.dht, self.now, &mut self.out);
-            self.dht.drain_actions(&mut self.out);
             let response = self.out.iter().find_map(|a| match a {
                 Action::Send { to, message: Envelope::Indexer(IndexerMessage::HeartbeatResponse(r)) }
                     if *to == from.id =>

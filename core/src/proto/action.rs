@@ -1,5 +1,6 @@
 //! [`Action`]: the one sink every machine of the core writes its effects into.
 
+use super::dht::DhtDone;
 use super::identity::{PeerAddr, PeerId};
 use super::wire::Envelope;
 use super::{CloseReason, Event};
@@ -31,6 +32,8 @@ pub enum Action {
         /// How many providers to find.
         want: usize,
     },
+    /// A DHT query finished: the router hands the result to whoever started it.
+    QueryDone(DhtDone),
     /// A live indexer of this peer's own pool answered (for an indexer's cache of others).
     IndexerSeen {
         /// The indexer.
@@ -43,5 +46,11 @@ pub enum Action {
 impl From<Event> for Action {
     fn from(e: Event) -> Self {
         Action::Event(e)
+    }
+}
+
+impl From<DhtDone> for Action {
+    fn from(d: DhtDone) -> Self {
+        Action::QueryDone(d)
     }
 }

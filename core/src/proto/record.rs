@@ -502,7 +502,7 @@ impl RecordStore {
         self.by_peer.len()
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, feature = "internals"))]
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
         self.by_peer.is_empty()

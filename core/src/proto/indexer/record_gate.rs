@@ -10,11 +10,11 @@ use super::*;
 /// [`Dht`](super::dht::Dht); unit tests use a plain store).
 pub trait RecordDesk {
     /// A record handed over by its owner `from` (publish, or embedded in a heartbeat).
-    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp) -> Offer;
+    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) -> Offer;
     /// The expiry of `peer`'s record held and served.
     fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp>;
     /// Starts the DHT spot check of `did` (a heartbeat's DID challenge).
-    fn check_did(&mut self, did: &Did, now: Timestamp) -> DidCheck;
+    fn check_did(&mut self, did: &Did, now: Timestamp, out: &mut Vec<Action>) -> DidCheck;
 }
 
 /// How a DID spot check goes.
@@ -154,7 +154,7 @@ impl IndexerService {
             Ok(Some(_)) => {}
         }
         let owner = record.body.peer_id;
-        match desk.offer(peer, record, now) {
+        match desk.offer(peer, record, now, out) {
             Offer::Held(t) => RecordTaken::Held(Some(t)),
             Offer::Checking => RecordTaken::Held(None),
             Offer::Refused(StoreError::Stale) => RecordTaken::Held(desk.held_expiry(&peer, now)),
@@ -200,7 +200,7 @@ pub fn on_request(
             let known = desk.knows(&peer, now);
             if ix.admit_get(peer, Req::Indexer(g.req), known, now, out) {
                 let deadline = ix.config.lookup_timeout;
-                desk.find_value(g.key, Purpose::NodeGet { to: peer, req: g.req }, false, &[], deadline, now);
+                desk.find_value(g.key, Purpose::NodeGet { to: peer, req: g.req }, false, deadline, now, out);
             }
         }
         IndexerMessage::Leave => ix.on_leave(peer, now, out),
@@ -236,7 +236,7 @@ pub fn on_dht_request(
         return;
     };
     let peer = from.id;
-    if ix.admit_dht(peer, Req::Dht(req), server, now, out) && dht.on_request(from, m, now).is_some() {
+    if ix.admit_dht(peer, Req::Dht(req), server, now, out) && dht.on_request(from, m, now, out).is_some() {
         ix.punish_bad_record(peer, now, out);
     }
 }

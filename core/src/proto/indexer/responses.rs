@@ -165,7 +165,7 @@ impl IndexerService {
         // response held until it ends (bounded by `dht_check_timeout`).
         let mut response = response;
         if let Some(did) = hb.challenge_did.as_ref().filter(|_| !probe) {
-            match desk.check_did(did, now) {
+            match desk.check_did(did, now, out) {
                 DidCheck::Pending(q) => {
                     self.did_checks.insert(q, (peer, response));
                     return;

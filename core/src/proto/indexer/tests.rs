@@ -62,7 +62,7 @@ struct StoreDesk {
 }
 
 impl RecordDesk for StoreDesk {
-    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp) -> Offer {
+    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, _out: &mut Vec<Action>) -> Offer {
         self.offers += 1;
         if record.body.peer_id != from {
             return Offer::Refused(StoreError::Invalid(crate::proto::record::RecordError::WrongKey));
@@ -81,7 +81,7 @@ impl RecordDesk for StoreDesk {
         self.store.by_peer(peer, now).map(|r| r.body.expires_at)
     }
 
-    fn check_did(&mut self, did: &Did, now: Timestamp) -> DidCheck {
+    fn check_did(&mut self, did: &Did, now: Timestamp, _out: &mut Vec<Action>) -> DidCheck {
         DidCheck::Answered(self.store.by_did(did, now).cloned())
     }
 }

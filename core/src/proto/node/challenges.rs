@@ -21,3 +21,40 @@ impl IndexerPool {
         }
     }
 }
+
+impl Entry {
+    /// Judges the answers to a challenge batch: the node's own session must be found and recent;
+    /// a DID challenge counts only if the DHT returned the node's own, intact record.
+    pub(super) fn judge_challenges(
+        &mut self,
+        sent: HeartbeatSent,
+        r: &HeartbeatResponse,
+        me: PeerId,
+        did: &Did,
+        now: Timestamp,
+        cfg: &Config,
+    ) {
+        let e = self;
+        if sent.challenge {
+            let recent = cfg.liveness_interval.saturating_mul(2);
+            let correct = r.challenges.iter().find(|c| c.peer == me).is_some_and(|c| {
+                c.found && c.last_seen.is_some_and(|t| now.since(t) < recent && t.since(now) < recent)
+            });
+            e.score.challenge_answered = e.score.challenge_answered.saturating_add(1);
+            if correct {
+                e.score.challenge_correct = e.score.challenge_correct.saturating_add(1);
+            }
+        }
+        if sent.did_challenge {
+            e.score.did_checked = e.score.did_checked.saturating_add(1);
+            // Found only if the DHT returned our own record, intact.
+            let ours = r
+                .did_record
+                .as_ref()
+                .is_some_and(|rec| rec.body.peer_id == me && rec.body.did == *did && rec.verify(now).is_ok());
+            if r.did_found == Some(true) && ours {
+                e.score.did_success = e.score.did_success.saturating_add(1);
+            }
+        }
+    }
+}

@@ -113,3 +113,55 @@ impl IndexerPool {
         }
     }
 }
+
+impl Entry {
+    /// Folds an answer to a heartbeat or retry probe into the entry's score state (A §5, §6.3):
+    /// round-trip time (not for a DID challenge, whose answer waits for a DHT lookup), uptime,
+    /// `born_at` stability (a change is explained only after a failure and when it moved
+    /// forward), fill-rate consistency, and the record version the indexer holds.
+    pub(super) fn note_answer(
+        &mut self,
+        sent: HeartbeatSent,
+        rtt: Duration,
+        r: &HeartbeatResponse,
+        now: Timestamp,
+        cfg: &Config,
+    ) {
+        let e = self;
+        // A DID challenge's answer waits for a DHT lookup: its round trip is not the indexer's
+        // latency.
+        if !sent.did_challenge {
+            e.last_rtt = Some(rtt);
+            e.latency = score::latency_score(rtt, cfg);
+        }
+        if !sent.retry {
+            e.record_held = r.record_expires;
+        }
+        e.score.uptime.record_heartbeat(now, cfg.liveness_interval.saturating_mul(2));
+        match e.score.last_born_at {
+            Some(old) if old != r.born_at => {
+                let explained = e.failure_since_answer && r.born_at > old;
+                if !explained {
+                    e.score.born_at_changes = e.score.born_at_changes.saturating_add(1);
+                }
+                e.score.last_born_at = Some(r.born_at);
+            }
+            Some(_) => {}
+            None => e.score.last_born_at = Some(r.born_at),
+        }
+        e.failure_since_answer = false;
+        e.answered = true;
+        if !sent.retry {
+            e.acknowledged = true;
+            e.retries = 0;
+        }
+        e.score.last_fill_rate = score::sanitize_unit(r.fill_rate, 1.0);
+        if r.max_nodes > 0 {
+            e.score.fill_checked = e.score.fill_checked.saturating_add(1);
+            let expected = f64::from(r.peer_count) / f64::from(r.max_nodes);
+            if (expected - r.fill_rate).abs() < cfg.fill_tolerance {
+                e.score.fill_consistent = e.score.fill_consistent.saturating_add(1);
+            }
+        }
+    }
+}

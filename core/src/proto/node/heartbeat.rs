@@ -168,63 +168,8 @@ impl IndexerPool {
             return;
         }
         e.in_flight = None;
-        // A DID challenge's answer waits for a DHT lookup: its round trip is not the indexer's
-        // latency.
-        if !sent.did_challenge {
-            let rtt = now.since(sent_at);
-            e.last_rtt = Some(rtt);
-            e.latency = score::latency_score(rtt, cfg);
-        }
-        if !sent.retry {
-            e.record_held = r.record_expires;
-        }
-        e.score.uptime.record_heartbeat(now, cfg.liveness_interval.saturating_mul(2));
-        match e.score.last_born_at {
-            Some(old) if old != r.born_at => {
-                let explained = e.failure_since_answer && r.born_at > old;
-                if !explained {
-                    e.score.born_at_changes = e.score.born_at_changes.saturating_add(1);
-                }
-                e.score.last_born_at = Some(r.born_at);
-            }
-            Some(_) => {}
-            None => e.score.last_born_at = Some(r.born_at),
-        }
-        e.failure_since_answer = false;
-        e.answered = true;
-        if !sent.retry {
-            e.acknowledged = true;
-            e.retries = 0;
-        }
-        e.score.last_fill_rate = score::sanitize_unit(r.fill_rate, 1.0);
-        if r.max_nodes > 0 {
-            e.score.fill_checked = e.score.fill_checked.saturating_add(1);
-            let expected = f64::from(r.peer_count) / f64::from(r.max_nodes);
-            if (expected - r.fill_rate).abs() < cfg.fill_tolerance {
-                e.score.fill_consistent = e.score.fill_consistent.saturating_add(1);
-            }
-        }
-        if sent.challenge {
-            let recent = cfg.liveness_interval.saturating_mul(2);
-            let correct = r.challenges.iter().find(|c| c.peer == me).is_some_and(|c| {
-                c.found && c.last_seen.is_some_and(|t| now.since(t) < recent && t.since(now) < recent)
-            });
-            e.score.challenge_answered = e.score.challenge_answered.saturating_add(1);
-            if correct {
-                e.score.challenge_correct = e.score.challenge_correct.saturating_add(1);
-            }
-        }
-        if sent.did_challenge {
-            e.score.did_checked = e.score.did_checked.saturating_add(1);
-            // Found only if the DHT returned our own record, intact.
-            let ours = r
-                .did_record
-                .as_ref()
-                .is_some_and(|rec| rec.body.peer_id == me && rec.body.did == self.did && rec.verify(now).is_ok());
-            if r.did_found == Some(true) && ours {
-                e.score.did_success = e.score.did_success.saturating_add(1);
-            }
-        }
+        e.note_answer(sent, now.since(sent_at), &r, now, cfg);
+        e.judge_challenges(sent, &r, me, &self.did, now, cfg);
         match e.state {
             EntryState::Live => {}
             EntryState::Pending => {

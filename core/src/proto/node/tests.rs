@@ -175,7 +175,7 @@ impl Net {
                 Action::Learn(pa) => {
                     self.learned.insert(pa.id);
                 }
-                Action::DiscoverIndexers { .. } | Action::IndexerSeen { .. } => {}
+                Action::DiscoverIndexers { .. } | Action::IndexerSeen { .. } | Action::QueryDone(_) => {}
             }
         }
     }

@@ -182,7 +182,7 @@ impl Peer {
             pool.set_record(record.clone());
         }
         if self.roles.indexer {
-            let _ = self.dht.offer_record(self.me, record, now);
+            let _ = self.dht.offer_record(self.me, record, now, &mut self.actions);
         }
     }
 
@@ -256,7 +256,7 @@ impl Peer {
             Input::Command(Command::Lookup { id, key }) => {
                 if self.roles.indexer {
                     let deadline = self.config.lookup_timeout;
-                    self.dht.find_value(key, Purpose::Command { id }, false, &[], deadline, now);
+                    self.dht.find_value(key, Purpose::Command { id }, false, deadline, now, &mut self.actions);
                 } else {
                     match &mut self.node {
                         Some(pool) => pool.lookup(id, key, now, &mut self.actions),
@@ -305,7 +305,7 @@ impl Peer {
             self.dht.set_fill(ix.fill_rate(), self.config.max_nodes);
         }
         if self.dht.poll_timeout().is_some_and(|t| t <= now) {
-            self.dht.handle_timeout(now);
+            self.dht.handle_timeout(now, &mut self.actions);
         }
         if self.record.refresh_at().is_some_and(|t| t <= now) {
             self.resign(now);
@@ -371,7 +371,7 @@ impl Peer {
                 if m.request().is_some() {
                     indexer::on_dht_request(self.indexer.as_mut(), addr, m, &mut self.dht, now, out);
                 } else {
-                    self.dht.on_response(addr, m, now);
+                    self.dht.on_response(addr, m, now, out);
                 }
             }
         }
@@ -381,43 +381,40 @@ impl Peer {
         if let Some(pool) = &mut self.node {
             pool.on_unreachable(peer, now, &mut self.actions);
         }
-        self.dht.on_unreachable(peer, now);
+        self.dht.on_unreachable(peer, now, &mut self.actions);
     }
 
-    /// Routes finished DHT queries to whoever started them.
-    fn route_dht(&mut self, now: Timestamp) {
-        self.dht.drain_actions(&mut self.actions);
-        while let Some(done) = self.dht.poll_done() {
-            match done {
-                DhtDone::Value { purpose: Purpose::NodeGet { to, req }, record, hops, .. } => {
-                    let hops = u8::try_from(hops).unwrap_or(u8::MAX);
-                    let message = RecordReply { req, record, hops }.into();
-                    self.actions.push(Action::Send { to, message });
+    /// Hands a finished DHT query to whoever started it.
+    fn on_query_done(&mut self, done: DhtDone, now: Timestamp) {
+        match done {
+            DhtDone::Value { purpose: Purpose::NodeGet { to, req }, record, hops, .. } => {
+                let hops = u8::try_from(hops).unwrap_or(u8::MAX);
+                let message = RecordReply { req, record, hops }.into();
+                self.actions.push(Action::Send { to, message });
+            }
+            DhtDone::Value { purpose: Purpose::Command { id }, key, record, hops, .. } => {
+                self.actions.push(Action::Event(Event::LookupDone { id, key, record, hops, attempts: 1 }));
+            }
+            DhtDone::Value { purpose: Purpose::DidCheck, query, record, .. } => {
+                if let Some(ix) = &mut self.indexer {
+                    ix.finish_did_check(query, record, &mut self.actions);
                 }
-                DhtDone::Value { purpose: Purpose::Command { id }, key, record, hops, .. } => {
-                    self.actions.push(Action::Event(Event::LookupDone { id, key, record, hops, attempts: 1 }));
+            }
+            DhtDone::Value { .. } => {}
+            DhtDone::Providers { purpose: Purpose::Discovery, providers } => {
+                if let Some(pool) = &mut self.node {
+                    pool.on_providers(&providers, now, &mut self.actions);
                 }
-                DhtDone::Value { purpose: Purpose::DidCheck, query, record, .. } => {
-                    if let Some(ix) = &mut self.indexer {
-                        ix.finish_did_check(query, record, &mut self.actions);
-                    }
+            }
+            DhtDone::Providers { purpose: Purpose::IndexerCache, providers } => {
+                if let Some(ix) = &mut self.indexer {
+                    ix.on_providers(&providers, now);
                 }
-                DhtDone::Value { .. } => {}
-                DhtDone::Providers { purpose: Purpose::Discovery, providers } => {
-                    if let Some(pool) = &mut self.node {
-                        pool.on_providers(&providers, now, &mut self.actions);
-                    }
-                }
-                DhtDone::Providers { purpose: Purpose::IndexerCache, providers } => {
-                    if let Some(ix) = &mut self.indexer {
-                        ix.on_providers(&providers, now);
-                    }
-                }
-                DhtDone::Providers { .. } => {}
-                DhtDone::Claim { publisher, accepted } => {
-                    if !accepted && let Some(ix) = &mut self.indexer {
-                        ix.punish_bad_record(publisher, now, &mut self.actions);
-                    }
+            }
+            DhtDone::Providers { .. } => {}
+            DhtDone::Claim { publisher, accepted } => {
+                if !accepted && let Some(ix) = &mut self.indexer {
+                    ix.punish_bad_record(publisher, now, &mut self.actions);
                 }
             }
         }
@@ -426,7 +423,6 @@ impl Peer {
     fn apply_actions(&mut self, now: Timestamp) {
         // Failures feed back into the pool, which may act again; bound the rounds defensively.
         for _ in 0..64 {
-            self.route_dht(now);
             if self.actions.is_empty() {
                 return;
             }
@@ -450,8 +446,9 @@ impl Peer {
                     Action::DiscoverIndexers { want } => {
                         // When the query cannot start it is reported finished and empty.
                         let seeds = self.node.as_ref().map(|p| p.live_by_score()).unwrap_or_default();
-                        self.dht.find_providers(want, Purpose::Discovery, &seeds, now);
+                        self.dht.find_providers(want, Purpose::Discovery, &seeds, now, &mut self.actions);
                     }
+                    Action::QueryDone(done) => self.on_query_done(done, now),
                     Action::IndexerSeen { peer, fill_rate } => {
                         if let Some(ix) = &mut self.indexer {
                             ix.note_indexer(self.link.peer_addr(&peer), fill_rate, now);

@@ -1,0 +1,388 @@
+//! Iterative queries (Kademlia §2.3): each wraps a [`Lookup`] (α in flight, every RPC bounded by
+//! `kad_rpc_timeout`, the query by `lookup_timeout`) and, for writes, a store phase to the k closest
+//! peers found. Replies and refusals arrive in the `Dht` envelope variant and are matched to their
+//! RPC by request id and sender.
+
+use super::*;
+
+impl Dht {
+    /// Looks `key` up: the local store first (unless `skip_local`), then the DHT, from the routing
+    /// table's closest peers. The answer comes back as [`DhtDone::Value`] (at once when held
+    /// locally).
+    pub fn find_value(
+        &mut self,
+        key: RecordKey,
+        purpose: Purpose,
+        skip_local: bool,
+        deadline: Duration,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> QueryId {
+        let qid = self.alloc_query();
+        if !skip_local && let Some(r) = self.local(&key, now).cloned() {
+            out.push(Action::QueryDone(DhtDone::Value { query: qid, purpose, key, record: Some(r), hops: 0 }));
+            return qid;
+        }
+        let target = key.kad_key();
+        // When the query cannot start, `start` already reported it finished empty under `qid`.
+        self.start(qid, Goal::Value { key }, purpose, target, &[], deadline, now, out);
+        self.advance(qid, now, out);
+        qid
+    }
+
+    /// Finds providers of the indexer rendezvous key ([`DhtDone::Providers`]), stopping once
+    /// `want` distinct providers are known or the lookup converges.
+    pub fn find_providers(
+        &mut self,
+        want: usize,
+        purpose: Purpose,
+        seeds: &[PeerAddr],
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let qid = self.alloc_query();
+        let deadline = self.config.lookup_timeout;
+        let mut providers = BTreeMap::new();
+        if self.server {
+            for (p, r) in &self.providers {
+                if *p != self.me && r.body.expires_at > now {
+                    providers.insert(*p, r.clone());
+                }
+            }
+        }
+        let started = self.start(
+            qid,
+            Goal::Providers { want: want.max(1) },
+            purpose,
+            indexer_rendezvous(),
+            seeds,
+            deadline,
+            now,
+            out,
+        );
+        if let Some(q) = started.and_then(|q| self.queries.get_mut(&q)) {
+            q.providers = providers;
+        }
+        self.advance(qid, now, out);
+        started.is_some()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start(
+        &mut self,
+        qid: QueryId,
+        goal: Goal,
+        purpose: Purpose,
+        target: Key,
+        seeds: &[PeerAddr],
+        deadline: Duration,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Option<QueryId> {
+        if self.queries.len() >= self.config.kad_max_queries {
+            self.stats.queries_refused += 1;
+            self.finish_empty(goal, purpose, qid, out);
+            return None;
+        }
+        self.stats.queries += 1;
+        let mut start = self.table.closest(&target, self.lookup_config.k);
+        for s in seeds {
+            if s.id != self.me && !start.iter().any(|a| a.id == s.id) {
+                start.push(s.clone());
+            }
+        }
+        let lookup = Lookup::new(self.me, target, start, self.lookup_config);
+        self.queries.insert(
+            qid,
+            Query {
+                goal,
+                purpose,
+                lookup,
+                phase: Phase::Lookup,
+                deadline: now + deadline,
+                found: None,
+                providers: BTreeMap::new(),
+            },
+        );
+        Some(qid)
+    }
+
+    pub(super) fn alloc_query(&mut self) -> QueryId {
+        let q = self.next_query;
+        self.next_query += 1;
+        q
+    }
+
+    pub(super) fn next_request(&mut self) -> RequestId {
+        let r = RequestId(self.next_req);
+        self.next_req = self.next_req.wrapping_add(1).max(1);
+        r
+    }
+
+    /// Reports a query that could not run as finished with nothing.
+    pub(super) fn finish_empty(&mut self, goal: Goal, purpose: Purpose, qid: QueryId, out: &mut Vec<Action>) {
+        let done = match goal {
+            Goal::Value { key } => DhtDone::Value { query: qid, purpose, key, record: None, hops: 0 },
+            Goal::Providers { .. } => DhtDone::Providers { purpose, providers: Vec::new() },
+            Goal::Claim { publisher, .. } => {
+                self.claims.remove(&publisher);
+                DhtDone::Claim { publisher, accepted: false }
+            }
+            _ => return,
+        };
+        out.push(Action::QueryDone(done));
+    }
+
+    /// A reply (`Nodes`, `Value`, `Providers`, `StoreAck`) or a refusal to one of our RPCs.
+    pub fn on_response(&mut self, from: PeerAddr, message: DhtMessage, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(req) = message.reply_to() else {
+            return;
+        };
+        let message = match message {
+            DhtMessage::Refused(_) => None,
+            m => Some(m),
+        };
+        self.answer(from, req, message, now, out);
+    }
+
+    /// Our RPC `req` was answered (`Some`) or failed (`None`: refused or unreachable).
+    pub(super) fn answer(
+        &mut self,
+        from: PeerAddr,
+        req: RequestId,
+        message: Option<DhtMessage>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((qid, asked)) = self.rpcs.get(&req).copied() else {
+            return;
+        };
+        if asked != from.id {
+            return;
+        }
+        self.rpcs.remove(&req);
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
+        let answered = message.is_some();
+        if answered {
+            self.failures.remove(&from.id);
+            // A server learns a peer that answers; a client keeps it as a starting point.
+            self.table.insert(from.clone(), now);
+        }
+        match (&mut q.phase, message) {
+            (Phase::Storing { pending }, _) => {
+                pending.remove(&req);
+            }
+            (Phase::Lookup, None) => q.lookup.on_failure(&from.id),
+            (Phase::Lookup, Some(DhtMessage::Nodes(n))) => {
+                for c in &n.closer {
+                    out.push(Action::Learn(c.clone()));
+                }
+                q.lookup.on_response(&from.id, n.closer);
+            }
+            (Phase::Lookup, Some(DhtMessage::Value(v))) => {
+                let hop = q.lookup.hop_of(&from.id).unwrap_or(1);
+                let key = match &q.goal {
+                    Goal::Value { key } => Some(key.clone()),
+                    Goal::Claim { record, .. } => Some(RecordKey::Did(record.body.did.clone())),
+                    _ => None,
+                };
+                if let (Some(r), Some(key)) = (v.record, key) {
+                    self.stats.verifications += 1;
+                    if key.matches(&r) && r.verify(now).is_ok() {
+                        let better = q.found.as_ref().is_none_or(|(old, _)| r.supersedes(old));
+                        if better {
+                            q.found = Some((r, hop));
+                        }
+                    }
+                }
+                for c in &v.closer {
+                    out.push(Action::Learn(c.clone()));
+                }
+                q.lookup.on_response(&from.id, v.closer);
+            }
+            (Phase::Lookup, Some(DhtMessage::Providers(p))) => {
+                for r in p.providers.into_iter().take(PROVIDERS_PER_ANSWER) {
+                    let id = r.body.provider.id;
+                    if id == self.me || q.providers.get(&id).is_some_and(|o| o.body.expires_at >= r.body.expires_at) {
+                        continue;
+                    }
+                    self.stats.verifications += 1;
+                    if r.verify(now).is_ok() {
+                        q.providers.insert(id, r);
+                    }
+                }
+                for c in &p.closer {
+                    out.push(Action::Learn(c.clone()));
+                }
+                q.lookup.on_response(&from.id, p.closer);
+            }
+            (Phase::Lookup, Some(_)) => q.lookup.on_failure(&from.id),
+        }
+        if !answered {
+            self.note_failure(from.id);
+        }
+        self.advance(qid, now, out);
+    }
+
+    /// `peer` cannot be reached: every RPC in flight to it fails.
+    pub fn on_unreachable(&mut self, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        let reqs: Vec<RequestId> = self.rpcs.iter().filter(|(_, (_, p))| *p == peer).map(|(r, _)| *r).collect();
+        for r in reqs {
+            self.answer(PeerAddr::id_only(peer), r, None, now, out);
+        }
+    }
+
+    pub(super) fn note_failure(&mut self, peer: PeerId) {
+        self.stats.rpc_failures += 1;
+        let n = self.failures.entry(peer).or_insert(0);
+        *n += 1;
+        if *n >= MAX_FAILURES {
+            self.failures.remove(&peer);
+            self.table.remove(&peer);
+        }
+    }
+
+    /// Sends the next RPCs of query `qid`, or moves it to its next phase or to its end.
+    pub(super) fn advance(&mut self, qid: QueryId, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(q) = self.queries.get_mut(&qid) else {
+            return;
+        };
+        let finished = match &q.phase {
+            Phase::Storing { pending } => pending.is_empty() || now >= q.deadline,
+            Phase::Lookup => {
+                let enough = match &q.goal {
+                    Goal::Value { .. } | Goal::Claim { .. } => q.found.is_some(),
+                    Goal::Providers { want } => q.providers.len() >= *want,
+                    _ => false,
+                };
+                if enough || now >= q.deadline || q.lookup.is_finished() {
+                    true
+                } else {
+                    let asks = q.lookup.next_queries(now);
+                    let target = q.lookup.target();
+                    let server = self.server;
+                    let mut sends = Vec::with_capacity(asks.len());
+                    for a in asks {
+                        let req = RequestId(self.next_req);
+                        self.next_req = self.next_req.wrapping_add(1).max(1);
+                        let message = match &q.goal {
+                            Goal::Value { key } => DhtMessage::FindValue(FindValue { req, key: key.clone(), server }),
+                            Goal::Claim { record, .. } => DhtMessage::FindValue(FindValue {
+                                req,
+                                key: RecordKey::Did(record.body.did.clone()),
+                                server,
+                            }),
+                            Goal::Providers { .. } => {
+                                DhtMessage::GetProviders(GetProviders { req, key: target, server })
+                            }
+                            _ => DhtMessage::FindNode(FindNode { req, target, server }),
+                        };
+                        sends.push((req, a, message));
+                    }
+                    for (req, a, message) in sends {
+                        self.rpcs.insert(req, (qid, a.id));
+                        self.stats.rpcs += 1;
+                        out.push(Action::Learn(a.clone()));
+                        out.push(Action::Send { to: a.id, message: message.into() });
+                    }
+                    false
+                }
+            }
+        };
+        if finished {
+            self.finish_phase(qid, now, out);
+        }
+    }
+
+    pub(super) fn finish_phase(&mut self, qid: QueryId, now: Timestamp, out: &mut Vec<Action>) {
+        let Some(mut q) = self.queries.remove(&qid) else {
+            return;
+        };
+        // Forget RPCs of this query still in flight; late answers are ignored.
+        self.rpcs.retain(|_, (x, _)| *x != qid);
+        if matches!(q.phase, Phase::Storing { .. }) {
+            return;
+        }
+        let store_msg: Option<Box<dyn Fn(RequestId) -> DhtMessage>> = match q.goal {
+            Goal::Value { key } => {
+                let (record, hops) = match q.found {
+                    Some((r, h)) => (Some(r), h),
+                    None => (None, q.lookup.hops().unwrap_or(0)),
+                };
+                out.push(Action::QueryDone(DhtDone::Value { query: qid, purpose: q.purpose, key, record, hops }));
+                return;
+            }
+            Goal::Providers { .. } => {
+                let providers = q.providers.into_values().collect();
+                out.push(Action::QueryDone(DhtDone::Providers { purpose: q.purpose, providers }));
+                return;
+            }
+            Goal::Refresh => return,
+            Goal::Claim { record, publisher } => {
+                self.claims.remove(&publisher);
+                let foreign = q.found.take().filter(|(r, _)| r.body.peer_id != publisher);
+                if let Some((owner_record, _)) = foreign {
+                    // Remember the rightful binding so the next attempt is refused locally.
+                    let _ = self.store.put_verified(owner_record, now);
+                    out.push(Action::Event(Event::RecordRejected {
+                        from: publisher,
+                        owner: publisher,
+                        reason: StoreRefusal::ForeignDid,
+                    }));
+                    out.push(Action::QueryDone(DhtDone::Claim { publisher, accepted: false }));
+                } else {
+                    let accepted = matches!(self.commit(publisher, record, now, out), Offer::Held(_));
+                    out.push(Action::QueryDone(DhtDone::Claim { publisher, accepted }));
+                }
+                return;
+            }
+            Goal::Replicate { record } => {
+                let server = self.server;
+                Some(Box::new(move |req| DhtMessage::Store(Store { req, record: record.clone(), server })))
+            }
+            Goal::Provide { record } => Some(Box::new(move |req| {
+                DhtMessage::AddProvider(AddProvider { req, key: indexer_rendezvous(), provider: record.clone() })
+            })),
+        };
+        let Some(make) = store_msg else { return };
+        let targets = q.lookup.closest_answered(self.lookup_config.k);
+        let mut pending = BTreeSet::new();
+        for t in targets {
+            let req = self.next_request();
+            self.rpcs.insert(req, (qid, t.id));
+            self.stats.rpcs += 1;
+            pending.insert(req);
+            out.push(Action::Send { to: t.id, message: make(req).into() });
+        }
+        if pending.is_empty() {
+            return;
+        }
+        q.phase = Phase::Storing { pending };
+        q.deadline = now + self.config.kad_rpc_timeout;
+        q.goal = Goal::Refresh;
+        self.queries.insert(qid, q);
+    }
+
+    /// Drops in-flight entries of `qid` whose lookup probe has failed (timed out).
+    pub(super) fn rpcs_gc(&mut self, qid: QueryId) {
+        let Some(q) = self.queries.get(&qid) else {
+            self.rpcs.retain(|_, (x, _)| *x != qid);
+            return;
+        };
+        if let Phase::Storing { .. } = q.phase {
+            return;
+        }
+        let stale: Vec<(RequestId, PeerId)> = self
+            .rpcs
+            .iter()
+            .filter(|(_, (x, p))| *x == qid && !q.lookup.is_in_flight(p))
+            .map(|(r, (_, p))| (*r, *p))
+            .collect();
+        for (r, p) in stale {
+            self.rpcs.remove(&r);
+            self.note_failure(p);
+        }
+    }
+}
