@@ -76,6 +76,8 @@ fn trace_event(trace: &mut Trace, e: &Event) {
             return;
         }
         Event::IndexerLive { indexer } => (b"E:live", indexer),
+        Event::HeartbeatSent { indexer } => (b"E:hbsn", indexer),
+        Event::HeartbeatReceived { node } => (b"E:hbrc", node),
         Event::SessionOpened { node } => (b"E:sess", node),
         Event::IndexerAdded { indexer, via } => {
             trace.bytes(b"E:added");

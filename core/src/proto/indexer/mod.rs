@@ -59,7 +59,7 @@
 use crate::proto::config::Config;
 use crate::proto::dht::{Dht, Offer, Purpose, QueryId, select_by_fill};
 use crate::proto::identity::{Did, PeerAddr, PeerId};
-use crate::proto::record::{PeerRecord, ProviderRecord, StoreError};
+use crate::proto::record::{MAX_NAME_LEN, PeerRecord, ProviderRecord, StoreError};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{
@@ -100,8 +100,6 @@ const UNKNOWN_FILL: f64 = 0.5;
 /// Random spread added to known fill rates when choosing suggestions, so that every node is not
 /// sent to the same least-loaded indexer at once.
 const SUGGESTION_JITTER: f64 = 0.25;
-/// Longest node name kept, in bytes (names come from peers).
-const MAX_NAME_LEN: usize = 128;
 
 /// The admission score of a node: `100 × (0.6 × uptime_ratio + 0.4 × standing)` with
 /// `standing = 1 − strikes/strike_threshold`; both terms are clamped to [0, 1] (NaN counts as 0).

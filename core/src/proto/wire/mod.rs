@@ -27,6 +27,7 @@
 //! Numbers that come from peers (fill rates, scores) may be NaN or out of range; the state
 //! machines sanitise them where they use them.
 
+pub use super::dht::kad::Key;
 pub use super::dht::messages::{
     AddProvider, DhtMessage, FindNode, FindValue, GetProviders, Nodes, Providers, Store, StoreAck, StoreRefusal, Value,
 };
