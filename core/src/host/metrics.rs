@@ -59,7 +59,7 @@ pub struct Metrics {
     pub indexers: Mutex<Vec<(String, f64, Option<f64>)>>,
 }
 
-/// The DHT's gauges and the core's DHT counters ([`crate::proto::dht::DhtStats`]), as last seen.
+/// The DHT's gauges and the core's DHT counters ([`crate::proto::DhtStats`]), as last seen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DhtGauges {

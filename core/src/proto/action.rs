@@ -1,11 +1,17 @@
 //! [`Action`]: the one sink every machine of the core writes its effects into.
+//!
+//! Each machine has its own output enum — [`NodeOut`], [`IndexerOut`], [`DhtOut`] — naming exactly
+//! the effects it may have, and emits into a `Vec<Action>` passed in ([`Sink::emit`]); the router's
+//! [`Action`] is their union, each lifted with `From` (the habit of iroh-gossip's `proto`).
 
-use super::dht::DhtDone;
+use super::dht::{DhtDone, DhtOut};
 use super::identity::{PeerAddr, PeerId};
+use super::indexer::IndexerOut;
+use super::node::NodeOut;
 use super::wire::Envelope;
 use super::{CloseReason, Event};
 
-/// The one sink every machine pushes its effects into; the router executes them.
+/// Every machine's outputs, as the router executes them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Send to a peer; the router dials it from the address book if there is no connection.
@@ -52,5 +58,51 @@ impl From<Event> for Action {
 impl From<DhtDone> for Action {
     fn from(d: DhtDone) -> Self {
         Action::QueryDone(d)
+    }
+}
+
+/// Where a machine writes its outputs: a `Vec<Action>` takes any machine's output enum.
+pub trait Sink<T> {
+    /// Adds `item`, lifted into an [`Action`].
+    fn emit(&mut self, item: T);
+}
+
+impl<T: Into<Action>> Sink<T> for Vec<Action> {
+    fn emit(&mut self, item: T) {
+        self.push(item.into());
+    }
+}
+
+impl From<NodeOut> for Action {
+    fn from(o: NodeOut) -> Self {
+        match o {
+            NodeOut::Send { to, message } => Action::Send { to, message },
+            NodeOut::Learn(a) => Action::Learn(a),
+            NodeOut::Close { peer, reason } => Action::Close { peer, reason },
+            NodeOut::Event(e) => Action::Event(e),
+            NodeOut::DiscoverIndexers { want } => Action::DiscoverIndexers { want },
+            NodeOut::IndexerSeen { peer, fill_rate } => Action::IndexerSeen { peer, fill_rate },
+        }
+    }
+}
+
+impl From<IndexerOut> for Action {
+    fn from(o: IndexerOut) -> Self {
+        match o {
+            IndexerOut::Send { to, message } => Action::Send { to, message },
+            IndexerOut::Close { peer, reason } => Action::Close { peer, reason },
+            IndexerOut::Event(e) => Action::Event(e),
+        }
+    }
+}
+
+impl From<DhtOut> for Action {
+    fn from(o: DhtOut) -> Self {
+        match o {
+            DhtOut::Send { to, message } => Action::Send { to, message },
+            DhtOut::Learn(a) => Action::Learn(a),
+            DhtOut::Event(e) => Action::Event(e),
+            DhtOut::QueryDone(d) => Action::QueryDone(d),
+        }
     }
 }

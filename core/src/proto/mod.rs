@@ -27,10 +27,12 @@
 //!   identity.rs, time.rs, rng.rs, config.rs   shared basics
 //! ```
 //!
-//! Every machine takes its inputs as method calls carrying `now`, pushes its effects into one sink
-//! passed in (`&mut Vec<Action>`: send, learn an address, close, event, a request to another
-//! machine), and reports its next deadline with `poll_timeout`. The router executes sends through
-//! the link, forwards requests between machines, and turns the rest into [`Output`]s.
+//! Every machine takes its inputs as method calls carrying `now`, emits its own output enum
+//! (`NodeOut`, `IndexerOut`, `DhtOut`: send, learn an address, close, event, a request to another
+//! machine) into one sink passed in, a `Vec<Action>` that lifts each with `From`, and reports its
+//! next deadline with `poll_timeout` (timers are deadlines handed back as `Input::Timeout`). The
+//! router executes sends through the link, forwards requests between machines, and turns the rest
+//! into [`Output`]s. The link, the lowest layer, writes transport [`Output`]s itself.
 //!
 //! On the wire, a variant of [`wire::Envelope`] names the machine that serves the requests it
 //! carries, and a reply comes back in its request's variant: the router hands it to the machine
@@ -41,8 +43,9 @@
 //! 1. a folder `proto/<name>/` with a module doc that explains the protocol and cites the seed;
 //! 2. its message enum in `<name>/messages.rs`, and an [`wire::Envelope`] variant for it (bump
 //!    [`wire::WIRE_VERSION`], add its kinds to [`wire::KINDS`]);
-//! 3. its machine: inputs as methods taking `now`, effects into the `Action` sink, `poll_timeout`
-//!    and `handle_timeout`, randomness from a [`DetRng`] forked from the peer's seed;
+//! 3. its machine: inputs as methods taking `now`, its own output enum emitted into the sink
+//!    (`From<…Out> for Action`), `poll_timeout` and `handle_timeout`, randomness from a [`DetRng`]
+//!    forked from the peer's seed;
 //! 4. one router arm in `peer/` for its envelope variant, and `From` impls lifting its messages
 //!    into the envelope;
 //! 5. its `Config` fields with the seed's defaults, each documented with where it comes from;
@@ -79,6 +82,8 @@ pub mod wire;
 pub mod internals;
 
 pub(crate) use action::Action;
+#[cfg(feature = "internals")]
+pub use action::Sink;
 pub use config::{Config, ConfigError};
 pub use dht::DhtStats;
 pub use identity::{Addr, Did, IdentityError, Keypair, PeerAddr, PeerId, Signature};

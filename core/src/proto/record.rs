@@ -44,7 +44,7 @@ pub enum RecordError {
     /// `issued_at` is further in the future than the allowed clock skew.
     #[error("record issued in the future ({0})")]
     FromTheFuture(Timestamp),
-    /// `expires_at ≤ issued_at`, or a lifetime above [`MAX_LIFETIME`].
+    /// `expires_at ≤ issued_at`, or a lifetime above `MAX_LIFETIME` (1 h).
     #[error("record lifetime is empty or longer than allowed")]
     BadLifetime,
     /// A field is too long, or there are too many addresses.
@@ -126,7 +126,7 @@ impl PeerRecord {
     }
 
     /// Checks the record as of `now`: shape, lifetime, not expired, not issued in the future
-    /// beyond [`MAX_CLOCK_SKEW`], and the owner's signature.
+    /// beyond `MAX_CLOCK_SKEW` (5 min), and the owner's signature.
     pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
         verify_body(&*self.body, &self.signature, now)
     }

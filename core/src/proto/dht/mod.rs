@@ -26,14 +26,15 @@
 //! The machine never blocks: it queues [`Action`]s ([`Dht::drain_actions`]) and finished queries
 //! ([`Dht::poll_done`]) for the [`Peer`](crate::proto::Peer) that routes them.
 
+use crate::proto::action::Sink;
 use crate::proto::config::Config;
 use crate::proto::identity::{Addr, Keypair, PeerAddr, PeerId};
 use crate::proto::record::{PeerRecord, ProviderBody, ProviderRecord, RecordError, RecordStore, StoreError};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{
-    AddProvider, DhtMessage, FindNode, FindValue, GetProviders, Nodes, Providers, RecordKey, RequestId, Store,
-    StoreAck, StoreRefusal, Value,
+    AddProvider, DhtMessage, Envelope, FindNode, FindValue, GetProviders, Nodes, Providers, RecordKey, RequestId,
+    Store, StoreAck, StoreRefusal, Value,
 };
 use crate::proto::{Action, Event};
 use kad::{Key, Lookup, LookupConfig, RoutingTable, indexer_rendezvous};
@@ -117,6 +118,24 @@ pub enum DhtDone {
         /// Committed (`true`) or refused because another key holds the DID (`false`).
         accepted: bool,
     },
+}
+
+/// What the DHT does: its outputs, lifted into the router's [`Action`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum DhtOut {
+    /// Send to a peer (dialled from the address book when there is no connection).
+    Send {
+        /// The recipient.
+        to: PeerId,
+        /// The message.
+        message: Envelope,
+    },
+    /// Remember how to reach a peer.
+    Learn(PeerAddr),
+    /// Report an event.
+    Event(Event),
+    /// A query finished: the router hands the result to whoever started it.
+    QueryDone(DhtDone),
 }
 
 /// What happened to a record offered by its owner ([`Dht::offer_record`]).

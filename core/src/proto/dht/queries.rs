@@ -20,7 +20,7 @@ impl Dht {
     ) -> QueryId {
         let qid = self.alloc_query();
         if !skip_local && let Some(r) = self.local(&key, now).cloned() {
-            out.push(Action::QueryDone(DhtDone::Value { query: qid, purpose, key, record: Some(r), hops: 0 }));
+            out.emit(DhtOut::QueryDone(DhtDone::Value { query: qid, purpose, key, record: Some(r), hops: 0 }));
             return qid;
         }
         let target = key.kad_key();
@@ -130,7 +130,7 @@ impl Dht {
             }
             _ => return,
         };
-        out.push(Action::QueryDone(done));
+        out.emit(DhtOut::QueryDone(done));
     }
 
     /// A reply (`Nodes`, `Value`, `Providers`, `StoreAck`) or a refusal to one of our RPCs.
@@ -177,7 +177,7 @@ impl Dht {
             (Phase::Lookup, None) => q.lookup.on_failure(&from.id),
             (Phase::Lookup, Some(DhtMessage::Nodes(n))) => {
                 for c in &n.closer {
-                    out.push(Action::Learn(c.clone()));
+                    out.emit(DhtOut::Learn(c.clone()));
                 }
                 q.lookup.on_response(&from.id, n.closer);
             }
@@ -198,7 +198,7 @@ impl Dht {
                     }
                 }
                 for c in &v.closer {
-                    out.push(Action::Learn(c.clone()));
+                    out.emit(DhtOut::Learn(c.clone()));
                 }
                 q.lookup.on_response(&from.id, v.closer);
             }
@@ -214,7 +214,7 @@ impl Dht {
                     }
                 }
                 for c in &p.closer {
-                    out.push(Action::Learn(c.clone()));
+                    out.emit(DhtOut::Learn(c.clone()));
                 }
                 q.lookup.on_response(&from.id, p.closer);
             }
@@ -284,8 +284,8 @@ impl Dht {
                     for (req, a, message) in sends {
                         self.rpcs.insert(req, (qid, a.id));
                         self.stats.rpcs += 1;
-                        out.push(Action::Learn(a.clone()));
-                        out.push(Action::Send { to: a.id, message: message.into() });
+                        out.emit(DhtOut::Learn(a.clone()));
+                        out.emit(DhtOut::Send { to: a.id, message: message.into() });
                     }
                     false
                 }
@@ -311,12 +311,12 @@ impl Dht {
                     Some((r, h)) => (Some(r), h),
                     None => (None, q.lookup.hops().unwrap_or(0)),
                 };
-                out.push(Action::QueryDone(DhtDone::Value { query: qid, purpose: q.purpose, key, record, hops }));
+                out.emit(DhtOut::QueryDone(DhtDone::Value { query: qid, purpose: q.purpose, key, record, hops }));
                 return;
             }
             Goal::Providers { .. } => {
                 let providers = q.providers.into_values().collect();
-                out.push(Action::QueryDone(DhtDone::Providers { purpose: q.purpose, providers }));
+                out.emit(DhtOut::QueryDone(DhtDone::Providers { purpose: q.purpose, providers }));
                 return;
             }
             Goal::Refresh => return,
@@ -326,15 +326,15 @@ impl Dht {
                 if let Some((owner_record, _)) = foreign {
                     // Remember the rightful binding so the next attempt is refused locally.
                     let _ = self.store.put_verified(owner_record, now);
-                    out.push(Action::Event(Event::RecordRejected {
+                    out.emit(DhtOut::Event(Event::RecordRejected {
                         from: publisher,
                         owner: publisher,
                         reason: StoreRefusal::ForeignDid,
                     }));
-                    out.push(Action::QueryDone(DhtDone::Claim { publisher, accepted: false }));
+                    out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: false }));
                 } else {
                     let accepted = matches!(self.commit(publisher, record, now, out), Offer::Held(_));
-                    out.push(Action::QueryDone(DhtDone::Claim { publisher, accepted }));
+                    out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted }));
                 }
                 return;
             }
@@ -354,7 +354,7 @@ impl Dht {
             self.rpcs.insert(req, (qid, t.id));
             self.stats.rpcs += 1;
             pending.insert(req);
-            out.push(Action::Send { to: t.id, message: make(req).into() });
+            out.emit(DhtOut::Send { to: t.id, message: make(req).into() });
         }
         if pending.is_empty() {
             return;

@@ -59,7 +59,7 @@ impl Dht {
         let expires = record.body.expires_at;
         match self.store.put_verified(record.clone(), now) {
             Ok(_) => {
-                out.push(Action::Event(Event::RecordStored {
+                out.emit(DhtOut::Event(Event::RecordStored {
                     owner: record.body.peer_id,
                     did: record.body.did.clone(),
                     from,

@@ -59,7 +59,7 @@ impl Dht {
     }
 
     pub(super) fn reply(&mut self, to: PeerId, message: DhtMessage, out: &mut Vec<Action>) {
-        out.push(Action::Send { to, message: message.into() });
+        out.emit(DhtOut::Send { to, message: message.into() });
     }
 
     pub(super) fn closer(&self, target: &Key, exclude: PeerId, k: usize) -> Vec<PeerAddr> {
@@ -95,7 +95,7 @@ impl Dht {
         let refusal = match self.store.put(record, now) {
             Ok(_) => {
                 self.stats.stores_accepted += 1;
-                out.push(Action::Event(Event::RecordStored { owner, did, from }));
+                out.emit(DhtOut::Event(Event::RecordStored { owner, did, from }));
                 return None;
             }
             Err(StoreError::Invalid(_)) => StoreRefusal::Invalid,
@@ -103,7 +103,7 @@ impl Dht {
             Err(StoreError::Stale) => return None,
         };
         self.stats.stores_refused += 1;
-        out.push(Action::Event(Event::RecordRejected { from, owner, reason: refusal }));
+        out.emit(DhtOut::Event(Event::RecordRejected { from, owner, reason: refusal }));
         Some(refusal)
     }
 

@@ -26,7 +26,7 @@ impl IndexerService {
             self.known.values().filter(|k| k.addr.id != from && k.addr.id != me).collect();
         self.rng.shuffle(&mut pool);
         let candidates = pool.into_iter().take(count).map(|k| k.addr.clone()).collect();
-        out.push(Action::Send { to: from, message: CandidatesResponse { req: request.req, candidates }.into() });
+        out.emit(IndexerOut::Send { to: from, message: CandidatesResponse { req: request.req, candidates }.into() });
     }
 
     /// Remembers another indexer seen alive at `now` (from this peer's own pool, or a heartbeating

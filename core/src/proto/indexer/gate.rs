@@ -76,15 +76,15 @@ impl IndexerService {
         suggestions: Vec<PeerAddr>,
         out: &mut Vec<Action>,
     ) {
-        out.push(Action::Send { to: peer, message: req.refusal(Refused { req: req.id(), reason, suggestions }) });
-        out.push(Action::Event(Event::RequestRefused { peer, request: req.kind(), reason }));
+        out.emit(IndexerOut::Send { to: peer, message: req.refusal(Refused { req: req.id(), reason, suggestions }) });
+        out.emit(IndexerOut::Event(Event::RequestRefused { peer, request: req.kind(), reason }));
     }
 
     /// Refuses a banned peer, drops its session and closes its connection.
     pub(super) fn refuse_banned(&mut self, peer: PeerId, req: Req, out: &mut Vec<Action>) {
         self.close_session(peer, SessionEnd::Rejected, out);
         self.refuse(peer, req, RefuseReason::Banned, Vec::new(), out);
-        out.push(Action::Close { peer, reason: CloseReason::Banned });
+        out.emit(IndexerOut::Close { peer, reason: CloseReason::Banned });
     }
 
     /// Refuses with `reason` after an admission error, reporting its strike; if the strike banned
@@ -108,16 +108,16 @@ impl IndexerService {
         let reason = if matches!(error, AdmissionError::Banned { .. }) { RefuseReason::Banned } else { reason };
         self.refuse(peer, req, reason, Vec::new(), out);
         if banned {
-            out.push(Action::Close { peer, reason: CloseReason::Banned });
+            out.emit(IndexerOut::Close { peer, reason: CloseReason::Banned });
         }
     }
 
     /// Reports a strike; when it banned the peer, reports the ban and drops the session.
     pub(super) fn punish(&mut self, peer: PeerId, strike: Strike, out: &mut Vec<Action>) -> bool {
-        out.push(Action::Event(Event::PeerStruck { peer, strikes: strike.strikes }));
+        out.emit(IndexerOut::Event(Event::PeerStruck { peer, strikes: strike.strikes }));
         match strike.banned_until {
             Some(until) => {
-                out.push(Action::Event(Event::PeerBanned { peer, until }));
+                out.emit(IndexerOut::Event(Event::PeerBanned { peer, until }));
                 self.close_session(peer, SessionEnd::Rejected, out);
                 true
             }

@@ -56,6 +56,7 @@
 //! Per-heartbeat work is `O(log n + k)` in the number of sessions `n`: witnesses are drawn from a
 //! vector of non-indexer sessions by index, DIDs and expiry deadlines are indexed. GC may scan.
 
+use crate::proto::action::Sink;
 use crate::proto::config::Config;
 use crate::proto::dht::{Dht, Offer, Purpose, QueryId, select_by_fill};
 use crate::proto::identity::{Did, PeerAddr, PeerId};
@@ -100,6 +101,27 @@ const UNKNOWN_FILL: f64 = 0.5;
 /// Random spread added to known fill rates when choosing suggestions, so that every node is not
 /// sent to the same least-loaded indexer at once.
 const SUGGESTION_JITTER: f64 = 0.25;
+
+/// What the indexer role does: its outputs, lifted into the router's [`Action`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum IndexerOut {
+    /// Send to a peer (dialled from the address book when there is no connection).
+    Send {
+        /// The recipient.
+        to: PeerId,
+        /// The message.
+        message: Envelope,
+    },
+    /// Close the connection to a peer.
+    Close {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Report an event.
+    Event(Event),
+}
 
 /// The admission score of a node: `100 × (0.6 × uptime_ratio + 0.4 × standing)` with
 /// `standing = 1 − strikes/strike_threshold`; both terms are clamped to [0, 1] (NaN counts as 0).
@@ -157,7 +179,8 @@ pub struct SessionView<'a> {
     pub is_indexer: bool,
     /// Gap-aware online ratio as of its last heartbeat.
     pub uptime_ratio: f64,
-    /// Its [`admission_score`] as of its last heartbeat and current strikes.
+    /// Its admission score (`100 × (0.6 × uptime + 0.4 × standing)`, see the module doc) as of its last
+    /// heartbeat and current strikes.
     pub admission_score: f64,
 }
 

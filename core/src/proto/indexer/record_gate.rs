@@ -58,7 +58,7 @@ impl IndexerService {
         let req = Req::Indexer(publish.req);
         match self.take_record(from, publish.record, req, desk, now, out) {
             RecordTaken::Held(expires) => {
-                out.push(Action::Send { to: from, message: Published { req: req.id(), expires }.into() })
+                out.emit(IndexerOut::Send { to: from, message: Published { req: req.id(), expires }.into() })
             }
             RecordTaken::Refused => self.refuse(from, req, RefuseReason::BadRecord, Vec::new(), out),
             RecordTaken::Banned => {}
@@ -119,7 +119,7 @@ impl IndexerService {
     pub fn punish_bad_record(&mut self, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
         let strike = self.behaviour.record_bad_signature(peer, now);
         if self.punish(peer, strike, out) {
-            out.push(Action::Close { peer, reason: CloseReason::Banned });
+            out.emit(IndexerOut::Close { peer, reason: CloseReason::Banned });
         }
     }
 
@@ -128,7 +128,7 @@ impl IndexerService {
         if let Some((peer, mut response)) = self.did_checks.remove(&query) {
             response.did_found = Some(record.is_some());
             response.did_record = record;
-            out.push(Action::Send { to: peer, message: response.into() });
+            out.emit(IndexerOut::Send { to: peer, message: response.into() });
         }
     }
 
@@ -163,11 +163,11 @@ impl IndexerService {
                     StoreError::ForeignDid { .. } => StoreRefusal::ForeignDid,
                     _ => StoreRefusal::Invalid,
                 };
-                out.push(Action::Event(Event::RecordRejected { from: peer, owner, reason }));
+                out.emit(IndexerOut::Event(Event::RecordRejected { from: peer, owner, reason }));
                 let strike = self.behaviour.record_bad_signature(peer, now);
                 if self.punish(peer, strike, out) {
                     self.refuse(peer, req, RefuseReason::Banned, Vec::new(), out);
-                    out.push(Action::Close { peer, reason: CloseReason::Banned });
+                    out.emit(IndexerOut::Close { peer, reason: CloseReason::Banned });
                     return RecordTaken::Banned;
                 }
                 RecordTaken::Refused
@@ -244,5 +244,5 @@ pub fn on_dht_request(
 /// Refuses a request this peer does not serve (it is not an indexer).
 fn not_served(to: PeerId, req: Req, out: &mut Vec<Action>) {
     let refused = Refused { req: req.id(), reason: RefuseReason::NotServed, suggestions: Vec::new() };
-    out.push(Action::Send { to, message: req.refusal(refused) });
+    out.emit(IndexerOut::Send { to, message: req.refusal(refused) });
 }

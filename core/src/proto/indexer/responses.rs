@@ -15,7 +15,7 @@ impl IndexerService {
         out: &mut Vec<Action>,
     ) {
         let peer = from.id;
-        out.push(Action::Event(Event::HeartbeatReceived { node: peer }));
+        out.emit(IndexerOut::Event(Event::HeartbeatReceived { node: peer }));
         if !self.admit_request(peer, Req::Heartbeat(hb.req), RateKind::Heartbeat, now, out) {
             return;
         }
@@ -94,7 +94,7 @@ impl IndexerService {
             }
             self.burst.record(now);
             self.open_session(from.clone(), now);
-            out.push(Action::Event(Event::SessionOpened { node: peer }));
+            out.emit(IndexerOut::Event(Event::SessionOpened { node: peer }));
             self.update_session(from, did, &hb, now);
         }
         if let Some(record) = hb.record.take() {
@@ -105,7 +105,7 @@ impl IndexerService {
                         && self.punish(peer, strike, out)
                     {
                         self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Banned, Vec::new(), out);
-                        out.push(Action::Close { peer, reason: CloseReason::Banned });
+                        out.emit(IndexerOut::Close { peer, reason: CloseReason::Banned });
                         return;
                     }
                     false
@@ -176,7 +176,7 @@ impl IndexerService {
                 }
             }
         }
-        out.push(Action::Send { to: peer, message: response.into() });
+        out.emit(IndexerOut::Send { to: peer, message: response.into() });
     }
 
     /// Up to `max_witnesses` random non-indexer sessions other than the requester, drawn by index.

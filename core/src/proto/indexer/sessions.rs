@@ -112,7 +112,7 @@ impl IndexerService {
         // A node that left is no longer an offload candidate; its batch slot frees at once.
         self.offload.in_batch.remove(&peer);
         self.offload.already_tried.remove(&peer);
-        out.push(Action::Event(Event::SessionClosed { node: peer, reason }));
+        out.emit(IndexerOut::Event(Event::SessionClosed { node: peer, reason }));
         true
     }
 

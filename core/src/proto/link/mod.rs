@@ -10,7 +10,7 @@
 //!
 //! Messages for a peer without a ready connection are queued (bounded by `max_queued_per_peer`)
 //! and a dial is requested using the address book, which sub-machines fill with
-//! [`Action::Learn`](crate::proto::Action::Learn). Connections nobody needs are closed after
+//! a `Learn` output. Connections nobody needs are closed after
 //! `idle_timeout`.
 
 use crate::proto::config::Config;

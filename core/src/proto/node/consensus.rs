@@ -15,7 +15,7 @@ impl IndexerPool {
             let req = self.next_request();
             self.track(req, v, RequestKind::Candidates, now);
             waiting.insert(req);
-            out.push(Action::Send { to: v, message: CandidatesRequest { req, count }.into() });
+            out.emit(NodeOut::Send { to: v, message: CandidatesRequest { req, count }.into() });
         }
         self.consensus =
             Some(Consensus { probing: false, waiting, received: Vec::new(), scores: BTreeMap::new(), candidates: 0 });
@@ -70,9 +70,9 @@ impl IndexerPool {
             self.track(req, id, RequestKind::CandidateProbe, now);
             c.waiting.insert(req);
             self.log_send(id, now);
-            out.push(Action::Event(Event::HeartbeatSent { indexer: id }));
-            out.push(Action::Learn(a));
-            out.push(Action::Send { to: id, message });
+            out.emit(NodeOut::Event(Event::HeartbeatSent { indexer: id }));
+            out.emit(NodeOut::Learn(a));
+            out.emit(NodeOut::Send { to: id, message });
         }
         self.consensus = Some(c);
     }
@@ -93,7 +93,7 @@ impl IndexerPool {
                 admitted += 1;
             }
         }
-        out.push(Action::Event(Event::ConsensusFinished { candidates: c.candidates, admitted }));
+        out.emit(NodeOut::Event(Event::ConsensusFinished { candidates: c.candidates, admitted }));
         if admitted == 0 {
             self.seed_refill(now, out);
         }

@@ -20,7 +20,7 @@ impl IndexerPool {
         let step = self.config.discovery_interval.saturating_mul(1 << self.discovery_misses.min(3));
         self.next_discovery = now + step;
         // B §4.7: ask for three times the need, keep the best `need`.
-        out.push(Action::DiscoverIndexers { want: self.need().saturating_mul(3) });
+        out.emit(NodeOut::DiscoverIndexers { want: self.need().saturating_mul(3) });
     }
 
     /// Providers found by a discovery: the pool takes up to its need, preferring less loaded

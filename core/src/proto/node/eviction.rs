@@ -50,11 +50,11 @@ impl IndexerPool {
         if let Some(req) = e.in_flight {
             self.requests.remove(&req);
         }
-        out.push(Action::Event(Event::IndexerEvicted { indexer: peer, reason }));
+        out.emit(NodeOut::Event(Event::IndexerEvicted { indexer: peer, reason }));
         if !matches!(reason, EvictReason::HeartbeatFailed(_)) {
             // It is alive: tell it, so it frees our session at once.
-            out.push(Action::Send { to: peer, message: IndexerMessage::Leave.into() });
-            out.push(Action::Close { peer, reason: CloseReason::Evicted });
+            out.emit(NodeOut::Send { to: peer, message: IndexerMessage::Leave.into() });
+            out.emit(NodeOut::Close { peer, reason: CloseReason::Evicted });
         }
         let misbehaved = matches!(
             reason,
@@ -72,7 +72,7 @@ impl IndexerPool {
                 down.state = EntryState::Down;
                 down.next_due = now + self.config.misbehaviour_cooldown;
                 self.entries.insert(peer, down);
-                out.push(Action::Event(Event::IndexerAdded { indexer: peer, via: AddedVia::Seed }));
+                out.emit(NodeOut::Event(Event::IndexerAdded { indexer: peer, via: AddedVia::Seed }));
             }
         }
         self.consensus_wanted = true;

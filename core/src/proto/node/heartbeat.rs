@@ -79,8 +79,8 @@ impl IndexerPool {
         e.next_due = now + self.config.heartbeat_interval;
         self.track(req, peer, RequestKind::Heartbeat(sent), now);
         self.log_send(peer, now);
-        out.push(Action::Event(Event::HeartbeatSent { indexer: peer }));
-        out.push(Action::Send {
+        out.emit(NodeOut::Event(Event::HeartbeatSent { indexer: peer }));
+        out.emit(NodeOut::Send {
             to: peer,
             message: Envelope::from(Heartbeat {
                 req,
@@ -118,8 +118,8 @@ impl IndexerPool {
         let sent = HeartbeatSent { retry: true, challenge: false, did_challenge: false, want_witnesses: false };
         self.track(req, peer, RequestKind::Heartbeat(sent), now);
         self.log_send(peer, now);
-        out.push(Action::Event(Event::HeartbeatSent { indexer: peer }));
-        out.push(Action::Send { to: peer, message });
+        out.emit(NodeOut::Event(Event::HeartbeatSent { indexer: peer }));
+        out.emit(NodeOut::Send { to: peer, message });
     }
 
     pub(super) fn on_heartbeat_response(
@@ -174,7 +174,7 @@ impl IndexerPool {
             EntryState::Live => {}
             EntryState::Pending => {
                 e.state = EntryState::Live;
-                out.push(Action::Event(Event::IndexerLive { indexer: from }));
+                out.emit(NodeOut::Event(Event::IndexerLive { indexer: from }));
             }
             EntryState::Down => {
                 if !self.readmit_seed(from, now, out) {
@@ -208,7 +208,7 @@ impl IndexerPool {
         // A pool member that refuses may still point elsewhere; add those first, so the refusing
         // indexer is not mistaken for the last one.
         if matches!(req.kind, RequestKind::Heartbeat(_) | RequestKind::CandidateProbe) {
-            out.push(Action::Event(Event::HeartbeatRefused { indexer: from, reason: r.reason }));
+            out.emit(NodeOut::Event(Event::HeartbeatRefused { indexer: from, reason: r.reason }));
         }
         if matches!(req.kind, RequestKind::Heartbeat(_)) && self.entries.contains_key(&from) {
             self.add_suggestions(&r.suggestions, now, out);
@@ -255,7 +255,7 @@ impl IndexerPool {
         if e.is_seed {
             e.state = EntryState::Down;
             e.next_due = now + Self::backoff(&self.config, e.retries.saturating_add(1));
-            out.push(Action::Event(Event::IndexerDown { indexer: peer, reason }));
+            out.emit(NodeOut::Event(Event::IndexerDown { indexer: peer, reason }));
             // Its slot is free: fill it with others.
             self.consensus_wanted = true;
             return;

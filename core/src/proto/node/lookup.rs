@@ -8,6 +8,8 @@
 //! trusted `Found`, C §14.3). An empty, invalid or missing answer moves on to the next indexer, up
 //! to `lookup_attempts`, each bounded by `lookup_timeout`.
 
+use super::NodeOut;
+use crate::proto::action::Sink;
 use crate::proto::config::Config;
 use crate::proto::identity::{PeerAddr, PeerId};
 use crate::proto::time::Timestamp;
@@ -72,12 +74,12 @@ impl RecordLookups {
         out: &mut Vec<Action>,
     ) {
         let Some(next) = rest.pop() else {
-            out.push(Action::Event(Event::LookupDone { id, key, record: None, hops: 0, attempts }));
+            out.emit(NodeOut::Event(Event::LookupDone { id, key, record: None, hops: 0, attempts }));
             return;
         };
         let req = super::next_request(ids);
-        out.push(Action::Learn(next.clone()));
-        out.push(Action::Send { to: next.id, message: GetRecord { req, key: key.clone() }.into() });
+        out.emit(NodeOut::Learn(next.clone()));
+        out.emit(NodeOut::Send { to: next.id, message: GetRecord { req, key: key.clone() }.into() });
         self.pending.insert(
             req,
             Pending { id, key, to: next.id, rest, attempts: attempts + 1, deadline: now + self.config.lookup_timeout },
@@ -97,7 +99,7 @@ impl RecordLookups {
         };
         let valid = reply.record.filter(|r| p.key.matches(r) && r.verify(now).is_ok());
         match valid {
-            Some(record) => out.push(Action::Event(Event::LookupDone {
+            Some(record) => out.emit(NodeOut::Event(Event::LookupDone {
                 id: p.id,
                 key: p.key,
                 record: Some(record),

@@ -62,6 +62,7 @@
 //! Everything is driven by `now` arguments and a [`DetRng`]; timers are deadlines returned by
 //! [`IndexerPool::poll_timeout`].
 
+use crate::proto::action::Sink;
 use crate::proto::config::Config;
 use crate::proto::dht::select_by_fill;
 use crate::proto::identity::{Did, PeerAddr, PeerId};
@@ -96,6 +97,42 @@ use messages::NodeMessage;
 use rate::SEND_LOG_MAX;
 use score::IndexerScore;
 pub use score::ScoreFactors;
+
+/// What the node role does: its outputs, lifted into the router's [`Action`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeOut {
+    /// Send to a peer (dialled from the address book when there is no connection).
+    Send {
+        /// The recipient.
+        to: PeerId,
+        /// The message.
+        message: Envelope,
+    },
+    /// Remember how to reach a peer.
+    Learn(PeerAddr),
+    /// Close the connection to a peer.
+    Close {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// Report an event.
+    Event(Event),
+    /// The pool wants more indexers: discover providers of the rendezvous key in the DHT (the
+    /// answer comes back to [`IndexerPool::on_providers`]).
+    DiscoverIndexers {
+        /// How many providers to find.
+        want: usize,
+    },
+    /// A live indexer of this peer's own pool answered (for an indexer's cache of others).
+    IndexerSeen {
+        /// The indexer.
+        peer: PeerId,
+        /// The fill rate it reported, if the answer carried one.
+        fill_rate: Option<f64>,
+    },
+}
 
 /// Where an indexer stands in a node's pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,7 +432,7 @@ impl IndexerPool {
     /// On an indexer, a live member of its own pool is one it may suggest to others.
     fn note_seen(&self, from: PeerId, fill_rate: Option<f64>, out: &mut Vec<Action>) {
         if self.is_indexer && self.is_live(&from) {
-            out.push(Action::IndexerSeen { peer: from, fill_rate });
+            out.emit(NodeOut::IndexerSeen { peer: from, fill_rate });
         }
     }
 
@@ -485,7 +522,7 @@ impl IndexerPool {
         }
         for (id, e) in &self.entries {
             if e.is_active() {
-                out.push(Action::Send { to: *id, message: IndexerMessage::Leave.into() });
+                out.emit(NodeOut::Send { to: *id, message: IndexerMessage::Leave.into() });
             }
         }
         self.requests.clear();
@@ -575,8 +612,8 @@ impl IndexerPool {
         }
         self.started = true;
         for (id, e) in &self.entries {
-            out.push(Action::Learn(e.addr.clone()));
-            out.push(Action::Event(Event::IndexerAdded { indexer: *id, via: AddedVia::Seed }));
+            out.emit(NodeOut::Learn(e.addr.clone()));
+            out.emit(NodeOut::Event(Event::IndexerAdded { indexer: *id, via: AddedVia::Seed }));
         }
     }
 
@@ -670,7 +707,7 @@ pub fn on_message(pool: Option<&mut IndexerPool>, from: PeerId, m: NodeMessage, 
     match (m, pool) {
         (NodeMessage::WitnessQuery(q), pool) => {
             let report = witnesses::answer(pool.as_deref(), &q);
-            out.push(Action::Send { to: from, message: report.into() });
+            out.emit(NodeOut::Send { to: from, message: report.into() });
         }
         (NodeMessage::WitnessReport(r), Some(pool)) => pool.on_node_reply(from, r, now, out),
         (NodeMessage::WitnessReport(_), None) => {}

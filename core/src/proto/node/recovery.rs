@@ -38,7 +38,7 @@ impl IndexerPool {
         e.state = EntryState::Live;
         e.retries = 0;
         e.next_due = now;
-        out.push(Action::Event(Event::IndexerLive { indexer: peer }));
+        out.emit(NodeOut::Event(Event::IndexerLive { indexer: peer }));
         true
     }
 
@@ -60,8 +60,8 @@ impl IndexerPool {
             return false;
         }
         let nc = self.draw_challenge_spacing();
-        out.push(Action::Learn(addr.clone()));
-        out.push(Action::Event(Event::IndexerAdded { indexer: id, via }));
+        out.emit(NodeOut::Learn(addr.clone()));
+        out.emit(NodeOut::Event(Event::IndexerAdded { indexer: id, via }));
         self.entries.insert(id, Entry::new(addr, via, is_seed, now, nc));
         if is_seed {
             self.discharged.remove(&id);
@@ -127,6 +127,6 @@ impl IndexerPool {
         }
         let next_in = Self::backoff(&self.config, attempt.saturating_add(1));
         self.recovery = Some(Recovery { attempt, next_at: now + next_in });
-        out.push(Action::Event(Event::SeedRecovery { attempt, next_in }));
+        out.emit(NodeOut::Event(Event::SeedRecovery { attempt, next_in }));
     }
 }

@@ -103,11 +103,11 @@ impl UptimeTracker {
 /// The seven factors of the node-side score and the `born_at` penalty, each in `[0, 1]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ScoreFactors {
-    /// [`UptimeTracker::uptime_ratio`].
+    /// Gap-aware online time over the time since the indexer joined the pool.
     pub uptime: f64,
     /// Own-id challenges answered correctly / challenges sent.
     pub challenge_accuracy: f64,
-    /// [`latency_score`] of the last matched round trip.
+    /// Latency score of the last matched round trip: `clamp(1 − rtt / max_rtt, 0, 1)`.
     pub latency: f64,
     /// `1 − fill_rate` of the last answer, clamped.
     pub fill: f64,

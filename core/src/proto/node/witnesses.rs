@@ -35,8 +35,8 @@ impl IndexerPool {
         for w in candidates {
             let req = self.next_request();
             self.track(req, w.id, RequestKind::Witness { indexer, born_at: r.born_at, fill_rate: r.fill_rate }, now);
-            out.push(Action::Learn(w.clone()));
-            out.push(Action::Send { to: w.id, message: WitnessQuery { req, indexer }.into() });
+            out.emit(NodeOut::Learn(w.clone()));
+            out.emit(NodeOut::Send { to: w.id, message: WitnessQuery { req, indexer }.into() });
         }
     }
 
