@@ -38,6 +38,15 @@
 //! carries, and a reply comes back in its request's variant: the router hands it to the machine
 //! that asked, so no machine reads another's request ids.
 //!
+//! ```text
+//! Envelope ─┬─ Link(LinkMessage)        Hello, HelloProof                        → link
+//!           ├─ Indexer(IndexerMessage)  requests (Heartbeat, Leave, Candidates,   → indexer
+//!           │                           Publish, GetRecord); replies and Refused  → node
+//!           ├─ Node(NodeMessage)        WitnessQuery, WitnessReport               → node
+//!           └─ Dht(DhtMessage)          requests (behind the indexer's gate);     → indexer → dht
+//!                                       replies and Refused                       → dht
+//! ```
+//!
 //! ## Adding a mechanism
 //!
 //! 1. a folder `proto/<name>/` with a module doc that explains the protocol and cites the seed;

@@ -23,8 +23,16 @@
 //! (3 min) after signing — an indexer that stops re-announcing disappears within minutes (the
 //! seed's 48 h default kept dead indexers discoverable for two days).
 //!
-//! The machine never blocks: it queues [`Action`]s ([`Dht::drain_actions`]) and finished queries
-//! ([`Dht::poll_done`]) for the [`Peer`](crate::proto::Peer) that routes them.
+//! The machine never blocks: it emits its [`DhtOut`]s — sends, learned addresses, events and
+//! finished queries ([`DhtDone`], which the router hands to whoever started them) — into the sink
+//! it is given.
+//!
+//! ## Files
+//!
+//! `mod.rs` the machine, timers and views · `kad.rs` the routing table and the iterative lookup ·
+//! `queries.rs` queries and their RPCs · `serve.rs` answering requests · `replication.rs` records
+//! offered by their owners, replication and provider announcements · `select.rs` choosing
+//! indexers among providers · `messages.rs` the RPCs.
 
 use crate::proto::action::Sink;
 use crate::proto::config::Config;

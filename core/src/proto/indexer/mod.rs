@@ -55,6 +55,14 @@
 //!
 //! Per-heartbeat work is `O(log n + k)` in the number of sessions `n`: witnesses are drawn from a
 //! vector of non-indexer sessions by index, DIDs and expiry deadlines are indexed. GC may scan.
+//!
+//! ## Files, one per flow
+//!
+//! `mod.rs` the service, timers and views · `gate.rs` the admission gate every request passes ·
+//! `admission.rs` burst guard, rate windows, strikes and bans · `responses.rs` heartbeats, probes
+//! and their responses · `sessions.rs` sessions and DID binding · `offload.rs` offload ·
+//! `candidates.rs` candidates and the cache of other indexers · `record_gate.rs` publishes, record
+//! gets and DHT requests, and the routing of this role's requests · `messages.rs` its messages.
 
 use crate::proto::action::Sink;
 use crate::proto::config::Config;

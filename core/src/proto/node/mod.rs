@@ -61,6 +61,15 @@
 //!
 //! Everything is driven by `now` arguments and a [`DetRng`]; timers are deadlines returned by
 //! [`IndexerPool::poll_timeout`].
+//!
+//! ## Files, one per flow
+//!
+//! `mod.rs` the pool, its inputs and views · `heartbeat.rs` sending heartbeats and probes, answers
+//! and failures · `rate.rs` rate-limit safety · `score.rs` the seven-factor score ·
+//! `challenges.rs` challenge batches · `witnesses.rs` witness queries and answers ·
+//! `eviction.rs` answer bookkeeping, rescoring and eviction · `consensus.rs` candidate consensus ·
+//! `recovery.rs` refilling and seed recovery · `discovery.rs` DHT provider discovery ·
+//! `lookup.rs` record lookups through the pool · `messages.rs` the node-to-node messages.
 
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
