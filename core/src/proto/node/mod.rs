@@ -702,6 +702,19 @@ impl IndexerPool {
     }
 }
 
+/// How many indexers a peer's pool holds, if it keeps one: a node keeps `max_indexers`; an indexer
+/// with seeds keeps a pool of other indexers twice that size (the seed's "strict indexer", C §3);
+/// an indexer without seeds keeps none.
+pub fn pool_size(config: &Config, node: bool, has_seeds: bool) -> Option<usize> {
+    if node {
+        Some(config.max_indexers)
+    } else if has_seeds {
+        Some(config.max_indexers * 2)
+    } else {
+        None
+    }
+}
+
 /// Allocates the next request id of the node role (never 0).
 fn next_request(next: &mut u64) -> RequestId {
     let r = RequestId(*next);

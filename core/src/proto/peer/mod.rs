@@ -113,16 +113,7 @@ impl Peer {
         let link = Connections::new(me, setup.network_key, &setup.config, rng.fork("connections"));
         let seeds: Vec<PeerAddr> = setup.seeds.into_iter().filter(|s| s.id != me).collect();
         let bootstrap = seeds.clone();
-        // A node keeps `max_indexers`; an indexer with seeds keeps a pool of other indexers twice
-        // that size (the seed's "strict indexer", C §3).
-        let pool = if setup.roles.node {
-            Some(setup.config.max_indexers)
-        } else if !seeds.is_empty() {
-            Some(setup.config.max_indexers * 2)
-        } else {
-            None
-        }
-        .map(|max_pool| {
+        let pool = node::pool_size(&setup.config, setup.roles.node, !seeds.is_empty()).map(|max_pool| {
             IndexerPool::new(
                 setup.config.clone(),
                 me,
