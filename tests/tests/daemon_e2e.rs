@@ -322,6 +322,66 @@ fn lookups_find_nodes_by_did_and_peer_id(runtime: &str) {
     );
 }
 
+/// Ctrl-C (SIGINT) to `ocd devnet` stops every daemon gracefully, prints the summary seen so far
+/// and exits 130 within seconds, leaving no daemon running.
+fn sigint_stops_devnet_and_every_daemon(runtime: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net_dir = dir.path().join("net");
+    let mut child = std::process::Command::new(ocd_tests::runtime_binary(runtime))
+        .args(["devnet", "--indexers", "2", "--nodes", "2", "--duration", "300s", "--json", "--dir"])
+        .arg(&net_dir)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn devnet");
+    // Wait until the watch loop runs (its first progress line), then interrupt.
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let mut seen = String::new();
+    while !seen.contains("nodes at min(") {
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("devnet never watched:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        assert!(started.elapsed() < Duration::from_secs(90), "devnet never watched:\n{seen}");
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let t0 = Instant::now();
+    let out = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "devnet still running 20 s after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(out.code(), Some(130), "exit status after SIGINT");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout).expect("read stdout");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("no summary ({e}): {stdout}"));
+    assert_eq!(json["interrupted"], true);
+    assert_eq!(json["converged"], false);
+    assert_eq!(json["peers"].as_array().map(Vec::len), Some(4), "{json:#}");
+    // No daemon of this devnet is left: none has its data directory on its command line.
+    let needle = net_dir.to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle) && !c.contains(" devnet "))
+        .collect();
+    assert!(left.is_empty(), "daemons left running: {left:?}");
+}
+
 macro_rules! e2e {
     ($module:ident, $runtime:literal) => {
         mod $module {
@@ -348,6 +408,10 @@ macro_rules! e2e {
             #[test]
             fn lookups_find_nodes_by_did_and_peer_id() {
                 super::lookups_find_nodes_by_did_and_peer_id($runtime);
+            }
+            #[test]
+            fn sigint_stops_devnet_and_every_daemon() {
+                super::sigint_stops_devnet_and_every_daemon($runtime);
             }
         }
     };

@@ -10,6 +10,8 @@ use super::status::{StatusReport, short};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// `devnet` flags.
@@ -69,6 +71,9 @@ pub enum DevnetError {
         /// Its log file.
         log: String,
     },
+    /// SIGINT or SIGTERM arrived while the daemons were starting (they were stopped).
+    #[error("interrupted while starting the daemons; every daemon was stopped")]
+    Interrupted,
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
@@ -130,6 +135,8 @@ pub struct DevnetSummary {
     pub nodes_below_min: usize,
     /// Seconds from starting the nodes until every node first reached its minimum.
     pub converged_after_secs: Option<f64>,
+    /// SIGINT or SIGTERM ended the run early (the summary is what was seen so far).
+    pub interrupted: bool,
     /// The chaos event, with `--chaos`.
     pub chaos: Option<ChaosSummary>,
     /// Where data and logs are (kept with `--keep` or on failure).
@@ -190,7 +197,11 @@ fn binary_for(runtime: &str, own_binary: &str, own_runtime: &str) -> Result<Path
     }
 }
 
-/// Runs the devnet and prints its summary. Exit code 0 iff it converged.
+/// Exit code of a run ended by SIGINT or SIGTERM (128 + SIGINT, as shells report Ctrl-C).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs the devnet and prints its summary. Exit code 0 iff it converged, 130 when SIGINT or
+/// SIGTERM ended it early (after stopping every daemon and printing the summary so far).
 pub fn main(args: DevnetArgs, own_binary: &str, own_runtime: &str) -> ExitCode {
     match run(&args, own_binary, own_runtime) {
         Ok(summary) => {
@@ -199,7 +210,17 @@ pub fn main(args: DevnetArgs, own_binary: &str, own_runtime: &str) -> ExitCode {
             } else {
                 print_summary(&summary);
             }
-            if summary.converged { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if summary.interrupted {
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else if summary.converged {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(DevnetError::Interrupted) => {
+            eprintln!("{own_binary} devnet: {}", DevnetError::Interrupted);
+            ExitCode::from(EXIT_INTERRUPTED)
         }
         Err(e) => {
             eprintln!("{own_binary} devnet: {e}");
@@ -234,6 +255,7 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         return Err(DevnetError::Usage(format!("--min-indexers {min} exceeds the {surviving} indexers that stay up")));
     }
     let max = args.indexers.clamp(min, 5.max(min));
+    let interrupted = watch_interrupts()?;
 
     let mut daemons: Vec<Daemon> = Vec::new();
     let mut nodes_started = Instant::now();
@@ -246,9 +268,14 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         ));
         for i in 0..args.indexers {
             let seeds: Vec<String> = daemons.iter().map(|d| d.address.clone()).collect();
-            let mut d = spawn(&exe, &dir, &key, &format!("indexer-{i}"), true, seeds, 1, max)?;
-            wait_up(&mut d, Duration::from_secs(20))?;
+            let d = spawn(&exe, &dir, &key, &format!("indexer-{i}"), true, seeds, 1, max)?;
             daemons.push(d);
+            if let Some(d) = daemons.last_mut() {
+                wait_up(d, Duration::from_secs(20))?;
+            }
+            if interrupted.load(Ordering::Relaxed) {
+                return Err(DevnetError::Interrupted);
+            }
         }
         let seeds: Vec<String> = daemons.iter().map(|d| d.address.clone()).collect();
         nodes_started = Instant::now();
@@ -257,6 +284,9 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         }
         for d in daemons.iter_mut().filter(|d| !d.indexer) {
             wait_up(d, Duration::from_secs(20))?;
+        }
+        if interrupted.load(Ordering::Relaxed) {
+            return Err(DevnetError::Interrupted);
         }
         Ok::<(), DevnetError>(())
     })();
@@ -314,6 +344,10 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         if elapsed >= args.duration || (args.until_converged && done) {
             break;
         }
+        if interrupted.load(Ordering::Relaxed) {
+            progress("interrupted: stopping every daemon and summarising what was seen so far");
+            break;
+        }
         let chaos_due = if args.until_converged {
             converged_after.map(|t| Duration::from_secs_f64(t) + Duration::from_secs(3))
         } else {
@@ -351,7 +385,8 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
             continue;
         }
         let tick = if args.until_converged { Duration::from_millis(250) } else { Duration::from_secs(1) };
-        std::thread::sleep(tick.min(args.duration.saturating_sub(elapsed)).max(Duration::from_millis(50)));
+        let nap = tick.min(args.duration.saturating_sub(elapsed)).max(Duration::from_millis(50));
+        sleep_unless(&interrupted, nap);
     }
 
     let peers: Vec<PeerSummary> = daemons
@@ -372,8 +407,11 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         .collect();
     let nodes_below_min = peers.iter().filter(|p| p.role == "node" && (!p.alive || p.live_pool < min)).count();
     let daemons_down = daemons.iter().zip(&last).filter(|(d, r)| !d.killed && r.is_none()).count();
-    let converged =
-        nodes_below_min == 0 && daemons_down == 0 && chaos.as_ref().is_none_or(|c| c.recovered_after_secs.is_some());
+    let interrupted = interrupted.load(Ordering::Relaxed);
+    let converged = !interrupted
+        && nodes_below_min == 0
+        && daemons_down == 0
+        && chaos.as_ref().is_none_or(|c| c.recovered_after_secs.is_some());
     progress("stopping every daemon (graceful shutdown)");
     stop_all(&mut daemons);
     let keep = args.keep || !converged || args.dir.is_some();
@@ -389,10 +427,36 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         converged,
         nodes_below_min,
         converged_after_secs: converged_after,
+        interrupted,
         chaos,
         dir: if keep { dir.display().to_string() } else { String::new() },
         peers,
     })
+}
+
+/// From now on SIGINT and SIGTERM set the returned flag instead of killing devnet, so it can stop
+/// its daemons and summarise; a second signal exits at once (status 130).
+fn watch_interrupts() -> Result<Arc<AtomicBool>, DevnetError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, i32::from(EXIT_INTERRUPTED), Arc::clone(&flag))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&flag)))
+            .map_err(io("installing signal handlers".to_string()))?;
+    }
+    Ok(flag)
+}
+
+/// Sleeps for `d`, waking early when `flag` is set.
+fn sleep_unless(flag: &AtomicBool, d: Duration) {
+    let until = Instant::now() + d;
+    while !flag.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
 }
 
 fn pool_has_live(r: &StatusReport, peer: &str) -> bool {
@@ -558,7 +622,13 @@ fn print_summary(s: &DevnetSummary) {
         s.indexers,
         s.nodes,
         s.duration_secs,
-        if s.converged { "CONVERGED" } else { "NOT CONVERGED" },
+        if s.interrupted {
+            "INTERRUPTED"
+        } else if s.converged {
+            "CONVERGED"
+        } else {
+            "NOT CONVERGED"
+        },
         s.nodes_below_min,
         s.min_indexers,
         s.converged_after_secs.map(|t| format!("; all nodes first at minimum after {t:.1}s")).unwrap_or_default()
