@@ -215,7 +215,26 @@ impl DaemonConfig {
             self.metrics = Some(v.trim().parse().map_err(|_| bad("OCD_METRICS", "not ip:port"))?);
         }
         if let Some(v) = get("OCD_LOG_JSON") {
-            self.log_json = matches!(v.trim(), "1" | "true" | "yes");
+            self.log_json = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad("OCD_LOG_JSON", "not a boolean (true/false, 1/0, yes/no, on/off)")),
+            };
+        }
+        // Name the variables when they, not the file, made the pool bounds inconsistent.
+        let (min, max) = (get("MIN_INDEXER"), get("MAX_INDEXER"));
+        if (min.is_some() || max.is_some()) && self.protocol.min_indexers > self.protocol.max_indexers {
+            let name = if min.is_some() { "MIN_INDEXER" } else { "MAX_INDEXER" };
+            return Err(bad(
+                name,
+                format!(
+                    "MIN_INDEXER ({}) must not exceed MAX_INDEXER ({})",
+                    self.protocol.min_indexers, self.protocol.max_indexers
+                ),
+            ));
+        }
+        if min.is_some() && self.protocol.min_indexers == 0 {
+            return Err(bad("MIN_INDEXER", "must be at least 1 (a node needs an indexer)"));
         }
         Ok(())
     }
@@ -334,6 +353,19 @@ mod tests {
         let mut c = DaemonConfig::default();
         let e = c.apply_env(env(&[("MIN_INDEXER", "many")])).unwrap_err();
         assert!(e.to_string().starts_with("MIN_INDEXER"), "{e}");
+        let mut c = DaemonConfig::default();
+        let e = c.apply_env(env(&[("MIN_INDEXER", "5"), ("MAX_INDEXER", "3")])).unwrap_err();
+        assert!(e.to_string().starts_with("MIN_INDEXER"), "names the variable, not the field: {e}");
+        assert!(e.to_string().contains("MAX_INDEXER (3)"), "{e}");
+        let mut c = DaemonConfig::default();
+        let e = c.apply_env(env(&[("MIN_INDEXER", "0")])).unwrap_err();
+        assert!(e.to_string().starts_with("MIN_INDEXER"), "{e}");
+        let mut c = DaemonConfig::default();
+        let e = c.apply_env(env(&[("OCD_LOG_JSON", "maybe")])).unwrap_err();
+        assert!(e.to_string().starts_with("OCD_LOG_JSON"), "{e}");
+        let mut c = DaemonConfig::default();
+        c.apply_env(env(&[("OCD_LOG_JSON", "Yes")])).unwrap();
+        assert!(c.log_json);
         let e = c.apply_env(env(&[("NODE_MODE", "native-indexer")])).unwrap_err();
         assert!(e.to_string().contains("removed"), "{e}");
         assert!(DaemonConfig::from_toml("bogus = 1").is_err());

@@ -106,6 +106,12 @@ pub async fn serve<T: Transport, R: Runtime>(
     let clock = Clock::start();
     let advertised = advertised_addrs(&transport.local_addr().addrs, &setup.config.advertise);
     tracing::info!(addrs = ?advertised, "advertising these addresses in our record");
+    if setup.roles.node && setup.seeds.is_empty() {
+        tracing::warn!(
+            "no seed indexers configured (`seeds`, INDEXER_ADDRESSES): this node cannot join the network until \
+             an indexer dials it"
+        );
+    }
     let peer = Peer::new(setup.peer_setup(advertised.clone())?, clock.now());
     let options = DriverOptions {
         runtime_name,
@@ -194,11 +200,16 @@ fn watch_signals(tx: mpsc::Sender<ControlRequest>) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Installs the `tracing` subscriber: `RUST_LOG` (default `info`), text or JSON lines, on stderr.
+/// Installs the `tracing` subscriber: `RUST_LOG` (default `info`), text or JSON lines, on stderr;
+/// colours only when stderr is a terminal (a log file gets plain text).
 pub fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 

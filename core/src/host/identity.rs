@@ -48,6 +48,22 @@ pub enum IdentityFileError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The data directory exists and is not a directory.
+    #[error("{path}: the data directory is a file, not a directory")]
+    DataDirNotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The network key file can be read by other users.
+    #[error(
+        "{path}: network key file mode {mode:o} lets other users read the private network's key; run `chmod 600 {path}`"
+    )]
+    InsecureNetworkKey {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The network key file is not a 32-byte key in a known format.
     #[error("{path}: not a network key (64 hex characters, or a libp2p PSK file with /base16/)")]
     BadNetworkKey {
@@ -120,6 +136,9 @@ pub fn os_random_u64() -> Result<u64, IdentityFileError> {
 
 /// Loads the identity from `data_dir`, creating the directory, the key and the DID on first start.
 pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityFileError> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(IdentityFileError::DataDirNotADirectory { path: data_dir.to_path_buf() });
+    }
     fs::create_dir_all(data_dir).map_err(io(data_dir))?;
     let key_path = data_dir.join(KEY_FILE);
     let (keypair, created_key) = match read_text(&key_path)? {
@@ -162,6 +181,14 @@ pub fn load_network_key(path: &Path) -> Result<[u8; 32], IdentityFileError> {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "network key file not found"),
     })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path).map_err(io(path))?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(IdentityFileError::InsecureNetworkKey { path: path.to_path_buf(), mode });
+        }
+    }
     let bad = || IdentityFileError::BadNetworkKey { path: path.to_path_buf() };
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     match lines.as_slice() {
@@ -234,7 +261,18 @@ mod tests {
     }
 
     #[test]
+    fn a_data_directory_that_is_a_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        fs::write(&file, "not a directory").unwrap();
+        let e = load_or_create(&file).unwrap_err();
+        assert!(matches!(e, IdentityFileError::DataDirNotADirectory { .. }), "{e}");
+        assert!(e.to_string().contains("is a file"), "{e}");
+    }
+
+    #[test]
     fn network_key_reads_hex_and_libp2p_psk_files() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let created = create_network_key(&dir.path().join("net.key")).unwrap();
         assert_eq!(load_network_key(&dir.path().join("net.key")).unwrap(), created);
@@ -243,6 +281,12 @@ mod tests {
         let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
         let psk = dir.path().join("psk.key");
         fs::write(&psk, format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n")).unwrap();
+        // Readable by others: refused, with the fix in the message.
+        fs::set_permissions(&psk, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_network_key(&psk).unwrap_err();
+        assert!(matches!(e, IdentityFileError::InsecureNetworkKey { mode: 0o644, .. }), "{e}");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        fs::set_permissions(&psk, fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(load_network_key(&psk).unwrap()[..4], [0x00, 0x11, 0x22, 0x33]);
 
         for bad in ["", "abcd", "/key/swarm/psk/1.0.0/\n/base64/\nAAAA"] {

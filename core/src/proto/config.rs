@@ -286,6 +286,9 @@ impl Config {
         if self.max_indexers == 0 {
             return bad("max_indexers", "must be at least 1");
         }
+        if self.min_indexers == 0 {
+            return bad("min_indexers", "must be at least 1 (a node needs an indexer)");
+        }
         if self.min_indexers > self.max_indexers {
             return bad("min_indexers", "must not exceed max_indexers");
         }
