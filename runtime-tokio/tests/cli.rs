@@ -76,3 +76,40 @@ fn lookup_refuses_a_malformed_key_before_asking() {
         assert!(!err.contains("no daemon is running"), "{bad}: refused before contacting a daemon: {err}");
     }
 }
+
+#[test]
+fn a_lost_did_file_stops_the_daemon_until_a_new_did_is_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = dir.path().join("network.key");
+    let keygen = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ocd"))
+            .args(["keygen", "--data-dir"])
+            .arg(&data)
+            .arg("--network-key")
+            .arg(&key)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(keygen(&[]).status.success());
+    let old = std::fs::read_to_string(data.join("did")).unwrap();
+    std::fs::remove_file(data.join("did")).unwrap();
+
+    let run = Command::new(env!("CARGO_BIN_EXE_ocd"))
+        .args(["run", "--listen", "127.0.0.1:0", "--network-key"])
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("keygen --new-did"), "{run:?}");
+    assert!(!data.join("did").exists(), "no DID was created silently");
+
+    let adopt = keygen(&["--new-did"]);
+    assert!(adopt.status.success(), "{adopt:?}");
+    let new = std::fs::read_to_string(data.join("did")).unwrap();
+    assert_ne!(new, old);
+    assert!(String::from_utf8_lossy(&adopt.stdout).contains("adopted"), "{adopt:?}");
+}

@@ -34,7 +34,7 @@ pub trait Launcher {
 
 /// `ocd` — peer-to-peer discovery daemon.
 #[derive(Debug, Parser)]
-#[command(version, about = "ocd: peer-to-peer discovery daemon (nodes, indexers, DHT, search)")]
+#[command(version, about = "ocd: peer-to-peer discovery daemon (nodes, indexers, DHT lookups)")]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -106,6 +106,11 @@ pub struct KeygenArgs {
     /// Also create a new network key file here (never overwritten).
     #[arg(long)]
     pub network_key: Option<PathBuf>,
+    /// Adopt a new DID for the existing key (after losing the `did` file, or to change it); the
+    /// replaced one is kept as `did.previous`. Indexers that bound the old DID to this key refuse
+    /// the new one until that binding expires.
+    #[arg(long)]
+    pub new_did: bool,
 }
 
 /// `status` flags.
@@ -225,6 +230,12 @@ pub fn main<L: Launcher>() -> ExitCode {
             }
         }
         Commands::Keygen(args) => {
+            if args.new_did && args.data_dir.join(identity::KEY_FILE).exists() {
+                match identity::adopt_new_did(&args.data_dir) {
+                    Ok(did) => println!("did      {did} (adopted; the previous one, if any, is in did.previous)"),
+                    Err(e) => return fail(L::BINARY, &e),
+                }
+            }
             let id = match identity::load_or_create(&args.data_dir) {
                 Ok(id) => id,
                 Err(e) => return fail(L::BINARY, &e),

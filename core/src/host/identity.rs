@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 pub const KEY_FILE: &str = "peer.key";
 /// File name of the DID inside the data directory.
 pub const DID_FILE: &str = "did";
+/// A DID replaced by `keygen --new-did`, kept beside the new one.
+pub const PREVIOUS_DID_FILE: &str = "did.previous";
 
 /// Errors reading or creating identity files. Each says which file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,18 @@ pub enum IdentityFileError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The key exists but its DID file is gone: creating a new DID silently would get the node
+    /// refused by every indexer that bound the old DID to this key.
+    #[error(
+        "{path}: missing next to the existing key {key}; restore it (indexers remember the DID bound to this key), \
+         or adopt a new DID explicitly with `keygen --new-did`"
+    )]
+    MissingDid {
+        /// The DID file that should be there.
+        path: PathBuf,
+        /// The key file that is.
+        key: PathBuf,
     },
     /// The data directory exists and is not a directory.
     #[error("{path}: the data directory is a file, not a directory")]
@@ -164,6 +178,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityFileError> {
     let did_path = data_dir.join(DID_FILE);
     let (did, created_did) = match read_text(&did_path)? {
         Some(text) => (Did::new(text.trim()).map_err(|_| IdentityFileError::CorruptDid { path: did_path })?, false),
+        None if !created_key => return Err(IdentityFileError::MissingDid { path: did_path, key: key_path }),
         None => {
             let did = Did::from_random(random()?);
             write_atomically(&did_path, format!("{did}\n").as_bytes(), 0o644)?;
@@ -171,6 +186,27 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityFileError> {
         }
     };
     Ok(Identity { keypair, did, created_key, created_did })
+}
+
+/// Adopts a new DID for the existing key in `data_dir` (`keygen --new-did`): the operator's explicit
+/// choice after losing the DID file, or to change it. A DID file already there is kept as
+/// `did.previous`. Indexers that bound the old DID to this key refuse the new one until that
+/// binding expires.
+pub fn adopt_new_did(data_dir: &Path) -> Result<Did, IdentityFileError> {
+    let key_path = data_dir.join(KEY_FILE);
+    if read_text(&key_path)?.is_none() {
+        return Err(IdentityFileError::Io {
+            path: key_path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no key to adopt a DID for; run `keygen` first"),
+        });
+    }
+    let did_path = data_dir.join(DID_FILE);
+    if let Some(old) = read_text(&did_path)? {
+        write_atomically(&data_dir.join(PREVIOUS_DID_FILE), old.as_bytes(), 0o644)?;
+    }
+    let did = Did::from_random(random()?);
+    write_atomically(&did_path, format!("{did}\n").as_bytes(), 0o644)?;
+    Ok(did)
 }
 
 /// Reads the private network's key (the seed's `PSK_PATH`): either 64 hex characters, or a
@@ -258,6 +294,27 @@ mod tests {
         let key = dir.path().join(KEY_FILE);
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(load_or_create(dir.path()), Err(IdentityFileError::InsecureKeyFile { mode: 0o644, .. })));
+    }
+
+    #[test]
+    fn a_lost_did_file_is_an_error_until_a_new_did_is_adopted_explicitly() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_create(dir.path()).unwrap();
+        fs::remove_file(dir.path().join(DID_FILE)).unwrap();
+        let e = load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(e, IdentityFileError::MissingDid { .. }), "{e}");
+        assert!(e.to_string().contains("keygen --new-did"), "{e}");
+        assert!(!dir.path().join(DID_FILE).exists(), "nothing was created silently");
+
+        let adopted = adopt_new_did(dir.path()).unwrap();
+        assert_ne!(adopted, first.did);
+        let again = load_or_create(dir.path()).unwrap();
+        assert_eq!((again.did, again.keypair.peer_id()), (adopted.clone(), first.keypair.peer_id()));
+        // Adopting once more keeps the replaced DID beside it.
+        let newer = adopt_new_did(dir.path()).unwrap();
+        assert_ne!(newer, adopted);
+        assert_eq!(fs::read_to_string(dir.path().join(PREVIOUS_DID_FILE)).unwrap().trim(), adopted.as_str());
+        assert!(adopt_new_did(tempfile::tempdir().unwrap().path()).is_err(), "no key, no DID");
     }
 
     #[test]
