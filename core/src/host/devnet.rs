@@ -257,10 +257,11 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
     let max = args.indexers.clamp(min, 5.max(min));
     let interrupted = watch_interrupts()?;
 
+    let mut view = View::new();
     let mut daemons: Vec<Daemon> = Vec::new();
     let mut nodes_started = Instant::now();
     let result = (|| {
-        progress(&format!(
+        view.note(&format!(
             "starting {} indexers and {} nodes ({runtime}) in {}",
             args.indexers,
             args.nodes,
@@ -295,6 +296,10 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         return Err(e);
     }
 
+    view.note(&format!(
+        "legend: nodes at min({min}) = nodes with at least {min} live indexers · node pools = live \
+         indexers of each node, in order · indexer sessions = nodes heartbeating each indexer"
+    ));
     let watch_start = Instant::now();
     let chaos_at = args.duration / 2;
     let mut chaos: Option<ChaosSummary> = None;
@@ -322,20 +327,20 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
             c.nodes_detected = c.nodes_affected - still;
             if still == 0 && c.detected_after_secs.is_none() {
                 c.detected_after_secs = Some(since);
-                progress(&format!(
+                view.note(&format!(
                     "chaos: all {} affected nodes detected the dead indexer after {since:.1}s",
                     c.nodes_affected
                 ));
             }
             if still == 0 && at_min == args.nodes && c.recovered_after_secs.is_none() {
                 c.recovered_after_secs = Some(since);
-                progress(&format!("chaos: every node is back at its minimum {since:.1}s after the kill"));
+                view.note(&format!("chaos: every node is back at its minimum {since:.1}s after the kill"));
             }
         }
         let line =
             format!("nodes at min({min}): {at_min}/{} · node pools {pools} · indexer sessions {sessions}", args.nodes);
-        if line != last_line || last_print.elapsed() >= Duration::from_secs(1) {
-            progress(&format!("[{:>4.0}s] {line}", elapsed.as_secs_f64()));
+        if view.tty || line != last_line || last_print.elapsed() >= Duration::from_secs(10) {
+            view.status(&format!("[{:>4.0}s] {line}", elapsed.as_secs_f64()));
             last_line = line;
             last_print = Instant::now();
         }
@@ -345,7 +350,7 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
             break;
         }
         if interrupted.load(Ordering::Relaxed) {
-            progress("interrupted: stopping every daemon and summarising what was seen so far");
+            view.note("interrupted: stopping every daemon and summarising what was seen so far");
             break;
         }
         let chaos_due = if args.until_converged {
@@ -368,7 +373,7 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
             let _ = d.child.kill(); // SIGKILL
             let _ = d.child.wait();
             d.killed = true;
-            progress(&format!(
+            view.note(&format!(
                 "chaos: SIGKILL {} ({}), live in {} node pools",
                 d.name,
                 short(&d.peer),
@@ -412,7 +417,7 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
         && nodes_below_min == 0
         && daemons_down == 0
         && chaos.as_ref().is_none_or(|c| c.recovered_after_secs.is_some());
-    progress("stopping every daemon (graceful shutdown)");
+    view.note("stopping every daemon (graceful shutdown)");
     stop_all(&mut daemons);
     let keep = args.keep || !converged || args.dir.is_some();
     if !keep {
@@ -484,8 +489,40 @@ fn tally(daemons: &[Daemon], last: &[Option<StatusReport>], min: usize) -> (usiz
     (at_min, pools, format!("[{}]", sessions.join(" ")))
 }
 
-fn progress(line: &str) {
-    eprintln!("{line}");
+/// The watch view on stderr. On a terminal the status line is redrawn in place and notes print
+/// above it; elsewhere (a log, a pipe) every line is a plain line, the status only when it changes
+/// or every 10 s.
+struct View {
+    tty: bool,
+    status_shown: bool,
+}
+
+impl View {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        View { tty: std::io::stderr().is_terminal(), status_shown: false }
+    }
+
+    /// A line that stays.
+    fn note(&mut self, line: &str) {
+        if self.status_shown {
+            eprint!("\r\x1b[2K");
+            self.status_shown = false;
+        }
+        eprintln!("{line}");
+    }
+
+    /// The current status: in place on a terminal.
+    fn status(&mut self, line: &str) {
+        if self.tty {
+            use std::io::Write;
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+            self.status_shown = true;
+        } else {
+            eprintln!("{line}");
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -601,6 +638,10 @@ fn print_summary(s: &DevnetSummary) {
             p.mean_score.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into())
         );
     }
+    println!(
+        "pool: live indexers in the peer's own pool (an indexer keeps one only of the indexers it was seeded \
+         with) · sessions: nodes heartbeating this indexer · score: mean score of the live pool entries"
+    );
     println!();
     if let Some(c) = &s.chaos {
         println!(
