@@ -231,212 +231,291 @@ pub fn main(args: DevnetArgs, own_binary: &str, own_runtime: &str) -> ExitCode {
 
 /// Runs the devnet: start, watch, (chaos), stop, summarise.
 pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<DevnetSummary, DevnetError> {
-    if args.indexers == 0 || args.nodes == 0 {
-        return Err(DevnetError::Usage("need at least one indexer and one node".into()));
+    let mut net = Devnet::prepare(args, own_binary, own_runtime)?;
+    if let Err(e) = net.start() {
+        stop_all(&mut net.daemons);
+        return Err(e);
     }
-    if args.chaos && args.indexers < 2 {
-        return Err(DevnetError::Usage("--chaos needs at least 2 indexers".into()));
-    }
-    let runtime = args.runtime.clone().unwrap_or_else(|| own_runtime.to_string());
-    let exe = binary_for(&runtime, own_binary, own_runtime)?;
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("ocd-devnet-{}", std::process::id())),
-    };
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
-        return Err(DevnetError::Usage(format!("{} is not empty; pick another --dir", dir.display())));
-    }
-    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    let key = dir.join("network.key");
-    identity::create_network_key(&key).map_err(|e| DevnetError::Usage(e.to_string()))?;
-    let surviving = args.indexers - usize::from(args.chaos);
-    let min = args.min_indexers.unwrap_or(surviving.min(3)).max(1);
-    if min > surviving {
-        return Err(DevnetError::Usage(format!("--min-indexers {min} exceeds the {surviving} indexers that stay up")));
-    }
-    let max = args.indexers.clamp(min, 5.max(min));
-    let interrupted = watch_interrupts()?;
+    let watched = net.watch();
+    Ok(net.finish(watched))
+}
 
-    let mut view = View::new();
-    let mut daemons: Vec<Daemon> = Vec::new();
-    let mut nodes_started = Instant::now();
-    let result = (|| {
-        view.note(&format!(
-            "starting {} indexers and {} nodes ({runtime}) in {}",
+/// One devnet run: its settings, its daemons and the view on stderr.
+struct Devnet<'a> {
+    args: &'a DevnetArgs,
+    runtime: String,
+    exe: PathBuf,
+    dir: PathBuf,
+    key: PathBuf,
+    /// Live indexers every node must reach.
+    min: usize,
+    /// Each node's pool bound.
+    max: usize,
+    interrupted: Arc<AtomicBool>,
+    view: View,
+    daemons: Vec<Daemon>,
+    nodes_started: Instant,
+}
+
+/// What the watch saw.
+struct Watched {
+    last: Vec<Option<StatusReport>>,
+    chaos: Option<ChaosSummary>,
+    converged_after: Option<f64>,
+    duration: Duration,
+}
+
+impl<'a> Devnet<'a> {
+    /// Checks the arguments, creates the directory and the network key, installs the signal
+    /// handlers.
+    fn prepare(args: &'a DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Self, DevnetError> {
+        if args.indexers == 0 || args.nodes == 0 {
+            return Err(DevnetError::Usage("need at least one indexer and one node".into()));
+        }
+        if args.chaos && args.indexers < 2 {
+            return Err(DevnetError::Usage("--chaos needs at least 2 indexers".into()));
+        }
+        let runtime = args.runtime.clone().unwrap_or_else(|| own_runtime.to_string());
+        let exe = binary_for(&runtime, own_binary, own_runtime)?;
+        let dir = match &args.dir {
+            Some(d) => d.clone(),
+            None => std::env::temp_dir().join(format!("ocd-devnet-{}", std::process::id())),
+        };
+        if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+            return Err(DevnetError::Usage(format!("{} is not empty; pick another --dir", dir.display())));
+        }
+        let surviving = args.indexers - usize::from(args.chaos);
+        let min = args.min_indexers.unwrap_or(surviving.min(3)).max(1);
+        if min > surviving {
+            return Err(DevnetError::Usage(format!(
+                "--min-indexers {min} exceeds the {surviving} indexers that stay up"
+            )));
+        }
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        let key = dir.join("network.key");
+        identity::create_network_key(&key).map_err(|e| DevnetError::Usage(e.to_string()))?;
+        Ok(Devnet {
+            args,
+            runtime,
+            exe,
+            dir,
+            key,
+            min,
+            max: args.indexers.clamp(min, 5.max(min)),
+            interrupted: watch_interrupts()?,
+            view: View::new(),
+            daemons: Vec::new(),
+            nodes_started: Instant::now(),
+        })
+    }
+
+    fn is_interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Starts the indexers one by one (each seeded with those before it), then the nodes.
+    fn start(&mut self) -> Result<(), DevnetError> {
+        let (args, max, min) = (self.args, self.max, self.min);
+        self.view.note(&format!(
+            "starting {} indexers and {} nodes ({}) in {}",
             args.indexers,
             args.nodes,
-            dir.display()
+            self.runtime,
+            self.dir.display()
         ));
         for i in 0..args.indexers {
-            let seeds: Vec<String> = daemons.iter().map(|d| d.address.clone()).collect();
-            let d = spawn(&exe, &dir, &key, &format!("indexer-{i}"), true, seeds, 1, max)?;
-            daemons.push(d);
-            if let Some(d) = daemons.last_mut() {
+            let seeds: Vec<String> = self.daemons.iter().map(|d| d.address.clone()).collect();
+            let d = spawn(&self.exe, &self.dir, &self.key, &format!("indexer-{i}"), true, seeds, 1, max)?;
+            self.daemons.push(d);
+            if let Some(d) = self.daemons.last_mut() {
                 wait_up(d, Duration::from_secs(20))?;
             }
-            if interrupted.load(Ordering::Relaxed) {
+            if self.is_interrupted() {
                 return Err(DevnetError::Interrupted);
             }
         }
-        let seeds: Vec<String> = daemons.iter().map(|d| d.address.clone()).collect();
-        nodes_started = Instant::now();
+        let seeds: Vec<String> = self.daemons.iter().map(|d| d.address.clone()).collect();
+        self.nodes_started = Instant::now();
         for j in 0..args.nodes {
-            daemons.push(spawn(&exe, &dir, &key, &format!("node-{j}"), false, seeds.clone(), min, max)?);
+            let d = spawn(&self.exe, &self.dir, &self.key, &format!("node-{j}"), false, seeds.clone(), min, max)?;
+            self.daemons.push(d);
         }
-        for d in daemons.iter_mut().filter(|d| !d.indexer) {
+        for d in self.daemons.iter_mut().filter(|d| !d.indexer) {
             wait_up(d, Duration::from_secs(20))?;
         }
-        if interrupted.load(Ordering::Relaxed) {
+        if self.is_interrupted() {
             return Err(DevnetError::Interrupted);
         }
-        Ok::<(), DevnetError>(())
-    })();
-    if let Err(e) = result {
-        stop_all(&mut daemons);
-        return Err(e);
+        Ok(())
     }
 
-    view.note(&format!(
-        "legend: nodes at min({min}) = nodes with at least {min} live indexers · node pools = live \
-         indexers of each node, in order · indexer sessions = nodes heartbeating each indexer"
-    ));
-    let watch_start = Instant::now();
-    let chaos_at = args.duration / 2;
-    let mut chaos: Option<ChaosSummary> = None;
-    let mut converged_after = None;
-    let mut chaos_had_it: Vec<String> = Vec::new();
-    let mut last_line = String::new();
-    let mut last_print = Instant::now();
-    let mut last: Vec<Option<StatusReport>>;
-    loop {
-        let elapsed = watch_start.elapsed();
-        last = daemons.iter().map(Daemon::status).collect();
-        let (at_min, pools, sessions) = tally(&daemons, &last, min);
-        if at_min == args.nodes && converged_after.is_none() {
-            converged_after = Some(nodes_started.elapsed().as_secs_f64());
-        }
-        if let Some(c) = chaos.as_mut() {
-            let since = elapsed.as_secs_f64() - c.at_secs;
-            let still = daemons
-                .iter()
-                .zip(&last)
-                .filter(|(d, r)| {
-                    chaos_had_it.contains(&d.name) && r.as_ref().is_some_and(|r| pool_has_live(r, &c.killed))
-                })
-                .count();
-            c.nodes_detected = c.nodes_affected - still;
-            if still == 0 && c.detected_after_secs.is_none() {
-                c.detected_after_secs = Some(since);
-                view.note(&format!(
-                    "chaos: all {} affected nodes detected the dead indexer after {since:.1}s",
-                    c.nodes_affected
-                ));
+    /// Watches until the duration is over, the network converged (`--until-converged`) or a signal
+    /// came; kills the victim indexer when chaos is due.
+    fn watch(&mut self) -> Watched {
+        let (args, min) = (self.args, self.min);
+        self.view.note(&format!(
+            "legend: nodes at min({min}) = nodes with at least {min} live indexers · node pools = live \
+             indexers of each node, in order · indexer sessions = nodes heartbeating each indexer"
+        ));
+        let start = Instant::now();
+        let mut chaos: Option<(ChaosSummary, Vec<String>)> = None;
+        let mut converged_after = None;
+        let mut last_line = String::new();
+        let mut last_print = Instant::now();
+        loop {
+            let elapsed = start.elapsed();
+            let last: Vec<Option<StatusReport>> = self.daemons.iter().map(Daemon::status).collect();
+            let (at_min, pools, sessions) = tally(&self.daemons, &last, min);
+            if at_min == args.nodes && converged_after.is_none() {
+                converged_after = Some(self.nodes_started.elapsed().as_secs_f64());
             }
-            if still == 0 && at_min == args.nodes && c.recovered_after_secs.is_none() {
-                c.recovered_after_secs = Some(since);
-                view.note(&format!("chaos: every node is back at its minimum {since:.1}s after the kill"));
+            if let Some((c, had_it)) = chaos.as_mut() {
+                self.follow_chaos(c, had_it, &last, elapsed, at_min == args.nodes);
             }
+            let line = format!(
+                "nodes at min({min}): {at_min}/{} · node pools {pools} · indexer sessions {sessions}",
+                args.nodes
+            );
+            if self.view.tty || line != last_line || last_print.elapsed() >= Duration::from_secs(10) {
+                self.view.status(&format!("[{:>4.0}s] {line}", elapsed.as_secs_f64()));
+                last_line = line;
+                last_print = Instant::now();
+            }
+            let recovered = chaos.as_ref().is_some_and(|(c, _)| c.recovered_after_secs.is_some());
+            let done = at_min == args.nodes && (!args.chaos || recovered);
+            let stop = elapsed >= args.duration || (args.until_converged && done);
+            if stop || self.is_interrupted() {
+                if !stop {
+                    self.view.note("interrupted: stopping every daemon and summarising what was seen so far");
+                }
+                let chaos = chaos.map(|(c, _)| c);
+                return Watched { last, chaos, converged_after, duration: start.elapsed() };
+            }
+            let chaos_due = if args.until_converged {
+                converged_after.map(|t| Duration::from_secs_f64(t) + Duration::from_secs(3))
+            } else {
+                Some(args.duration / 2)
+            };
+            if args.chaos && chaos.is_none() && chaos_due.is_some_and(|due| elapsed >= due) {
+                chaos = Some(self.kill_victim(&last, elapsed));
+                continue;
+            }
+            let tick = if args.until_converged { Duration::from_millis(250) } else { Duration::from_secs(1) };
+            let nap = tick.min(args.duration.saturating_sub(elapsed)).max(Duration::from_millis(50));
+            sleep_unless(&self.interrupted, nap);
         }
-        let line =
-            format!("nodes at min({min}): {at_min}/{} · node pools {pools} · indexer sessions {sessions}", args.nodes);
-        if view.tty || line != last_line || last_print.elapsed() >= Duration::from_secs(10) {
-            view.status(&format!("[{:>4.0}s] {line}", elapsed.as_secs_f64()));
-            last_line = line;
-            last_print = Instant::now();
-        }
-        let done =
-            at_min == args.nodes && (!args.chaos || chaos.as_ref().is_some_and(|c| c.recovered_after_secs.is_some()));
-        if elapsed >= args.duration || (args.until_converged && done) {
-            break;
-        }
-        if interrupted.load(Ordering::Relaxed) {
-            view.note("interrupted: stopping every daemon and summarising what was seen so far");
-            break;
-        }
-        let chaos_due = if args.until_converged {
-            converged_after.map(|t| Duration::from_secs_f64(t) + Duration::from_secs(3))
-        } else {
-            Some(chaos_at)
+    }
+
+    /// SIGKILLs the indexer most nodes have live, to make the point; returns the chaos record and
+    /// the nodes that had it.
+    fn kill_victim(&mut self, last: &[Option<StatusReport>], elapsed: Duration) -> (ChaosSummary, Vec<String>) {
+        let daemons = &self.daemons;
+        let victim = (0..self.args.indexers)
+            .max_by_key(|&i| last.iter().flatten().filter(|r| pool_has_live(r, &daemons[i].peer)).count())
+            .unwrap_or(0);
+        let had_it: Vec<String> = daemons
+            .iter()
+            .zip(last)
+            .filter(|(d, r)| !d.indexer && r.as_ref().is_some_and(|r| pool_has_live(r, &daemons[victim].peer)))
+            .map(|(d, _)| d.name.clone())
+            .collect();
+        let d = &mut self.daemons[victim];
+        let _ = d.child.kill(); // SIGKILL
+        let _ = d.child.wait();
+        d.killed = true;
+        let (name, peer) = (d.name.clone(), d.peer.clone());
+        self.view.note(&format!("chaos: SIGKILL {name} ({}), live in {} node pools", short(&peer), had_it.len()));
+        let chaos = ChaosSummary {
+            killed: peer,
+            at_secs: elapsed.as_secs_f64(),
+            nodes_affected: had_it.len(),
+            nodes_detected: 0,
+            detected_after_secs: None,
+            recovered_after_secs: None,
         };
-        if args.chaos && chaos.is_none() && chaos_due.is_some_and(|due| elapsed >= due) {
-            // The victim: the indexer most nodes have live, to make the point.
-            let victim = (0..args.indexers)
-                .max_by_key(|&i| last.iter().flatten().filter(|r| pool_has_live(r, &daemons[i].peer)).count())
-                .unwrap_or(0);
-            chaos_had_it = daemons
-                .iter()
-                .zip(&last)
-                .filter(|(d, r)| !d.indexer && r.as_ref().is_some_and(|r| pool_has_live(r, &daemons[victim].peer)))
-                .map(|(d, _)| d.name.clone())
-                .collect();
-            let d = &mut daemons[victim];
-            let _ = d.child.kill(); // SIGKILL
-            let _ = d.child.wait();
-            d.killed = true;
-            view.note(&format!(
-                "chaos: SIGKILL {} ({}), live in {} node pools",
-                d.name,
-                short(&d.peer),
-                chaos_had_it.len()
-            ));
-            chaos = Some(ChaosSummary {
-                killed: d.peer.clone(),
-                at_secs: elapsed.as_secs_f64(),
-                nodes_affected: chaos_had_it.len(),
-                nodes_detected: 0,
-                detected_after_secs: None,
-                recovered_after_secs: None,
-            });
-            continue;
-        }
-        let tick = if args.until_converged { Duration::from_millis(250) } else { Duration::from_secs(1) };
-        let nap = tick.min(args.duration.saturating_sub(elapsed)).max(Duration::from_millis(50));
-        sleep_unless(&interrupted, nap);
+        (chaos, had_it)
     }
 
-    let peers: Vec<PeerSummary> = daemons
-        .iter()
-        .zip(&last)
-        .map(|(d, r)| PeerSummary {
-            name: d.name.clone(),
-            peer: d.peer.clone(),
-            role: if d.indexer { "indexer" } else { "node" }.into(),
-            alive: r.is_some(),
-            live_pool: r.as_ref().and_then(|r| r.pool.as_ref()).map(|p| p.live).unwrap_or(0),
-            sessions: r.as_ref().and_then(|r| r.indexer.as_ref()).map(|i| i.sessions).unwrap_or(0),
-            mean_score: r.as_ref().and_then(|r| r.pool.as_ref()).and_then(|p| {
-                let live: Vec<f64> = p.entries.iter().filter(|e| e.state == "live").map(|e| e.score).collect();
-                (!live.is_empty()).then(|| live.iter().sum::<f64>() / live.len() as f64)
-            }),
-        })
-        .collect();
-    let nodes_below_min = peers.iter().filter(|p| p.role == "node" && (!p.alive || p.live_pool < min)).count();
-    let daemons_down = daemons.iter().zip(&last).filter(|(d, r)| !d.killed && r.is_none()).count();
-    let interrupted = interrupted.load(Ordering::Relaxed);
-    let converged = !interrupted
-        && nodes_below_min == 0
-        && daemons_down == 0
-        && chaos.as_ref().is_none_or(|c| c.recovered_after_secs.is_some());
-    view.note("stopping every daemon (graceful shutdown)");
-    stop_all(&mut daemons);
-    let keep = args.keep || !converged || args.dir.is_some();
-    if !keep {
-        let _ = std::fs::remove_dir_all(&dir);
+    /// Updates the chaos record: how many affected nodes stopped counting the victim live, and
+    /// when they all did and were all back at their minimum.
+    fn follow_chaos(
+        &mut self,
+        c: &mut ChaosSummary,
+        had_it: &[String],
+        last: &[Option<StatusReport>],
+        elapsed: Duration,
+        all_at_min: bool,
+    ) {
+        let since = elapsed.as_secs_f64() - c.at_secs;
+        let still = self
+            .daemons
+            .iter()
+            .zip(last)
+            .filter(|(d, r)| had_it.contains(&d.name) && r.as_ref().is_some_and(|r| pool_has_live(r, &c.killed)))
+            .count();
+        c.nodes_detected = c.nodes_affected - still;
+        if still == 0 && c.detected_after_secs.is_none() {
+            c.detected_after_secs = Some(since);
+            self.view.note(&format!(
+                "chaos: all {} affected nodes detected the dead indexer after {since:.1}s",
+                c.nodes_affected
+            ));
+        }
+        if still == 0 && all_at_min && c.recovered_after_secs.is_none() {
+            c.recovered_after_secs = Some(since);
+            self.view.note(&format!("chaos: every node is back at its minimum {since:.1}s after the kill"));
+        }
     }
-    Ok(DevnetSummary {
-        runtime,
-        indexers: args.indexers,
-        nodes: args.nodes,
-        duration_secs: watch_start.elapsed().as_secs_f64(),
-        min_indexers: min,
-        converged,
-        nodes_below_min,
-        converged_after_secs: converged_after,
-        interrupted,
-        chaos,
-        dir: if keep { dir.display().to_string() } else { String::new() },
-        peers,
-    })
+
+    /// Stops every daemon and builds the summary (removing the directory of a converged run unless
+    /// asked to keep it).
+    fn finish(mut self, w: Watched) -> DevnetSummary {
+        let (args, min) = (self.args, self.min);
+        let peers: Vec<PeerSummary> = self.daemons.iter().zip(&w.last).map(|(d, r)| peer_summary(d, r)).collect();
+        let nodes_below_min = peers.iter().filter(|p| p.role == "node" && (!p.alive || p.live_pool < min)).count();
+        let daemons_down = self.daemons.iter().zip(&w.last).filter(|(d, r)| !d.killed && r.is_none()).count();
+        let interrupted = self.is_interrupted();
+        let converged = !interrupted
+            && nodes_below_min == 0
+            && daemons_down == 0
+            && w.chaos.as_ref().is_none_or(|c| c.recovered_after_secs.is_some());
+        self.view.note("stopping every daemon (graceful shutdown)");
+        stop_all(&mut self.daemons);
+        let keep = args.keep || !converged || args.dir.is_some();
+        if !keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        DevnetSummary {
+            runtime: self.runtime,
+            indexers: args.indexers,
+            nodes: args.nodes,
+            duration_secs: w.duration.as_secs_f64(),
+            min_indexers: min,
+            converged,
+            nodes_below_min,
+            converged_after_secs: w.converged_after,
+            interrupted,
+            chaos: w.chaos,
+            dir: if keep { self.dir.display().to_string() } else { String::new() },
+            peers,
+        }
+    }
+}
+
+/// One daemon's line of the summary, from its last status.
+fn peer_summary(d: &Daemon, r: &Option<StatusReport>) -> PeerSummary {
+    PeerSummary {
+        name: d.name.clone(),
+        peer: d.peer.clone(),
+        role: if d.indexer { "indexer" } else { "node" }.into(),
+        alive: r.is_some(),
+        live_pool: r.as_ref().and_then(|r| r.pool.as_ref()).map(|p| p.live).unwrap_or(0),
+        sessions: r.as_ref().and_then(|r| r.indexer.as_ref()).map(|i| i.sessions).unwrap_or(0),
+        mean_score: r.as_ref().and_then(|r| r.pool.as_ref()).and_then(|p| {
+            let live: Vec<f64> = p.entries.iter().filter(|e| e.state == "live").map(|e| e.score).collect();
+            (!live.is_empty()).then(|| live.iter().sum::<f64>() / live.len() as f64)
+        }),
+    }
 }
 
 /// From now on SIGINT and SIGTERM set the returned flag instead of killing devnet, so it can stop
