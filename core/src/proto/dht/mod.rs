@@ -373,11 +373,7 @@ impl Dht {
         if self.next_table_refresh.is_some_and(|t| t <= now) {
             self.next_table_refresh = Some(now + TABLE_REFRESH);
             if !self.table.is_empty() {
-                let qid = self.alloc_query();
-                let target = Key::from(self.me);
-                let deadline = self.config.lookup_timeout;
-                self.start(qid, Goal::Refresh, Purpose::Internal, target, &[], deadline, now, out);
-                self.advance(qid, now, out);
+                self.maintain(Goal::Refresh, Key::from(self.me), now, out);
             }
         }
         if now >= self.next_gc {

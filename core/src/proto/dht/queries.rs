@@ -30,6 +30,17 @@ impl Dht {
         qid
     }
 
+    /// Starts an internal maintenance query (a claim check, replication, a provider announcement,
+    /// a table refresh) towards `target`, bounded by `lookup_timeout`. Returns whether it started
+    /// (at most `kad_max_queries` run at once).
+    pub(super) fn maintain(&mut self, goal: Goal, target: Key, now: Timestamp, out: &mut Vec<Action>) -> bool {
+        let qid = self.alloc_query();
+        let deadline = self.config.lookup_timeout;
+        let started = self.start(qid, goal, Purpose::Internal, target, &[], deadline, now, out);
+        self.advance(qid, now, out);
+        started.is_some()
+    }
+
     /// Finds providers of the indexer rendezvous key ([`DhtDone::Providers`]), stopping once
     /// `want` distinct providers are known or the lookup converges.
     pub fn find_providers(

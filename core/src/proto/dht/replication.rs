@@ -34,23 +34,8 @@ impl Dht {
             }
             let key = RecordKey::Did(record.body.did.clone());
             self.claims.insert(from, record.clone());
-            let qid = self.alloc_query();
-            let deadline = self.config.lookup_timeout;
-            let started = self.start(
-                qid,
-                Goal::Claim { record, publisher: from },
-                Purpose::Internal,
-                key.kad_key(),
-                &[],
-                deadline,
-                now,
-                out,
-            );
-            self.advance(qid, now, out);
-            return match started {
-                Some(_) => Offer::Checking,
-                None => Offer::Refused(StoreError::Stale),
-            };
+            let started = self.maintain(Goal::Claim { record, publisher: from }, key.kad_key(), now, out);
+            return if started { Offer::Checking } else { Offer::Refused(StoreError::Stale) };
         }
         self.commit(from, record, now, out)
     }
@@ -76,20 +61,8 @@ impl Dht {
         if !self.server || self.table.is_empty() {
             return;
         }
-        let deadline = self.config.lookup_timeout;
         for key in [RecordKey::Peer(record.body.peer_id), RecordKey::Did(record.body.did.clone())] {
-            let qid = self.alloc_query();
-            self.start(
-                qid,
-                Goal::Replicate { record: record.clone() },
-                Purpose::Internal,
-                key.kad_key(),
-                &[],
-                deadline,
-                now,
-                out,
-            );
-            self.advance(qid, now, out);
+            self.maintain(Goal::Replicate { record: record.clone() }, key.kad_key(), now, out);
         }
     }
 
@@ -109,9 +82,6 @@ impl Dht {
         if self.table.is_empty() {
             return;
         }
-        let qid = self.alloc_query();
-        let deadline = self.config.lookup_timeout;
-        self.start(qid, Goal::Provide { record }, Purpose::Internal, indexer_rendezvous(), &[], deadline, now, out);
-        self.advance(qid, now, out);
+        self.maintain(Goal::Provide { record }, indexer_rendezvous(), now, out);
     }
 }
