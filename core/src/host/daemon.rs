@@ -81,6 +81,8 @@ impl DaemonSetup {
             seeds: self.seeds.clone(),
             rng_seed,
             addrs,
+            // The search mesh's clock: any instant will do, only differences are used.
+            clock_anchor: Some(std::time::Instant::now()),
         })
     }
 }

@@ -8,6 +8,7 @@ use super::dht::{DhtDone, DhtOut};
 use super::identity::{PeerAddr, PeerId};
 use super::indexer::IndexerOut;
 use super::node::NodeOut;
+use super::search::SearchOut;
 use super::wire::Envelope;
 use super::{CloseReason, Event};
 
@@ -46,6 +47,16 @@ pub enum Action {
         peer: PeerId,
         /// The fill rate it reported, if the answer carried one.
         fill_rate: Option<f64>,
+    },
+    /// A peer sent a forged search hit: the indexer role strikes it.
+    Strike {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// An indexer of this node's pool relayed a forged search hit: the pool drops it.
+    Distrust {
+        /// The indexer.
+        indexer: PeerId,
     },
 }
 
@@ -103,6 +114,18 @@ impl From<DhtOut> for Action {
             DhtOut::Learn(a) => Action::Learn(a),
             DhtOut::Event(e) => Action::Event(e),
             DhtOut::QueryDone(d) => Action::QueryDone(d),
+        }
+    }
+}
+
+impl From<SearchOut> for Action {
+    fn from(o: SearchOut) -> Self {
+        match o {
+            SearchOut::Send { to, message } => Action::Send { to, message },
+            SearchOut::Learn(a) => Action::Learn(a),
+            SearchOut::Event(e) => Action::Event(e),
+            SearchOut::Strike { peer } => Action::Strike { peer },
+            SearchOut::Distrust { indexer } => Action::Distrust { indexer },
         }
     }
 }

@@ -144,6 +144,13 @@ pub struct Config {
     /// With no distributed-search result for this long a search ends (A §1: `SearchTimeout`, 5 s).
     #[serde(with = "humantime_serde")]
     pub search_timeout: Duration,
+    /// Most hits one search returns (ocd; the seed had no cap, C §15.3).
+    pub search_max_results: usize,
+    /// Most records in one batch of hits, from a responder or to the node (ocd).
+    pub search_max_batch: usize,
+    /// New mesh queries an indexer accepts per emitter per minute; more are dropped before they
+    /// are forwarded (ocd; the seed had no topic validator, C §15.6).
+    pub search_mesh_max_per_minute: usize,
 
     // ---- records and the DHT ---------------------------------------------------------------
     /// Lifetime of a node's signed record; it is re-signed when half of it is left (the seed
@@ -255,6 +262,9 @@ impl Default for Config {
             offload_grace: Duration::from_secs(180),
             indexer_cache_max: 10,
             search_timeout: Duration::from_secs(5),
+            search_max_results: 100,
+            search_max_batch: 32,
+            search_mesh_max_per_minute: 600,
             record_ttl: Duration::from_secs(300),
             kad_k: 20,
             kad_alpha: 3,
@@ -285,6 +295,9 @@ impl Config {
         }
         if self.max_indexers == 0 {
             return bad("max_indexers", "must be at least 1");
+        }
+        if self.search_max_results == 0 || self.search_max_batch == 0 {
+            return bad("search_max_results", "search_max_results and search_max_batch must be at least 1");
         }
         if self.min_indexers == 0 {
             return bad("min_indexers", "must be at least 1 (a node needs an indexer)");

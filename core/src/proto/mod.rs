@@ -23,6 +23,8 @@
 //!               candidates, the record gate
 //!   dht/        Kademlia: routing table and iterative lookups (kad), queries, record and
 //!               provider stores, replication
+//!   search/     distributed peer search: the node's searches, the emitter and responder, the
+//!               indexers' search mesh (iroh-gossip's HyParView + PlumTree)
 //!   record.rs   signed peer and provider records, the record store, this peer's own record
 //!   identity.rs, time.rs, rng.rs, config.rs   shared basics
 //! ```
@@ -43,8 +45,10 @@
 //!           ├─ Indexer(IndexerMessage)  requests (Heartbeat, Leave, Candidates,   → indexer
 //!           │                           Publish, GetRecord); replies and Refused  → node
 //!           ├─ Node(NodeMessage)        WitnessQuery, WitnessReport               → node
-//!           └─ Dht(DhtMessage)          requests (behind the indexer's gate);     → indexer → dht
-//!                                       replies and Refused                       → dht
+//!           ├─ Dht(DhtMessage)          requests (behind the indexer's gate);     → indexer → dht
+//!           │                           replies and Refused                       → dht
+//!           └─ Search(SearchMessage)    Request, Cancel (behind the gate);        → indexer → search
+//!                                       everything else                           → search
 //! ```
 //!
 //! ## Adding a mechanism
@@ -84,6 +88,7 @@ mod node;
 mod peer;
 mod record;
 mod rng;
+mod search;
 mod time;
 pub mod wire;
 
@@ -102,6 +107,7 @@ pub use node::{EntryState, PoolEntryView, ScoreFactors};
 pub use peer::{DhtView, IndexerView, LinkView, Peer, PeerSetup, PoolView, Roles};
 pub use record::{MAX_ADDRS, MAX_NAME_LEN, PeerRecord, ProviderRecord, RecordBody, RecordError, RecordKey};
 pub use rng::DetRng;
+pub use search::{MeshStats, QueryError, Referenced, SearchEnd, SearchQuery};
 pub use time::Timestamp;
 pub use wire::{Envelope, RefuseReason, RequestId, StoreRefusal, WireError};
 
@@ -153,6 +159,21 @@ pub enum Command {
         id: u64,
         /// What to find.
         key: RecordKey,
+    },
+    /// Search the federation for peers (DESIGN §7); hits come as [`Event::SearchHit`] and the end
+    /// as [`Event::SearchDone`], with the same id. A newer search of the same `user` cancels this one.
+    Search {
+        /// Chosen by the caller, echoed in the events.
+        id: u64,
+        /// Whose search (one active search per user).
+        user: String,
+        /// What to find.
+        query: SearchQuery,
+    },
+    /// Cancels `user`'s search, if any ([`Event::SearchDone`] with [`SearchEnd::Cancelled`]).
+    CancelSearch {
+        /// Whose search.
+        user: String,
     },
 }
 
@@ -231,6 +252,8 @@ pub enum EvictReason {
     Migrated,
     /// Made room for a seed that came back.
     MadeRoomForSeed,
+    /// It relayed a forged or altered search hit.
+    ForgedHits,
 }
 
 /// How an indexer entered a node's pool.
@@ -266,6 +289,8 @@ pub enum RequestKind {
     Indexer,
     /// A DHT RPC.
     Dht,
+    /// A search.
+    Search,
 }
 
 /// Events for the application, logs, metrics and the simulator's report.
@@ -400,6 +425,46 @@ pub enum Event {
         did: Did,
         /// Who handed it over (the owner itself, or a replicating indexer).
         from: PeerId,
+    },
+    // ---- search ----
+    /// A verified, new hit of search `id`.
+    SearchHit {
+        /// The command's id.
+        id: u64,
+        /// The hit: a record verified by this node and matching the query.
+        record: PeerRecord,
+        /// The indexer that relayed it.
+        from: PeerId,
+    },
+    /// Search `id` ended.
+    SearchDone {
+        /// The command's id.
+        id: u64,
+        /// Distinct hits delivered.
+        hits: u32,
+        /// Why it ended.
+        end: SearchEnd,
+    },
+    /// This indexer started emitting a node's search.
+    SearchEmitted {
+        /// The node.
+        node: PeerId,
+        /// Hits from this indexer's own referenced records.
+        local_hits: u32,
+    },
+    /// A forged, altered or unrelated search hit was dropped (its sender is struck or distrusted).
+    ForgedHitDropped {
+        /// Who sent it.
+        from: PeerId,
+        /// The record's claimed owner.
+        owner: PeerId,
+    },
+    /// A search-mesh neighbour came up or went down.
+    MeshNeighbour {
+        /// The neighbour.
+        peer: PeerId,
+        /// Up or down.
+        up: bool,
     },
     /// An indexer refused a record.
     RecordRejected {

@@ -14,13 +14,15 @@ pub(crate) enum Req {
     Indexer(RequestId),
     /// A DHT request.
     Dht(RequestId),
+    /// A search request.
+    Search(RequestId),
 }
 
 impl Req {
     /// The request id.
     pub(crate) fn id(self) -> RequestId {
         match self {
-            Req::Heartbeat(r) | Req::Indexer(r) | Req::Dht(r) => r,
+            Req::Heartbeat(r) | Req::Indexer(r) | Req::Dht(r) | Req::Search(r) => r,
         }
     }
 
@@ -30,6 +32,7 @@ impl Req {
             Req::Heartbeat(_) => RequestKind::Heartbeat,
             Req::Indexer(_) => RequestKind::Indexer,
             Req::Dht(_) => RequestKind::Dht,
+            Req::Search(_) => RequestKind::Search,
         }
     }
 
@@ -38,6 +41,7 @@ impl Req {
         match self {
             Req::Heartbeat(_) | Req::Indexer(_) => IndexerMessage::Refused(refused).into(),
             Req::Dht(_) => DhtMessage::Refused(refused).into(),
+            Req::Search(_) => SearchMessage::Refused(refused).into(),
         }
     }
 }

@@ -75,7 +75,7 @@ use crate::proto::wire::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse, Publish,
     Published, RefuseReason, Refused, RequestId, StoreRefusal,
 };
-use crate::proto::wire::{DhtMessage, Envelope, IndexerMessage};
+use crate::proto::wire::{DhtMessage, Envelope, IndexerMessage, SearchMessage};
 use crate::proto::{Action, CloseReason, Event, RequestKind, SessionEnd};
 use admission::{AdmissionError, BehaviourTable, BurstGuard, RateKind, Strike};
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,7 +95,7 @@ mod tests;
 use gate::Req;
 use offload::Offload;
 use record_gate::RecordTaken;
-pub use record_gate::{DidCheck, RecordDesk, on_dht_request, on_request};
+pub use record_gate::{DidCheck, RecordDesk, admit_search, on_dht_request, on_request};
 
 /// Most challenges answered per heartbeat; a node sends its own id plus at most two others
 /// (A §6.5). A defensive bound that keeps the reply far below the frame limit.
@@ -300,6 +300,11 @@ impl IndexerService {
     /// One session.
     pub fn session(&self, peer: &PeerId) -> Option<SessionView<'_>> {
         self.sessions.get_key_value(peer).map(|(p, s)| self.view(p, s))
+    }
+
+    /// The nodes that chose this indexer as their search referent.
+    pub(crate) fn referent_ids(&self) -> impl Iterator<Item = &PeerId> + '_ {
+        self.referents.iter()
     }
 
     /// Sessions whose node chose this indexer as its search referent.

@@ -241,6 +241,27 @@ pub fn on_dht_request(
     }
 }
 
+/// The gate in front of a node's search request (DESIGN §7): the "is this peer known" check and
+/// the get window, like a record get (the seed checked neither rate nor behaviour, C §15.3). A
+/// cancellation passes for any known peer. A peer without the indexer role refuses `NotServed`.
+pub fn admit_search(
+    indexer: Option<&mut IndexerService>,
+    from: PeerId,
+    m: &SearchMessage,
+    known_record: bool,
+    now: Timestamp,
+    out: &mut Vec<Action>,
+) -> bool {
+    let SearchMessage::Request(r) = m else {
+        return indexer.is_some_and(|ix| ix.is_known(&from, known_record));
+    };
+    let Some(ix) = indexer else {
+        not_served(from, Req::Search(r.req), out);
+        return false;
+    };
+    ix.admit_get(from, Req::Search(r.req), known_record, now, out)
+}
+
 /// Refuses a request this peer does not serve (it is not an indexer).
 fn not_served(to: PeerId, req: Req, out: &mut Vec<Action>) {
     let refused = Refused { req: req.id(), reason: RefuseReason::NotServed, suggestions: Vec::new() };

@@ -42,6 +42,13 @@ impl IndexerPool {
         None
     }
 
+    /// `indexer` relayed a forged search hit (proof it lies): it leaves the pool, with a cooldown.
+    pub fn distrust(&mut self, indexer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        if self.entries.contains_key(&indexer) {
+            self.evict(indexer, EvictReason::ForgedHits, now, out);
+        }
+    }
+
     /// Removes `peer` from the pool. Only this entry is touched (B4).
     pub(super) fn evict(&mut self, peer: PeerId, reason: EvictReason, now: Timestamp, out: &mut Vec<Action>) {
         let Some(e) = self.entries.remove(&peer) else {
@@ -62,6 +69,7 @@ impl IndexerPool {
                 | EvictReason::FailedChallenges
                 | EvictReason::InconsistentFill
                 | EvictReason::WitnessesDisagree
+                | EvictReason::ForgedHits
         );
         if misbehaved {
             self.add_cooldown(peer, now);

@@ -175,7 +175,11 @@ impl Net {
                 Action::Learn(pa) => {
                     self.learned.insert(pa.id);
                 }
-                Action::DiscoverIndexers { .. } | Action::IndexerSeen { .. } | Action::QueryDone(_) => {}
+                Action::DiscoverIndexers { .. }
+                | Action::IndexerSeen { .. }
+                | Action::QueryDone(_)
+                | Action::Strike { .. }
+                | Action::Distrust { .. } => {}
             }
         }
     }

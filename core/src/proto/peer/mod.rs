@@ -12,7 +12,8 @@ use crate::proto::identity::{Addr, Did, Keypair, PeerAddr, PeerId};
 use crate::proto::indexer::{self, IndexerService};
 use crate::proto::link::{Connections, Inbound};
 use crate::proto::node::{self, IndexerPool};
-use crate::proto::record::{OwnRecord, PeerRecord};
+use crate::proto::record::{OwnRecord, PeerRecord, RecordKey};
+use crate::proto::search::{Referenced, SearchService};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{Envelope, RecordReply};
@@ -20,7 +21,7 @@ use crate::proto::{Action, CloseReason, Command, Event, Input, Output};
 use std::collections::VecDeque;
 
 mod views;
-pub use views::{DhtView, IndexerView, LinkView, PoolView};
+pub use views::{DhtView, IndexerView, LinkView, PoolView, SearchView};
 
 /// Which roles a daemon plays (the seed's `NODE_MODE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -60,6 +61,10 @@ pub struct PeerSetup {
     /// Transport addresses this peer can be reached at, put in its record and provider
     /// announcements (empty where the transport routes by peer id alone, as in the simulator).
     pub addrs: Vec<Addr>,
+    /// Any instant, read once by the host: the search mesh's gossip state counts in `Instant`s,
+    /// as this anchor plus `now` (it only adds and compares them, so any anchor gives the same
+    /// outputs). Without one an indexer answers searches from its own referents only.
+    pub clock_anchor: Option<std::time::Instant>,
 }
 
 impl PeerSetup {
@@ -76,6 +81,7 @@ impl PeerSetup {
             seeds: Vec::new(),
             rng_seed: 0,
             addrs: Vec::new(),
+            clock_anchor: None,
         }
     }
 }
@@ -94,6 +100,8 @@ pub struct Peer {
     /// The node role: the pool of indexers and record lookups (also an indexer with seeds).
     node: Option<IndexerPool>,
     indexer: Option<IndexerService>,
+    /// Distributed search: the node's searches; the emitter, responder and mesh of an indexer.
+    search: SearchService,
     /// The DHT: a server for an indexer, a client for a node.
     dht: Dht,
     /// Our signed record (re-signed at half-life).
@@ -138,6 +146,16 @@ impl Peer {
         // Forked last, so the streams above are those of earlier versions.
         let indexer =
             indexer_rng.map(|r| IndexerService::new(setup.config.clone(), me, r, rng.fork("indexer-cache"), now));
+        let me_addr = PeerAddr { id: me, addrs: setup.addrs.clone() };
+        let search = SearchService::new(
+            setup.config.clone(),
+            &setup.keypair,
+            me_addr,
+            setup.roles.indexer,
+            setup.clock_anchor,
+            rng.fork("search"),
+            now,
+        );
         let record = OwnRecord::new(
             setup.keypair.clone(),
             setup.did.clone(),
@@ -153,6 +171,7 @@ impl Peer {
             link,
             node: pool,
             indexer,
+            search,
             dht,
             record,
             out: VecDeque::new(),
@@ -222,6 +241,11 @@ impl Peer {
         self.indexer.as_ref().map(IndexerView)
     }
 
+    /// Distributed search: active searches, referenced records, the mesh.
+    pub fn search(&self) -> SearchView<'_> {
+        SearchView { search: &self.search, indexer: self.indexer.as_ref() }
+    }
+
     /// The connection table.
     pub fn connections(&self) -> LinkView<'_> {
         LinkView(&self.link)
@@ -255,6 +279,12 @@ impl Peer {
                     }
                 }
             }
+            Input::Command(Command::Search { id, user, query }) => {
+                // The referent first (the best-scored live indexer), then the others by score.
+                let indexers = self.node.as_ref().map(|p| p.live_by_score()).unwrap_or_default();
+                self.search.start((id, user), query, indexers, now, &mut self.actions);
+            }
+            Input::Command(Command::CancelSearch { user }) => self.search.cancel(&user, &mut self.actions),
         }
         self.apply_actions(now);
     }
@@ -275,8 +305,11 @@ impl Peer {
     fn on_timeout(&mut self, now: Timestamp) {
         let pool = &self.node;
         let indexer = &self.indexer;
+        let search = &self.search;
         let keep = |p: &PeerId| {
-            pool.as_ref().is_some_and(|x| x.contains(p)) || indexer.as_ref().is_some_and(|x| x.has_session(p))
+            pool.as_ref().is_some_and(|x| x.contains(p))
+                || indexer.as_ref().is_some_and(|x| x.has_session(p))
+                || search.is_mesh_neighbour(p)
         };
         let dropped = self.link.handle_timeout(now, keep, &mut self.out);
         for p in dropped {
@@ -297,6 +330,13 @@ impl Peer {
         }
         if self.dht.poll_timeout().is_some_and(|t| t <= now) {
             self.dht.handle_timeout(now, &mut self.actions);
+        }
+        if self.search.poll_timeout().is_some_and(|t| t <= now) {
+            let me = self.me;
+            let table = self.dht.table();
+            let contacts = |n: usize| table.closest(&me.into(), n);
+            let refs = Refs { indexer: self.indexer.as_ref(), dht: &self.dht, now };
+            self.search.handle_timeout(&contacts, &refs, now, &mut self.actions);
         }
         if self.record.refresh_at().is_some_and(|t| t <= now) {
             self.resign(now);
@@ -330,6 +370,7 @@ impl Peer {
             self.node.as_ref().and_then(|p| p.poll_timeout()),
             self.indexer.as_ref().and_then(|i| i.poll_timeout()),
             self.dht.poll_timeout(),
+            self.search.poll_timeout(),
             self.record.refresh_at(),
         ]
         .into_iter()
@@ -365,6 +406,14 @@ impl Peer {
                     self.dht.on_response(addr, m, now, out);
                 }
             }
+            Envelope::Search(m) => {
+                let known = self.dht.knows(&from, now);
+                if m.is_request() && !indexer::admit_search(self.indexer.as_mut(), from, &m, known, now, out) {
+                    return;
+                }
+                let refs = Refs { indexer: self.indexer.as_ref(), dht: &self.dht, now };
+                self.search.on_message(from, m, &refs, now, out);
+            }
         }
     }
 
@@ -373,6 +422,7 @@ impl Peer {
             pool.on_unreachable(peer, now, &mut self.actions);
         }
         self.dht.on_unreachable(peer, now, &mut self.actions);
+        self.search.on_unreachable(peer, now, &mut self.actions);
     }
 
     /// Hands a finished DHT query to whoever started it.
@@ -445,6 +495,16 @@ impl Peer {
                             ix.note_indexer(self.link.peer_addr(&peer), fill_rate, now);
                         }
                     }
+                    Action::Strike { peer } => {
+                        if let Some(ix) = &mut self.indexer {
+                            ix.punish_bad_record(peer, now, &mut self.actions);
+                        }
+                    }
+                    Action::Distrust { indexer } => {
+                        if let Some(pool) = &mut self.node {
+                            pool.distrust(indexer, now, &mut self.actions);
+                        }
+                    }
                 }
             }
             self.batch = batch;
@@ -458,5 +518,26 @@ impl Peer {
     /// Addresses this peer's connection layer knows for `peer`.
     pub fn addresses_of(&self, peer: &PeerId) -> Vec<Addr> {
         self.link.peer_addr(peer).addrs
+    }
+}
+
+/// An indexer's referenced records: the records, held in its store, of the nodes whose heartbeat
+/// names it as their referent.
+struct Refs<'a> {
+    indexer: Option<&'a IndexerService>,
+    dht: &'a Dht,
+    now: Timestamp,
+}
+
+impl Referenced for Refs<'_> {
+    fn each(&self, f: &mut dyn FnMut(&PeerRecord) -> bool) {
+        let Some(ix) = self.indexer else { return };
+        for p in ix.referent_ids() {
+            if let Some(r) = self.dht.local(&RecordKey::Peer(*p), self.now)
+                && !f(r)
+            {
+                return;
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use crate::proto::indexer::{IndexerService, KnownIndexer, SessionView};
 use crate::proto::link::Connections;
 use crate::proto::node::{IndexerPool, PoolEntryView};
 use crate::proto::record::PeerRecord;
+use crate::proto::search::{MeshStats, SearchService};
 use crate::proto::time::Timestamp;
 
 /// The node role's pool of indexers.
@@ -197,5 +198,44 @@ impl LinkView<'_> {
     /// Whether `peer`'s connection has completed the `Hello` exchange.
     pub fn is_ready(&self, peer: &PeerId) -> bool {
         self.0.is_ready(peer)
+    }
+}
+
+/// Read-only view of distributed search ([`Peer::search`](super::Peer::search)).
+#[derive(Clone, Copy)]
+pub struct SearchView<'a> {
+    pub(super) search: &'a SearchService,
+    pub(super) indexer: Option<&'a IndexerService>,
+}
+
+impl SearchView<'_> {
+    /// This node's searches in flight: `(user, id, hits so far)`.
+    pub fn active(&self) -> Vec<(String, u64, u32)> {
+        self.search.active()
+    }
+
+    /// Nodes that chose this indexer as their referent (their records are searchable here).
+    pub fn referenced(&self) -> usize {
+        self.indexer.map_or(0, |ix| ix.referent_ids().count())
+    }
+
+    /// Searches this indexer is emitting for its nodes.
+    pub fn emitting(&self) -> usize {
+        self.search.emitting()
+    }
+
+    /// Whether this indexer runs the search mesh.
+    pub fn has_mesh(&self) -> bool {
+        self.search.has_mesh()
+    }
+
+    /// The search-mesh neighbours.
+    pub fn mesh_neighbours(&self) -> Vec<PeerId> {
+        self.search.mesh_neighbours()
+    }
+
+    /// The search-mesh counters.
+    pub fn mesh_stats(&self) -> MeshStats {
+        self.search.mesh_stats()
     }
 }

@@ -22,6 +22,7 @@ pub(crate) enum Message {
     GetRecord(GetRecord),
     RecordReply(RecordReply),
     Dht(DhtMessage),
+    Search(SearchMessage),
 }
 
 impl From<Envelope> for Message {
@@ -44,6 +45,7 @@ impl From<Envelope> for Message {
             Envelope::Node(NodeMessage::WitnessQuery(m)) => Message::WitnessQuery(m),
             Envelope::Node(NodeMessage::WitnessReport(m)) => Message::WitnessReport(m),
             Envelope::Dht(m) => Message::Dht(m),
+            Envelope::Search(m) => Message::Search(m),
         }
     }
 }
@@ -66,6 +68,7 @@ impl From<Message> for Envelope {
             Message::GetRecord(m) => m.into(),
             Message::RecordReply(m) => m.into(),
             Message::Dht(m) => m.into(),
+            Message::Search(m) => m.into(),
         }
     }
 }

@@ -13,8 +13,10 @@
 //!           ├─ Indexer(IndexerMessage)  Heartbeat ⇄ HeartbeatResponse, Leave,   proto/indexer/
 //!           │                           Candidates, Publish, GetRecord, Refused
 //!           ├─ Node(NodeMessage)        WitnessQuery ⇄ WitnessReport            proto/node/
-//!           └─ Dht(DhtMessage)          FindNode, FindValue, Store, AddProvider, proto/dht/
-//!                                       GetProviders and their replies, Refused
+//!           ├─ Dht(DhtMessage)          FindNode, FindValue, Store, AddProvider, proto/dht/
+//!           │                           GetProviders and their replies, Refused
+//!           └─ Search(SearchMessage)    Request, Cancel ⇄ Hits, Done, Refused;  proto/search/
+//!                                       Found; the mesh's gossip
 //! ```
 //!
 //! Each mechanism owns its message enum, in its own folder. A variant is named after the machine
@@ -39,13 +41,15 @@ pub use super::indexer::messages::{
 pub use super::link::messages::{Hello, HelloProof, LinkMessage};
 pub use super::node::messages::{NodeMessage, WitnessQuery, WitnessReport};
 pub use super::record::RecordKey;
+pub use super::search::{MeshMessage, SearchFound, SearchHits, SearchMessage, SearchRequest};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 pub(crate) mod flat;
 
-/// Version byte leading every payload. Bumped on any incompatible change to [`Envelope`] (3: one variant per mechanism).
-pub const WIRE_VERSION: u8 = 3;
+/// Version byte leading every payload. Bumped on any incompatible change to [`Envelope`] (3: one
+/// variant per mechanism; 4: search).
+pub const WIRE_VERSION: u8 = 4;
 
 /// Largest accepted payload (version byte + message), in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -85,11 +89,13 @@ pub enum Envelope {
     Node(NodeMessage),
     /// The indexers' Kademlia DHT.
     Dht(DhtMessage),
+    /// Distributed peer search: a node's searches and the indexers' search mesh.
+    Search(SearchMessage),
 }
 
 /// Short names of every message kind, in [`Envelope::kind_index`] order: the one table of message
 /// kinds, for logs, traces, metrics and the simulator's report.
-pub const KINDS: [&str; 24] = [
+pub const KINDS: [&str; 32] = [
     "hello",
     "hello_proof",
     "heartbeat",
@@ -114,6 +120,14 @@ pub const KINDS: [&str; 24] = [
     "get_providers",
     "providers",
     "dht_refused",
+    "search_request",
+    "search_cancel",
+    "search_hits",
+    "search_done",
+    "search_refused",
+    "search_found",
+    "mesh_gossip",
+    "mesh_control",
 ];
 
 impl Envelope {
@@ -151,6 +165,16 @@ impl Envelope {
                 DhtMessage::GetProviders(_) => 21,
                 DhtMessage::Providers(_) => 22,
                 DhtMessage::Refused(_) => 23,
+            },
+            Envelope::Search(m) => match m {
+                SearchMessage::Request(_) => 24,
+                SearchMessage::Cancel { .. } => 25,
+                SearchMessage::Hits(_) => 26,
+                SearchMessage::Done { .. } => 27,
+                SearchMessage::Refused(_) => 28,
+                SearchMessage::Found(_) => 29,
+                SearchMessage::Mesh(g) if matches!(g.kind(), iroh_gossip::proto::state::MessageKind::Data) => 30,
+                SearchMessage::Mesh(_) => 31,
             },
         }
     }
@@ -223,6 +247,9 @@ lift! {
     StoreAck => DhtMessage::StoreAck,
     GetProviders => DhtMessage::GetProviders,
     Providers => DhtMessage::Providers,
+    SearchRequest => SearchMessage::Request,
+    SearchHits => SearchMessage::Hits,
+    SearchFound => SearchMessage::Found,
 }
 
 /// Why a request was refused.
