@@ -16,3 +16,13 @@
 #[cfg(feature = "host")]
 pub mod host;
 pub mod proto;
+
+/// What the core's unit tests take from a host: a clock anchor for the search mesh (read here,
+/// outside the pure `proto`, as a daemon or the simulator reads it once at start).
+#[cfg(test)]
+pub(crate) mod test_host {
+    /// An arbitrary instant to anchor virtual time on.
+    pub(crate) fn clock_anchor() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+}

@@ -105,7 +105,14 @@ impl Client {
         }
     }
 
-    pub(super) fn on_hits(&mut self, config: &Config, from: PeerId, h: SearchHits, now: Timestamp, out: &mut Vec<Action>) {
+    pub(super) fn on_hits(
+        &mut self,
+        config: &Config,
+        from: PeerId,
+        h: SearchHits,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let Some(a) = self.active.get_mut(&h.req) else {
             return;
         };
@@ -142,8 +149,15 @@ impl Client {
     }
 
     /// The emitter refused or is gone: before any hit, try the next indexer.
-    pub(super) fn on_failure(&mut self, config: &Config, from: PeerId, req: RequestId, now: Timestamp, out: &mut Vec<Action>) {
-        if !self.active.get(&req).is_some_and(|a| a.to == from) {
+    pub(super) fn on_failure(
+        &mut self,
+        config: &Config,
+        from: PeerId,
+        req: RequestId,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        if self.active.get(&req).is_none_or(|a| a.to != from) {
             return;
         }
         let Some(a) = self.active.remove(&req) else {

@@ -74,9 +74,15 @@ pub(super) struct Serve {
     emitted: BTreeMap<u64, Emitted>,
     by_node: BTreeMap<(PeerId, RequestId), u64>,
     next_number: u64,
+    gate: QueryGate,
+}
+
+/// What a mesh query must pass before the mesh forwards it: dedupe ids and per-emitter rates.
+#[derive(Debug, Default)]
+pub(super) struct QueryGate {
     /// Mesh queries seen: `(emitter, number)` → expiry, and the expiry index.
     seen: BTreeMap<(PeerId, u64), Timestamp>,
-    seen_by_expiry: BTreeSet<(Timestamp, PeerId, u64)>,
+    by_expiry: BTreeSet<(Timestamp, PeerId, u64)>,
     /// New queries accepted per emitter over the last minute.
     rates: BTreeMap<PeerId, VecDeque<Timestamp>>,
 }
@@ -97,9 +103,7 @@ impl Serve {
             emitted: BTreeMap::new(),
             by_node: BTreeMap::new(),
             next_number: 0,
-            seen: BTreeMap::new(),
-            seen_by_expiry: BTreeSet::new(),
-            rates: BTreeMap::new(),
+            gate: QueryGate::default(),
         }
     }
 
@@ -123,9 +127,8 @@ impl Serve {
             SearchMessage::Mesh(m) => {
                 let mut got = Delivered::new();
                 let Some(mesh) = &mut self.mesh else { return };
-                let (seen, rates, me) = (&mut self.seen, &mut self.rates, self.keypair.peer_id());
-                let by_expiry = &mut self.seen_by_expiry;
-                let accept = |content: &[u8]| accept_query(config, me, content, (seen, by_expiry, rates), now);
+                let (gate, me) = (&mut self.gate, self.keypair.peer_id());
+                let accept = |content: &[u8]| gate.accept(config, me, content, now);
                 mesh.on_message(from, m, accept, now, out, &mut got);
                 self.deliver(config, got, refs, now, out);
             }
@@ -156,16 +159,25 @@ impl Serve {
         let number = self.next_number;
         let local = matching(refs, &r.query, config.search_max_results.min(config.search_max_batch), now);
         emit_event(out, Event::SearchEmitted { node, local_hits: u32::try_from(local.len()).unwrap_or(u32::MAX) });
-        let mut e = Emitted { node, req: r.req, query: r.query, seen: BTreeSet::new(), idle: now + config.search_timeout };
+        let mut e =
+            Emitted { node, req: r.req, query: r.query, seen: BTreeSet::new(), idle: now + config.search_timeout };
         e.seen.extend(local.iter().map(|h| h.body.peer_id));
         if !local.is_empty() {
-            out.emit(SearchOut::Send { to: node, message: SearchMessage::Hits(SearchHits { req: r.req, records: local }).into() });
+            out.emit(SearchOut::Send {
+                to: node,
+                message: SearchMessage::Hits(SearchHits { req: r.req, records: local }).into(),
+            });
         }
         if let Some(mesh) = &mut self.mesh {
-            let body = QueryBody { emitter: self.addr.clone(), number, query: e.query.clone(), expires_at: now + QUERY_LIFETIME };
+            let body = QueryBody {
+                emitter: self.addr.clone(),
+                number,
+                query: e.query.clone(),
+                expires_at: now + QUERY_LIFETIME,
+            };
             let signature = self.keypair.sign(&body.signing_bytes());
             let me = self.keypair.peer_id();
-            note_seen(&mut self.seen, &mut self.seen_by_expiry, (me, number), body.expires_at);
+            self.gate.note((me, number), body.expires_at);
             let payload = postcard::to_stdvec(&MeshQuery { body, signature }).unwrap_or_default();
             let mut got = Delivered::new();
             mesh.broadcast(Bytes::from(payload), now, out, &mut got);
@@ -218,7 +230,14 @@ impl Serve {
     }
 
     /// Queries the mesh delivered: answered from our referenced records, straight to the emitter.
-    fn deliver(&mut self, config: &Config, got: Delivered, refs: &dyn Referenced, now: Timestamp, out: &mut Vec<Action>) {
+    fn deliver(
+        &mut self,
+        config: &Config,
+        got: Delivered,
+        refs: &dyn Referenced,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let me = self.keypair.peer_id();
         for (content, _from) in got {
             let Ok(q) = postcard::from_bytes::<MeshQuery>(&content) else { continue };
@@ -247,7 +266,7 @@ impl Serve {
 
     pub(super) fn poll_timeout(&self) -> Option<Timestamp> {
         let idle = self.emitted.values().map(|e| e.idle).min();
-        let seen = self.seen_by_expiry.first().map(|(t, _, _)| *t);
+        let seen = self.gate.by_expiry.first().map(|(t, _, _)| *t);
         let mesh = self.mesh.as_ref().and_then(|m| m.poll_timeout());
         [idle, seen, mesh].into_iter().flatten().min()
     }
@@ -264,15 +283,7 @@ impl Serve {
         for n in due {
             self.end(n, out);
         }
-        while let Some((t, p, n)) = self.seen_by_expiry.first().copied() {
-            if t > now {
-                break;
-            }
-            self.seen_by_expiry.pop_first();
-            self.seen.remove(&(p, n));
-        }
-        let horizon = now.saturating_sub(Duration::from_secs(60));
-        self.rates.retain(|_, w| w.back().is_some_and(|t| *t > horizon));
+        self.gate.expire(now);
         let mut got = Delivered::new();
         if let Some(mesh) = &mut self.mesh {
             mesh.handle_timeout(now, out, &mut got);
@@ -304,60 +315,96 @@ impl Serve {
     }
 }
 
-fn note_seen(
-    seen: &mut BTreeMap<(PeerId, u64), Timestamp>,
-    by_expiry: &mut BTreeSet<(Timestamp, PeerId, u64)>,
-    (emitter, number): (PeerId, u64),
-    expires: Timestamp,
-) {
-    if seen.len() >= MAX_SEEN
-        && let Some((t, p, n)) = by_expiry.pop_first()
-    {
-        seen.remove(&(p, n));
-        let _ = t;
+impl QueryGate {
+    fn note(&mut self, (emitter, number): (PeerId, u64), expires: Timestamp) {
+        if self.seen.len() >= MAX_SEEN
+            && let Some((_, p, n)) = self.by_expiry.pop_first()
+        {
+            self.seen.remove(&(p, n));
+        }
+        if self.seen.insert((emitter, number), expires).is_none() {
+            self.by_expiry.insert((expires, emitter, number));
+        }
     }
-    if seen.insert((emitter, number), expires).is_none() {
-        by_expiry.insert((expires, emitter, number));
+
+    fn expire(&mut self, now: Timestamp) {
+        while let Some((t, p, n)) = self.by_expiry.first().copied() {
+            if t > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.seen.remove(&(p, n));
+        }
+        let horizon = now.saturating_sub(Duration::from_secs(60));
+        self.rates.retain(|_, w| w.back().is_some_and(|t| *t > horizon));
+    }
+
+    /// Judges a gossip payload before the mesh forwards it: a signed query of its emitter, not
+    /// expired nor too far ahead, and — when new — within the emitter's rate.
+    pub(super) fn accept(&mut self, config: &Config, me: PeerId, content: &[u8], now: Timestamp) -> bool {
+        let Ok(q) = postcard::from_bytes::<MeshQuery>(content) else { return false };
+        let b = &q.body;
+        if b.expires_at <= now || b.expires_at > now + QUERY_LIFETIME + QUERY_SKEW || !b.query.is_valid() {
+            return false;
+        }
+        if b.emitter.id.verify(&b.signing_bytes(), &q.signature).is_err() {
+            return false;
+        }
+        let key = (b.emitter.id, b.number);
+        if self.seen.contains_key(&key) || b.emitter.id == me {
+            return true;
+        }
+        if !self.rates.contains_key(&b.emitter.id) && self.rates.len() >= MAX_EMITTERS {
+            return false;
+        }
+        let window = self.rates.entry(b.emitter.id).or_default();
+        let horizon = now.saturating_sub(Duration::from_secs(60));
+        while window.front().is_some_and(|t| *t <= horizon) {
+            window.pop_front();
+        }
+        if window.len() >= config.search_mesh_max_per_minute {
+            return false;
+        }
+        window.push_back(now);
+        self.note(key, b.expires_at);
+        true
     }
 }
 
-/// Judges a gossip payload before the mesh forwards it: a signed query of its emitter, not
-/// expired nor too far ahead, and — when new — within the emitter's rate.
-fn accept_query(
-    config: &Config,
-    me: PeerId,
-    content: &[u8],
-    (seen, by_expiry, rates): (
-        &mut BTreeMap<(PeerId, u64), Timestamp>,
-        &mut BTreeSet<(Timestamp, PeerId, u64)>,
-        &mut BTreeMap<PeerId, VecDeque<Timestamp>>,
-    ),
-    now: Timestamp,
-) -> bool {
-    let Ok(q) = postcard::from_bytes::<MeshQuery>(content) else { return false };
-    let b = &q.body;
-    if b.expires_at <= now || b.expires_at > now + QUERY_LIFETIME + QUERY_SKEW || !b.query.is_valid() {
-        return false;
+#[cfg(test)]
+pub(super) mod tests_support {
+    use super::*;
+
+    pub(in crate::proto::search) type Gate = QueryGate;
+
+    fn payload(emitter: &Keypair, number: u64, expires_at: Timestamp, signer: &Keypair) -> Vec<u8> {
+        let body = QueryBody {
+            emitter: PeerAddr::id_only(emitter.peer_id()),
+            number,
+            query: SearchQuery::parse("x").unwrap_or_default(),
+            expires_at,
+        };
+        let signature = signer.sign(&body.signing_bytes());
+        postcard::to_stdvec(&MeshQuery { body, signature }).unwrap_or_default()
     }
-    if b.emitter.id.verify(&b.signing_bytes(), &q.signature).is_err() {
-        return false;
+
+    /// A query signed by its emitter.
+    pub(in crate::proto::search) fn signed_query_payload(
+        emitter: &Keypair,
+        number: u64,
+        _now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Vec<u8> {
+        payload(emitter, number, expires_at, emitter)
     }
-    let key = (b.emitter.id, b.number);
-    if seen.contains_key(&key) || b.emitter.id == me {
-        return true;
+
+    /// A query claiming `emitter` but signed by another key.
+    pub(in crate::proto::search) fn forged_query_payload(emitter: &Keypair, number: u64, now: Timestamp) -> Vec<u8> {
+        payload(emitter, number, now + Duration::from_secs(30), &Keypair::derive(99, "forger"))
     }
-    if !rates.contains_key(&b.emitter.id) && rates.len() >= MAX_EMITTERS {
-        return false;
+
+    /// The query inside a payload.
+    pub(in crate::proto::search) fn decode_query(content: &[u8]) -> Option<SearchQuery> {
+        postcard::from_bytes::<MeshQuery>(content).ok().map(|q| q.body.query)
     }
-    let window = rates.entry(b.emitter.id).or_default();
-    let horizon = now.saturating_sub(Duration::from_secs(60));
-    while window.front().is_some_and(|t| *t <= horizon) {
-        window.pop_front();
-    }
-    if window.len() >= config.search_mesh_max_per_minute {
-        return false;
-    }
-    window.push_back(now);
-    note_seen(seen, by_expiry, key, b.expires_at);
-    true
 }
