@@ -23,6 +23,7 @@ use crate::proto::time::Timestamp;
 use crate::proto::{Action, Event};
 use bytes::Bytes;
 use iroh_gossip::proto::topic::{self, Command, Config, Event as GossipEvent, InEvent, OutEvent, Timer};
+
 use iroh_gossip::proto::{PeerData, Scope};
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -86,9 +87,21 @@ pub(super) struct Mesh {
 pub(super) type Delivered = Vec<(Bytes, PeerId)>;
 
 impl Mesh {
-    pub(super) fn new(me: PeerAddr, anchor: std::time::Instant, rng: DetRng, now: Timestamp) -> Mesh {
+    pub(super) fn new(
+        config: &crate::proto::config::Config,
+        me: PeerAddr,
+        anchor: std::time::Instant,
+        rng: DetRng,
+        now: Timestamp,
+    ) -> Mesh {
         let data = PeerData::new(postcard::to_stdvec(&me).unwrap_or_default());
-        let state = topic::State::with_rng(me.id, Some(data), Config::default(), GossipRng(rng));
+        let mut gossip = Config::default();
+        // PlumTree asks for a missing message after about a round trip (the paper, p. 8–9); the
+        // library's 80 ms default is below the round trips of a wide-area federation and would
+        // graft (and duplicate) messages still on their way.
+        gossip.broadcast.graft_timeout_1 = config.base_round_trip;
+        gossip.broadcast.graft_timeout_2 = config.base_round_trip / 2;
+        let state = topic::State::with_rng(me.id, Some(data), gossip, GossipRng(rng));
         Mesh {
             state,
             anchor: n0_future::time::Instant::from_std(anchor),

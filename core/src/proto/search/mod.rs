@@ -199,7 +199,7 @@ impl SearchService {
         rng: DetRng,
         now: Timestamp,
     ) -> SearchService {
-        let serve = serve.then(|| serve::Serve::new(keypair.clone(), me_addr, anchor, rng, now));
+        let serve = serve.then(|| serve::Serve::new(&config, keypair.clone(), me_addr, anchor, rng, now));
         SearchService { client: client::Client::default(), config, serve }
     }
 
