@@ -17,7 +17,12 @@ impl IndexerPool {
         if due.is_empty() {
             return;
         }
-        let referent = self.referent();
+        // Before any indexer is live, the first one heartbeated is named (provisionally), so a new
+        // node is searchable from its first heartbeat, not one interval later.
+        let referent = self.referent().or_else(|| {
+            let first = due.iter().find(|p| self.entries.get(p).is_some_and(|e| e.state != EntryState::Down));
+            first.copied().filter(|_| self.told_referent.is_none())
+        });
         for peer in due {
             let wait = match self.busy_until(&peer) {
                 Some(busy) => Some(busy),
@@ -77,6 +82,9 @@ impl IndexerPool {
         };
         e.in_flight = Some(req);
         e.next_due = now + self.config.heartbeat_interval;
+        if referent {
+            self.told_referent = Some(peer);
+        }
         self.track(req, peer, RequestKind::Heartbeat(sent), now);
         self.log_send(peer, now);
         out.emit(NodeOut::Event(Event::HeartbeatSent { indexer: peer }));

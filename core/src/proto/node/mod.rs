@@ -337,6 +337,8 @@ pub struct IndexerPool {
     discovery_misses: u32,
     /// A discovery is running.
     discovering: bool,
+    /// The indexer our last `referent = true` heartbeat went to.
+    told_referent: Option<PeerId>,
 }
 
 impl IndexerPool {
@@ -387,6 +389,7 @@ impl IndexerPool {
             next_discovery: now + DISCOVERY_WARMUP,
             discovery_misses: 0,
             discovering: false,
+            told_referent: None,
         };
         for s in pool.seeds.clone() {
             let nc = pool.draw_challenge_spacing();
@@ -641,7 +644,27 @@ impl IndexerPool {
         self.follow_up(now, out);
         self.recovery_step(now, out);
         self.discover_if_due(now, out);
+        self.hurry_referent(now);
         self.send_due(now, out);
+    }
+
+    /// The referent is what makes this node searchable (DESIGN §7): when the one told is gone
+    /// (down or out of the pool), the new referent's heartbeat is brought forward (within the rate
+    /// budget) rather than a whole interval later. A referent that only changes by score waits for
+    /// its regular heartbeat, so close scores cannot make heartbeats flap.
+    fn hurry_referent(&mut self, now: Timestamp) {
+        let Some(r) = self.referent() else { return };
+        let told_is_fine =
+            self.told_referent.is_some_and(|t| self.entries.get(&t).is_some_and(|e| e.state != EntryState::Down));
+        if self.told_referent == Some(r) || told_is_fine {
+            return;
+        }
+        let allowed = self.rate_allowed_at(&r, now).max(now);
+        if let Some(e) = self.entries.get_mut(&r)
+            && e.in_flight.is_none()
+        {
+            e.next_due = e.next_due.min(allowed);
+        }
     }
 
     /// A live indexer that holds our session (answered a regular heartbeat, not only a probe):

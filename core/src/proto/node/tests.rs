@@ -385,6 +385,9 @@ fn seeds_are_heartbeated_at_start_and_become_live() {
     let mut net = Net::new(Config::default(), &[a, b], 5).with(a, Ix::honest()).with(b, Ix::honest());
     assert_eq!(net.pool.poll_timeout(), Some(T0));
     net.run_for(secs(1));
+    let provisional: Vec<PeerId> =
+        [a, b].into_iter().filter(|p| net.heartbeats_to(*p).first().is_some_and(|(_, hb)| hb.referent)).collect();
+    assert_eq!(provisional.len(), 1, "before anything is live, the first seed is named referent");
     for p in [a, b] {
         let hbs = net.heartbeats_to(p);
         assert_eq!(hbs.len(), 1);
@@ -392,7 +395,6 @@ fn seeds_are_heartbeated_at_start_and_become_live() {
         assert_eq!(*t, T0);
         assert_eq!(hb.kind, HeartbeatKind::Regular);
         assert_eq!(hb.need, 3);
-        assert!(!hb.referent, "no referent while nothing is live");
         assert!(hb.did.is_some(), "DID sent until the indexer answered");
         assert!(net.learned.contains(&p));
         assert_eq!(net.added(p), vec![(T0, AddedVia::Seed)]);
@@ -451,7 +453,7 @@ fn referent_is_the_best_scored_live_indexer() {
     for (t, hbs) in &rounds {
         let refs: Vec<PeerId> = hbs.iter().filter(|x| x.1).map(|x| x.0).collect();
         if *t == T0 {
-            assert!(refs.is_empty());
+            assert_eq!(refs.len(), 1, "one provisional referent before anything is live");
         } else {
             assert_eq!(refs, vec![b], "exactly one referent, the fastest");
         }
@@ -1182,4 +1184,25 @@ proptest! {
         }
         assert_rate_safe(&net.sent, &cfg);
     }
+}
+
+#[test]
+fn a_new_referent_hears_at_once_when_the_told_one_goes_down() {
+    let (a, b) = (pid("a"), pid("b"));
+    let mut net = Net::new(Config::default(), &[a, b], 5)
+        .with(a, Ix { latency_ms: 20, ..Ix::honest() })
+        .with(b, Ix { latency_ms: 300, ..Ix::honest() });
+    net.run_for(secs(45));
+    let told = |net: &Net, p: PeerId, after: Timestamp| -> Vec<Timestamp> {
+        net.heartbeats_to(p).iter().filter(|(t, hb)| hb.referent && *t > after).map(|(t, _)| *t).collect()
+    };
+    assert!(!told(&net, a, T0).is_empty(), "the fastest indexer is the referent");
+    let cut = net.now;
+    assert!(told(&net, b, cut.saturating_sub(secs(20))).is_empty(), "b is not the referent while a is fine");
+    net.ixm(a).mode = Mode::Unreachable;
+    net.run_for(secs(25));
+    let failed_at = net.heartbeats_to(a).iter().map(|(t, _)| *t).find(|t| *t > cut).expect("a is heartbeated again");
+    let b_told = told(&net, b, cut);
+    let first = *b_told.first().expect("b becomes the referent");
+    assert!(first >= failed_at && first.since(failed_at) <= secs(1), "told {first:?}, a failed at {failed_at:?}");
 }
