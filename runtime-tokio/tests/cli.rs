@@ -113,3 +113,45 @@ fn a_lost_did_file_stops_the_daemon_until_a_new_did_is_adopted() {
     assert_ne!(new, old);
     assert!(String::from_utf8_lossy(&adopt.stdout).contains("adopted"), "{adopt:?}");
 }
+
+#[test]
+fn search_without_a_daemon_is_an_error_not_a_negative_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd"))
+        .args(["search", "carol", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon is running"), "{out:?}");
+}
+
+#[test]
+fn search_refuses_an_empty_or_oversized_needle_before_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["", "   ", &"n".repeat(4096)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ocd"))
+            .args(["search", bad, "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("needle"), "{err}");
+        assert!(!err.contains("no daemon is running"), "refused before contacting a daemon: {err}");
+    }
+}
+
+#[test]
+fn help_lists_search() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("distributed peer search"), "{help}");
+    assert!(help.contains("search  Search the federation for peers by name, DID or peer id"), "{help}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd")).args(["search", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--json", "--timeout", "search_timeout", "0 at least one hit, 1 none, 2 an error"] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}

@@ -1,8 +1,9 @@
 //! The command line, shared by `ocd` (tokio + iroh) and `ocd-smol` (smol + quinn): both binaries
 //! call [`main`] with their [`Launcher`], so they have the same commands, flags and configuration.
 //!
-//! Exit codes: 0 success; 1 a negative answer (`lookup`: not found; `devnet`: did not converge);
-//! 2 an error (bad configuration, no daemon on the control socket, no indexer to ask, a timeout).
+//! Exit codes: 0 success; 1 a negative answer (`lookup`: not found; `search`: no hit; `devnet`: did
+//! not converge); 2 an error (bad configuration, no daemon on the control socket, no indexer to
+//! ask, a lookup timeout, an invalid search needle).
 
 use super::config::DaemonConfig;
 use super::control::{self, ControlCommand, ControlReply};
@@ -10,8 +11,10 @@ use super::daemon::{DaemonSetup, HostError, init_logging};
 use super::devnet::{self, DevnetArgs};
 use super::identity;
 use super::lookup::{self, LookupReport};
+use super::search;
 use crate::proto::RecordKey;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +37,10 @@ pub trait Launcher {
 
 /// `ocd` — peer-to-peer discovery daemon.
 #[derive(Debug, Parser)]
-#[command(version, about = "ocd: peer-to-peer discovery daemon (nodes, indexers, DHT lookups)")]
+#[command(
+    version,
+    about = "ocd: peer-to-peer discovery daemon (nodes, indexers, DHT lookups, distributed peer search)"
+)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -52,6 +58,8 @@ pub enum Commands {
     Status(StatusArgs),
     /// Find a peer's signed record by DID or peer id, through the running daemon.
     Lookup(LookupArgs),
+    /// Search the federation for peers by name, DID or peer id, through the running daemon.
+    Search(SearchArgs),
     /// Start a whole network of daemons on 127.0.0.1 and watch it converge.
     Devnet(DevnetArgs),
 }
@@ -145,6 +153,36 @@ pub struct LookupArgs {
     /// Give up after this long, e.g. 15s or 1m (at most 5m).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+/// `search` flags.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Prints each verified hit as it arrives (the signed record of a matching peer). Ends when no new \
+hit came for the daemon's search_timeout (5 s by default), or at --timeout.\n\
+Exit status: 0 at least one hit, 1 none, 2 an error (no daemon, invalid needle, no live indexer to ask)."
+)]
+pub struct SearchArgs {
+    /// A peer id (64 hex characters, matched exactly), else an exact DID or a case-insensitive
+    /// substring of the name.
+    #[arg(value_parser = search::parse_needle, value_name = "NEEDLE")]
+    pub needle: String,
+    /// Data directory of the daemon.
+    #[arg(long, default_value = "./ocd-data")]
+    pub data_dir: PathBuf,
+    /// Control socket (default: `<data-dir>/control.sock`).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// One JSON object per hit and line: {"peer_id","did","name","addrs","expires_at"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this long even if hits keep coming, e.g. 30s (at most 5m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Search as this user: a newer search of the same user, from any client, cancels this one
+    /// (default: a key of its own).
+    #[arg(long, value_parser = search::parse_user)]
+    pub user: Option<String>,
 }
 
 impl RunArgs {
@@ -281,6 +319,7 @@ pub fn main<L: Launcher>() -> ExitCode {
             }
         }
         Commands::Lookup(args) => run_lookup(L::BINARY, args),
+        Commands::Search(args) => run_search(L::BINARY, args),
         Commands::Devnet(args) => {
             init_logging(false);
             devnet::main(args, L::BINARY, L::RUNTIME)
@@ -319,6 +358,50 @@ fn run_lookup(binary: &str, args: LookupArgs) -> ExitCode {
         if report.attempts == 1 { "" } else { "s" }
     );
     ExitCode::from(EXIT_NEGATIVE)
+}
+
+/// `search`: ask the daemon, print each verified hit as it arrives, then a summary on stderr.
+fn run_search(binary: &str, args: SearchArgs) -> ExitCode {
+    let socket = args.control_socket.unwrap_or_else(|| args.data_dir.join(super::config::CONTROL_SOCKET));
+    let timeout_ms = u64::try_from(args.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+    let command = ControlCommand::Search { needle: args.needle.clone(), timeout_ms, user: args.user };
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = 0u32;
+    let last = control::request_streaming(&socket, &command, |reply| {
+        if let ControlReply::SearchHit(h) = reply {
+            let text = if args.json {
+                serde_json::to_string(&h.hit).map(|mut l| {
+                    l.push('\n');
+                    l
+                })
+            } else {
+                Ok(h.render())
+            };
+            if let Ok(text) = text {
+                printed += 1;
+                // A closed stdout (`| head`) is no reason to stop reading the answer.
+                let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+            }
+        }
+    });
+    match last {
+        Ok(ControlReply::SearchDone(done)) => {
+            eprintln!("{binary}: {}", done.summary(&args.needle));
+            ExitCode::from(done.exit_code())
+        }
+        Ok(ControlReply::Error { message }) if printed == 0 => fail(binary, &message),
+        Ok(other) if printed == 0 => fail(binary, &format!("unexpected reply {other:?}")),
+        Err(e) if printed == 0 => fail(binary, &e),
+        // The hits printed are verified records: they stand even if the answer broke off.
+        Ok(other) => {
+            eprintln!("{binary}: search interrupted after {printed} hit(s): {other:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{binary}: search interrupted after {printed} hit(s): {e}");
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 fn fail(binary: &str, e: &dyn std::fmt::Display) -> ExitCode {
@@ -372,6 +455,40 @@ mod tests {
         assert!(parse(&["ocd", "lookup"]).is_err(), "the key is required");
         assert!(parse(&["ocd", "lookup", "/pid/abc"]).is_err(), "a malformed peer id is refused");
         assert!(parse(&["ocd", "lookup", "x", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn search_takes_a_needle_and_bounds() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args) {
+            Ok(Cli { command: Commands::Search(a) }) => Ok(a),
+            Ok(other) => panic!("not search: {other:?}"),
+            Err(e) => Err(e),
+        };
+        let a = parse(&["ocd", "search", "Carol"]).unwrap();
+        assert_eq!(a.needle, "Carol");
+        assert_eq!(a.timeout, Duration::from_secs(30));
+        assert!(!a.json && a.user.is_none());
+        assert_eq!(a.data_dir, PathBuf::from("./ocd-data"));
+        let a = parse(&["ocd", "search", " sky ", "--json", "--timeout", "3s", "--user", "ops", "--data-dir", "/x"])
+            .unwrap();
+        assert_eq!((a.needle.as_str(), a.timeout, a.json), ("sky", Duration::from_secs(3), true));
+        assert_eq!(a.user.as_deref(), Some("ops"));
+        assert_eq!(a.data_dir, PathBuf::from("/x"));
+        // An empty or oversized needle is a usage error (exit 2), before any daemon is asked.
+        for bad in [&["ocd", "search", ""][..], &["ocd", "search", "  "], &["ocd", "search"]] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+        assert!(parse(&["ocd", "search", &"n".repeat(5000)]).is_err());
+        assert!(parse(&["ocd", "search", "x", "--user", ""]).is_err());
+        assert!(parse(&["ocd", "search", "x", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn help_describes_search() {
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("distributed peer search"), "{help}");
+        assert!(help.contains("search") && help.contains("by name, DID or peer id"), "{help}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::identity::{self, Identity, IdentityFileError};
 use super::metrics::{self, Metrics};
 use super::transport::{Runtime, Transport};
 use crate::proto::{Addr, Peer, PeerAddr, PeerSetup, Roles};
-use futures::channel::{mpsc, oneshot};
+use futures::channel::mpsc;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
@@ -191,11 +191,8 @@ fn watch_signals(tx: mpsc::Sender<ControlRequest>) -> Result<(), HostError> {
                     std::process::exit(128 + sig);
                 }
                 tracing::info!(signal = sig, "signal received: shutting down gracefully");
-                let (reply, _rx) = oneshot::channel();
-                let _ = futures::executor::block_on(futures::SinkExt::send(
-                    &mut tx,
-                    ControlRequest { command: ControlCommand::Shutdown, reply },
-                ));
+                let (request, _replies) = ControlRequest::new(ControlCommand::Shutdown);
+                let _ = futures::executor::block_on(futures::SinkExt::send(&mut tx, request));
             }
         })
         .map_err(|source| HostError::Io { context: "signal thread".into(), source })?;

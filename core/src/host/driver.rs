@@ -23,22 +23,28 @@
 //!   the client when the core's `Event::LookupDone` with that id arrives. The core always answers,
 //!   but the wait is still bounded by the client's timeout, and a lookup whose client hung up is
 //!   forgotten at once.
+//! * **Searches.** A control-socket search becomes `Command::Search` with a fresh id and the
+//!   client's user key (by default one of its own, `control-<id>`). Each `Event::SearchHit` is
+//!   streamed to the client as it arrives and `Event::SearchDone` ends the answer. The client's
+//!   bound ends it too (then, or when the client hangs up, the driver sends
+//!   `Command::CancelSearch`, so the core stops the search and tells its indexer).
 //!
 //! Shape: [`run`] waits for the next wake (a control command, a connection set up, a frame or a
-//! closed reader, the core's timer, a lookup's bound) and calls the matching `Driver::on_*`
-//! handler; then it executes the core's outputs (`Driver::drain_outputs` → `Driver::execute`)
-//! and refreshes the gauges. Every counter moves in [`Metrics::count`].
+//! closed reader, the core's timer, a lookup's or search's bound, a client gone) and calls the
+//! matching `Driver::on_*` handler; then it executes the core's outputs (`Driver::drain_outputs`
+//! → `Driver::execute`) and refreshes the gauges. Every counter moves in [`Metrics::count`].
 
-use super::control::{ControlCommand, ControlReply, ControlRequest, MAX_LOOKUP_TIMEOUT};
+use super::control::{ControlCommand, ControlReply, ControlRequest, MAX_LOOKUP_TIMEOUT, Responder};
 use super::lookup::LookupReport;
 use super::metrics::{Counted, Metrics};
+use super::search::{MAX_SEARCH_TIMEOUT, SearchDoneReply, SearchEndReason, SearchHitReply};
 use super::status::StatusReport;
 use super::transport::{BoxFuture, ConnectionHandle, Established, Runtime, Transport, TransportError, close_code};
 use crate::proto::wire::{FrameDecoder, WireError, encode_frame};
 use crate::proto::{
-    CloseReason, Command, Envelope, Event, Input, Output, Peer, PeerAddr, PeerId, RecordKey, Timestamp,
+    CloseReason, Command, Envelope, Event, Input, Output, Peer, PeerAddr, PeerId, RecordKey, SearchQuery, Timestamp,
 };
-use futures::channel::{mpsc, oneshot};
+use futures::channel::mpsc;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::{HashMap, HashSet};
@@ -53,6 +59,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const INBOX: usize = 4096;
 /// Most control-socket lookups waiting for the core at once; more are refused.
 pub const MAX_PENDING_LOOKUPS: usize = 256;
+/// Most control-socket searches running at once; more are refused (the core's own cap is lower:
+/// it ends a search beyond it as `TooMany`).
+pub const MAX_PENDING_SEARCHES: usize = 256;
 
 /// The driver's clock: wall-clock milliseconds at start, advanced by a monotonic clock.
 #[derive(Clone, Copy, Debug)]
@@ -136,7 +145,24 @@ struct PendingLookup {
     started: Timestamp,
     /// The client's bound.
     timeout: Duration,
-    reply: oneshot::Sender<ControlReply>,
+    reply: Responder,
+}
+
+/// A control-socket search running in the core.
+struct PendingSearch {
+    /// Whose search (for `Command::CancelSearch`).
+    user: String,
+    started: Timestamp,
+    /// Hits streamed so far.
+    hits: u32,
+    reply: Responder,
+}
+
+/// A control-socket request whose client bound passed.
+#[derive(Clone, Copy, Debug)]
+enum Expired {
+    Lookup(u64),
+    Search(u64),
 }
 
 struct Conn<T: Transport> {
@@ -152,10 +178,10 @@ enum Wake<T: Transport> {
     Setup(SetupEvent<T>),
     Conn(ConnEvent),
     Timer,
-    /// A lookup's bound passed.
-    LookupExpired(u64),
-    /// A lookup's client hung up.
-    LookupAbandoned,
+    /// A lookup's or search's bound passed.
+    Expired(Expired),
+    /// A lookup's or search's client hung up.
+    Abandoned,
 }
 
 /// Runs `peer` until a [`ControlCommand::Shutdown`] arrives on `control` (or every control
@@ -188,8 +214,9 @@ pub async fn run<T: Transport, R: Runtime>(
             Wake::Conn(ConnEvent::Frame { conn, peer, message }) => d.on_frame(conn, peer, message, now),
             Wake::Conn(ConnEvent::Closed { conn, peer, end }) => d.on_connection_closed(conn, peer, end, now),
             Wake::Timer => d.on_timer(now),
-            Wake::LookupExpired(id) => d.on_lookup_expired(id, now),
-            Wake::LookupAbandoned => d.on_lookup_abandoned(),
+            Wake::Expired(Expired::Lookup(id)) => d.on_lookup_expired(id, now),
+            Wake::Expired(Expired::Search(id)) => d.on_search_expired(id, now),
+            Wake::Abandoned => d.on_abandoned(now),
         }
         d.drain_outputs();
         d.metrics.observe(&d.peer, d.conns.len());
@@ -218,13 +245,16 @@ struct Driver<T: Transport, R: Runtime> {
     /// Control-socket lookups waiting for the core, by command id.
     lookups: HashMap<u64, PendingLookup>,
     next_lookup: u64,
+    /// Control-socket searches running in the core, by command id.
+    searches: HashMap<u64, PendingSearch>,
+    next_search: u64,
     control: mpsc::Receiver<ControlRequest>,
     setup_tx: mpsc::UnboundedSender<SetupEvent<T>>,
     setup_rx: mpsc::UnboundedReceiver<SetupEvent<T>>,
     conn_tx: mpsc::Sender<ConnEvent>,
     conn_rx: mpsc::Receiver<ConnEvent>,
-    expired_tx: mpsc::UnboundedSender<u64>,
-    expired_rx: mpsc::UnboundedReceiver<u64>,
+    expired_tx: mpsc::UnboundedSender<Expired>,
+    expired_rx: mpsc::UnboundedReceiver<Expired>,
     /// The core's next deadline and a sleep armed for it.
     timer: Option<(Timestamp, BoxFuture<()>)>,
 }
@@ -247,7 +277,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         };
         let (setup_tx, setup_rx) = mpsc::unbounded::<SetupEvent<T>>();
         let (conn_tx, conn_rx) = mpsc::channel::<ConnEvent>(INBOX);
-        let (expired_tx, expired_rx) = mpsc::unbounded::<u64>();
+        let (expired_tx, expired_rx) = mpsc::unbounded::<Expired>();
         Driver {
             rt,
             transport,
@@ -264,6 +294,8 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             next_conn: 1,
             lookups: HashMap::new(),
             next_lookup: 1,
+            searches: HashMap::new(),
+            next_search: 1,
             control,
             setup_tx,
             setup_rx,
@@ -320,7 +352,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     }
 
     /// Waits for the next thing to do, in priority order: control, connection setup, frames, the
-    /// timer, expired lookups, abandoned lookups.
+    /// timer, expired lookups and searches, abandoned ones.
     async fn next_wake(&mut self) -> Wake<T> {
         futures::future::poll_fn(|cx| {
             if let Poll::Ready(r) = self.control.poll_next_unpin(cx) {
@@ -337,11 +369,13 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             {
                 return Poll::Ready(Wake::Timer);
             }
-            if let Poll::Ready(Some(id)) = self.expired_rx.poll_next_unpin(cx) {
-                return Poll::Ready(Wake::LookupExpired(id));
+            if let Poll::Ready(Some(e)) = self.expired_rx.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::Expired(e));
             }
-            if self.lookups.values_mut().any(|p| p.reply.poll_canceled(cx).is_ready()) {
-                return Poll::Ready(Wake::LookupAbandoned);
+            if self.lookups.values_mut().any(|p| p.reply.poll_canceled(cx).is_ready())
+                || self.searches.values_mut().any(|p| p.reply.poll_canceled(cx).is_ready())
+            {
+                return Poll::Ready(Wake::Abandoned);
             }
             Poll::Pending
         })
@@ -451,22 +485,25 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
                     now,
                     self.metrics.snapshot(),
                 );
-                let _ = req.reply.send(ControlReply::Status(Box::new(report)));
+                req.reply.finish(ControlReply::Status(Box::new(report)));
             }
             ControlCommand::Shutdown => {
-                let _ = req.reply.send(ControlReply::ShuttingDown);
+                req.reply.finish(ControlReply::ShuttingDown);
                 return ControlFlow::Break(());
             }
             ControlCommand::Lookup { key, timeout_ms } => self.on_lookup(key, timeout_ms, req.reply, now),
+            ControlCommand::Search { needle, timeout_ms, user } => {
+                self.on_search(&needle, user, timeout_ms, req.reply, now)
+            }
         }
         ControlFlow::Continue(())
     }
 
     /// A control-socket lookup: handed to the core with a fresh id, bounded by the client's
     /// timeout; refused when [`MAX_PENDING_LOOKUPS`] are already waiting.
-    fn on_lookup(&mut self, key: RecordKey, timeout_ms: u64, reply: oneshot::Sender<ControlReply>, now: Timestamp) {
+    fn on_lookup(&mut self, key: RecordKey, timeout_ms: u64, reply: Responder, now: Timestamp) {
         if self.lookups.len() >= MAX_PENDING_LOOKUPS {
-            let _ = reply.send(ControlReply::Error {
+            reply.finish(ControlReply::Error {
                 message: format!("{MAX_PENDING_LOOKUPS} lookups are already running; try again"),
             });
             return;
@@ -477,7 +514,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         let (sleep, tx) = (self.rt.sleep(timeout), self.expired_tx.clone());
         self.rt.spawn(Box::pin(async move {
             sleep.await;
-            let _ = tx.unbounded_send(id);
+            let _ = tx.unbounded_send(Expired::Lookup(id));
         }));
         tracing::debug!(id, %key, "lookup");
         // Registered before the core runs: it may answer at once.
@@ -493,11 +530,60 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         self.metrics.count(Counted::LookupTimedOut);
         tracing::info!(key = %p.key, waited_ms = now.0.saturating_sub(p.started.0), "lookup: no answer in time");
         let message = format!("lookup of {}: no answer within {}", p.key, humantime::format_duration(p.timeout));
-        let _ = p.reply.send(ControlReply::Error { message });
+        p.reply.finish(ControlReply::Error { message });
     }
 
-    /// Some lookup's client hung up: forget every such lookup.
-    fn on_lookup_abandoned(&mut self) {
+    /// A control-socket search: the needle is parsed, handed to the core with a fresh id under
+    /// the client's user key (default: one of its own), and bounded by the client's timeout.
+    fn on_search(&mut self, needle: &str, user: Option<String>, timeout_ms: u64, reply: Responder, now: Timestamp) {
+        let query = match SearchQuery::parse(needle) {
+            Ok(q) => q,
+            Err(e) => {
+                return reply.finish(ControlReply::Error { message: format!("cannot search for `{needle}`: {e}") });
+            }
+        };
+        let user = match user.map(|u| super::search::parse_user(&u)).transpose() {
+            Ok(u) => u,
+            Err(e) => return reply.finish(ControlReply::Error { message: e }),
+        };
+        if self.searches.len() >= MAX_PENDING_SEARCHES {
+            return reply.finish(ControlReply::Error {
+                message: format!("{MAX_PENDING_SEARCHES} searches are already running; try again"),
+            });
+        }
+        let id = self.next_search;
+        self.next_search += 1;
+        let user = user.unwrap_or_else(|| format!("control-{id}"));
+        let timeout = Duration::from_millis(timeout_ms).clamp(Duration::from_millis(1), MAX_SEARCH_TIMEOUT);
+        let (sleep, tx) = (self.rt.sleep(timeout), self.expired_tx.clone());
+        self.rt.spawn(Box::pin(async move {
+            sleep.await;
+            let _ = tx.unbounded_send(Expired::Search(id));
+        }));
+        tracing::debug!(id, %user, needle, "search");
+        self.metrics.count(Counted::SearchStarted);
+        // Registered before the core runs: it may answer at once.
+        self.searches.insert(id, PendingSearch { user: user.clone(), started: now, hits: 0, reply });
+        self.peer.handle(Input::Command(Command::Search { id, user, query }), now);
+    }
+
+    /// A search's bound passed: the client gets its end, the core cancels the search.
+    fn on_search_expired(&mut self, id: u64, now: Timestamp) {
+        let Some(p) = self.searches.remove(&id) else {
+            return;
+        };
+        let elapsed_ms = now.0.saturating_sub(p.started.0);
+        tracing::debug!(id, user = %p.user, hits = p.hits, "search: client bound reached");
+        p.reply.finish(ControlReply::SearchDone(SearchDoneReply {
+            hits: p.hits,
+            end: SearchEndReason::Timeout,
+            elapsed_ms,
+        }));
+        self.peer.handle(Input::Command(Command::CancelSearch { user: p.user }), now);
+    }
+
+    /// Some client hung up: forget its lookup, cancel its search.
+    fn on_abandoned(&mut self, now: Timestamp) {
         self.lookups.retain(|id, p| {
             let keep = !p.reply.is_canceled();
             if !keep {
@@ -505,6 +591,13 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             }
             keep
         });
+        let gone: Vec<u64> = self.searches.iter().filter(|(_, p)| p.reply.is_canceled()).map(|(id, _)| *id).collect();
+        for id in gone {
+            if let Some(p) = self.searches.remove(&id) {
+                tracing::debug!(id, user = %p.user, "search abandoned by its client: cancelling it");
+                self.peer.handle(Input::Command(Command::CancelSearch { user: p.user }), now);
+            }
+        }
     }
 
     /// Shuts down gracefully: the core says goodbye, queued frames are flushed, every
@@ -611,9 +704,26 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
                 if let Some(p) = self.lookups.remove(id) {
                     let report =
                         LookupReport::new(&p.key, record.as_ref(), *hops, *attempts, p.started, self.clock.now());
-                    let _ = p.reply.send(ControlReply::Lookup(Box::new(report)));
+                    p.reply.finish(ControlReply::Lookup(Box::new(report)));
                 }
             }
+            Event::SearchHit { id, record, from } => {
+                tracing::debug!(id, peer = %record.body.peer_id.short(), via = %from.short(), "search hit");
+                if let Some(p) = self.searches.get_mut(id) {
+                    p.hits = p.hits.saturating_add(1);
+                    let hit = SearchHitReply::new(record, from, self.clock.now());
+                    p.reply.progress(ControlReply::SearchHit(Box::new(hit)));
+                }
+            }
+            Event::SearchDone { id, hits, end } => {
+                tracing::info!(id, hits, ?end, "search done");
+                if let Some(p) = self.searches.remove(id) {
+                    let elapsed_ms = self.clock.now().0.saturating_sub(p.started.0);
+                    let end = SearchEndReason::from(*end);
+                    p.reply.finish(ControlReply::SearchDone(SearchDoneReply { hits: *hits, end, elapsed_ms }));
+                }
+            }
+            Event::ForgedHitDropped { .. } => tracing::warn!(event = ?e),
             Event::IndexerAdded { .. }
             | Event::IndexerLive { .. }
             | Event::IndexerDown { .. }
@@ -621,7 +731,8 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             | Event::SeedRecovery { .. }
             | Event::PeerBanned { .. }
             | Event::RecordRejected { .. }
-            | Event::HandshakeFailed { .. } => tracing::info!(event = ?e),
+            | Event::HandshakeFailed { .. }
+            | Event::MeshNeighbour { .. } => tracing::info!(event = ?e),
             _ => tracing::debug!(event = ?e),
         }
     }

@@ -3,10 +3,11 @@
 //!
 //! Every counter the driver keeps is moved by [`Metrics::count`] from a [`Counted`] — a core
 //! [`Event`] wherever the core emits one, else something only the driver sees (a frame, a full
-//! send queue, a bad frame, an expired lookup). Gauges are copied from the core's read-only views
-//! by [`Metrics::observe`] and [`Metrics::observe_pool`].
+//! send queue, a bad frame, an expired lookup, a search started). Gauges are copied from the core's
+//! read-only views by [`Metrics::observe`] and [`Metrics::observe_pool`].
 
-use crate::proto::{Envelope, Event, Peer, RequestKind};
+use crate::proto::wire::KINDS;
+use crate::proto::{Envelope, Event, Peer, RequestKind, SearchEnd};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,10 +54,130 @@ pub struct Metrics {
     pub records_stored: AtomicU64,
     /// Records this indexer refused (`Event::RecordRejected`).
     pub records_rejected: AtomicU64,
+    /// Frames sent, by message kind ([`KINDS`]).
+    pub sent_by_kind: KindCounters,
+    /// Frames received, by message kind ([`KINDS`]).
+    pub received_by_kind: KindCounters,
+    /// Searches started over the control socket (`ocd search`).
+    pub searches_started: AtomicU64,
+    /// This node's searches that ended, by [`SearchEnd`] (indexed as [`SEARCH_ENDS`]).
+    pub searches_ended: [AtomicU64; SEARCH_ENDS.len()],
+    /// Verified hits delivered to this node's searches (`Event::SearchHit`).
+    pub search_hits: AtomicU64,
+    /// Forged, altered or unrelated hits dropped (`Event::ForgedHitDropped`).
+    pub forged_hits_dropped: AtomicU64,
+    /// Nodes' searches this indexer started emitting (`Event::SearchEmitted`).
+    pub searches_emitted: AtomicU64,
+    /// The search view, copied from the core after every step.
+    pub search: Mutex<SearchGauges>,
     /// The DHT's view, copied from the core after every step.
     pub dht: Mutex<DhtGauges>,
     /// Per-indexer gauges: (peer id hex, score, last RTT seconds).
     pub indexers: Mutex<Vec<(String, f64, Option<f64>)>>,
+}
+
+/// The ends of a search, as metric labels, in the order of [`Metrics::searches_ended`].
+pub const SEARCH_ENDS: [&str; 7] = ["idle", "cancelled", "limit", "no_indexer", "failed", "invalid", "too_many"];
+
+/// The index of `end` in [`SEARCH_ENDS`].
+pub fn search_end_index(end: SearchEnd) -> usize {
+    match end {
+        SearchEnd::Idle => 0,
+        SearchEnd::Cancelled => 1,
+        SearchEnd::Limit => 2,
+        SearchEnd::NoIndexer => 3,
+        SearchEnd::Failed => 4,
+        SearchEnd::Invalid => 5,
+        SearchEnd::TooMany => 6,
+    }
+}
+
+/// One counter per wire message kind, indexed by [`Envelope::kind_index`].
+#[derive(Debug)]
+pub struct KindCounters(Box<[AtomicU64]>);
+
+impl Default for KindCounters {
+    fn default() -> Self {
+        KindCounters(KINDS.iter().map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl KindCounters {
+    /// Counts one message.
+    pub fn inc(&self, message: &Envelope) {
+        if let Some(c) = self.0.get(message.kind_index()) {
+            Metrics::inc(c);
+        }
+    }
+
+    /// The count of the kind named `kind` (0 for an unknown name).
+    pub fn get(&self, kind: &str) -> u64 {
+        KINDS.iter().position(|k| *k == kind).and_then(|i| self.0.get(i)).map_or(0, get)
+    }
+
+    /// `(kind, count)` for every kind.
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        KINDS.iter().copied().zip(self.0.iter().map(get))
+    }
+}
+
+/// The search machine's gauges and the mesh's counters ([`crate::proto::MeshStats`]), as last seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchGauges {
+    /// This node's searches in flight.
+    pub active: u64,
+    /// Nodes whose records this indexer answers searches from (they chose it as referent).
+    pub referenced: u64,
+    /// Nodes' searches this indexer is emitting.
+    pub emitting: u64,
+    /// Whether this indexer runs the search mesh.
+    pub has_mesh: bool,
+    /// Search-mesh neighbours.
+    pub mesh_neighbours: u64,
+    /// Gossip messages sent on the mesh (data and control).
+    pub mesh_sent: u64,
+    /// Gossip messages received.
+    pub mesh_received: u64,
+    /// Mesh payloads dropped before forwarding (invalid, expired, over rate).
+    pub mesh_dropped: u64,
+    /// Mesh payloads delivered to the search machine.
+    pub mesh_delivered: u64,
+}
+
+impl SearchGauges {
+    /// Reads the core's search view.
+    pub fn of(peer: &Peer) -> Self {
+        let v = peer.search();
+        let m = v.mesh_stats();
+        SearchGauges {
+            active: v.active().len() as u64,
+            referenced: v.referenced() as u64,
+            emitting: v.emitting() as u64,
+            has_mesh: v.has_mesh(),
+            mesh_neighbours: v.mesh_neighbours().len() as u64,
+            mesh_sent: m.sent,
+            mesh_received: m.received,
+            mesh_dropped: m.dropped,
+            mesh_delivered: m.delivered,
+        }
+    }
+}
+
+/// The search counters of [`MetricsSnapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchCounters {
+    /// See [`Metrics::searches_started`].
+    pub started: u64,
+    /// Searches ended, by end ([`SEARCH_ENDS`] names); ends never seen are left out.
+    pub ended: std::collections::BTreeMap<String, u64>,
+    /// See [`Metrics::search_hits`].
+    pub hits: u64,
+    /// See [`Metrics::forged_hits_dropped`].
+    pub forged_hits_dropped: u64,
+    /// See [`Metrics::searches_emitted`].
+    pub emitted: u64,
 }
 
 /// The DHT's gauges and the core's DHT counters ([`crate::proto::DhtStats`]), as last seen.
@@ -138,6 +259,8 @@ pub struct MetricsSnapshot {
     pub records_stored: u64,
     /// See [`Metrics::records_rejected`].
     pub records_rejected: u64,
+    /// Search counters.
+    pub search: SearchCounters,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -165,6 +288,8 @@ pub enum Counted<'a> {
     ProtocolError,
     /// A control-socket lookup got no answer within its client's bound.
     LookupTimedOut,
+    /// A control-socket search was handed to the core.
+    SearchStarted,
 }
 
 impl Metrics {
@@ -194,6 +319,18 @@ impl Metrics {
             lookups_timed_out: get(&self.lookups_timed_out),
             records_stored: get(&self.records_stored),
             records_rejected: get(&self.records_rejected),
+            search: SearchCounters {
+                started: get(&self.searches_started),
+                ended: SEARCH_ENDS
+                    .iter()
+                    .zip(&self.searches_ended)
+                    .map(|(k, v)| ((*k).to_string(), get(v)))
+                    .filter(|(_, v)| *v > 0)
+                    .collect(),
+                hits: get(&self.search_hits),
+                forged_hits_dropped: get(&self.forged_hits_dropped),
+                emitted: get(&self.searches_emitted),
+            },
         }
     }
 
@@ -217,22 +354,31 @@ impl Metrics {
                 Event::LookupDone { record, .. } => {
                     inc(if record.is_some() { &self.lookups_found } else { &self.lookups_not_found })
                 }
+                Event::SearchHit { .. } => inc(&self.search_hits),
+                Event::SearchDone { end, .. } => inc(&self.searches_ended[search_end_index(*end)]),
+                Event::ForgedHitDropped { .. } => inc(&self.forged_hits_dropped),
+                Event::SearchEmitted { .. } => inc(&self.searches_emitted),
                 _ => {}
             },
-            Counted::Received(_) => inc(&self.frames_received),
-            Counted::Sent { queued, .. } => {
+            Counted::Received(message) => {
+                inc(&self.frames_received);
+                self.received_by_kind.inc(message);
+            }
+            Counted::Sent { message, queued } => {
                 if queued {
                     inc(&self.frames_sent);
+                    self.sent_by_kind.inc(message);
                 }
             }
             Counted::SlowPeer => inc(&self.slow_peers),
             Counted::ProtocolError => inc(&self.protocol_errors),
             Counted::LookupTimedOut => inc(&self.lookups_timed_out),
+            Counted::SearchStarted => inc(&self.searches_started),
         }
     }
 
     /// Copies the core's views into the gauges (after every step of the driver): open
-    /// connections, live pool entries, admitted sessions and the DHT.
+    /// connections, live pool entries, admitted sessions, the DHT and search.
     pub fn observe(&self, peer: &Peer, connections: usize) {
         Self::set(&self.connections, connections as u64);
         if let Some(p) = peer.pool() {
@@ -242,6 +388,9 @@ impl Metrics {
             Self::set(&self.sessions, ix.session_count() as u64);
         }
         self.observe_dht(peer);
+        if let Ok(mut slot) = self.search.lock() {
+            *slot = SearchGauges::of(peer);
+        }
     }
 
     /// Copies the core's DHT view into the gauges.
@@ -332,6 +481,57 @@ impl Metrics {
             ("timed_out", get(&self.lookups_timed_out)),
         ] {
             s.push_str(&format!("ocd_lookups_total{{outcome=\"{outcome}\"}} {v}\n"));
+        }
+        let search = self.search.lock().map(|g| *g).unwrap_or_default();
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        };
+        metric(
+            "ocd_searches_started_total",
+            "counter",
+            "Searches started over the control socket.",
+            get(&self.searches_started),
+        );
+        metric("ocd_search_hits_total", "counter", "Verified search hits delivered.", get(&self.search_hits));
+        metric(
+            "ocd_search_forged_hits_total",
+            "counter",
+            "Forged, altered or unrelated search hits dropped.",
+            get(&self.forged_hits_dropped),
+        );
+        metric(
+            "ocd_searches_emitted_total",
+            "counter",
+            "Nodes' searches this indexer emitted.",
+            get(&self.searches_emitted),
+        );
+        metric("ocd_searches_active", "gauge", "This node's searches in flight.", search.active);
+        metric("ocd_search_referenced", "gauge", "Records this indexer answers searches from.", search.referenced);
+        metric("ocd_searches_emitting", "gauge", "Nodes' searches this indexer is emitting.", search.emitting);
+        metric("ocd_search_mesh_neighbours", "gauge", "Search-mesh neighbours.", search.mesh_neighbours);
+        s.push_str("# HELP ocd_searches_ended_total This node's searches that ended, by end.\n");
+        s.push_str("# TYPE ocd_searches_ended_total counter\n");
+        for (end, v) in SEARCH_ENDS.iter().zip(&self.searches_ended) {
+            s.push_str(&format!("ocd_searches_ended_total{{end=\"{end}\"}} {}\n", get(v)));
+        }
+        s.push_str("# HELP ocd_search_mesh_messages_total Search-mesh gossip messages, by event.\n");
+        s.push_str("# TYPE ocd_search_mesh_messages_total counter\n");
+        for (event, v) in [
+            ("sent", search.mesh_sent),
+            ("received", search.mesh_received),
+            ("dropped", search.mesh_dropped),
+            ("delivered", search.mesh_delivered),
+        ] {
+            s.push_str(&format!("ocd_search_mesh_messages_total{{event=\"{event}\"}} {v}\n"));
+        }
+        for (name, help, counters) in [
+            ("ocd_messages_sent_total", "Wire messages sent, by kind.", &self.sent_by_kind),
+            ("ocd_messages_received_total", "Wire messages received, by kind.", &self.received_by_kind),
+        ] {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (kind, v) in counters.all() {
+                s.push_str(&format!("{name}{{kind=\"{kind}\"}} {v}\n"));
+            }
         }
         let indexers = self.indexers.lock().map(|g| g.clone()).unwrap_or_default();
         if !indexers.is_empty() {
@@ -454,5 +654,65 @@ mod tests {
         assert_eq!((s.heartbeats_refused, s.bans, s.slow_peers, s.lookups_timed_out), (2, 1, 1, 1));
         assert_eq!((s.heartbeats_sent, s.heartbeats_received), (1, 1));
         assert_eq!((get(&m.frames_received), get(&m.frames_sent)), (2, 1));
+    }
+
+    #[test]
+    fn search_events_and_messages_move_the_search_counters() {
+        use crate::proto::wire::{RequestId, SearchMessage};
+        use crate::proto::{Did, Keypair, PeerRecord, RecordBody, Timestamp};
+        let m = Metrics::default();
+        let key = Keypair::derive(8, "metrics");
+        let body = RecordBody {
+            peer_id: key.peer_id(),
+            did: Did::new("did-m").unwrap(),
+            name: "m".into(),
+            addrs: vec![],
+            api_url: None,
+            nats_address: None,
+            wallet: None,
+            issued_at: Timestamp(1),
+            expires_at: Timestamp(2),
+        };
+        let record = PeerRecord::sign(body, &key).unwrap();
+        let from = key.peer_id();
+        m.count(Counted::SearchStarted);
+        m.count(Counted::SearchStarted);
+        m.count(Counted::Event(&Event::SearchHit { id: 1, record, from }));
+        m.count(Counted::Event(&Event::SearchDone { id: 1, hits: 1, end: SearchEnd::Idle }));
+        m.count(Counted::Event(&Event::SearchDone { id: 2, hits: 0, end: SearchEnd::Cancelled }));
+        m.count(Counted::Event(&Event::ForgedHitDropped { from, owner: from }));
+        m.count(Counted::Event(&Event::SearchEmitted { node: from, local_hits: 0 }));
+        let done = Envelope::Search(SearchMessage::Done { req: RequestId(1) });
+        m.count(Counted::Sent { message: &done, queued: true });
+        m.count(Counted::Received(&done));
+        m.count(Counted::Received(&done));
+        let s = m.snapshot().search;
+        assert_eq!((s.started, s.hits, s.forged_hits_dropped, s.emitted), (2, 1, 1, 1));
+        assert_eq!(s.ended.get("idle"), Some(&1));
+        assert_eq!(s.ended.get("cancelled"), Some(&1));
+        assert_eq!(s.ended.get("limit"), None, "ends never seen are left out");
+        assert_eq!((m.sent_by_kind.get("search_done"), m.received_by_kind.get("search_done")), (1, 2));
+        assert_eq!(m.sent_by_kind.get("no_such_kind"), 0);
+        m.search.lock().unwrap().mesh_neighbours = 2;
+        m.search.lock().unwrap().mesh_sent = 9;
+        let text = m.render();
+        for line in [
+            "\nocd_searches_started_total 2\n",
+            "\nocd_search_hits_total 1\n",
+            "\nocd_search_forged_hits_total 1\n",
+            "\nocd_search_mesh_neighbours 2\n",
+            "\nocd_searches_ended_total{end=\"idle\"} 1\n",
+            "\nocd_searches_ended_total{end=\"too_many\"} 0\n",
+            "\nocd_search_mesh_messages_total{event=\"sent\"} 9\n",
+            "\nocd_messages_sent_total{kind=\"search_done\"} 1\n",
+            "\nocd_messages_received_total{kind=\"mesh_gossip\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        // Every end has its label.
+        assert_eq!(SEARCH_ENDS.len(), m.searches_ended.len());
+        for end in [SearchEnd::Idle, SearchEnd::TooMany, SearchEnd::Invalid] {
+            assert!(search_end_index(end) < SEARCH_ENDS.len());
+        }
     }
 }

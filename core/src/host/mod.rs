@@ -8,7 +8,8 @@
 //! * [`transport`] — the two small traits (transport, runtime) a runtime implements.
 //! * [`driver`] — the one event loop feeding the core, shared by both runtimes.
 //! * [`daemon`], [`config`], [`cli`] — starting a daemon, its configuration, its commands.
-//! * [`control`], [`status`], [`lookup`] — the local control socket and what it answers.
+//! * [`control`], [`status`], [`lookup`], [`search`] — the local control socket and what it
+//!   answers.
 //! * [`metrics`] — Prometheus counters and gauges; [`devnet`] — a whole network on 127.0.0.1.
 
 pub mod cli;
@@ -20,5 +21,6 @@ pub mod driver;
 pub mod identity;
 pub mod lookup;
 pub mod metrics;
+pub mod search;
 pub mod status;
 pub mod transport;

@@ -46,6 +46,10 @@ pub struct StatusReport {
     /// The DHT: records, routing table, providers, queries, counters.
     #[serde(default)]
     pub dht: DhtStatus,
+    /// Distributed search: this node's searches, this indexer's referenced records, emitted
+    /// searches and search mesh.
+    #[serde(default)]
+    pub search: SearchStatus,
     /// Counters since start.
     pub counters: MetricsSnapshot,
 }
@@ -72,6 +76,70 @@ pub struct DhtStatus {
     /// Gauges and counters.
     #[serde(flatten)]
     pub view: DhtGauges,
+}
+
+/// The search part of the status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchStatus {
+    /// This node's searches in flight.
+    pub active: Vec<ActiveSearchStatus>,
+    /// Nodes that chose this indexer as their referent: their records answer searches here.
+    pub referenced: usize,
+    /// Nodes' searches this indexer is emitting.
+    pub emitting: usize,
+    /// The search mesh (an indexer's; `None` on a node).
+    pub mesh: Option<MeshStatus>,
+}
+
+/// One search in flight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveSearchStatus {
+    /// Whose search (`control-<id>` for an `ocd search` without `--user`).
+    pub user: String,
+    /// The command id.
+    pub id: u64,
+    /// Distinct verified hits so far.
+    pub hits: u32,
+}
+
+/// An indexer's search mesh.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MeshStatus {
+    /// Neighbours (hex peer ids).
+    pub neighbours: Vec<String>,
+    /// Gossip messages sent (data and control).
+    pub sent: u64,
+    /// Gossip messages received.
+    pub received: u64,
+    /// Payloads dropped before forwarding (invalid, expired, over rate).
+    pub dropped: u64,
+    /// Payloads delivered to the search machine.
+    pub delivered: u64,
+}
+
+impl SearchStatus {
+    /// Reads the core's search view.
+    pub fn of(peer: &Peer) -> Self {
+        let v = peer.search();
+        let mesh = v.has_mesh().then(|| {
+            let m = v.mesh_stats();
+            MeshStatus {
+                neighbours: v.mesh_neighbours().iter().map(ToString::to_string).collect(),
+                sent: m.sent,
+                received: m.received,
+                dropped: m.dropped,
+                delivered: m.delivered,
+            }
+        });
+        SearchStatus {
+            active: v.active().into_iter().map(|(user, id, hits)| ActiveSearchStatus { user, id, hits }).collect(),
+            referenced: v.referenced(),
+            emitting: v.emitting(),
+            mesh,
+        }
+    }
 }
 
 /// The pool of a node.
@@ -262,6 +330,7 @@ impl StatusReport {
                 mode: if peer.dht().is_server() { "server" } else { "client" }.into(),
                 view: DhtGauges::of(peer),
             },
+            search: SearchStatus::of(peer),
             counters,
         }
     }
@@ -380,6 +449,7 @@ impl StatusReport {
             "  queries {} (refused {}); rpcs {} (failed {}); stores accepted {} / refused {}; verifications {}",
             d.queries, d.queries_refused, d.rpcs, d.rpc_failures, d.stores_accepted, d.stores_refused, d.verifications
         );
+        self.render_search(&mut s);
         let c = &self.counters;
         let _ = writeln!(
             s,
@@ -393,9 +463,108 @@ impl StatusReport {
         );
         s
     }
+
+    /// The search lines: searches in flight, referenced records, emitted searches, the mesh and
+    /// the search counters.
+    fn render_search(&self, s: &mut String) {
+        let q = &self.search;
+        let active = if q.active.is_empty() {
+            "none".to_string()
+        } else {
+            q.active
+                .iter()
+                .map(|a| format!("{} ({} hit{})", a.user, a.hits, if a.hits == 1 { "" } else { "s" }))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(s, "search: active {}; {} referenced records; emitting {}", active, q.referenced, q.emitting);
+        if let Some(m) = &q.mesh {
+            let shorts = m.neighbours.iter().map(|n| short(n)).collect::<Vec<_>>().join(" ");
+            let _ = writeln!(
+                s,
+                "  mesh: {} neighbour{}{}{}; gossip sent {} / received {} / dropped {} / delivered {}",
+                m.neighbours.len(),
+                if m.neighbours.len() == 1 { "" } else { "s" },
+                if shorts.is_empty() { "" } else { " " },
+                shorts,
+                m.sent,
+                m.received,
+                m.dropped,
+                m.delivered
+            );
+        }
+        let c = &self.counters.search;
+        let ended = if c.ended.is_empty() {
+            "0".to_string()
+        } else {
+            c.ended.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "  searches: started {}, ended {}; hits {}; forged hits dropped {}; emitted {}",
+            c.started, ended, c.hits, c.forged_hits_dropped, c.emitted
+        );
+    }
 }
 
 /// The first 16 hex characters of a peer id.
 pub fn short(peer: &str) -> &str {
     peer.get(..16).unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Keypair, PeerSetup, Roles};
+
+    fn report(roles: Roles, anchor: bool, counters: MetricsSnapshot) -> StatusReport {
+        let key = Keypair::derive(11, "status");
+        let mut setup = PeerSetup::new(key, [7; 32], roles);
+        setup.clock_anchor = anchor.then(std::time::Instant::now);
+        let now = Timestamp(1_700_000_000_000);
+        let peer = Peer::new(setup, now);
+        let addr = PeerAddr { id: peer.id(), addrs: vec!["127.0.0.1:4001".into()] };
+        StatusReport::build(&peer, "tokio", &addr, &addr, now, now, counters)
+    }
+
+    #[test]
+    fn an_indexer_shows_its_mesh_and_a_node_its_searches() {
+        let ix = report(Roles::INDEXER, true, MetricsSnapshot::default());
+        let mesh = ix.search.mesh.as_ref().expect("an indexer with a clock runs the mesh");
+        assert!(mesh.neighbours.is_empty());
+        let text = ix.render();
+        assert!(text.contains("search: active none; 0 referenced records; emitting 0\n"), "{text}");
+        assert!(
+            text.contains("  mesh: 0 neighbours; gossip sent 0 / received 0 / dropped 0 / delivered 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("  searches: started 0, ended 0; hits 0;"), "{text}");
+
+        let mut counters = MetricsSnapshot::default();
+        counters.search.started = 3;
+        counters.search.hits = 2;
+        counters.search.ended.insert("idle".into(), 2);
+        counters.search.ended.insert("cancelled".into(), 1);
+        let node = report(Roles::NODE, true, counters);
+        assert_eq!(node.search.mesh, None, "a node runs no mesh");
+        let text = node.render();
+        assert!(!text.contains("mesh:"), "{text}");
+        assert!(text.contains("  searches: started 3, ended cancelled 1, idle 2; hits 2;"), "{text}");
+        // The JSON carries the section, and an older report without it still reads.
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(json["search"]["active"], serde_json::json!([]));
+        assert_eq!(json["counters"]["search"]["ended"]["idle"], 2);
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("search");
+        assert_eq!(serde_json::from_value::<StatusReport>(old).unwrap().search, SearchStatus::default());
+        let mesh = SearchStatus {
+            active: vec![ActiveSearchStatus { user: "control-4".into(), id: 4, hits: 1 }],
+            referenced: 2,
+            emitting: 1,
+            mesh: Some(MeshStatus { neighbours: vec!["ab".repeat(32)], sent: 5, ..MeshStatus::default() }),
+        };
+        let text = StatusReport { search: mesh, ..node }.render();
+        assert!(text.contains("search: active control-4 (1 hit); 2 referenced records; emitting 1\n"), "{text}");
+        assert!(text.contains("  mesh: 1 neighbour abababababababab; gossip sent 5 /"), "{text}");
+    }
 }
