@@ -118,6 +118,7 @@ impl Net {
                     }
                 }
                 Output::Event(e) => self.events.push((p, self.now, e)),
+                Output::Persist(_) | Output::Forget(_) => {}
             }
         }
     }

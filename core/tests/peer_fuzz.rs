@@ -212,7 +212,7 @@ impl Harness {
             match o {
                 Output::Send { to, .. } | Output::Close { peer: to, .. } => assert_ne!(to, self.me, "never to self"),
                 Output::Connect { peer } => assert_ne!(peer.id, self.me, "never dial self"),
-                Output::Event(_) => {}
+                Output::Event(_) | Output::Persist(_) | Output::Forget(_) => {}
             }
         }
         if let Some(pool) = self.peer.pool() {

@@ -8,105 +8,24 @@
 //! multi-peer behaviour at scale is the simulator's job; this checks the flows end to end.
 
 use ocd_core::proto::{
-    Command, Config, Event, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerSetup, Roles, SearchEnd, SearchQuery,
-    Timestamp,
+    Command, Config, Event, Input, Keypair, PeerAddr, PeerId, PeerSetup, Roles, SearchEnd, SearchQuery, Timestamp,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const KEY: [u8; 32] = [7; 32];
-const LINK_MS: u64 = 5;
 
-struct Net {
-    peers: Vec<Peer>,
-    up: Vec<bool>,
-    queue: BTreeMap<(Timestamp, u64), (usize, Input)>,
-    seq: u64,
-    now: Timestamp,
-    connected: BTreeSet<(usize, usize)>,
-    events: Vec<(Timestamp, usize, Event)>,
+mod common;
+use common::Net;
+
+trait Search {
+    fn command(&mut self, i: usize, c: Command);
+    fn search(&mut self, from: usize, id: u64, needle: &str) -> (Vec<PeerId>, SearchEnd);
 }
 
-impl Net {
-    fn index(&self, id: &PeerId) -> Option<usize> {
-        self.peers.iter().position(|p| p.id() == *id)
-    }
-
-    fn push(&mut self, at: Timestamp, to: usize, input: Input) {
-        self.seq += 1;
-        self.queue.insert((at, self.seq), (to, input));
-    }
-
-    fn outputs(&mut self, i: usize) {
-        while let Some(o) = self.peers[i].poll_output() {
-            let at = self.now + Duration::from_millis(LINK_MS);
-            match o {
-                Output::Connect { peer } => {
-                    let Some(j) = self.index(&peer.id) else { continue };
-                    if !self.up[j] {
-                        self.push(at, i, Input::ConnectFailed { peer: peer.id });
-                        continue;
-                    }
-                    self.connected.insert((i.min(j), i.max(j)));
-                    let me = self.peers[i].id();
-                    self.push(at, i, Input::ConnectionUp { peer: peer.id, addr: None, outbound: true });
-                    self.push(at, j, Input::ConnectionUp { peer: me, addr: None, outbound: false });
-                }
-                Output::Send { to, message } => {
-                    let Some(j) = self.index(&to) else { continue };
-                    if self.up[j] && self.connected.contains(&(i.min(j), i.max(j))) {
-                        let from = self.peers[i].id();
-                        self.push(at, j, Input::Received { from, message });
-                    }
-                }
-                Output::Close { peer, .. } => {
-                    let Some(j) = self.index(&peer) else { continue };
-                    if self.connected.remove(&(i.min(j), i.max(j))) {
-                        let me = self.peers[i].id();
-                        self.push(at, j, Input::ConnectionDown { peer: me });
-                    }
-                }
-                Output::Event(e) => self.events.push((self.now, i, e)),
-            }
-        }
-    }
-
-    /// Runs until `until`, handing each peer its inputs and timeouts in time order.
-    fn run_until(&mut self, until: Timestamp) {
-        loop {
-            let next_input = self.queue.keys().next().map(|(t, _)| *t);
-            let next_timer = (0..self.peers.len())
-                .filter(|i| self.up[*i])
-                .filter_map(|i| self.peers[i].poll_timeout().map(|t| (t.max(self.now), i)))
-                .min();
-            let t = match (next_input, next_timer) {
-                (Some(a), Some((b, _))) => a.min(b),
-                (Some(a), None) => a,
-                (None, Some((b, _))) => b,
-                (None, None) => break,
-            };
-            if t > until {
-                break;
-            }
-            self.now = t;
-            if next_input == Some(t) {
-                let Some((_, (i, input))) = self.queue.pop_first() else { break };
-                if self.up[i] {
-                    self.peers[i].handle(input, t);
-                    self.outputs(i);
-                }
-            } else if let Some((_, i)) = next_timer {
-                self.peers[i].handle(Input::Timeout, t);
-                self.outputs(i);
-            }
-        }
-        self.now = until;
-    }
-
+impl Search for Net {
     fn command(&mut self, i: usize, c: Command) {
-        let now = self.now;
-        self.peers[i].handle(Input::Command(c), now);
-        self.outputs(i);
+        self.input(i, Input::Command(c));
     }
 
     /// Runs a search from node `from` and returns its hits' owners and how it ended.
@@ -114,8 +33,7 @@ impl Net {
         let query = SearchQuery::parse(needle).expect("a valid needle");
         let mark = self.events.len();
         self.command(from, Command::Search { id, user: "u".into(), query });
-        let until = self.now + Duration::from_secs(20);
-        self.run_until(until);
+        self.run_for(Duration::from_secs(20));
         let mut hits = Vec::new();
         let mut end = None;
         for (_, i, e) in &self.events[mark..] {
@@ -144,7 +62,7 @@ fn network() -> Net {
         s.seeds = vec![PeerAddr::id_only(ix_ids[1 - i])];
         s.rng_seed = i as u64 + 1;
         s.clock_anchor = Some(anchor);
-        peers.push(Peer::new(s, t0));
+        peers.push(s);
     }
     for (i, (name, ix)) in [("Alpha-Node", 0), ("beta-node", 0), ("Gamma-Ünïcode", 1)].into_iter().enumerate() {
         let mut s = PeerSetup::new(Keypair::derive(2, &format!("node{i}")), KEY, Roles::NODE);
@@ -152,18 +70,9 @@ fn network() -> Net {
         s.seeds = vec![PeerAddr::id_only(ix_ids[ix])];
         s.rng_seed = 10 + i as u64;
         s.clock_anchor = Some(anchor);
-        peers.push(Peer::new(s, t0));
+        peers.push(s);
     }
-    let n = peers.len();
-    let mut net = Net {
-        peers,
-        up: vec![true; n],
-        queue: BTreeMap::new(),
-        seq: 0,
-        now: t0,
-        connected: BTreeSet::new(),
-        events: Vec::new(),
-    };
+    let mut net = Net::new(peers, t0);
     net.run_until(t0 + Duration::from_secs(90));
     net
 }
@@ -212,8 +121,7 @@ fn a_newer_search_of_the_same_user_cancels_the_older() {
     net.command(2, Command::Search { id: 10, user: "alice".into(), query: q("nobody") });
     net.command(2, Command::Search { id: 11, user: "alice".into(), query: q("gamma") });
     net.command(2, Command::Search { id: 12, user: "bob".into(), query: q("beta") });
-    let until = net.now + Duration::from_secs(20);
-    net.run_until(until);
+    net.run_for(Duration::from_secs(20));
     let ends: BTreeMap<u64, SearchEnd> = net
         .events
         .iter()
@@ -240,8 +148,7 @@ fn a_node_that_stops_stops_being_found_through_its_referent() {
     // Gamma leaves politely: its session, and with it the reference, ends at once.
     net.command(gamma, Command::Shutdown);
     net.up[gamma] = false;
-    let until = net.now + Duration::from_secs(5);
-    net.run_until(until);
+    net.run_for(Duration::from_secs(5));
     assert_eq!(net.peers[1].search().referenced(), 1, "gamma's reference went with its session");
     let (hits, end) = net.search(2, 2, "gamma");
     assert!(hits.is_empty(), "a stopped node's record is no longer served by search: {hits:?}");

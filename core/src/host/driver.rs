@@ -633,6 +633,8 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             Output::Send { to, message } => self.send(to, &message),
             Output::Close { peer, reason } => self.close(peer, reason),
             Output::Event(e) => self.on_event(e),
+            // The durable store (redb) is wired in next.
+            Output::Persist(_) | Output::Forget(_) => {}
         }
     }
 

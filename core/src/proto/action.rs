@@ -4,10 +4,12 @@
 //! the effects it may have, and emits into a `Vec<Action>` passed in ([`Sink::emit`]); the router's
 //! [`Action`] is their union, each lifted with `From` (the habit of iroh-gossip's `proto`).
 
+use super::app::{AppOut, Forget, Persist};
 use super::dht::{DhtDone, DhtOut};
 use super::identity::{PeerAddr, PeerId};
 use super::indexer::IndexerOut;
 use super::node::NodeOut;
+use super::record::{PeerRecord, RecordKey};
 use super::search::SearchOut;
 use super::wire::Envelope;
 use super::{CloseReason, Event};
@@ -58,6 +60,24 @@ pub enum Action {
         /// The indexer.
         indexer: PeerId,
     },
+    /// Store durably before what follows.
+    Persist(Persist),
+    /// Delete from durable storage.
+    Forget(Forget),
+    /// The application-message machine wants a destination resolved.
+    Resolve {
+        /// Echoed in [`Action::Resolved`].
+        token: u64,
+        /// What to find.
+        key: RecordKey,
+    },
+    /// A resolution finished (verified record, or none).
+    Resolved {
+        /// The token.
+        token: u64,
+        /// The record.
+        record: Option<PeerRecord>,
+    },
 }
 
 impl From<Event> for Action {
@@ -93,6 +113,7 @@ impl From<NodeOut> for Action {
             NodeOut::Event(e) => Action::Event(e),
             NodeOut::DiscoverIndexers { want } => Action::DiscoverIndexers { want },
             NodeOut::IndexerSeen { peer, fill_rate } => Action::IndexerSeen { peer, fill_rate },
+            NodeOut::Resolved { token, record } => Action::Resolved { token, record },
         }
     }
 }
@@ -126,6 +147,19 @@ impl From<SearchOut> for Action {
             SearchOut::Event(e) => Action::Event(e),
             SearchOut::Strike { peer } => Action::Strike { peer },
             SearchOut::Distrust { indexer } => Action::Distrust { indexer },
+        }
+    }
+}
+
+impl From<AppOut> for Action {
+    fn from(o: AppOut) -> Self {
+        match o {
+            AppOut::Send { to, message } => Action::Send { to, message },
+            AppOut::Learn(a) => Action::Learn(a),
+            AppOut::Event(e) => Action::Event(e),
+            AppOut::Persist(p) => Action::Persist(p),
+            AppOut::Forget(f) => Action::Forget(f),
+            AppOut::Resolve { token, key } => Action::Resolve { token, key },
         }
     }
 }

@@ -152,6 +152,20 @@ pub struct Config {
     /// are forwarded (ocd; the seed had no topic validator, C §15.6).
     pub search_mesh_max_per_minute: usize,
 
+    // ---- application messages and DNT (DESIGN §8, seed 002 §7) ----------------------------
+    /// Delay between delivery attempts to a destination (seed: `dntRetryInterval`, 15 s).
+    #[serde(with = "humantime_serde")]
+    pub dnt_retry_interval: Duration,
+    /// Retries of a moderate message after its first failed attempt (seed:
+    /// `dntMaxModerateRetries`, 3). Critical messages are retried until delivered, `search` never.
+    pub dnt_moderate_retries: u32,
+    /// Messages queued for delivery in total (ocd; the seed had no bound, B28).
+    pub dnt_queue_max: usize,
+    /// Messages queued for one destination (ocd).
+    pub dnt_queue_max_per_destination: usize,
+    /// Largest payload plus user of an application message, in bytes (ocd; under the frame limit).
+    pub app_max_payload: usize,
+
     // ---- records and the DHT ---------------------------------------------------------------
     /// Lifetime of a node's signed record; it is re-signed when half of it is left (the seed
     /// signed a 2-minute record on every heartbeat and every indexer verified each one; ocd
@@ -265,6 +279,11 @@ impl Default for Config {
             search_max_results: 100,
             search_max_batch: 32,
             search_mesh_max_per_minute: 600,
+            dnt_retry_interval: Duration::from_secs(15),
+            dnt_moderate_retries: 3,
+            dnt_queue_max: 10_000,
+            dnt_queue_max_per_destination: 1_000,
+            app_max_payload: 48 * 1024,
             record_ttl: Duration::from_secs(300),
             kad_k: 20,
             kad_alpha: 3,
@@ -295,6 +314,15 @@ impl Config {
         }
         if self.max_indexers == 0 {
             return bad("max_indexers", "must be at least 1");
+        }
+        if self.app_max_payload > crate::proto::wire::MAX_FRAME_LEN - 8 * 1024 {
+            return bad(
+                "app_max_payload",
+                "must leave room for the message's header in a 64 KiB frame (at most 57344)",
+            );
+        }
+        if self.dnt_retry_interval.is_zero() {
+            return bad("dnt_retry_interval", "must be positive");
         }
         if self.search_max_results == 0 || self.search_max_batch == 0 {
             return bad("search_max_results", "search_max_results and search_max_batch must be at least 1");

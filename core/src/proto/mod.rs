@@ -23,6 +23,7 @@
 //!               candidates, the record gate
 //!   dht/        Kademlia: routing table and iterative lookups (kad), queries, record and
 //!               provider stores, replication
+//!   app/        application messages between nodes: ids, acknowledgements, the DNT queue, the inbox
 //!   search/     distributed peer search: the node's searches, the emitter and responder, the
 //!               indexers' search mesh (iroh-gossip's HyParView + PlumTree)
 //!   record.rs   signed peer and provider records, the record store, this peer's own record
@@ -79,6 +80,7 @@
 //! ```
 
 mod action;
+mod app;
 mod config;
 mod dht;
 mod identity;
@@ -98,6 +100,10 @@ pub mod internals;
 pub(crate) use action::Action;
 #[cfg(feature = "internals")]
 pub use action::Sink;
+pub use app::{
+    Abandon, AppProtocol, AppRefusal, DeliveryClass, Forget, InboxEntry, MessageId, NewMessage, Persist, QueueView,
+    QueuedMessage, ReceivedIds, Restored, SendRefusal, Target,
+};
 pub use config::{Config, ConfigError};
 pub use dht::DhtStats;
 pub use identity::{Addr, Did, IdentityError, Keypair, PeerAddr, PeerId, Signature};
@@ -146,6 +152,8 @@ pub enum Input {
     Timeout,
     /// A request from the local application.
     Command(Command),
+    /// Durable state read back by the host at start, before any command.
+    Restored(Restored),
 }
 
 /// Requests from the local application.
@@ -175,6 +183,14 @@ pub enum Command {
         /// Whose search.
         user: String,
     },
+    /// Send an application message (DESIGN §8): answered by [`Event::AppAccepted`] (after the
+    /// persist output of a critical one) or [`Event::AppSendRefused`], with the same id.
+    Send {
+        /// Chosen by the caller, echoed in the answer.
+        id: u64,
+        /// The message.
+        message: NewMessage,
+    },
 }
 
 /// Something the caller must do, drained with [`Peer::poll_output`].
@@ -201,6 +217,10 @@ pub enum Output {
     },
     /// Something the application (logs, metrics, the simulator) may want to know.
     Event(Event),
+    /// Store this durably, and commit it before executing the outputs that follow.
+    Persist(Persist),
+    /// This may be deleted from durable storage.
+    Forget(Forget),
 }
 
 /// Why the core closes a connection.
@@ -465,6 +485,68 @@ pub enum Event {
         peer: PeerId,
         /// Up or down.
         up: bool,
+    },
+    // ---- application messages ----
+    /// A message was accepted for delivery (a critical one is durably queued: its persist output
+    /// came first).
+    AppAccepted {
+        /// The command's id.
+        id: u64,
+        /// The message's id.
+        message: MessageId,
+        /// Its class.
+        class: DeliveryClass,
+    },
+    /// A send command was refused.
+    AppSendRefused {
+        /// The command's id.
+        id: u64,
+        /// Why.
+        reason: SendRefusal,
+    },
+    /// A message is in its receiver's inbox (acknowledged).
+    AppDelivered {
+        /// The message.
+        message: MessageId,
+        /// The receiver.
+        to: PeerId,
+        /// Attempts it took.
+        attempts: u32,
+        /// When the application handed it over.
+        accepted_at: Timestamp,
+    },
+    /// A message is attempted again.
+    AppRetry {
+        /// The message.
+        message: MessageId,
+        /// This attempt's number (from 2).
+        attempt: u32,
+    },
+    /// A message was given up.
+    AppAbandoned {
+        /// The message.
+        message: MessageId,
+        /// Why.
+        reason: Abandon,
+    },
+    /// A new message arrived (its persist output came first, its acknowledgement follows).
+    AppReceived {
+        /// The message.
+        id: MessageId,
+        /// What it is.
+        protocol: AppProtocol,
+    },
+    /// A message arrived again; acknowledged, not delivered twice.
+    AppDuplicate {
+        /// The message.
+        id: MessageId,
+    },
+    /// An incoming message was refused.
+    AppIncomingRefused {
+        /// The sender.
+        from: PeerId,
+        /// Why.
+        reason: AppRefusal,
     },
     /// An indexer refused a record.
     RecordRejected {

@@ -300,6 +300,8 @@ impl Simulation {
             Output::Connect { peer } => self.execute_connect(p, peer),
             Output::Close { peer, reason } => self.execute_close(p, peer, reason),
             Output::Event(e) => self.on_event(p, e),
+            // Durable state across crash/restart comes with the `send` workload.
+            Output::Persist(_) | Output::Forget(_) => {}
         }
     }
 

@@ -86,6 +86,11 @@ pub enum Purpose {
         /// The command's id.
         id: u64,
     },
+    /// A destination of an application message (the record's verification is the query's).
+    Resolve {
+        /// The application-message machine's token.
+        token: u64,
+    },
     /// The DHT spot check of a heartbeat's DID challenge.
     DidCheck,
     /// Provider discovery for the node's pool.

@@ -17,9 +17,19 @@ use crate::proto::wire::{GetRecord, RecordKey, RecordReply, RequestId};
 use crate::proto::{Action, Event};
 use std::collections::BTreeMap;
 
+/// Who asked for a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The application ([`Command::Lookup`](crate::proto::Command::Lookup)): answered by
+    /// [`Event::LookupDone`].
+    Command(u64),
+    /// Another machine (a message destination): answered by [`NodeOut::Resolved`].
+    Resolve(u64),
+}
+
 #[derive(Clone, Debug)]
 struct Pending {
-    id: u64,
+    id: Origin,
     key: RecordKey,
     to: PeerId,
     /// Indexers not asked yet, in order.
@@ -50,7 +60,7 @@ impl RecordLookups {
     /// indexer, it fails at once.
     pub fn start(
         &mut self,
-        id: u64,
+        id: Origin,
         key: RecordKey,
         indexers: Vec<PeerAddr>,
         ids: &mut u64,
@@ -66,7 +76,7 @@ impl RecordLookups {
     /// Asks the next indexer of `rest` for lookup `(id, key)`, or ends it when none is left.
     fn ask_next(
         &mut self,
-        (id, key): (u64, RecordKey),
+        (id, key): (Origin, RecordKey),
         mut rest: Vec<PeerAddr>,
         attempts: u32,
         ids: &mut u64,
@@ -74,7 +84,7 @@ impl RecordLookups {
         out: &mut Vec<Action>,
     ) {
         let Some(next) = rest.pop() else {
-            out.emit(NodeOut::Event(Event::LookupDone { id, key, record: None, hops: 0, attempts }));
+            out.emit(done(id, key, None, 0, attempts));
             return;
         };
         let req = super::next_request(ids);
@@ -99,13 +109,7 @@ impl RecordLookups {
         };
         let valid = reply.record.filter(|r| p.key.matches(r) && r.verify(now).is_ok());
         match valid {
-            Some(record) => out.emit(NodeOut::Event(Event::LookupDone {
-                id: p.id,
-                key: p.key,
-                record: Some(record),
-                hops: u32::from(reply.hops),
-                attempts: p.attempts,
-            })),
+            Some(record) => out.emit(done(p.id, p.key, Some(record), u32::from(reply.hops), p.attempts)),
             None => self.ask_next((p.id, p.key), p.rest, p.attempts, ids, now, out),
         }
     }
@@ -136,6 +140,14 @@ impl RecordLookups {
     /// The earliest deadline.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.pending.values().map(|p| p.deadline).min()
+    }
+}
+
+/// A finished lookup, told to whoever asked.
+fn done(id: Origin, key: RecordKey, record: Option<crate::proto::PeerRecord>, hops: u32, attempts: u32) -> NodeOut {
+    match id {
+        Origin::Command(id) => NodeOut::Event(Event::LookupDone { id, key, record, hops, attempts }),
+        Origin::Resolve(token) => NodeOut::Resolved { token, record },
     }
 }
 

@@ -101,7 +101,7 @@ mod tests;
 mod witnesses;
 
 use discovery::DISCOVERY_WARMUP;
-use lookup::RecordLookups;
+use lookup::{Origin, RecordLookups};
 use messages::NodeMessage;
 use rate::SEND_LOG_MAX;
 use score::IndexerScore;
@@ -140,6 +140,13 @@ pub enum NodeOut {
         peer: PeerId,
         /// The fill rate it reported, if the answer carried one.
         fill_rate: Option<f64>,
+    },
+    /// A resolution for another machine finished ([`IndexerPool::resolve`]).
+    Resolved {
+        /// Its token.
+        token: u64,
+        /// The verified record, if found.
+        record: Option<PeerRecord>,
     },
 }
 
@@ -452,7 +459,14 @@ impl IndexerPool {
     /// [`Event::LookupDone`].
     pub fn lookup(&mut self, id: u64, key: RecordKey, now: Timestamp, out: &mut Vec<Action>) {
         let indexers = self.live_by_score();
-        self.lookups.start(id, key, indexers, &mut self.next_req, now, out);
+        self.lookups.start(Origin::Command(id), key, indexers, &mut self.next_req, now, out);
+    }
+
+    /// Finds `key`'s record for another machine (the application messages' destinations);
+    /// answered by [`NodeOut::Resolved`] with `token`.
+    pub fn resolve(&mut self, token: u64, key: RecordKey, now: Timestamp, out: &mut Vec<Action>) {
+        let indexers = self.live_by_score();
+        self.lookups.start(Origin::Resolve(token), key, indexers, &mut self.next_req, now, out);
     }
 
     /// Record lookups in flight.

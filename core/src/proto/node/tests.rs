@@ -179,7 +179,11 @@ impl Net {
                 | Action::IndexerSeen { .. }
                 | Action::QueryDone(_)
                 | Action::Strike { .. }
-                | Action::Distrust { .. } => {}
+                | Action::Distrust { .. }
+                | Action::Persist(_)
+                | Action::Forget(_)
+                | Action::Resolve { .. }
+                | Action::Resolved { .. } => {}
             }
         }
     }

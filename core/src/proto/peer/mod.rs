@@ -6,6 +6,7 @@
 //! turned into outputs. Every random choice is made by a machine with a generator forked from the
 //! peer's seed.
 
+use crate::proto::app::AppService;
 use crate::proto::config::Config;
 use crate::proto::dht::{Dht, DhtDone, Purpose};
 use crate::proto::identity::{Addr, Did, Keypair, PeerAddr, PeerId};
@@ -16,8 +17,9 @@ use crate::proto::record::{OwnRecord, PeerRecord, RecordKey};
 use crate::proto::rng::DetRng;
 use crate::proto::search::{Referenced, SearchService};
 use crate::proto::time::Timestamp;
+use crate::proto::wire::{AppMessage, AppRefusal};
 use crate::proto::wire::{Envelope, RecordReply};
-use crate::proto::{Action, CloseReason, Command, Event, Input, Output};
+use crate::proto::{Action, CloseReason, Command, Event, Input, Output, SendRefusal};
 use std::collections::VecDeque;
 
 mod views;
@@ -102,6 +104,8 @@ pub struct Peer {
     indexer: Option<IndexerService>,
     /// Distributed search: the node's searches; the emitter, responder and mesh of an indexer.
     search: SearchService,
+    /// Application messages (the node role).
+    app: Option<AppService>,
     /// The DHT: a server for an indexer, a client for a node.
     dht: Dht,
     /// Our signed record (re-signed at half-life).
@@ -156,6 +160,7 @@ impl Peer {
             rng.fork("search"),
             now,
         );
+        let app = setup.roles.node.then(|| AppService::new(setup.config.clone(), me, rng.fork("app"), now));
         let record = OwnRecord::new(
             setup.keypair.clone(),
             setup.did.clone(),
@@ -172,6 +177,7 @@ impl Peer {
             node: pool,
             indexer,
             search,
+            app,
             dht,
             record,
             out: VecDeque::new(),
@@ -190,6 +196,9 @@ impl Peer {
         };
         if let Some(pool) = &mut self.node {
             pool.set_record(record.clone());
+        }
+        if let Some(app) = &mut self.app {
+            app.set_record(record.clone());
         }
         if self.roles.indexer {
             let _ = self.dht.offer_record(self.me, record, now, &mut self.actions);
@@ -246,6 +255,11 @@ impl Peer {
         SearchView { search: &self.search, indexer: self.indexer.as_ref() }
     }
 
+    /// The application-message queue (DNT), if this peer plays the node role.
+    pub fn app_queue(&self) -> Option<crate::proto::QueueView> {
+        self.app.as_ref().map(|a| a.queue())
+    }
+
     /// The connection table.
     pub fn connections(&self) -> LinkView<'_> {
         LinkView(&self.link)
@@ -285,6 +299,15 @@ impl Peer {
                 self.search.start((id, user), query, indexers, now, &mut self.actions);
             }
             Input::Command(Command::CancelSearch { user }) => self.search.cancel(&user, &mut self.actions),
+            Input::Command(Command::Send { id, message }) => match &mut self.app {
+                Some(app) => app.send(id, message, now, &mut self.actions),
+                None => self.actions.push(Action::Event(Event::AppSendRefused { id, reason: SendRefusal::NotANode })),
+            },
+            Input::Restored(r) => {
+                if let Some(app) = &mut self.app {
+                    app.restore(r, now, &mut self.actions);
+                }
+            }
         }
         self.apply_actions(now);
     }
@@ -338,6 +361,11 @@ impl Peer {
             let refs = Refs { indexer: self.indexer.as_ref(), dht: &self.dht, now };
             self.search.handle_timeout(&contacts, &refs, now, &mut self.actions);
         }
+        if let Some(app) = &mut self.app
+            && app.poll_timeout().is_some_and(|t| t <= now)
+        {
+            app.handle_timeout(now, &mut self.actions);
+        }
         if self.record.refresh_at().is_some_and(|t| t <= now) {
             self.resign(now);
         }
@@ -371,6 +399,7 @@ impl Peer {
             self.indexer.as_ref().and_then(|i| i.poll_timeout()),
             self.dht.poll_timeout(),
             self.search.poll_timeout(),
+            self.app.as_ref().and_then(|a| a.poll_timeout()),
             self.record.refresh_at(),
         ]
         .into_iter()
@@ -414,6 +443,19 @@ impl Peer {
                 let refs = Refs { indexer: self.indexer.as_ref(), dht: &self.dht, now };
                 self.search.on_message(from, m, &refs, now, out);
             }
+            Envelope::App(m) => match &mut self.app {
+                Some(app) => {
+                    let known =
+                        self.indexer.as_ref().is_some_and(|ix| ix.has_session(&from)) || self.dht.knows(&from, now);
+                    app.on_message(from, m, known, now, out);
+                }
+                None => {
+                    if let AppMessage::Deliver(d) = m {
+                        let refused = AppMessage::Refused { id: d.id, reason: AppRefusal::NotServed };
+                        out.push(Action::Send { to: from, message: refused.into() });
+                    }
+                }
+            },
         }
     }
 
@@ -423,6 +465,9 @@ impl Peer {
         }
         self.dht.on_unreachable(peer, now, &mut self.actions);
         self.search.on_unreachable(peer, now, &mut self.actions);
+        if let Some(app) = &mut self.app {
+            app.on_unreachable(peer, now, &mut self.actions);
+        }
     }
 
     /// Hands a finished DHT query to whoever started it.
@@ -435,6 +480,9 @@ impl Peer {
             }
             DhtDone::Value { purpose: Purpose::Command { id }, key, record, hops, .. } => {
                 self.actions.push(Action::Event(Event::LookupDone { id, key, record, hops, attempts: 1 }));
+            }
+            DhtDone::Value { purpose: Purpose::Resolve { token }, record, .. } => {
+                self.actions.push(Action::Resolved { token, record });
             }
             DhtDone::Value { purpose: Purpose::DidCheck, query, record, .. } => {
                 if let Some(ix) = &mut self.indexer {
@@ -503,6 +551,21 @@ impl Peer {
                     Action::Distrust { indexer } => {
                         if let Some(pool) = &mut self.node {
                             pool.distrust(indexer, now, &mut self.actions);
+                        }
+                    }
+                    Action::Persist(p) => self.out.push_back(Output::Persist(p)),
+                    Action::Forget(f) => self.out.push_back(Output::Forget(f)),
+                    Action::Resolve { token, key } => match &mut self.node {
+                        Some(pool) => pool.resolve(token, key, now, &mut self.actions),
+                        None => {
+                            let deadline = self.config.lookup_timeout;
+                            let purpose = Purpose::Resolve { token };
+                            self.dht.find_value(key, purpose, false, deadline, now, &mut self.actions);
+                        }
+                    },
+                    Action::Resolved { token, record } => {
+                        if let Some(app) = &mut self.app {
+                            app.on_resolved(token, record, now, &mut self.actions);
                         }
                     }
                 }

@@ -23,6 +23,7 @@ pub(crate) enum Message {
     RecordReply(RecordReply),
     Dht(DhtMessage),
     Search(SearchMessage),
+    App(AppMessage),
 }
 
 impl From<Envelope> for Message {
@@ -46,6 +47,7 @@ impl From<Envelope> for Message {
             Envelope::Node(NodeMessage::WitnessReport(m)) => Message::WitnessReport(m),
             Envelope::Dht(m) => Message::Dht(m),
             Envelope::Search(m) => Message::Search(m),
+            Envelope::App(m) => Message::App(m),
         }
     }
 }
@@ -69,6 +71,7 @@ impl From<Message> for Envelope {
             Message::RecordReply(m) => m.into(),
             Message::Dht(m) => m.into(),
             Message::Search(m) => m.into(),
+            Message::App(m) => m.into(),
         }
     }
 }

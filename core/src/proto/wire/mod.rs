@@ -15,8 +15,9 @@
 //!           ├─ Node(NodeMessage)        WitnessQuery ⇄ WitnessReport            proto/node/
 //!           ├─ Dht(DhtMessage)          FindNode, FindValue, Store, AddProvider, proto/dht/
 //!           │                           GetProviders and their replies, Refused
-//!           └─ Search(SearchMessage)    Request, Cancel ⇄ Hits, Done, Refused;  proto/search/
-//!                                       Found; the mesh's gossip
+//!           ├─ Search(SearchMessage)    Request, Cancel ⇄ Hits, Done, Refused;  proto/search/
+//!           │                           Found; the mesh's gossip
+//!           └─ App(AppMessage)          Deliver ⇄ Ack, Refused                  proto/app/
 //! ```
 //!
 //! Each mechanism owns its message enum, in its own folder. A variant is named after the machine
@@ -29,6 +30,7 @@
 //! Numbers that come from peers (fill rates, scores) may be NaN or out of range; the state
 //! machines sanitise them where they use them.
 
+pub use super::app::{AppMessage, AppRefusal, Deliver};
 pub use super::dht::kad::Key;
 pub use super::dht::messages::{
     AddProvider, DhtMessage, FindNode, FindValue, GetProviders, Nodes, Providers, Store, StoreAck, StoreRefusal, Value,
@@ -48,8 +50,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) mod flat;
 
 /// Version byte leading every payload. Bumped on any incompatible change to [`Envelope`] (3: one
-/// variant per mechanism; 4: search).
-pub const WIRE_VERSION: u8 = 4;
+/// variant per mechanism; 4: search; 5: application messages).
+pub const WIRE_VERSION: u8 = 5;
 
 /// Largest accepted payload (version byte + message), in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -91,11 +93,13 @@ pub enum Envelope {
     Dht(DhtMessage),
     /// Distributed peer search: a node's searches and the indexers' search mesh.
     Search(SearchMessage),
+    /// Application messages between nodes.
+    App(AppMessage),
 }
 
 /// Short names of every message kind, in [`Envelope::kind_index`] order: the one table of message
 /// kinds, for logs, traces, metrics and the simulator's report.
-pub const KINDS: [&str; 32] = [
+pub const KINDS: [&str; 35] = [
     "hello",
     "hello_proof",
     "heartbeat",
@@ -128,6 +132,9 @@ pub const KINDS: [&str; 32] = [
     "search_found",
     "mesh_gossip",
     "mesh_control",
+    "app_deliver",
+    "app_ack",
+    "app_refused",
 ];
 
 impl Envelope {
@@ -175,6 +182,11 @@ impl Envelope {
                 SearchMessage::Found(_) => 29,
                 SearchMessage::Mesh(g) if matches!(g.kind(), iroh_gossip::proto::state::MessageKind::Data) => 30,
                 SearchMessage::Mesh(_) => 31,
+            },
+            Envelope::App(m) => match m {
+                AppMessage::Deliver(_) => 32,
+                AppMessage::Ack { .. } => 33,
+                AppMessage::Refused { .. } => 34,
             },
         }
     }

@@ -1,0 +1,221 @@
+//! A minimal in-test network of whole peers, for flow tests: 5 ms links, connections set up on
+//! `Connect`, a durable store per peer (persist outputs applied in order, handed back as
+//! `Input::Restored` after a restart), crashes and restarts. Multi-peer behaviour at scale is the
+//! simulator's job; this checks flows end to end.
+
+#![allow(dead_code)]
+
+use ocd_core::proto::{
+    Event, Forget, InboxEntry, Input, Output, Peer, PeerId, PeerSetup, Persist, QueuedMessage, ReceivedIds, Restored,
+    Timestamp,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+pub const LINK_MS: u64 = 5;
+
+/// What a peer persisted.
+#[derive(Clone, Debug, Default)]
+pub struct Store {
+    pub sequence: Option<(u64, u64)>,
+    pub queue: BTreeMap<(PeerId, u64, u64), QueuedMessage>,
+    pub inbox: Vec<InboxEntry>,
+    pub received: BTreeMap<(PeerId, u64), (u64, BTreeSet<u64>)>,
+}
+
+impl Store {
+    fn apply(&mut self, p: Persist) {
+        match p {
+            Persist::Sequence { epoch, reserved } => self.sequence = Some((epoch, reserved)),
+            Persist::Queued(q) => {
+                self.queue.insert((q.id.sender, q.id.epoch, q.id.seq), q);
+            }
+            Persist::Inbox { entry, floor } => {
+                let r = self.received.entry((entry.id.sender, entry.id.epoch)).or_default();
+                r.0 = r.0.max(floor);
+                let f = r.0;
+                r.1.retain(|s| *s >= f);
+                r.1.insert(entry.id.seq);
+                self.inbox.push(entry);
+            }
+            Persist::Floor { sender, epoch, floor } => {
+                let r = self.received.entry((sender, epoch)).or_default();
+                r.0 = r.0.max(floor);
+                let f = r.0;
+                r.1.retain(|s| *s >= f);
+            }
+        }
+    }
+
+    fn forget(&mut self, f: Forget) {
+        match f {
+            Forget::Queued(id) => {
+                self.queue.remove(&(id.sender, id.epoch, id.seq));
+            }
+        }
+    }
+
+    pub fn restored(&self) -> Restored {
+        Restored {
+            sequence: self.sequence,
+            queue: self.queue.values().cloned().collect(),
+            received: self
+                .received
+                .iter()
+                .map(|((sender, epoch), (floor, seqs))| ReceivedIds {
+                    sender: *sender,
+                    epoch: *epoch,
+                    floor: *floor,
+                    seqs: seqs.iter().copied().collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+pub struct Net {
+    pub peers: Vec<Peer>,
+    pub setups: Vec<PeerSetup>,
+    pub up: Vec<bool>,
+    pub stores: Vec<Store>,
+    queue: BTreeMap<(Timestamp, u64), (usize, u64, Input)>,
+    /// Each peer's life number: inputs for an earlier life are dropped.
+    lives: Vec<u64>,
+    seq: u64,
+    pub now: Timestamp,
+    connected: BTreeSet<(usize, usize)>,
+    pub events: Vec<(Timestamp, usize, Event)>,
+}
+
+impl Net {
+    pub fn new(setups: Vec<PeerSetup>, now: Timestamp) -> Net {
+        let peers = setups.iter().map(|s| Peer::new(s.clone(), now)).collect::<Vec<_>>();
+        let n = peers.len();
+        Net {
+            peers,
+            setups,
+            up: vec![true; n],
+            stores: vec![Store::default(); n],
+            queue: BTreeMap::new(),
+            lives: vec![0; n],
+            seq: 0,
+            now,
+            connected: BTreeSet::new(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn index(&self, id: &PeerId) -> Option<usize> {
+        self.peers.iter().position(|p| p.id() == *id)
+    }
+
+    fn push(&mut self, at: Timestamp, to: usize, input: Input) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), (to, self.lives[to], input));
+    }
+
+    fn outputs(&mut self, i: usize) {
+        while let Some(o) = self.peers[i].poll_output() {
+            let at = self.now + Duration::from_millis(LINK_MS);
+            match o {
+                Output::Connect { peer } => {
+                    let Some(j) = self.index(&peer.id) else { continue };
+                    if !self.up[j] {
+                        self.push(at, i, Input::ConnectFailed { peer: peer.id });
+                        continue;
+                    }
+                    self.connected.insert((i.min(j), i.max(j)));
+                    let me = self.peers[i].id();
+                    self.push(at, i, Input::ConnectionUp { peer: peer.id, addr: None, outbound: true });
+                    self.push(at, j, Input::ConnectionUp { peer: me, addr: None, outbound: false });
+                }
+                Output::Send { to, message } => {
+                    let Some(j) = self.index(&to) else { continue };
+                    if self.up[j] && self.connected.contains(&(i.min(j), i.max(j))) {
+                        let from = self.peers[i].id();
+                        self.push(at, j, Input::Received { from, message });
+                    }
+                }
+                Output::Close { peer, .. } => {
+                    let Some(j) = self.index(&peer) else { continue };
+                    if self.connected.remove(&(i.min(j), i.max(j))) {
+                        let me = self.peers[i].id();
+                        self.push(at, j, Input::ConnectionDown { peer: me });
+                    }
+                }
+                Output::Event(e) => self.events.push((self.now, i, e)),
+                // Committed at once, before the outputs that follow are executed.
+                Output::Persist(p) => self.stores[i].apply(p),
+                Output::Forget(f) => self.stores[i].forget(f),
+            }
+        }
+    }
+
+    /// Runs until `until`, handing each peer its inputs and timeouts in time order.
+    pub fn run_until(&mut self, until: Timestamp) {
+        loop {
+            let next_input = self.queue.keys().next().map(|(t, _)| *t);
+            let next_timer = (0..self.peers.len())
+                .filter(|i| self.up[*i])
+                .filter_map(|i| self.peers[i].poll_timeout().map(|t| (t.max(self.now), i)))
+                .min();
+            let t = match (next_input, next_timer) {
+                (Some(a), Some((b, _))) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some((b, _))) => b,
+                (None, None) => break,
+            };
+            if t > until {
+                break;
+            }
+            self.now = t;
+            if next_input == Some(t) {
+                let Some((_, (i, life, input))) = self.queue.pop_first() else { break };
+                if self.up[i] && life == self.lives[i] {
+                    self.peers[i].handle(input, t);
+                    self.outputs(i);
+                }
+            } else if let Some((_, i)) = next_timer {
+                self.peers[i].handle(Input::Timeout, t);
+                self.outputs(i);
+            }
+        }
+        self.now = until;
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    pub fn input(&mut self, i: usize, input: Input) {
+        let now = self.now;
+        self.peers[i].handle(input, now);
+        self.outputs(i);
+    }
+
+    /// The peer stops at once (kill -9): its connections drop, its store stays.
+    pub fn crash(&mut self, i: usize) {
+        self.up[i] = false;
+        self.lives[i] += 1;
+        let gone: Vec<(usize, usize)> = self.connected.iter().filter(|(a, b)| *a == i || *b == i).copied().collect();
+        let at = self.now + Duration::from_millis(LINK_MS);
+        for (a, b) in gone {
+            self.connected.remove(&(a, b));
+            let other = if a == i { b } else { a };
+            let me = self.peers[i].id();
+            self.push(at, other, Input::ConnectionDown { peer: me });
+        }
+    }
+
+    /// The peer starts again on its store.
+    pub fn restart(&mut self, i: usize) {
+        let now = self.now;
+        let mut setup = self.setups[i].clone();
+        setup.rng_seed = setup.rng_seed.wrapping_add(self.lives[i]);
+        self.peers[i] = Peer::new(setup, now);
+        self.up[i] = true;
+        let restored = self.stores[i].restored();
+        self.input(i, Input::Restored(restored));
+    }
+}
