@@ -416,6 +416,15 @@ pub enum Event {
         /// Its strike count now.
         strikes: u32,
     },
+    /// A peer claimed another DID than the one bound to its key; refused without strikes.
+    DidChangeRefused {
+        /// The peer.
+        peer: PeerId,
+        /// The DID bound to its key.
+        bound: Did,
+        /// The DID it claimed.
+        claimed: Did,
+    },
     /// A peer was banned.
     PeerBanned {
         /// The peer.

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Sequence numbers reserved (persisted) at a time.
 const SEQ_BLOCK: u64 = 1024;
-/// Messages of one destination awaiting acknowledgement at once.
+/// Messages of one destination pending_ack acknowledgement at once.
 const WINDOW: usize = 16;
 
 #[derive(Debug)]
@@ -28,7 +28,7 @@ struct Outgoing {
     /// Attempts that failed.
     failures: u32,
     /// Sent to this peer, acknowledgement due by then.
-    awaiting: Option<(PeerId, Timestamp)>,
+    pending_ack: Option<(PeerId, Timestamp)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +105,7 @@ impl Outbox {
             let class = msg.protocol.class();
             let dest = self.dests.entry(msg.to.clone()).or_insert_with(|| Dest::new(now));
             dest.queued.insert(seq);
-            self.msgs.insert(seq, Outgoing { msg, class, cmd: 0, failures: 0, awaiting: None });
+            self.msgs.insert(seq, Outgoing { msg, class, cmd: 0, failures: 0, pending_ack: None });
         }
         let _ = out;
     }
@@ -156,7 +156,7 @@ impl Outbox {
         let to = msg.to.clone();
         let dest = self.dests.entry(to.clone()).or_insert_with(|| Dest::new(now));
         dest.queued.insert(seq);
-        self.msgs.insert(seq, Outgoing { msg, class, cmd, failures: 0, awaiting: None });
+        self.msgs.insert(seq, Outgoing { msg, class, cmd, failures: 0, pending_ack: None });
         self.kick(&to, now, out);
     }
 
@@ -180,18 +180,19 @@ impl Outbox {
         let Some(dest) = self.dests.get(to) else { return };
         // After a failure only the oldest goes (a probe); the rest follow its acknowledgement.
         let window = if dest.failures > 0 { 1 } else { WINDOW };
-        let in_flight = dest.queued.iter().filter(|s| self.msgs.get(s).is_some_and(|m| m.awaiting.is_some())).count();
+        let in_flight =
+            dest.queued.iter().filter(|s| self.msgs.get(s).is_some_and(|m| m.pending_ack.is_some())).count();
         let next: Vec<u64> = dest
             .queued
             .iter()
-            .filter(|s| self.msgs.get(s).is_some_and(|m| m.awaiting.is_none()))
+            .filter(|s| self.msgs.get(s).is_some_and(|m| m.pending_ack.is_none()))
             .take(window.saturating_sub(in_flight))
             .copied()
             .collect();
         let floor = self.floor();
         for seq in next {
             let Some(m) = self.msgs.get_mut(&seq) else { continue };
-            m.awaiting = Some((peer, now + ack_timeout()));
+            m.pending_ack = Some((peer, now + ack_timeout()));
             if m.failures > 0 {
                 emit(out, AppOut::Event(Event::AppRetry { message: m.msg.id, attempt: m.failures + 1 }));
             }
@@ -242,7 +243,7 @@ impl Outbox {
     ) {
         let _ = config;
         if id.sender != self.me
-            || !self.msgs.get(&id.seq).is_some_and(|m| m.msg.id == id && m.awaiting.is_some_and(|(p, _)| p == from))
+            || !self.msgs.get(&id.seq).is_some_and(|m| m.msg.id == id && m.pending_ack.is_some_and(|(p, _)| p == from))
         {
             return;
         }
@@ -281,7 +282,7 @@ impl Outbox {
         out: &mut Vec<Action>,
     ) {
         let Some(m) = self.msgs.get(&id.seq) else { return };
-        if m.msg.id != id || m.awaiting.is_none_or(|(p, _)| p != from) {
+        if m.msg.id != id || m.pending_ack.is_none_or(|(p, _)| p != from) {
             return;
         }
         let to = m.msg.to.clone();
@@ -324,7 +325,7 @@ impl Outbox {
         let mut gone = Vec::new();
         for seq in queued {
             let Some(m) = self.msgs.get_mut(&seq) else { continue };
-            m.awaiting = None;
+            m.pending_ack = None;
             m.failures = m.failures.saturating_add(1);
             let give_up = match m.class {
                 DeliveryClass::Critical => false,
@@ -358,7 +359,7 @@ impl Outbox {
     pub(super) fn poll_timeout(&self) -> Option<Timestamp> {
         let dest =
             self.dests.values().filter(|d| d.state == DestState::Idle && !d.queued.is_empty()).map(|d| d.next_at);
-        let acks = self.msgs.values().filter_map(|m| m.awaiting.map(|(_, t)| t));
+        let acks = self.msgs.values().filter_map(|m| m.pending_ack.map(|(_, t)| t));
         dest.chain(acks).min()
     }
 
@@ -366,7 +367,7 @@ impl Outbox {
         let late: BTreeSet<Target> = self
             .msgs
             .values()
-            .filter(|m| m.awaiting.is_some_and(|(_, t)| t <= now))
+            .filter(|m| m.pending_ack.is_some_and(|(_, t)| t <= now))
             .map(|m| m.msg.to.clone())
             .collect();
         for t in late {

@@ -426,4 +426,8 @@ impl crate::proto::indexer::RecordDesk for Dht {
         let deadline = self.config.dht_check_timeout;
         DidCheck::Pending(self.find_value(key, Purpose::DidCheck, true, deadline, now, out))
     }
+
+    fn did_owner(&self, did: &crate::proto::identity::Did, now: Timestamp) -> Option<PeerId> {
+        self.store.did_owner(did, now)
+    }
 }

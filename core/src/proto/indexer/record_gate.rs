@@ -15,6 +15,8 @@ pub trait RecordDesk {
     fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp>;
     /// Starts the DHT spot check of `did` (a heartbeat's DID challenge).
     fn check_did(&mut self, did: &Did, now: Timestamp, out: &mut Vec<Action>) -> DidCheck;
+    /// The key `did` is bound to in the store, if any.
+    fn did_owner(&self, did: &Did, now: Timestamp) -> Option<PeerId>;
 }
 
 /// How a DID spot check goes.
@@ -33,8 +35,8 @@ pub(super) enum RecordTaken {
     Held(Option<Timestamp>),
     /// Refused (struck, not banned).
     Refused,
-    /// The peer is banned now (refusal and close already emitted).
-    Banned,
+    /// Refused, and the refusal (and a close, when it banned the peer) already emitted.
+    Answered,
 }
 
 impl IndexerService {
@@ -61,7 +63,7 @@ impl IndexerService {
                 out.emit(IndexerOut::Send { to: from, message: Published { req: req.id(), expires }.into() })
             }
             RecordTaken::Refused => self.refuse(from, req, RefuseReason::BadRecord, Vec::new(), out),
-            RecordTaken::Banned => {}
+            RecordTaken::Answered => {}
         }
     }
 
@@ -147,11 +149,16 @@ impl IndexerService {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) -> RecordTaken {
-        // The record's DID must be the one this peer is bound to (or becomes its binding).
-        match self.check_did(peer, Some(&record.body.did), req, now, out) {
-            Err(()) => return RecordTaken::Banned,
-            Ok(None) => return RecordTaken::Refused,
-            Ok(Some(_)) => {}
+        // A DID bound to another key is a theft attempt: the store refuses it and it is struck
+        // below. Otherwise the DID must be the one this peer is bound to (or becomes its binding);
+        // another one is a changed DID, refused without strikes.
+        let foreign = desk.did_owner(&record.body.did, now).is_some_and(|o| o != peer);
+        if !foreign {
+            match self.check_did(peer, Some(&record.body.did), req, now, out) {
+                Err(()) => return RecordTaken::Answered,
+                Ok(None) => return RecordTaken::Refused,
+                Ok(Some(_)) => {}
+            }
         }
         let owner = record.body.peer_id;
         match desk.offer(peer, record, now, out) {
@@ -168,7 +175,7 @@ impl IndexerService {
                 if self.punish(peer, strike, out) {
                     self.refuse(peer, req, RefuseReason::Banned, Vec::new(), out);
                     out.emit(IndexerOut::Close { peer, reason: CloseReason::Banned });
-                    return RecordTaken::Banned;
+                    return RecordTaken::Answered;
                 }
                 RecordTaken::Refused
             }

@@ -111,7 +111,8 @@ impl IndexerService {
                     false
                 }
             };
-            if counted && self.take_record(peer, record, Req::Heartbeat(hb.req), desk, now, out) == RecordTaken::Banned
+            if counted
+                && self.take_record(peer, record, Req::Heartbeat(hb.req), desk, now, out) == RecordTaken::Answered
             {
                 return;
             }

@@ -121,8 +121,9 @@ impl IndexerService {
         self.close_session(from, SessionEnd::Left, out);
     }
 
-    /// Binds a DID to the peer. `Ok(Some)` to store, `Ok(None)` when none was sent or it differs
-    /// (two strikes, not stored), `Err` when the strikes banned the peer (refusal emitted).
+    /// Binds a DID to the peer. `Ok(Some)` to store, `Ok(None)` when none was sent, `Err` when the
+    /// request is refused (refusal emitted): the peer is banned, or it claims another DID than
+    /// the one bound to its key (`DidChanged`, no strikes).
     pub(super) fn check_did(
         &mut self,
         peer: PeerId,
@@ -136,9 +137,10 @@ impl IndexerService {
         };
         match self.behaviour.check_identity(peer, did, now) {
             Ok(()) => Ok(Some(did.clone())),
-            Err(AdmissionError::DidMismatch { strike, .. }) if strike.banned_until.is_none() => {
-                self.punish(peer, strike, out);
-                Ok(None)
+            Err(AdmissionError::DidChanged { bound, .. }) => {
+                out.emit(IndexerOut::Event(Event::DidChangeRefused { peer, bound, claimed: did.clone() }));
+                self.refuse(peer, req, RefuseReason::DidChanged, Vec::new(), out);
+                Err(())
             }
             Err(e) => {
                 if let Some(strike) = e.strike() {

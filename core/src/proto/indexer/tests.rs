@@ -84,6 +84,10 @@ impl RecordDesk for StoreDesk {
     fn check_did(&mut self, did: &Did, now: Timestamp, _out: &mut Vec<Action>) -> DidCheck {
         DidCheck::Answered(self.store.by_did(did, now).cloned())
     }
+
+    fn did_owner(&self, did: &Did, now: Timestamp) -> Option<PeerId> {
+        self.store.did_owner(did, now)
+    }
 }
 
 /// One indexer under test, driven by hand.
@@ -119,6 +123,12 @@ impl Harness {
 
     fn beat(&mut self, from: &PeerAddr, now: Timestamp) -> Vec<Action> {
         self.send(from, hb(), now)
+    }
+
+    fn publish(&mut self, from: &PeerAddr, record: PeerRecord, now: Timestamp) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.ix.on_publish(from.id, Publish { req: RequestId(6), record }, &mut self.desk, now, &mut out);
+        out
     }
 
     fn candidates(&mut self, from: &PeerAddr, count: u16, now: Timestamp) -> Vec<Action> {
@@ -570,27 +580,33 @@ fn candidates_capped_and_exclude_requester() {
 }
 
 #[test]
-fn did_is_never_clobbered_and_a_changed_did_costs_strikes() {
+fn did_is_never_clobbered_and_a_changed_did_is_refused_without_strikes() {
     let mut h = Harness::new(Config::default());
     let a = node(1);
     h.send(&a, Heartbeat { did: Some(did("did:a")), record: Some(record(1, "did:a", at(0))), ..hb() }, at(0));
     h.beat(&a, at(20));
     assert_eq!(h.ix.session(&a.id).unwrap().did, Some(&did("did:a")), "a missing DID does not clobber");
-    // A different DID: two strikes, still answered, the first DID kept.
-    let out = h.send(&a, Heartbeat { did: Some(did("did:evil")), challenge_did: Some(did("did:a")), ..hb() }, at(40));
-    assert!(events(&out).contains(&&Event::PeerStruck { peer: a.id, strikes: 2 }));
-    assert_eq!(response(&out).did_found, Some(true));
+    // A different DID for the same key (a lost `did` file): refused with its own reason, no
+    // strikes, however often; the first DID is kept and still works.
+    for t in [40, 60, 80, 100] {
+        let out = h.send(&a, Heartbeat { did: Some(did("did:new")), challenge_did: Some(did("did:a")), ..hb() }, at(t));
+        assert_eq!(refusal(&out).reason, RefuseReason::DidChanged);
+        assert!(events(&out).iter().any(|e| matches!(e, Event::DidChangeRefused { .. })));
+        assert!(!events(&out).iter().any(|e| matches!(e, Event::PeerStruck { .. } | Event::PeerBanned { .. })));
+        assert!(closes(&out).is_empty());
+    }
+    assert_eq!(h.ix.strikes(&a.id), 0);
     assert_eq!(h.ix.session(&a.id).unwrap().did, Some(&did("did:a")));
-    // Changing it again bans.
-    let out = h.send(&a, Heartbeat { did: Some(did("did:evil2")), ..hb() }, at(60));
-    assert_eq!(refusal(&out).reason, RefuseReason::Banned);
-    assert!(events(&out).iter().any(|e| matches!(e, Event::PeerBanned { .. })));
-    assert_eq!(closes(&out), vec![(a.id, CloseReason::Banned)]);
-    assert!(!h.ix.has_session(&a.id));
+    // Its record under the new DID is refused the same way (a publish), still without strikes.
+    let out = h.publish(&a, record(1, "did:new", at(110)), at(110));
+    assert_eq!(refusal(&out).reason, RefuseReason::DidChanged);
+    assert_eq!(h.ix.strikes(&a.id), 0);
+    let out = h.send(&a, Heartbeat { did: Some(did("did:a")), ..hb() }, at(120));
+    assert!(response(&out).record_expires.is_some(), "the bound DID is served as before");
     // The DID check asks the record store (the DHT), not the sessions: a's signed record stays
     // findable until it expires, then it is gone.
     let b = node(2);
-    let out = h.send(&b, Heartbeat { challenge_did: Some(did("did:a")), ..hb() }, at(61));
+    let out = h.send(&b, Heartbeat { challenge_did: Some(did("did:a")), ..hb() }, at(121));
     assert_eq!(response(&out).did_found, Some(true));
     let out = h.send(&b, Heartbeat { challenge_did: Some(did("did:a")), ..hb() }, at(301));
     assert_eq!(response(&out).did_found, Some(false));

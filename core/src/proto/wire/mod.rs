@@ -283,6 +283,9 @@ pub enum RefuseReason {
     Unknown,
     /// The record is invalid or claims a DID bound to another key.
     BadRecord,
+    /// The receiver knows this key with another DID (the sender's `did` file was replaced, or
+    /// a new DID adopted): refused, without strikes — an honest operator's mistake is no attack.
+    DidChanged,
 }
 
 /// A refused request.
