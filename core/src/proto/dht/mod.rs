@@ -65,6 +65,8 @@ const PROVIDERS_PER_ANSWER: usize = 20;
 const BINDING_TTL: Duration = Duration::from_secs(3600);
 /// Routing-table refresh (a `FIND_NODE` of our own id) period.
 const TABLE_REFRESH: Duration = Duration::from_secs(600);
+/// While the table is empty, the bootstrap peers are tried again this often (they may start later).
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
 /// Consecutive failed RPCs after which a peer leaves the routing table.
 const MAX_FAILURES: u32 = 2;
 
@@ -208,6 +210,8 @@ pub struct DhtStats {
 
 /// One peer's part of the DHT (server for indexers, client for nodes).
 pub struct Dht {
+    /// Seed indexers, tried again while the routing table is empty.
+    bootstrap: Vec<PeerAddr>,
     me: PeerId,
     keypair: Keypair,
     addrs: Vec<Addr>,
@@ -273,6 +277,7 @@ impl Dht {
         }
         Dht {
             me,
+            bootstrap: bootstrap.iter().filter(|b| b.id != me).cloned().collect(),
             keypair,
             addrs,
             server,
@@ -377,6 +382,13 @@ impl Dht {
         }
         if self.next_table_refresh.is_some_and(|t| t <= now) {
             self.next_table_refresh = Some(now + TABLE_REFRESH);
+            if self.table.is_empty() && !self.bootstrap.is_empty() {
+                // Every contact failed (the seeds had not started yet?): try them again, soon.
+                for b in &self.bootstrap {
+                    self.table.insert(b.clone(), now);
+                }
+                self.next_table_refresh = Some(now + BOOTSTRAP_RETRY);
+            }
             if !self.table.is_empty() {
                 self.maintain(Goal::Refresh, Key::from(self.me), now, out);
             }

@@ -19,7 +19,9 @@ impl IndexerPool {
         }
         // Before any indexer is live, the first one heartbeated is named (provisionally), so a new
         // node is searchable from its first heartbeat, not one interval later.
-        let referent = self.referent().or_else(|| {
+        let chosen = self.referent();
+        let provisional = chosen.is_none();
+        let referent = chosen.or_else(|| {
             let first = due.iter().find(|p| self.entries.get(p).is_some_and(|e| e.state != EntryState::Down));
             first.copied().filter(|_| self.told_referent.is_none())
         });
@@ -36,7 +38,13 @@ impl IndexerPool {
             }
             match self.entries.get(&peer).map(|e| e.state) {
                 Some(EntryState::Down) => self.send_retry_probe(peer, now, out),
-                Some(_) => self.send_heartbeat(peer, referent == Some(peer), now, out),
+                Some(_) => {
+                    let named = referent == Some(peer);
+                    self.send_heartbeat(peer, named, now, out);
+                    if named {
+                        self.told_provisional = provisional;
+                    }
+                }
                 None => {}
             }
         }

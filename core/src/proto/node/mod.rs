@@ -101,6 +101,9 @@ mod tests;
 mod witnesses;
 
 use discovery::DISCOVERY_WARMUP;
+
+/// How much better another indexer must score to take the referent role from the one told.
+const REFERENT_MARGIN: f64 = 0.2;
 use lookup::{Origin, RecordLookups};
 use messages::NodeMessage;
 use rate::SEND_LOG_MAX;
@@ -346,6 +349,9 @@ pub struct IndexerPool {
     discovering: bool,
     /// The indexer our last `referent = true` heartbeat went to.
     told_referent: Option<PeerId>,
+    /// `told_referent` was named before anything was live: it does not hold the role against a
+    /// better live indexer.
+    told_provisional: bool,
 }
 
 impl IndexerPool {
@@ -397,6 +403,7 @@ impl IndexerPool {
             discovery_misses: 0,
             discovering: false,
             told_referent: None,
+            told_provisional: false,
         };
         for s in pool.seeds.clone() {
             let nc = pool.draw_challenge_spacing();
@@ -707,6 +714,9 @@ impl IndexerPool {
     }
 
     /// The best-scored live entry; ties go to the lowest peer id.
+    /// The search referent: the best-scored live indexer, sticky — the one last told stays while
+    /// it is live, unless another scores `REFERENT_MARGIN` better. Scores move with every answer,
+    /// so the plain best would change between heartbeats and no indexer would ever be told.
     fn referent(&self) -> Option<PeerId> {
         let mut best: Option<(PeerId, f64)> = None;
         for (id, e) in &self.entries {
@@ -714,7 +724,15 @@ impl IndexerPool {
                 best = Some((*id, e.current));
             }
         }
-        best.map(|(id, _)| id)
+        let told = self
+            .told_referent
+            .filter(|_| !self.told_provisional)
+            .and_then(|t| self.entries.get(&t).filter(|e| e.state == EntryState::Live).map(|e| (t, e.current)));
+        match (told, best) {
+            (Some((t, ts)), Some((b, bs))) if b != t && bs > ts * (1.0 + REFERENT_MARGIN) => Some(b),
+            (Some((t, _)), _) => Some(t),
+            (None, b) => b.map(|(id, _)| id),
+        }
     }
 
     fn take_request(&mut self, req: RequestId, from: PeerId) -> Option<Request> {

@@ -1210,3 +1210,18 @@ fn a_new_referent_hears_at_once_when_the_told_one_goes_down() {
     let first = *b_told.first().expect("b becomes the referent");
     assert!(first >= failed_at && first.since(failed_at) <= secs(1), "told {first:?}, a failed at {failed_at:?}");
 }
+
+#[test]
+fn the_referent_holds_while_scores_are_close() {
+    let (a, b) = (pid("a"), pid("b"));
+    let same = || Ix { latency_ms: 100, ..Ix::honest() };
+    let mut net = Net::new(Config::default(), &[a, b], 5).with(a, same()).with(b, same());
+    net.run_for(secs(300));
+    let told: BTreeSet<PeerId> = [a, b]
+        .into_iter()
+        .filter(|p| net.heartbeats_to(*p).iter().any(|(t, hb)| *t > T0 + secs(1) && hb.referent))
+        .collect();
+    assert_eq!(told.len(), 1, "one indexer is told, every time: {told:?}");
+    let count = net.heartbeats_to(*told.iter().next().expect("one")).iter().filter(|(_, hb)| hb.referent).count();
+    assert!(count >= 14, "told at every heartbeat: {count}");
+}

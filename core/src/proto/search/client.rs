@@ -29,6 +29,8 @@ struct Active {
     rest: Vec<PeerAddr>,
     seen: BTreeSet<PeerId>,
     idle: Timestamp,
+    /// The emitter has answered (its first batch, empty or not); until then, by this time.
+    answer_by: Option<Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +66,8 @@ impl Client {
         }
         let mut rest: Vec<PeerAddr> = indexers.into_iter().take(MAX_ATTEMPTS).collect();
         rest.reverse();
-        let a = Active { id, user, query, to: PeerId([0; 32]), rest, seen: BTreeSet::new(), idle: now };
+        let a =
+            Active { id, user, query, to: PeerId([0; 32]), rest, seen: BTreeSet::new(), idle: now, answer_by: None };
         self.ask_next(config, a, now, out);
     }
 
@@ -78,6 +81,7 @@ impl Client {
         let req = RequestId(self.next_req);
         a.to = next.id;
         a.idle = now + idle_timeout(config);
+        a.answer_by = Some(now + config.response_timeout);
         out.emit(SearchOut::Learn(next.clone()));
         let message = SearchMessage::Request(SearchRequest { req, query: a.query.clone() });
         out.emit(SearchOut::Send { to: next.id, message: message.into() });
@@ -119,6 +123,7 @@ impl Client {
         if a.to != from {
             return;
         }
+        a.answer_by = None;
         let mut forged = false;
         let max = config.search_max_results;
         for r in h.records.into_iter().take(config.search_max_batch) {
@@ -179,7 +184,18 @@ impl Client {
         }
     }
 
-    pub(super) fn handle_timeout(&mut self, _config: &Config, now: Timestamp, out: &mut Vec<Action>) {
+    pub(super) fn handle_timeout(&mut self, config: &Config, now: Timestamp, out: &mut Vec<Action>) {
+        // An emitter that never answered (crashed, not yet known to be): the next indexer.
+        let silent: Vec<(RequestId, PeerId)> = self
+            .active
+            .iter()
+            .filter(|(_, a)| a.answer_by.is_some_and(|t| t <= now))
+            .map(|(r, a)| (*r, a.to))
+            .collect();
+        for (r, to) in silent {
+            out.emit(SearchOut::Send { to, message: SearchMessage::Cancel { req: r }.into() });
+            self.on_failure(config, to, r, now, out);
+        }
         let due: Vec<RequestId> = self.active.iter().filter(|(_, a)| a.idle <= now).map(|(r, _)| *r).collect();
         for r in due {
             self.finish(r, SearchEnd::Idle, true, out);
@@ -187,7 +203,7 @@ impl Client {
     }
 
     pub(super) fn poll_timeout(&self) -> Option<Timestamp> {
-        self.active.values().map(|a| a.idle).min()
+        self.active.values().flat_map(|a| [Some(a.idle), a.answer_by]).flatten().min()
     }
 
     pub(super) fn active(&self) -> Vec<(String, u64, u32)> {

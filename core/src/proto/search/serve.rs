@@ -163,12 +163,12 @@ impl Serve {
         let mut e =
             Emitted { node, req: r.req, query: r.query, seen: BTreeSet::new(), idle: now + config.search_timeout };
         e.seen.extend(local.iter().map(|h| h.body.peer_id));
-        if !local.is_empty() {
-            out.emit(SearchOut::Send {
-                to: node,
-                message: SearchMessage::Hits(SearchHits { req: r.req, records: local }).into(),
-            });
-        }
+        // Always answered at once, if only with no hit: the node knows its emitter took the search
+        // (and tries another indexer when none answers).
+        out.emit(SearchOut::Send {
+            to: node,
+            message: SearchMessage::Hits(SearchHits { req: r.req, records: local }).into(),
+        });
         if let Some(mesh) = &mut self.mesh {
             let body = QueryBody {
                 emitter: self.addr.clone(),

@@ -253,6 +253,12 @@ fn the_node_ends_an_idle_search_and_tells_the_emitter() {
     let e = PeerAddr::id_only(Keypair::derive(2, "a").peer_id());
     let mut out = Vec::new();
     n.start((1, "u".into()), SearchQuery::parse("x").expect("valid"), vec![e.clone()], now, &mut out);
+    let req = match sends(&out).as_slice() {
+        [(_, SearchMessage::Request(r))] => r.req,
+        other => panic!("{other:?}"),
+    };
+    // The emitter takes it (an empty first batch).
+    n.on_message(e.id, SearchMessage::Hits(SearchHits { req, records: Vec::new() }), &Refs(Vec::new()), now, &mut out);
     let deadline = n.poll_timeout().expect("an idle timer");
     let c = Config::default();
     assert_eq!(deadline, now + c.search_timeout + c.response_timeout);
@@ -261,6 +267,24 @@ fn the_node_ends_an_idle_search_and_tells_the_emitter() {
     assert!(matches!(sends(&out).as_slice(), [(to, SearchMessage::Cancel { .. })] if *to == e.id));
     assert_eq!(events(&out), vec![Event::SearchDone { id: 1, hits: 0, end: SearchEnd::Idle }]);
     assert_eq!(n.poll_timeout(), None);
+}
+
+#[test]
+fn a_silent_emitter_is_given_up_for_the_next_indexer() {
+    let now = T0;
+    let (mut n, _) = node(1);
+    let dead = PeerAddr::id_only(Keypair::derive(2, "dead").peer_id());
+    let next = PeerAddr::id_only(Keypair::derive(3, "next").peer_id());
+    let mut out = Vec::new();
+    n.start((1, "u".into()), SearchQuery::parse("x").expect("valid"), vec![dead.clone(), next.clone()], now, &mut out);
+    let answer_by = n.poll_timeout().expect("a deadline");
+    assert_eq!(answer_by, now + Config::default().response_timeout);
+    out.clear();
+    n.handle_timeout(&|_| Vec::new(), &Refs(Vec::new()), answer_by, &mut out);
+    let s = sends(&out);
+    assert!(s.iter().any(|(to, m)| *to == dead.id && matches!(m, SearchMessage::Cancel { .. })));
+    assert!(s.iter().any(|(to, m)| *to == next.id && matches!(m, SearchMessage::Request(_))), "{s:?}");
+    assert!(events(&out).is_empty(), "the search goes on");
 }
 
 #[test]
