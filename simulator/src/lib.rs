@@ -53,15 +53,39 @@
 //!   indexer to ask.
 //! * `records`: `RecordStored` / `RecordRejected` events over the run; at the end, the alive
 //!   indexers' record-store, routing-table and provider sizes and every alive peer's DHT counters.
+//! * `search` workload: at Poisson times a random alive, honest node-role peer started at least
+//!   `warmup` ago searches (`Command::Search`, one user per search so none cancels another) for a
+//!   random other such peer, by name (`by = "name"`: a case-swapped middle part of its name — in a
+//!   scenario that searches by name every node without a configured name is named
+//!   `"<label>-<first 4 bytes of its peer id in hex>"`, so the needle names one peer), DID or peer
+//!   id. A search is counted (`issued`) when its `SearchDone` came, unless its target crashed or
+//!   restarted before its hit (then `excluded`); it is `found` when a `SearchHit` carrying the
+//!   target's genuine record reached the asker, and its latency is command → that hit.
+//!   `forged_delivered` counts every `SearchHit` (any search) whose record is not *genuine*: a
+//!   signature that verifies now, and the peer id, DID and name of the simulated peer it names.
+//!   Each not-found search gets a cause (`failure_causes`, from the state at its end and the
+//!   indexers that held the target as a referent when it was issued); `referent_timeline`
+//!   counts the nodes no indexer holds as a referent. `mesh`: `mesh_gossip` (PlumTree data) and
+//!   `mesh_control` messages delivered from the first workload's `from` to 30 s after the last
+//!   one's `until`, per search started in that window and per alive indexer running a mesh at the
+//!   end; the mesh's shape (neighbours, connected components) every minute.
+//! * `forge_search_hits` (indexer): `forged_sent` (records forged in `Found` / `Hits`),
+//!   `forged_dropped` (`ForgedHitDropped` events naming it), `forged_delivered` (its forgeries
+//!   that still became `SearchHit`s: must be 0), `reached` = emitters it sent a forged `Found`
+//!   and `banned_by` the share of them that banned it (2 strikes), `exposed_nodes` = honest nodes
+//!   that dropped a forgery it relayed as their emitter and `distrusted_by` the share of them that
+//!   evicted it for `ForgedHits`.
 //!
 //! Invariants checked while running (each breach is listed in `invariant_violations`): pools within
 //! their bounds and made of indexers, sessions within `max_nodes`, no honest peer banned, no honest
 //! indexer storing a record whose DID belongs to another peer or whose owner misbehaves with a bad
-//! signature, and no DID lookup answered with the record of a peer that does not own that DID.
+//! signature, no DID lookup answered with the record of a peer that does not own that DID, no
+//! forged record handed to an application as a search hit, no honest peer's hit dropped as forged
+//! and no honest indexer evicted for forged hits.
 //!
 //! Byzantine behaviours are filters on the misbehaving peer's outputs (`lie_challenges`,
-//! `fake_fill`, `flap_born_at`, `drop_responses`, `withhold_records`, `claim_foreign_did`,
-//! `bad_signature`), on its inputs (`withhold_records` drops every `STORE` sent to it) or traffic
+//! `fake_fill`, `flap_born_at`, `drop_responses`, `withhold_records`, `forge_search_hits`,
+//! `claim_foreign_did`, `bad_signature`), on its inputs (`withhold_records` drops every `STORE` sent to it) or traffic
 //! injected on its behalf (`heartbeat_flood`); the core itself always stays honest.
 
 pub mod bench;

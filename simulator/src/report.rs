@@ -142,6 +142,34 @@ pub struct ByzantineReport {
     /// `withhold_records`: share of those that still succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookups_ok_ratio: Option<f64>,
+    /// `forge_search_hits`: forged records it sent, in `Found` answers to emitters and in `Hits`
+    /// relayed to its nodes (`reached` / `banned_by` then count the emitters that received a
+    /// forged `Found` and the share of them that banned it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forged_sent: Option<ForgedSent>,
+    /// `forge_search_hits`: `ForgedHitDropped` events naming it (emitters and nodes dropping its
+    /// forgeries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forged_dropped: Option<u64>,
+    /// `forge_search_hits`: its forgeries — relayed by it, or its own record relayed by another —
+    /// that a node still handed to its application as a `SearchHit` (must be 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forged_delivered: Option<u64>,
+    /// `forge_search_hits`: honest nodes that dropped a forged hit it relayed as their emitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_nodes: Option<usize>,
+    /// `forge_search_hits`: share of `exposed_nodes` that evicted it for `ForgedHits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distrusted_by: Option<f64>,
+}
+
+/// Forged records a `forge_search_hits` indexer sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgedSent {
+    /// In `Found` answers, as a responder, to emitters.
+    pub found: u64,
+    /// In `Hits`, as an emitter, to its nodes.
+    pub hits: u64,
 }
 
 /// Issued and successful lookups of one key kind.
@@ -192,6 +220,103 @@ pub struct LookupReport {
     /// The first failures (at most 20): time, asker, target, key kind, attempts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
+}
+
+/// The `search` workload's outcome (DESIGN §5). A search counts when its `SearchDone` came and
+/// its target did not crash or restart while it ran; the ratio is about live peers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchReport {
+    /// Searches counted (`found` + not found).
+    pub issued: u64,
+    /// Those where the target's genuine record reached the asker as a `SearchHit`.
+    pub found: u64,
+    /// Time from the command to the target's hit, over found searches: median.
+    pub p50_ms: Option<u64>,
+    /// 99th percentile.
+    pub p99_ms: Option<u64>,
+    /// Largest.
+    pub max_ms: Option<u64>,
+    /// `SearchHit` events whose record is not a genuine signed record of a simulated peer with
+    /// that peer id, DID and name (any search, workload or not; must be 0).
+    pub forged_delivered: u64,
+    /// `SearchHit` events whose (genuine) record does not match the search's query (must be 0).
+    pub unrelated_delivered: u64,
+    /// `ForgedHitDropped` events: forged hits dropped by emitters (responders' `Found`) and nodes
+    /// (emitters' `Hits`).
+    pub forged_dropped: u64,
+    /// Searches started by the workload (counted, excluded and unfinished).
+    pub started: u64,
+    /// Searches by what they looked for.
+    pub by_name: KeyLookups,
+    /// By DID.
+    pub by_did: KeyLookups,
+    /// By peer id.
+    pub by_peer: KeyLookups,
+    /// Finished searches not counted: the target crashed or restarted while they ran (or had
+    /// before the target's hit came).
+    pub excluded: u64,
+    /// Searches with no `SearchDone` by the end of the run, or whose asker crashed.
+    pub unfinished: u64,
+    /// Counted searches by how they ended (`SearchEnd`: `Idle`, `Limit`, `NoIndexer`, …).
+    pub ended: std::collections::BTreeMap<String, u64>,
+    /// Distinct hits per counted search, mean (the target and any other peer whose name holds
+    /// the needle).
+    pub hits_mean: f64,
+    /// Time from the command to `SearchDone`, over counted searches: median.
+    pub done_p50_ms: Option<u64>,
+    /// `SearchEmitted` events (an indexer started emitting a node's search), over the run.
+    pub emitted: u64,
+    /// Not-found searches by diagnosed cause (see the crate docs).
+    pub failure_causes: std::collections::BTreeMap<String, u64>,
+    /// `[t, alive honest nodes with a live indexer, held as a referent by no indexer, by more
+    /// than one]`, every 60 s: a node no indexer references cannot be found.
+    pub referent_timeline: Vec<(u64, usize, usize, usize)>,
+    /// `[t, counted, found]` per minute of issue time.
+    pub timeline: Vec<(u64, u64, u64)>,
+    /// The first 10 and the last 10 failures, with their diagnosis.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// The indexers' search mesh and what it cost.
+    pub mesh: MeshReport,
+}
+
+/// The search mesh: its shape over time and its traffic while the search workload ran.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeshReport {
+    /// Alive indexers running a mesh at the end.
+    pub indexers: usize,
+    /// The window the traffic below is counted over: from the first workload's `from` to the
+    /// last one's `until` plus 30 s (or the end), in ms.
+    pub window_ms: (u64, u64),
+    /// Searches started in the window.
+    pub searches: u64,
+    /// PlumTree data messages (`mesh_gossip`) delivered in the window.
+    pub data_messages: u64,
+    /// Membership and tree-repair messages (`mesh_control`) delivered in the window.
+    pub control_messages: u64,
+    /// `data_messages` per search.
+    pub data_per_search: f64,
+    /// `control_messages` per search.
+    pub control_per_search: f64,
+    /// `(data + control) / searches / indexers`: what one search costs one indexer.
+    pub messages_per_search_per_indexer: f64,
+    /// `data_messages / searches / indexers` (≈ 1: each indexer receives each query once).
+    pub data_per_search_per_indexer: f64,
+    /// `mesh_control` messages delivered per alive indexer per minute over the window (lazy-push
+    /// `IHave`s and tree repairs for the queries, plus membership).
+    pub control_per_indexer_per_min: f64,
+    /// The same from the start of the run to the window (membership only: joins, shuffles,
+    /// neighbour changes — what the mesh costs with no search).
+    pub control_per_indexer_per_min_before: f64,
+    /// Other search messages (`search_request`, `_cancel`, `_hits`, `_done`, `_refused`,
+    /// `_found`) delivered in the window, per search.
+    pub search_messages_per_search: f64,
+    /// Mesh gossip payloads dropped by indexers before forwarding (invalid, expired, over rate),
+    /// summed over alive indexers at the end.
+    pub dropped_payloads: u64,
+    /// `[t, indexers with a mesh, mean neighbours, indexers with none, connected components]`,
+    /// every 60 s.
+    pub timeline: Vec<(u64, usize, f64, usize, usize)>,
 }
 
 /// Records and the DHT: store events over the run and the indexers' state at the end.
@@ -256,6 +381,9 @@ pub struct NetReport {
     /// Messages handed to the network, by kind.
     #[serde(default)]
     pub sent_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Messages delivered, by kind.
+    #[serde(default)]
+    pub delivered_by_kind: std::collections::BTreeMap<String, u64>,
 }
 
 /// The report of one run.
@@ -288,6 +416,9 @@ pub struct Report {
     /// The `lookup` workload (`null` without one).
     #[serde(default)]
     pub lookups: Option<LookupReport>,
+    /// The `search` workload (`null` without one).
+    #[serde(default)]
+    pub searches: Option<SearchReport>,
     /// Records and DHT totals (`null` when no peer is running at the end).
     #[serde(default)]
     pub records: Option<RecordsReport>,
@@ -441,6 +572,21 @@ impl Report {
                     }
                     s.push('\n');
                 }
+                if let Some(f) = b.forged_sent {
+                    let _ = writeln!(
+                        s,
+                        "             forged {} records in Found, {} in Hits; {} dropped, {} delivered; emitters \
+                         reached {}, banned by {}; exposed nodes {}, distrusted by {}",
+                        f.found,
+                        f.hits,
+                        b.forged_dropped.unwrap_or(0),
+                        b.forged_delivered.unwrap_or(0),
+                        b.reached.unwrap_or(0),
+                        pct(b.banned_by),
+                        b.exposed_nodes.unwrap_or(0),
+                        pct(b.distrusted_by)
+                    );
+                }
             }
         }
         if let Some(l) = &self.lookups {
@@ -484,6 +630,9 @@ impl Report {
                 let _ = writeln!(s, "  ✗ {f}");
             }
         }
+        if let Some(x) = &self.searches {
+            summarise_searches(&mut s, x);
+        }
         if let Some(r) = &self.records {
             let reasons: Vec<String> = r.rejected_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(
@@ -514,6 +663,79 @@ impl Report {
             let _ = writeln!(s, "note: {n}");
         }
         s
+    }
+}
+
+fn summarise_searches(s: &mut String, x: &SearchReport) {
+    let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 * 100.0 / b as f64 };
+    let o = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
+    let _ = writeln!(
+        s,
+        "\nsearches: {} of {} found ({:.2}%); hit latency p50/p99/max {}/{}/{} ms; done p50 {} ms; {:.2} hits each",
+        x.found,
+        x.issued,
+        pct(x.found, x.issued),
+        o(x.p50_ms),
+        o(x.p99_ms),
+        o(x.max_ms),
+        o(x.done_p50_ms),
+        x.hits_mean
+    );
+    let ended: Vec<String> = x.ended.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(
+        s,
+        "  by name {}/{}, DID {}/{}, peer id {}/{}; ended: {}; {} started, {} excluded, {} unfinished",
+        x.by_name.ok,
+        x.by_name.issued,
+        x.by_did.ok,
+        x.by_did.issued,
+        x.by_peer.ok,
+        x.by_peer.issued,
+        ended.join(", "),
+        x.started,
+        x.excluded,
+        x.unfinished
+    );
+    let _ = writeln!(
+        s,
+        "  forged delivered {}, unrelated delivered {}, forged dropped {}",
+        x.forged_delivered, x.unrelated_delivered, x.forged_dropped
+    );
+    if !x.failure_causes.is_empty() {
+        let causes: Vec<String> = x.failure_causes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "  not found, by cause: {}", causes.join(", "));
+    }
+    for f in x.failures.iter().take(5) {
+        let _ = writeln!(s, "  ✗ {f}");
+    }
+    let m = &x.mesh;
+    let _ = writeln!(
+        s,
+        "  mesh: {} indexers; per search {:.1} data + {:.1} control messages ({:.3} per indexer; data {:.3} per \
+         indexer), {:.1} other search messages; control {:.1} per indexer per minute ({:.1} before the searches)",
+        m.indexers,
+        m.data_per_search,
+        m.control_per_search,
+        m.messages_per_search_per_indexer,
+        m.data_per_search_per_indexer,
+        m.search_messages_per_search,
+        m.control_per_indexer_per_min,
+        m.control_per_indexer_per_min_before
+    );
+    let refs: Vec<String> = x
+        .referent_timeline
+        .iter()
+        .map(|(t, n, none, several)| format!("{}m {none}/{n} ({several} multi)", t / 60_000))
+        .collect();
+    if !refs.is_empty() {
+        let _ = writeln!(s, "  nodes referenced by no indexer: {}", refs.join(", "));
+    }
+    if let Some((t, n, mean, none, comps)) = m.timeline.last() {
+        let _ = writeln!(
+            s,
+            "  mesh at {:.0}s: {n} indexers, {mean:.1} neighbours on average, {none} with none, {comps} component(s)",
+            *t as f64 / 1000.0
+        );
     }
 }
 

@@ -1,8 +1,8 @@
 //! Scenarios: the TOML format of DESIGN.md §5, parsed and checked before anything runs.
 //!
 //! A scenario names groups of peers (`"<group>/<index>"`), the network they share, the faults
-//! injected at fixed simulated times and application workloads (`lookup`; `search` and `send`
-//! belong to later issues). Everything is resolved up
+//! injected at fixed simulated times and application workloads (`lookup` and `search`; `send`
+//! belongs to a later issue). Everything is resolved up
 //! front — durations, targets, group configs — so a typo fails with a clear message before the
 //! first simulated millisecond, never halfway through a run.
 //!
@@ -148,6 +148,7 @@ struct RawFault {
     sides: Option<Vec<Vec<String>>>,
     behaviour: Option<String>,
     victim: Option<String>,
+    forge: Option<Vec<String>>,
     loss: Option<f64>,
     latency_ms: Option<[u64; 2]>,
     #[serde(flatten)]
@@ -267,6 +268,9 @@ pub enum FaultKind {
         /// `claim_foreign_did`: the honest node whose DID is claimed (`victim = "g/i"`). Default:
         /// the first node-role peer, in scenario order, that no byzantine fault targets.
         victim: Option<String>,
+        /// `forge_search_hits`: the forgeries it adds, in turn (`forge = [...]`; default
+        /// [`Forgery::DEFAULT`]).
+        forge: Vec<Forgery>,
     },
 }
 
@@ -311,7 +315,8 @@ pub enum Behaviour {
     /// Indexer: answers every record request (`FIND_VALUE`, `GetRecord`) with "no record" and
     /// silently drops every `STORE` sent to it.
     WithholdRecords,
-    /// Indexer: forges search hits (later issue; not simulated).
+    /// Indexer: every search answer it sends — `Found` to an emitter as a responder, `Hits` to a
+    /// node as an emitter — carries, next to the genuine records, a forged one ([`Forgery`]).
     ForgeSearchHits,
     /// Node: one extra regular heartbeat per second to every indexer it is connected to.
     HeartbeatFlood,
@@ -345,7 +350,7 @@ impl Behaviour {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, b)| *b)
     }
 
-    /// Whether the simulator implements it (the others belong to later issues).
+    /// Whether the simulator implements it (every behaviour of DESIGN §5 now is).
     pub fn is_simulated(self) -> bool {
         matches!(
             self,
@@ -354,6 +359,7 @@ impl Behaviour {
                 | Behaviour::FlapBornAt
                 | Behaviour::DropResponses
                 | Behaviour::WithholdRecords
+                | Behaviour::ForgeSearchHits
                 | Behaviour::HeartbeatFlood
                 | Behaviour::ClaimForeignDid
                 | Behaviour::BadSignature
@@ -366,6 +372,46 @@ impl Behaviour {
     }
 }
 
+/// What a `forge_search_hits` indexer adds to each search answer it sends (one forgery per
+/// message, taking the configured kinds in turn).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Forgery {
+    /// `altered`: a genuine record of the answer with its name changed (still matching the query)
+    /// and its signature kept — the signature no longer verifies.
+    Altered,
+    /// `impersonate`: a genuine record of the answer, owner's peer id and all, re-signed with the
+    /// forger's own key — a signature that is not the owner's.
+    Impersonate,
+    /// `unrelated`: the forger's own, validly signed record, which does not match the query.
+    Unrelated,
+    /// `claim_did`: the forger's own record, validly signed by its own key with its own peer id,
+    /// but carrying the DID and name of the first genuine record of the answer — it verifies and
+    /// matches the query. Not in the default set: only the DID binding kept by the indexers' DHT
+    /// can tell it from a genuine hit (DESIGN §3, "a DID is bound to the first key").
+    ClaimDid,
+}
+
+impl Forgery {
+    const ALL: [(&'static str, Forgery); 4] = [
+        ("altered", Forgery::Altered),
+        ("impersonate", Forgery::Impersonate),
+        ("unrelated", Forgery::Unrelated),
+        ("claim_did", Forgery::ClaimDid),
+    ];
+    /// The default `forge` list: what verification alone must catch.
+    pub const DEFAULT: [Forgery; 3] = [Forgery::Altered, Forgery::Impersonate, Forgery::Unrelated];
+
+    /// The scenario-format name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, f)| *f == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+
+    /// Parses a scenario-format name.
+    pub fn from_name(s: &str) -> Option<Forgery> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, f)| *f)
+    }
+}
+
 /// `[[workload]]`.
 #[derive(Clone, Debug)]
 pub struct WorkloadSpec {
@@ -375,8 +421,56 @@ pub struct WorkloadSpec {
     pub from: Option<Duration>,
     /// Every key as written.
     pub raw: toml::Table,
-    /// The parsed `lookup` workload (`None` for the kinds not simulated yet).
+    /// The parsed `lookup` workload (`None` for the other kinds).
     pub lookup: Option<LookupSpec>,
+    /// The parsed `search` workload (`None` for the other kinds).
+    pub search: Option<SearchSpec>,
+}
+
+/// What a `search` workload searches its target by (`by = "name" | "did" | "peer"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SearchBy {
+    /// A case-swapped middle part of the target's name (a case-insensitive substring that
+    /// identifies it).
+    #[default]
+    Name,
+    /// The target's DID, exactly.
+    Did,
+    /// The target's peer id, exactly.
+    Peer,
+}
+
+impl SearchBy {
+    /// The scenario-format name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchBy::Name => "name",
+            SearchBy::Did => "did",
+            SearchBy::Peer => "peer",
+        }
+    }
+}
+
+/// `[[workload]] kind = "search"`: at Poisson times (rate `rate_per_s`, drawn from the run's
+/// seed), a random live honest node-role peer searches (`Command::Search`, a user of its own per
+/// search) for a random other live honest node-role peer, by name, DID or peer id. Both must have
+/// started at least `warmup` ago.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchSpec {
+    /// First search no earlier than this (`from`, default 0).
+    pub from: Duration,
+    /// No search starts after this (`until`, default: the end of the run).
+    pub until: Option<Duration>,
+    /// Mean searches started per simulated second.
+    pub rate_per_s: f64,
+    /// Least time since the searching and the searched peer started (`warmup`, default 90 s), so
+    /// the target has named a referent and the asker has an indexer to ask.
+    pub warmup: Duration,
+    /// What the target is searched by (`by`, default `name`).
+    pub by: SearchBy,
+    /// Only these peers are searched for (`targets`, target strings; default: every node-role
+    /// peer).
+    pub targets: Vec<String>,
 }
 
 /// `[[workload]] kind = "lookup"`: at Poisson times (rate `rate_per_s`, drawn from the run's
@@ -396,6 +490,15 @@ pub struct LookupSpec {
     pub warmup: Duration,
     /// Only these peers are looked up (`targets`, target strings; default: every node-role peer).
     pub targets: Vec<String>,
+}
+
+/// What every Poisson workload has in common.
+struct PoissonSpec {
+    from: Duration,
+    until: Option<Duration>,
+    rate_per_s: f64,
+    warmup: Duration,
+    targets: Vec<String>,
 }
 
 /// Parses a duration such as `"500ms"`, `"20s"`, `"5m"`, `"1h"` (any humantime syntax).
@@ -609,7 +712,34 @@ impl Scenario {
                             });
                         }
                     }
-                    FaultKind::Byzantine { targets: f.targets, behaviour, victim: f.victim }
+                    let forge = match &f.forge {
+                        None => Forgery::DEFAULT.to_vec(),
+                        Some(list) => {
+                            if behaviour != Behaviour::ForgeSearchHits {
+                                notes.push(format!("{ctx}: `forge` only applies to forge_search_hits (ignored)"));
+                            }
+                            let parsed = list
+                                .iter()
+                                .map(|n| {
+                                    Forgery::from_name(n).ok_or_else(|| ScenarioError::Invalid {
+                                        context: ctx.clone(),
+                                        why: format!(
+                                            "unknown forgery {n:?} in `forge` (expected: {})",
+                                            Forgery::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                                        ),
+                                    })
+                                })
+                                .collect::<Result<Vec<_>, _>>()?;
+                            if parsed.is_empty() {
+                                return Err(ScenarioError::Invalid {
+                                    context: ctx,
+                                    why: "`forge` must name at least one forgery".into(),
+                                });
+                            }
+                            parsed
+                        }
+                    };
+                    FaultKind::Byzantine { targets: f.targets, behaviour, victim: f.victim, forge }
                 }
                 other => {
                     return Err(ScenarioError::Invalid {
@@ -647,13 +777,13 @@ impl Scenario {
                 Some(s) => Some(parse_duration(&format!("{ctx} from"), s)?),
                 None => None,
             };
-            let lookup = if kind == "lookup" {
-                Some(scenario.parse_lookup(&ctx, &w, from, &mut notes)?)
-            } else {
-                notes.push(format!("{ctx} `{kind}`: unsupported (implemented by a later issue); ignored"));
-                None
-            };
-            scenario.workloads.push(WorkloadSpec { kind, from, raw: w, lookup });
+            let (mut lookup, mut search) = (None, None);
+            match kind.as_str() {
+                "lookup" => lookup = Some(scenario.parse_lookup(&ctx, &w, from, &mut notes)?),
+                "search" => search = Some(scenario.parse_search(&ctx, &w, from, &mut notes)?),
+                _ => notes.push(format!("{ctx} `{kind}`: unsupported (implemented by a later issue); ignored")),
+            }
+            scenario.workloads.push(WorkloadSpec { kind, from, raw: w, lookup, search });
         }
         scenario.notes = notes;
         Ok(scenario)
@@ -666,9 +796,55 @@ impl Scenario {
         from: Option<Duration>,
         notes: &mut Vec<String>,
     ) -> Result<LookupSpec, ScenarioError> {
+        let c =
+            self.parse_poisson(ctx, w, from, &["kind", "from", "until", "rate_per_s", "warmup", "targets"], notes)?;
+        Ok(LookupSpec { from: c.from, until: c.until, rate_per_s: c.rate_per_s, warmup: c.warmup, targets: c.targets })
+    }
+
+    fn parse_search(
+        &self,
+        ctx: &str,
+        w: &toml::Table,
+        from: Option<Duration>,
+        notes: &mut Vec<String>,
+    ) -> Result<SearchSpec, ScenarioError> {
+        let keys = ["kind", "from", "until", "rate_per_s", "warmup", "targets", "by"];
+        let c = self.parse_poisson(ctx, w, from, &keys, notes)?;
+        let by = match w.get("by").map(|v| v.as_str()) {
+            None => SearchBy::Name,
+            Some(Some("name")) => SearchBy::Name,
+            Some(Some("did")) => SearchBy::Did,
+            Some(Some("peer")) => SearchBy::Peer,
+            Some(other) => {
+                return Err(ScenarioError::Invalid {
+                    context: ctx.to_string(),
+                    why: format!("by = {other:?}: expected \"name\", \"did\" or \"peer\""),
+                });
+            }
+        };
+        Ok(SearchSpec {
+            from: c.from,
+            until: c.until,
+            rate_per_s: c.rate_per_s,
+            warmup: c.warmup,
+            by,
+            targets: c.targets,
+        })
+    }
+
+    /// The keys every Poisson workload shares (`from`, `until`, `rate_per_s`, `warmup`,
+    /// `targets`); keys not in `known` are noted as ignored.
+    fn parse_poisson(
+        &self,
+        ctx: &str,
+        w: &toml::Table,
+        from: Option<Duration>,
+        known: &[&str],
+        notes: &mut Vec<String>,
+    ) -> Result<PoissonSpec, ScenarioError> {
         let invalid = |why: String| ScenarioError::Invalid { context: ctx.to_string(), why };
         for k in w.keys() {
-            if !["kind", "from", "until", "rate_per_s", "warmup", "targets"].contains(&k.as_str()) {
+            if !known.contains(&k.as_str()) {
                 notes.push(format!("{ctx}: key `{k}` is not used by the simulator (ignored)"));
             }
         }
@@ -691,7 +867,7 @@ impl Scenario {
             Some(toml::Value::Float(f)) => *f,
             Some(toml::Value::Integer(i)) => *i as f64,
             Some(_) => return Err(invalid("`rate_per_s` must be a number".into())),
-            None => return Err(invalid("a lookup workload needs `rate_per_s`".into())),
+            None => return Err(invalid("a workload needs `rate_per_s`".into())),
         };
         if !(rate_per_s.is_finite() && rate_per_s > 0.0 && rate_per_s <= 10_000.0) {
             return Err(invalid(format!("rate_per_s = {rate_per_s} must be in (0, 10000]")));
@@ -706,10 +882,15 @@ impl Scenario {
         };
         for p in self.resolve(ctx, &targets)? {
             if !self.roles_of(p).node {
-                notes.push(format!("{ctx}: target {} is not a node-role peer (never looked up)", self.peer_name(p)));
+                notes.push(format!("{ctx}: target {} is not a node-role peer (never a target)", self.peer_name(p)));
             }
         }
-        Ok(LookupSpec { from, until, rate_per_s, warmup, targets })
+        Ok(PoissonSpec { from, until, rate_per_s, warmup, targets })
+    }
+
+    /// Whether a workload searches by name (simulated nodes then get distinct names).
+    pub fn searches_by_name(&self) -> bool {
+        self.workloads.iter().any(|w| w.search.as_ref().is_some_and(|s| s.by == SearchBy::Name))
     }
 
     /// Total number of peers.
@@ -891,7 +1072,34 @@ start_spread = "10s"
         )
         .unwrap();
         assert_eq!(s.faults.len(), 3);
-        assert!(s.notes.iter().any(|n| n.contains("forge_search_hits")), "{:?}", s.notes);
+        assert!(!s.notes.iter().any(|n| n.contains("forge_search_hits")), "simulated now: {:?}", s.notes);
+        assert!(matches!(&s.faults[2].kind, FaultKind::Byzantine { forge, .. } if forge == &Forgery::DEFAULT));
+        let s = with("[[fault]]\nat='1m'\nkind='byzantine'\ntargets=['idx/3']\nbehaviour='forge_search_hits'\nforge=['claim_did']")
+            .unwrap();
+        assert!(matches!(&s.faults[0].kind, FaultKind::Byzantine { forge, .. } if forge == &[Forgery::ClaimDid]));
+        let e = with(
+            "[[fault]]\nat='1m'\nkind='byzantine'\ntargets=['idx/3']\nbehaviour='forge_search_hits'\nforge=['lies']",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown forgery"), "{e}");
+    }
+
+    #[test]
+    fn search_workload_is_parsed_and_checked() {
+        let s = with("[[workload]]\nkind='search'\nfrom='1m'\nrate_per_s=2\nby='did'\nwarmup='30s'").unwrap();
+        let w = s.workloads[0].search.clone().unwrap();
+        assert_eq!((w.from, w.until, w.rate_per_s, w.by), (Duration::from_secs(60), None, 2.0, SearchBy::Did));
+        assert_eq!(w.warmup, Duration::from_secs(30));
+        assert!(s.workloads[0].lookup.is_none());
+        assert!(!s.searches_by_name());
+        let s = with("[[workload]]\nkind='search'\nrate_per_s=1").unwrap();
+        assert_eq!(s.workloads[0].search.as_ref().map(|w| w.by), Some(SearchBy::Name));
+        assert!(s.searches_by_name());
+        assert!(!s.notes.iter().any(|n| n.contains("unsupported")), "{:?}", s.notes);
+        let e = with("[[workload]]\nkind='search'\nrate_per_s=1\nby='mood'").unwrap_err();
+        assert!(e.to_string().contains("by"), "{e}");
+        let e = with("[[workload]]\nkind='search'").unwrap_err();
+        assert!(e.to_string().contains("rate_per_s"), "{e}");
     }
 
     #[test]

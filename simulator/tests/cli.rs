@@ -128,3 +128,65 @@ fn plot_writes_an_svg_of_a_report() {
     assert!(svg.contains("CDF") && svg.contains("crash at 90s"), "detection CDF drawn");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small network with the search mesh on, searches by name and a forging indexer.
+const SEARCH: &str = r#"
+name = "cli-search"
+seed = 12
+duration = "3m"
+
+[network]
+latency_ms = [5, 40]
+
+[[group]]
+name = "idx"
+count = 6
+role = "indexer"
+seeds = ["idx"]
+seeds_sample = 2
+start_spread = "5s"
+
+[[group]]
+name = "n"
+count = 30
+role = "node"
+seeds = ["idx"]
+seeds_sample = 2
+start_spread = "20s"
+[group.config]
+min_indexers = 2
+max_indexers = 3
+
+[[fault]]
+at = "60s"
+kind = "byzantine"
+targets = ["idx/5"]
+behaviour = "forge_search_hits"
+
+[[workload]]
+kind = "search"
+from = "70s"
+rate_per_s = 2.0
+warmup = "40s"
+"#;
+
+#[test]
+fn search_mesh_runs_are_identical_across_processes() {
+    // Each process reads its own clock anchor for the mesh (`Instant::now()`): the run must not
+    // depend on it.
+    let dir = scratch("search");
+    let sc = dir.join("search.toml");
+    std::fs::write(&sc, SEARCH).unwrap();
+    let mut a = run(&sc, None, &dir.join("a.json"));
+    let mut b = run(&sc, None, &dir.join("b.json"));
+    assert_eq!(a["trace_hash"], b["trace_hash"]);
+    let found = a["searches"]["found"].as_u64().unwrap();
+    assert!(found > 50, "searches found {found}: {}", a["searches"]);
+    assert!(a["network"]["delivered_by_kind"]["mesh_gossip"].as_u64().unwrap() > 0);
+    for r in [&mut a, &mut b] {
+        r["wall_ms"] = 0.into();
+        r["events_per_wall_s"] = 0.into();
+    }
+    assert_eq!(a, b, "reports differ beyond wall-clock fields");
+    let _ = std::fs::remove_dir_all(&dir);
+}

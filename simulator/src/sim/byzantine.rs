@@ -4,10 +4,10 @@
 use super::engine::Ev;
 use super::{Life, Simulation};
 use crate::net::PeerIx;
-use crate::scenario::Behaviour;
-use ocd_core::proto::PeerRecord;
-use ocd_core::proto::RequestId;
-use ocd_core::proto::wire::{DhtMessage, Envelope, Heartbeat, HeartbeatKind, IndexerMessage, WireError};
+use crate::report::ForgedSent;
+use crate::scenario::{Behaviour, Forgery};
+use ocd_core::proto::wire::{DhtMessage, Envelope, Heartbeat, HeartbeatKind, IndexerMessage, SearchMessage, WireError};
+use ocd_core::proto::{PeerRecord, RequestId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -22,6 +22,8 @@ const FLOOD_EVERY_MS: u64 = 1_000;
 const FLOOD_REQ_BASE: u64 = 1 << 62;
 /// `flap_born_at` moves `born_at` back by this much on every other response.
 const FLAP_OFFSET: Duration = Duration::from_secs(3600);
+/// The address an `impersonate` forgery points the victim's record to.
+const FORGER_ADDR: &str = "/ip4/203.0.113.66/udp/4242/quic-v1";
 
 /// What one misbehaving peer achieved, for its [`crate::report::ByzantineReport`].
 pub(super) struct ByzTrack {
@@ -45,6 +47,14 @@ pub(super) struct ByzTrack {
     pub(super) victim: Option<PeerIx>,
     /// `withhold_records`: counted workload lookups issued since `since`, and the successful ones.
     pub(super) lookups: (u64, u64),
+    /// `forge_search_hits`: forged records sent in `Found` and in `Hits`.
+    pub(super) forged: ForgedSent,
+    /// `forge_search_hits`: `ForgedHitDropped` events naming it, and forged hits of it delivered.
+    pub(super) forged_dropped: u64,
+    pub(super) forged_delivered: u64,
+    /// `forge_search_hits`: honest nodes that dropped a forged hit it relayed → when they
+    /// evicted it for `ForgedHits`.
+    pub(super) exposed: BTreeMap<PeerIx, Option<u64>>,
 }
 
 impl ByzTrack {
@@ -61,16 +71,28 @@ impl ByzTrack {
             records_accepted: 0,
             victim,
             lookups: (0, 0),
+            forged: ForgedSent::default(),
+            forged_dropped: 0,
+            forged_delivered: 0,
+            exposed: BTreeMap::new(),
         }
     }
 }
 
 impl Simulation {
-    /// Makes `p` misbehave from now on, and starts measuring how the others cope.
-    pub(super) fn make_byzantine(&mut self, p: PeerIx, behaviour: Behaviour, victim: Option<PeerIx>) {
+    /// Makes `p` misbehave from now on, and starts measuring how the others cope (`forge`: the
+    /// forgeries of `forge_search_hits`).
+    pub(super) fn make_byzantine(
+        &mut self,
+        p: PeerIx,
+        behaviour: Behaviour,
+        victim: Option<PeerIx>,
+        forge: &[Forgery],
+    ) {
         let now = self.now;
         let sp = &mut self.peers[p as usize];
         sp.byz = Some((behaviour, now));
+        sp.forge = forge.to_vec();
         let victim = if behaviour == Behaviour::ClaimForeignDid { victim.filter(|v| *v != p) } else { None };
         sp.victim = victim;
         if !behaviour.is_simulated() {
@@ -139,6 +161,20 @@ impl Simulation {
                 r.record = None;
                 Some(Envelope::Indexer(IndexerMessage::RecordReply(r)))
             }
+            (Behaviour::ForgeSearchHits, Envelope::Search(SearchMessage::Found(mut f))) => {
+                if let Some(forged) = self.forge_hit(p, &f.records) {
+                    f.records.insert(0, forged);
+                    self.count_forged(p, true);
+                }
+                Some(Envelope::Search(SearchMessage::Found(f)))
+            }
+            (Behaviour::ForgeSearchHits, Envelope::Search(SearchMessage::Hits(mut h))) => {
+                if let Some(forged) = self.forge_hit(p, &h.records) {
+                    h.records.insert(0, forged);
+                    self.count_forged(p, false);
+                }
+                Some(Envelope::Search(SearchMessage::Hits(h)))
+            }
             (
                 Behaviour::ClaimForeignDid | Behaviour::BadSignature,
                 Envelope::Indexer(IndexerMessage::Heartbeat(mut hb)),
@@ -185,6 +221,57 @@ impl Simulation {
         }
     }
 
+    /// The forged record a `forge_search_hits` indexer `p` adds to a search answer carrying
+    /// `genuine` (its configured forgeries in turn; see [`Forgery`]). The first genuine record is
+    /// the one altered, impersonated or claimed; the forger's own record stands in when there is
+    /// none (the core never sends an empty answer, so that does not happen).
+    pub(super) fn forge_hit(&mut self, p: PeerIx, genuine: &[PeerRecord]) -> Option<PeerRecord> {
+        let sp = &mut self.peers[p as usize];
+        let kind = if sp.forge.is_empty() {
+            Forgery::DEFAULT[(sp.forged % Forgery::DEFAULT.len() as u64) as usize]
+        } else {
+            sp.forge[(sp.forged % sp.forge.len() as u64) as usize]
+        };
+        sp.forged += 1;
+        let sp = &self.peers[p as usize];
+        let own = sp.peer.as_ref().and_then(|q| q.record()).cloned();
+        let base = genuine.first().cloned().or_else(|| own.clone())?;
+        Some(match kind {
+            Forgery::Altered => {
+                let mut r = base;
+                r.body.name = format!("!{}", r.body.name);
+                r
+            }
+            Forgery::Impersonate => {
+                let mut body = (*base.body).clone();
+                body.addrs = vec![FORGER_ADDR.to_string()];
+                let signature = sp.setup.keypair.sign(&body.signing_bytes());
+                PeerRecord { body: Box::new(body), signature }
+            }
+            Forgery::Unrelated => own.unwrap_or(base),
+            Forgery::ClaimDid => {
+                let own = own?;
+                let mut body = (*own.body).clone();
+                body.did = base.body.did.clone();
+                body.name = base.body.name.clone();
+                PeerRecord::sign(body, &sp.setup.keypair).unwrap_or(own)
+            }
+        })
+    }
+
+    /// Counts a forged record of `p` (`found`: in a responder's `Found`, else in an emitter's
+    /// `Hits`).
+    fn count_forged(&mut self, p: PeerIx, found: bool) {
+        if let Some(t) = self.peers[p as usize].byz_track {
+            let f = &mut self.byz[t].forged;
+            if found {
+                f.found += 1;
+            } else {
+                f.hits += 1;
+            }
+        }
+    }
+
     /// Counts indexer `to` as reached by misbehaving node `from`: a record forger once it handed
     /// it a (forged) record, other misbehaving nodes with any message.
     pub(super) fn note_reached(&mut self, from: PeerIx, to: PeerIx, decoded: &Result<Envelope, WireError>) {
@@ -198,6 +285,8 @@ impl Simulation {
                 Ok(Envelope::Indexer(IndexerMessage::Publish(_))) => true,
                 _ => false,
             },
+            // Every `Found` it sends carries a forgery.
+            Behaviour::ForgeSearchHits => matches!(decoded, Ok(Envelope::Search(SearchMessage::Found(_)))),
             _ => true,
         };
         if counts {

@@ -52,6 +52,8 @@ pub(super) enum Ev {
         asker: PeerIx,
         target: PeerIx,
     },
+    /// The `search` workload `i` (in the order of the scenario's search workloads) starts a search.
+    SearchTick(u32),
 }
 
 /// Encoded messages on their way, in reusable slots, so queue entries stay small.
@@ -125,6 +127,7 @@ impl Simulation {
             Ev::FloodTick(p) => self.flood_tick(p),
             Ev::LookupTick(i) => self.lookup_tick(i as usize),
             Ev::LookupFollow { asker, target } => self.lookup_follow(asker, target),
+            Ev::SearchTick(i) => self.search_tick(i as usize),
         }
     }
 
@@ -217,6 +220,9 @@ impl Simulation {
         self.trace.u64(bytes.len() as u64);
         self.trace.bytes(bytes);
         let decoded = wire::decode(bytes);
+        if let Ok(m) = &decoded {
+            self.count_delivered(m);
+        }
         self.note_reached(from, to, &decoded);
         match decoded {
             Ok(message) if self.withholds(to, &message) => self.netr.dropped_byzantine += 1,

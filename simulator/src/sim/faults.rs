@@ -132,10 +132,10 @@ impl Simulation {
             FaultKind::Heal => self.heal_fault(report),
             FaultKind::SetLoss { loss } => self.net.set_loss(loss),
             FaultKind::SetLatency { latency_ms } => self.net.set_latency(latency_ms),
-            FaultKind::Byzantine { behaviour, .. } => {
+            FaultKind::Byzantine { behaviour, forge, .. } => {
                 let victim = self.fault_plan.victims.get(i).copied().flatten();
                 for &t in &targets {
-                    self.make_byzantine(t, behaviour, victim);
+                    self.make_byzantine(t, behaviour, victim, &forge);
                 }
             }
         }

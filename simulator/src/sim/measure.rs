@@ -98,6 +98,19 @@ fn trace_event(trace: &mut Trace, e: &Event) {
             trace.bytes(did.as_str().as_bytes());
             return;
         }
+        Event::SearchHit { id, record, from } => {
+            trace.bytes(b"E:hit");
+            trace.u64(*id);
+            trace.bytes(record.body.peer_id.as_bytes());
+            trace.bytes(&record.signature.0);
+            trace.bytes(from.as_bytes());
+            return;
+        }
+        Event::MeshNeighbour { peer, up } => {
+            trace.bytes(if *up { b"E:mesh+" } else { b"E:mesh-" });
+            trace.bytes(peer.as_bytes());
+            return;
+        }
         Event::LookupDone { id, key, record, hops, attempts } => {
             trace.bytes(b"E:lookup");
             trace.u64(*id);
@@ -149,6 +162,11 @@ impl Simulation {
             }
             Event::RecordStored { owner, did, from } => self.on_record_stored(p, owner, did, from),
             Event::RecordRejected { reason, .. } => self.records.rejected[refusal_index(reason)] += 1,
+            // Search.
+            Event::SearchHit { id, record, from } => self.on_search_hit(p, id, record, from),
+            Event::SearchDone { id, end, .. } => self.on_search_done(p, id, end),
+            Event::SearchEmitted { node, .. } => self.on_search_emitted(p, node),
+            Event::ForgedHitDropped { from, .. } => self.on_forged_dropped(p, from),
             _ => {}
         }
     }
@@ -206,6 +224,9 @@ impl Simulation {
         let Some(x) = self.index.get(&indexer).copied() else { return };
         let sp = &mut self.peers[p as usize];
         sp.members.retain(|(m, _)| *m != x);
+        if reason == EvictReason::ForgedHits {
+            self.on_distrusted(p, x);
+        }
         if let Some(t) = self.peers[x as usize].byz_track
             && let Some(entry) = self.byz[t].nodes.get_mut(&p)
             && entry.1.is_none()
@@ -264,7 +285,10 @@ impl Simulation {
         self.banned.insert(x);
         let xs = &self.peers[x as usize];
         match xs.byz_track {
-            Some(t) if !self.byz[t].behaviour.is_indexer_behaviour() => {
+            Some(t)
+                if !self.byz[t].behaviour.is_indexer_behaviour()
+                    || self.byz[t].behaviour == Behaviour::ForgeSearchHits =>
+            {
                 self.byz[t].banned.entry(p).or_insert(now);
             }
             _ => {}
@@ -479,6 +503,7 @@ impl Simulation {
 
     /// The minute's pool health, and the invariants of every pool and every indexer.
     pub(super) fn sample(&mut self) {
+        self.sample_mesh();
         let (mean, below, _) = self.pool_health();
         self.timeline.push((self.now - EPOCH_MS, mean, below));
         let t = (self.now - EPOCH_MS) / 1000;
@@ -570,10 +595,13 @@ impl Simulation {
         let bans = self.bans();
         let notes = self.notes();
         let lookups = (!self.lookup.is_empty()).then(|| self.lookup_report());
+        let searches = (!self.search.is_empty()).then(|| self.search_report());
         let records = self.records_report();
         let wall_s = (wall_ms.max(1)) as f64 / 1000.0;
         self.netr.sent_by_kind =
             wire::KINDS.iter().zip(self.sent_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
+        self.netr.delivered_by_kind =
+            wire::KINDS.iter().zip(self.delivered_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
         Report {
             scenario: self.scenario.name.clone(),
             seed: self.scenario.seed,
@@ -595,6 +623,7 @@ impl Simulation {
             byzantine,
             bans,
             lookups,
+            searches,
             records,
             refusals: std::mem::take(&mut self.refusals),
             invariant_violations: std::mem::take(&mut self.violations),
@@ -652,6 +681,11 @@ impl Simulation {
             victim: t.victim.map(|v| self.peers[v as usize].name.clone()),
             lookups: None,
             lookups_ok_ratio: None,
+            forged_sent: None,
+            forged_dropped: None,
+            forged_delivered: None,
+            exposed_nodes: None,
+            distrusted_by: None,
         };
         if matches!(t.behaviour, Behaviour::ClaimForeignDid | Behaviour::BadSignature) {
             b.records_accepted = Some(t.records_accepted);
@@ -659,6 +693,9 @@ impl Simulation {
         if t.behaviour == Behaviour::WithholdRecords && !self.lookup.is_empty() {
             b.lookups = Some(t.lookups.0);
             b.lookups_ok_ratio = (t.lookups.0 > 0).then(|| t.lookups.1 as f64 / t.lookups.0 as f64);
+        }
+        if t.behaviour == Behaviour::ForgeSearchHits {
+            self.forger_report(t, &mut b);
         }
         if t.behaviour.is_indexer_behaviour() {
             self.indexer_evictions(t, &mut b);
@@ -671,6 +708,23 @@ impl Simulation {
             b.p50_ban_ms = Stats::of(&mut times).map(|s| s.p50);
         }
         b
+    }
+
+    /// What a `forge_search_hits` indexer forged, who dropped it, and who banned or distrusted it.
+    fn forger_report(&self, t: &ByzTrack, b: &mut ByzantineReport) {
+        b.forged_sent = Some(t.forged);
+        b.forged_dropped = Some(t.forged_dropped);
+        b.forged_delivered = Some(t.forged_delivered);
+        let mut times: Vec<u64> =
+            t.banned.iter().filter(|(i, _)| t.reached.contains(i)).map(|(_, at)| at - t.since).collect();
+        let n = t.reached.len();
+        b.reached = Some(n);
+        b.banned_by = Some(if n == 0 { 0.0 } else { times.len() as f64 / n as f64 });
+        b.p50_ban_ms = Stats::of(&mut times).map(|s| s.p50);
+        let exposed = t.exposed.len();
+        b.exposed_nodes = Some(exposed);
+        let distrusted = t.exposed.values().filter(|v| v.is_some()).count();
+        b.distrusted_by = Some(if exposed == 0 { 0.0 } else { distrusted as f64 / exposed as f64 });
     }
 
     /// How the honest nodes that met byzantine indexer `t` evicted it.

@@ -15,9 +15,14 @@
 //! is always honest.
 //!
 //! The `lookup` workload hands [`Command::Lookup`]s to random live nodes at Poisson times drawn
-//! from the run's seed and matches their [`Event::LookupDone`]s; tests can inject their own
-//! commands with [`Simulation::command`] and read the answers with
-//! [`Simulation::lookup_result`].
+//! from the run's seed and matches their [`Event::LookupDone`]s; the `search` workload does the
+//! same with [`Command::Search`] and the [`Event::SearchHit`]s and [`Event::SearchDone`] that
+//! answer it. Tests can inject their own commands with [`Simulation::command`] and read the
+//! answers with [`Simulation::lookup_result`] and [`Simulation::search_result`].
+//!
+//! Every peer gets the same search-mesh clock anchor, one `Instant` read when the run is built:
+//! the core only adds durations to it and compares them, so the run does not depend on its value
+//! (the cross-process determinism test checks it).
 //!
 //! The code is split by concern, each file adding its own `impl Simulation` block:
 //!
@@ -27,22 +32,26 @@
 //! * `faults` — crash, restart, partition, heal, loss and latency faults, and their detection
 //!   trackers;
 //! * `byzantine` — misbehaviour: output filters, forged records, heartbeat floods;
-//! * `workloads` — the `lookup` workload (other kinds go next to it);
+//! * `workloads` — the `lookup` and `search` workloads (`send` goes next to them);
+//! * `searches` — what distributed search measures: hits, ends, forgeries, the mesh;
 //! * `measure` — event bookkeeping, invariants, pool sampling and the final [`Report`].
 //!
 //! [`Event`]: ocd_core::proto::Event
 //! [`Event::LookupDone`]: ocd_core::proto::Event::LookupDone
+//! [`Event::SearchHit`]: ocd_core::proto::Event::SearchHit
+//! [`Event::SearchDone`]: ocd_core::proto::Event::SearchDone
 
 mod byzantine;
 mod engine;
 mod faults;
 mod measure;
+mod searches;
 mod workloads;
 
 use crate::net::{FastMap, Network, PeerIx, ms};
 use crate::queue::EventQueue;
 use crate::report::{FaultReport, NetReport, Report};
-use crate::scenario::{Behaviour, GroupSpec, Scenario, ScenarioError};
+use crate::scenario::{Behaviour, Forgery, GroupSpec, Scenario, ScenarioError};
 use crate::trace::Trace;
 use byzantine::ByzTrack;
 use engine::{Ev, InFlight};
@@ -50,12 +59,14 @@ use faults::{FaultPlan, FaultTrack, Readmit};
 use measure::{LookupAcc, MESSAGE_KINDS, RecordAcc};
 use ocd_core::proto::{
     Command, DetRng, Did, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerRecord, PeerSetup, RecordKey, Roles,
+    SearchEnd,
 };
+use searches::SearchAcc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use workloads::LookupWorkload;
+use workloads::{LookupWorkload, SearchWorkload};
 
-pub use workloads::WORKLOAD_LOOKUP_BASE;
+pub use workloads::{WORKLOAD_LOOKUP_BASE, WORKLOAD_SEARCH_BASE, search_needle};
 
 /// Virtual time of the start of every run (ms since the Unix epoch), so timestamps look real.
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
@@ -94,6 +105,9 @@ struct SimPeer {
     last_down: Option<u64>,
     /// `claim_foreign_did`: the node whose DID it claims.
     victim: Option<PeerIx>,
+    /// `forge_search_hits`: the forgeries it adds, in turn, and how many it has added.
+    forge: Vec<Forgery>,
+    forged: u64,
 }
 
 impl SimPeer {
@@ -118,6 +132,8 @@ impl SimPeer {
             started_at: None,
             last_down: None,
             victim: None,
+            forge: Vec::new(),
+            forged: 0,
         }
     }
     fn is_node(&self) -> bool {
@@ -149,6 +165,15 @@ pub struct LookupResult {
     pub attempts: u32,
     /// When the answer came, in ms since the start of the run.
     pub at_ms: u64,
+}
+
+/// What a search given with [`Simulation::command`] has received so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SearchResult {
+    /// Every `SearchHit`, in order: the record and the indexer that relayed it.
+    pub hits: Vec<(PeerRecord, PeerId)>,
+    /// How it ended and when (ms since the start of the run), once it did.
+    pub done: Option<(SearchEnd, u64)>,
 }
 
 /// One simulation run. Build it with [`Simulation::new`], then [`Simulation::run`].
@@ -189,6 +214,11 @@ pub struct Simulation {
     lookup: LookupWorkload,
     lookups: LookupAcc,
     lookup_results: BTreeMap<(PeerIx, u64), LookupResult>,
+    /// The `search` workloads and the searches they have in flight.
+    search: SearchWorkload,
+    searches: SearchAcc,
+    search_results: BTreeMap<(PeerIx, u64), SearchResult>,
+    delivered_by_kind: [u64; MESSAGE_KINDS],
     records: RecordAcc,
     /// `RequestRefused` events by `"<reason> <requester role>"`.
     refusals: BTreeMap<String, u64>,
@@ -246,6 +276,13 @@ fn seed_sample(seed: u64, name: &str, seeds: &[usize], me: usize, sample: Option
     mine
 }
 
+/// The record name of node `label` in a scenario that searches by name: the label and the first 4
+/// bytes of its peer id in hex (`"n/42-9f3ac01b"`), so that a middle part of it names one peer.
+fn unique_name(label: &str, id: &PeerId) -> String {
+    let b = id.as_bytes();
+    format!("{label}-{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
+}
+
 /// Builds every peer of `scenario`, in group order, with its keys, config, seeds and start time.
 fn build_peers(scenario: &Scenario, network_key: [u8; 32]) -> Result<BuiltPeers, ScenarioError> {
     let seed = scenario.seed;
@@ -258,6 +295,9 @@ fn build_peers(scenario: &Scenario, network_key: [u8; 32]) -> Result<BuiltPeers,
     let names: Vec<String> =
         scenario.groups.iter().flat_map(|g| (0..g.count).map(move |i| format!("{}/{}", g.name, i))).collect();
     let mut keypairs = derive_keypairs(seed, &names).into_iter();
+    // Read once per run: every peer's search mesh counts from it (see the module doc).
+    let anchor = std::time::Instant::now();
+    let unique_names = scenario.searches_by_name();
     for g in &scenario.groups {
         let seeds = scenario.resolve(&format!("group {:?} seeds", g.name), &g.seeds)?;
         if g.roles.node {
@@ -269,12 +309,13 @@ fn build_peers(scenario: &Scenario, network_key: [u8; 32]) -> Result<BuiltPeers,
             let id = keypair.peer_id();
             let mut config = g.config.clone();
             if config.name.is_empty() {
-                config.name = name.clone();
+                config.name = if unique_names && g.roles.node { unique_name(&name, &id) } else { name.clone() };
             }
             let mine = seed_sample(seed, &name, &seeds, peers.len(), g.seeds_sample);
             let mut setup = PeerSetup::new(keypair, network_key, g.roles);
             setup.config = config;
             setup.rng_seed = derive_u64(seed, &format!("{name}#0"));
+            setup.clock_anchor = Some(anchor);
             // Seed ids are filled in below, once every key exists.
             let spread = ms(g.start_spread);
             starts.push(if spread > 0 { start_rng.below(spread) } else { 0 });
@@ -302,8 +343,9 @@ impl Simulation {
         let fault_plan = FaultPlan::build(&scenario)?;
         let end = EPOCH_MS + ms(scenario.duration);
         let lookup = LookupWorkload::build(&scenario, &built.peers, end)?;
+        let search = SearchWorkload::build(&scenario, &built.peers, end)?;
         let starts = std::mem::take(&mut built.starts);
-        let mut sim = Simulation::assemble(scenario, network_key, built, fault_plan, lookup, end);
+        let mut sim = Simulation::assemble(scenario, network_key, built, fault_plan, (lookup, search), end);
         sim.schedule_workloads();
         sim.schedule_starts(starts);
         sim.schedule_faults();
@@ -317,7 +359,7 @@ impl Simulation {
         network_key: [u8; 32],
         built: BuiltPeers,
         fault_plan: FaultPlan,
-        lookup: LookupWorkload,
+        (lookup, search): (LookupWorkload, SearchWorkload),
         end: u64,
     ) -> Simulation {
         let BuiltPeers { peers, ids, starts: _, min_target } = built;
@@ -370,6 +412,10 @@ impl Simulation {
             lookup,
             lookups: LookupAcc::default(),
             lookup_results: BTreeMap::new(),
+            search,
+            searches: SearchAcc::default(),
+            search_results: BTreeMap::new(),
+            delivered_by_kind: [0; MESSAGE_KINDS],
             records: RecordAcc::default(),
             refusals: BTreeMap::new(),
             scenario,
@@ -436,7 +482,9 @@ impl Simulation {
     /// executes what it does at once. Returns `false` if no such peer is running.
     ///
     /// For a [`Command::Lookup`], use an `id` below [`WORKLOAD_LOOKUP_BASE`]; its
-    /// [`Event::LookupDone`] is kept for [`Simulation::lookup_result`].
+    /// [`Event::LookupDone`] is kept for [`Simulation::lookup_result`]. For a
+    /// [`Command::Search`], an `id` below [`WORKLOAD_SEARCH_BASE`]: its hits and end are kept
+    /// for [`Simulation::search_result`].
     ///
     /// [`Event::LookupDone`]: ocd_core::proto::Event::LookupDone
     pub fn command(&mut self, name: &str, command: Command) -> bool {
@@ -456,6 +504,18 @@ impl Simulation {
     pub fn lookup_result(&self, name: &str, id: u64) -> Option<&LookupResult> {
         let p = self.peer_index(name)?;
         self.lookup_results.get(&(p, id))
+    }
+
+    /// What a search given to peer `name` with [`Simulation::command`] (an `id` below
+    /// [`WORKLOAD_SEARCH_BASE`]) received so far, once it received anything.
+    pub fn search_result(&self, name: &str, id: u64) -> Option<&SearchResult> {
+        let p = self.peer_index(name)?;
+        self.search_results.get(&(p, id))
+    }
+
+    /// The record name of the peer named `name` (known before it starts).
+    pub fn record_name_of(&self, name: &str) -> Option<&str> {
+        self.peers.iter().find(|p| p.name == name).map(|p| p.setup.config.name.as_str())
     }
 
     /// Prints every message, dial, close, link change and event of these peers to stderr (the CLI's
@@ -515,7 +575,7 @@ pub fn run(scenario: Scenario) -> Result<Report, ScenarioError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ocd_core::proto::Timestamp;
+    use ocd_core::proto::{SearchQuery, Timestamp};
 
     const TWO: &str = r#"
 name = "two"
@@ -627,6 +687,75 @@ role = "indexer"
         let bad = s.forge_record(n2, Behaviour::BadSignature, own(n2));
         assert!(bad.verify(now).is_err());
         assert_eq!(bad.body, own(n2).body);
+    }
+
+    #[test]
+    fn search_needle_is_a_case_swapped_middle_that_names_one_peer() {
+        assert_eq!(search_needle("n/42-9f3ac01b"), "/42-9F3AC0");
+        assert_eq!(search_needle("Ab"), "aB");
+        let s = sim(
+            "[[group]]\nname = \"n\"\ncount = 30\nrole = \"node\"\n[[workload]]\nkind = \"search\"\nrate_per_s = 1.0",
+        );
+        let names: Vec<String> = (0..30).map(|i| s.record_name_of(&format!("n/{i}")).unwrap().to_string()).collect();
+        assert!(names[3].starts_with("n/3-") && names[3].len() == "n/3-".len() + 8, "{}", names[3]);
+        for (i, n) in names.iter().enumerate() {
+            let q = SearchQuery { name: Some(search_needle(n)), ..SearchQuery::default() };
+            let hits: Vec<usize> = (0..30)
+                .filter(|j| names[*j].to_lowercase().contains(&q.name.as_ref().unwrap().to_lowercase()))
+                .collect();
+            assert_eq!(hits, vec![i], "needle {:?} of {n}", q.name);
+            assert_ne!(q.name.as_deref(), Some(n.as_str()), "a proper, case-changed substring");
+        }
+        // Indexers keep their label; without a name search, nodes do too.
+        assert_eq!(s.record_name_of("a/0"), Some("a/0"));
+        assert_eq!(sim("[[group]]\nname = \"n\"\ncount = 1\nrole = \"node\"").record_name_of("n/0"), Some("n/0"));
+    }
+
+    #[test]
+    fn forged_hits_fail_verification_or_the_query_except_a_did_claim() {
+        let mut s = sim("[[group]]\nname = \"n\"\ncount = 3\nrole = \"node\"\nseeds = [\"a\"]\n\
+             [[workload]]\nkind = \"search\"\nfrom = \"5m\"\nrate_per_s = 1.0");
+        s.run_for(Duration::from_secs(30));
+        let (forger, n0) = (s.peer_index("a/2").unwrap(), s.peer_index("n/0").unwrap());
+        let now = Timestamp(s.now);
+        let genuine = s.peers[n0 as usize].peer.as_ref().unwrap().record().unwrap().clone();
+        let query = SearchQuery { name: Some(search_needle(&genuine.body.name)), ..SearchQuery::default() };
+        assert!(genuine.verify(now).is_ok() && query.matches(&genuine) && s.genuine(&genuine));
+        let mut forge = |kind: Forgery| {
+            s.peers[forger as usize].forge = vec![kind];
+            s.forge_hit(forger, std::slice::from_ref(&genuine)).unwrap()
+        };
+        let altered = forge(Forgery::Altered);
+        assert!(altered.verify(now).is_err() && query.matches(&altered));
+        let impersonated = forge(Forgery::Impersonate);
+        assert!(impersonated.verify(now).is_err() && query.matches(&impersonated));
+        assert_eq!(impersonated.body.peer_id, genuine.body.peer_id);
+        let unrelated = forge(Forgery::Unrelated);
+        assert!(unrelated.verify(now).is_ok() && !query.matches(&unrelated));
+        let claim = forge(Forgery::ClaimDid);
+        assert!(claim.verify(now).is_ok() && query.matches(&claim), "passes what emitters and nodes check");
+        assert_eq!(claim.body.did, genuine.body.did);
+        assert_eq!(claim.body.peer_id, s.ids[forger as usize]);
+        assert!(!s.genuine(&claim) && !s.genuine(&altered) && !s.genuine(&impersonated));
+    }
+
+    #[test]
+    fn a_search_given_as_a_command_collects_its_hits_and_end() {
+        let text = "name = \"s\"\nseed = 8\nduration = \"3m\"\n\
+             [[group]]\nname = \"i\"\ncount = 3\nrole = \"indexer\"\nseeds = [\"i\"]\n\
+             [[group]]\nname = \"n\"\ncount = 4\nrole = \"node\"\nseeds = [\"i\"]\nstart_spread = \"5s\"\n\
+             [group.config]\nmin_indexers = 1\nmax_indexers = 2\n\
+             [[workload]]\nkind = \"search\"\nfrom = \"2m\"\nrate_per_s = 1.0";
+        let mut s = Simulation::new(Scenario::from_toml(text).unwrap()).unwrap();
+        s.run_for(Duration::from_secs(70));
+        let name = s.record_name_of("n/3").unwrap().to_string();
+        let query = SearchQuery { name: Some(search_needle(&name)), ..SearchQuery::default() };
+        assert!(s.command("n/0", Command::Search { id: 7, user: "t".into(), query }));
+        s.run_for(Duration::from_secs(85));
+        let r = s.search_result("n/0", 7).expect("answered");
+        let owners: Vec<PeerId> = r.hits.iter().map(|(rec, _)| rec.body.peer_id).collect();
+        assert_eq!(owners, vec![s.peer_id_of("n/3").unwrap()]);
+        assert!(matches!(r.done, Some((SearchEnd::Idle, at)) if at > 70_000), "{:?}", r.done);
     }
 
     #[test]
