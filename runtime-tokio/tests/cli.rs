@@ -155,3 +155,48 @@ fn help_lists_search() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
+
+#[test]
+fn send_and_inbox_without_a_daemon_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = "ab".repeat(32);
+    for args in [vec!["send", peer.as_str(), "--protocol", "create", "--json"], vec!["inbox", "--json"]] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_ocd")).args(&args).arg("--data-dir").arg(dir.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon is running"), "{out:?}");
+    }
+}
+
+#[test]
+fn send_refuses_a_bad_protocol_or_payload_before_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = "ab".repeat(32);
+    let cases: [(&[&str], &str); 3] = [
+        (&["send", &peer, "--protocol", "teleport"], "unknown protocol"),
+        (&["send", &peer], "--protocol"),
+        (&["send", &peer, "--protocol", "create", "--payload", "/nonexistent/payload"], "/nonexistent/payload"),
+    ];
+    for (args, expected) in cases {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_ocd")).args(args).arg("--data-dir").arg(dir.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("no daemon is running"), "refused before contacting a daemon: {err}");
+    }
+}
+
+#[test]
+fn help_lists_send_and_inbox() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("send    Send an application message"), "{help}");
+    assert!(help.contains("inbox   List the application messages this daemon received"), "{help}");
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd")).args(["send", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--protocol", "--payload", "--datatype", "--user", "durably queued", "2 a refusal or an error"] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+}

@@ -2,9 +2,11 @@
 //! call [`main`] with their [`Launcher`], so they have the same commands, flags and configuration.
 //!
 //! Exit codes: 0 success; 1 a negative answer (`lookup`: not found; `search`: no hit; `devnet`: did
-//! not converge); 2 an error (bad configuration, no daemon on the control socket, no indexer to
-//! ask, a lookup timeout, an invalid search needle).
+//! not converge); 2 an error (bad configuration, a corrupt or foreign store, no daemon on the
+//! control socket, no indexer to ask, a lookup timeout, an invalid search needle, a refused
+//! `send`).
 
+use super::app::{self, InboxItem};
 use super::config::DaemonConfig;
 use super::control::{self, ControlCommand, ControlReply};
 use super::daemon::{DaemonSetup, HostError, init_logging};
@@ -60,6 +62,10 @@ pub enum Commands {
     Lookup(LookupArgs),
     /// Search the federation for peers by name, DID or peer id, through the running daemon.
     Search(SearchArgs),
+    /// Send an application message to a peer (by peer id or DID), through the running daemon.
+    Send(SendArgs),
+    /// List the application messages this daemon received, in arrival order.
+    Inbox(InboxArgs),
     /// Start a whole network of daemons on 127.0.0.1 and watch it converge.
     Devnet(DevnetArgs),
 }
@@ -183,6 +189,64 @@ pub struct SearchArgs {
     /// (default: a key of its own).
     #[arg(long, value_parser = search::parse_user)]
     pub user: Option<String>,
+}
+
+/// `send` flags.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Critical protocols (create, update, delete) are retried until delivered and survive a crash of \
+either side; moderate ones (verify, planner, considers, admiralty-config, minio-config) are retried 3 times; search \
+is sent once.\n\
+Exit status: 0 once the daemon accepted the message (a critical one is then durably queued), 2 a refusal or an error."
+)]
+pub struct SendArgs {
+    /// The destination: a peer id (64 hex characters) or a DID.
+    #[arg(value_parser = app::parse_target, value_name = "PEER-ID|DID")]
+    pub to: crate::proto::Target,
+    /// create, update, delete, verify, planner, considers, admiralty-config, minio-config or search.
+    #[arg(long, value_parser = app::parse_protocol)]
+    pub protocol: crate::proto::AppProtocol,
+    /// OpenCloud datatype code.
+    #[arg(long, allow_negative_numbers = true)]
+    pub datatype: Option<i64>,
+    /// OpenCloud user on whose behalf it is sent.
+    #[arg(long, default_value = "")]
+    pub user: String,
+    /// The payload: a file, or `-` for standard input (default: empty).
+    #[arg(long, value_name = "FILE|-")]
+    pub payload: Option<PathBuf>,
+    /// Print one JSON object: {"id","class","state"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Data directory of the daemon.
+    #[arg(long, default_value = "./ocd-data")]
+    pub data_dir: PathBuf,
+    /// Control socket (default: `<data-dir>/control.sock`).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+}
+
+/// `inbox` flags.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Each message is listed once, in the order it arrived (its `seq`); pass the last seq seen as \
+--since to list only newer ones.")]
+pub struct InboxArgs {
+    /// One JSON object per message and line: {"seq","id","from","protocol","datatype","user","payload"}
+    /// (payload in base64).
+    #[arg(long)]
+    pub json: bool,
+    /// Only messages that arrived after this arrival sequence.
+    #[arg(long, default_value_t = 0)]
+    pub since: u64,
+    /// Keep printing new messages as they arrive (until interrupted or the daemon stops).
+    #[arg(long)]
+    pub follow: bool,
+    /// Data directory of the daemon.
+    #[arg(long, default_value = "./ocd-data")]
+    pub data_dir: PathBuf,
+    /// Control socket (default: `<data-dir>/control.sock`).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -320,6 +384,8 @@ pub fn main<L: Launcher>() -> ExitCode {
         }
         Commands::Lookup(args) => run_lookup(L::BINARY, args),
         Commands::Search(args) => run_search(L::BINARY, args),
+        Commands::Send(args) => run_send(L::BINARY, args),
+        Commands::Inbox(args) => run_inbox(L::BINARY, args),
         Commands::Devnet(args) => {
             init_logging(false);
             devnet::main(args, L::BINARY, L::RUNTIME)
@@ -404,6 +470,85 @@ fn run_search(binary: &str, args: SearchArgs) -> ExitCode {
     }
 }
 
+/// Largest payload file read (the daemon refuses anything above its `app_max_payload`, 48 KiB by
+/// default; this only bounds what is read).
+const MAX_PAYLOAD_READ: u64 = 16 << 20;
+
+/// `send`: read the payload, ask the daemon, print the message id once accepted.
+fn run_send(binary: &str, args: SendArgs) -> ExitCode {
+    use std::io::Read as _;
+    let socket = args.control_socket.unwrap_or_else(|| args.data_dir.join(super::config::CONTROL_SOCKET));
+    let mut payload = Vec::new();
+    let read = match &args.payload {
+        None => Ok(0),
+        Some(p) if p.as_os_str() == "-" => std::io::stdin().lock().take(MAX_PAYLOAD_READ).read_to_end(&mut payload),
+        Some(p) => std::fs::File::open(p).and_then(|f| f.take(MAX_PAYLOAD_READ).read_to_end(&mut payload)),
+    };
+    if let Err(e) = read {
+        let from = args.payload.as_ref().map_or_else(String::new, |p| p.display().to_string());
+        return fail(binary, &format!("{from}: {e}"));
+    }
+    let command = ControlCommand::Send {
+        to: app::target_text(&args.to),
+        protocol: args.protocol.name().into(),
+        datatype: args.datatype,
+        user: args.user,
+        payload: app::encode_payload(&payload),
+    };
+    match control::request(&socket, &command) {
+        Ok(ControlReply::Sent(sent)) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&sent).unwrap_or_default());
+            } else {
+                println!("{} {} ({})", sent.state, sent.id, sent.class);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(ControlReply::Error { message }) => fail(binary, &message),
+        Ok(other) => fail(binary, &format!("unexpected reply {other:?}")),
+        Err(e) => fail(binary, &e),
+    }
+}
+
+/// `inbox`: print each entry the daemon streams, once, in arrival order.
+fn run_inbox(binary: &str, args: InboxArgs) -> ExitCode {
+    let socket = args.control_socket.unwrap_or_else(|| args.data_dir.join(super::config::CONTROL_SOCKET));
+    let command = ControlCommand::Inbox { since: args.since, follow: args.follow };
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = 0u64;
+    let last = control::request_streaming(&socket, &command, |reply| {
+        if let ControlReply::InboxEntry(item) = reply {
+            let item: InboxItem = *item;
+            let text = if args.json {
+                serde_json::to_string(&item.line).map(|mut l| {
+                    l.push('\n');
+                    l
+                })
+            } else {
+                Ok(item.render())
+            };
+            if let Ok(text) = text {
+                printed += 1;
+                let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+            }
+        }
+    });
+    match last {
+        Ok(ControlReply::InboxDone(done)) => {
+            if done.end == "shutdown" {
+                eprintln!("{binary}: the daemon stopped (last seq {})", done.last_seq);
+            } else if !args.json {
+                eprintln!("{binary}: {} message(s); last seq {}", done.count, done.last_seq);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(ControlReply::Error { message }) => fail(binary, &message),
+        Ok(other) => fail(binary, &format!("unexpected reply {other:?}")),
+        Err(e) if printed > 0 => fail(binary, &format!("inbox interrupted after {printed} message(s): {e}")),
+        Err(e) => fail(binary, &e),
+    }
+}
+
 fn fail(binary: &str, e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("{binary}: {e}");
     ExitCode::from(EXIT_ERROR)
@@ -482,6 +627,29 @@ mod tests {
         assert!(parse(&["ocd", "search", &"n".repeat(5000)]).is_err());
         assert!(parse(&["ocd", "search", "x", "--user", ""]).is_err());
         assert!(parse(&["ocd", "search", "x", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn send_and_inbox_take_their_flags() {
+        let peer = crate::proto::Keypair::derive(9, "cli").peer_id();
+        let hex = peer.to_string();
+        let cli = Cli::try_parse_from(["ocd", "send", &hex, "--protocol", "create", "--datatype", "-3", "--json"]);
+        let Ok(Cli { command: Commands::Send(a) }) = cli else { panic!("not send: {cli:?}") };
+        assert_eq!(a.to, crate::proto::Target::Peer(peer));
+        assert_eq!(a.protocol, crate::proto::AppProtocol::Create);
+        assert_eq!((a.datatype, a.json, a.user.as_str(), a.payload.is_none()), (Some(-3), true, "", true));
+        let cli = Cli::try_parse_from(["ocd", "send", "some-did", "--protocol", "minio-config", "--payload", "-"]);
+        let Ok(Cli { command: Commands::Send(a) }) = cli else { panic!("not send: {cli:?}") };
+        assert!(matches!(a.to, crate::proto::Target::Did(_)));
+        assert_eq!(a.payload, Some(PathBuf::from("-")));
+        for bad in [&["ocd", "send", &hex][..], &["ocd", "send", &hex, "--protocol", "teleport"], &["ocd", "send"]] {
+            assert_eq!(Cli::try_parse_from(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["ocd", "inbox", "--json", "--since", "41", "--follow"]);
+        let Ok(Cli { command: Commands::Inbox(a) }) = cli else { panic!("not inbox: {cli:?}") };
+        assert_eq!((a.json, a.since, a.follow), (true, 41, true));
+        let Ok(Cli { command: Commands::Inbox(a) }) = Cli::try_parse_from(["ocd", "inbox"]) else { panic!() };
+        assert_eq!((a.json, a.since, a.follow), (false, 0, false));
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct DaemonConfig {
     pub quic_idle_timeout: Duration,
     /// Frames queued per connection before the peer counts as too slow and is disconnected.
     pub send_queue: usize,
+    /// Most driver wakes (frames, control requests already waiting) whose durable changes share
+    /// one store commit (1: a commit per wake). See the driver's group commit.
+    pub group_commit: usize,
     /// Logs as JSON lines instead of text.
     pub log_json: bool,
     /// Seed of the core's deterministic RNG (`None`: drawn from the OS at start).
@@ -121,6 +124,7 @@ impl Default for DaemonConfig {
             keep_alive: Duration::from_secs(5),
             quic_idle_timeout: Duration::from_secs(20),
             send_queue: 1024,
+            group_commit: crate::host::driver::GROUP_MAX,
             log_json: false,
             rng_seed: None,
             protocol: Config::default(),
@@ -286,6 +290,9 @@ impl DaemonConfig {
         }
         if self.send_queue == 0 {
             return Err(ConfigFileError::Value { source_name: "send_queue".into(), message: "must be > 0".into() });
+        }
+        if self.group_commit == 0 {
+            return Err(ConfigFileError::Value { source_name: "group_commit".into(), message: "must be > 0".into() });
         }
         Ok(())
     }

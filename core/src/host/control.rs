@@ -1,14 +1,17 @@
 //! The local control socket: a Unix socket in the data directory (mode 0600) over which
-//! `ocd status`, `ocd lookup`, `ocd search` and the devnet talk to a running daemon.
+//! `ocd status`, `ocd lookup`, `ocd search`, `ocd send`, `ocd inbox` and the devnet talk to a
+//! running daemon.
 //!
 //! ## Protocol
 //!
 //! The client writes one JSON line, a [`ControlCommand`]. The daemon answers with JSON lines, each
 //! a [`ControlReply`]: zero or more *progress* lines, then exactly one *final* line
-//! ([`ControlReply::is_final`]), after which it closes the connection. Only a search has progress
-//! lines — one [`ControlReply::SearchHit`] per verified hit as it arrives — and it ends with
-//! [`ControlReply::SearchDone`] (or [`ControlReply::Error`]); every other command is answered by
-//! its final line alone, so a client that reads one line keeps working for them.
+//! ([`ControlReply::is_final`]), after which it closes the connection. A search has progress
+//! lines — one [`ControlReply::SearchHit`] per verified hit as it arrives — and ends with
+//! [`ControlReply::SearchDone`] (or [`ControlReply::Error`]); an inbox listing has one
+//! [`ControlReply::InboxEntry`] per entry and ends with [`ControlReply::InboxDone`] (with `follow`,
+//! only when the daemon stops). Every other command is answered by its final line alone, so a
+//! client that reads one line keeps working for them.
 //!
 //! ```text
 //! → {"command":"search","needle":"carol","timeout_ms":30000}
@@ -20,14 +23,18 @@
 //!
 //! The server runs on its own thread and hands each request to the driver through a bounded
 //! channel, with a [`Responder`]; the driver answers from its own state, so the control path never
-//! touches the core concurrently. A request that waits on the network (a lookup, a search) is
+//! touches the core concurrently. The inbox is the exception: the connection's thread reads it
+//! from the durable store itself ([`Store`]'s read transactions run beside the driver's writes),
+//! and waits for new commits with [`Store::wait_inbox`] to follow it. A request that waits on the network (a lookup, a search) is
 //! bounded by the driver; if its client hangs up first, the server drops its end of the
 //! [`Responder`] so the driver notices ([`Responder::poll_canceled`]), forgets the lookup and
 //! cancels the search.
 
+use super::app::{INBOX_PAGE, InboxDone, InboxItem, SendReply};
 use super::lookup::{self, LookupReport};
 use super::search::{DEFAULT_SEARCH_TIMEOUT, MAX_SEARCH_TIMEOUT, SearchDoneReply, SearchHitReply};
 use super::status::StatusReport;
+use super::store::Store;
 use crate::proto::RecordKey;
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
@@ -37,11 +44,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Longest accepted request line.
-const MAX_REQUEST: u64 = 4096;
+/// Longest accepted request line (a `send` carries its payload in base64).
+const MAX_REQUEST: u64 = 1 << 20;
 /// Longest accepted reply line (a status of a large indexer).
 const MAX_REPLY: u64 = 16 << 20;
 /// How long a request may wait for the driver (lookups and searches: their own timeout, see
@@ -85,6 +93,35 @@ pub enum ControlCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
     },
+    /// Send an application message (DESIGN §8): answered with [`ControlReply::Sent`] once the
+    /// core accepted it (a critical one durably queued), or [`ControlReply::Error`] when refused.
+    Send {
+        /// A peer id (64 hex characters) or a DID.
+        to: String,
+        /// `create`, `update`, `delete`, `verify`, `planner`, `considers`, `admiralty-config`,
+        /// `minio-config` or `search`.
+        protocol: String,
+        /// OpenCloud datatype code.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        datatype: Option<i64>,
+        /// OpenCloud user.
+        #[serde(default)]
+        user: String,
+        /// The payload, base64.
+        #[serde(default)]
+        payload: String,
+    },
+    /// The inbox: one [`ControlReply::InboxEntry`] per message received after arrival sequence
+    /// `since`, in arrival order, then [`ControlReply::InboxDone`]; with `follow`, new entries
+    /// keep coming as they are committed until the client hangs up or the daemon stops.
+    Inbox {
+        /// List entries after this arrival sequence (0: all).
+        #[serde(default)]
+        since: u64,
+        /// Keep streaming new entries.
+        #[serde(default)]
+        follow: bool,
+    },
 }
 
 fn default_lookup_timeout_ms() -> u64 {
@@ -96,7 +133,14 @@ fn default_search_timeout_ms() -> u64 {
 }
 
 impl ControlCommand {
-    /// How long a client should wait for the final reply to this command.
+    /// Whether the answer may take any time (an inbox listing streams for as long as it has
+    /// entries, a follow forever): the client then bounds each line, not the whole answer.
+    pub fn unbounded(&self) -> bool {
+        matches!(self, ControlCommand::Inbox { .. })
+    }
+
+    /// How long a client should wait for the final reply to this command (for an
+    /// [`unbounded`](Self::unbounded) one: for each line).
     pub fn reply_timeout(&self) -> Duration {
         match self {
             ControlCommand::Lookup { timeout_ms, .. } => {
@@ -112,6 +156,18 @@ impl ControlCommand {
     /// Whether the answer waits on the network (then the server watches for the client leaving).
     fn waits_on_network(&self) -> bool {
         matches!(self, ControlCommand::Lookup { .. } | ControlCommand::Search { .. })
+    }
+
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ControlCommand::Status => "status",
+            ControlCommand::Shutdown => "shutdown",
+            ControlCommand::Lookup { .. } => "lookup",
+            ControlCommand::Search { .. } => "search",
+            ControlCommand::Send { .. } => "send",
+            ControlCommand::Inbox { .. } => "inbox",
+        }
     }
 }
 
@@ -129,6 +185,12 @@ pub enum ControlReply {
     SearchHit(Box<SearchHitReply>),
     /// A search ended.
     SearchDone(SearchDoneReply),
+    /// A message was accepted for delivery.
+    Sent(SendReply),
+    /// One inbox entry (a progress line: more follow).
+    InboxEntry(Box<InboxItem>),
+    /// An inbox listing ended.
+    InboxDone(InboxDone),
     /// The request failed.
     Error {
         /// Why.
@@ -137,9 +199,10 @@ pub enum ControlReply {
 }
 
 impl ControlReply {
-    /// Whether this is the last line of an answer ([`ControlReply::SearchHit`] is not).
+    /// Whether this is the last line of an answer ([`ControlReply::SearchHit`] and
+    /// [`ControlReply::InboxEntry`] are not).
     pub fn is_final(&self) -> bool {
-        !matches!(self, ControlReply::SearchHit(_))
+        !matches!(self, ControlReply::SearchHit(_) | ControlReply::InboxEntry(_))
     }
 
     fn shutting_down() -> Self {
@@ -266,8 +329,20 @@ pub enum ControlError {
     BadReply(String),
 }
 
-/// Starts the control server on `path` (a stale socket file is replaced; a live one is an error).
+/// Starts the control server on `path` (a stale socket file is replaced; a live one is an error),
+/// without a store: `inbox` is answered with an error.
 pub fn serve(path: &Path, requests: mpsc::Sender<ControlRequest>) -> Result<(), ControlError> {
+    serve_with_store(path, requests, None)
+}
+
+/// Starts the control server on `path`; `inbox` requests read `store` from the connection's thread.
+pub fn serve_with_store(
+    path: &Path,
+    requests: mpsc::Sender<ControlRequest>,
+    store: Option<Arc<Store>>,
+) -> Result<(), ControlError> {
+    // Held weakly: the store closes when the daemon lets go of it, not when this thread ends.
+    let store = store.as_ref().map(Arc::downgrade);
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
@@ -282,9 +357,10 @@ pub fn serve(path: &Path, requests: mpsc::Sender<ControlRequest>) -> Result<(), 
         .spawn(move || {
             for stream in listener.incoming().flatten() {
                 let requests = requests.clone();
+                let store = store.as_ref().map(std::sync::Weak::upgrade);
                 // One short-lived thread per client, so a stuck client never blocks the others.
                 let _ = std::thread::Builder::new().name("ocd-control-conn".into()).spawn(move || {
-                    let _ = answer(stream, requests);
+                    let _ = answer(stream, requests, store.flatten());
                 });
             }
         })
@@ -292,15 +368,29 @@ pub fn serve(path: &Path, requests: mpsc::Sender<ControlRequest>) -> Result<(), 
     Ok(())
 }
 
-fn answer(stream: UnixStream, mut requests: mpsc::Sender<ControlRequest>) -> std::io::Result<()> {
+fn answer(
+    stream: UnixStream,
+    mut requests: mpsc::Sender<ControlRequest>,
+    store: Option<Arc<Store>>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
     let mut line = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    let n = BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line)?;
+    if n as u64 >= MAX_REQUEST && !line.ends_with('\n') {
+        let message = format!("bad request: longer than {} KiB", MAX_REQUEST / 1024);
+        return write_reply(&stream, &ControlReply::Error { message });
+    }
     let command = match serde_json::from_str::<ControlCommand>(line.trim()) {
         Ok(command) => command,
         Err(e) => return write_reply(&stream, &ControlReply::Error { message: format!("bad request: {e}") }),
     };
+    if let ControlCommand::Inbox { since, follow } = command {
+        return match store {
+            Some(store) => answer_inbox(&stream, &store, since, follow),
+            None => write_reply(&stream, &ControlReply::Error { message: "this daemon keeps no inbox".into() }),
+        };
+    }
     let waits_on_network = command.waits_on_network();
     let (request, mut replies) = ControlRequest::new(command);
     if futures::executor::block_on(futures::SinkExt::send(&mut requests, request)).is_err() {
@@ -334,6 +424,45 @@ fn answer(stream: UnixStream, mut requests: mpsc::Sender<ControlRequest>) -> std
         let _ = stream.shutdown(std::net::Shutdown::Read);
     }
     result
+}
+
+/// Streams the inbox after `since` from `store`, then (with `follow`) every entry committed later,
+/// until the client hangs up or the store is closed.
+fn answer_inbox(stream: &UnixStream, store: &Store, since: u64, follow: bool) -> std::io::Result<()> {
+    let gone = if follow { watch_client(stream) } else { None };
+    let mut gone = gone;
+    let mut after = since;
+    let mut count = 0u64;
+    loop {
+        let page = match store.inbox_after(after, INBOX_PAGE) {
+            Ok(page) => page,
+            Err(e) => return write_reply(stream, &ControlReply::Error { message: e.to_string() }),
+        };
+        for record in &page {
+            write_reply(stream, &ControlReply::InboxEntry(Box::new(InboxItem::of(record))))?;
+            after = record.seq;
+            count += 1;
+        }
+        if page.len() == INBOX_PAGE {
+            continue;
+        }
+        if !follow {
+            return write_reply(
+                stream,
+                &ControlReply::InboxDone(InboxDone { count, last_seq: after, end: "listed".into() }),
+            );
+        }
+        // Wait for a commit, checking every second whether the client is still there.
+        let (_, closed) = store.wait_inbox(after, Duration::from_secs(1));
+        if gone.as_mut().is_some_and(|g| !matches!(g.try_recv(), Ok(None))) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+        if closed && store.inbox_last_seq().unwrap_or(after) <= after {
+            let done = InboxDone { count, last_seq: after, end: "shutdown".into() };
+            return write_reply(stream, &ControlReply::InboxDone(done));
+        }
+    }
 }
 
 fn write_reply(stream: &UnixStream, reply: &ControlReply) -> std::io::Result<()> {
@@ -391,6 +520,7 @@ pub fn request_streaming(
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     let stream =
         UnixStream::connect(path).map_err(|source| ControlError::NotRunning { path: path.to_path_buf(), source })?;
+    let unbounded = command.unbounded();
     let deadline = Instant::now() + command.reply_timeout();
     stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_string(command).map_err(|e| ControlError::BadReply(e.to_string()))?;
@@ -399,7 +529,13 @@ pub fn request_streaming(
     let mut reader = BufReader::new(&stream);
     loop {
         let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        stream.set_read_timeout(Some(left)).map_err(io)?;
+        let line_bound = match command {
+            // A follow waits for new messages as long as it takes.
+            ControlCommand::Inbox { follow: true, .. } => None,
+            _ if unbounded => Some(command.reply_timeout()),
+            _ => Some(left),
+        };
+        stream.set_read_timeout(line_bound).map_err(io)?;
         let mut reply = String::new();
         let n = (&mut reader).take(MAX_REPLY).read_line(&mut reply).map_err(io)?;
         if n == 0 {

@@ -1,14 +1,16 @@
-//! Starting a daemon, written once for both runtimes: resolve the identity and network key, build
-//! the [`Peer`], start the control socket, metrics and signal handling, then run the
-//! [driver] over the runtime's transport until shutdown.
+//! Starting a daemon, written once for both runtimes: resolve the identity and network key, open
+//! the durable store and read back what it holds, build the [`Peer`] (handing it the restored
+//! state first), start the control socket, metrics and signal handling, then run the [driver]
+//! over the runtime's transport until shutdown.
 
 use super::config::{ConfigFileError, DaemonConfig};
 use super::control::{self, ControlCommand, ControlError, ControlRequest};
 use super::driver::{self, Clock, DriverOptions};
 use super::identity::{self, Identity, IdentityFileError};
 use super::metrics::{self, Metrics};
+use super::store::{Store, StoreError};
 use super::transport::{Runtime, Transport};
-use crate::proto::{Addr, Peer, PeerAddr, PeerSetup, Roles};
+use crate::proto::{Addr, Input, Peer, PeerAddr, PeerSetup, Restored, Roles};
 use futures::channel::mpsc;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -25,6 +27,9 @@ pub enum HostError {
     /// Control socket.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The durable store (corrupt, truncated, foreign, in use, or a failed commit).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The transport could not start.
     #[error("transport: {0}")]
     Transport(String),
@@ -51,18 +56,32 @@ pub struct DaemonSetup {
     pub roles: Roles,
     /// Seeds, parsed.
     pub seeds: Vec<PeerAddr>,
+    /// The durable store (`<data_dir>/ocd.redb`), open.
+    pub store: Arc<Store>,
+    /// What the store held at start, handed to the core before anything else.
+    pub restored: Restored,
 }
 
 impl DaemonSetup {
-    /// Validates `config`, loads (or on first start creates) the identity, and reads the network
-    /// key.
+    /// Validates `config`, loads (or on first start creates) the identity, reads the network
+    /// key, and opens (or on first start creates) the durable store and reads it back. A corrupt,
+    /// truncated or foreign store is an error naming the file: the daemon does not start.
     pub fn load(config: DaemonConfig) -> Result<Self, HostError> {
         config.validate()?;
         let roles = config.roles()?;
         let seeds = config.seed_addrs()?;
         let identity = identity::load_or_create(&config.data_dir)?;
         let network_key = identity::load_network_key(&config.network_key)?;
-        Ok(DaemonSetup { config, identity, network_key, roles, seeds })
+        let store = Store::open(&config.data_dir, &identity.keypair)?;
+        let restored = store.restore()?;
+        tracing::info!(
+            path = %store.path().display(),
+            queued = restored.queue.len(),
+            sender_epochs = restored.received.len(),
+            fresh = restored.sequence.is_none(),
+            "durable store open"
+        );
+        Ok(DaemonSetup { config, identity, network_key, roles, seeds, store: Arc::new(store), restored })
     }
 
     /// The core's setup; `addrs` are the addresses put in our record and provider announcements
@@ -96,7 +115,7 @@ pub async fn serve<T: Transport, R: Runtime>(
 ) -> Result<(), HostError> {
     let (control_tx, control_rx) = mpsc::channel::<ControlRequest>(64);
     let socket = setup.config.control_socket_path();
-    control::serve(&socket, control_tx.clone())?;
+    control::serve_with_store(&socket, control_tx.clone(), Some(setup.store.clone()))?;
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = setup.config.metrics {
         let bound = metrics::serve(addr, metrics.clone())
@@ -114,17 +133,29 @@ pub async fn serve<T: Transport, R: Runtime>(
              an indexer dials it"
         );
     }
-    let peer = Peer::new(setup.peer_setup(advertised.clone())?, clock.now());
+    let mut peer = Peer::new(setup.peer_setup(advertised.clone())?, clock.now());
+    // The durable state first, before any command or timeout.
+    peer.handle(Input::Restored(setup.restored), clock.now());
+    let store = setup.store;
     let options = DriverOptions {
         runtime_name,
         send_queue: setup.config.send_queue,
         connect_timeout: setup.config.protocol.handshake_timeout,
         advertised,
+        store: Some(store.clone()),
+        group_max: setup.config.group_commit,
         ..DriverOptions::default()
     };
-    driver::run(rt, transport, peer, clock, options, control_rx, metrics).await;
+    let result = driver::run(rt, transport, peer, clock, options, control_rx, metrics).await;
     let _ = std::fs::remove_file(&socket);
-    Ok(())
+    // End `inbox --follow` answers, then let the store close cleanly once they let go of it.
+    store.close_watchers();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(store);
+    result.map_err(HostError::from)
 }
 
 /// The addresses a daemon puts in its signed record and provider announcements: the configured

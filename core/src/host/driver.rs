@@ -29,20 +29,35 @@
 //!   bound ends it too (then, or when the client hangs up, the driver sends
 //!   `Command::CancelSearch`, so the core stops the search and tells its indexer).
 //!
+//! * **Durability.** The core's [`Output::Persist`] and [`Output::Forget`] are committed to the
+//!   durable [`Store`] before any output that follows them is executed (DESIGN §2 rule 2). The
+//!   driver *group-commits*: after a wake it also takes whatever frames and control requests are
+//!   already waiting (up to [`GROUP_MAX`] wakes), feeds them all to the core, then commits every
+//!   persist and forget they produced in one write transaction (one fsync) and only then executes
+//!   the other outputs, in order. Outputs that came before a persist are held back until the
+//!   commit; none is ever executed before a persist that precedes it. A commit that fails stops
+//!   the daemon (the core believes the state durable): [`run`] returns the error.
+//! * **Sends.** A control-socket `send` becomes `Command::Send` with a fresh id; the core answers
+//!   at once with `Event::AppAccepted` (executed after the commit of its persist: a critical
+//!   message is on disk when the client hears "queued") or `Event::AppSendRefused`.
+//!
 //! Shape: [`run`] waits for the next wake (a control command, a connection set up, a frame or a
 //! closed reader, the core's timer, a lookup's or search's bound, a client gone) and calls the
 //! matching `Driver::on_*` handler; then it executes the core's outputs (`Driver::drain_outputs`
 //! → `Driver::execute`) and refreshes the gauges. Every counter moves in [`Metrics::count`].
 
+use super::app::{self, AppStatus, SendReply};
 use super::control::{ControlCommand, ControlReply, ControlRequest, MAX_LOOKUP_TIMEOUT, Responder};
 use super::lookup::LookupReport;
 use super::metrics::{Counted, Metrics};
 use super::search::{MAX_SEARCH_TIMEOUT, SearchDoneReply, SearchEndReason, SearchHitReply};
 use super::status::StatusReport;
+use super::store::{Durable, Store, StoreError};
 use super::transport::{BoxFuture, ConnectionHandle, Established, Runtime, Transport, TransportError, close_code};
 use crate::proto::wire::{FrameDecoder, WireError, encode_frame};
 use crate::proto::{
-    CloseReason, Command, Envelope, Event, Input, Output, Peer, PeerAddr, PeerId, RecordKey, SearchQuery, Timestamp,
+    CloseReason, Command, Envelope, Event, Input, NewMessage, Output, Peer, PeerAddr, PeerId, RecordKey, SearchQuery,
+    Timestamp,
 };
 use futures::channel::mpsc;
 use futures::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,6 +77,9 @@ pub const MAX_PENDING_LOOKUPS: usize = 256;
 /// Most control-socket searches running at once; more are refused (the core's own cap is lower:
 /// it ends a search beyond it as `TooMany`).
 pub const MAX_PENDING_SEARCHES: usize = 256;
+/// Most wakes (frames, control requests) fed to the core before their outputs are executed, so
+/// that their persists share one commit.
+pub const GROUP_MAX: usize = 64;
 
 /// The driver's clock: wall-clock milliseconds at start, advanced by a monotonic clock.
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +120,11 @@ pub struct DriverOptions {
     /// The addresses this daemon advertises in its record and provider announcements (shown by
     /// `status`; empty: the transport's bound addresses).
     pub advertised: Vec<crate::proto::Addr>,
+    /// The durable store the core's persist and forget outputs are committed to (`None`: they are
+    /// dropped — tests only).
+    pub store: Option<Arc<Store>>,
+    /// Most wakes grouped into one commit ([`GROUP_MAX`]; 1: a commit per wake).
+    pub group_max: usize,
 }
 
 impl Default for DriverOptions {
@@ -112,6 +135,8 @@ impl Default for DriverOptions {
             connect_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(250),
             advertised: Vec::new(),
+            store: None,
+            group_max: GROUP_MAX,
         }
     }
 }
@@ -186,7 +211,8 @@ enum Wake<T: Transport> {
 
 /// Runs `peer` until a [`ControlCommand::Shutdown`] arrives on `control` (or every control
 /// sender is dropped), then shuts down gracefully: the core says goodbye, queued frames are
-/// flushed, connections are closed and the transport is shut down.
+/// flushed, connections are closed and the transport is shut down. Fails when a commit to the
+/// durable store fails (the daemon must stop: the core believes the state durable).
 pub async fn run<T: Transport, R: Runtime>(
     rt: R,
     transport: T,
@@ -195,33 +221,34 @@ pub async fn run<T: Transport, R: Runtime>(
     options: DriverOptions,
     control: mpsc::Receiver<ControlRequest>,
     metrics: Arc<Metrics>,
-) {
+) -> Result<(), StoreError> {
     let mut d = Driver::new(rt, transport, peer, clock, options, control, metrics);
     d.start();
-    loop {
+    while d.fatal.is_none() {
         d.arm_timer();
+        if d.fatal.is_some() {
+            break;
+        }
         let wake = d.next_wake().await;
-        let now = d.clock.now();
-        match wake {
-            Wake::Control(None) => break,
-            Wake::Control(Some(req)) => {
-                if d.on_control(req, now).is_break() {
-                    break;
-                }
-            }
-            Wake::Setup(SetupEvent::Accepted(est)) => d.on_connection(est, now),
-            Wake::Setup(SetupEvent::Dialed { peer, result }) => d.on_dialed(peer, result, now),
-            Wake::Conn(ConnEvent::Frame { conn, peer, message }) => d.on_frame(conn, peer, message, now),
-            Wake::Conn(ConnEvent::Closed { conn, peer, end }) => d.on_connection_closed(conn, peer, end, now),
-            Wake::Timer => d.on_timer(now),
-            Wake::Expired(Expired::Lookup(id)) => d.on_lookup_expired(id, now),
-            Wake::Expired(Expired::Search(id)) => d.on_search_expired(id, now),
-            Wake::Abandoned => d.on_abandoned(now),
+        let mut stop = d.on_wake(wake).is_break();
+        // Group commit: what is already waiting joins this step, so its persists share a commit.
+        let mut grouped = 1;
+        while !stop && grouped < d.options.group_max.max(1) {
+            let Some(wake) = d.try_ready() else { break };
+            stop = d.on_wake(wake).is_break();
+            grouped += 1;
         }
         d.drain_outputs();
         d.metrics.observe(&d.peer, d.conns.len());
+        d.observe_app();
+        if stop {
+            break;
+        }
     }
-    d.on_shutdown().await;
+    if let Some(e) = &d.fatal {
+        tracing::error!("stopping: the durable store failed: {e}");
+    }
+    d.on_shutdown().await
 }
 
 /// The loop's state: the core, its connections, and the sources that wake the loop.
@@ -248,6 +275,19 @@ struct Driver<T: Transport, R: Runtime> {
     /// Control-socket searches running in the core, by command id.
     searches: HashMap<u64, PendingSearch>,
     next_search: u64,
+    /// Control-socket sends waiting for the core's answer, by command id.
+    sends: HashMap<u64, Responder>,
+    next_send: u64,
+    /// Persist and forget outputs not yet committed.
+    durable: Vec<Durable>,
+    /// Outputs held back until the commit of the persists among them.
+    held: Vec<Output>,
+    /// A commit failed: nothing more is executed, the daemon stops.
+    fatal: Option<StoreError>,
+    /// An application-message event passed since the gauges were last updated.
+    app_dirty: bool,
+    /// Inbox entries (the store's count at start plus those appended since).
+    inbox_size: u64,
     control: mpsc::Receiver<ControlRequest>,
     setup_tx: mpsc::UnboundedSender<SetupEvent<T>>,
     setup_rx: mpsc::UnboundedReceiver<SetupEvent<T>>,
@@ -296,6 +336,13 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             next_lookup: 1,
             searches: HashMap::new(),
             next_search: 1,
+            sends: HashMap::new(),
+            next_send: 1,
+            durable: Vec::new(),
+            held: Vec::new(),
+            fatal: None,
+            app_dirty: true,
+            inbox_size: 0,
             control,
             setup_tx,
             setup_rx,
@@ -309,6 +356,9 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
 
     /// Starts accepting connections and gives the core its first step.
     fn start(&mut self) {
+        if let Some(store) = &self.options.store {
+            self.inbox_size = store.stats().map(|s| s.inbox).unwrap_or(0);
+        }
         self.spawn_accept_loop();
         tracing::info!(peer = %self.me, address = %self.local, runtime = self.options.runtime_name, "ocd started");
         self.peer.handle(Input::Timeout, self.clock.now());
@@ -380,6 +430,37 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             Poll::Pending
         })
         .await
+    }
+
+    /// A wake that is ready now, without waiting: a frame or a control request (the sources a
+    /// burst comes from). `None` when neither has anything.
+    fn try_ready(&mut self) -> Option<Wake<T>> {
+        if let Ok(e) = self.conn_rx.try_recv() {
+            return Some(Wake::Conn(e));
+        }
+        match self.control.try_recv() {
+            Ok(r) => Some(Wake::Control(Some(r))),
+            Err(mpsc::TryRecvError::Closed) => Some(Wake::Control(None)),
+            Err(mpsc::TryRecvError::Empty) => None,
+        }
+    }
+
+    /// Handles one wake. `Break` on shutdown (a control `shutdown`, or every control sender gone).
+    fn on_wake(&mut self, wake: Wake<T>) -> ControlFlow<()> {
+        let now = self.clock.now();
+        match wake {
+            Wake::Control(None) => return ControlFlow::Break(()),
+            Wake::Control(Some(req)) => return self.on_control(req, now),
+            Wake::Setup(SetupEvent::Accepted(est)) => self.on_connection(est, now),
+            Wake::Setup(SetupEvent::Dialed { peer, result }) => self.on_dialed(peer, result, now),
+            Wake::Conn(ConnEvent::Frame { conn, peer, message }) => self.on_frame(conn, peer, message, now),
+            Wake::Conn(ConnEvent::Closed { conn, peer, end }) => self.on_connection_closed(conn, peer, end, now),
+            Wake::Timer => self.on_timer(now),
+            Wake::Expired(Expired::Lookup(id)) => self.on_lookup_expired(id, now),
+            Wake::Expired(Expired::Search(id)) => self.on_search_expired(id, now),
+            Wake::Abandoned => self.on_abandoned(now),
+        }
+        ControlFlow::Continue(())
     }
 
     // ---- wake handlers ---------------------------------------------------------------------------
@@ -485,6 +566,8 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
                     now,
                     self.metrics.snapshot(),
                 );
+                let mut report = report;
+                report.app = self.app_status(now);
                 req.reply.finish(ControlReply::Status(Box::new(report)));
             }
             ControlCommand::Shutdown => {
@@ -495,8 +578,78 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             ControlCommand::Search { needle, timeout_ms, user } => {
                 self.on_search(&needle, user, timeout_ms, req.reply, now)
             }
+            ControlCommand::Send { to, protocol, datatype, user, payload } => {
+                self.on_send(&to, &protocol, datatype, user, &payload, req.reply, now)
+            }
+            // Answered by the control socket's thread from the store; never reaches the driver
+            // unless the daemon runs without one.
+            ControlCommand::Inbox { .. } => {
+                req.reply.finish(ControlReply::Error { message: "this daemon keeps no inbox".into() })
+            }
         }
         ControlFlow::Continue(())
+    }
+
+    /// A control-socket send: parsed, handed to the core with a fresh id; the core answers at once
+    /// (see [`Driver::on_event`]).
+    #[allow(clippy::too_many_arguments)]
+    fn on_send(
+        &mut self,
+        to: &str,
+        protocol: &str,
+        datatype: Option<i64>,
+        user: String,
+        payload: &str,
+        reply: Responder,
+        now: Timestamp,
+    ) {
+        let parsed =
+            app::parse_target(to).and_then(|to| Ok((to, app::parse_protocol(protocol)?))).and_then(|(to, protocol)| {
+                let payload = data_encoding::BASE64
+                    .decode(payload.trim().as_bytes())
+                    .map_err(|e| format!("the payload is not base64: {e}"))?;
+                Ok(NewMessage { to, protocol, datatype, user, payload })
+            });
+        let message = match parsed {
+            Ok(m) => m,
+            Err(message) => return reply.finish(ControlReply::Error { message }),
+        };
+        let id = self.next_send;
+        self.next_send += 1;
+        tracing::debug!(id, to = %message.to, protocol = message.protocol.name(), bytes = message.payload.len(), "send");
+        // Registered before the core runs: it answers at once.
+        self.sends.insert(id, reply);
+        self.peer.handle(Input::Command(Command::Send { id, message }), now);
+    }
+
+    /// The DNT part of the status (a node's).
+    fn app_status(&self, now: Timestamp) -> Option<AppStatus> {
+        let store = self.options.store.as_ref();
+        let stats = store.and_then(|s| match s.stats() {
+            Ok(st) => Some(st),
+            Err(e) => {
+                tracing::warn!("store statistics: {e}");
+                None
+            }
+        });
+        let commits = (
+            self.metrics.store_commits.load(std::sync::atomic::Ordering::Relaxed),
+            self.metrics.store_commit_micros.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let with_store = store.zip(stats.as_ref()).map(|(s, st)| (s.path(), st));
+        AppStatus::build(&self.peer, with_store, commits, now)
+    }
+
+    /// Updates the queue-depth and inbox gauges after application-message activity.
+    fn observe_app(&mut self) {
+        if !std::mem::take(&mut self.app_dirty) {
+            return;
+        }
+        if let Some(q) = self.peer.app_queue() {
+            let depth: usize = q.classes.iter().map(|(_, n, _)| *n).sum();
+            Metrics::set(&self.metrics.app_queue_depth, depth as u64);
+        }
+        Metrics::set(&self.metrics.inbox_size, self.inbox_size);
     }
 
     /// A control-socket lookup: handed to the core with a fresh id, bounded by the client's
@@ -601,8 +754,9 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     }
 
     /// Shuts down gracefully: the core says goodbye, queued frames are flushed, every
-    /// connection is closed and the transport is shut down.
-    async fn on_shutdown(mut self) {
+    /// connection is closed and the transport is shut down. Returns the store's failure, if one
+    /// stopped the daemon.
+    async fn on_shutdown(mut self) -> Result<(), StoreError> {
         tracing::info!("shutting down");
         self.peer.handle(Input::Command(Command::Shutdown), self.clock.now());
         self.drain_outputs();
@@ -616,14 +770,73 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         self.rt.sleep(self.options.linger + Duration::from_millis(50)).await;
         self.transport.shutdown().await;
         tracing::info!("stopped");
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     // ---- the core's outputs ----------------------------------------------------------------------
 
-    /// Executes every pending output of the core.
+    /// Executes every pending output of the core: first commits every persist and forget among
+    /// them in one transaction, then executes the others in order (repeatedly, as executing may
+    /// feed the core again). After a failed commit nothing is executed any more.
     fn drain_outputs(&mut self) {
-        while let Some(out) = self.peer.poll_output() {
-            self.execute(out);
+        loop {
+            let mut held = std::mem::take(&mut self.held);
+            while let Some(out) = self.peer.poll_output() {
+                match out {
+                    Output::Persist(p) => self.durable.push(Durable::Persist(p)),
+                    Output::Forget(f) => self.durable.push(Durable::Forget(f)),
+                    other => held.push(other),
+                }
+            }
+            if !self.commit_durable() {
+                // Outputs after an uncommitted persist must not run; the daemon stops.
+                held.clear();
+            }
+            if held.is_empty() {
+                self.held = held;
+                return;
+            }
+            for out in held.drain(..) {
+                self.execute(out);
+            }
+            self.held = held;
+        }
+    }
+
+    /// Commits the pending persist and forget outputs. `false` once a commit failed.
+    fn commit_durable(&mut self) -> bool {
+        if self.fatal.is_some() {
+            self.durable.clear();
+            return false;
+        }
+        if self.durable.is_empty() {
+            return true;
+        }
+        let Some(store) = &self.options.store else {
+            tracing::trace!(items = self.durable.len(), "no store: persist outputs dropped");
+            self.durable.clear();
+            return true;
+        };
+        match store.commit(&self.durable) {
+            Ok(stats) => {
+                self.metrics.count(Counted::Commit { items: stats.items, elapsed: stats.elapsed });
+                self.inbox_size += stats.inbox_appended;
+                if stats.inbox_appended > 0 {
+                    self.app_dirty = true;
+                }
+                tracing::trace!(items = stats.items, micros = stats.elapsed.as_micros() as u64, "committed");
+                self.durable.clear();
+                true
+            }
+            Err(e) => {
+                tracing::error!(items = self.durable.len(), "commit to the durable store failed: {e}");
+                self.durable.clear();
+                self.fatal = Some(e);
+                false
+            }
         }
     }
 
@@ -633,7 +846,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             Output::Send { to, message } => self.send(to, &message),
             Output::Close { peer, reason } => self.close(peer, reason),
             Output::Event(e) => self.on_event(e),
-            // The durable store (redb) is wired in next.
+            // Sorted out by `drain_outputs`: never executed.
             Output::Persist(_) | Output::Forget(_) => {}
         }
     }
@@ -700,7 +913,32 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     /// An event of the core: counted, logged, and a finished lookup answered.
     fn on_event(&mut self, e: Event) {
         self.metrics.count(Counted::Event(&e));
+        if super::metrics::app_event_index(&e).is_some() {
+            self.app_dirty = true;
+        }
         match &e {
+            Event::AppAccepted { id, message, class } => {
+                tracing::debug!(id, %message, class = class.name(), "message accepted");
+                if let Some(reply) = self.sends.remove(id) {
+                    let sent =
+                        SendReply { id: message.to_string(), class: class.name().into(), state: "queued".into() };
+                    reply.finish(ControlReply::Sent(sent));
+                }
+            }
+            Event::AppSendRefused { id, reason } => {
+                tracing::info!(id, ?reason, "send refused");
+                if let Some(reply) = self.sends.remove(id) {
+                    let message = app::describe_refusal(*reason, self.peer.config());
+                    reply.finish(ControlReply::Error { message });
+                }
+            }
+            Event::AppDelivered { message, to, attempts, .. } => {
+                tracing::debug!(%message, to = %to.short(), attempts, "message delivered")
+            }
+            Event::AppAbandoned { message, reason } => tracing::warn!(%message, ?reason, "message abandoned"),
+            Event::AppIncomingRefused { from, reason } => {
+                tracing::info!(from = %from.short(), ?reason, "incoming message refused")
+            }
             Event::LookupDone { id, key, record, hops, attempts } => {
                 tracing::info!(%key, found = record.is_some(), hops, attempts, "lookup done");
                 if let Some(p) = self.lookups.remove(id) {

@@ -74,6 +74,40 @@ pub struct Metrics {
     pub dht: Mutex<DhtGauges>,
     /// Per-indexer gauges: (peer id hex, score, last RTT seconds).
     pub indexers: Mutex<Vec<(String, f64, Option<f64>)>>,
+    /// Application messages, by [`APP_EVENTS`] (accepted, delivered, retried, …).
+    pub app: [AtomicU64; APP_EVENTS.len()],
+    /// Messages in the DNT queue, every class (gauge).
+    pub app_queue_depth: AtomicU64,
+    /// Entries in the inbox (gauge).
+    pub inbox_size: AtomicU64,
+    /// Write transactions committed to the durable store.
+    pub store_commits: AtomicU64,
+    /// Persist and forget outputs committed.
+    pub store_items: AtomicU64,
+    /// Time spent committing, in microseconds.
+    pub store_commit_micros: AtomicU64,
+}
+
+/// The application-message events counted, as metric labels, in the order of [`Metrics::app`]:
+/// accepted for delivery (`ocd send` answered), delivered (acknowledged by the receiver),
+/// retried, abandoned, refused at send (queue full, too large…), refused incoming, received
+/// (new in the inbox), duplicate (received again, acknowledged, not delivered twice).
+pub const APP_EVENTS: [&str; 8] =
+    ["accepted", "delivered", "retried", "abandoned", "refused_outgoing", "refused_incoming", "received", "duplicate"];
+
+/// The index in [`APP_EVENTS`] of an application-message event.
+pub fn app_event_index(e: &Event) -> Option<usize> {
+    Some(match e {
+        Event::AppAccepted { .. } => 0,
+        Event::AppDelivered { .. } => 1,
+        Event::AppRetry { .. } => 2,
+        Event::AppAbandoned { .. } => 3,
+        Event::AppSendRefused { .. } => 4,
+        Event::AppIncomingRefused { .. } => 5,
+        Event::AppReceived { .. } => 6,
+        Event::AppDuplicate { .. } => 7,
+        _ => return None,
+    })
 }
 
 /// The ends of a search, as metric labels, in the order of [`Metrics::searches_ended`].
@@ -261,6 +295,36 @@ pub struct MetricsSnapshot {
     pub records_rejected: u64,
     /// Search counters.
     pub search: SearchCounters,
+    /// Application-message counters.
+    pub app: AppCounters,
+}
+
+/// The application-message counters of [`MetricsSnapshot`] (see [`APP_EVENTS`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppCounters {
+    /// Accepted for delivery.
+    pub accepted: u64,
+    /// Acknowledged by their receiver.
+    pub delivered: u64,
+    /// Attempted again.
+    pub retried: u64,
+    /// Given up.
+    pub abandoned: u64,
+    /// Send commands refused.
+    pub refused_outgoing: u64,
+    /// Incoming messages refused.
+    pub refused_incoming: u64,
+    /// New messages received (in the inbox).
+    pub received: u64,
+    /// Messages received again.
+    pub duplicate: u64,
+    /// Store commits.
+    pub store_commits: u64,
+    /// Persist and forget outputs committed.
+    pub store_items: u64,
+    /// Time spent committing, in microseconds.
+    pub store_commit_micros: u64,
 }
 
 fn get(a: &AtomicU64) -> u64 {
@@ -290,6 +354,13 @@ pub enum Counted<'a> {
     LookupTimedOut,
     /// A control-socket search was handed to the core.
     SearchStarted,
+    /// A batch of persist/forget outputs was committed to the durable store.
+    Commit {
+        /// Outputs in the batch.
+        items: usize,
+        /// Time the commit took.
+        elapsed: Duration,
+    },
 }
 
 impl Metrics {
@@ -331,6 +402,19 @@ impl Metrics {
                 forged_hits_dropped: get(&self.forged_hits_dropped),
                 emitted: get(&self.searches_emitted),
             },
+            app: AppCounters {
+                accepted: get(&self.app[0]),
+                delivered: get(&self.app[1]),
+                retried: get(&self.app[2]),
+                abandoned: get(&self.app[3]),
+                refused_outgoing: get(&self.app[4]),
+                refused_incoming: get(&self.app[5]),
+                received: get(&self.app[6]),
+                duplicate: get(&self.app[7]),
+                store_commits: get(&self.store_commits),
+                store_items: get(&self.store_items),
+                store_commit_micros: get(&self.store_commit_micros),
+            },
         }
     }
 
@@ -358,7 +442,11 @@ impl Metrics {
                 Event::SearchDone { end, .. } => inc(&self.searches_ended[search_end_index(*end)]),
                 Event::ForgedHitDropped { .. } => inc(&self.forged_hits_dropped),
                 Event::SearchEmitted { .. } => inc(&self.searches_emitted),
-                _ => {}
+                e => {
+                    if let Some(i) = app_event_index(e) {
+                        inc(&self.app[i]);
+                    }
+                }
             },
             Counted::Received(message) => {
                 inc(&self.frames_received);
@@ -374,6 +462,12 @@ impl Metrics {
             Counted::ProtocolError => inc(&self.protocol_errors),
             Counted::LookupTimedOut => inc(&self.lookups_timed_out),
             Counted::SearchStarted => inc(&self.searches_started),
+            Counted::Commit { items, elapsed } => {
+                inc(&self.store_commits);
+                self.store_items.fetch_add(items as u64, Ordering::Relaxed);
+                let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                self.store_commit_micros.fetch_add(micros, Ordering::Relaxed);
+            }
         }
     }
 
@@ -524,6 +618,34 @@ impl Metrics {
         ] {
             s.push_str(&format!("ocd_search_mesh_messages_total{{event=\"{event}\"}} {v}\n"));
         }
+        s.push_str("# HELP ocd_app_messages_total Application messages, by event.\n");
+        s.push_str("# TYPE ocd_app_messages_total counter\n");
+        for (event, v) in APP_EVENTS.iter().zip(&self.app) {
+            s.push_str(&format!("ocd_app_messages_total{{event=\"{event}\"}} {}\n", get(v)));
+        }
+        let mut metric = |name: &str, kind: &str, help: &str, v: String| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        };
+        metric("ocd_app_queue_depth", "gauge", "Messages in the DNT queue.", get(&self.app_queue_depth).to_string());
+        metric("ocd_inbox_size", "gauge", "Entries in the inbox.", get(&self.inbox_size).to_string());
+        metric(
+            "ocd_store_commits_total",
+            "counter",
+            "Write transactions committed to the durable store.",
+            get(&self.store_commits).to_string(),
+        );
+        metric(
+            "ocd_store_items_total",
+            "counter",
+            "Persist and forget outputs committed to the durable store.",
+            get(&self.store_items).to_string(),
+        );
+        metric(
+            "ocd_store_commit_seconds_total",
+            "counter",
+            "Time spent committing to the durable store.",
+            format!("{}", get(&self.store_commit_micros) as f64 / 1e6),
+        );
         for (name, help, counters) in [
             ("ocd_messages_sent_total", "Wire messages sent, by kind.", &self.sent_by_kind),
             ("ocd_messages_received_total", "Wire messages received, by kind.", &self.received_by_kind),

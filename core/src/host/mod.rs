@@ -10,8 +10,11 @@
 //! * [`daemon`], [`config`], [`cli`] — starting a daemon, its configuration, its commands.
 //! * [`control`], [`status`], [`lookup`], [`search`] — the local control socket and what it
 //!   answers.
+//! * [`store`] — the durable store (redb): the DNT queue (encrypted), the inbox, received ids and
+//!   the sender sequence; [`app`] — `ocd send`, `ocd inbox` and the DNT part of `ocd status`.
 //! * [`metrics`] — Prometheus counters and gauges; [`devnet`] — a whole network on 127.0.0.1.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -23,4 +26,5 @@ pub mod lookup;
 pub mod metrics;
 pub mod search;
 pub mod status;
+pub mod store;
 pub mod transport;

@@ -50,6 +50,9 @@ pub struct StatusReport {
     /// searches and search mesh.
     #[serde(default)]
     pub search: SearchStatus,
+    /// Application messages: the DNT queue, the inbox and the durable store (a node's).
+    #[serde(default)]
+    pub app: Option<super::app::AppStatus>,
     /// Counters since start.
     pub counters: MetricsSnapshot,
 }
@@ -331,6 +334,7 @@ impl StatusReport {
                 view: DhtGauges::of(peer),
             },
             search: SearchStatus::of(peer),
+            app: None,
             counters,
         }
     }
@@ -450,6 +454,22 @@ impl StatusReport {
             d.queries, d.queries_refused, d.rpcs, d.rpc_failures, d.stores_accepted, d.stores_refused, d.verifications
         );
         self.render_search(&mut s);
+        if let Some(app) = &self.app {
+            app.render(&mut s);
+            let a = &self.counters.app;
+            let _ = writeln!(
+                s,
+                "  sent {} / delivered {} / retried {} / abandoned {} / refused {}; received {} (duplicates {}, refused {})",
+                a.accepted,
+                a.delivered,
+                a.retried,
+                a.abandoned,
+                a.refused_outgoing,
+                a.received,
+                a.duplicate,
+                a.refused_incoming
+            );
+        }
         let c = &self.counters;
         let _ = writeln!(
             s,

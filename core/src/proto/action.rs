@@ -77,6 +77,9 @@ pub enum Action {
         token: u64,
         /// The record.
         record: Option<PeerRecord>,
+        /// Whether anyone was asked (`false`: no live indexer yet, so not a failure of the
+        /// destination).
+        asked: bool,
     },
 }
 
@@ -113,7 +116,7 @@ impl From<NodeOut> for Action {
             NodeOut::Event(e) => Action::Event(e),
             NodeOut::DiscoverIndexers { want } => Action::DiscoverIndexers { want },
             NodeOut::IndexerSeen { peer, fill_rate } => Action::IndexerSeen { peer, fill_rate },
-            NodeOut::Resolved { token, record } => Action::Resolved { token, record },
+            NodeOut::Resolved { token, record, asked } => Action::Resolved { token, record, asked },
         }
     }
 }

@@ -383,9 +383,17 @@ impl AppService {
         }
     }
 
-    /// The answer to [`AppOut::Resolve`].
-    pub fn on_resolved(&mut self, token: u64, record: Option<PeerRecord>, now: Timestamp, out: &mut Vec<Action>) {
-        self.outbox.on_resolved(&self.config, token, record, now, out);
+    /// The answer to [`AppOut::Resolve`]; `asked` is false when no indexer could be asked (none
+    /// live yet): that is no failure of the destination, and it is tried again shortly.
+    pub fn on_resolved(
+        &mut self,
+        token: u64,
+        record: Option<PeerRecord>,
+        asked: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        self.outbox.on_resolved(&self.config, token, (record, asked), now, out);
     }
 
     /// `peer` cannot be reached.

@@ -16,7 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Sequence numbers reserved (persisted) at a time.
 const SEQ_BLOCK: u64 = 1024;
-/// Messages of one destination pending_ack acknowledgement at once.
+/// Delay before resolving again when no indexer could be asked.
+const NO_INDEXER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Messages of one destination waiting for their acknowledgement at once.
 const WINDOW: usize = 16;
 
 #[derive(Debug)]
@@ -213,13 +215,19 @@ impl Outbox {
         &mut self,
         config: &Config,
         token: u64,
-        record: Option<PeerRecord>,
+        (record, asked): (Option<PeerRecord>, bool),
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
         let Some(to) = self.tokens.remove(&token) else { return };
         let Some(dest) = self.dests.get_mut(&to) else { return };
         if dest.state != DestState::Resolving(token) {
+            return;
+        }
+        if !asked {
+            // No live indexer yet (just started): not the destination's failure; soon again.
+            dest.state = DestState::Idle;
+            dest.next_at = now + NO_INDEXER_RETRY;
             return;
         }
         match record.filter(|r| to.matches(r) && r.body.peer_id != self.me) {

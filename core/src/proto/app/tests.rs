@@ -85,7 +85,7 @@ fn send_and_resolve(a: &mut Node, b: &Node, m: NewMessage, now: Timestamp) -> Ve
     let mut out = Vec::new();
     a.app.send(1, m, now, &mut out);
     let (token, _) = resolves(&out).pop().expect("the destination is resolved first");
-    a.app.on_resolved(token, Some(b.record()), now, &mut out);
+    a.app.on_resolved(token, Some(b.record()), true, now, &mut out);
     out
 }
 
@@ -186,14 +186,14 @@ fn a_failed_attempt_is_retried_after_the_interval_with_a_fresh_resolution() {
     a.app.handle_timeout(retry_at, &mut out);
     let (token, key) = resolves(&out).pop().expect("re-resolved before the retry");
     assert_eq!(key, RecordKey::Did(b.did.clone()));
-    a.app.on_resolved(token, None, retry_at, &mut out);
+    a.app.on_resolved(token, None, true, retry_at, &mut out);
     assert_eq!(a.app.poll_timeout(), Some(retry_at + config.dnt_retry_interval));
     // Then found again: the same message (same id) goes out, marked as a retry.
     let t2 = retry_at + config.dnt_retry_interval;
     let mut out = Vec::new();
     a.app.handle_timeout(t2, &mut out);
     let (token, _) = resolves(&out).pop().expect("resolved");
-    a.app.on_resolved(token, Some(b.record()), t2, &mut out);
+    a.app.on_resolved(token, Some(b.record()), true, t2, &mut out);
     let (_, again) = delivers(&out).pop().expect("sent again");
     assert_eq!(again.id, d.id);
     assert!(events(&out).contains(&Event::AppRetry { message: d.id, attempt: 3 }));
@@ -217,7 +217,7 @@ fn a_moderate_message_is_abandoned_after_its_retries_and_search_after_one_try() 
     for attempt in 1..=5 {
         let (token, _) = resolves(&out).pop().unwrap_or_else(|| panic!("attempt {attempt} resolves"));
         out.clear();
-        a.app.on_resolved(token, None, now, &mut out);
+        a.app.on_resolved(token, None, true, now, &mut out);
         for e in events(&out) {
             if let Event::AppAbandoned { message, reason } = e {
                 abandoned.push((attempt, message.seq, reason));
@@ -282,7 +282,7 @@ fn a_restored_queue_resumes_with_its_ids_and_a_restart_never_reuses_one() {
     assert_eq!(a2.app.poll_timeout(), Some(later), "the restored message is due at once");
     a2.app.handle_timeout(later, &mut out);
     let (token, _) = resolves(&out).pop().expect("resolved");
-    a2.app.on_resolved(token, Some(b.record()), later, &mut out);
+    a2.app.on_resolved(token, Some(b.record()), true, later, &mut out);
     let (_, d) = delivers(&out).pop().expect("resent");
     assert_eq!(d.id, queued[0].id, "the same id: the receiver recognises a duplicate");
     // A new message after the restart takes an id past everything reserved before.
@@ -347,11 +347,33 @@ fn a_final_refusal_abandons_and_a_retryable_one_waits() {
     let mut out = Vec::new();
     a.app.handle_timeout(t, &mut out);
     let (token, _) = resolves(&out).pop().expect("resolved");
-    a.app.on_resolved(token, Some(b.record()), t, &mut out);
+    a.app.on_resolved(token, Some(b.record()), true, t, &mut out);
     let mut out = Vec::new();
     a.app.on_message(b.id(), AppMessage::Refused { id: d.id, reason: AppRefusal::Blocked }, false, t, &mut out);
     assert!(out.contains(&Action::Forget(Forget::Queued(d.id))));
     assert!(
         events(&out).contains(&Event::AppAbandoned { message: d.id, reason: Abandon::Refused(AppRefusal::Blocked) })
     );
+}
+
+#[test]
+fn no_live_indexer_yet_is_not_a_failed_attempt() {
+    let config = Config::default();
+    let (mut a, b) = (node(1, config.clone()), node(2, config.clone()));
+    let mut out = Vec::new();
+    a.app.send(1, msg(Target::Peer(b.id()), AppProtocol::Verify, b"v"), T0, &mut out);
+    for i in 0..10 {
+        let (token, _) = resolves(&out).pop().expect("resolving");
+        out.clear();
+        let now = T0 + Duration::from_secs(i);
+        a.app.on_resolved(token, None, false, now, &mut out);
+        assert!(events(&out).is_empty(), "no failure counted");
+        let next = a.app.poll_timeout().expect("soon again");
+        assert!(next.since(now) < config.dnt_retry_interval);
+        a.app.handle_timeout(next, &mut out);
+    }
+    let (token, _) = resolves(&out).pop().expect("resolving");
+    a.app.on_resolved(token, Some(b.record()), true, T0 + Duration::from_secs(10), &mut out);
+    assert_eq!(delivers(&out).len(), 1, "first real attempt, not a retry");
+    assert!(!events(&out).iter().any(|e| matches!(e, Event::AppRetry { .. })));
 }

@@ -147,7 +147,7 @@ impl RecordLookups {
 fn done(id: Origin, key: RecordKey, record: Option<crate::proto::PeerRecord>, hops: u32, attempts: u32) -> NodeOut {
     match id {
         Origin::Command(id) => NodeOut::Event(Event::LookupDone { id, key, record, hops, attempts }),
-        Origin::Resolve(token) => NodeOut::Resolved { token, record },
+        Origin::Resolve(token) => NodeOut::Resolved { token, record, asked: attempts > 0 },
     }
 }
 

@@ -150,6 +150,8 @@ pub enum NodeOut {
         token: u64,
         /// The verified record, if found.
         record: Option<PeerRecord>,
+        /// Whether any indexer was asked (`false`: none is live yet).
+        asked: bool,
     },
 }
 

@@ -482,7 +482,7 @@ impl Peer {
                 self.actions.push(Action::Event(Event::LookupDone { id, key, record, hops, attempts: 1 }));
             }
             DhtDone::Value { purpose: Purpose::Resolve { token }, record, .. } => {
-                self.actions.push(Action::Resolved { token, record });
+                self.actions.push(Action::Resolved { token, record, asked: true });
             }
             DhtDone::Value { purpose: Purpose::DidCheck, query, record, .. } => {
                 if let Some(ix) = &mut self.indexer {
@@ -563,9 +563,9 @@ impl Peer {
                             self.dht.find_value(key, purpose, false, deadline, now, &mut self.actions);
                         }
                     },
-                    Action::Resolved { token, record } => {
+                    Action::Resolved { token, record, asked } => {
                         if let Some(app) = &mut self.app {
-                            app.on_resolved(token, record, now, &mut self.actions);
+                            app.on_resolved(token, record, asked, now, &mut self.actions);
                         }
                     }
                 }
