@@ -16,7 +16,7 @@ use super::lookup::{self, LookupReport};
 use super::search;
 use crate::proto::RecordKey;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use std::io::Write as _;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -426,6 +426,27 @@ fn run_lookup(binary: &str, args: LookupArgs) -> ExitCode {
     ExitCode::from(EXIT_NEGATIVE)
 }
 
+/// Writes one streamed item: its JSON line with `--json`, else its human form. A closed stdout
+/// (`| head`) is no reason to stop reading the answer. Returns whether the item was formatted.
+fn print_item<T: serde::Serialize>(
+    out: &mut impl Write,
+    json: bool,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> bool {
+    let text = if json {
+        serde_json::to_string(value).map(|mut l| {
+            l.push('\n');
+            l
+        })
+    } else {
+        Ok(human())
+    };
+    let Ok(text) = text else { return false };
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    true
+}
+
 /// `search`: ask the daemon, print each verified hit as it arrives, then a summary on stderr.
 fn run_search(binary: &str, args: SearchArgs) -> ExitCode {
     let socket = args.control_socket.unwrap_or_else(|| args.data_dir.join(super::config::CONTROL_SOCKET));
@@ -434,20 +455,10 @@ fn run_search(binary: &str, args: SearchArgs) -> ExitCode {
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0u32;
     let last = control::request_streaming(&socket, &command, |reply| {
-        if let ControlReply::SearchHit(h) = reply {
-            let text = if args.json {
-                serde_json::to_string(&h.hit).map(|mut l| {
-                    l.push('\n');
-                    l
-                })
-            } else {
-                Ok(h.render())
-            };
-            if let Ok(text) = text {
-                printed += 1;
-                // A closed stdout (`| head`) is no reason to stop reading the answer.
-                let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
-            }
+        if let ControlReply::SearchHit(h) = reply
+            && print_item(&mut stdout, args.json, &h.hit, || h.render())
+        {
+            printed += 1;
         }
     });
     match last {
@@ -519,17 +530,8 @@ fn run_inbox(binary: &str, args: InboxArgs) -> ExitCode {
     let last = control::request_streaming(&socket, &command, |reply| {
         if let ControlReply::InboxEntry(item) = reply {
             let item: InboxItem = *item;
-            let text = if args.json {
-                serde_json::to_string(&item.line).map(|mut l| {
-                    l.push('\n');
-                    l
-                })
-            } else {
-                Ok(item.render())
-            };
-            if let Ok(text) = text {
+            if print_item(&mut stdout, args.json, &item.line, || item.render()) {
                 printed += 1;
-                let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
             }
         }
     });
