@@ -68,7 +68,7 @@ fn a_receiver_that_comes_back_gets_every_critical_message_once() {
     let critical: BTreeSet<MessageId> =
         accepted(&net).into_iter().filter(|(_, c)| *c == DeliveryClass::Critical).map(|(m, _)| m).collect();
     assert_eq!(critical.len(), 10);
-    let inbox: Vec<MessageId> = net.stores[B].inbox.iter().map(|e| e.id).collect();
+    let inbox: Vec<MessageId> = net.stores[B].inbox().iter().map(|e| e.id).collect();
     let unique: BTreeSet<MessageId> = inbox.iter().copied().collect();
     assert_eq!(unique.len(), inbox.len(), "nothing twice");
     assert!(critical.is_subset(&unique), "every critical message arrived");
@@ -89,7 +89,7 @@ fn a_receiver_that_comes_back_gets_every_critical_message_once() {
         "{:?}",
         last.since(back)
     );
-    assert!(net.stores[A].queue.is_empty(), "every queue entry was forgotten on its ack");
+    assert!((net.stores[A].queued() == 0), "every queue entry was forgotten on its ack");
 }
 
 #[test]
@@ -102,27 +102,27 @@ fn a_sender_that_crashes_with_a_full_queue_resumes_it() {
         send(&mut net, id, Target::Peer(b), AppProtocol::Update);
     }
     net.run_for(Duration::from_secs(20));
-    assert_eq!(net.stores[A].queue.len(), 20, "durably queued");
+    assert_eq!(net.stores[A].queued(), 20, "durably queued");
     net.crash(A);
     net.run_for(Duration::from_secs(10));
     net.restart(B);
     net.run_for(Duration::from_secs(30));
-    assert!(net.stores[B].inbox.is_empty(), "the sender is down");
+    assert!(net.stores[B].inbox().is_empty(), "the sender is down");
     net.restart(A);
     // After a restart the new life sends messages of its own: their ids follow the old ones.
     net.run_for(Duration::from_secs(5));
     send(&mut net, 21, Target::Peer(b), AppProtocol::Delete);
     net.run_for(Duration::from_secs(60));
 
-    let ids: Vec<MessageId> = net.stores[B].inbox.iter().map(|e| e.id).collect();
+    let ids: Vec<MessageId> = net.stores[B].inbox().iter().map(|e| e.id).collect();
     let unique: BTreeSet<MessageId> = ids.iter().copied().collect();
     assert_eq!(ids.len(), 21, "{ids:?}");
     assert_eq!(unique.len(), 21, "nothing twice");
     assert_eq!(unique.iter().map(|m| m.epoch).collect::<BTreeSet<_>>().len(), 1, "one epoch across the restart");
-    assert!(net.stores[A].queue.is_empty());
+    assert!((net.stores[A].queued() == 0));
     // Payloads arrive intact.
     let payloads: BTreeSet<u64> = net.stores[B]
-        .inbox
+        .inbox()
         .iter()
         .map(|e| u64::from_le_bytes(e.payload.as_slice().try_into().expect("8 bytes")))
         .collect();

@@ -386,6 +386,62 @@ pub struct NetReport {
     pub delivered_by_kind: std::collections::BTreeMap<String, u64>,
 }
 
+/// One delivery class of the `send` workloads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SendClassReport {
+    /// Messages the senders' cores accepted (`AppAccepted`).
+    pub sent: u64,
+    /// Send commands refused at once (`AppSendRefused`: queue full, …).
+    pub refused: u64,
+    /// Distinct accepted messages that reached their receiver's inbox.
+    pub delivered: u64,
+    /// Inbox appends of an id already in that inbox (must be 0).
+    pub duplicates: u64,
+    /// Deliveries the senders saw acknowledged (`AppDelivered`).
+    pub acknowledged: u64,
+    /// Not delivered, sender and receiver alive at the end, accepted before the settle window
+    /// and neither restarted in it (critical: must be 0; moderate: neither delivered nor
+    /// abandoned nor dropped by a crash).
+    pub lost: u64,
+    /// Given up after `dnt_moderate_retries` retries, or refused for good by the receiver.
+    pub abandoned: u64,
+    /// Moderate messages (not durable by design) whose sender crashed before delivering them.
+    pub dropped_by_crash: u64,
+    /// Not delivered at the end, but accepted (or their sender or receiver restarted) within the
+    /// settle window, or still queued at a sender or receiver that is down at the end.
+    pub pending_at_end: u64,
+    /// Acceptance → inbox.
+    pub latency_ms: Option<Stats>,
+    /// For messages held up by their receiver or sender being down: its (last) restart → inbox.
+    pub after_return_ms: Option<Stats>,
+    /// Messages behind `after_return_ms`.
+    pub after_return_count: u64,
+    /// For messages held up by a partition between sender and receiver: the heal → inbox (the
+    /// DHT and the pools across the cut recover first).
+    pub after_heal_ms: Option<Stats>,
+    /// Messages behind `after_heal_ms`.
+    pub after_heal_count: u64,
+    /// The first lost messages, described.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_examples: Vec<String>,
+}
+
+/// The `sends` section: every `send` workload's messages, per class.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SendsReport {
+    /// `create`, `update`, `delete`.
+    pub critical: SendClassReport,
+    /// `verify`, `planner`, `considers`, the config events.
+    pub moderate: SendClassReport,
+    /// Send commands refused at once, by reason.
+    #[serde(default)]
+    pub refusals: std::collections::BTreeMap<String, u64>,
+    /// The settle window at the end of the run (ms).
+    pub settle_ms: u64,
+    /// Critical messages still queued durably at the end, over every peer's store.
+    pub queued_at_end: u64,
+}
+
 /// The report of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -419,6 +475,9 @@ pub struct Report {
     /// The `search` workload (`null` without one).
     #[serde(default)]
     pub searches: Option<SearchReport>,
+    /// The `send` workloads (`null` without one).
+    #[serde(default)]
+    pub sends: Option<SendsReport>,
     /// Records and DHT totals (`null` when no peer is running at the end).
     #[serde(default)]
     pub records: Option<RecordsReport>,
@@ -633,6 +692,9 @@ impl Report {
         if let Some(x) = &self.searches {
             summarise_searches(&mut s, x);
         }
+        if let Some(x) = &self.sends {
+            summarise_sends(&mut s, x);
+        }
         if let Some(r) = &self.records {
             let reasons: Vec<String> = r.rejected_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(
@@ -663,6 +725,41 @@ impl Report {
             let _ = writeln!(s, "note: {n}");
         }
         s
+    }
+}
+
+fn summarise_sends(s: &mut String, x: &SendsReport) {
+    let st = |x: &Option<Stats>| x.map_or("-".to_string(), |v| format!("{}/{}/{}", v.p50, v.p99, v.max));
+    for (name, c) in [("critical", &x.critical), ("moderate", &x.moderate)] {
+        if c.sent == 0 && c.refused == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "\nsends {name}: {} sent, {} delivered, {} duplicates, {} lost, {} abandoned, {} dropped by a sender \
+             crash, {} pending at the end, {} refused at once; latency p50/p99/max {} ms; after a restart ({} \
+             messages) {} ms; after the heal ({} messages) {} ms",
+            c.sent,
+            c.delivered,
+            c.duplicates,
+            c.lost,
+            c.abandoned,
+            c.dropped_by_crash,
+            c.pending_at_end,
+            c.refused,
+            st(&c.latency_ms),
+            c.after_return_count,
+            st(&c.after_return_ms),
+            c.after_heal_count,
+            st(&c.after_heal_ms),
+        );
+        for l in c.lost_examples.iter().take(5) {
+            let _ = writeln!(s, "  ✗ {l}");
+        }
+    }
+    if !x.refusals.is_empty() {
+        let list: Vec<String> = x.refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "  refused at once: {}", list.join(", "));
     }
 }
 

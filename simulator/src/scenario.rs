@@ -1,8 +1,8 @@
 //! Scenarios: the TOML format of DESIGN.md §5, parsed and checked before anything runs.
 //!
 //! A scenario names groups of peers (`"<group>/<index>"`), the network they share, the faults
-//! injected at fixed simulated times and application workloads (`lookup` and `search`; `send`
-//! belongs to a later issue). Everything is resolved up
+//! injected at fixed simulated times and application workloads (`lookup`, `search`, `send`).
+//! Everything is resolved up
 //! front — durations, targets, group configs — so a typo fails with a clear message before the
 //! first simulated millisecond, never halfway through a run.
 //!
@@ -151,6 +151,7 @@ struct RawFault {
     forge: Option<Vec<String>>,
     loss: Option<f64>,
     latency_ms: Option<[u64; 2]>,
+    offset: Option<String>,
     #[serde(flatten)]
     extra: Extra,
 }
@@ -170,8 +171,7 @@ pub struct Scenario {
     pub groups: Vec<GroupSpec>,
     /// Faults, in file order (they fire in time order; ties in file order).
     pub faults: Vec<FaultSpec>,
-    /// Application workloads: `lookup` is run ([`WorkloadSpec::lookup`]); other kinds are kept
-    /// verbatim for later issues (reported as unsupported).
+    /// Application workloads (`lookup`, `search`, `send`; an unknown kind is an error).
     pub workloads: Vec<WorkloadSpec>,
     /// Warnings found while parsing (ignored keys, unsupported features).
     pub notes: Vec<String>,
@@ -259,6 +259,14 @@ pub enum FaultKind {
         /// The new bounds in ms.
         latency_ms: (u64, u64),
     },
+    /// Shift the targets' clocks by `offset_ms` (negative: behind) from now on. Each peer is
+    /// handed its own time (`now + offset`), and its deadlines are read back through the offset.
+    ClockSkew {
+        /// Target strings.
+        targets: Vec<String>,
+        /// The offset, in ms (replaces any earlier offset of these peers).
+        offset_ms: i64,
+    },
     /// Make the targets misbehave (an output filter applied by the simulator).
     Byzantine {
         /// Target strings.
@@ -284,6 +292,7 @@ impl FaultKind {
             FaultKind::Heal => "heal",
             FaultKind::SetLoss { .. } => "set_loss",
             FaultKind::SetLatency { .. } => "set_latency",
+            FaultKind::ClockSkew { .. } => "clock_skew",
             FaultKind::Byzantine { .. } => "byzantine",
         }
     }
@@ -291,9 +300,10 @@ impl FaultKind {
     /// The target strings this fault names (all sides for a partition).
     pub fn target_strings(&self) -> Vec<String> {
         match self {
-            FaultKind::Crash { targets } | FaultKind::Restart { targets } | FaultKind::Byzantine { targets, .. } => {
-                targets.clone()
-            }
+            FaultKind::Crash { targets }
+            | FaultKind::Restart { targets }
+            | FaultKind::ClockSkew { targets, .. }
+            | FaultKind::Byzantine { targets, .. } => targets.clone(),
             FaultKind::Partition { sides } => sides.iter().flatten().cloned().collect(),
             _ => Vec::new(),
         }
@@ -425,6 +435,59 @@ pub struct WorkloadSpec {
     pub lookup: Option<LookupSpec>,
     /// The parsed `search` workload (`None` for the other kinds).
     pub search: Option<SearchSpec>,
+    /// The parsed `send` workload (`None` for the other kinds).
+    pub send: Option<SendSpec>,
+}
+
+/// Who a `send` workload's sender writes to (`to = "any" | "partners"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SendTo {
+    /// Any honest node-role target, up or down.
+    #[default]
+    Any,
+    /// One of the sender's `partners` (a fixed set per sender, drawn from the run's seed).
+    Partners,
+}
+
+/// How a `send` workload names the receiver (`by = "peer" | "did"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SendBy {
+    /// By peer id.
+    #[default]
+    Peer,
+    /// By DID, resolved through the DHT.
+    Did,
+}
+
+/// `[[workload]] kind = "send"`: at Poisson times (rate `rate_per_s`, from the run's seed), a
+/// random live honest node-role sender (started `warmup` ago) hands its core an application
+/// message of `class` for a random honest node-role receiver, which may be down or partitioned at
+/// that moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SendSpec {
+    /// First message no earlier than this (`from`, default 0).
+    pub from: Duration,
+    /// No message is sent after this (`until`, default: the end of the run).
+    pub until: Option<Duration>,
+    /// Mean messages per simulated second.
+    pub rate_per_s: f64,
+    /// Least time since the sender started (`warmup`, default 90 s).
+    pub warmup: Duration,
+    /// `critical` (create / update / delete, in turn) or `moderate` (verify, planner, considers,
+    /// admiralty-config, minio-config, in turn).
+    pub class: ocd_core::proto::DeliveryClass,
+    /// Who receives (`to`, default `any`).
+    pub to: SendTo,
+    /// Partners per sender when `to = "partners"` (`partners`, default 3).
+    pub partners: usize,
+    /// The receiver is named by peer id or DID (`by`, default `peer`).
+    pub by: SendBy,
+    /// Payload size in bytes (`payload_bytes`, default 256).
+    pub payload_bytes: usize,
+    /// Only these peers send (`senders`, target strings; default every node-role peer).
+    pub senders: Vec<String>,
+    /// Only these peers receive (`targets`, target strings; default every node-role peer).
+    pub targets: Vec<String>,
 }
 
 /// What a `search` workload searches its target by (`by = "name" | "did" | "peer"`).
@@ -508,6 +571,20 @@ pub fn parse_duration(context: &str, value: &str) -> Result<Duration, ScenarioEr
         value: value.to_string(),
         why: e.to_string(),
     })
+}
+
+/// Parses a signed offset such as `"+90s"`, `"-2m"` or `"500ms"` (no sign: ahead), in ms.
+pub fn parse_offset(context: &str, value: &str) -> Result<i64, ScenarioError> {
+    let v = value.trim();
+    let (sign, rest) = match v.strip_prefix('-') {
+        Some(r) => (-1, r),
+        None => (1, v.strip_prefix('+').unwrap_or(v)),
+    };
+    let d = parse_duration(context, rest.trim())?;
+    let ms = i64::try_from(d.as_millis()).ok().filter(|m| *m <= 365 * 24 * 3_600_000).ok_or_else(|| {
+        ScenarioError::Invalid { context: context.to_string(), why: format!("offset {value:?} is more than a year") }
+    })?;
+    Ok(sign * ms)
 }
 
 fn parse_role(group: &str, role: &str) -> Result<Roles, ScenarioError> {
@@ -684,6 +761,14 @@ impl Scenario {
                     })?;
                     FaultKind::SetLatency { latency_ms: check_latency(&ctx, l)? }
                 }
+                "clock_skew" => {
+                    need_targets(&f.targets)?;
+                    let o = f.offset.as_deref().ok_or_else(|| ScenarioError::Invalid {
+                        context: ctx.clone(),
+                        why: "clock_skew needs `offset = \"±D\"` (e.g. \"+90s\", \"-2m\")".into(),
+                    })?;
+                    FaultKind::ClockSkew { targets: f.targets, offset_ms: parse_offset(&ctx, o)? }
+                }
                 "byzantine" => {
                     need_targets(&f.targets)?;
                     let name = f.behaviour.as_deref().unwrap_or("");
@@ -746,7 +831,7 @@ impl Scenario {
                         context: ctx,
                         why: format!(
                             "unknown kind {other:?} (expected crash, restart, partition, heal, set_loss, \
-                             set_latency or byzantine)"
+                             set_latency, clock_skew or byzantine)"
                         ),
                     });
                 }
@@ -777,13 +862,19 @@ impl Scenario {
                 Some(s) => Some(parse_duration(&format!("{ctx} from"), s)?),
                 None => None,
             };
-            let (mut lookup, mut search) = (None, None);
+            let (mut lookup, mut search, mut send) = (None, None, None);
             match kind.as_str() {
                 "lookup" => lookup = Some(scenario.parse_lookup(&ctx, &w, from, &mut notes)?),
                 "search" => search = Some(scenario.parse_search(&ctx, &w, from, &mut notes)?),
-                _ => notes.push(format!("{ctx} `{kind}`: unsupported (implemented by a later issue); ignored")),
+                "send" => send = Some(scenario.parse_send(&ctx, &w, from, &mut notes)?),
+                _ => {
+                    return Err(ScenarioError::Invalid {
+                        context: ctx,
+                        why: format!("unknown workload kind {kind:?} (expected lookup, search or send)"),
+                    });
+                }
             }
-            scenario.workloads.push(WorkloadSpec { kind, from, raw: w, lookup, search });
+            scenario.workloads.push(WorkloadSpec { kind, from, raw: w, lookup, search, send });
         }
         scenario.notes = notes;
         Ok(scenario)
@@ -828,6 +919,84 @@ impl Scenario {
             rate_per_s: c.rate_per_s,
             warmup: c.warmup,
             by,
+            targets: c.targets,
+        })
+    }
+
+    fn parse_send(
+        &self,
+        ctx: &str,
+        w: &toml::Table,
+        from: Option<Duration>,
+        notes: &mut Vec<String>,
+    ) -> Result<SendSpec, ScenarioError> {
+        use ocd_core::proto::DeliveryClass;
+        let keys = [
+            "kind",
+            "from",
+            "until",
+            "rate_per_s",
+            "warmup",
+            "targets",
+            "class",
+            "to",
+            "partners",
+            "by",
+            "payload_bytes",
+            "senders",
+        ];
+        let c = self.parse_poisson(ctx, w, from, &keys, notes)?;
+        let invalid = |why: String| ScenarioError::Invalid { context: ctx.to_string(), why };
+        let word = |key: &str| -> Result<Option<&str>, ScenarioError> {
+            match w.get(key) {
+                None => Ok(None),
+                Some(v) => v.as_str().map(Some).ok_or_else(|| invalid(format!("`{key}` must be a string"))),
+            }
+        };
+        let class = match word("class")? {
+            Some("critical") => DeliveryClass::Critical,
+            Some("moderate") => DeliveryClass::Moderate,
+            other => return Err(invalid(format!("class = {other:?}: expected \"critical\" or \"moderate\""))),
+        };
+        let to = match word("to")? {
+            None | Some("any") => SendTo::Any,
+            Some("partners") => SendTo::Partners,
+            Some(other) => return Err(invalid(format!("to = {other:?}: expected \"any\" or \"partners\""))),
+        };
+        let by = match word("by")? {
+            None | Some("peer") => SendBy::Peer,
+            Some("did") => SendBy::Did,
+            Some(other) => return Err(invalid(format!("by = {other:?}: expected \"peer\" or \"did\""))),
+        };
+        let count = |key: &str, default: usize, max: usize| -> Result<usize, ScenarioError> {
+            match w.get(key) {
+                None => Ok(default),
+                Some(toml::Value::Integer(i)) if *i >= 1 && (*i as u64) <= max as u64 => Ok(*i as usize),
+                Some(_) => Err(invalid(format!("`{key}` must be an integer in [1, {max}]"))),
+            }
+        };
+        let partners = count("partners", 3, 1_000)?;
+        let payload_bytes = count("payload_bytes", 256, 48 * 1024)?;
+        let senders: Vec<String> = match w.get("senders") {
+            None => Vec::new(),
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| invalid("`senders` must be strings".into())))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(invalid("`senders` must be an array of target strings".into())),
+        };
+        self.resolve(ctx, &senders)?;
+        Ok(SendSpec {
+            from: c.from,
+            until: c.until,
+            rate_per_s: c.rate_per_s,
+            warmup: c.warmup,
+            class,
+            to,
+            partners,
+            by,
+            payload_bytes,
+            senders,
             targets: c.targets,
         })
     }
@@ -1085,6 +1254,47 @@ start_spread = "10s"
     }
 
     #[test]
+    fn send_workload_is_parsed_and_checked() {
+        let s = with(
+            "[[workload]]\nkind='send'\nclass='moderate'\nrate_per_s=2\nto='partners'\npartners=2\nby='did'\n\
+             payload_bytes=64\nsenders=['idx/0..2']",
+        )
+        .unwrap();
+        let w = s.workloads[0].send.clone().unwrap();
+        assert_eq!(w.class, ocd_core::proto::DeliveryClass::Moderate);
+        assert_eq!((w.to, w.partners, w.by, w.payload_bytes), (SendTo::Partners, 2, SendBy::Did, 64));
+        assert_eq!(w.senders, vec!["idx/0..2".to_string()]);
+        let s = with("[[workload]]\nkind='send'\nclass='critical'\nrate_per_s=1").unwrap();
+        let w = s.workloads[0].send.clone().unwrap();
+        assert_eq!((w.to, w.by, w.payload_bytes, w.partners), (SendTo::Any, SendBy::Peer, 256, 3));
+        for (bad, key) in [
+            ("class='urgent'", "class"),
+            ("class='critical'\nto='friends'", "to"),
+            ("class='critical'\nby='name'", "by"),
+            ("class='critical'\npayload_bytes=0", "payload_bytes"),
+            ("class='critical'\nsenders=['nobody/0']", "nobody"),
+        ] {
+            let e = with(&format!("[[workload]]\nkind='send'\nrate_per_s=1\n{bad}")).unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn clock_skew_takes_a_signed_offset() {
+        let s = with("[[fault]]\nat='1m'\nkind='clock_skew'\ntargets=['idx/0']\noffset='+2m'").unwrap();
+        assert!(matches!(&s.faults[0].kind, FaultKind::ClockSkew { offset_ms: 120_000, .. }));
+        let s = with("[[fault]]\nat='1m'\nkind='clock_skew'\ntargets=['idx/0']\noffset='-90s'").unwrap();
+        assert!(matches!(&s.faults[0].kind, FaultKind::ClockSkew { offset_ms: -90_000, .. }));
+        assert_eq!(s.faults[0].kind.name(), "clock_skew");
+        let e = with("[[fault]]\nat='1m'\nkind='clock_skew'\ntargets=['idx/0']").unwrap_err();
+        assert!(e.to_string().contains("offset"), "{e}");
+        let e = with("[[fault]]\nat='1m'\nkind='clock_skew'\ntargets=['idx/0']\noffset='soon'").unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
+        let e = with("[[fault]]\nat='1m'\nkind='clock_skew'\noffset='+1s'").unwrap_err();
+        assert!(e.to_string().contains("targets"), "{e}");
+    }
+
+    #[test]
     fn search_workload_is_parsed_and_checked() {
         let s = with("[[workload]]\nkind='search'\nfrom='1m'\nrate_per_s=2\nby='did'\nwarmup='30s'").unwrap();
         let w = s.workloads[0].search.clone().unwrap();
@@ -1110,10 +1320,15 @@ start_spread = "10s"
         .unwrap_err();
         assert!(matches!(&e, ScenarioError::Config { group, .. } if group == "idx"), "{e}");
         assert!(e.to_string().contains("max_nodez"), "{e}");
-        let s = Scenario::from_toml(&format!("comment = 'hi'\n{BASE}\n[[workload]]\nkind='send'\nfrom='1m'")).unwrap();
+        let s = Scenario::from_toml(&format!(
+            "comment = 'hi'\n{BASE}\n[[workload]]\nkind='send'\nclass='critical'\nrate_per_s=1\nfrom='1m'\nsize=3"
+        ))
+        .unwrap();
         assert!(s.notes.iter().any(|n| n.contains("comment")));
-        assert!(s.notes.iter().any(|n| n.contains("send") && n.contains("unsupported")));
+        assert!(s.notes.iter().any(|n| n.contains("`size`")), "{:?}", s.notes);
         assert_eq!(s.workloads.len(), 1);
+        let e = Scenario::from_toml(&format!("{BASE}\n[[workload]]\nkind='gossip'\nrate_per_s=1")).unwrap_err();
+        assert!(e.to_string().contains("unknown workload kind"), "{e}");
     }
 
     #[test]

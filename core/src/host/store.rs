@@ -1,7 +1,8 @@
 //! The durable store: one [redb] file in the data directory (`ocd.redb`) holding what the core
 //! asks to keep across crashes (DESIGN §2 rule 2, §8) — the sender's epoch and reserved sequence
 //! numbers, the critical messages not yet acknowledged (encrypted), the inbox and the ids received
-//! per sender epoch.
+//! per sender epoch, and an indexer's DID bindings and bans (so a restarted indexer still refuses
+//! a DID thief and keeps a banned peer out until its ban ends).
 //!
 //! ## How the daemon uses it
 //!
@@ -24,6 +25,15 @@
 //! | `inbox_unpublished` | arrival seq | `()` — present until the NATS bridge published the entry |
 //! | `received_floor` | `(sender, epoch)` | floor: every sequence below it is settled |
 //! | `received_seqs` | `(sender, epoch, seq)` | `()` — sequences received at or above the floor |
+//! | `did_bindings` | DID (`&str`) | `(owner peer id, until ms)` — the latest binding of the DID |
+//! | `bans` | peer id | until (ms) — the latest ban of the peer |
+//!
+//! `did_bindings` and `bans` were added to version 1 without changing it: files written before
+//! them have no such tables, which read as empty (every table but `meta` is opened optionally on
+//! read, and created by the first write). They stay bounded: rows whose `until` has passed are
+//! never handed back, and are deleted by [`Store::restore`] and, at most every
+//! [`PRUNE_INTERVAL`], by a [`Store::commit`]; a binding or ban written already lapsed (a DID its
+//! owner released) deletes its row.
 //!
 //! The values use postcard over the core's own serde types; a change to their layout needs a new
 //! [`SCHEMA_VERSION`] (a unit test pins the bytes).
@@ -46,7 +56,8 @@
 //! and never replaces the file.
 
 use crate::proto::{
-    Forget, InboxEntry, Keypair, MessageId, PeerId, Persist, QueuedMessage, ReceivedIds, Restored, Timestamp,
+    Did, DidBinding, Forget, InboxEntry, Keypair, MessageId, PeerId, Persist, QueuedMessage, ReceivedIds, Restored,
+    Timestamp,
 };
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Key};
@@ -69,6 +80,8 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// redb's page cache; the store is small and mostly written.
 const CACHE_BYTES: usize = 16 << 20;
+/// Lapsed DID bindings and bans are deleted by a commit at most this often (and at restore).
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const QUEUE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("queue");
@@ -77,6 +90,8 @@ const INBOX_IDS: TableDefinition<([u8; 32], u64, u64), u64> = TableDefinition::n
 const INBOX_UNPUBLISHED: TableDefinition<u64, ()> = TableDefinition::new("inbox_unpublished");
 const RECEIVED_FLOOR: TableDefinition<([u8; 32], u64), u64> = TableDefinition::new("received_floor");
 const RECEIVED_SEQS: TableDefinition<([u8; 32], u64, u64), ()> = TableDefinition::new("received_seqs");
+const DID_BINDINGS: TableDefinition<&str, ([u8; 32], u64)> = TableDefinition::new("did_bindings");
+const BANS: TableDefinition<[u8; 32], u64> = TableDefinition::new("bans");
 
 const META_SCHEMA: &str = "schema";
 const META_OWNER: &str = "owner";
@@ -214,6 +229,17 @@ pub struct StoreStats {
     pub inbox_duplicates: u64,
     /// The file's size in bytes.
     pub file_bytes: u64,
+    /// DID bindings held (an indexer's; lapsed ones until the next prune).
+    pub did_bindings: u64,
+    /// Bans held (an indexer's; ended ones until the next prune).
+    pub bans: u64,
+}
+
+/// An indexer's durable state as read back: what holds, and whether lapsed rows were seen.
+struct IndexerHeld {
+    bindings: Vec<DidBinding>,
+    bans: Vec<(PeerId, Timestamp)>,
+    lapsed: bool,
 }
 
 /// Wakes `ocd inbox --follow` readers after commits that appended to the inbox.
@@ -231,6 +257,8 @@ pub struct Store {
     cipher: Aes256Gcm,
     owner: PeerId,
     watch: InboxWatch,
+    /// When a commit next deletes lapsed DID bindings and bans.
+    next_prune: Mutex<Timestamp>,
 }
 
 impl std::fmt::Debug for Store {
@@ -311,8 +339,14 @@ impl Store {
         }
         let db = open_db(path)?;
         check_meta(&db, path, &cipher, keypair.peer_id())?;
-        let store =
-            Store { db, path: path.to_path_buf(), cipher, owner: keypair.peer_id(), watch: InboxWatch::default() };
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            cipher,
+            owner: keypair.peer_id(),
+            watch: InboxWatch::default(),
+            next_prune: Mutex::new(Timestamp(0)),
+        };
         let last = store.inbox_last_seq()?;
         if let Ok(mut s) = store.watch.state.lock() {
             s.0 = last;
@@ -333,9 +367,74 @@ impl Store {
         StoreError::Corrupt { path: self.path.clone(), detail: detail.into() }
     }
 
-    /// Everything the core needs back at start: the sender sequence, the critical messages still
-    /// queued (oldest first) and the ids received per sender epoch.
+    /// Everything the core needs back at start, as of the wall clock: see [`Store::restore_at`].
     pub fn restore(&self) -> Result<Restored, StoreError> {
+        self.restore_at(wall_now())
+    }
+
+    /// Everything the core needs back at start, at `now` (the time the core is handed): the
+    /// sender sequence, the critical messages still queued (oldest first), the ids received per
+    /// sender epoch, and the DID bindings and bans that have not lapsed by `now`. Lapsed rows are
+    /// deleted.
+    pub fn restore_at(&self, now: Timestamp) -> Result<Restored, StoreError> {
+        let mut restored = self.read_restored()?;
+        let held = self.read_indexer(now)?;
+        if held.lapsed {
+            self.prune(now)?;
+        }
+        restored.bindings = held.bindings;
+        restored.bans = held.bans;
+        Ok(restored)
+    }
+
+    /// The DID bindings and bans that hold at `now`, and whether lapsed rows were seen.
+    fn read_indexer(&self, now: Timestamp) -> Result<IndexerHeld, StoreError> {
+        let rtx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let mut lapsed = false;
+        let mut bindings = Vec::new();
+        if let Some(t) = open_optional(&rtx, DID_BINDINGS).map_err(|e| self.db_err(e))? {
+            for row in t.iter().map_err(|e| self.db_err(e))? {
+                let (k, v) = row.map_err(|e| self.db_err(e))?;
+                let (owner, until) = v.value();
+                if until <= now.0 {
+                    lapsed = true;
+                    continue;
+                }
+                let did = Did::new(k.value()).map_err(|e| self.corrupt(format!("DID binding {:?}: {e}", k.value())))?;
+                bindings.push(DidBinding { did, owner: PeerId(owner), until: Timestamp(until) });
+            }
+        }
+        let mut bans = Vec::new();
+        if let Some(t) = open_optional(&rtx, BANS).map_err(|e| self.db_err(e))? {
+            for row in t.iter().map_err(|e| self.db_err(e))? {
+                let (k, v) = row.map_err(|e| self.db_err(e))?;
+                if v.value() <= now.0 {
+                    lapsed = true;
+                    continue;
+                }
+                bans.push((PeerId(k.value()), Timestamp(v.value())));
+            }
+        }
+        Ok(IndexerHeld { bindings, bans, lapsed })
+    }
+
+    /// Deletes the DID bindings and bans lapsed at `now`, in a transaction of its own.
+    pub fn prune(&self, now: Timestamp) -> Result<(), StoreError> {
+        let wtx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut bindings = wtx.open_table(DID_BINDINGS).map_err(|e| self.db_err(e))?;
+            let mut bans = wtx.open_table(BANS).map_err(|e| self.db_err(e))?;
+            prune_lapsed(&mut bindings, &mut bans, now).map_err(|e| self.db_err(e))?;
+        }
+        wtx.commit().map_err(|e| self.db_err(e))?;
+        if let Ok(mut next) = self.next_prune.lock() {
+            *next = now + PRUNE_INTERVAL;
+        }
+        Ok(())
+    }
+
+    /// The application half of [`Store::restore_at`]: sequence, queue, received ids.
+    fn read_restored(&self) -> Result<Restored, StoreError> {
         let rtx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let meta = rtx.open_table(META).map_err(|e| self.db_err(e))?;
         let sequence = match meta.get(META_SEQUENCE).map_err(|e| self.db_err(e))? {
@@ -378,12 +477,26 @@ impl Store {
                 slot(&mut received, sender, epoch).seqs.push(seq);
             }
         }
-        Ok(Restored { sequence, queue, received: received.into_values().collect() })
+        Ok(Restored {
+            sequence,
+            queue,
+            received: received.into_values().collect(),
+            bindings: Vec::new(),
+            bans: Vec::new(),
+        })
     }
 
     /// Applies `changes` in order in one write transaction and commits it durably (fsync) before
-    /// returning. An empty batch does nothing.
+    /// returning, as of the wall clock: see [`Store::commit_at`]. An empty batch does nothing.
     pub fn commit(&self, changes: &[Durable]) -> Result<CommitStats, StoreError> {
+        self.commit_at(changes, wall_now())
+    }
+
+    /// Applies `changes` in order in one write transaction and commits it durably (fsync) before
+    /// returning. An empty batch does nothing. At `now`, a DID binding or ban that has already
+    /// lapsed deletes its row, and at most every [`PRUNE_INTERVAL`] the transaction also deletes
+    /// every lapsed one.
+    pub fn commit_at(&self, changes: &[Durable], now: Timestamp) -> Result<CommitStats, StoreError> {
         let start = Instant::now();
         let mut stats = CommitStats { items: changes.len(), ..CommitStats::default() };
         if changes.is_empty() {
@@ -395,7 +508,7 @@ impl Store {
             let mut w = Writer::open(&wtx).map_err(|e| self.db_err(e))?;
             for change in changes {
                 match change {
-                    Durable::Persist(p) => self.apply(&mut w, p, &mut stats, &mut last_inbox)?,
+                    Durable::Persist(p) => self.apply(&mut w, p, now, &mut stats, &mut last_inbox)?,
                     Durable::Forget(Forget::Queued(id)) => {
                         w.queue.remove((id.epoch, id.seq)).map_err(|e| self.db_err(e))?;
                     }
@@ -410,6 +523,12 @@ impl Store {
                     .unwrap_or(0);
                 let total = (before + stats.inbox_duplicates).to_le_bytes();
                 w.meta.insert(META_INBOX_DUPLICATES, total.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+            if let Ok(mut next) = self.next_prune.lock()
+                && now >= *next
+            {
+                prune_lapsed(&mut w.bindings, &mut w.bans, now).map_err(|e| self.db_err(e))?;
+                *next = now + PRUNE_INTERVAL;
             }
         }
         wtx.commit().map_err(|e| self.db_err(e))?;
@@ -427,6 +546,7 @@ impl Store {
         &self,
         w: &mut Writer<'_>,
         p: &Persist,
+        now: Timestamp,
         stats: &mut CommitStats,
         last_inbox: &mut u64,
     ) -> Result<(), StoreError> {
@@ -466,6 +586,20 @@ impl Store {
             }
             Persist::Floor { sender, epoch, floor } => {
                 raise_floor(w, *sender, *epoch, *floor).map_err(db)?;
+            }
+            // The latest binding of a DID wins (a new owner after a lapse, a release); one already
+            // lapsed only deletes the row.
+            Persist::DidBinding(b) if b.until <= now => {
+                w.bindings.remove(b.did.as_str()).map_err(db)?;
+            }
+            Persist::DidBinding(b) => {
+                w.bindings.insert(b.did.as_str(), (b.owner.0, b.until.0)).map_err(db)?;
+            }
+            Persist::Ban { peer, until } if *until <= now => {
+                w.bans.remove(peer.0).map_err(db)?;
+            }
+            Persist::Ban { peer, until } => {
+                w.bans.insert(peer.0, until.0).map_err(db)?;
             }
         }
         Ok(())
@@ -580,7 +714,15 @@ impl Store {
         let inbox_duplicates =
             meta.get(META_INBOX_DUPLICATES).map_err(|e| self.db_err(e))?.and_then(|v| u64_le(v.value())).unwrap_or(0);
         let file_bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        Ok(StoreStats { queued, inbox, inbox_last_seq, unpublished, inbox_duplicates, file_bytes })
+        let did_bindings = match open_optional(&rtx, DID_BINDINGS).map_err(|e| self.db_err(e))? {
+            Some(t) => t.len().map_err(|e| self.db_err(e))?,
+            None => 0,
+        };
+        let bans = match open_optional(&rtx, BANS).map_err(|e| self.db_err(e))? {
+            Some(t) => t.len().map_err(|e| self.db_err(e))?,
+            None => 0,
+        };
+        Ok(StoreStats { queued, inbox, inbox_last_seq, unpublished, inbox_duplicates, file_bytes, did_bindings, bans })
     }
 
     /// Waits until the inbox holds an entry after `after`, the store is closed, or `timeout`
@@ -697,6 +839,8 @@ struct Writer<'t> {
     unpublished: redb::Table<'t, u64, ()>,
     floors: redb::Table<'t, ([u8; 32], u64), u64>,
     seqs: redb::Table<'t, ([u8; 32], u64, u64), ()>,
+    bindings: redb::Table<'t, &'static str, ([u8; 32], u64)>,
+    bans: redb::Table<'t, [u8; 32], u64>,
 }
 
 impl<'t> Writer<'t> {
@@ -709,6 +853,9 @@ impl<'t> Writer<'t> {
             unpublished: wtx.open_table(INBOX_UNPUBLISHED)?,
             floors: wtx.open_table(RECEIVED_FLOOR)?,
             seqs: wtx.open_table(RECEIVED_SEQS)?,
+            // Created by the first write on a file made before they existed.
+            bindings: wtx.open_table(DID_BINDINGS)?,
+            bans: wtx.open_table(BANS)?,
         })
     }
 }
@@ -723,6 +870,26 @@ fn raise_floor(w: &mut Writer<'_>, sender: PeerId, epoch: u64, floor: u64) -> Re
     w.floors.insert((sender.0, epoch), floor)?;
     w.seqs.retain_in((sender.0, epoch, 0)..(sender.0, epoch, floor), |_, _| false)?;
     Ok(floor)
+}
+
+/// Deletes the DID bindings and bans lapsed at `now`.
+fn prune_lapsed(
+    bindings: &mut redb::Table<'_, &'static str, ([u8; 32], u64)>,
+    bans: &mut redb::Table<'_, [u8; 32], u64>,
+    now: Timestamp,
+) -> Result<(), redb::StorageError> {
+    bindings.retain(|_, (_, until)| until > now.0)?;
+    bans.retain(|_, until| until > now.0)?;
+    Ok(())
+}
+
+/// The wall clock as the core's time (milliseconds since the Unix epoch, as the driver counts).
+fn wall_now() -> Timestamp {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    Timestamp(ms)
 }
 
 fn open_optional<K: redb::Key + 'static, V: redb::Value + 'static>(

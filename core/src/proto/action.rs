@@ -4,8 +4,9 @@
 //! the effects it may have, and emits into a `Vec<Action>` passed in ([`Sink::emit`]); the router's
 //! [`Action`] is their union, each lifted with `From` (the habit of iroh-gossip's `proto`).
 
-use super::app::{AppOut, Forget, Persist};
+use super::app::AppOut;
 use super::dht::{DhtDone, DhtOut};
+use super::durable::{Forget, Persist};
 use super::identity::{PeerAddr, PeerId};
 use super::indexer::IndexerOut;
 use super::node::NodeOut;
@@ -127,6 +128,7 @@ impl From<IndexerOut> for Action {
             IndexerOut::Send { to, message } => Action::Send { to, message },
             IndexerOut::Close { peer, reason } => Action::Close { peer, reason },
             IndexerOut::Event(e) => Action::Event(e),
+            IndexerOut::Persist(p) => Action::Persist(p),
         }
     }
 }
@@ -138,6 +140,7 @@ impl From<DhtOut> for Action {
             DhtOut::Learn(a) => Action::Learn(a),
             DhtOut::Event(e) => Action::Event(e),
             DhtOut::QueryDone(d) => Action::QueryDone(d),
+            DhtOut::Persist(p) => Action::Persist(p),
         }
     }
 }

@@ -165,6 +165,11 @@ pub struct Config {
     pub dnt_queue_max_per_destination: usize,
     /// Largest payload plus user of an application message, in bytes (ocd; under the frame limit).
     pub app_max_payload: usize,
+    /// How long a receiver has to acknowledge a message (it commits it to its inbox first); an
+    /// attempt not acknowledged in time counts as failed and waits for the retry (ocd; the seed
+    /// counted a stream write as delivery).
+    #[serde(with = "humantime_serde")]
+    pub app_ack_timeout: Duration,
 
     // ---- records and the DHT ---------------------------------------------------------------
     /// Lifetime of a node's signed record; it is re-signed when half of it is left (the seed
@@ -284,6 +289,7 @@ impl Default for Config {
             dnt_queue_max: 10_000,
             dnt_queue_max_per_destination: 1_000,
             app_max_payload: 48 * 1024,
+            app_ack_timeout: Duration::from_secs(10),
             record_ttl: Duration::from_secs(300),
             kad_k: 20,
             kad_alpha: 3,
@@ -323,6 +329,9 @@ impl Config {
         }
         if self.dnt_retry_interval.is_zero() {
             return bad("dnt_retry_interval", "must be positive");
+        }
+        if self.app_ack_timeout.is_zero() {
+            return bad("app_ack_timeout", "must be positive");
         }
         if self.search_max_results == 0 || self.search_max_batch == 0 {
             return bad("search_max_results", "search_max_results and search_max_batch must be at least 1");

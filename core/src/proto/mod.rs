@@ -83,6 +83,7 @@ mod action;
 mod app;
 mod config;
 mod dht;
+mod durable;
 mod identity;
 mod indexer;
 mod link;
@@ -101,11 +102,12 @@ pub(crate) use action::Action;
 #[cfg(feature = "internals")]
 pub use action::Sink;
 pub use app::{
-    Abandon, AppProtocol, AppRefusal, DeliveryClass, Forget, InboxEntry, MessageId, NewMessage, Persist, QueueView,
-    QueuedMessage, ReceivedIds, Restored, SendRefusal, Target,
+    Abandon, AppProtocol, AppRefusal, DeliveryClass, InboxEntry, MessageId, NewMessage, QueueView, QueuedMessage,
+    SendRefusal, Target,
 };
 pub use config::{Config, ConfigError};
 pub use dht::DhtStats;
+pub use durable::{Applied, DidBinding, Forget, MemoryStore, Persist, ReceivedIds, Restored};
 pub use identity::{Addr, Did, IdentityError, Keypair, PeerAddr, PeerId, Signature};
 pub use indexer::{KnownIndexer, SessionView};
 pub use link::hello_mac;

@@ -11,6 +11,7 @@
 //! been issued (clock skew). Between two valid records of the same owner, the later expiry wins.
 
 use super::dht::kad::Key;
+use super::durable::DidBinding;
 use super::identity::{Addr, Did, Keypair, PeerId, Signature};
 use super::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -468,6 +469,29 @@ pub enum StoreError {
     Stale,
 }
 
+/// What storing a record did ([`RecordStore::put`], [`RecordStore::put_verified`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[must_use = "the DID bindings in `persist` must reach the durable store"]
+pub struct Stored {
+    /// It replaced an older record of its owner.
+    pub replaced: bool,
+    /// DID bindings to persist ([`Persist::DidBinding`](crate::proto::Persist::DidBinding)), in
+    /// order: a binding its owner released (its `until` is the time of the release, so it is
+    /// already lapsed), then a new binding, a binding that changed owner, or one whose `until`
+    /// moved too far past the stored one (see [`RecordStore`], "Persistence").
+    pub persist: Vec<DidBinding>,
+}
+
+/// One DID binding held in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Binding {
+    owner: PeerId,
+    /// Valid until.
+    until: Timestamp,
+    /// The `until` last handed out to persist (or restored from the durable store).
+    stored: Timestamp,
+}
+
 /// The records an indexer holds, reachable by peer id and by DID (the seed's `/pid/<PeerId>` and
 /// `/node/<DID>` keys, C §7), validated on the way in and on the way out.
 ///
@@ -476,11 +500,34 @@ pub enum StoreError {
 /// binding outlives the record, for `binding_ttl` after its last refresh, so a thief cannot wait
 /// for an expiry to take a DID over. The store is bounded: at capacity, the record closest to
 /// expiry goes first.
+///
+/// ## Persistence
+///
+/// Bindings are durable (DESIGN §8), so a restarted indexer still refuses a thief: every write
+/// returns the bindings to persist ([`Stored::persist`]) and [`RecordStore::restore`] takes them
+/// back at start. Not every refresh is written — an owner re-signs its record every
+/// `record_ttl / 2`, and each refresh moves its binding's `until` by as much. A binding is written
+/// when it is **new**, when it **changes owner** (the previous one had lapsed), when its owner
+/// **releases** it (the owner's record moved to another DID: written with an `until` already
+/// past), and when its `until` has moved **more than a quarter of `binding_ttl`** (15 min for the
+/// DHT's 1 h) past the `until` last written. So per bound DID, at most one write per quarter of
+/// `binding_ttl` of refreshes.
+///
+/// Why it stays safe: the stored `until` is never more than `binding_ttl / 4` behind the one in
+/// memory, and the one in memory is at least the expiry of the owner's latest record held here
+/// plus `binding_ttl`. A restarted indexer therefore keeps the DID bound to its owner at least
+/// until *that record's expiry + ¾ `binding_ttl`* — as if its bindings had been made with a
+/// `binding_ttl` a quarter shorter. In particular a thief is refused for the whole lifetime of any
+/// record of the owner this indexer ever stored (so it can never serve a thief's record while the
+/// owner's own may still be valid anywhere), and then for ¾ `binding_ttl` more, against
+/// `binding_ttl` without a restart. It is never refused *longer* than without a restart: a
+/// stored `until` is never ahead of the one in memory, and a released binding is written as
+/// lapsed. The owner itself is never refused: its binding is its own.
 #[derive(Clone, Debug)]
 pub struct RecordStore {
     by_peer: std::collections::BTreeMap<PeerId, PeerRecord>,
-    /// DID → (owner, binding valid until).
-    did_owner: std::collections::BTreeMap<Did, (PeerId, Timestamp)>,
+    /// DID → its owner, valid until, and the `until` last persisted.
+    did_owner: std::collections::BTreeMap<Did, Binding>,
     max_records: usize,
     binding_ttl: Duration,
 }
@@ -497,6 +544,17 @@ impl RecordStore {
         }
     }
 
+    /// How far the `until` of a binding may move past the one last persisted before it is
+    /// persisted again: a quarter of `binding_ttl` (see "Persistence").
+    pub fn persist_slack(&self) -> Duration {
+        self.binding_ttl / 4
+    }
+
+    /// Most DID bindings held: bindings outlive records, 4× as many as records.
+    fn max_bindings(&self) -> usize {
+        self.max_records.saturating_mul(4)
+    }
+
     /// Records held (possibly expired until the next [`RecordStore::prune`]).
     pub fn len(&self) -> usize {
         self.by_peer.len()
@@ -508,8 +566,15 @@ impl RecordStore {
         self.by_peer.is_empty()
     }
 
-    /// Verifies and stores `record`. Returns whether it replaced an older record of its owner.
-    pub fn put(&mut self, record: PeerRecord, now: Timestamp) -> Result<bool, StoreError> {
+    #[cfg(any(test, feature = "internals"))]
+    /// DID bindings held (possibly lapsed until the next [`RecordStore::prune`]).
+    pub fn binding_count(&self) -> usize {
+        self.did_owner.len()
+    }
+
+    /// Verifies and stores `record`. Returns whether it replaced an older record of its owner,
+    /// and the DID bindings to persist.
+    pub fn put(&mut self, record: PeerRecord, now: Timestamp) -> Result<Stored, StoreError> {
         record.verify(now)?;
         self.put_verified(record, now)
     }
@@ -521,7 +586,13 @@ impl RecordStore {
 
     /// The key a DID is bound to at `now`, if any.
     pub fn did_owner(&self, did: &Did, now: Timestamp) -> Option<PeerId> {
-        self.did_owner.get(did).filter(|(_, until)| *until > now).map(|(p, _)| *p)
+        self.did_owner.get(did).filter(|b| b.until > now).map(|b| b.owner)
+    }
+
+    #[cfg(any(test, feature = "internals"))]
+    /// The binding of `did` at `now`, if any: its owner and until when it holds.
+    pub fn binding(&self, did: &Did, now: Timestamp) -> Option<(PeerId, Timestamp)> {
+        self.did_owner.get(did).filter(|b| b.until > now).map(|b| (b.owner, b.until))
     }
 
     /// Iterates over the records held (possibly expired until the next prune).
@@ -530,25 +601,32 @@ impl RecordStore {
     }
 
     /// Stores a record the caller has just verified with [`PeerRecord::verify`] at `now` (the
-    /// DID binding, staleness and bounds are still checked).
-    pub fn put_verified(&mut self, record: PeerRecord, now: Timestamp) -> Result<bool, StoreError> {
+    /// DID binding, staleness and bounds are still checked). Returns whether it replaced an older
+    /// record of its owner, and the DID bindings to persist.
+    pub fn put_verified(&mut self, record: PeerRecord, now: Timestamp) -> Result<Stored, StoreError> {
         if now >= record.body.expires_at {
             return Err(StoreError::Invalid(RecordError::Expired(record.body.expires_at)));
         }
         let owner = record.body.peer_id;
         let did = record.body.did.clone();
-        if let Some((bound, until)) = self.did_owner.get(&did)
-            && *bound != owner
-            && *until > now
+        if let Some(b) = self.did_owner.get(&did)
+            && b.owner != owner
+            && b.until > now
         {
             return Err(StoreError::ForeignDid { did });
         }
+        let mut persist = Vec::new();
         let replaced = match self.by_peer.get(&owner) {
             Some(old) if !record.supersedes(old) => return Err(StoreError::Stale),
             Some(old) => {
-                // The owner moved to another DID: release the old binding.
-                if old.body.did != did {
-                    self.did_owner.remove(&old.body.did);
+                // The owner moved to another DID: release the old binding (if it is still the
+                // owner's), durably too unless it already lapsed there.
+                if old.body.did != did
+                    && self.did_owner.get(&old.body.did).is_some_and(|b| b.owner == owner)
+                    && let Some(b) = self.did_owner.remove(&old.body.did)
+                    && b.stored > now
+                {
+                    persist.push(DidBinding { did: old.body.did.clone(), owner, until: now });
                 }
                 true
             }
@@ -561,23 +639,73 @@ impl RecordStore {
             }
         }
         let until = record.body.expires_at + self.binding_ttl;
-        self.did_owner.insert(did, (owner, until));
+        let slack = self.persist_slack();
+        match self.did_owner.get_mut(&did) {
+            Some(b) if b.owner == owner => {
+                // Never shortened: an older record of the same owner (a replica, or one offered
+                // again after a restart) does not undo a later refresh.
+                b.until = b.until.max(until);
+                if b.until > b.stored + slack {
+                    b.stored = b.until;
+                    persist.push(DidBinding { did: did.clone(), owner, until: b.until });
+                }
+            }
+            // New, or the previous owner's binding lapsed (checked above).
+            _ => {
+                self.did_owner.insert(did.clone(), Binding { owner, until, stored: until });
+                persist.push(DidBinding { did, owner, until });
+            }
+        }
         self.by_peer.insert(owner, record);
-        // Bindings outlive records; keep at most 4× as many, dropping those of owners without a
-        // record that lapse first.
-        while self.did_owner.len() > self.max_records.saturating_mul(4) {
+        self.bound_bindings();
+        Ok(Stored { replaced, persist })
+    }
+
+    /// Keeps at most [`max_bindings`](Self::max_bindings) bindings, dropping those of owners
+    /// without a record that lapse first (they stay in the durable store until they lapse there).
+    fn bound_bindings(&mut self) {
+        while self.did_owner.len() > self.max_bindings() {
             let victim = self
                 .did_owner
                 .iter()
-                .filter(|(_, (o, _))| !self.by_peer.contains_key(o))
-                .min_by_key(|(_, (_, until))| *until)
+                .filter(|(_, b)| !self.by_peer.contains_key(&b.owner))
+                .min_by_key(|(_, b)| b.until)
                 .map(|(d, _)| d.clone());
             match victim {
                 Some(d) => self.did_owner.remove(&d),
                 None => break,
             };
         }
-        Ok(replaced)
+    }
+
+    /// Takes back the bindings persisted before a restart ([`Restored::bindings`](crate::proto::Restored)).
+    /// Lapsed ones are ignored; an `until` further ahead than any binding made at `now` could be
+    /// (a record issued `MAX_CLOCK_SKEW` ahead, of `MAX_LIFETIME`, plus `binding_ttl`: a clock that
+    /// went back, or a damaged store) is brought back to that. A binding already made in this life
+    /// for another key is kept (only the peer's own record can precede the restore); one of the
+    /// same key keeps the later `until`. Nothing needs persisting again. The bound of 4× the
+    /// records holds: beyond it, the restored bindings that lapse first are left out.
+    pub fn restore(&mut self, bindings: &[DidBinding], now: Timestamp) {
+        let latest = now + MAX_CLOCK_SKEW + MAX_LIFETIME + self.binding_ttl;
+        let mut live: Vec<&DidBinding> = bindings.iter().filter(|b| b.until > now).collect();
+        // The latest first, so that the room left goes to the bindings that last longest.
+        live.sort_by(|a, b| b.until.cmp(&a.until).then_with(|| a.did.cmp(&b.did)));
+        for b in live {
+            let until = b.until.min(latest);
+            match self.did_owner.get_mut(&b.did) {
+                Some(held) if held.owner == b.owner && held.until > now => {
+                    held.until = held.until.max(until);
+                    held.stored = held.stored.max(until);
+                }
+                Some(held) if held.until > now => {}
+                _ => {
+                    if self.did_owner.len() >= self.max_bindings() && !self.did_owner.contains_key(&b.did) {
+                        continue;
+                    }
+                    self.did_owner.insert(b.did.clone(), Binding { owner: b.owner, until, stored: until });
+                }
+            }
+        }
     }
 
     /// The unexpired record of `peer`, if any (`/pid/<PeerId>`). Every record was verified on its
@@ -589,14 +717,15 @@ impl RecordStore {
 
     /// The valid record for `did`, if any (`/node/<DID>`).
     pub fn by_did(&self, did: &Did, now: Timestamp) -> Option<&PeerRecord> {
-        let (owner, _) = self.did_owner.get(did)?;
-        self.by_peer(owner, now).filter(|r| r.body.did == *did)
+        let b = self.did_owner.get(did)?;
+        self.by_peer(&b.owner, now).filter(|r| r.body.did == *did)
     }
 
-    /// Drops expired records and lapsed DID bindings.
+    /// Drops expired records and lapsed DID bindings (lapsed in the durable store too: a stored
+    /// `until` is never ahead of the one in memory).
     pub fn prune(&mut self, now: Timestamp) {
         self.by_peer.retain(|_, r| r.body.expires_at > now);
-        self.did_owner.retain(|_, (_, until)| *until > now);
+        self.did_owner.retain(|_, b| b.until > now);
     }
 }
 
@@ -625,7 +754,7 @@ mod store_tests {
     fn records_are_found_by_peer_and_did_until_they_expire() {
         let a = Keypair::derive(1, "a");
         let mut s = RecordStore::new(10, Duration::from_secs(600));
-        assert_eq!(s.put(rec(&a, "did:a", 120, NOW), NOW), Ok(false));
+        assert_eq!(s.put(rec(&a, "did:a", 120, NOW), NOW).map(|x| x.replaced), Ok(false));
         let did = Did::new("did:a").unwrap();
         assert_eq!(s.by_did(&did, NOW).map(|r| r.body.peer_id), Some(a.peer_id()));
         assert!(s.by_peer(&a.peer_id(), NOW).is_some());
@@ -639,7 +768,7 @@ mod store_tests {
     fn a_foreign_did_claim_is_refused_even_after_the_owner_record_expired() {
         let (a, m) = (Keypair::derive(1, "a"), Keypair::derive(1, "mallory"));
         let mut s = RecordStore::new(10, Duration::from_secs(600));
-        s.put(rec(&a, "did:a", 120, NOW), NOW).unwrap();
+        let _ = s.put(rec(&a, "did:a", 120, NOW), NOW).unwrap();
         let steal = rec(&m, "did:a", 120, NOW);
         assert_eq!(s.put(steal, NOW), Err(StoreError::ForeignDid { did: Did::new("did:a").unwrap() }));
         // Waiting for the owner's record to expire does not help within the binding's lifetime.
@@ -653,10 +782,10 @@ mod store_tests {
     fn newer_expiry_wins_and_tampered_or_stale_records_are_refused() {
         let a = Keypair::derive(1, "a");
         let mut s = RecordStore::new(10, Duration::from_secs(600));
-        s.put(rec(&a, "did:a", 120, NOW), NOW).unwrap();
+        let _ = s.put(rec(&a, "did:a", 120, NOW), NOW).unwrap();
         assert_eq!(s.put(rec(&a, "did:a", 60, NOW), NOW), Err(StoreError::Stale));
         let t = NOW + Duration::from_secs(20);
-        assert_eq!(s.put(rec(&a, "did:a", 120, t), t), Ok(true));
+        assert_eq!(s.put(rec(&a, "did:a", 120, t), t).map(|x| x.replaced), Ok(true));
         let mut forged = rec(&a, "did:a", 600, t);
         forged.body.name = "forged".into();
         assert_eq!(s.put(forged, t), Err(StoreError::Invalid(RecordError::BadSignature)));
@@ -667,12 +796,142 @@ mod store_tests {
         let mut s = RecordStore::new(3, Duration::from_secs(60));
         for i in 0..10u64 {
             let k = Keypair::derive(i, "bounded");
-            s.put(rec(&k, &format!("did:{i}"), 100 + i, NOW), NOW).unwrap();
+            let _ = s.put(rec(&k, &format!("did:{i}"), 100 + i, NOW), NOW).unwrap();
             assert!(s.len() <= 3);
         }
         // The ones closest to expiry went first; DID bindings are bounded too.
         assert!(s.by_did(&Did::new("did:9").unwrap(), NOW).is_some());
         assert!(s.by_did(&Did::new("did:0").unwrap(), NOW).is_none());
         assert!(s.did_owner.len() <= 12);
+    }
+
+    fn did(s: &str) -> Did {
+        Did::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_new_binding_is_persisted_and_refreshes_only_past_the_slack() {
+        let a = Keypair::derive(1, "a");
+        let ttl = Duration::from_secs(3600);
+        let mut s = RecordStore::new(10, ttl);
+        assert_eq!(s.persist_slack(), Duration::from_secs(900));
+        let first = s.put(rec(&a, "did:a", 300, NOW), NOW).unwrap();
+        let until0 = NOW + Duration::from_secs(300) + ttl;
+        assert_eq!(first.persist, vec![DidBinding { did: did("did:a"), owner: a.peer_id(), until: until0 }]);
+        // Re-signed every 150 s: each refresh moves `until` by 150 s; written again only once it
+        // moved more than 15 min past the stored one (the 7th refresh: 1050 s).
+        let mut written = Vec::new();
+        for i in 1..=20u64 {
+            let t = NOW + Duration::from_secs(150 * i);
+            let put = s.put(rec(&a, "did:a", 300, t), t).unwrap();
+            assert!(put.replaced);
+            let (_, in_memory) = s.binding(&did("did:a"), t).unwrap();
+            assert_eq!(in_memory, t + Duration::from_secs(300) + ttl);
+            for b in put.persist {
+                written.push((i, b.until));
+            }
+        }
+        assert_eq!(written.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [7, 14]);
+        // The invariant that makes a restart safe: the stored until is never more than the slack
+        // behind the one in memory.
+        let mut stored = until0;
+        for i in 1..=20u64 {
+            let t = NOW + Duration::from_secs(150 * i);
+            if let Some((_, u)) = written.iter().find(|(j, _)| *j == i) {
+                stored = *u;
+            }
+            let in_memory = t + Duration::from_secs(300) + ttl;
+            assert!(in_memory.since(stored) <= s.persist_slack(), "refresh {i}");
+        }
+    }
+
+    #[test]
+    fn a_binding_that_changes_owner_or_is_released_is_persisted() {
+        let (a, b) = (Keypair::derive(1, "a"), Keypair::derive(1, "b"));
+        let ttl = Duration::from_secs(600);
+        let mut s = RecordStore::new(10, ttl);
+        let _ = s.put(rec(&a, "did:x", 120, NOW), NOW).unwrap();
+        // Once a's binding lapsed, b may take the DID: a new owner, written at once.
+        let t = NOW + Duration::from_secs(120 + 600);
+        let put = s.put(rec(&b, "did:x", 120, t), t).unwrap();
+        assert_eq!(
+            put.persist,
+            vec![DidBinding { did: did("did:x"), owner: b.peer_id(), until: t + Duration::from_secs(720) }]
+        );
+        // b moves to another DID: the old binding is released, written as lapsed, then the new one.
+        let t2 = t + Duration::from_secs(10);
+        let put = s.put(rec(&b, "did:y", 120, t2), t2).unwrap();
+        assert_eq!(
+            put.persist,
+            vec![
+                DidBinding { did: did("did:x"), owner: b.peer_id(), until: t2 },
+                DidBinding { did: did("did:y"), owner: b.peer_id(), until: t2 + Duration::from_secs(720) },
+            ]
+        );
+        assert_eq!(s.did_owner(&did("did:x"), t2), None);
+        // Refused and stale writes persist nothing (they return errors).
+        assert!(s.put(rec(&a, "did:y", 120, t2), t2).is_err());
+    }
+
+    #[test]
+    fn restored_bindings_refuse_a_thief_and_stay_bounded() {
+        let (a, m) = (Keypair::derive(1, "a"), Keypair::derive(1, "mallory"));
+        let ttl = Duration::from_secs(3600);
+        let mut before = RecordStore::new(10, ttl);
+        let put = before.put(rec(&a, "did:a", 300, NOW), NOW).unwrap();
+        // A restart, 10 min later: the records are gone, the persisted binding comes back.
+        let t = NOW + Duration::from_secs(600);
+        let mut after = RecordStore::new(10, ttl);
+        let lapsed = DidBinding { did: did("did:old"), owner: m.peer_id(), until: t };
+        after.restore(&[put.persist[0].clone(), lapsed], t);
+        assert_eq!(after.binding_count(), 1, "the lapsed one is ignored");
+        assert_eq!(after.did_owner(&did("did:a"), t), Some(a.peer_id()));
+        assert!(after.is_empty());
+        assert_eq!(
+            after.put(rec(&m, "did:a", 300, t), t),
+            Err(StoreError::ForeignDid { did: did("did:a") }),
+            "the thief is refused after the restart"
+        );
+        // The owner comes back: its binding, restored, needs no new write.
+        let put = after.put(rec(&a, "did:a", 300, t), t).unwrap();
+        assert!(put.persist.is_empty(), "{:?}", put.persist);
+        assert!(after.by_did(&did("did:a"), t).is_some());
+
+        // An until beyond any a binding made now could have (a clock that went back) is clamped.
+        let mut s = RecordStore::new(10, ttl);
+        let far =
+            DidBinding { did: did("did:far"), owner: a.peer_id(), until: NOW + Duration::from_secs(86_400 * 365) };
+        s.restore(&[far], NOW);
+        let (_, until) = s.binding(&did("did:far"), NOW).unwrap();
+        assert_eq!(until, NOW + MAX_CLOCK_SKEW + MAX_LIFETIME + ttl);
+
+        // At most 4× max_records bindings; those that last longest are kept.
+        let mut s = RecordStore::new(2, ttl);
+        let many: Vec<DidBinding> = (0..20u64)
+            .map(|i| DidBinding {
+                did: did(&format!("did:{i}")),
+                owner: Keypair::derive(i, "many").peer_id(),
+                until: NOW + Duration::from_secs(100 + i),
+            })
+            .collect();
+        s.restore(&many, NOW);
+        assert_eq!(s.binding_count(), 8);
+        assert!(s.did_owner(&did("did:19"), NOW).is_some());
+        assert!(s.did_owner(&did("did:11"), NOW).is_none());
+    }
+
+    #[test]
+    fn a_restored_binding_never_shortens_one_made_since_the_start() {
+        let a = Keypair::derive(1, "a");
+        let ttl = Duration::from_secs(3600);
+        let mut s = RecordStore::new(10, ttl);
+        let _ = s.put(rec(&a, "did:a", 300, NOW), NOW).unwrap();
+        let made = s.binding(&did("did:a"), NOW).unwrap().1;
+        s.restore(&[DidBinding { did: did("did:a"), owner: a.peer_id(), until: NOW + Duration::from_secs(60) }], NOW);
+        assert_eq!(s.binding(&did("did:a"), NOW).unwrap().1, made);
+        // Another key's older binding does not override the one made in this life.
+        let m = Keypair::derive(1, "m");
+        s.restore(&[DidBinding { did: did("did:a"), owner: m.peer_id(), until: made + Duration::from_secs(60) }], NOW);
+        assert_eq!(s.did_owner(&did("did:a"), NOW), Some(a.peer_id()));
     }
 }

@@ -5,79 +5,17 @@
 
 #![allow(dead_code)]
 
-use ocd_core::proto::{
-    Event, Forget, InboxEntry, Input, Output, Peer, PeerId, PeerSetup, Persist, QueuedMessage, ReceivedIds, Restored,
-    Timestamp,
-};
+use ocd_core::proto::{Event, Input, MemoryStore, Output, Peer, PeerId, PeerSetup, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 pub const LINK_MS: u64 = 5;
 
-/// What a peer persisted.
-#[derive(Clone, Debug, Default)]
-pub struct Store {
-    pub sequence: Option<(u64, u64)>,
-    pub queue: BTreeMap<(PeerId, u64, u64), QueuedMessage>,
-    pub inbox: Vec<InboxEntry>,
-    pub received: BTreeMap<(PeerId, u64), (u64, BTreeSet<u64>)>,
-}
-
-impl Store {
-    fn apply(&mut self, p: Persist) {
-        match p {
-            Persist::Sequence { epoch, reserved } => self.sequence = Some((epoch, reserved)),
-            Persist::Queued(q) => {
-                self.queue.insert((q.id.sender, q.id.epoch, q.id.seq), q);
-            }
-            Persist::Inbox { entry, floor } => {
-                let r = self.received.entry((entry.id.sender, entry.id.epoch)).or_default();
-                r.0 = r.0.max(floor);
-                let f = r.0;
-                r.1.retain(|s| *s >= f);
-                r.1.insert(entry.id.seq);
-                self.inbox.push(entry);
-            }
-            Persist::Floor { sender, epoch, floor } => {
-                let r = self.received.entry((sender, epoch)).or_default();
-                r.0 = r.0.max(floor);
-                let f = r.0;
-                r.1.retain(|s| *s >= f);
-            }
-        }
-    }
-
-    fn forget(&mut self, f: Forget) {
-        match f {
-            Forget::Queued(id) => {
-                self.queue.remove(&(id.sender, id.epoch, id.seq));
-            }
-        }
-    }
-
-    pub fn restored(&self) -> Restored {
-        Restored {
-            sequence: self.sequence,
-            queue: self.queue.values().cloned().collect(),
-            received: self
-                .received
-                .iter()
-                .map(|((sender, epoch), (floor, seqs))| ReceivedIds {
-                    sender: *sender,
-                    epoch: *epoch,
-                    floor: *floor,
-                    seqs: seqs.iter().copied().collect(),
-                })
-                .collect(),
-        }
-    }
-}
-
 pub struct Net {
     pub peers: Vec<Peer>,
     pub setups: Vec<PeerSetup>,
     pub up: Vec<bool>,
-    pub stores: Vec<Store>,
+    pub stores: Vec<MemoryStore>,
     queue: BTreeMap<(Timestamp, u64), (usize, u64, Input)>,
     /// Each peer's life number: inputs for an earlier life are dropped.
     lives: Vec<u64>,
@@ -95,7 +33,7 @@ impl Net {
             peers,
             setups,
             up: vec![true; n],
-            stores: vec![Store::default(); n],
+            stores: vec![MemoryStore::new(); n],
             queue: BTreeMap::new(),
             lives: vec![0; n],
             seq: 0,
@@ -145,7 +83,9 @@ impl Net {
                 }
                 Output::Event(e) => self.events.push((self.now, i, e)),
                 // Committed at once, before the outputs that follow are executed.
-                Output::Persist(p) => self.stores[i].apply(p),
+                Output::Persist(p) => {
+                    self.stores[i].apply(p);
+                }
                 Output::Forget(f) => self.stores[i].forget(f),
             }
         }
@@ -215,7 +155,7 @@ impl Net {
         setup.rng_seed = setup.rng_seed.wrapping_add(self.lives[i]);
         self.peers[i] = Peer::new(setup, now);
         self.up[i] = true;
-        let restored = self.stores[i].restored();
+        let restored = self.stores[i].restored(self.now);
         self.input(i, Input::Restored(restored));
     }
 }

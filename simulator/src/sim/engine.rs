@@ -4,7 +4,7 @@
 use super::{EPOCH_MS, Life, Simulation};
 use crate::net::{ConnectOutcome, PeerIx, SendOutcome};
 use ocd_core::proto::wire::{self, Envelope};
-use ocd_core::proto::{CloseReason, Input, Output, Peer, PeerAddr, PeerId, Timestamp};
+use ocd_core::proto::{CloseReason, Input, Output, Peer, PeerAddr, PeerId, Persist, Timestamp};
 
 /// A queued event. Kept at 24 bytes: message bytes wait in [`InFlight`], rare payloads are boxed.
 #[derive(Debug)]
@@ -54,6 +54,8 @@ pub(super) enum Ev {
     },
     /// The `search` workload `i` (in the order of the scenario's search workloads) starts a search.
     SearchTick(u32),
+    /// The `send` workload `i` (in the order of the scenario's send workloads) sends a message.
+    SendTick(u32),
 }
 
 /// Encoded messages on their way, in reusable slots, so queue entries stay small.
@@ -128,10 +130,16 @@ impl Simulation {
             Ev::LookupTick(i) => self.lookup_tick(i as usize),
             Ev::LookupFollow { asker, target } => self.lookup_follow(asker, target),
             Ev::SearchTick(i) => self.search_tick(i as usize),
+            Ev::SendTick(i) => self.send_tick(i as usize),
         }
     }
 
     /// A peer's wake-up, unless a later one replaced it.
+    /// Peer `p`'s own time: simulated time shifted by its clock skew.
+    pub(super) fn peer_now(&self, p: PeerIx) -> Timestamp {
+        Timestamp(self.now.saturating_add_signed(self.peers[p as usize].skew_ms))
+    }
+
     fn wake(&mut self, peer: PeerIx, generation: u64) {
         let sp = &mut self.peers[peer as usize];
         if sp.life == Life::Alive && sp.wake_gen == generation {
@@ -197,15 +205,24 @@ impl Simulation {
 
     pub(super) fn start_peer(&mut self, p: PeerIx) {
         let now = self.now;
+        let local = self.peer_now(p);
         let sp = &mut self.peers[p as usize];
-        sp.peer = Some(Peer::new(sp.setup.clone(), Timestamp(now)));
+        sp.peer = Some(Peer::new(sp.setup.clone(), local));
         sp.life = Life::Alive;
         sp.started_at = Some(now);
         sp.members.clear();
+        // As the daemon: what the store holds comes back before anything else.
+        let restored = (!sp.store.is_empty()).then(|| sp.store.restored(local));
         self.trace.bytes(b"start");
         self.trace.u64(now);
         self.trace.u32(p);
         self.trace.bytes(self.ids[p as usize].as_bytes());
+        if let Some(r) = restored {
+            self.trace.bytes(b"restored");
+            self.trace.u64(r.queue.len() as u64);
+            self.trace.u64(r.received.len() as u64);
+            self.handle(p, Input::Restored(r), false);
+        }
         self.handle(p, Input::Timeout, true);
     }
 
@@ -244,6 +261,8 @@ impl Simulation {
     /// Hands `input` to peer `p`, executes its outputs and re-arms its wake-up.
     pub(super) fn handle(&mut self, p: PeerIx, input: Input, is_timeout: bool) {
         let now = self.now;
+        let skew = self.peers[p as usize].skew_ms;
+        let local = self.peer_now(p);
         if !self.watch_log.is_empty() && self.watch_log.contains(&p) {
             self.log_input(p, &input);
         }
@@ -253,11 +272,12 @@ impl Simulation {
                 self.out_buf = buf;
                 return;
             };
-            peer.handle(input, Timestamp(now));
+            peer.handle(input, local);
             while let Some(o) = peer.poll_output() {
                 buf.push(o);
             }
-            peer.poll_timeout().map(|t| t.0)
+            // Its deadline, in simulated time.
+            peer.poll_timeout().map(|t| t.0.saturating_add_signed(-skew))
         };
         for o in buf.drain(..) {
             self.execute(p, o);
@@ -306,8 +326,33 @@ impl Simulation {
             Output::Connect { peer } => self.execute_connect(p, peer),
             Output::Close { peer, reason } => self.execute_close(p, peer, reason),
             Output::Event(e) => self.on_event(p, e),
-            // Durable state across crash/restart comes with the `send` workload.
-            Output::Persist(_) | Output::Forget(_) => {}
+            Output::Persist(item) => self.persist(p, item),
+            Output::Forget(item) => {
+                self.trace.bytes(b"forget");
+                self.trace.debug(&item);
+                self.peers[p as usize].store.forget(item);
+            }
+        }
+    }
+
+    /// Commits `item` to `p`'s store at once (the daemon commits it before it executes the
+    /// outputs that follow, so a crash never loses what another peer was told).
+    fn persist(&mut self, p: PeerIx, item: Persist) {
+        self.trace.bytes(b"persist");
+        self.trace.u32(p);
+        let inbox = match &item {
+            Persist::Inbox { entry, .. } => {
+                self.trace.bytes(entry.id.to_string().as_bytes());
+                Some(entry.clone())
+            }
+            other => {
+                self.trace.debug(other);
+                None
+            }
+        };
+        let applied = self.peers[p as usize].store.apply(item);
+        if let Some(entry) = inbox {
+            self.on_inbox(p, &entry, applied);
         }
     }
 

@@ -132,6 +132,15 @@ impl Simulation {
             FaultKind::Heal => self.heal_fault(report),
             FaultKind::SetLoss { loss } => self.net.set_loss(loss),
             FaultKind::SetLatency { latency_ms } => self.net.set_latency(latency_ms),
+            FaultKind::ClockSkew { offset_ms, .. } => {
+                for &t in &targets {
+                    self.peers[t as usize].skew_ms = offset_ms;
+                    // Its deadlines move with its clock: read them again.
+                    if self.alive(t) {
+                        self.handle(t, Input::Timeout, true);
+                    }
+                }
+            }
             FaultKind::Byzantine { behaviour, forge, .. } => {
                 let victim = self.fault_plan.victims.get(i).copied().flatten();
                 for &t in &targets {
@@ -185,6 +194,7 @@ impl Simulation {
     fn partition_fault(&mut self, report: usize, i: usize) {
         let sides = self.fault_plan.sides[i].clone();
         let (cut, generation) = self.net.partition(&sides);
+        self.on_partition();
         for (a, b, epoch) in cut {
             self.schedule(self.now + self.net.idle_timeout_ms, Ev::CutExpired(Box::new((a, b, epoch, generation))));
         }
@@ -207,6 +217,7 @@ impl Simulation {
     /// Heals every partition, tracking the honest nodes below their minimum until they recover.
     fn heal_fault(&mut self, report: usize) {
         self.net.heal();
+        self.on_heal();
         let mut nodes: BTreeMap<PeerIx, NodeTrack> = BTreeMap::new();
         for (n, sp) in self.peers.iter().enumerate() {
             if sp.is_node() && sp.honest() && sp.life == Life::Alive && sp.live_count() < sp.min_indexers {
@@ -240,6 +251,8 @@ impl Simulation {
         sp.peer = None;
         sp.life = Life::Crashed;
         sp.last_down = Some(self.now);
+        self.on_sender_down(p);
+        let sp = &mut self.peers[p as usize];
         sp.wake_gen += 1;
         sp.wake_at = None;
         sp.members.clear();
@@ -259,6 +272,7 @@ impl Simulation {
         sp.wake_at = None;
         sp.incarnation += 1;
         sp.setup.rng_seed = derive_u64(self.scenario.seed, &format!("{}#{}", sp.name, sp.incarnation));
+        self.on_sender_down(p);
         self.start_peer(p);
         let pid = self.ids[p as usize];
         for (q, was_up) in notify {

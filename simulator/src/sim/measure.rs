@@ -167,6 +167,11 @@ impl Simulation {
             Event::SearchDone { id, end, .. } => self.on_search_done(p, id, end),
             Event::SearchEmitted { node, .. } => self.on_search_emitted(p, node),
             Event::ForgedHitDropped { from, .. } => self.on_forged_dropped(p, from),
+            // Application messages.
+            Event::AppAccepted { id, message, .. } => self.on_app_accepted(p, id, message),
+            Event::AppSendRefused { id, reason } => self.on_app_refused(id, reason),
+            Event::AppDelivered { message, .. } => self.on_app_delivered(p, message),
+            Event::AppAbandoned { message, reason } => self.on_app_abandoned(message, reason),
             _ => {}
         }
     }
@@ -596,6 +601,7 @@ impl Simulation {
         let notes = self.notes();
         let lookups = (!self.lookup.is_empty()).then(|| self.lookup_report());
         let searches = (!self.search.is_empty()).then(|| self.search_report());
+        let sends = (!self.sends.is_empty()).then(|| self.sends_report());
         let records = self.records_report();
         let wall_s = (wall_ms.max(1)) as f64 / 1000.0;
         self.netr.sent_by_kind =
@@ -624,6 +630,7 @@ impl Simulation {
             bans,
             lookups,
             searches,
+            sends,
             records,
             refusals: std::mem::take(&mut self.refusals),
             invariant_violations: std::mem::take(&mut self.violations),

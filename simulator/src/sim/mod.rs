@@ -32,7 +32,9 @@
 //! * `faults` — crash, restart, partition, heal, loss and latency faults, and their detection
 //!   trackers;
 //! * `byzantine` — misbehaviour: output filters, forged records, heartbeat floods;
-//! * `workloads` — the `lookup` and `search` workloads (`send` goes next to them);
+//! * `workloads` — the `lookup` and `search` workloads;
+//! * `sends` — the `send` workload and what it measures (each peer's durable store lives in
+//!   [`SimPeer`] and survives crashes; persist outputs are applied in `engine`);
 //! * `searches` — what distributed search measures: hits, ends, forgeries, the mesh;
 //! * `measure` — event bookkeeping, invariants, pool sampling and the final [`Report`].
 //!
@@ -46,6 +48,7 @@ mod engine;
 mod faults;
 mod measure;
 mod searches;
+mod sends;
 mod workloads;
 
 use crate::net::{FastMap, Network, PeerIx, ms};
@@ -58,14 +61,16 @@ use engine::{Ev, InFlight};
 use faults::{FaultPlan, FaultTrack, Readmit};
 use measure::{LookupAcc, MESSAGE_KINDS, RecordAcc};
 use ocd_core::proto::{
-    Command, DetRng, Did, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerRecord, PeerSetup, RecordKey, Roles,
-    SearchEnd,
+    Command, DetRng, Did, Input, Keypair, MemoryStore, Output, Peer, PeerAddr, PeerId, PeerRecord, PeerSetup,
+    RecordKey, Roles, SearchEnd,
 };
 use searches::SearchAcc;
+use sends::SendWorkload;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use workloads::{LookupWorkload, SearchWorkload};
 
+pub use sends::WORKLOAD_SEND_BASE;
 pub use workloads::{WORKLOAD_LOOKUP_BASE, WORKLOAD_SEARCH_BASE, search_needle};
 
 /// Virtual time of the start of every run (ms since the Unix epoch), so timestamps look real.
@@ -108,6 +113,10 @@ struct SimPeer {
     /// `forge_search_hits`: the forgeries it adds, in turn, and how many it has added.
     forge: Vec<Forgery>,
     forged: u64,
+    /// Its durable store: survives crashes and restarts, handed back as `Input::Restored`.
+    store: MemoryStore,
+    /// `clock_skew`: its clock is this many ms ahead of simulated time (negative: behind).
+    skew_ms: i64,
 }
 
 impl SimPeer {
@@ -134,6 +143,8 @@ impl SimPeer {
             victim: None,
             forge: Vec::new(),
             forged: 0,
+            store: MemoryStore::new(),
+            skew_ms: 0,
         }
     }
     fn is_node(&self) -> bool {
@@ -216,6 +227,8 @@ pub struct Simulation {
     lookup_results: BTreeMap<(PeerIx, u64), LookupResult>,
     /// The `search` workloads and the searches they have in flight.
     search: SearchWorkload,
+    /// The `send` workloads and the messages they follow.
+    sends: SendWorkload,
     searches: SearchAcc,
     search_results: BTreeMap<(PeerIx, u64), SearchResult>,
     delivered_by_kind: [u64; MESSAGE_KINDS],
@@ -344,9 +357,11 @@ impl Simulation {
         let end = EPOCH_MS + ms(scenario.duration);
         let lookup = LookupWorkload::build(&scenario, &built.peers, end)?;
         let search = SearchWorkload::build(&scenario, &built.peers, end)?;
+        let sends = SendWorkload::build(&scenario, end)?;
         let starts = std::mem::take(&mut built.starts);
-        let mut sim = Simulation::assemble(scenario, network_key, built, fault_plan, (lookup, search), end);
+        let mut sim = Simulation::assemble(scenario, network_key, built, fault_plan, (lookup, search, sends), end);
         sim.schedule_workloads();
+        sim.schedule_sends();
         sim.schedule_starts(starts);
         sim.schedule_faults();
         sim.schedule_samples();
@@ -359,7 +374,7 @@ impl Simulation {
         network_key: [u8; 32],
         built: BuiltPeers,
         fault_plan: FaultPlan,
-        (lookup, search): (LookupWorkload, SearchWorkload),
+        (lookup, search, sends): (LookupWorkload, SearchWorkload, SendWorkload),
         end: u64,
     ) -> Simulation {
         let BuiltPeers { peers, ids, starts: _, min_target } = built;
@@ -413,6 +428,7 @@ impl Simulation {
             lookups: LookupAcc::default(),
             lookup_results: BTreeMap::new(),
             search,
+            sends,
             searches: SearchAcc::default(),
             search_results: BTreeMap::new(),
             delivered_by_kind: [0; MESSAGE_KINDS],

@@ -4,8 +4,8 @@
 //! Each kind keeps its resolved specs and in-flight state in its own struct (built from the
 //! scenario in [`Simulation::new`], a field of [`Simulation`]), schedules its own ticks from
 //! `Simulation::schedule_workloads`, and hands what it observes to `measure`. `lookup` and
-//! `search` exist; another kind (send) goes next to them the same way: a state struct, an `Ev`
-//! tick variant, a `build`, and its accumulator and report section in `measure`.
+//! `search` are here; `send` is in `sends` (a state struct, an `Ev` tick variant, a `build`, its
+//! accumulator and report section).
 
 use super::engine::Ev;
 use super::{EPOCH_MS, Life, SimPeer, Simulation};
@@ -194,7 +194,7 @@ pub fn search_needle(name: &str) -> String {
 
 /// Time to the next event of a Poisson process of `rate` per second: exponential with mean
 /// `1 / rate`, in whole ms, drawn from `rng`.
-fn poisson_gap(rng: &mut DetRng, rate: f64) -> u64 {
+pub(super) fn poisson_gap(rng: &mut DetRng, rate: f64) -> u64 {
     let u = 1.0 - rng.unit_f64(); // (0, 1]
     let gap = -u.ln() / rate * 1000.0;
     if gap.is_finite() { gap.round().clamp(0.0, 1e12) as u64 } else { 0 }

@@ -390,3 +390,224 @@ fn a_store_left_open_by_a_crash_reopens_with_everything_committed() {
     let r = reopened.restore().unwrap();
     assert_eq!((r.sequence, r.queue), (Some((4, 1025)), vec![m]));
 }
+
+fn binding(did: &str, owner: PeerId, until: Timestamp) -> Durable {
+    persist(Persist::DidBinding(DidBinding { did: Did::new(did).unwrap(), owner, until }))
+}
+
+const T: Timestamp = Timestamp(1_800_000_000_000);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[test]
+fn did_bindings_and_bans_survive_a_reopen_and_lapsed_ones_are_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = key(1);
+    let (a, b, c) = (key(2).peer_id(), key(3).peer_id(), key(4).peer_id());
+    {
+        let store = Store::open(dir.path(), &me).unwrap();
+        store
+            .commit_at(
+                &[
+                    binding("did:a", a, T + secs(3600)),
+                    binding("did:short", b, T + secs(60)),
+                    // A DID whose first binding lapsed, now another key's: the latest wins.
+                    binding("did:moved", a, T + secs(10)),
+                    binding("did:moved", b, T + secs(4000)),
+                    // Released by its owner: written already lapsed.
+                    binding("did:released", c, T + secs(3600)),
+                    binding("did:released", c, T),
+                    persist(Persist::Ban { peer: b, until: T + secs(600) }),
+                    persist(Persist::Ban { peer: c, until: T + secs(30) }),
+                ],
+                T,
+            )
+            .unwrap();
+        assert_eq!((store.stats().unwrap().did_bindings, store.stats().unwrap().bans), (3, 2));
+    }
+    // Reopened after the store was dropped (the daemon stopped), 2 minutes later.
+    let store = Store::open(dir.path(), &me).unwrap();
+    let later = T + secs(120);
+    let r = store.restore_at(later).unwrap();
+    let mut bindings = r.bindings.clone();
+    bindings.sort();
+    assert_eq!(
+        bindings,
+        vec![
+            DidBinding { did: Did::new("did:a").unwrap(), owner: a, until: T + secs(3600) },
+            DidBinding { did: Did::new("did:moved").unwrap(), owner: b, until: T + secs(4000) },
+        ]
+    );
+    assert_eq!(r.bans, vec![(b, T + secs(600))]);
+    // The lapsed rows were deleted by the restore: the tables stay bounded.
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.did_bindings, stats.bans), (2, 1));
+    // The rest of the store is unaffected.
+    assert_eq!((r.sequence, r.queue.len(), r.received.len()), (None, 0, 0));
+    // Much later everything has lapsed.
+    let r = store.restore_at(T + secs(5000)).unwrap();
+    assert!(r.bindings.is_empty() && r.bans.is_empty());
+    assert_eq!((store.stats().unwrap().did_bindings, store.stats().unwrap().bans), (0, 0));
+}
+
+#[test]
+fn commits_delete_lapsed_bindings_and_bans_at_most_every_prune_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = key(1);
+    let store = Store::open(dir.path(), &me).unwrap();
+    let owner = key(2).peer_id();
+    // The first commit prunes (nothing yet) and sets the next prune a PRUNE_INTERVAL later.
+    let batch: Vec<Durable> = (0..100u64).map(|i| binding(&format!("did:{i}"), owner, T + secs(1 + i))).collect();
+    store.commit_at(&batch, T).unwrap();
+    store.commit_at(&[persist(Persist::Ban { peer: owner, until: T + secs(5) })], T).unwrap();
+    assert_eq!(store.stats().unwrap().did_bindings, 100);
+    // Every row has lapsed, but the interval has not passed: kept (never handed back, though).
+    store.commit_at(&[persist(Persist::Sequence { epoch: 1, reserved: 2 })], T + secs(200)).unwrap();
+    assert_eq!(store.stats().unwrap().did_bindings, 100);
+    // A commit once the interval has passed deletes them.
+    store.commit_at(&[persist(Persist::Sequence { epoch: 1, reserved: 3 })], T + PRUNE_INTERVAL).unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.did_bindings, stats.bans), (0, 0));
+}
+
+#[test]
+fn a_store_made_before_the_indexer_tables_opens_and_gains_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let me = key(1);
+    let m = msg(&me, 2, 1, b"old");
+    {
+        let store = Store::open(dir.path(), &me).unwrap();
+        store
+            .commit(&[persist(Persist::Sequence { epoch: 2, reserved: 1025 }), persist(Persist::Queued(m.clone()))])
+            .unwrap();
+    }
+    // Remove the new tables, as a file written by the previous build of schema 1 lacks them.
+    let path = dir.path().join(STORE_FILE);
+    {
+        let db = Database::open(&path).unwrap();
+        let wtx = db.begin_write().unwrap();
+        assert!(wtx.delete_table(DID_BINDINGS).unwrap());
+        assert!(wtx.delete_table(BANS).unwrap());
+        wtx.commit().unwrap();
+    }
+    let store = Store::open(dir.path(), &me).unwrap();
+    let r = store.restore_at(T).unwrap();
+    assert_eq!((r.sequence, r.queue.clone()), (Some((2, 1025)), vec![m.clone()]));
+    assert!(r.bindings.is_empty() && r.bans.is_empty());
+    assert_eq!(store.stats().unwrap().did_bindings, 0);
+    let owner = key(2).peer_id();
+    store.commit_at(&[binding("did:x", owner, T + secs(60))], T).unwrap();
+    drop(store);
+    let r = Store::open(dir.path(), &me).unwrap().restore_at(T).unwrap();
+    assert_eq!(r.bindings, vec![DidBinding { did: Did::new("did:x").unwrap(), owner, until: T + secs(60) }]);
+    assert_eq!(r.queue, vec![m]);
+}
+
+/// Two whole peers wired back to back (messages delivered at once), the first one's durable
+/// outputs committed to `store` as the driver does: before the outputs that follow them.
+fn pump(
+    peers: &mut [crate::proto::Peer; 2],
+    store: &Store,
+    from: Timestamp,
+    until: Timestamp,
+) -> Vec<crate::proto::Event> {
+    use crate::proto::{Input, Output};
+    let mut events = Vec::new();
+    let mut now = from;
+    let mut inbox: std::collections::VecDeque<(usize, Input)> = std::collections::VecDeque::new();
+    loop {
+        for i in 0..2 {
+            while let Some(o) = peers[i].poll_output() {
+                let other = 1 - i;
+                match o {
+                    Output::Connect { .. } => {
+                        let (me, them) = (peers[i].id(), peers[other].id());
+                        inbox.push_back((i, Input::ConnectionUp { peer: them, addr: None, outbound: true }));
+                        inbox.push_back((other, Input::ConnectionUp { peer: me, addr: None, outbound: false }));
+                    }
+                    Output::Send { message, .. } => {
+                        inbox.push_back((other, Input::Received { from: peers[i].id(), message }));
+                    }
+                    Output::Persist(p) if i == 0 => {
+                        store.commit_at(&[Durable::Persist(p)], now).unwrap();
+                    }
+                    Output::Event(e) if i == 0 => events.push(e),
+                    _ => {}
+                }
+            }
+        }
+        if let Some((i, input)) = inbox.pop_front() {
+            peers[i].handle(input, now);
+            continue;
+        }
+        let next = peers.iter().filter_map(|p| p.poll_timeout()).min();
+        match next {
+            Some(t) if t <= until => {
+                now = now.max(t);
+                for p in peers.iter_mut() {
+                    if p.poll_timeout().is_some_and(|x| x <= now) {
+                        p.handle(Input::Timeout, now);
+                    }
+                }
+            }
+            _ => return events,
+        }
+    }
+}
+
+#[test]
+fn a_restarted_core_refuses_the_thief_from_the_redb_store() {
+    // End to end through the daemon's store: the indexer core's persist outputs committed to
+    // redb, the file reopened after the store was dropped, the restored state handed to a new core.
+    use crate::proto::{Event, Input, Peer, PeerAddr, PeerSetup, Roles, StoreRefusal};
+    let dir = tempfile::tempdir().unwrap();
+    let ix = key(10);
+    let did = Did::new("did:victim").unwrap();
+    let node = |label: &str| {
+        let mut s = PeerSetup::new(Keypair::derive(11, label), [1; 32], Roles::NODE);
+        s.config.min_indexers = 1;
+        s.config.max_indexers = 1;
+        s.seeds = vec![PeerAddr::id_only(ix.peer_id())];
+        s.did = did.clone();
+        s
+    };
+    let (owner, thief) = (node("owner"), node("thief"));
+    let (owner_id, thief_id) = (owner.keypair.peer_id(), thief.keypair.peer_id());
+    {
+        let store = Store::open(dir.path(), &ix).unwrap();
+        let mut peers = [Peer::new(PeerSetup::new(ix.clone(), [1; 32], Roles::INDEXER), T), Peer::new(owner, T)];
+        peers[0].handle(Input::Restored(store.restore_at(T).unwrap()), T);
+        let events = pump(&mut peers, &store, T, T + secs(60));
+        assert!(
+            events.iter().any(|e| matches!(e, Event::RecordStored { owner, .. } if *owner == owner_id)),
+            "{events:?}"
+        );
+    }
+    // The indexer restarts 10 minutes later: the owner's record expired, its binding did not.
+    let later = T + secs(600);
+    let store = Store::open(dir.path(), &ix).unwrap();
+    let restored = store.restore_at(later).unwrap();
+    assert!(restored.bindings.iter().any(|b| b.did == did && b.owner == owner_id), "{:?}", restored.bindings);
+    let mut peers = [Peer::new(PeerSetup::new(ix.clone(), [1; 32], Roles::INDEXER), later), Peer::new(thief, later)];
+    peers[0].handle(Input::Restored(restored), later);
+    let events = pump(&mut peers, &store, later, later + secs(60));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::RecordRejected { from, reason: StoreRefusal::ForeignDid, .. } if *from == thief_id
+        )),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| matches!(e, Event::RecordStored { owner, .. } if *owner == thief_id)));
+    // The thief was banned, durably.
+    let banned = events.iter().find_map(|e| match e {
+        Event::PeerBanned { peer, until } if *peer == thief_id => Some(*until),
+        _ => None,
+    });
+    let until = banned.expect("the thief is banned");
+    drop(store);
+    let r = Store::open(dir.path(), &ix).unwrap().restore_at(later + secs(60)).unwrap();
+    assert!(r.bans.contains(&(thief_id, until)), "{:?}", r.bans);
+}

@@ -5,8 +5,9 @@
 #[cfg(test)]
 use super::MessageId;
 use super::messages::{AppMessage, AppRefusal, Deliver};
-use super::{AppOut, InboxEntry, Persist, ReceivedIds, emit};
+use super::{AppOut, InboxEntry, emit};
 use crate::proto::config::Config;
+use crate::proto::durable::{Persist, ReceivedIds};
 use crate::proto::identity::PeerId;
 use crate::proto::time::Timestamp;
 use crate::proto::{Action, Event};

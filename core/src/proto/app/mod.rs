@@ -32,6 +32,7 @@
 
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
+use crate::proto::durable::{Forget, Persist, Restored};
 use crate::proto::identity::{Did, PeerAddr, PeerId};
 use crate::proto::record::{PeerRecord, RecordKey};
 use crate::proto::rng::DetRng;
@@ -229,69 +230,6 @@ pub struct InboxEntry {
     pub payload: Vec<u8>,
     /// When it arrived.
     pub received_at: Timestamp,
-}
-
-/// What the host must store durably, committed before it executes the outputs that follow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Persist {
-    /// This sender's epoch, and the sequence numbers reserved in it (every id below `reserved` may
-    /// have been used; a restart continues from `reserved`).
-    Sequence {
-        /// The epoch.
-        epoch: u64,
-        /// First sequence number not yet reserved.
-        reserved: u64,
-    },
-    /// A critical message accepted for delivery (kept until [`Forget::Queued`]).
-    Queued(QueuedMessage),
-    /// A message received: append it to the inbox and record its id as received from its sender
-    /// epoch, whose floor is now `floor` (ids below it may be forgotten).
-    Inbox {
-        /// The entry.
-        entry: InboxEntry,
-        /// The sender epoch's floor.
-        floor: u64,
-    },
-    /// A sender epoch's floor rose (ids below it may be forgotten).
-    Floor {
-        /// The sender.
-        sender: PeerId,
-        /// Its epoch.
-        epoch: u64,
-        /// The new floor.
-        floor: u64,
-    },
-}
-
-/// What the host may delete.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Forget {
-    /// A critical message was acknowledged or abandoned.
-    Queued(MessageId),
-}
-
-/// Ids received from one sender epoch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceivedIds {
-    /// The sender.
-    pub sender: PeerId,
-    /// Its epoch.
-    pub epoch: u64,
-    /// Every sequence below it is settled.
-    pub floor: u64,
-    /// Sequences received at or above the floor.
-    pub seqs: Vec<u64>,
-}
-
-/// Durable state handed back to the core at start ([`Input::Restored`](crate::proto::Input::Restored)).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Restored {
-    /// The sender epoch and its reserved sequence numbers (`None`: a fresh store).
-    pub sequence: Option<(u64, u64)>,
-    /// Critical messages not yet acknowledged, oldest first.
-    pub queue: Vec<QueuedMessage>,
-    /// Ids received, per sender epoch.
-    pub received: Vec<ReceivedIds>,
 }
 
 /// Why a send command was refused at once.

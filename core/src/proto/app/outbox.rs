@@ -4,10 +4,10 @@
 
 use super::messages::{AppMessage, AppRefusal, Deliver};
 use super::{
-    Abandon, AppOut, DeliveryClass, Forget, MessageId, NewMessage, Persist, QueueView, QueuedMessage, SendRefusal,
-    Target, emit,
+    Abandon, AppOut, DeliveryClass, MessageId, NewMessage, QueueView, QueuedMessage, SendRefusal, Target, emit,
 };
 use crate::proto::config::Config;
+use crate::proto::durable::{Forget, Persist};
 use crate::proto::identity::{PeerAddr, PeerId};
 use crate::proto::record::PeerRecord;
 use crate::proto::time::Timestamp;
@@ -47,6 +47,10 @@ enum DestState {
 struct Dest {
     queued: BTreeSet<u64>,
     next_at: Timestamp,
+    /// When the current (or last) attempt started: the next one starts `dnt_retry_interval`
+    /// after it, however long this one took to fail (a connect or acknowledgement timeout), so
+    /// attempts are 15 s apart start to start, as the seed's ticker.
+    attempt_at: Timestamp,
     /// Attempts in a row that failed.
     failures: u32,
     state: DestState,
@@ -159,26 +163,27 @@ impl Outbox {
         let dest = self.dests.entry(to.clone()).or_insert_with(|| Dest::new(now));
         dest.queued.insert(seq);
         self.msgs.insert(seq, Outgoing { msg, class, cmd, failures: 0, pending_ack: None });
-        self.kick(&to, now, out);
+        self.kick(config, &to, now, out);
     }
 
     /// Moves a destination's pipeline on: resolve when due, or send what the window allows.
-    fn kick(&mut self, to: &Target, now: Timestamp, out: &mut Vec<Action>) {
+    fn kick(&mut self, config: &Config, to: &Target, now: Timestamp, out: &mut Vec<Action>) {
         let Some(dest) = self.dests.get_mut(to) else { return };
         match dest.state {
             DestState::Idle if dest.next_at <= now && !dest.queued.is_empty() => {
                 self.next_token += 1;
                 let token = self.next_token;
                 dest.state = DestState::Resolving(token);
+                dest.attempt_at = now;
                 self.tokens.insert(token, to.clone());
                 emit(out, AppOut::Resolve { token, key: to.key() });
             }
-            DestState::Sending(peer) => self.fill_window(to, peer, now, out),
+            DestState::Sending(peer) => self.fill_window(config, to, peer, now, out),
             _ => {}
         }
     }
 
-    fn fill_window(&mut self, to: &Target, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
+    fn fill_window(&mut self, config: &Config, to: &Target, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
         let Some(dest) = self.dests.get(to) else { return };
         // After a failure only the oldest goes (a probe); the rest follow its acknowledgement.
         let window = if dest.failures > 0 { 1 } else { WINDOW };
@@ -194,7 +199,7 @@ impl Outbox {
         let floor = self.floor();
         for seq in next {
             let Some(m) = self.msgs.get_mut(&seq) else { continue };
-            m.pending_ack = Some((peer, now + ack_timeout()));
+            m.pending_ack = Some((peer, now + config.app_ack_timeout));
             if m.failures > 0 {
                 emit(out, AppOut::Event(Event::AppRetry { message: m.msg.id, attempt: m.failures + 1 }));
             }
@@ -235,7 +240,7 @@ impl Outbox {
                 let peer = r.body.peer_id;
                 dest.state = DestState::Sending(peer);
                 emit(out, AppOut::Learn(PeerAddr { id: peer, addrs: r.body.addrs.clone() }));
-                self.fill_window(&to, peer, now, out);
+                self.fill_window(config, &to, peer, now, out);
             }
             None => self.fail(config, &to, now, out),
         }
@@ -277,7 +282,7 @@ impl Outbox {
                 return;
             }
         }
-        self.kick(&to, now, out);
+        self.kick(config, &to, now, out);
     }
 
     pub(super) fn on_refused(
@@ -305,7 +310,7 @@ impl Outbox {
                         return;
                     }
                 }
-                self.kick(&to, now, out);
+                self.kick(config, &to, now, out);
             }
             // Perhaps later (it may learn who we are, or have room).
             AppRefusal::Unknown | AppRefusal::Busy => self.fail(config, &to, now, out),
@@ -328,7 +333,7 @@ impl Outbox {
         let Some(dest) = self.dests.get_mut(to) else { return };
         dest.failures = dest.failures.saturating_add(1);
         dest.state = DestState::Idle;
-        dest.next_at = now + config.dnt_retry_interval;
+        dest.next_at = (dest.attempt_at + config.dnt_retry_interval).max(now);
         let queued: Vec<u64> = dest.queued.iter().copied().collect();
         let mut gone = Vec::new();
         for seq in queued {
@@ -388,7 +393,7 @@ impl Outbox {
             .map(|(t, _)| t.clone())
             .collect();
         for t in due {
-            self.kick(&t, now, out);
+            self.kick(config, &t, now, out);
         }
     }
 
@@ -413,11 +418,6 @@ impl Outbox {
 
 impl Dest {
     fn new(now: Timestamp) -> Dest {
-        Dest { queued: BTreeSet::new(), next_at: now, failures: 0, state: DestState::Idle }
+        Dest { queued: BTreeSet::new(), next_at: now, attempt_at: now, failures: 0, state: DestState::Idle }
     }
-}
-
-/// How long a receiver has to acknowledge (it commits to disk first).
-fn ack_timeout() -> std::time::Duration {
-    std::time::Duration::from_secs(10)
 }

@@ -197,11 +197,21 @@ fn a_failed_attempt_is_retried_after_the_interval_with_a_fresh_resolution() {
     let (_, again) = delivers(&out).pop().expect("sent again");
     assert_eq!(again.id, d.id);
     assert!(events(&out).contains(&Event::AppRetry { message: d.id, attempt: 3 }));
-    // A missing ack is a failure too.
+    // A missing ack is a failure too; attempts are `dnt_retry_interval` apart start to start, so
+    // the time the failure took to show (the ack timeout) is not added to the interval.
     let mut out = Vec::new();
     let late = a.app.poll_timeout().expect("an ack deadline");
+    assert_eq!(late, t2 + config.app_ack_timeout);
     a.app.handle_timeout(late, &mut out);
-    assert_eq!(a.app.poll_timeout(), Some(late + config.dnt_retry_interval));
+    assert_eq!(a.app.poll_timeout(), Some(t2 + config.dnt_retry_interval));
+    // A failure that shows after the interval is retried at once.
+    let t3 = t2 + config.dnt_retry_interval;
+    let mut out = Vec::new();
+    a.app.handle_timeout(t3, &mut out);
+    let (token, _) = resolves(&out).pop().expect("resolving");
+    let slow = t3 + config.dnt_retry_interval + std::time::Duration::from_secs(5);
+    a.app.on_resolved(token, None, true, slow, &mut out);
+    assert_eq!(a.app.poll_timeout(), Some(slow));
 }
 
 #[test]
@@ -278,7 +288,7 @@ fn a_restored_queue_resumes_with_its_ids_and_a_restart_never_reuses_one() {
     let mut a2 = node(1, config.clone());
     let mut out = Vec::new();
     let later = T0 + Duration::from_secs(60);
-    a2.app.restore(Restored { sequence: reserved, queue: queued.clone(), received: Vec::new() }, later, &mut out);
+    a2.app.restore(Restored { sequence: reserved, queue: queued.clone(), ..Restored::default() }, later, &mut out);
     assert_eq!(a2.app.poll_timeout(), Some(later), "the restored message is due at once");
     a2.app.handle_timeout(later, &mut out);
     let (token, _) = resolves(&out).pop().expect("resolved");

@@ -19,6 +19,12 @@
 //! other key holds that DID. Receivers skip verification of a record identical to the one they
 //! hold, so a record is verified once per replica, not once per copy.
 //!
+//! DID bindings are durable: every new binding, change of owner, release, and extension of more
+//! than a quarter of `BINDING_TTL` (1 h) past the stored one is emitted as a
+//! [`Persist::DidBinding`], and [`Dht::restore`] takes them back after a restart, so a restarted
+//! indexer still refuses a DID thief (the rule and why it is safe: [`RecordStore`],
+//! "Persistence").
+//!
 //! Provider records carry the indexer's signed fill rate and capacity and expire `provider_ttl`
 //! (3 min) after signing — an indexer that stops re-announcing disappears within minutes (the
 //! seed's 48 h default kept dead indexers discoverable for two days).
@@ -36,8 +42,9 @@
 
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
+use crate::proto::durable::{DidBinding, Persist};
 use crate::proto::identity::{Addr, Keypair, PeerAddr, PeerId};
-use crate::proto::record::{PeerRecord, ProviderBody, ProviderRecord, RecordError, RecordStore, StoreError};
+use crate::proto::record::{PeerRecord, ProviderBody, ProviderRecord, RecordError, RecordStore, StoreError, Stored};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{
@@ -151,6 +158,9 @@ pub enum DhtOut {
     Event(Event),
     /// A query finished: the router hands the result to whoever started it.
     QueryDone(DhtDone),
+    /// Store durably before what follows: a DID binding of this indexer (see [`RecordStore`],
+    /// "Persistence").
+    Persist(Persist),
 }
 
 /// What happened to a record offered by its owner ([`Dht::offer_record`]).
@@ -332,6 +342,15 @@ impl Dht {
         self.stats
     }
 
+    /// Takes back the DID bindings persisted before a restart ([`Input::Restored`](crate::proto::Input::Restored));
+    /// lapsed ones are ignored (see [`RecordStore::restore`]). A client holds no records: it
+    /// ignores them.
+    pub fn restore(&mut self, bindings: &[DidBinding], now: Timestamp) {
+        if self.server {
+            self.store.restore(bindings, now);
+        }
+    }
+
     /// The valid record under `key` held locally.
     pub fn local(&self, key: &RecordKey, now: Timestamp) -> Option<&PeerRecord> {
         match key {
@@ -415,6 +434,13 @@ impl Dht {
     }
 }
 
+/// Emits the DID bindings a record store write asks to persist, before anything that follows it.
+pub(super) fn persist_bindings(stored: Stored, out: &mut Vec<Action>) {
+    for b in stored.persist {
+        out.emit(DhtOut::Persist(Persist::DidBinding(b)));
+    }
+}
+
 impl crate::proto::indexer::RecordDesk for Dht {
     fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) -> Offer {
         self.offer_record(from, record, now, out)
@@ -443,3 +469,6 @@ impl crate::proto::indexer::RecordDesk for Dht {
         self.store.did_owner(did, now)
     }
 }
+
+#[cfg(test)]
+mod tests;

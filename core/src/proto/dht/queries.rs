@@ -336,7 +336,10 @@ impl Dht {
                 let foreign = q.found.take().filter(|(r, _)| r.body.peer_id != publisher);
                 if let Some((owner_record, _)) = foreign {
                     // Remember the rightful binding so the next attempt is refused locally.
-                    let _ = self.store.put_verified(owner_record, now);
+                    // Remembered durably too, like any binding.
+                    if let Ok(stored) = self.store.put_verified(owner_record, now) {
+                        persist_bindings(stored, out);
+                    }
                     out.emit(DhtOut::Event(Event::RecordRejected {
                         from: publisher,
                         owner: publisher,

@@ -43,7 +43,8 @@ impl Dht {
     pub(super) fn commit(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) -> Offer {
         let expires = record.body.expires_at;
         match self.store.put_verified(record.clone(), now) {
-            Ok(_) => {
+            Ok(stored) => {
+                persist_bindings(stored, out);
                 out.emit(DhtOut::Event(Event::RecordStored {
                     owner: record.body.peer_id,
                     did: record.body.did.clone(),

@@ -93,7 +93,8 @@ impl Dht {
         let owner = record.body.peer_id;
         let did = record.body.did.clone();
         let refusal = match self.store.put(record, now) {
-            Ok(_) => {
+            Ok(stored) => {
+                persist_bindings(stored, out);
                 self.stats.stores_accepted += 1;
                 out.emit(DhtOut::Event(Event::RecordStored { owner, did, from }));
                 return None;

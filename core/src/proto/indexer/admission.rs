@@ -23,6 +23,8 @@
 //!   least recently active peer that is not banned; only when every entry is banned does the ban
 //!   that ends first go, so bans survive a Sybil flood as long as possible. Read-only queries
 //!   ([`BehaviourTable::is_banned`]) never create entries.
+//! * **Bans survive a restart** (issue 15): the indexer persists each ban when it is set, and
+//!   [`BehaviourTable::restore_ban`] takes it back, bounded by `ban_duration` from the restart.
 //! * **Clean entries are pruned** at GC ([`BehaviourTable::prune`]): peers with no strike, no ban,
 //!   no event left in any window and no session. A peer whose window still holds events is kept,
 //!   so pruning never resets a rate limit early.
@@ -400,6 +402,23 @@ impl BehaviourTable {
         })
     }
 
+    /// Restores a ban persisted before a restart: `peer` is banned until `until` (an ended ban
+    /// is ignored). No ban lasts longer than `ban_duration` from `now` — a longer one was written
+    /// under a clock that has since gone back, or the store is damaged. The peer's strikes are at
+    /// the threshold, as when it was banned (cleared when the ban ends). A ban already in force
+    /// keeps the later end. The table's bound holds as for any new entry.
+    pub fn restore_ban(&mut self, peer: PeerId, until: Timestamp, now: Timestamp) {
+        if until <= now {
+            return;
+        }
+        let until = until.min(now + self.limits.ban_duration);
+        self.with_entry(peer, now, |e, limits| {
+            e.strikes = e.strikes.max(limits.strike_threshold);
+            e.decay_from = now;
+            e.banned_until = Some(e.banned_at(now).map_or(until, |u| u.max(until)));
+        });
+    }
+
     /// A record signed badly by `peer`: two strikes (B §9.4: "near-immediate ban"). A banned peer
     /// gets no more strikes.
     pub fn record_bad_signature(&mut self, peer: PeerId, now: Timestamp) -> Strike {
@@ -700,5 +719,36 @@ mod tests {
         assert_eq!(t.bound_did(&p), Some(&d1));
         assert_eq!(t.check_identity(p, &d1, at(11)), Ok(()), "never banned: the old DID still works");
         let _ = c;
+    }
+
+    #[test]
+    fn a_restored_ban_holds_until_it_ends_and_never_longer_than_a_ban() {
+        let c = Config::default();
+        let mut t = BehaviourTable::new(&c);
+        let p = peer(1);
+        t.restore_ban(p, at(300), at(0));
+        assert_eq!(t.banned_until(&p, at(0)), Some(at(300)));
+        assert_eq!(t.record_heartbeat(p, at(299)), Err(AdmissionError::Banned { until: at(300) }));
+        // Strikes at the threshold while banned, cleared when the ban ends.
+        assert_eq!(t.strikes(&p), c.strike_threshold);
+        assert_eq!(t.record_heartbeat(p, at(300)), Ok(()));
+        assert_eq!(t.strikes(&p), 0);
+        // An ended ban is ignored; one beyond `ban_duration` from now is brought back to it.
+        let q = peer(2);
+        t.restore_ban(q, at(10), at(10));
+        assert!(!t.contains(&q));
+        t.restore_ban(q, at(100_000), at(10));
+        assert_eq!(t.banned_until(&q, at(10)), Some(at(10) + c.ban_duration));
+        // A ban in force keeps the later end.
+        t.restore_ban(q, at(20), at(11));
+        assert_eq!(t.banned_until(&q, at(11)), Some(at(10) + c.ban_duration));
+        // The table's bound holds.
+        let c = Config { behaviour_table_max: 4, ..Config::default() };
+        let mut t = BehaviourTable::new(&c);
+        for i in 0..10 {
+            t.restore_ban(peer(i), at(100 + i), at(0));
+            assert!(t.len() <= 4);
+        }
+        assert!(t.is_banned(&peer(9), at(1)), "the bans that end last are kept");
     }
 }

@@ -116,11 +116,13 @@ impl IndexerService {
         }
     }
 
-    /// Reports a strike; when it banned the peer, reports the ban and drops the session.
+    /// Reports a strike; when it banned the peer, persists the ban (before anything else is
+    /// done about it), reports it and drops the session.
     pub(super) fn punish(&mut self, peer: PeerId, strike: Strike, out: &mut Vec<Action>) -> bool {
         out.emit(IndexerOut::Event(Event::PeerStruck { peer, strikes: strike.strikes }));
         match strike.banned_until {
             Some(until) => {
+                out.emit(IndexerOut::Persist(Persist::Ban { peer, until }));
                 out.emit(IndexerOut::Event(Event::PeerBanned { peer, until }));
                 self.close_session(peer, SessionEnd::Rejected, out);
                 true

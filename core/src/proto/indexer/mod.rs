@@ -40,6 +40,9 @@
 //!
 //! ## Other fixes over the seed
 //!
+//! * Bans are durable (issue 15: the seed, and ocd before, forgot them on restart): a ban is
+//!   emitted as a `Persist::Ban` when it is set, and [`IndexerService::restore_bans`] takes the
+//!   bans not yet ended back after a restart.
 //! * Sessions are keyed by the transport-authenticated peer id, never a self-declared one (B11).
 //! * Capacity and fill rate count sessions only, i.e. heartbeating peers (B12).
 //! * A stored DID is never clobbered by a heartbeat without one (B10); a *different* DID than the
@@ -67,6 +70,7 @@
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
 use crate::proto::dht::{Dht, Offer, Purpose, QueryId, select_by_fill};
+use crate::proto::durable::Persist;
 use crate::proto::identity::{Did, PeerAddr, PeerId};
 use crate::proto::record::{MAX_NAME_LEN, PeerRecord, ProviderRecord, StoreError};
 use crate::proto::rng::DetRng;
@@ -129,6 +133,8 @@ pub enum IndexerOut {
     },
     /// Report an event.
     Event(Event),
+    /// Store durably before what follows: a ban, so a restarted indexer keeps it.
+    Persist(Persist),
 }
 
 /// The admission score of a node: `100 × (0.6 × uptime_ratio + 0.4 × standing)` with
@@ -315,6 +321,17 @@ impl IndexerService {
     /// When this indexer started.
     pub fn born_at(&self) -> Timestamp {
         self.born_at
+    }
+
+    /// Takes back the bans persisted before a restart ([`Input::Restored`](crate::proto::Input::Restored)):
+    /// ended ones are ignored, none lasts longer than `ban_duration` from `now` (see
+    /// [`BehaviourTable::restore_ban`]).
+    pub fn restore_bans(&mut self, bans: &[(PeerId, Timestamp)], now: Timestamp) {
+        for (peer, until) in bans {
+            if *peer != self.me {
+                self.behaviour.restore_ban(*peer, *until, now);
+            }
+        }
     }
 
     /// Whether `peer` is banned at `now`.

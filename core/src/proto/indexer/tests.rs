@@ -680,3 +680,55 @@ fn known_indexers_are_bounded_to_the_most_recently_seen() {
     assert_eq!(ids, (3..6).map(|i| indexer(i).id).collect());
     assert!(h.ix.known_indexers().all(|k| k.fill_rate.is_none()), "non-finite fill rates are dropped");
 }
+
+/// The bans an indexer asked to persist.
+fn persisted_bans(out: &[Action]) -> Vec<(PeerId, Timestamp)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Persist(Persist::Ban { peer, until }) => Some((*peer, *until)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_ban_is_persisted_when_set_and_restored_after_a_restart() {
+    let c = Config::default();
+    let ban = c.ban_duration;
+    let mut h = Harness::new(c.clone());
+    let a = node(1);
+    // Two foreign-DID records (two strikes each): banned on the second.
+    let _ = h.publish(&node(2), record(2, "did:two", at(0)), at(0));
+    let out = h.publish(&a, record(1, "did:two", at(1)), at(1));
+    assert!(persisted_bans(&out).is_empty(), "a strike alone is not persisted");
+    let out = h.publish(&a, record(1, "did:two", at(2)), at(2));
+    let until = at(2) + ban;
+    assert_eq!(persisted_bans(&out), vec![(a.id, until)]);
+    // The persist comes before the ban is acted on (its event, the close).
+    let persist_at = out.iter().position(|x| matches!(x, Action::Persist(_))).unwrap();
+    let banned_at = out.iter().position(|x| matches!(x, Action::Event(Event::PeerBanned { .. }))).unwrap();
+    let close_at = out.iter().position(|x| matches!(x, Action::Close { .. })).unwrap();
+    assert!(persist_at < banned_at && persist_at < close_at);
+    // Refusals while banned persist nothing more.
+    for s in 3..10 {
+        assert!(persisted_bans(&h.beat(&a, at(s))).is_empty());
+    }
+
+    // A restarted indexer, handed the ban back (and an ended one, ignored).
+    let restart = at(60);
+    let mut h2 = Harness::new(c);
+    h2.ix.restore_bans(&[(a.id, until), (node(3).id, at(59))], restart);
+    assert!(h2.ix.is_banned(&a.id, restart));
+    assert!(!h2.ix.is_banned(&node(3).id, restart));
+    assert_eq!(h2.ix.behaviour().len(), 1, "an ended ban creates no entry");
+    let out = h2.beat(&a, restart);
+    assert_eq!(refusal(&out).reason, RefuseReason::Banned);
+    assert_eq!(closes(&out), vec![(a.id, CloseReason::Banned)]);
+    assert!(persisted_bans(&out).is_empty());
+    let out = h2.beat(&a, Timestamp(until.0 - 1));
+    assert_eq!(refusal(&out).reason, RefuseReason::Banned);
+    // The ban ends when it would have without the restart, and the node starts afresh.
+    let out = h2.beat(&a, until);
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: a.id }]);
+    assert_eq!(h2.ix.strikes(&a.id), 0);
+}

@@ -36,10 +36,8 @@ impl Entry {
     ) {
         let e = self;
         if sent.challenge {
-            let recent = cfg.liveness_interval.saturating_mul(2);
-            let correct = r.challenges.iter().find(|c| c.peer == me).is_some_and(|c| {
-                c.found && c.last_seen.is_some_and(|t| now.since(t) < recent && t.since(now) < recent)
-            });
+            let last_seen = r.challenges.iter().find(|c| c.peer == me && c.found).and_then(|c| c.last_seen);
+            let correct = last_seen.is_some_and(|t| e.score.own_session_recent(t, now, cfg));
             e.score.challenge_answered = e.score.challenge_answered.saturating_add(1);
             if correct {
                 e.score.challenge_correct = e.score.challenge_correct.saturating_add(1);

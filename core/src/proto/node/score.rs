@@ -173,6 +173,11 @@ pub struct IndexerScore {
     pub challenge_answered: u32,
     /// Own-id challenges answered with `found` and a recent `last_seen`.
     pub challenge_correct: u32,
+    /// The indexer's clock minus ours (ms), as its last plausible own-session answer showed it:
+    /// `last_seen` is read against this offset, not against our clock, so honest daemons whose
+    /// clocks differ (within [`MAX_CLOCK_SKEW`](crate::proto::record::MAX_CLOCK_SKEW), as records
+    /// allow) are not taken for liars.
+    pub clock_offset_ms: Option<i64>,
     /// Fill reports checked against `peer_count / max_nodes`.
     pub fill_checked: u32,
     /// Fill reports within `fill_tolerance` of `peer_count / max_nodes`.
@@ -192,6 +197,23 @@ pub struct IndexerScore {
 }
 
 impl IndexerScore {
+    /// Whether `last_seen` (the indexer's clock) says our session is current: the indexer's clock
+    /// is within [`MAX_CLOCK_SKEW`](crate::proto::record::MAX_CLOCK_SKEW) of ours, and its offset
+    /// moved less than two liveness intervals since the last answer (a session the indexer stopped
+    /// updating drifts by a heartbeat interval per heartbeat). The first answer only sets the
+    /// offset; a clock step on either side costs one challenge, then the new offset holds.
+    pub fn own_session_recent(&mut self, last_seen: Timestamp, now: Timestamp, cfg: &Config) -> bool {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let offset = i64::try_from(i128::from(last_seen.0) - i128::from(now.0)).unwrap_or(i64::MAX);
+        if offset.unsigned_abs() > crate::proto::record::MAX_CLOCK_SKEW.as_millis() as u64 {
+            return false;
+        }
+        let recent = ms(cfg.liveness_interval.saturating_mul(2));
+        let steady = self.clock_offset_ms.is_none_or(|prev| offset.saturating_sub(prev).unsigned_abs() < recent as u64);
+        self.clock_offset_ms = Some(offset);
+        steady
+    }
+
     /// A fresh record for an indexer first contacted at `now`; the first challenge batch goes out
     /// on the `next_challenge`-th heartbeat.
     pub fn new(now: Timestamp, next_challenge: u32) -> Self {
@@ -204,6 +226,7 @@ impl IndexerScore {
             challenge_total: 0,
             challenge_answered: 0,
             challenge_correct: 0,
+            clock_offset_ms: None,
             fill_checked: 0,
             fill_consistent: 0,
             born_at_changes: 0,
@@ -284,6 +307,34 @@ pub fn quick_score(resp: Option<&HeartbeatResponse>, rtt: Duration, config: &Con
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_session_answers_are_read_against_the_indexers_clock_offset() {
+        let cfg = Config::default();
+        let t0 = Timestamp(1_700_000_000_000);
+        let hb = cfg.liveness_interval;
+        // An honest indexer whose clock is 2 min behind ours: every answer is consistent.
+        let mut s = IndexerScore::new(t0, 1);
+        for i in 0..5u32 {
+            let now = t0 + hb * i;
+            assert!(s.own_session_recent(Timestamp(now.0 - 120_000 + 40), now, &cfg), "answer {i}");
+        }
+        // A clock beyond the skew records allow is not plausible.
+        let mut far = IndexerScore::new(t0, 1);
+        assert!(!far.own_session_recent(Timestamp(t0.0 + 301_000), t0, &cfg));
+        // A session the indexer stopped updating drifts a heartbeat interval per heartbeat.
+        let mut stale = IndexerScore::new(t0, 1);
+        assert!(stale.own_session_recent(t0, t0, &cfg));
+        let frozen = t0;
+        assert!(stale.own_session_recent(frozen, t0 + hb, &cfg), "one interval: within two");
+        assert!(!stale.own_session_recent(frozen, t0 + hb * 4, &cfg), "three more intervals behind");
+        // A clock step (ours jumps 3 min ahead) costs one answer, then the new offset holds.
+        let mut step = IndexerScore::new(t0, 1);
+        assert!(step.own_session_recent(t0, t0, &cfg));
+        let jumped = |t: Timestamp| Timestamp(t.0 + 180_000);
+        assert!(!step.own_session_recent(t0 + hb, jumped(t0 + hb), &cfg));
+        assert!(step.own_session_recent(t0 + hb * 2, jumped(t0 + hb * 2), &cfg));
+    }
     use crate::proto::wire::RequestId;
 
     fn close(a: f64, b: f64) -> bool {

@@ -304,6 +304,10 @@ impl Peer {
                 None => self.actions.push(Action::Event(Event::AppSendRefused { id, reason: SendRefusal::NotANode })),
             },
             Input::Restored(r) => {
+                self.dht.restore(&r.bindings, now);
+                if let Some(ix) = &mut self.indexer {
+                    ix.restore_bans(&r.bans, now);
+                }
                 if let Some(app) = &mut self.app {
                     app.restore(r, now, &mut self.actions);
                 }
