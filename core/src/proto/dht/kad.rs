@@ -176,7 +176,6 @@ impl RoutingTable {
         }
     }
 
-    #[cfg(test)]
     /// Whether `peer` is in the table.
     pub fn contains(&self, peer: &PeerId) -> bool {
         self.bucket_of(peer).is_some_and(|b| self.buckets[b].iter().any(|c| c.addr.id == *peer))

@@ -72,7 +72,9 @@ const PROVIDERS_PER_ANSWER: usize = 20;
 const BINDING_TTL: Duration = Duration::from_secs(3600);
 /// Routing-table refresh (a `FIND_NODE` of our own id) period.
 const TABLE_REFRESH: Duration = Duration::from_secs(600);
-/// While the table is empty, the bootstrap peers are tried again this often (they may start later).
+/// While the table is empty, or holds fewer than `kad_k` peers and misses a bootstrap peer, the
+/// missing bootstrap peers are tried again after this long (they may start later, or come back
+/// from a partition), doubling up to [`TABLE_REFRESH`] while they stay away.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
 /// Consecutive failed RPCs after which a peer leaves the routing table.
 const MAX_FAILURES: u32 = 2;
@@ -220,7 +222,7 @@ pub struct DhtStats {
 
 /// One peer's part of the DHT (server for indexers, client for nodes).
 pub struct Dht {
-    /// Seed indexers, tried again while the routing table is empty.
+    /// Seed indexers, tried again while they are missing from a small routing table.
     bootstrap: Vec<PeerAddr>,
     me: PeerId,
     keypair: Keypair,
@@ -244,6 +246,8 @@ pub struct Dht {
     next_provide: Option<Timestamp>,
     next_cache_refresh: Option<Timestamp>,
     next_table_refresh: Option<Timestamp>,
+    /// The current wait before trying missing bootstrap peers again.
+    bootstrap_retry: Duration,
     next_gc: Timestamp,
     stats: DhtStats,
 }
@@ -306,6 +310,7 @@ impl Dht {
             next_provide: server.then_some(now),
             next_cache_refresh: server.then_some(now + Duration::from_secs(5)),
             next_table_refresh: server.then_some(now),
+            bootstrap_retry: BOOTSTRAP_RETRY,
             next_gc: now + config.gc_interval,
             config,
             stats: DhtStats::default(),
@@ -401,12 +406,25 @@ impl Dht {
         }
         if self.next_table_refresh.is_some_and(|t| t <= now) {
             self.next_table_refresh = Some(now + TABLE_REFRESH);
-            if self.table.is_empty() && !self.bootstrap.is_empty() {
-                // Every contact failed (the seeds had not started yet?): try them again, soon.
-                for b in &self.bootstrap {
-                    self.table.insert(b.clone(), now);
+            // A small table that lost a seed (every contact failed: it had not started yet, it
+            // restarted, or a partition cut it off) may have lost its way to a whole part of the
+            // federation, which nothing else would show it again: put the missing seeds back and
+            // refresh through them, soon, then less and less often while they stay away. A full
+            // table (a large federation) has other ways round.
+            let missing: Vec<PeerAddr> =
+                self.bootstrap.iter().filter(|b| !self.table.contains(&b.id)).cloned().collect();
+            if missing.is_empty() || self.table.len() >= self.config.kad_k {
+                self.bootstrap_retry = BOOTSTRAP_RETRY;
+            } else {
+                // An empty table (the seeds may just not have started) keeps trying every 30 s.
+                let wait = if self.table.is_empty() { BOOTSTRAP_RETRY } else { self.bootstrap_retry };
+                if !self.table.is_empty() {
+                    self.bootstrap_retry = (self.bootstrap_retry * 2).min(TABLE_REFRESH);
                 }
-                self.next_table_refresh = Some(now + BOOTSTRAP_RETRY);
+                for b in missing {
+                    self.table.insert(b, now);
+                }
+                self.next_table_refresh = Some(now + wait);
             }
             if !self.table.is_empty() {
                 self.maintain(Goal::Refresh, Key::from(self.me), now, out);
