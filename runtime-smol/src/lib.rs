@@ -58,5 +58,6 @@ pub fn quinn_config(setup: &DaemonSetup) -> QuinnConfig {
         bind: setup.config.listen,
         keep_alive: setup.config.keep_alive,
         idle_timeout: setup.config.quic_idle_timeout,
+        inbound: ocd_core::host::transport::InboundLimits::default(),
     }
 }

@@ -1,63 +1,63 @@
-//! Mutual TLS 1.3 authentication for the quinn transport: every daemon presents a self-signed
-//! X.509 certificate made from its ed25519 key, and the key inside the certificate *is* the
-//! [`PeerId`] (DESIGN §3, "Keys"). There is no certificate authority: the TLS 1.3 `CertificateVerify`
-//! signature proves that the remote holds the certificate's private key, so a connection's peer id
-//! is authenticated by the handshake itself and nothing above the transport trusts a self-declared
-//! id (seed bug B11).
+//! Mutual TLS 1.3 authentication for the quinn transport with **raw public keys** (RFC 7250),
+//! exactly as iroh does it, so that `ocd-smol` and `ocd` (iroh) can handshake with each other.
+//! Every daemon presents its ed25519 public key as a bare `SubjectPublicKeyInfo` (no X.509
+//! certificate), and that key *is* the [`PeerId`] (DESIGN §3, "Keys"). The TLS 1.3
+//! `CertificateVerify` signature proves that the remote holds the private key, so a connection's
+//! peer id is authenticated by the handshake itself and nothing above the transport trusts a
+//! self-declared id (seed bug B11).
 //!
-//! - The **dialer** builds a client configuration per dial ([`TlsIdentity::client_config`]) whose
-//!   verifier accepts exactly one end-entity certificate, an ed25519 one for the key it dialled.
-//! - The **acceptor** ([`TlsIdentity::server_config`]) *requires* a client certificate and accepts
-//!   any well-formed self-signed ed25519 one: whoever connects is identified by its key, and the
-//!   core's `Hello` then checks the network key.
+//! What iroh 1.x expects, and what this module therefore does (iroh `src/tls.rs`,
+//! `src/tls/verifier.rs`, `src/tls/resolver.rs`, `src/tls/name.rs`):
 //!
-//! Both verifiers check the handshake signature with the ring provider's algorithms, advertise
-//! ed25519 as the only signature scheme, ignore validity dates and server names (the key is the
-//! identity, and clocks of peers disagree), and disable session resumption and 0-RTT so that every
-//! connection runs a full, certificate-authenticated handshake.
+//! - TLS 1.3 only, both sides present a raw ed25519 key (`only_raw_public_keys`,
+//!   `requires_raw_public_keys`), ed25519 is the only signature scheme, client authentication is
+//!   mandatory;
+//! - the dialer names the server `<base32-dnssec endpoint id>.iroh.invalid` ([`server_name`]);
+//!   iroh's server verifier decodes the expected key from that name and the SNI extension is not
+//!   sent. Our client verifier does the same: it accepts exactly the key the name encodes;
+//! - the ALPN is [`ALPN`] on both transports.
+//!
+//! We disable session resumption and 0-RTT so that every connection runs a full, key-authenticated
+//! handshake (an iroh client that offers early data to us simply gets a full handshake).
 
 use ocd_core::host::transport::ALPN;
-use ocd_core::proto::{IdentityError, Keypair, PeerId, Signature};
+use ocd_core::proto::{Keypair, PeerId};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, SubjectPublicKeyInfoDer, UnixTime, alg_id,
+};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 use std::sync::Arc;
-use x509_parser::oid_registry::OID_SIG_ED25519;
 
-/// Why a certificate could not be made, parsed or accepted, or a TLS configuration not built.
+/// Why a key could not be encoded or accepted, or a TLS configuration not built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The ed25519 secret could not be encoded as PKCS#8.
-    #[error("could not encode the ed25519 key as PKCS#8: {0}")]
+    /// The ed25519 secret could not be encoded as PKCS#8 or loaded by the crypto provider.
+    #[error("could not load the ed25519 key: {0}")]
     KeyEncoding(String),
-    /// rcgen could not load the key or build the certificate.
-    #[error("could not build the certificate: {0}")]
-    Certificate(#[from] rcgen::Error),
-    /// rustls refused the configuration (key, certificate or protocol versions).
+    /// rustls refused the configuration (key or protocol versions).
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
-    /// The certificate is not valid DER X.509.
-    #[error("malformed certificate: {0}")]
-    Malformed(String),
-    /// The certificate's subject key is not an ed25519 public key.
-    #[error("certificate key is not an ed25519 public key")]
+    /// The presented key is not the DER `SubjectPublicKeyInfo` of an ed25519 public key.
+    #[error("the presented key is not an ed25519 public key")]
     NotEd25519,
-    /// The certificate is not signed with ed25519 by its own key.
-    #[error("certificate is not self-signed with ed25519 by its own key")]
-    NotSelfSigned,
-    /// The remote sent no certificate, or more than the single end-entity certificate.
-    #[error("expected exactly one certificate, got {0}")]
+    /// The remote sent no key, or more than one.
+    #[error("expected exactly one raw public key, got {0}")]
     ChainLength(usize),
-    /// The certificate is for another key than the one we dialled.
-    #[error("expected peer {expected}, the certificate is for {actual}")]
+    /// The key is another one than the one we dialled.
+    #[error("expected peer {expected}, the remote presented {actual}")]
     UnexpectedPeer {
         /// The key we dialled.
         expected: PeerId,
-        /// The key in the certificate.
+        /// The key the remote presented.
         actual: PeerId,
     },
+    /// The server name of a dial is not `<base32 id>.iroh.invalid`.
+    #[error("server name {0:?} does not name an ed25519 key")]
+    ServerName(String),
     /// A handshake signature used another scheme than ed25519.
     #[error("handshake signed with {0:?}, only ed25519 is accepted")]
     UnsupportedScheme(SignatureScheme),
@@ -66,14 +66,56 @@ pub enum TlsError {
     Tls12,
 }
 
-/// The signature scheme of every ocd certificate and handshake.
+/// The signature scheme of every ocd key and handshake.
 const SCHEME: SignatureScheme = SignatureScheme::ED25519;
 
-/// A daemon's TLS identity: its self-signed ed25519 certificate and the matching PKCS#8 key.
+/// Length of the DER `SubjectPublicKeyInfo` of an ed25519 key: 12 bytes of header, 32 of key.
+const ED25519_SPKI_LEN: usize = 44;
+
+/// The TLS server name of a dial to `peer`, as iroh spells it: the key in DNSSEC base32 (52
+/// characters, one DNS label) under `iroh.invalid`. SNI is not sent; the name only tells our own
+/// verifier (and iroh's) which key to expect.
+pub fn server_name(peer: PeerId) -> String {
+    format!("{}.iroh.invalid", data_encoding::BASE32_DNSSEC.encode(peer.as_bytes()))
+}
+
+/// The key a [`server_name`] names, if it is one.
+pub fn peer_of_server_name(name: &str) -> Option<PeerId> {
+    let mut labels = name.split('.');
+    let (Some(id), Some("iroh"), Some("invalid"), None) = (labels.next(), labels.next(), labels.next(), labels.next())
+    else {
+        return None;
+    };
+    let bytes = data_encoding::BASE32_DNSSEC.decode(id.as_bytes()).ok()?;
+    Some(PeerId(bytes.try_into().ok()?))
+}
+
+/// The DER `SubjectPublicKeyInfo` of an ed25519 public key: what goes on the wire in place of a
+/// certificate.
+pub fn spki_of(peer: PeerId) -> SubjectPublicKeyInfoDer<'static> {
+    rustls::sign::public_key_to_spki(&alg_id::ED25519, peer.as_bytes())
+}
+
+/// The [`PeerId`] a presented raw public key authenticates: it must be exactly the DER
+/// `SubjectPublicKeyInfo` of an ed25519 key (the encoding iroh and rustls produce), and a valid
+/// curve point. The handshake signature, checked by rustls with the same key, proves possession.
+pub fn peer_id_from_spki(spki: &[u8]) -> Result<PeerId, TlsError> {
+    if spki.len() != ED25519_SPKI_LEN {
+        return Err(TlsError::NotEd25519);
+    }
+    let key: [u8; 32] = spki[ED25519_SPKI_LEN - 32..].try_into().map_err(|_| TlsError::NotEd25519)?;
+    let peer = PeerId(key);
+    if spki_of(peer).as_ref() != spki {
+        return Err(TlsError::NotEd25519);
+    }
+    ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| TlsError::NotEd25519)?;
+    Ok(peer)
+}
+
+/// A daemon's TLS identity: its ed25519 key as a rustls raw-public-key [`CertifiedKey`].
 pub struct TlsIdentity {
     peer_id: PeerId,
-    certificate: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
+    key: Arc<CertifiedKey>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -84,24 +126,19 @@ impl std::fmt::Debug for TlsIdentity {
 }
 
 impl TlsIdentity {
-    /// Makes the self-signed certificate for `keypair`. Its subject common name is the hex peer id
-    /// and its one DNS name `<short id>.ocd.invalid`, both for humans only (nothing checks them);
-    /// its validity is rcgen's default, 1975 to 4096, since dates are not checked either.
+    /// Loads `keypair` into rustls (ring provider) as a raw public key.
     pub fn new(keypair: &Keypair) -> Result<Self, TlsError> {
         use ed25519_dalek::pkcs8::EncodePrivateKey;
 
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let signing = ed25519_dalek::SigningKey::from_bytes(&keypair.secret_bytes());
         let document = signing.to_pkcs8_der().map_err(|e| TlsError::KeyEncoding(e.to_string()))?;
-        let key = PrivatePkcs8KeyDer::from(document.as_bytes().to_vec());
-        let rcgen_key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&key, &rcgen::PKCS_ED25519)?;
-
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(document.as_bytes().to_vec()));
+        let signer = provider.key_provider.load_private_key(der).map_err(|e| TlsError::KeyEncoding(e.to_string()))?;
         let peer_id = keypair.peer_id();
-        let mut params = rcgen::CertificateParams::new(vec![format!("{}.ocd.invalid", peer_id.short())])?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, peer_id.to_string());
-        let certificate = params.self_signed(&rcgen_key)?.der().clone();
-
-        Ok(TlsIdentity { peer_id, certificate, key, provider: Arc::new(rustls::crypto::ring::default_provider()) })
+        let spki = spki_of(peer_id);
+        let key = Arc::new(CertifiedKey::new(vec![CertificateDer::from(spki.as_ref().to_vec())], signer));
+        Ok(TlsIdentity { peer_id, key, provider })
     }
 
     /// The peer id this identity proves.
@@ -109,35 +146,32 @@ impl TlsIdentity {
         self.peer_id
     }
 
-    /// Our certificate (DER).
-    pub fn certificate(&self) -> &CertificateDer<'static> {
-        &self.certificate
-    }
-
-    /// A client configuration for one dial: TLS 1.3, [`ALPN`], our certificate as client
-    /// certificate, no SNI, no resumption, and a verifier that accepts only `expected`'s key.
-    pub fn client_config(&self, expected: PeerId) -> Result<rustls::ClientConfig, TlsError> {
-        let verifier = ExpectedPeerVerifier { expected, provider: self.provider.clone() };
+    /// The client configuration: TLS 1.3, [`ALPN`], our raw key as client credential, no SNI, no
+    /// resumption, and a verifier that accepts only the key the dial's [`server_name`] encodes.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let verifier = NamedPeerVerifier { algorithms: algorithms(&self.provider) };
+        let resolver = rustls::client::AlwaysResolvesClientRawPublicKeys::new(self.key.clone());
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(vec![self.certificate.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+            .with_client_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = vec![ALPN.to_vec()];
-        config.resumption = rustls::client::Resumption::disabled();
         config.enable_sni = false;
+        config.resumption = rustls::client::Resumption::disabled();
         config.enable_early_data = false;
         Ok(config)
     }
 
-    /// The server configuration: TLS 1.3, [`ALPN`], our certificate, a mandatory client
-    /// certificate (any self-signed ed25519 one), no session tickets and no 0-RTT.
+    /// The server configuration: TLS 1.3, [`ALPN`], our raw key, a mandatory raw client key (any
+    /// ed25519 one), no session tickets and no 0-RTT.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = AnyPeerVerifier { provider: self.provider.clone() };
+        let verifier = AnyPeerVerifier { algorithms: algorithms(&self.provider) };
+        let resolver = rustls::server::AlwaysResolvesServerRawPublicKeys::new(self.key.clone());
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(verifier))
-            .with_single_cert(vec![self.certificate.clone()], PrivateKeyDer::Pkcs8(self.key.clone_key()))?;
+            .with_cert_resolver(Arc::new(resolver));
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
@@ -146,44 +180,13 @@ impl TlsIdentity {
     }
 }
 
-/// The [`PeerId`] a certificate authenticates: its subject key, provided the certificate is
-/// well-formed DER X.509 (no trailing bytes), the key is ed25519, and the certificate is
-/// self-signed with ed25519 by that key. Used by both verifiers and on the certificate a finished
-/// handshake reports.
-pub fn peer_id_from_certificate(certificate: &CertificateDer<'_>) -> Result<PeerId, TlsError> {
-    let (rest, cert) =
-        x509_parser::parse_x509_certificate(certificate.as_ref()).map_err(|e| TlsError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(TlsError::Malformed(format!("{} trailing bytes", rest.len())));
-    }
-
-    let spki = &cert.tbs_certificate.subject_pki;
-    if spki.algorithm.algorithm != OID_SIG_ED25519
-        || spki.algorithm.parameters.is_some()
-        || spki.subject_public_key.unused_bits != 0
-    {
-        return Err(TlsError::NotEd25519);
-    }
-    let key: [u8; 32] = spki.subject_public_key.data.as_ref().try_into().map_err(|_| TlsError::NotEd25519)?;
-    let peer = PeerId(key);
-
-    let algorithm = &cert.signature_algorithm;
-    if algorithm.algorithm != OID_SIG_ED25519
-        || algorithm.parameters.is_some()
-        || cert.tbs_certificate.signature != *algorithm
-        || cert.signature_value.unused_bits != 0
-    {
-        return Err(TlsError::NotSelfSigned);
-    }
-    let signature: [u8; 64] = cert.signature_value.data.as_ref().try_into().map_err(|_| TlsError::NotSelfSigned)?;
-    peer.verify(cert.tbs_certificate.as_ref(), &Signature(signature)).map_err(|e| match e {
-        IdentityError::BadPublicKey => TlsError::NotEd25519,
-        _ => TlsError::NotSelfSigned,
-    })?;
-    Ok(peer)
+/// The provider's signature verification algorithms; [`verify_handshake_signature`] lets only
+/// ed25519 through to them.
+fn algorithms(provider: &CryptoProvider) -> WebPkiSupportedAlgorithms {
+    provider.signature_verification_algorithms
 }
 
-/// Checks the presented chain is exactly one valid ocd certificate and returns its key.
+/// Checks the presented chain is exactly one raw ed25519 key and returns it.
 fn identity_of_chain(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -191,50 +194,60 @@ fn identity_of_chain(
     if !intermediates.is_empty() {
         return Err(TlsError::ChainLength(intermediates.len().saturating_add(1)));
     }
-    peer_id_from_certificate(end_entity)
+    peer_id_from_spki(end_entity.as_ref())
 }
 
 /// Wraps a [`TlsError`] as the certificate error rustls reports (and alerts the remote with).
 fn rejected(error: TlsError) -> rustls::Error {
     let certificate_error = match error {
-        TlsError::Malformed(_) | TlsError::ChainLength(_) => CertificateError::BadEncoding,
+        TlsError::NotEd25519 | TlsError::ChainLength(_) => CertificateError::BadEncoding,
+        TlsError::ServerName(_) => CertificateError::NotValidForName,
         other => CertificateError::Other(OtherError(Arc::new(other))),
     };
     rustls::Error::InvalidCertificate(certificate_error)
 }
 
-/// Verifies a TLS 1.3 handshake signature: ed25519 only, with the provider's algorithms.
+/// Verifies a TLS 1.3 handshake signature made with a raw ed25519 key.
 fn verify_handshake_signature(
-    provider: &CryptoProvider,
+    algorithms: &WebPkiSupportedAlgorithms,
     message: &[u8],
-    certificate: &CertificateDer<'_>,
+    key: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, rustls::Error> {
     if dss.scheme != SCHEME {
         return Err(rustls::Error::General(TlsError::UnsupportedScheme(dss.scheme).to_string()));
     }
-    rustls::crypto::verify_tls13_signature(message, certificate, dss, &provider.signature_verification_algorithms)
+    rustls::crypto::verify_tls13_signature_with_raw_key(
+        message,
+        &SubjectPublicKeyInfoDer::from(key.as_ref()),
+        dss,
+        algorithms,
+    )
 }
 
-/// The dialer's verifier: the server must be the key we dialled.
+/// The dialer's verifier: the server must present the key its [`server_name`] encodes.
 #[derive(Debug)]
-struct ExpectedPeerVerifier {
-    expected: PeerId,
-    provider: Arc<CryptoProvider>,
+struct NamedPeerVerifier {
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ExpectedPeerVerifier {
+impl ServerCertVerifier for NamedPeerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let name = match server_name {
+            ServerName::DnsName(name) => name.as_ref().to_string(),
+            other => return Err(rejected(TlsError::ServerName(format!("{other:?}")))),
+        };
+        let expected = peer_of_server_name(&name).ok_or_else(|| rejected(TlsError::ServerName(name)))?;
         let actual = identity_of_chain(end_entity, intermediates).map_err(rejected)?;
-        if actual != self.expected {
-            return Err(rejected(TlsError::UnexpectedPeer { expected: self.expected, actual }));
+        if actual != expected {
+            return Err(rejected(TlsError::UnexpectedPeer { expected, actual }));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -254,18 +267,23 @@ impl ServerCertVerifier for ExpectedPeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_handshake_signature(&self.provider, message, cert, dss)
+        verify_handshake_signature(&self.algorithms, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SCHEME]
     }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
 }
 
-/// The acceptor's verifier: a client certificate is mandatory; any ocd certificate is accepted.
+/// The acceptor's verifier: a raw client key is mandatory; any ed25519 key is accepted (whoever
+/// connects is identified by its key, and the core's `Hello` then checks the network key).
 #[derive(Debug)]
 struct AnyPeerVerifier {
-    provider: Arc<CryptoProvider>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ClientCertVerifier for AnyPeerVerifier {
@@ -306,11 +324,15 @@ impl ClientCertVerifier for AnyPeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_handshake_signature(&self.provider, message, cert, dss)
+        verify_handshake_signature(&self.algorithms, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SCHEME]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
     }
 }
 
@@ -326,68 +348,77 @@ mod tests {
         UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_700_000_000))
     }
 
-    #[test]
-    fn certificate_round_trip_gives_our_peer_id() {
-        let keypair = Keypair::derive(7, "a");
-        let id = TlsIdentity::new(&keypair).expect("identity");
-        assert_eq!(id.peer_id(), keypair.peer_id());
-        assert_eq!(peer_id_from_certificate(id.certificate()).expect("parses"), keypair.peer_id());
+    fn verifier() -> NamedPeerVerifier {
+        NamedPeerVerifier { algorithms: algorithms(&rustls::crypto::ring::default_provider()) }
     }
 
     #[test]
-    fn non_ed25519_certificate_is_rejected() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("p256 key");
-        let params = rcgen::CertificateParams::new(vec!["ocd".to_string()]).expect("params");
-        let cert = params.self_signed(&key).expect("cert").der().clone();
-        assert!(matches!(peer_id_from_certificate(&cert), Err(TlsError::NotEd25519)));
-
-        let server = AnyPeerVerifier { provider: Arc::new(rustls::crypto::ring::default_provider()) };
-        assert!(server.verify_client_cert(&cert, &[], now()).is_err());
+    fn server_name_is_irohs_and_round_trips() {
+        // iroh's own snapshot (iroh 1.4.1 src/tls/name.rs, test_snapshot): the key of secret [0; 32].
+        let zero = Keypair::from_secret_bytes([0; 32]).peer_id();
+        assert_eq!(server_name(zero), "7dl2ff6emqi2qol3l382krodedij45bn3nh479hqo14a32qpr8kg.iroh.invalid");
+        let a = identity("a").peer_id();
+        assert_eq!(peer_of_server_name(&server_name(a)), Some(a));
+        assert_eq!(peer_of_server_name("ocd"), None);
+        assert_eq!(peer_of_server_name("abc.iroh.invalid"), None);
+        assert_eq!(peer_of_server_name(&format!("{}.x", server_name(a))), None);
     }
 
     #[test]
-    fn garbage_and_tampered_certificates_are_rejected() {
-        assert!(matches!(
-            peer_id_from_certificate(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01])),
-            Err(TlsError::Malformed(_))
-        ));
+    fn presented_key_is_the_spki_of_our_peer_id() {
+        let a = identity("a");
+        let key = &a.key.cert[0];
+        assert_eq!(key.as_ref().len(), ED25519_SPKI_LEN);
+        assert_eq!(peer_id_from_spki(key.as_ref()).expect("parses"), a.peer_id());
+    }
 
-        let cert = identity("a").certificate().to_vec();
-        let mut trailing = cert.clone();
+    #[test]
+    fn malformed_keys_are_rejected() {
+        let good = spki_of(identity("a").peer_id()).as_ref().to_vec();
+        let mut wrong_oid = good.clone();
+        wrong_oid[8] ^= 1;
+        assert!(matches!(peer_id_from_spki(&wrong_oid), Err(TlsError::NotEd25519)));
+        assert!(matches!(peer_id_from_spki(&good[..40]), Err(TlsError::NotEd25519)));
+        let mut trailing = good;
         trailing.push(0);
-        assert!(matches!(peer_id_from_certificate(&CertificateDer::from(trailing)), Err(TlsError::Malformed(_))));
-
-        // Flip one bit of the signature: still parses, no longer self-signed.
-        let mut tampered = cert;
-        if let Some(last) = tampered.last_mut() {
-            *last ^= 1;
-        }
-        assert!(matches!(peer_id_from_certificate(&CertificateDer::from(tampered)), Err(TlsError::NotSelfSigned)));
+        assert!(matches!(peer_id_from_spki(&trailing), Err(TlsError::NotEd25519)));
+        // A 32-byte string that is not a curve point (about half of all are not).
+        let not_a_point = (0u8..=255)
+            .map(|b| [b; 32])
+            .find(|k| ed25519_dalek::VerifyingKey::from_bytes(k).is_err())
+            .expect("some 32-byte string is not a point");
+        let spki = rustls::sign::public_key_to_spki(&alg_id::ED25519, not_a_point);
+        assert!(matches!(peer_id_from_spki(spki.as_ref()), Err(TlsError::NotEd25519)));
     }
 
     #[test]
-    fn certificate_for_a_does_not_pass_a_verifier_expecting_b() {
-        let a = identity("a");
-        let b = identity("b");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let name = ServerName::try_from("ocd").expect("name");
-
-        let expecting_b = ExpectedPeerVerifier { expected: b.peer_id(), provider: provider.clone() };
-        let err = expecting_b.verify_server_cert(a.certificate(), &[], &name, &[], now()).expect_err("must reject");
+    fn key_of_a_does_not_pass_a_dial_naming_b() {
+        let (a, b) = (identity("a"), identity("b"));
+        let key_a = a.key.cert[0].clone();
+        let key_b = b.key.cert[0].clone();
+        let name_b = ServerName::try_from(server_name(b.peer_id())).expect("name");
+        let err = verifier().verify_server_cert(&key_a, &[], &name_b, &[], now()).expect_err("must reject");
         assert!(matches!(err, rustls::Error::InvalidCertificate(CertificateError::Other(_))), "{err:?}");
-        assert!(expecting_b.verify_server_cert(b.certificate(), &[], &name, &[], now()).is_ok());
+        assert!(verifier().verify_server_cert(&key_b, &[], &name_b, &[], now()).is_ok());
+        // More than one key is refused even when the first is right.
+        assert!(verifier().verify_server_cert(&key_b, std::slice::from_ref(&key_a), &name_b, &[], now()).is_err());
+        // A name that encodes no key is refused.
+        let bad = ServerName::try_from("ocd").expect("name");
+        assert!(verifier().verify_server_cert(&key_b, &[], &bad, &[], now()).is_err());
 
-        // A chain of more than one certificate is refused even when the leaf is right.
-        let chain = [a.certificate().clone()];
-        assert!(expecting_b.verify_server_cert(b.certificate(), &chain, &name, &[], now()).is_err());
+        let server = AnyPeerVerifier { algorithms: algorithms(&rustls::crypto::ring::default_provider()) };
+        assert!(server.verify_client_cert(&key_a, &[], now()).is_ok());
+        assert!(server.verify_client_cert(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]), &[], now()).is_err());
     }
 
     #[test]
-    fn configs_build_for_quic() {
+    fn configs_build_for_quic_with_raw_keys_only() {
         let a = identity("a");
-        let client = a.client_config(identity("b").peer_id()).expect("client config");
+        let client = a.client_config().expect("client config");
         let server = a.server_config().expect("server config");
         assert_eq!(client.alpn_protocols, vec![ALPN.to_vec()]);
         assert_eq!(server.alpn_protocols, vec![ALPN.to_vec()]);
+        assert!(!client.enable_sni);
+        assert!(verifier().requires_raw_public_keys());
     }
 }

@@ -11,22 +11,30 @@
 //!
 //! Each side lets its remote open at most one bidirectional stream and no unidirectional stream or
 //! datagram, so a peer cannot make us buffer more than the one stream the protocol uses.
+//!
+//! Inbound attempts are admitted by a [`HandshakeLimiter`] (global and per-source-IP bounds on
+//! handshakes in flight, [`InboundLimits`]); the excess is dropped with `Incoming::ignore` before
+//! quinn creates any connection state, and a summary line per interval replaces per-attempt logs.
+//!
+//! The TLS layer speaks iroh's dialect (raw public keys, see [`crate::tls`]), so this transport
+//! and `ocd`'s iroh transport connect to each other; QUIC-wise iroh needs nothing a plain QUIC v1
+//! peer lacks: its multipath and NAT-traversal transport parameters are simply not negotiated with
+//! us, and the connection stays on its one path.
 
-use crate::tls::{TlsError, TlsIdentity, peer_id_from_certificate};
-use ocd_core::host::transport::{BoxFuture, ConnectionHandle, Established, Transport, TransportError, close_code};
+use crate::tls::{TlsError, TlsIdentity, peer_id_from_spki, server_name};
+use ocd_core::host::transport::{
+    BoxFuture, ConnectionHandle, Established, HandshakeLimiter, HandshakePermit, InboundLimits, PermitRecv, Transport,
+    TransportError, close_code,
+};
 use ocd_core::proto::{Addr, Keypair, PeerAddr, PeerId};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectError, Connection, ConnectionError, Endpoint, EndpointConfig, IdleTimeout, VarInt};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-/// The TLS server name every dial uses. SNI is disabled and the verifier ignores names (the key is
-/// the identity), but quinn needs a syntactically valid one.
-const SERVER_NAME: &str = "ocd";
 
 /// Longest close reason sent, in bytes (longer ones are cut at a character boundary).
 const MAX_REASON_LEN: usize = 64;
@@ -47,6 +55,8 @@ pub struct QuinnConfig {
     /// A connection with no packet from the remote for this long is closed. Default 20 s, the
     /// node's heartbeat interval: a peer that misses a whole heartbeat period is gone.
     pub idle_timeout: Duration,
+    /// Bounds on inbound handshakes in flight.
+    pub inbound: InboundLimits,
 }
 
 impl QuinnConfig {
@@ -57,13 +67,22 @@ impl QuinnConfig {
 
     /// A configuration with the default keep-alive and idle timeout.
     pub fn new(keypair: Keypair, bind: SocketAddr) -> Self {
-        QuinnConfig { keypair, bind, keep_alive: Self::DEFAULT_KEEP_ALIVE, idle_timeout: Self::DEFAULT_IDLE_TIMEOUT }
+        QuinnConfig {
+            keypair,
+            bind,
+            keep_alive: Self::DEFAULT_KEEP_ALIVE,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            inbound: InboundLimits::default(),
+        }
     }
 }
 
 /// Why a [`QuinnTransport`] could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum QuinnError {
+    /// Another socket already holds the listen address.
+    #[error("listen address {0} is already in use")]
+    AddrInUse(SocketAddr),
     /// The UDP socket could not be bound, or the endpoint not started on it.
     #[error("could not bind UDP {addr}: {source}")]
     Bind {
@@ -90,9 +109,9 @@ pub struct QuinnTransport {
 #[derive(Debug)]
 struct Inner {
     endpoint: Endpoint,
-    identity: TlsIdentity,
-    transport_config: Arc<quinn::TransportConfig>,
+    client_config: quinn::ClientConfig,
     local: PeerAddr,
+    limiter: HandshakeLimiter,
 }
 
 impl QuinnTransport {
@@ -105,17 +124,37 @@ impl QuinnTransport {
         let server_tls =
             QuicServerConfig::try_from(identity.server_config()?).map_err(|e| QuinnError::Config(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
-        server_config.transport_config(transport_config.clone());
+        server_config
+            .transport_config(transport_config.clone())
+            .max_incoming(config.inbound.max_handshakes.saturating_mul(2).max(1))
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
+
+        let client_tls =
+            QuicClientConfig::try_from(identity.client_config()?).map_err(|e| QuinnError::Config(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_tls));
+        client_config.transport_config(transport_config.clone());
 
         let bind_error = |source| QuinnError::Bind { addr: config.bind, source };
-        let socket = std::net::UdpSocket::bind(config.bind).map_err(bind_error)?;
+        let socket = std::net::UdpSocket::bind(config.bind).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => QuinnError::AddrInUse(config.bind),
+            _ => bind_error(e),
+        })?;
         let endpoint =
             Endpoint::new(EndpointConfig::default(), Some(server_config), socket, Arc::new(quinn::SmolRuntime))
                 .map_err(bind_error)?;
         let bound = endpoint.local_addr().map_err(bind_error)?;
         let local = PeerAddr { id: identity.peer_id(), addrs: vec![canonical(bound).to_string()] };
 
-        Ok(QuinnTransport { inner: Arc::new(Inner { endpoint, identity, transport_config, local }) })
+        let limiter = HandshakeLimiter::new(config.inbound);
+        let inner = Arc::new(Inner { endpoint, client_config, local, limiter });
+        spawn_summary_ticker(Arc::downgrade(&inner), config.inbound.summary_interval);
+        Ok(QuinnTransport { inner })
+    }
+
+    /// The limiter admitting inbound handshakes (for diagnostics and tests).
+    pub fn handshake_limiter(&self) -> &HandshakeLimiter {
+        &self.inner.limiter
     }
 
     /// The socket address the endpoint is bound to.
@@ -123,6 +162,25 @@ impl QuinnTransport {
         self.inner.endpoint.local_addr().ok()
     }
 }
+
+/// Writes the handshake limiter's summary line once per interval (also when no attempt arrives to
+/// trigger it), until the transport is dropped or closed.
+fn spawn_summary_ticker(inner: Weak<Inner>, interval: Duration) {
+    smol::spawn(async move {
+        loop {
+            smol::Timer::after(interval).await;
+            let Some(inner) = inner.upgrade() else { break };
+            inner.limiter.maybe_summarise(std::time::Instant::now());
+        }
+    })
+    .detach();
+}
+
+/// Bytes quinn buffers for one inbound attempt not yet admitted (its later packets).
+const INCOMING_BUFFER: u64 = 64 * 1024;
+
+/// Bytes quinn buffers for all inbound attempts not yet admitted.
+const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
 
 /// Keep-alive, idle timeout, and stream limits: one bidirectional stream per connection (the
 /// dialer's), no unidirectional streams, no datagrams.
@@ -180,7 +238,7 @@ fn authenticated_peer(connection: &Connection) -> Result<PeerId, TransportError>
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .map_err(|_| TransportError::Connect("unexpected peer identity type".into()))?;
     match certificates.as_slice() {
-        [certificate] => peer_id_from_certificate(certificate).map_err(|e| TransportError::Connect(e.to_string())),
+        [key] => peer_id_from_spki(key.as_ref()).map_err(|e| TransportError::Connect(e.to_string())),
         other => Err(TransportError::Connect(TlsError::ChainLength(other.len()).to_string())),
     }
 }
@@ -208,14 +266,15 @@ impl ConnectionHandle for QuinnHandle {
 
 /// An inbound connection being accepted: completes the handshake, derives the remote's
 /// [`PeerId`] from its client certificate and accepts the dialer's stream. Dropping it before it
-/// completes refuses or closes the connection.
+/// completes refuses or closes the connection. It holds a [`HandshakePermit`], passed on to the
+/// stream and released when the remote's first bytes arrive.
 pub struct QuinnIncoming {
     remote_addr: SocketAddr,
     future: BoxFuture<Result<Established<QuinnTransport>, TransportError>>,
 }
 
 impl QuinnIncoming {
-    fn new(incoming: quinn::Incoming) -> Self {
+    fn new(incoming: quinn::Incoming, permit: HandshakePermit) -> Self {
         let remote_addr = canonical(incoming.remote_address());
         let future = Box::pin(async move {
             let connecting = incoming.accept().map_err(connection_failed)?;
@@ -234,7 +293,7 @@ impl QuinnIncoming {
                 outbound: false,
                 handle: QuinnHandle(connection),
                 send,
-                recv,
+                recv: PermitRecv::new(recv, Some(permit)),
             })
         });
         QuinnIncoming { remote_addr, future }
@@ -263,7 +322,7 @@ impl Future for QuinnIncoming {
 impl Transport for QuinnTransport {
     type Handle = QuinnHandle;
     type SendStream = quinn::SendStream;
-    type RecvStream = quinn::RecvStream;
+    type RecvStream = PermitRecv<quinn::RecvStream>;
     type Incoming = QuinnIncoming;
 
     fn local_addr(&self) -> PeerAddr {
@@ -274,15 +333,13 @@ impl Transport for QuinnTransport {
         let inner = self.inner.clone();
         Box::pin(async move {
             let addr = dial_address(&peer, inner.endpoint.local_addr().ok())?;
-            let tls = inner.identity.client_config(peer.id).map_err(|e| TransportError::Connect(e.to_string()))?;
-            let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Connect(e.to_string()))?;
-            let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
-            client_config.transport_config(inner.transport_config.clone());
-
-            let connecting = inner.endpoint.connect_with(client_config, addr, SERVER_NAME).map_err(|e| match e {
-                ConnectError::EndpointStopping => TransportError::Closed,
-                other => TransportError::Connect(other.to_string()),
-            })?;
+            let connecting = inner
+                .endpoint
+                .connect_with(inner.client_config.clone(), addr, &server_name(peer.id))
+                .map_err(|e| match e {
+                    ConnectError::EndpointStopping => TransportError::Closed,
+                    other => TransportError::Connect(other.to_string()),
+                })?;
             let connection = connecting.await.map_err(connection_failed)?;
             let actual = match authenticated_peer(&connection) {
                 Ok(actual) => actual,
@@ -303,14 +360,26 @@ impl Transport for QuinnTransport {
                 outbound: true,
                 handle: QuinnHandle(connection),
                 send,
-                recv,
+                recv: PermitRecv::new(recv, None),
             })
         })
     }
 
     fn accept(&self) -> BoxFuture<Option<Self::Incoming>> {
         let inner = self.inner.clone();
-        Box::pin(async move { inner.endpoint.accept().await.map(QuinnIncoming::new) })
+        Box::pin(async move {
+            loop {
+                let incoming = inner.endpoint.accept().await?;
+                let source = canonical(incoming.remote_address()).ip();
+                match inner.limiter.admit(Some(source)) {
+                    Ok(permit) => return Some(QuinnIncoming::new(incoming, permit)),
+                    Err(over) => {
+                        tracing::trace!(%source, ?over, "inbound attempt dropped over the handshake limit");
+                        incoming.ignore();
+                    }
+                }
+            }
+        })
     }
 
     fn shutdown(&self) -> BoxFuture<()> {

@@ -1,4 +1,4 @@
-//! The quinn transport over real UDP on 127.0.0.1: mutual authentication by ed25519 certificates,
+//! The quinn transport over real UDP on 127.0.0.1: mutual authentication by raw ed25519 keys,
 //! the one-stream convention, close codes, and shutdown.
 
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -6,7 +6,7 @@
 
 use ocd_core::host::cli::Launcher;
 use ocd_core::host::daemon::{self, DaemonSetup, HostError};
-use ocd_core::host::transport::{BoxFuture, Runtime};
+use ocd_core::host::transport::{BoxFuture, Runtime, Transport};
 use ocd_transport_iroh::{IrohConfig, IrohTransport};
 use std::time::Instant;
 
@@ -41,7 +41,14 @@ impl Launcher for TokioLauncher {
         rt.block_on(async move {
             let transport =
                 IrohTransport::bind(iroh_config(&setup)).await.map_err(|e| HostError::Transport(e.to_string()))?;
-            daemon::serve(TokioRuntime, transport, setup, Self::RUNTIME).await
+            let result = daemon::serve(TokioRuntime, transport.clone(), setup, Self::RUNTIME).await;
+            if result.is_err() {
+                // The daemon stopped before its own shutdown (say, the metrics address was taken):
+                // close the endpoint ourselves, or iroh logs `Endpoint dropped without calling
+                // Endpoint::close` at ERROR over the real error.
+                transport.shutdown().await;
+            }
+            result
         })
     }
 }
@@ -56,5 +63,6 @@ pub fn iroh_config(setup: &DaemonSetup) -> IrohConfig {
         keep_alive: setup.config.keep_alive,
         idle_timeout: setup.config.quic_idle_timeout,
         shutdown_grace: IrohConfig::DEFAULT_SHUTDOWN_GRACE,
+        inbound: ocd_core::host::transport::InboundLimits::default(),
     }
 }

@@ -200,3 +200,33 @@ fn help_lists_send_and_inbox() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
+
+#[test]
+fn a_listen_port_in_use_is_a_clear_error_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("network.key");
+    let made = Command::new(env!("CARGO_BIN_EXE_ocd"))
+        .args(["keygen", "--data-dir"])
+        .arg(dir.path().join("k"))
+        .arg("--network-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ocd"))
+        .args(["run", "--mode", "indexer", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--network-key")
+        .arg(&key)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("listen address {addr} is already in use")), "{err}");
+    assert!(!err.contains("Endpoint dropped"), "no iroh teardown noise: {err}");
+    assert!(!err.contains("ERROR"), "{err}");
+    drop(holder);
+}

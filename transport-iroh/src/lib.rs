@@ -18,6 +18,23 @@
 //! given in [`PeerAddr::addrs`] and to the peers that dial it. Turning `relays` on adds iroh's
 //! default relay servers (and with them net-report probes and port mapping); turning
 //! `address_lookup` on adds iroh's default lookups (pkarr publishing and resolution, DNS).
+//!
+//! ## Inbound handshakes
+//!
+//! Inbound attempts are admitted by a [`HandshakeLimiter`] ([`IrohConfig::inbound`]: global and
+//! per-source-IP bounds on handshakes in flight); the excess is dropped with iroh's
+//! `Incoming::ignore` before any connection state exists, and one summary line per interval
+//! replaces per-attempt logs.
+//!
+//! ## Peers on `ocd-smol`
+//!
+//! `ocd-smol` (plain quinn) speaks iroh's TLS dialect — raw ed25519 public keys (RFC 7250), the
+//! `<base32 id>.iroh.invalid` server name, the same ALPN — so the two transports connect to each
+//! other directly. iroh's QUIC extensions (multipath, n0 NAT traversal, address discovery) are
+//! transport parameters a plain QUIC v1 peer does not echo, so they are simply not negotiated: the
+//! connection stays on its one direct path. iroh notes this at WARN once per connection
+//! (`n0's nat traversal was not negotiated`, `set_status failed error=MultipathNotNegotiated`);
+//! both are harmless.
 
 use futures::io::{AsyncRead, AsyncWrite};
 use iroh::endpoint::{
@@ -26,7 +43,8 @@ use iroh::endpoint::{
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, NetReportConfig, PublicKey, RelayMode, SecretKey, TransportAddr};
 use ocd_core::host::transport::{
-    ALPN, BoxFuture, ConnectionHandle, Established, Transport, TransportError, close_code,
+    ALPN, BoxFuture, ConnectionHandle, Established, HandshakeLimiter, HandshakePermit, InboundLimits, PermitRecv,
+    Transport, TransportError, close_code,
 };
 use ocd_core::proto::{Addr, PeerAddr, PeerId};
 use std::net::SocketAddr;
@@ -57,6 +75,8 @@ pub struct IrohConfig {
     /// Longest [`Transport::shutdown`] waits for close frames to be acknowledged; the close
     /// carries on in the background after that. Default [`IrohConfig::DEFAULT_SHUTDOWN_GRACE`].
     pub shutdown_grace: Duration,
+    /// Bounds on inbound handshakes in flight.
+    pub inbound: InboundLimits,
 }
 
 impl IrohConfig {
@@ -79,6 +99,7 @@ impl IrohConfig {
             keep_alive: Self::DEFAULT_KEEP_ALIVE,
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             shutdown_grace: Self::DEFAULT_SHUTDOWN_GRACE,
+            inbound: InboundLimits::default(),
         }
     }
 }
@@ -93,6 +114,7 @@ impl std::fmt::Debug for IrohConfig {
             .field("keep_alive", &self.keep_alive)
             .field("idle_timeout", &self.idle_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("inbound", &self.inbound)
             .finish()
     }
 }
@@ -119,6 +141,9 @@ pub enum IrohTransportError {
         /// iroh's reason.
         source: iroh::endpoint::InvalidSocketAddr,
     },
+    /// Another socket already holds the listen address.
+    #[error("listen address {0} is already in use")]
+    AddrInUse(SocketAddr),
     /// Binding the socket or setting up the endpoint failed.
     #[error("could not bind the iroh endpoint on {addr}: {source}")]
     Bind {
@@ -135,6 +160,7 @@ pub enum IrohTransportError {
 pub struct IrohTransport {
     endpoint: Endpoint,
     shutdown_grace: Duration,
+    limiter: HandshakeLimiter,
 }
 
 impl IrohTransport {
@@ -146,6 +172,7 @@ impl IrohTransport {
                 idle_timeout: config.idle_timeout,
             });
         }
+        ensure_free(config.bind)?;
         let idle = IdleTimeout::try_from(config.idle_timeout)
             .map_err(|_| IrohTransportError::IdleTimeout(config.idle_timeout))?;
         let quic = QuicTransportConfig::builder().keep_alive_interval(config.keep_alive).max_idle_timeout(Some(idle));
@@ -174,15 +201,52 @@ impl IrohTransport {
                 .address_lookup(iroh::address_lookup::PkarrResolver::n0_dns())
                 .address_lookup(iroh::address_lookup::DnsAddressLookup::n0_dns());
         }
-        let endpoint = builder.bind().await.map_err(|source| IrohTransportError::Bind { addr: config.bind, source })?;
+        let endpoint = builder.bind().await.map_err(|source| match &source {
+            iroh::endpoint::BindError::Sockets { source: io, .. } if io.kind() == std::io::ErrorKind::AddrInUse => {
+                IrohTransportError::AddrInUse(config.bind)
+            }
+            _ => IrohTransportError::Bind { addr: config.bind, source },
+        })?;
         tracing::debug!(peer_id = %peer_id_of(endpoint.id()).short(), addrs = ?endpoint.bound_sockets(), "iroh transport bound");
-        Ok(IrohTransport { endpoint, shutdown_grace: config.shutdown_grace })
+        let limiter = HandshakeLimiter::new(config.inbound);
+        spawn_summary_ticker(&endpoint, limiter.clone(), config.inbound.summary_interval);
+        Ok(IrohTransport { endpoint, shutdown_grace: config.shutdown_grace, limiter })
+    }
+
+    /// The limiter admitting inbound handshakes (for diagnostics and tests).
+    pub fn handshake_limiter(&self) -> &HandshakeLimiter {
+        &self.limiter
     }
 
     /// The underlying iroh endpoint (for diagnostics and benchmarks).
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
+}
+
+/// Refuses a listen address another socket holds, before iroh starts anything: iroh would only say
+/// `Failed to bind sockets`, without the cause. Port 0 is always free. (A probe socket, closed at
+/// once; another process could take the port in between, then iroh's own error is reported.)
+fn ensure_free(addr: SocketAddr) -> Result<(), IrohTransportError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match std::net::UdpSocket::bind(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(IrohTransportError::AddrInUse(addr)),
+        // Other failures (no such local address, permission) are left to iroh to report.
+        Ok(_) | Err(_) => Ok(()),
+    }
+}
+
+/// Writes the handshake limiter's summary line once per interval (also when no attempt arrives to
+/// trigger it), until the endpoint is closed. Holds no clone of the endpoint.
+fn spawn_summary_ticker(endpoint: &Endpoint, limiter: HandshakeLimiter, interval: Duration) {
+    tokio::spawn(endpoint.closed().run_until(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            limiter.maybe_summarise(std::time::Instant::now());
+        }
+    }));
 }
 
 /// Closes one iroh connection (a clone of its [`Connection`]).
@@ -220,7 +284,7 @@ impl AsyncWrite for IrohSendStream {
 /// remote closed the connection fails with an [`std::io::Error`] wrapping iroh's
 /// [`iroh::endpoint::ReadError`] (which carries the close code).
 #[derive(Debug)]
-pub struct IrohRecvStream(Compat<RecvStream>);
+pub struct IrohRecvStream(PermitRecv<Compat<RecvStream>>);
 
 impl AsyncRead for IrohRecvStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
@@ -259,15 +323,26 @@ impl Transport for IrohTransport {
     }
 
     fn accept(&self) -> BoxFuture<Option<Self::Incoming>> {
-        let endpoint = self.endpoint.clone();
+        let (endpoint, limiter) = (self.endpoint.clone(), self.limiter.clone());
         Box::pin(async move {
-            let incoming = endpoint.accept().await?;
-            let remote_addr = match incoming.remote_addr() {
-                IncomingAddr::Ip(addr) => Some(addr.to_string()),
-                _ => None,
-            };
-            let finish: Self::Incoming = Box::pin(finish_accept(incoming, remote_addr));
-            Some(finish)
+            loop {
+                let incoming = endpoint.accept().await?;
+                let source = match incoming.remote_addr() {
+                    IncomingAddr::Ip(addr) => Some(SocketAddr::new(addr.ip().to_canonical(), addr.port())),
+                    _ => None,
+                };
+                match limiter.admit(source.map(|a| a.ip())) {
+                    Ok(permit) => {
+                        let finish: Self::Incoming =
+                            Box::pin(finish_accept(incoming, source.map(|a| a.to_string()), permit));
+                        return Some(finish);
+                    }
+                    Err(over) => {
+                        tracing::trace!(?source, ?over, "inbound attempt dropped over the handshake limit");
+                        incoming.ignore();
+                    }
+                }
+            }
         })
     }
 
@@ -320,14 +395,16 @@ async fn dial(endpoint: &Endpoint, peer: PeerAddr) -> Result<Established<IrohTra
         outbound: true,
         handle: IrohConnectionHandle { conn },
         send: IrohSendStream(send.compat_write()),
-        recv: IrohRecvStream(recv.compat()),
+        recv: IrohRecvStream(PermitRecv::new(recv.compat(), None)),
     })
 }
 
-/// Completes an inbound connection: handshake, ALPN check, then the dialer's stream.
+/// Completes an inbound connection: handshake, ALPN check, then the dialer's stream, which takes
+/// over the handshake's `permit` until the remote's first bytes.
 async fn finish_accept(
     incoming: iroh::endpoint::Incoming,
     remote_addr: Option<Addr>,
+    permit: HandshakePermit,
 ) -> Result<Established<IrohTransport>, TransportError> {
     let accepting = incoming.accept().map_err(|e| TransportError::Connect(error_chain(&e)))?;
     let conn = accepting.await.map_err(|e| TransportError::Connect(error_chain(&e)))?;
@@ -344,7 +421,7 @@ async fn finish_accept(
         outbound: false,
         handle: IrohConnectionHandle { conn },
         send: IrohSendStream(send.compat_write()),
-        recv: IrohRecvStream(recv.compat()),
+        recv: IrohRecvStream(PermitRecv::new(recv.compat(), Some(permit))),
     })
 }
 

@@ -230,12 +230,18 @@ fn watch_signals(tx: mpsc::Sender<ControlRequest>) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Installs the `tracing` subscriber: `RUST_LOG` (default `info`), text or JSON lines, on stderr;
-/// colours only when stderr is a terminal (a log file gets plain text).
+/// The log filter when `RUST_LOG` is not set.
+pub const DEFAULT_LOG_FILTER: &str = "info,iroh::socket::remote_map::remote_state=error";
+
+/// Installs the `tracing` subscriber: `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]), text or JSON
+/// lines, on stderr; colours only when stderr is a terminal (a log file gets plain text).
 pub fn init_logging(json: bool) {
     use std::io::IsTerminal;
+    // Without RUST_LOG: INFO, but not iroh's per-connection WARNs about the NAT-traversal and
+    // multipath extensions, which an `ocd-smol` peer (plain QUIC) never negotiates — harmless,
+    // and repeated for every connection of that peer. RUST_LOG, when set, is taken as it is.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,5 +1,6 @@
 //! `ocd devnet`: a whole network of real daemons on 127.0.0.1, each a separate process of the
-//! `ocd` (or `ocd-smol`) binary, with relays and address lookup off. It shows the pools filling
+//! `ocd` (or `ocd-smol`) binary — or both, alternating, with `--runtime mixed` — with relays and
+//! address lookup off. It shows the pools filling
 //! live, optionally SIGKILLs an indexer midway (`--chaos`), and ends with a summary — one JSON
 //! object with `--json` — exiting non-zero if the network did not converge.
 
@@ -26,7 +27,8 @@ pub struct DevnetArgs {
     /// How long to run, e.g. 60s or 5m.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Runtime of the daemons: tokio (`ocd`) or smol (`ocd-smol`); default: this binary's.
+    /// Runtime of the daemons: tokio (`ocd`), smol (`ocd-smol`) or mixed (the two binaries
+    /// alternating, indexers and nodes alike); default: this binary's.
     #[arg(long)]
     pub runtime: Option<String>,
     /// SIGKILL one indexer halfway through and watch the nodes replace it.
@@ -88,6 +90,8 @@ pub struct PeerSummary {
     pub peer: String,
     /// `indexer` or `node`.
     pub role: String,
+    /// Its runtime: `tokio` (`ocd`) or `smol` (`ocd-smol`).
+    pub runtime: String,
     /// Whether its process was still answering at the end.
     pub alive: bool,
     /// Live indexers in its pool (nodes; indexers report their own pool of indexers).
@@ -119,7 +123,7 @@ pub struct ChaosSummary {
 /// The devnet's result.
 #[derive(Debug, Serialize)]
 pub struct DevnetSummary {
-    /// `tokio` or `smol`.
+    /// `tokio`, `smol` or `mixed`.
     pub runtime: String,
     /// Indexers started.
     pub indexers: usize,
@@ -148,6 +152,7 @@ pub struct DevnetSummary {
 struct Daemon {
     name: String,
     indexer: bool,
+    runtime: &'static str,
     dir: PathBuf,
     child: Child,
     peer: String,
@@ -184,7 +189,7 @@ fn binary_for(runtime: &str, own_binary: &str, own_runtime: &str) -> Result<Path
     let name = match runtime {
         "tokio" => "ocd",
         "smol" => "ocd-smol",
-        other => return Err(DevnetError::Usage(format!("unknown runtime `{other}` (tokio or smol)"))),
+        other => return Err(DevnetError::Usage(format!("unknown runtime `{other}` (tokio, smol or mixed)"))),
     };
     let sibling = me.with_file_name(name);
     if sibling.exists() {
@@ -244,7 +249,8 @@ pub fn run(args: &DevnetArgs, own_binary: &str, own_runtime: &str) -> Result<Dev
 struct Devnet<'a> {
     args: &'a DevnetArgs,
     runtime: String,
-    exe: PathBuf,
+    /// The binaries daemons alternate between (one, or tokio's and smol's for `mixed`).
+    exes: Vec<(&'static str, PathBuf)>,
     dir: PathBuf,
     key: PathBuf,
     /// Live indexers every node must reach.
@@ -276,7 +282,15 @@ impl<'a> Devnet<'a> {
             return Err(DevnetError::Usage("--chaos needs at least 2 indexers".into()));
         }
         let runtime = args.runtime.clone().unwrap_or_else(|| own_runtime.to_string());
-        let exe = binary_for(&runtime, own_binary, own_runtime)?;
+        let exes = match runtime.as_str() {
+            "mixed" => vec![
+                ("tokio", binary_for("tokio", own_binary, own_runtime)?),
+                ("smol", binary_for("smol", own_binary, own_runtime)?),
+            ],
+            "tokio" => vec![("tokio", binary_for("tokio", own_binary, own_runtime)?)],
+            "smol" => vec![("smol", binary_for("smol", own_binary, own_runtime)?)],
+            other => return Err(DevnetError::Usage(format!("unknown runtime `{other}` (tokio, smol or mixed)"))),
+        };
         let dir = match &args.dir {
             Some(d) => d.clone(),
             None => std::env::temp_dir().join(format!("ocd-devnet-{}", std::process::id())),
@@ -297,7 +311,7 @@ impl<'a> Devnet<'a> {
         Ok(Devnet {
             args,
             runtime,
-            exe,
+            exes,
             dir,
             key,
             min,
@@ -307,6 +321,14 @@ impl<'a> Devnet<'a> {
             daemons: Vec::new(),
             nodes_started: Instant::now(),
         })
+    }
+
+    /// The runtime and binary of the `k`-th daemon started (indexers first, then nodes): with
+    /// `mixed`, even ones run `ocd` and odd ones `ocd-smol`, so both kinds of indexer serve both
+    /// kinds of node.
+    fn exe_for(&self, k: usize) -> (&'static str, &Path) {
+        let (runtime, exe) = &self.exes[k % self.exes.len()];
+        (runtime, exe)
     }
 
     fn is_interrupted(&self) -> bool {
@@ -325,7 +347,8 @@ impl<'a> Devnet<'a> {
         ));
         for i in 0..args.indexers {
             let seeds: Vec<String> = self.daemons.iter().map(|d| d.address.clone()).collect();
-            let d = spawn(&self.exe, &self.dir, &self.key, &format!("indexer-{i}"), true, seeds, 1, max)?;
+            let exe = self.exe_for(self.daemons.len());
+            let d = spawn(exe, &self.dir, &self.key, &format!("indexer-{i}"), true, seeds, 1, max)?;
             self.daemons.push(d);
             if let Some(d) = self.daemons.last_mut() {
                 wait_up(d, Duration::from_secs(20))?;
@@ -337,7 +360,8 @@ impl<'a> Devnet<'a> {
         let seeds: Vec<String> = self.daemons.iter().map(|d| d.address.clone()).collect();
         self.nodes_started = Instant::now();
         for j in 0..args.nodes {
-            let d = spawn(&self.exe, &self.dir, &self.key, &format!("node-{j}"), false, seeds.clone(), min, max)?;
+            let exe = self.exe_for(self.daemons.len());
+            let d = spawn(exe, &self.dir, &self.key, &format!("node-{j}"), false, seeds.clone(), min, max)?;
             self.daemons.push(d);
         }
         for d in self.daemons.iter_mut().filter(|d| !d.indexer) {
@@ -508,6 +532,7 @@ fn peer_summary(d: &Daemon, r: &Option<StatusReport>) -> PeerSummary {
         name: d.name.clone(),
         peer: d.peer.clone(),
         role: if d.indexer { "indexer" } else { "node" }.into(),
+        runtime: d.runtime.into(),
         alive: r.is_some(),
         live_pool: r.as_ref().and_then(|r| r.pool.as_ref()).map(|p| p.live).unwrap_or(0),
         sessions: r.as_ref().and_then(|r| r.indexer.as_ref()).map(|i| i.sessions).unwrap_or(0),
@@ -606,7 +631,7 @@ impl View {
 
 #[allow(clippy::too_many_arguments)]
 fn spawn(
-    exe: &Path,
+    (runtime, exe): (&'static str, &Path),
     dir: &Path,
     key: &Path,
     name: &str,
@@ -652,6 +677,7 @@ fn spawn(
     Ok(Daemon {
         name: name.into(),
         indexer,
+        runtime,
         dir: data,
         child,
         peer: String::new(),
@@ -705,13 +731,17 @@ fn stop_all(daemons: &mut [Daemon]) {
 
 fn print_summary(s: &DevnetSummary) {
     println!();
-    println!("{:<12} {:<16} {:<8} {:>5} {:>8} {:>7}", "name", "peer", "role", "pool", "sessions", "score");
+    println!(
+        "{:<12} {:<16} {:<8} {:<7} {:>5} {:>8} {:>7}",
+        "name", "peer", "role", "runtime", "pool", "sessions", "score"
+    );
     for p in &s.peers {
         println!(
-            "{:<12} {:<16} {:<8} {:>5} {:>8} {:>7}",
+            "{:<12} {:<16} {:<8} {:<7} {:>5} {:>8} {:>7}",
             p.name,
             short(&p.peer),
             p.role,
+            p.runtime,
             if p.alive { p.live_pool.to_string() } else { "✗".into() },
             p.sessions,
             p.mean_score.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into())

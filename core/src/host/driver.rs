@@ -971,8 +971,9 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             | Event::SeedRecovery { .. }
             | Event::PeerBanned { .. }
             | Event::RecordRejected { .. }
-            | Event::HandshakeFailed { .. }
             | Event::MeshNeighbour { .. } => tracing::info!(event = ?e),
+            // Counted (`ocd_handshake_failures_total`); a line each would let a flood fill the log.
+            Event::HandshakeFailed { .. } => tracing::debug!(event = ?e),
             _ => tracing::debug!(event = ?e),
         }
     }

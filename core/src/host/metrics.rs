@@ -1,91 +1,264 @@
-//! Prometheus metrics: counters and gauges the driver updates, rendered in the text exposition
-//! format and served over plain HTTP on a configurable local address.
+//! Prometheus metrics: counters and gauges the driver updates, kept in a
+//! [`prometheus_client`] registry, encoded by that library in the Prometheus text format
+//! (version 0.0.4) and served over HTTP/1.1 by [`hyper`] on a configurable local address.
 //!
 //! Every counter the driver keeps is moved by [`Metrics::count`] from a [`Counted`] — a core
 //! [`Event`] wherever the core emits one, else something only the driver sees (a frame, a full
 //! send queue, a bad frame, an expired lookup, a search started). Gauges are copied from the core's
-//! read-only views by [`Metrics::observe`] and [`Metrics::observe_pool`].
+//! read-only views by [`Metrics::observe`] and [`Metrics::observe_pool`]. Values the core keeps
+//! itself (the DHT's and the search mesh's counters, the per-indexer scores) are copied into
+//! [`Metrics::dht`], [`Metrics::search`] and [`Metrics::indexers`] and encoded at scrape time by a
+//! [`Collector`], so that an indexer that left the pool leaves the exposition with it.
+//!
+//! The format is Prometheus text 0.0.4 (`prometheus_client::encoding::prometheus_text`), not
+//! OpenMetrics: every counter keeps its documented `…_total` name on its `HELP` and `TYPE` lines,
+//! which `promtool check metrics` requires. Help texts are written with their final period, as
+//! exposed; registration hands them to the registry without it (the registry adds one).
+//!
+//! # The HTTP server: its own thread, on both runtimes
+//!
+//! [`serve`] binds the listener at once (a port in use is a start-up error) and runs the server on
+//! a dedicated thread `ocd-metrics` with a single-threaded tokio runtime: hyper's HTTP/1.1
+//! server, one task per connection, so any number of scrapes are served concurrently and idle or
+//! slow clients hold nothing but their own task. Each connection is bounded: its request head must
+//! arrive within [`HEADER_TIMEOUT`] (which also closes a keep-alive connection idle that long), it
+//! lives at most [`CONNECTION_LIFETIME`], and at most [`MAX_CONNECTIONS`] are open at once (more are
+//! closed as soon as they are accepted).
+//!
+//! Why a thread of its own rather than the daemon's executor: the same code then serves both
+//! daemons — `ocd` (tokio) and `ocd-smol` (smol) — with no runtime abstraction over TCP, and
+//! neither a scrape nor a flood of idle connections can take time from the protocol's tasks.
+//! For `ocd-smol` tokio stays out of the protocol path: it runs only on this thread, which shares
+//! nothing with the daemon but the [`Metrics`] (atomics and short-held mutexes). A thread-based
+//! server (`tiny_http`) was set aside: it parks one thread per open connection, so 200 idle
+//! connections cost 200 threads, and it has no per-connection timeouts.
 
-use crate::proto::wire::KINDS;
+use crate::proto::wire::{KINDS, RefuseReason};
 use crate::proto::{Envelope, Event, Peer, RequestKind, SearchEnd};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A gauge holding a count (never negative).
+pub type CountGauge = Gauge<u64, AtomicU64>;
+
+/// One pool entry's gauges: (peer id hex, score, last RTT in seconds).
+pub type IndexerGauge = (String, f64, Option<f64>);
+
+/// The label set of a metric with one label.
+type OneLabel = [(&'static str, &'static str); 1];
 
 /// Every metric of one daemon. Shared between the driver (writer) and the HTTP thread (reader).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Heartbeats (and probes) this node sent.
-    pub heartbeats_sent: AtomicU64,
+    pub heartbeats_sent: Counter,
     /// Heartbeats this indexer received from authenticated peers.
-    pub heartbeats_received: AtomicU64,
+    pub heartbeats_received: Counter,
     /// Heartbeats and probes refused (by us as an indexer, or to us as a node); other refusals do not count.
-    pub heartbeats_refused: AtomicU64,
+    pub heartbeats_refused: Counter,
     /// Indexers evicted from our pool.
-    pub evictions: AtomicU64,
+    pub evictions: Counter,
     /// Peers we banned.
-    pub bans: AtomicU64,
+    pub bans: Counter,
     /// Frames sent.
-    pub frames_sent: AtomicU64,
+    pub frames_sent: Counter,
     /// Frames received.
-    pub frames_received: AtomicU64,
+    pub frames_received: Counter,
     /// Connections closed for a malformed/oversized frame.
-    pub protocol_errors: AtomicU64,
+    pub protocol_errors: Counter,
     /// Connections closed because their send queue overflowed.
-    pub slow_peers: AtomicU64,
+    pub slow_peers: Counter,
     /// Handshakes (`Hello`) that failed.
-    pub handshake_failures: AtomicU64,
+    pub handshake_failures: Counter,
     /// Live indexers in the pool (gauge).
-    pub pool_live: AtomicU64,
+    pub pool_live: CountGauge,
     /// Admitted node sessions (gauge).
-    pub sessions: AtomicU64,
+    pub sessions: CountGauge,
     /// Open connections (gauge).
-    pub connections: AtomicU64,
+    pub connections: CountGauge,
     /// Lookups (`ocd lookup`) that found a verified record.
-    pub lookups_found: AtomicU64,
+    pub lookups_found: Counter,
     /// Lookups the core answered with "not found".
-    pub lookups_not_found: AtomicU64,
+    pub lookups_not_found: Counter,
     /// Lookups the core did not answer within the client's bound.
-    pub lookups_timed_out: AtomicU64,
+    pub lookups_timed_out: Counter,
     /// Records this indexer accepted into its store (`Event::RecordStored`).
-    pub records_stored: AtomicU64,
+    pub records_stored: Counter,
     /// Records this indexer refused (`Event::RecordRejected`).
-    pub records_rejected: AtomicU64,
+    pub records_rejected: Counter,
     /// Frames sent, by message kind ([`KINDS`]).
     pub sent_by_kind: KindCounters,
     /// Frames received, by message kind ([`KINDS`]).
     pub received_by_kind: KindCounters,
     /// Searches started over the control socket (`ocd search`).
-    pub searches_started: AtomicU64,
+    pub searches_started: Counter,
     /// This node's searches that ended, by [`SearchEnd`] (indexed as [`SEARCH_ENDS`]).
-    pub searches_ended: [AtomicU64; SEARCH_ENDS.len()],
+    pub searches_ended: [Counter; SEARCH_ENDS.len()],
     /// Verified hits delivered to this node's searches (`Event::SearchHit`).
-    pub search_hits: AtomicU64,
+    pub search_hits: Counter,
     /// Forged, altered or unrelated hits dropped (`Event::ForgedHitDropped`).
-    pub forged_hits_dropped: AtomicU64,
+    pub forged_hits_dropped: Counter,
     /// Nodes' searches this indexer started emitting (`Event::SearchEmitted`).
-    pub searches_emitted: AtomicU64,
+    pub searches_emitted: Counter,
     /// The search view, copied from the core after every step.
-    pub search: Mutex<SearchGauges>,
+    pub search: Arc<Mutex<SearchGauges>>,
     /// The DHT's view, copied from the core after every step.
-    pub dht: Mutex<DhtGauges>,
+    pub dht: Arc<Mutex<DhtGauges>>,
     /// Per-indexer gauges: (peer id hex, score, last RTT seconds).
-    pub indexers: Mutex<Vec<(String, f64, Option<f64>)>>,
+    pub indexers: Arc<Mutex<Vec<IndexerGauge>>>,
     /// Application messages, by [`APP_EVENTS`] (accepted, delivered, retried, …).
-    pub app: [AtomicU64; APP_EVENTS.len()],
+    pub app: [Counter; APP_EVENTS.len()],
     /// Messages in the DNT queue, every class (gauge).
-    pub app_queue_depth: AtomicU64,
+    pub app_queue_depth: CountGauge,
     /// Entries in the inbox (gauge).
-    pub inbox_size: AtomicU64,
-    /// Write transactions committed to the durable store.
-    pub store_commits: AtomicU64,
+    pub inbox_size: CountGauge,
+    /// Write transactions committed to the durable store (a plain atomic: the driver reads it for
+    /// the status; exposed at scrape time).
+    pub store_commits: Arc<AtomicU64>,
     /// Persist and forget outputs committed.
-    pub store_items: AtomicU64,
-    /// Time spent committing, in microseconds.
-    pub store_commit_micros: AtomicU64,
+    pub store_items: Counter,
+    /// Time spent committing, in microseconds (exposed in seconds at scrape time).
+    pub store_commit_micros: Arc<AtomicU64>,
+    /// The indexers refusing this node's heartbeats because they hold another DID for its key;
+    /// warns when one starts (see [`super::status::DidRefusals`]). Exposed at scrape time.
+    pub did_refusals: Arc<Mutex<super::status::DidRefusals>>,
+    /// The registry every metric above is registered in; [`Metrics::render`] encodes it.
+    registry: Registry,
+}
+
+/// Registers `metric` under `name` with `help`, written as in the exposition (ending with a
+/// period: the registry adds its own).
+fn register(registry: &mut Registry, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+    registry.register(name, help.strip_suffix('.').unwrap_or(help), metric);
+}
+
+/// A family of counters with one label, every value of `values` present from the start (at 0);
+/// returns one handle per value, in order.
+fn labelled<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: [&'static str; N],
+) -> [Counter; N] {
+    let family = Family::<OneLabel, Counter>::default();
+    let handles = values.map(|v| family.get_or_create_owned(&[(label, v)]));
+    register(registry, name, help, family);
+    handles
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, registered.
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let counter = |r: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            register(r, name, help, c.clone());
+            c
+        };
+        let gauge = |r: &mut Registry, name: &str, help: &str| {
+            let g = CountGauge::default();
+            register(r, name, help, g.clone());
+            g
+        };
+        let heartbeats_sent = counter(&mut r, "ocd_heartbeats_sent", "Heartbeats sent to indexers.");
+        let heartbeats_received = counter(&mut r, "ocd_heartbeats_received", "Heartbeats received from nodes.");
+        let heartbeats_refused = counter(&mut r, "ocd_heartbeats_refused", "Requests refused (sent or received).");
+        let evictions = counter(&mut r, "ocd_pool_evictions", "Indexers evicted from the pool.");
+        let bans = counter(&mut r, "ocd_bans", "Peers banned by this indexer.");
+        let frames_sent = counter(&mut r, "ocd_frames_sent", "Wire frames sent.");
+        let frames_received = counter(&mut r, "ocd_frames_received", "Wire frames received.");
+        let protocol_errors = counter(&mut r, "ocd_protocol_errors", "Connections closed for a bad frame.");
+        let slow_peers = counter(&mut r, "ocd_slow_peers", "Connections closed on send-queue overflow.");
+        let handshake_failures = counter(&mut r, "ocd_handshake_failures", "Failed Hello exchanges.");
+        let pool_live = gauge(&mut r, "ocd_pool_size", "Live indexers in the pool.");
+        let sessions = gauge(&mut r, "ocd_sessions", "Admitted node sessions.");
+        let connections = gauge(&mut r, "ocd_connections", "Open connections.");
+        let records_stored = counter(
+            &mut r,
+            "ocd_records_stored",
+            "Records accepted into this indexer's store (from owners or replicas).",
+        );
+        let records_rejected = counter(&mut r, "ocd_records_rejected", "Records refused by this indexer.");
+        let [lookups_found, lookups_not_found, lookups_timed_out] = labelled(
+            &mut r,
+            "ocd_lookups",
+            "Lookups asked over the control socket, by outcome.",
+            "outcome",
+            ["found", "not_found", "timed_out"],
+        );
+        let searches_started = counter(&mut r, "ocd_searches_started", "Searches started over the control socket.");
+        let search_hits = counter(&mut r, "ocd_search_hits", "Verified search hits delivered.");
+        let forged_hits_dropped =
+            counter(&mut r, "ocd_search_forged_hits", "Forged, altered or unrelated search hits dropped.");
+        let searches_emitted = counter(&mut r, "ocd_searches_emitted", "Nodes' searches this indexer emitted.");
+        let searches_ended =
+            labelled(&mut r, "ocd_searches_ended", "This node's searches that ended, by end.", "end", SEARCH_ENDS);
+        let app = labelled(&mut r, "ocd_app_messages", "Application messages, by event.", "event", APP_EVENTS);
+        let app_queue_depth = gauge(&mut r, "ocd_app_queue_depth", "Messages in the DNT queue.");
+        let inbox_size = gauge(&mut r, "ocd_inbox_size", "Entries in the inbox.");
+        let store_items =
+            counter(&mut r, "ocd_store_items", "Persist and forget outputs committed to the durable store.");
+        let sent_by_kind = KindCounters::register(&mut r, "ocd_messages_sent", "Wire messages sent, by kind.");
+        let received_by_kind =
+            KindCounters::register(&mut r, "ocd_messages_received", "Wire messages received, by kind.");
+        let views = Views::default();
+        r.register_collector(Box::new(views.clone()));
+        Metrics {
+            heartbeats_sent,
+            heartbeats_received,
+            heartbeats_refused,
+            evictions,
+            bans,
+            frames_sent,
+            frames_received,
+            protocol_errors,
+            slow_peers,
+            handshake_failures,
+            pool_live,
+            sessions,
+            connections,
+            lookups_found,
+            lookups_not_found,
+            lookups_timed_out,
+            records_stored,
+            records_rejected,
+            sent_by_kind,
+            received_by_kind,
+            searches_started,
+            searches_ended,
+            search_hits,
+            forged_hits_dropped,
+            searches_emitted,
+            search: views.search,
+            dht: views.dht,
+            indexers: views.indexers,
+            app,
+            app_queue_depth,
+            inbox_size,
+            store_commits: views.store_commits,
+            store_items,
+            store_commit_micros: views.store_commit_micros,
+            did_refusals: views.did_refusals,
+            registry: r,
+        }
+    }
 }
 
 /// The application-message events counted, as metric labels, in the order of [`Metrics::app`]:
@@ -126,17 +299,27 @@ pub fn search_end_index(end: SearchEnd) -> usize {
     }
 }
 
-/// One counter per wire message kind, indexed by [`Envelope::kind_index`].
+/// One counter per wire message kind, indexed by [`Envelope::kind_index`]; registered as one
+/// family labelled `kind`.
 #[derive(Debug)]
-pub struct KindCounters(Box<[AtomicU64]>);
+pub struct KindCounters(Box<[Counter]>);
 
 impl Default for KindCounters {
+    /// Counters registered nowhere (for tests).
     fn default() -> Self {
-        KindCounters(KINDS.iter().map(|_| AtomicU64::new(0)).collect())
+        KindCounters(KINDS.iter().map(|_| Counter::default()).collect())
     }
 }
 
 impl KindCounters {
+    /// A family `name{kind=…}` registered in `registry`, every kind present from the start.
+    fn register(registry: &mut Registry, name: &str, help: &str) -> Self {
+        let family = Family::<OneLabel, Counter>::default();
+        let counters = KINDS.iter().map(|k| family.get_or_create_owned(&[("kind", *k)])).collect();
+        register(registry, name, help, family);
+        KindCounters(counters)
+    }
+
     /// Counts one message.
     pub fn inc(&self, message: &Envelope) {
         if let Some(c) = self.0.get(message.kind_index()) {
@@ -146,12 +329,12 @@ impl KindCounters {
 
     /// The count of the kind named `kind` (0 for an unknown name).
     pub fn get(&self, kind: &str) -> u64 {
-        KINDS.iter().position(|k| *k == kind).and_then(|i| self.0.get(i)).map_or(0, get)
+        KINDS.iter().position(|k| *k == kind).and_then(|i| self.0.get(i)).map_or(0, Counter::get)
     }
 
     /// `(kind, count)` for every kind.
     pub fn all(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        KINDS.iter().copied().zip(self.0.iter().map(get))
+        KINDS.iter().copied().zip(self.0.iter().map(Counter::get))
     }
 }
 
@@ -297,6 +480,10 @@ pub struct MetricsSnapshot {
     pub search: SearchCounters,
     /// Application-message counters.
     pub app: AppCounters,
+    /// Indexers (peer ids) refusing our heartbeats because they hold another DID for our key;
+    /// shown by `ocd status` at the top level of its report, not here.
+    #[serde(skip)]
+    pub did_refused_by: Vec<String>,
 }
 
 /// The application-message counters of [`MetricsSnapshot`] (see [`APP_EVENTS`]).
@@ -325,10 +512,6 @@ pub struct AppCounters {
     pub store_items: u64,
     /// Time spent committing, in microseconds.
     pub store_commit_micros: u64,
-}
-
-fn get(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
 }
 
 /// Something the driver saw that moves a counter; see [`Metrics::count`].
@@ -363,58 +546,63 @@ pub enum Counted<'a> {
     },
 }
 
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
 impl Metrics {
     /// Adds one to a counter.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub fn inc(counter: &Counter) {
+        counter.inc();
     }
 
     /// Sets a gauge.
-    pub fn set(gauge: &AtomicU64, v: u64) {
-        gauge.store(v, Ordering::Relaxed);
+    pub fn set(gauge: &CountGauge, v: u64) {
+        gauge.set(v);
     }
 
     /// The counters, for the status report.
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
-            heartbeats_sent: get(&self.heartbeats_sent),
-            heartbeats_received: get(&self.heartbeats_received),
-            heartbeats_refused: get(&self.heartbeats_refused),
-            evictions: get(&self.evictions),
-            bans: get(&self.bans),
-            protocol_errors: get(&self.protocol_errors),
-            slow_peers: get(&self.slow_peers),
-            handshake_failures: get(&self.handshake_failures),
-            lookups_found: get(&self.lookups_found),
-            lookups_not_found: get(&self.lookups_not_found),
-            lookups_timed_out: get(&self.lookups_timed_out),
-            records_stored: get(&self.records_stored),
-            records_rejected: get(&self.records_rejected),
+            heartbeats_sent: self.heartbeats_sent.get(),
+            heartbeats_received: self.heartbeats_received.get(),
+            heartbeats_refused: self.heartbeats_refused.get(),
+            evictions: self.evictions.get(),
+            bans: self.bans.get(),
+            protocol_errors: self.protocol_errors.get(),
+            slow_peers: self.slow_peers.get(),
+            handshake_failures: self.handshake_failures.get(),
+            lookups_found: self.lookups_found.get(),
+            lookups_not_found: self.lookups_not_found.get(),
+            lookups_timed_out: self.lookups_timed_out.get(),
+            records_stored: self.records_stored.get(),
+            records_rejected: self.records_rejected.get(),
             search: SearchCounters {
-                started: get(&self.searches_started),
+                started: self.searches_started.get(),
                 ended: SEARCH_ENDS
                     .iter()
                     .zip(&self.searches_ended)
-                    .map(|(k, v)| ((*k).to_string(), get(v)))
+                    .map(|(k, v)| ((*k).to_string(), v.get()))
                     .filter(|(_, v)| *v > 0)
                     .collect(),
-                hits: get(&self.search_hits),
-                forged_hits_dropped: get(&self.forged_hits_dropped),
-                emitted: get(&self.searches_emitted),
+                hits: self.search_hits.get(),
+                forged_hits_dropped: self.forged_hits_dropped.get(),
+                emitted: self.searches_emitted.get(),
             },
             app: AppCounters {
-                accepted: get(&self.app[0]),
-                delivered: get(&self.app[1]),
-                retried: get(&self.app[2]),
-                abandoned: get(&self.app[3]),
-                refused_outgoing: get(&self.app[4]),
-                refused_incoming: get(&self.app[5]),
-                received: get(&self.app[6]),
-                duplicate: get(&self.app[7]),
+                accepted: self.app[0].get(),
+                delivered: self.app[1].get(),
+                retried: self.app[2].get(),
+                abandoned: self.app[3].get(),
+                refused_outgoing: self.app[4].get(),
+                refused_incoming: self.app[5].get(),
+                received: self.app[6].get(),
+                duplicate: self.app[7].get(),
                 store_commits: get(&self.store_commits),
-                store_items: get(&self.store_items),
+                store_items: self.store_items.get(),
                 store_commit_micros: get(&self.store_commit_micros),
             },
+            did_refused_by: self.did_refusals.lock().map(|d| d.indexers(Instant::now())).unwrap_or_default(),
         }
     }
 
@@ -428,8 +616,14 @@ impl Metrics {
                 Event::HandshakeFailed { .. } => inc(&self.handshake_failures),
                 // Heartbeats refused, seen from either end: this indexer refusing a node's, or an
                 // indexer refusing ours. Other refusals (records, candidates, DHT) do not count.
-                Event::RequestRefused { request: RequestKind::Heartbeat, .. } | Event::HeartbeatRefused { .. } => {
-                    inc(&self.heartbeats_refused)
+                Event::RequestRefused { request: RequestKind::Heartbeat, .. } => inc(&self.heartbeats_refused),
+                Event::HeartbeatRefused { reason, .. } => {
+                    inc(&self.heartbeats_refused);
+                    if *reason == RefuseReason::DidChanged
+                        && let Ok(mut d) = self.did_refusals.lock()
+                    {
+                        d.observe(e, Instant::now());
+                    }
                 }
                 Event::HeartbeatSent { .. } => inc(&self.heartbeats_sent),
                 Event::HeartbeatReceived { .. } => inc(&self.heartbeats_received),
@@ -463,8 +657,8 @@ impl Metrics {
             Counted::LookupTimedOut => inc(&self.lookups_timed_out),
             Counted::SearchStarted => inc(&self.searches_started),
             Counted::Commit { items, elapsed } => {
-                inc(&self.store_commits);
-                self.store_items.fetch_add(items as u64, Ordering::Relaxed);
+                self.store_commits.fetch_add(1, Ordering::Relaxed);
+                self.store_items.inc_by(items as u64);
                 let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
                 self.store_commit_micros.fetch_add(micros, Ordering::Relaxed);
             }
@@ -504,214 +698,218 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4), encoded by `prometheus_client`.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
-        };
-        metric("ocd_heartbeats_sent_total", "counter", "Heartbeats sent to indexers.", get(&self.heartbeats_sent));
-        metric(
-            "ocd_heartbeats_received_total",
-            "counter",
-            "Heartbeats received from nodes.",
-            get(&self.heartbeats_received),
-        );
-        metric(
-            "ocd_heartbeats_refused_total",
-            "counter",
-            "Requests refused (sent or received).",
-            get(&self.heartbeats_refused),
-        );
-        metric("ocd_pool_evictions_total", "counter", "Indexers evicted from the pool.", get(&self.evictions));
-        metric("ocd_bans_total", "counter", "Peers banned by this indexer.", get(&self.bans));
-        metric("ocd_frames_sent_total", "counter", "Wire frames sent.", get(&self.frames_sent));
-        metric("ocd_frames_received_total", "counter", "Wire frames received.", get(&self.frames_received));
-        metric(
-            "ocd_protocol_errors_total",
-            "counter",
-            "Connections closed for a bad frame.",
-            get(&self.protocol_errors),
-        );
-        metric("ocd_slow_peers_total", "counter", "Connections closed on send-queue overflow.", get(&self.slow_peers));
-        metric("ocd_handshake_failures_total", "counter", "Failed Hello exchanges.", get(&self.handshake_failures));
-        metric("ocd_pool_size", "gauge", "Live indexers in the pool.", get(&self.pool_live));
-        metric("ocd_sessions", "gauge", "Admitted node sessions.", get(&self.sessions));
-        metric("ocd_connections", "gauge", "Open connections.", get(&self.connections));
-        let dht = self.dht.lock().map(|g| *g).unwrap_or_default();
-        metric("ocd_dht_records", "gauge", "Peer records held in this indexer's DHT store.", dht.records);
-        metric("ocd_dht_table_size", "gauge", "Indexers in the Kademlia routing table.", dht.table_size);
-        metric("ocd_dht_providers", "gauge", "Indexer provider announcements held.", dht.providers);
-        metric("ocd_dht_queries_running", "gauge", "DHT queries in flight.", dht.queries_running);
-        metric("ocd_dht_queries_total", "counter", "DHT queries started.", dht.queries);
-        metric(
-            "ocd_dht_queries_refused_total",
-            "counter",
-            "DHT queries refused because kad_max_queries were running.",
-            dht.queries_refused,
-        );
-        metric("ocd_dht_rpcs_total", "counter", "DHT RPCs sent.", dht.rpcs);
-        metric("ocd_dht_rpc_failures_total", "counter", "DHT RPCs that failed or timed out.", dht.rpc_failures);
-        metric("ocd_dht_stores_accepted_total", "counter", "Records accepted from DHT STOREs.", dht.stores_accepted);
-        metric("ocd_dht_stores_refused_total", "counter", "DHT STOREs refused.", dht.stores_refused);
-        metric("ocd_record_verifications_total", "counter", "Record signatures verified.", dht.verifications);
-        metric(
-            "ocd_records_stored_total",
-            "counter",
-            "Records accepted into this indexer's store (from owners or replicas).",
-            get(&self.records_stored),
-        );
-        metric(
-            "ocd_records_rejected_total",
-            "counter",
-            "Records refused by this indexer.",
-            get(&self.records_rejected),
-        );
-        s.push_str("# HELP ocd_lookups_total Lookups asked over the control socket, by outcome.\n");
-        s.push_str("# TYPE ocd_lookups_total counter\n");
-        for (outcome, v) in [
-            ("found", get(&self.lookups_found)),
-            ("not_found", get(&self.lookups_not_found)),
-            ("timed_out", get(&self.lookups_timed_out)),
-        ] {
-            s.push_str(&format!("ocd_lookups_total{{outcome=\"{outcome}\"}} {v}\n"));
-        }
-        let search = self.search.lock().map(|g| *g).unwrap_or_default();
-        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
-        };
-        metric(
-            "ocd_searches_started_total",
-            "counter",
-            "Searches started over the control socket.",
-            get(&self.searches_started),
-        );
-        metric("ocd_search_hits_total", "counter", "Verified search hits delivered.", get(&self.search_hits));
-        metric(
-            "ocd_search_forged_hits_total",
-            "counter",
-            "Forged, altered or unrelated search hits dropped.",
-            get(&self.forged_hits_dropped),
-        );
-        metric(
-            "ocd_searches_emitted_total",
-            "counter",
-            "Nodes' searches this indexer emitted.",
-            get(&self.searches_emitted),
-        );
-        metric("ocd_searches_active", "gauge", "This node's searches in flight.", search.active);
-        metric("ocd_search_referenced", "gauge", "Records this indexer answers searches from.", search.referenced);
-        metric("ocd_searches_emitting", "gauge", "Nodes' searches this indexer is emitting.", search.emitting);
-        metric("ocd_search_mesh_neighbours", "gauge", "Search-mesh neighbours.", search.mesh_neighbours);
-        s.push_str("# HELP ocd_searches_ended_total This node's searches that ended, by end.\n");
-        s.push_str("# TYPE ocd_searches_ended_total counter\n");
-        for (end, v) in SEARCH_ENDS.iter().zip(&self.searches_ended) {
-            s.push_str(&format!("ocd_searches_ended_total{{end=\"{end}\"}} {}\n", get(v)));
-        }
-        s.push_str("# HELP ocd_search_mesh_messages_total Search-mesh gossip messages, by event.\n");
-        s.push_str("# TYPE ocd_search_mesh_messages_total counter\n");
-        for (event, v) in [
-            ("sent", search.mesh_sent),
-            ("received", search.mesh_received),
-            ("dropped", search.mesh_dropped),
-            ("delivered", search.mesh_delivered),
-        ] {
-            s.push_str(&format!("ocd_search_mesh_messages_total{{event=\"{event}\"}} {v}\n"));
-        }
-        s.push_str("# HELP ocd_app_messages_total Application messages, by event.\n");
-        s.push_str("# TYPE ocd_app_messages_total counter\n");
-        for (event, v) in APP_EVENTS.iter().zip(&self.app) {
-            s.push_str(&format!("ocd_app_messages_total{{event=\"{event}\"}} {}\n", get(v)));
-        }
-        let mut metric = |name: &str, kind: &str, help: &str, v: String| {
-            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
-        };
-        metric("ocd_app_queue_depth", "gauge", "Messages in the DNT queue.", get(&self.app_queue_depth).to_string());
-        metric("ocd_inbox_size", "gauge", "Entries in the inbox.", get(&self.inbox_size).to_string());
-        metric(
-            "ocd_store_commits_total",
-            "counter",
-            "Write transactions committed to the durable store.",
-            get(&self.store_commits).to_string(),
-        );
-        metric(
-            "ocd_store_items_total",
-            "counter",
-            "Persist and forget outputs committed to the durable store.",
-            get(&self.store_items).to_string(),
-        );
-        metric(
-            "ocd_store_commit_seconds_total",
-            "counter",
-            "Time spent committing to the durable store.",
-            format!("{}", get(&self.store_commit_micros) as f64 / 1e6),
-        );
-        for (name, help, counters) in [
-            ("ocd_messages_sent_total", "Wire messages sent, by kind.", &self.sent_by_kind),
-            ("ocd_messages_received_total", "Wire messages received, by kind.", &self.received_by_kind),
-        ] {
-            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-            for (kind, v) in counters.all() {
-                s.push_str(&format!("{name}{{kind=\"{kind}\"}} {v}\n"));
-            }
-        }
-        let indexers = self.indexers.lock().map(|g| g.clone()).unwrap_or_default();
-        if !indexers.is_empty() {
-            s.push_str("# HELP ocd_pool_indexer_score Score (0-100) of each pool entry.\n");
-            s.push_str("# TYPE ocd_pool_indexer_score gauge\n");
-            for (peer, score, _) in &indexers {
-                s.push_str(&format!("ocd_pool_indexer_score{{indexer=\"{peer}\"}} {score}\n"));
-            }
-            s.push_str("# HELP ocd_pool_indexer_rtt_seconds Last heartbeat round trip of each pool entry.\n");
-            s.push_str("# TYPE ocd_pool_indexer_rtt_seconds gauge\n");
-            for (peer, _, rtt) in &indexers {
-                if let Some(rtt) = rtt {
-                    s.push_str(&format!("ocd_pool_indexer_rtt_seconds{{indexer=\"{peer}\"}} {rtt}\n"));
-                }
-            }
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut s, &self.registry) {
+            // Only a failing writer fails, and a String never does.
+            tracing::warn!("metrics encoding failed: {e}");
         }
         s
     }
 }
 
-/// Serves `metrics` at `addr` (any path) from a background thread. Returns the bound address.
-pub fn serve(addr: SocketAddr, metrics: std::sync::Arc<Metrics>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    std::thread::Builder::new().name("ocd-metrics".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = answer(stream, &metrics);
+/// What the core keeps itself, copied after every driver step and encoded at scrape time.
+#[derive(Clone, Debug, Default)]
+struct Views {
+    search: Arc<Mutex<SearchGauges>>,
+    dht: Arc<Mutex<DhtGauges>>,
+    indexers: Arc<Mutex<Vec<IndexerGauge>>>,
+    store_commits: Arc<AtomicU64>,
+    store_commit_micros: Arc<AtomicU64>,
+    did_refusals: Arc<Mutex<super::status::DidRefusals>>,
+}
+
+/// Writes one metric without labels. `name` is the family name: the encoder adds `_total` to a
+/// counter's.
+fn one<M: EncodeMetric>(enc: &mut DescriptorEncoder, name: &str, help: &str, m: M) -> Result<(), std::fmt::Error> {
+    let metric = enc.encode_descriptor(name, help, None, m.metric_type())?;
+    m.encode(metric)
+}
+
+impl Collector for Views {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let dht = self.dht.lock().map(|g| *g).unwrap_or_default();
+        let search = self.search.lock().map(|g| *g).unwrap_or_default();
+        let indexers = self.indexers.lock().map(|g| g.clone()).unwrap_or_default();
+        let did_refused = self.did_refusals.lock().map(|d| d.indexers(Instant::now()).len()).unwrap_or_default();
+        let e = &mut enc;
+        one(e, "ocd_dht_records", "Peer records held in this indexer's DHT store.", ConstGauge::new(dht.records))?;
+        one(e, "ocd_dht_table_size", "Indexers in the Kademlia routing table.", ConstGauge::new(dht.table_size))?;
+        one(e, "ocd_dht_providers", "Indexer provider announcements held.", ConstGauge::new(dht.providers))?;
+        one(e, "ocd_dht_queries_running", "DHT queries in flight.", ConstGauge::new(dht.queries_running))?;
+        one(e, "ocd_dht_queries", "DHT queries started.", ConstCounter::new(dht.queries))?;
+        one(
+            e,
+            "ocd_dht_queries_refused",
+            "DHT queries refused because kad_max_queries were running.",
+            ConstCounter::new(dht.queries_refused),
+        )?;
+        one(e, "ocd_dht_rpcs", "DHT RPCs sent.", ConstCounter::new(dht.rpcs))?;
+        one(e, "ocd_dht_rpc_failures", "DHT RPCs that failed or timed out.", ConstCounter::new(dht.rpc_failures))?;
+        one(e, "ocd_dht_stores_accepted", "Records accepted from DHT STOREs.", ConstCounter::new(dht.stores_accepted))?;
+        one(e, "ocd_dht_stores_refused", "DHT STOREs refused.", ConstCounter::new(dht.stores_refused))?;
+        one(e, "ocd_record_verifications", "Record signatures verified.", ConstCounter::new(dht.verifications))?;
+        one(e, "ocd_searches_active", "This node's searches in flight.", ConstGauge::new(search.active))?;
+        one(
+            e,
+            "ocd_search_referenced",
+            "Records this indexer answers searches from.",
+            ConstGauge::new(search.referenced),
+        )?;
+        one(e, "ocd_searches_emitting", "Nodes' searches this indexer is emitting.", ConstGauge::new(search.emitting))?;
+        one(e, "ocd_search_mesh_neighbours", "Search-mesh neighbours.", ConstGauge::new(search.mesh_neighbours))?;
+        {
+            let mut m = e.encode_descriptor(
+                "ocd_search_mesh_messages",
+                "Search-mesh gossip messages, by event.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (event, v) in [
+                ("sent", search.mesh_sent),
+                ("received", search.mesh_received),
+                ("dropped", search.mesh_dropped),
+                ("delivered", search.mesh_delivered),
+            ] {
+                ConstCounter::new(v).encode(m.encode_family(&[("event", event)])?)?;
+            }
         }
+        one(
+            e,
+            "ocd_store_commits",
+            "Write transactions committed to the durable store.",
+            ConstCounter::new(get(&self.store_commits)),
+        )?;
+        one(
+            e,
+            "ocd_store_commit_seconds",
+            "Time spent committing to the durable store.",
+            ConstCounter::new(get(&self.store_commit_micros) as f64 / 1e6),
+        )?;
+        one(
+            e,
+            "ocd_did_refused_indexers",
+            "Indexers refusing this node's heartbeats because they hold another DID for its key.",
+            ConstGauge::new(did_refused as u64),
+        )?;
+        if !indexers.is_empty() {
+            let mut m = e.encode_descriptor(
+                "ocd_pool_indexer_score",
+                "Score (0-100) of each pool entry.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (peer, score, _) in &indexers {
+                ConstGauge::new(*score).encode(m.encode_family(&[("indexer", peer.as_str())])?)?;
+            }
+            let mut m = e.encode_descriptor(
+                "ocd_pool_indexer_rtt_seconds",
+                "Last heartbeat round trip of each pool entry.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (peer, _, rtt) in &indexers {
+                if let Some(rtt) = rtt {
+                    ConstGauge::new(*rtt).encode(m.encode_family(&[("indexer", peer.as_str())])?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How long a client may take to send a request's head; a keep-alive connection idle that long
+/// between requests is closed too.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest any connection lives, whatever it does (a client that never reads its answer).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Connections served at once; further ones are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves `metrics` at `addr` (`GET`, any path) from a background thread (see the module doc).
+/// Returns the bound address; binding errors (a port in use) are returned here.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+    std::thread::Builder::new().name("ocd-metrics".into()).spawn(move || {
+        rt.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => accept_loop(listener, metrics).await,
+                Err(e) => tracing::warn!("metrics endpoint disabled: {e}"),
+            }
+        })
     })?;
     Ok(local)
 }
 
-fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    // Read the request head (bounded), ignore it: every path serves the metrics.
-    let mut line = String::new();
-    for _ in 0..64 {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" || line.len() > 8192 {
-            break;
-        }
+async fn accept_loop(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted: wait a
+                // little rather than spin.
+                tracing::debug!("metrics accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("metrics: {MAX_CONNECTIONS} connections open, closing a new one");
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("metrics connection: {e}"),
+                Err(_) => tracing::debug!("metrics connection closed after {CONNECTION_LIFETIME:?}"),
+            }
+            drop(slot);
+        });
     }
-    let body = metrics.render();
-    write!(
-        stream,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-        body.len(),
-        body
-    )
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+/// The answer to one request: the exposition for `GET` and `HEAD`, whatever the path.
+fn respond<B>(req: &hyper::Request<B>, metrics: &Metrics) -> hyper::Response<Body> {
+    use hyper::{Method, StatusCode, header};
+    let mut res = hyper::Response::new(Body::default());
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        res.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return res;
+    }
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
+    );
+    *res.body_mut() = Body::new(metrics.render().into());
+    res
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
-    use std::sync::Arc;
+    use crate::proto::PeerId;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
 
     #[test]
     fn metrics_endpoint_serves_prometheus_text() {
@@ -724,11 +922,9 @@ mod tests {
         m.dht.lock().unwrap().rpcs = 42;
         m.indexers.lock().unwrap().push(("ab".into(), 87.5, Some(0.012)));
         let addr = serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
+        let body = get(addr, "GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
         assert!(body.starts_with("HTTP/1.1 200 OK"));
+        assert!(body.contains("content-type: text/plain; version=0.0.4"), "{body}");
         assert!(body.contains("\nocd_heartbeats_sent_total 1\n"), "{body}");
         assert!(body.contains("\nocd_pool_size 3\n"));
         assert!(body.contains("\nocd_dht_rpcs_total 42\n"), "{body}");
@@ -739,10 +935,59 @@ mod tests {
         assert!(body.contains("ocd_pool_indexer_rtt_seconds{indexer=\"ab\"} 0.012"));
     }
 
+    /// Sends `request` on a fresh connection and reads until the server closes it (at most 5 s).
+    fn get(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    #[test]
+    fn idle_connections_do_not_delay_scrapes() {
+        let m = Arc::new(Metrics::default());
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
+        // Idle clients: connected, silent; one has sent half a request head.
+        let mut idle: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        idle[0].write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+        let scrapes: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || get(addr, "GET / HTTP/1.1\r\nconnection: close\r\n\r\n")))
+            .collect();
+        for s in scrapes {
+            let body = s.join().unwrap();
+            assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+            assert!(body.contains("\nocd_pool_size 0\n"), "{body}");
+        }
+        // Keep-alive: two requests on one connection.
+        let two = "GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nconnection: close\r\n\r\n";
+        assert_eq!(get(addr, two).matches("HTTP/1.1 200 OK").count(), 2);
+        let refused = get(addr, "POST / HTTP/1.1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        assert!(refused.starts_with("HTTP/1.1 405"), "{refused}");
+        drop(idle);
+    }
+
+    #[test]
+    fn did_refusals_reach_the_snapshot_and_the_gauge() {
+        let m = Metrics::default();
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        let refused = |indexer| Event::HeartbeatRefused { indexer, reason: RefuseReason::DidChanged };
+        for _ in 0..3 {
+            m.count(Counted::Event(&refused(a)));
+        }
+        m.count(Counted::Event(&refused(b)));
+        m.count(Counted::Event(&Event::HeartbeatRefused { indexer: b, reason: RefuseReason::Busy }));
+        assert_eq!(m.snapshot().did_refused_by, vec![a.to_string(), b.to_string()]);
+        assert_eq!(m.heartbeats_refused.get(), 5);
+        assert!(m.render().contains("\nocd_did_refused_indexers 2\n"));
+        assert!(Metrics::default().render().contains("\nocd_did_refused_indexers 0\n"));
+    }
+
     #[test]
     fn count_moves_the_counters() {
+        use crate::proto::Timestamp;
         use crate::proto::wire::{IndexerMessage, RefuseReason, Refused, RequestId};
-        use crate::proto::{PeerId, Timestamp};
         let m = Metrics::default();
         let peer = PeerId([7; 32]);
         let leave = Envelope::Indexer(IndexerMessage::Leave);
@@ -775,7 +1020,7 @@ mod tests {
         let s = m.snapshot();
         assert_eq!((s.heartbeats_refused, s.bans, s.slow_peers, s.lookups_timed_out), (2, 1, 1, 1));
         assert_eq!((s.heartbeats_sent, s.heartbeats_received), (1, 1));
-        assert_eq!((get(&m.frames_received), get(&m.frames_sent)), (2, 1));
+        assert_eq!((m.frames_received.get(), m.frames_sent.get()), (2, 1));
     }
 
     #[test]

@@ -3,10 +3,62 @@
 
 use super::lookup::rfc3339;
 use super::metrics::{DhtGauges, MetricsSnapshot};
-use crate::proto::EntryState;
+use crate::proto::wire::RefuseReason;
+use crate::proto::{EntryState, Event, PeerId};
 use crate::proto::{Peer, PeerAddr, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+/// What an operator must do when indexers hold another DID for this node's key.
+pub const DID_CHANGED_HELP: &str = "they hold another DID for this key (the `did` file was replaced, or a new DID \
+     adopted): restore the `did` file this key had before, or wait until those indexers forget the old binding";
+
+/// How long after its last `DidChanged` refusal an indexer is still shown as refusing our DID.
+/// A refused seed is retried at least every `seed_backoff_max` (5 min by default), so a lasting
+/// refusal stays shown; an indexer that stopped refusing (or that we stopped asking) drops off.
+pub const DID_REFUSAL_MEMORY: Duration = Duration::from_secs(600);
+
+/// The indexers that refuse this node's heartbeats with [`RefuseReason::DidChanged`]: they bound
+/// this key to another DID. Fed with the node's events. The warning is logged when an indexer
+/// starts refusing — its first such refusal, or the first after [`DID_REFUSAL_MEMORY`] without
+/// one — not at every refused heartbeat; a DID only changes across a restart, so this is once per
+/// indexer per change.
+///
+/// An indexer that answers a probe is no sign that it accepts our DID (probes carry no identity
+/// and a refusing seed is readmitted by them, then refused again), so refusals are forgotten by
+/// age, not by `IndexerLive`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DidRefusals {
+    last: BTreeMap<PeerId, Instant>,
+}
+
+impl DidRefusals {
+    /// Updates from a core event seen at `now`; logs the warning when an indexer starts refusing,
+    /// and returns whether it did.
+    pub fn observe(&mut self, e: &Event, now: Instant) -> bool {
+        let Event::HeartbeatRefused { indexer, reason: RefuseReason::DidChanged } = e else {
+            return false;
+        };
+        let starts = self.last.get(indexer).is_none_or(|t| now.saturating_duration_since(*t) > DID_REFUSAL_MEMORY);
+        self.last.insert(*indexer, now);
+        if starts {
+            tracing::warn!(indexer = %indexer.short(), "indexer {indexer} refuses our heartbeats: {DID_CHANGED_HELP}");
+        }
+        starts
+    }
+
+    /// The indexers (peer ids, hex, in order) that refused our DID within [`DID_REFUSAL_MEMORY`]
+    /// before `now`.
+    pub fn indexers(&self, now: Instant) -> Vec<String> {
+        self.last
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) <= DID_REFUSAL_MEMORY)
+            .map(|(p, _)| p.to_string())
+            .collect()
+    }
+}
 
 /// A snapshot of the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,6 +107,10 @@ pub struct StatusReport {
     pub app: Option<super::app::AppStatus>,
     /// Counters since start.
     pub counters: MetricsSnapshot,
+    /// Indexers (peer ids) refusing our heartbeats because they hold another DID for our key
+    /// (see [`DID_CHANGED_HELP`]); empty when none does.
+    #[serde(default)]
+    pub did_refused_by: Vec<String>,
 }
 
 /// Our own record, as last signed (it is re-signed at half-life).
@@ -255,9 +311,10 @@ impl StatusReport {
         listen: &PeerAddr,
         started: Timestamp,
         now: Timestamp,
-        counters: MetricsSnapshot,
+        mut counters: MetricsSnapshot,
     ) -> Self {
         let roles = peer.roles();
+        let did_refused_by = std::mem::take(&mut counters.did_refused_by);
         let pool = peer.pool().map(|p| PoolStatus {
             min: p.min_pool(),
             max: p.max_pool(),
@@ -336,6 +393,7 @@ impl StatusReport {
             search: SearchStatus::of(peer),
             app: None,
             counters,
+            did_refused_by,
         }
     }
 
@@ -350,6 +408,15 @@ impl StatusReport {
         let _ = writeln!(s, "ocd {} (runtime {})  roles: {}", self.version, self.runtime, self.roles.join(","));
         let _ = writeln!(s, "peer     {}", self.peer_id);
         let _ = writeln!(s, "did      {}", self.did);
+        if !self.did_refused_by.is_empty() {
+            let who: Vec<&str> = self.did_refused_by.iter().map(|p| short(p)).collect();
+            let _ = writeln!(
+                s,
+                "WARNING  {} indexer(s) refuse this DID ({}): {DID_CHANGED_HELP}",
+                who.len(),
+                who.join(", ")
+            );
+        }
         if !self.name.is_empty() {
             let _ = writeln!(s, "name     {}", self.name);
         }
@@ -545,6 +612,44 @@ mod tests {
         let peer = Peer::new(setup, now);
         let addr = PeerAddr { id: peer.id(), addrs: vec!["127.0.0.1:4001".into()] };
         StatusReport::build(&peer, "tokio", &addr, &addr, now, now, counters)
+    }
+
+    #[test]
+    fn a_did_refusal_warns_once_per_indexer_and_is_forgotten_by_age() {
+        let (a, b) = (PeerId([1; 32]), PeerId([2; 32]));
+        let refused = |indexer| Event::HeartbeatRefused { indexer, reason: RefuseReason::DidChanged };
+        let t0 = Instant::now();
+        let mut d = DidRefusals::default();
+        assert!(d.observe(&refused(a), t0), "the first refusal warns");
+        for i in 1..10 {
+            assert!(!d.observe(&refused(a), t0 + Duration::from_secs(i)), "later ones do not");
+        }
+        assert!(!d.observe(&Event::IndexerLive { indexer: a }, t0), "a probe answer changes nothing");
+        assert!(!d.observe(&Event::HeartbeatRefused { indexer: b, reason: RefuseReason::Busy }, t0));
+        assert!(d.observe(&refused(b), t0), "another indexer warns too");
+        assert_eq!(d.indexers(t0 + Duration::from_secs(9)), vec![a.to_string(), b.to_string()]);
+        let later = t0 + Duration::from_secs(9) + DID_REFUSAL_MEMORY;
+        assert_eq!(d.indexers(later), vec![a.to_string()], "b's refusal is older than the memory");
+        assert!(d.observe(&refused(b), later), "b refusing again after that warns again");
+    }
+
+    #[test]
+    fn a_node_refused_for_its_did_says_so_and_how_to_fix_it() {
+        let counters = MetricsSnapshot { did_refused_by: vec!["ab".repeat(32)], ..MetricsSnapshot::default() };
+        let r = report(Roles::NODE, false, counters);
+        assert_eq!(r.did_refused_by, vec!["ab".repeat(32)]);
+        assert!(r.counters.did_refused_by.is_empty(), "moved to the top level");
+        let text = r.render();
+        assert!(
+            text.contains("WARNING  1 indexer(s) refuse this DID (abababababababab): they hold another DID"),
+            "{text}"
+        );
+        assert!(text.contains("restore the `did` file"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["did_refused_by"][0], "ab".repeat(32));
+        let none = report(Roles::NODE, false, MetricsSnapshot::default());
+        assert!(!none.render().contains("WARNING"));
+        assert_eq!(serde_json::to_value(&none).unwrap()["did_refused_by"], serde_json::json!([]));
     }
 
     #[test]

@@ -48,6 +48,11 @@ impl IndexerService {
                 return;
             }
         }
+        // A probe names the prober's DID: one that changed for a known key is refused here too,
+        // or a node would see us live after each probe and be refused at its next heartbeat.
+        if self.check_did(peer, hb.did.as_ref(), Req::Heartbeat(hb.req), now, out).is_err() {
+            return;
+        }
         self.respond(peer, &hb, true, desk, now, out);
     }
 

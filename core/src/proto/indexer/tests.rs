@@ -601,6 +601,15 @@ fn did_is_never_clobbered_and_a_changed_did_is_refused_without_strikes() {
     let out = h.publish(&a, record(1, "did:new", at(110)), at(110));
     assert_eq!(refusal(&out).reason, RefuseReason::DidChanged);
     assert_eq!(h.ix.strikes(&a.id), 0);
+    // A probe naming the new DID is refused the same way (a node would otherwise count us live
+    // after each probe and be refused at its next heartbeat); one naming the bound DID is answered.
+    let out = h.send(&a, Heartbeat { did: Some(did("did:new")), ..probe() }, at(112));
+    assert_eq!(refusal(&out).reason, RefuseReason::DidChanged);
+    assert_eq!(h.ix.strikes(&a.id), 0);
+    let out = h.send(&a, Heartbeat { did: Some(did("did:a")), ..probe() }, at(114));
+    assert!(
+        out.iter().all(|x| !matches!(x, Action::Send { message: Envelope::Indexer(IndexerMessage::Refused(_)), .. }))
+    );
     let out = h.send(&a, Heartbeat { did: Some(did("did:a")), ..hb() }, at(120));
     assert!(response(&out).record_expires.is_some(), "the bound DID is served as before");
     // The DID check asks the record store (the DHT), not the sessions: a's signed record stays

@@ -114,10 +114,13 @@ impl IndexerPool {
         });
     }
 
+    /// A retry probe: "could I join you now?", with our DID, so an indexer that holds another
+    /// DID for our key says so (`DidChanged`) instead of answering as if we could.
     pub(super) fn probe_message(&self, req: RequestId) -> Envelope {
         Envelope::from(Heartbeat {
             need: u16::try_from(self.need()).unwrap_or(u16::MAX),
             is_indexer: self.is_indexer,
+            did: Some(self.did.clone()),
             ..Heartbeat::bare(req, HeartbeatKind::Probe)
         })
     }
