@@ -297,7 +297,14 @@ struct Driver<T: Transport, R: Runtime> {
     expired_rx: mpsc::UnboundedReceiver<Expired>,
     /// The core's next deadline and a sleep armed for it.
     timer: Option<(Timestamp, BoxFuture<()>)>,
+    /// Protocol-error WARNs are rate-limited: when the last one was logged, and how many were
+    /// left out since (a flood of bad frames is one line per interval, and counted).
+    protocol_warned: Option<Timestamp>,
+    protocol_unlogged: u64,
 }
+
+/// At most one `closing connection` WARN per this interval; the others are counted into the next.
+const PROTOCOL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl<T: Transport, R: Runtime> Driver<T, R> {
     fn new(
@@ -351,6 +358,8 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             expired_tx,
             expired_rx,
             timer: None,
+            protocol_warned: None,
+            protocol_unlogged: 0,
         }
     }
 
@@ -535,7 +544,18 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         match &end {
             ReadEnd::Protocol(e) => {
                 self.metrics.count(Counted::ProtocolError);
-                tracing::warn!(peer = %from.short(), "closing connection: {e}");
+                if self.protocol_warned.is_none_or(|t| now.since(t) >= PROTOCOL_WARN_EVERY) {
+                    let more = std::mem::take(&mut self.protocol_unlogged);
+                    self.protocol_warned = Some(now);
+                    if more > 0 {
+                        tracing::warn!(peer = %from.short(), more, "closing connection: {e} ({more} more since the last such line)");
+                    } else {
+                        tracing::warn!(peer = %from.short(), "closing connection: {e}");
+                    }
+                } else {
+                    self.protocol_unlogged += 1;
+                    tracing::debug!(peer = %from.short(), "closing connection: {e}");
+                }
                 if let Some(c) = c {
                     c.handle.close(close_code::PROTOCOL, "bad frame");
                 }
