@@ -129,3 +129,63 @@ fn a_sender_that_crashes_with_a_full_queue_resumes_it() {
     assert_eq!(payloads, (1..=21).collect());
     let _ = IX;
 }
+
+/// The peer book (DESIGN §9): a relation the apps set is applied at once (a blocked peer is
+/// refused both ways), persisted, and still in force after a restart; removing it lets the peer
+/// back in.
+#[test]
+fn a_peer_the_apps_block_stays_blocked_across_a_restart() {
+    use ocd_core::proto::{AppRefusal, Relation, SendRefusal};
+    let mut net = network();
+    let a_id = net.peers[A].id();
+    let b_id = net.peers[B].id();
+    net.input(B, Input::Command(Command::SetRelation { peer: a_id, relation: Some(Relation::Blocked) }));
+    assert_eq!(net.peers[B].peer_book().and_then(|b| b.relation(&a_id)), Some(Relation::Blocked));
+    net.crash(B);
+    net.run_for(Duration::from_secs(1));
+    net.restart(B);
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(
+        net.peers[B].peer_book().and_then(|b| b.relation(&a_id)),
+        Some(Relation::Blocked),
+        "the relation came back from the store"
+    );
+    // A's message to B is refused for good, and B cannot send to A.
+    let since = net.now;
+    send(&mut net, 1, Target::Peer(b_id), AppProtocol::Verify);
+    net.run_for(Duration::from_secs(20));
+    let refused_in = net.events.iter().any(|(t, i, e)| {
+        *t >= since
+            && *i == B
+            && matches!(e, Event::AppIncomingRefused { from, reason: AppRefusal::Blocked } if *from == a_id)
+    });
+    assert!(refused_in, "B refused A's message as blocked");
+    let delivered = net.events.iter().any(|(t, i, e)| *t >= since && *i == B && matches!(e, Event::AppReceived { .. }));
+    assert!(!delivered, "nothing from a blocked peer reaches the inbox");
+    let message = NewMessage {
+        to: Target::Peer(a_id),
+        protocol: AppProtocol::Create,
+        datatype: None,
+        user: "u".into(),
+        payload: vec![1],
+    };
+    net.input(B, Input::Command(Command::Send { id: 9, message }));
+    let refused_out = net
+        .events
+        .iter()
+        .any(|(_, i, e)| *i == B && matches!(e, Event::AppSendRefused { id: 9, reason: SendRefusal::BadDestination }));
+    assert!(refused_out, "B does not send to a peer it blocks");
+    // Unblocked (and persisted as such): A's next message is delivered.
+    net.input(B, Input::Command(Command::SetRelation { peer: a_id, relation: None }));
+    net.crash(B);
+    net.run_for(Duration::from_secs(1));
+    net.restart(B);
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.peers[B].peer_book().and_then(|b| b.relation(&a_id)), None);
+    let since = net.now;
+    send(&mut net, 2, Target::Peer(b_id), AppProtocol::Create);
+    net.run_for(Duration::from_secs(40));
+    let got = net.events.iter().any(|(t, i, e)| *t >= since && *i == B && matches!(e, Event::AppReceived { .. }));
+    assert!(got, "an unblocked peer's message is delivered");
+    assert!(net.stores[B].inbox().iter().all(|e| e.id.sender != a_id || e.payload == 2u64.to_le_bytes()));
+}

@@ -10,7 +10,16 @@
 //! data_dir = "./ocd-data"            # key, DID, control socket             (OCD_DATA_DIR)
 //! network_key = "./psk/psk.key"      # shared private-network key           (PSK_PATH)
 //! metrics = "127.0.0.1:9464"         # Prometheus endpoint; absent = off    (OCD_METRICS)
-//! nats_url = "nats://127.0.0.1:4222" #                                      (NATS_URL)
+//! nats_url = "nats://127.0.0.1:4222" # the local apps' NATS; absent = no bridge (NATS_URL)
+//!
+//! [nats]                             # the NATS bridge (DESIGN §9); every field is optional
+//! app_name = "oc-discovery"          # our FromApp: messages carrying it are ignored
+//! search_idle = "5s"                 # a resource search ends this long after its last result
+//! resource_search_subject = "resource_search"   # incoming resource searches are put to the apps here
+//! [nats.subjects]                    # subject per method; default: the method name in lower case
+//! CREATE_RESOURCE = "create_resource"
+//! [nats.codes.datatypes]             # oc-lib's numeric codes, when they differ from the defaults
+//! PEER = 9                           # (also [nats.codes.actions], .methods, .relations)
 //!
 //! [protocol]                         # every field of ocd_core::proto::Config
 //! name = "alice"                     # (NAME)
@@ -19,7 +28,8 @@
 //! search_timeout = "5s"              # (SEARCH_TIMEOUT, seconds)
 //! record_ttl = "5m"                  # lifetime of our signed record (re-signed at half-life)
 //! trusted_peers = ["<peer-id-hex>"]  # an indexer always treats these as known (the seed's peer DB)
-//! blocked_peers = ["<peer-id-hex>"]  # an indexer never serves these (the seed's BLACKLIST)
+//! blocked_peers = ["<peer-id-hex>"]  # never served, never sent to (the seed's BLACKLIST)
+//! partners = ["<peer-id-hex>"]       # resources are pushed to them     (PEER_IDS, comma-separated)
 //! ```
 
 use crate::proto::{Config, PeerAddr, Roles};
@@ -82,8 +92,10 @@ pub struct DaemonConfig {
     pub control_socket: Option<PathBuf>,
     /// Prometheus metrics address (`None`: metrics off).
     pub metrics: Option<SocketAddr>,
-    /// NATS server the application bridge talks to (kept for the NATS issue).
+    /// The local apps' NATS server (`None`: no bridge).
     pub nats_url: Option<String>,
+    /// The NATS bridge's settings.
+    pub nats: crate::proto::bridge::BridgeConfig,
     /// Use iroh relays (tokio runtime only). Off by default: a private federation dials directly.
     pub relays: bool,
     /// Use iroh's address lookup services (tokio runtime only). Off by default.
@@ -119,6 +131,7 @@ impl Default for DaemonConfig {
             control_socket: None,
             metrics: None,
             nats_url: None,
+            nats: crate::proto::bridge::BridgeConfig::default(),
             relays: false,
             address_lookup: false,
             keep_alive: Duration::from_secs(5),
@@ -190,7 +203,16 @@ impl DaemonConfig {
             self.protocol.max_indexers = v.trim().parse().map_err(|_| bad("MAX_INDEXER", "not a number"))?;
         }
         if let Some(v) = get("NATS_URL") {
-            self.nats_url = Some(v);
+            let v = v.trim().to_string();
+            self.nats_url = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("PEER_IDS") {
+            self.protocol.partners = v
+                .split([',', ' ', ';'])
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse().map_err(|_| bad("PEER_IDS", format!("`{p}` is not a peer id (64 hex digits)"))))
+                .collect::<Result<_, _>>()?;
         }
         if let Some(v) = get("PSK_PATH") {
             self.network_key = PathBuf::from(v);

@@ -146,7 +146,18 @@ pub async fn serve<T: Transport, R: Runtime>(
         group_max: setup.config.group_commit,
         ..DriverOptions::default()
     };
-    let result = driver::run(rt, transport, peer, clock, options, control_rx, metrics).await;
+    let nats = match (&setup.config.nats_url, setup.roles.node) {
+        (Some(url), true) => Some(
+            super::nats::NatsBridge::start(url, setup.config.nats.clone(), peer.id(), Some(store.clone()))
+                .map_err(|source| HostError::Io { context: "starting the NATS bridge".into(), source })?,
+        ),
+        (Some(_), false) => {
+            tracing::warn!("nats_url is set but this daemon is no node: the NATS bridge is off");
+            None
+        }
+        (None, _) => None,
+    };
+    let result = driver::run(rt, transport, peer, clock, options, control_rx, metrics, nats).await;
     let _ = std::fs::remove_file(&socket);
     // End `inbox --follow` answers, then let the store close cleanly once they let go of it.
     store.close_watchers();

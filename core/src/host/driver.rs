@@ -50,6 +50,7 @@ use super::app::{self, AppStatus, SendReply};
 use super::control::{ControlCommand, ControlReply, ControlRequest, MAX_LOOKUP_TIMEOUT, Responder};
 use super::lookup::LookupReport;
 use super::metrics::{Counted, Metrics};
+use super::nats::{FromNats, NatsBridge};
 use super::search::{MAX_SEARCH_TIMEOUT, SearchDoneReply, SearchEndReason, SearchHitReply};
 use super::status::StatusReport;
 use super::store::{Durable, Store, StoreError};
@@ -207,12 +208,15 @@ enum Wake<T: Transport> {
     Expired(Expired),
     /// A lookup's or search's client hung up.
     Abandoned,
+    /// The NATS client has something (a message from the apps, a reply, a confirmation).
+    Nats(FromNats),
 }
 
 /// Runs `peer` until a [`ControlCommand::Shutdown`] arrives on `control` (or every control
 /// sender is dropped), then shuts down gracefully: the core says goodbye, queued frames are
 /// flushed, connections are closed and the transport is shut down. Fails when a commit to the
 /// durable store fails (the daemon must stop: the core believes the state durable).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<T: Transport, R: Runtime>(
     rt: R,
     transport: T,
@@ -221,8 +225,10 @@ pub async fn run<T: Transport, R: Runtime>(
     options: DriverOptions,
     control: mpsc::Receiver<ControlRequest>,
     metrics: Arc<Metrics>,
+    nats: Option<NatsBridge>,
 ) -> Result<(), StoreError> {
     let mut d = Driver::new(rt, transport, peer, clock, options, control, metrics);
+    d.nats = nats;
     d.start();
     while d.fatal.is_none() {
         d.arm_timer();
@@ -239,6 +245,7 @@ pub async fn run<T: Transport, R: Runtime>(
             grouped += 1;
         }
         d.drain_outputs();
+        d.announce_to_nats();
         d.metrics.observe(&d.peer, d.conns.len());
         d.observe_app();
         if stop {
@@ -301,6 +308,12 @@ struct Driver<T: Transport, R: Runtime> {
     /// left out since (a flood of bad frames is one line per interval, and counted).
     protocol_warned: Option<Timestamp>,
     protocol_unlogged: u64,
+    /// The NATS bridge, when `nats_url` is set (a node's).
+    nats: Option<NatsBridge>,
+    /// Whether our own peer was published to the apps.
+    nats_announced: bool,
+    /// Inbox entries were committed since the bridge last read the inbox.
+    nats_feed: bool,
 }
 
 /// At most one `closing connection` WARN per this interval; the others are counted into the next.
@@ -360,6 +373,9 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             timer: None,
             protocol_warned: None,
             protocol_unlogged: 0,
+            nats: None,
+            nats_announced: false,
+            nats_feed: true,
         }
     }
 
@@ -403,7 +419,15 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             self.peer.handle(Input::Timeout, now);
             self.drain_outputs();
         }
-        match (self.peer.poll_timeout(), &self.timer) {
+        if self.nats.as_ref().and_then(|n| n.poll_timeout()).is_some_and(|t| t <= now) {
+            self.on_nats_timeout(now);
+            self.drain_outputs();
+        }
+        let next = match (self.peer.poll_timeout(), self.nats.as_ref().and_then(|n| n.poll_timeout())) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match (next, &self.timer) {
             (None, _) => self.timer = None,
             (Some(t), Some((armed, _))) if *armed == t => {}
             (Some(t), _) => self.timer = Some((t, self.rt.sleep_until(self.clock.instant(t)))),
@@ -430,6 +454,11 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             }
             if let Poll::Ready(Some(e)) = self.expired_rx.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::Expired(e));
+            }
+            if let Some(n) = self.nats.as_mut()
+                && let Poll::Ready(Some(m)) = n.from.poll_next_unpin(cx)
+            {
+                return Poll::Ready(Wake::Nats(m));
             }
             if self.lookups.values_mut().any(|p| p.reply.poll_canceled(cx).is_ready())
                 || self.searches.values_mut().any(|p| p.reply.poll_canceled(cx).is_ready())
@@ -468,6 +497,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             Wake::Expired(Expired::Lookup(id)) => self.on_lookup_expired(id, now),
             Wake::Expired(Expired::Search(id)) => self.on_search_expired(id, now),
             Wake::Abandoned => self.on_abandoned(now),
+            Wake::Nats(m) => self.on_nats(m, now),
         }
         ControlFlow::Continue(())
     }
@@ -566,11 +596,70 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         self.peer.handle(Input::ConnectionDown { peer: from }, now);
     }
 
-    /// The core's deadline passed.
+    /// The core's (or the bridge's) deadline passed.
     fn on_timer(&mut self, now: Timestamp) {
         self.timer = None;
-        self.peer.handle(Input::Timeout, now);
+        if self.peer.poll_timeout().is_some_and(|t| t <= now) {
+            self.peer.handle(Input::Timeout, now);
+        }
+        if self.nats.as_ref().and_then(|n| n.poll_timeout()).is_some_and(|t| t <= now) {
+            self.on_nats_timeout(now);
+        }
         self.metrics.observe_pool(&self.peer);
+    }
+
+    // ---- the NATS bridge -------------------------------------------------------------------------
+
+    /// Hands the bridge's commands to the core.
+    fn run_commands(&mut self, commands: Vec<Command>, now: Timestamp) {
+        for c in commands {
+            self.peer.handle(Input::Command(c), now);
+        }
+    }
+
+    /// Something from the NATS client.
+    fn on_nats(&mut self, m: FromNats, now: Timestamp) {
+        let Some(n) = self.nats.as_mut() else { return };
+        let confirmed = matches!(m, FromNats::Published(_));
+        let commands = n.on_from(m, self.peer.peer_book(), now);
+        self.run_commands(commands, now);
+        if confirmed {
+            // The client had room again: read on if the inbox was left behind.
+            self.nats_feed = true;
+        }
+    }
+
+    /// The bridge's deadline passed (a resource search went idle).
+    fn on_nats_timeout(&mut self, now: Timestamp) {
+        if let Some(n) = self.nats.as_mut() {
+            let commands = n.handle_timeout(now);
+            self.run_commands(commands, now);
+        }
+    }
+
+    /// Publishes our own peer to the apps once our record exists.
+    fn announce_to_nats(&mut self) {
+        if self.nats_announced {
+            return;
+        }
+        let (Some(n), Some(record)) = (self.nats.as_mut(), self.peer.record()) else { return };
+        self.nats_announced = true;
+        let commands = n.announce(&record.clone());
+        self.run_commands(commands, self.clock.now());
+        self.drain_outputs();
+    }
+
+    /// Hands newly committed inbox entries to the bridge.
+    fn feed_nats(&mut self) {
+        if !std::mem::take(&mut self.nats_feed) {
+            return;
+        }
+        let now = self.clock.now();
+        let Some(n) = self.nats.as_mut() else { return };
+        match n.feed_inbox(now) {
+            Ok(commands) => self.run_commands(commands, now),
+            Err(e) => tracing::warn!("NATS bridge: reading the inbox: {e}"),
+        }
     }
 
     /// A control-socket command. `Break` on `shutdown`.
@@ -588,6 +677,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
                 );
                 let mut report = report;
                 report.app = self.app_status(now);
+                report.nats = self.nats.as_ref().map(|n| n.status());
                 req.reply.finish(ControlReply::Status(Box::new(report)));
             }
             ControlCommand::Shutdown => {
@@ -814,6 +904,18 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             if !self.commit_durable() {
                 // Outputs after an uncommitted persist must not run; the daemon stops.
                 held.clear();
+            } else if self.nats.is_some() && self.nats_feed {
+                self.feed_nats();
+                while let Some(out) = self.peer.poll_output() {
+                    match out {
+                        Output::Persist(p) => self.durable.push(Durable::Persist(p)),
+                        Output::Forget(f) => self.durable.push(Durable::Forget(f)),
+                        other => held.push(other),
+                    }
+                }
+                if !self.commit_durable() {
+                    held.clear();
+                }
             }
             if held.is_empty() {
                 self.held = held;
@@ -846,6 +948,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
                 self.inbox_size += stats.inbox_appended;
                 if stats.inbox_appended > 0 {
                     self.app_dirty = true;
+                    self.nats_feed = true;
                 }
                 tracing::trace!(items = stats.items, micros = stats.elapsed.as_micros() as u64, "committed");
                 self.durable.clear();
@@ -933,6 +1036,10 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     /// An event of the core: counted, logged, and a finished lookup answered.
     fn on_event(&mut self, e: Event) {
         self.metrics.count(Counted::Event(&e));
+        if let Some(n) = self.nats.as_mut() {
+            let (_, commands) = n.on_event(&e);
+            self.run_commands(commands, self.clock.now());
+        }
         if super::metrics::app_event_index(&e).is_some() {
             self.app_dirty = true;
         }

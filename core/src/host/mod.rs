@@ -24,6 +24,7 @@ pub mod driver;
 pub mod identity;
 pub mod lookup;
 pub mod metrics;
+pub mod nats;
 pub mod search;
 pub mod status;
 pub mod store;

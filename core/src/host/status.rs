@@ -105,6 +105,9 @@ pub struct StatusReport {
     /// Application messages: the DNT queue, the inbox and the durable store (a node's).
     #[serde(default)]
     pub app: Option<super::app::AppStatus>,
+    /// The NATS bridge (`None`: no `nats_url`).
+    #[serde(default)]
+    pub nats: Option<super::nats::NatsStatus>,
     /// Counters since start.
     pub counters: MetricsSnapshot,
     /// Indexers (peer ids) refusing our heartbeats because they hold another DID for our key
@@ -392,6 +395,7 @@ impl StatusReport {
             },
             search: SearchStatus::of(peer),
             app: None,
+            nats: None,
             counters,
             did_refused_by,
         }
@@ -521,6 +525,22 @@ impl StatusReport {
             d.queries, d.queries_refused, d.rpcs, d.rpc_failures, d.stores_accepted, d.stores_refused, d.verifications
         );
         self.render_search(&mut s);
+        if let Some(n) = &self.nats {
+            let _ = writeln!(
+                s,
+                "nats {} ({}): received {} (dropped {}), published {}, pending {}, reconnects {}, resource searches {} / answering {}{}",
+                n.url,
+                if n.connected { "connected" } else { "DISCONNECTED" },
+                n.received,
+                n.malformed,
+                n.published,
+                n.pending,
+                n.reconnects,
+                n.searches.0,
+                n.searches.1,
+                n.last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+            );
+        }
         if let Some(app) = &self.app {
             app.render(&mut s);
             let a = &self.counters.app;

@@ -27,8 +27,9 @@
 //! | `received_seqs` | `(sender, epoch, seq)` | `()` — sequences received at or above the floor |
 //! | `did_bindings` | DID (`&str`) | `(owner peer id, until ms)` — the latest binding of the DID |
 //! | `bans` | peer id | until (ms) — the latest ban of the peer |
+//! | `peer_book` | peer id | relation set by the apps (0 known, 1 partner, 2 blocked) |
 //!
-//! `did_bindings` and `bans` were added to version 1 without changing it: files written before
+//! `did_bindings`, `bans` and `peer_book` were added to version 1 without changing it: files written before
 //! them have no such tables, which read as empty (every table but `meta` is opened optionally on
 //! read, and created by the first write). They stay bounded: rows whose `until` has passed are
 //! never handed back, and are deleted by [`Store::restore`] and, at most every
@@ -56,8 +57,8 @@
 //! and never replaces the file.
 
 use crate::proto::{
-    Did, DidBinding, Forget, InboxEntry, Keypair, MessageId, PeerId, Persist, QueuedMessage, ReceivedIds, Restored,
-    Timestamp,
+    Did, DidBinding, Forget, InboxEntry, Keypair, MessageId, PeerId, Persist, QueuedMessage, ReceivedIds, Relation,
+    Restored, Timestamp,
 };
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Key};
@@ -92,6 +93,7 @@ const RECEIVED_FLOOR: TableDefinition<([u8; 32], u64), u64> = TableDefinition::n
 const RECEIVED_SEQS: TableDefinition<([u8; 32], u64, u64), ()> = TableDefinition::new("received_seqs");
 const DID_BINDINGS: TableDefinition<&str, ([u8; 32], u64)> = TableDefinition::new("did_bindings");
 const BANS: TableDefinition<[u8; 32], u64> = TableDefinition::new("bans");
+const PEER_BOOK: TableDefinition<[u8; 32], u8> = TableDefinition::new("peer_book");
 
 const META_SCHEMA: &str = "schema";
 const META_OWNER: &str = "owner";
@@ -387,6 +389,24 @@ impl Store {
         Ok(restored)
     }
 
+    /// The peer book as the apps set it.
+    fn read_peer_book(&self, rtx: &redb::ReadTransaction) -> Result<Vec<(PeerId, Relation)>, StoreError> {
+        let mut out = Vec::new();
+        if let Some(t) = open_optional(rtx, PEER_BOOK).map_err(|e| self.db_err(e))? {
+            for row in t.iter().map_err(|e| self.db_err(e))? {
+                let (k, v) = row.map_err(|e| self.db_err(e))?;
+                let relation = match v.value() {
+                    0 => Relation::Known,
+                    1 => Relation::Partner,
+                    2 => Relation::Blocked,
+                    other => return Err(self.corrupt(format!("peer book entry: relation {other}"))),
+                };
+                out.push((PeerId(k.value()), relation));
+            }
+        }
+        Ok(out)
+    }
+
     /// The DID bindings and bans that hold at `now`, and whether lapsed rows were seen.
     fn read_indexer(&self, now: Timestamp) -> Result<IndexerHeld, StoreError> {
         let rtx = self.db.begin_read().map_err(|e| self.db_err(e))?;
@@ -483,6 +503,7 @@ impl Store {
             received: received.into_values().collect(),
             bindings: Vec::new(),
             bans: Vec::new(),
+            relations: self.read_peer_book(&rtx)?,
         })
     }
 
@@ -600,6 +621,17 @@ impl Store {
             }
             Persist::Ban { peer, until } => {
                 w.bans.insert(peer.0, until.0).map_err(db)?;
+            }
+            Persist::Relation { peer, relation: None } => {
+                w.book.remove(peer.0).map_err(db)?;
+            }
+            Persist::Relation { peer, relation: Some(r) } => {
+                let code = match r {
+                    Relation::Known => 0u8,
+                    Relation::Partner => 1,
+                    Relation::Blocked => 2,
+                };
+                w.book.insert(peer.0, code).map_err(db)?;
             }
         }
         Ok(())
@@ -841,6 +873,7 @@ struct Writer<'t> {
     seqs: redb::Table<'t, ([u8; 32], u64, u64), ()>,
     bindings: redb::Table<'t, &'static str, ([u8; 32], u64)>,
     bans: redb::Table<'t, [u8; 32], u64>,
+    book: redb::Table<'t, [u8; 32], u8>,
 }
 
 impl<'t> Writer<'t> {
@@ -856,6 +889,7 @@ impl<'t> Writer<'t> {
             // Created by the first write on a file made before they existed.
             bindings: wtx.open_table(DID_BINDINGS)?,
             bans: wtx.open_table(BANS)?,
+            book: wtx.open_table(PEER_BOOK)?,
         })
     }
 }

@@ -217,6 +217,11 @@ pub struct Config {
     /// Peers an indexer never serves (the seed's `BLACKLIST` relation), as hex peer ids.
     #[serde(with = "peer_id_list")]
     pub blocked_peers: Vec<super::identity::PeerId>,
+    /// A node's partners (the seed's `PEER_IDS` and `PARTNER` relation), as hex peer ids: resources
+    /// the local apps create, update or delete are pushed to them (DESIGN §9). More come from the
+    /// apps over NATS and are kept in the durable peer book.
+    #[serde(with = "peer_id_list")]
+    pub partners: Vec<super::identity::PeerId>,
 
     // ---- connections -----------------------------------------------------------------------
     /// A connection whose `Hello` exchange has not completed by then is closed (ocd).
@@ -305,6 +310,7 @@ impl Default for Config {
             discovery_interval: Duration::from_secs(60),
             trusted_peers: Vec::new(),
             blocked_peers: Vec::new(),
+            partners: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_queued_per_peer: 64,

@@ -7,7 +7,7 @@
 //! simulator and the flow tests keep one per peer across crashes; the daemon's redb store follows
 //! the same rules on disk.
 
-use crate::proto::app::{InboxEntry, MessageId, QueuedMessage};
+use crate::proto::app::{InboxEntry, MessageId, QueuedMessage, Relation};
 use crate::proto::identity::{Did, PeerId};
 use crate::proto::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,13 @@ pub enum Persist {
         /// When the ban ends.
         until: Timestamp,
     },
+    /// A node's peer book changed (set by the local apps): `None` removes the entry.
+    Relation {
+        /// The peer.
+        peer: PeerId,
+        /// Its relation now.
+        relation: Option<Relation>,
+    },
 }
 
 /// What the host may delete.
@@ -99,6 +106,9 @@ pub struct Restored {
     pub bindings: Vec<DidBinding>,
     /// An indexer's bans (the latest per peer; ended ones may be left out).
     pub bans: Vec<(PeerId, Timestamp)>,
+    /// A node's peer book as the apps set it (the configuration is applied over it).
+    #[serde(default)]
+    pub relations: Vec<(PeerId, Relation)>,
 }
 
 /// What applying one [`Persist`] did to a [`MemoryStore`].
@@ -122,6 +132,7 @@ pub struct MemoryStore {
     received: BTreeMap<(PeerId, u64), (u64, BTreeSet<u64>)>,
     bindings: BTreeMap<Did, (PeerId, Timestamp)>,
     bans: BTreeMap<PeerId, Timestamp>,
+    relations: BTreeMap<PeerId, Relation>,
     duplicates: u64,
 }
 
@@ -160,6 +171,12 @@ impl MemoryStore {
             }
             Persist::Ban { peer, until } => {
                 self.bans.insert(peer, until);
+            }
+            Persist::Relation { peer, relation: Some(r) } => {
+                self.relations.insert(peer, r);
+            }
+            Persist::Relation { peer, relation: None } => {
+                self.relations.remove(&peer);
             }
         }
         Applied::Stored
@@ -205,6 +222,7 @@ impl MemoryStore {
                 .map(|(did, (owner, until))| DidBinding { did: did.clone(), owner: *owner, until: *until })
                 .collect(),
             bans: self.bans.iter().filter(|(_, until)| **until > now).map(|(p, u)| (*p, *u)).collect(),
+            relations: self.relations.iter().map(|(p, r)| (*p, *r)).collect(),
         }
     }
 
@@ -216,6 +234,7 @@ impl MemoryStore {
             && self.received.is_empty()
             && self.bindings.is_empty()
             && self.bans.is_empty()
+            && self.relations.is_empty()
     }
 
     /// The inbox, in arrival order.

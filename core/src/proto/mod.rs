@@ -24,6 +24,8 @@
 //!   dht/        Kademlia: routing table and iterative lookups (kad), queries, record and
 //!               provider stores, replication
 //!   app/        application messages between nodes: ids, acknowledgements, the DNT queue, the inbox
+//!   bridge/     the NATS bridge's mapping: the local apps' JSON messages ↔ commands, events and
+//!               inbox entries (the NATS client is the host's)
 //!   search/     distributed peer search: the node's searches, the emitter and responder, the
 //!               indexers' search mesh (iroh-gossip's HyParView + PlumTree)
 //!   record.rs   signed peer and provider records, the record store, this peer's own record
@@ -81,6 +83,7 @@
 
 mod action;
 mod app;
+pub mod bridge;
 mod config;
 mod dht;
 mod durable;
@@ -102,8 +105,8 @@ pub(crate) use action::Action;
 #[cfg(feature = "internals")]
 pub use action::Sink;
 pub use app::{
-    Abandon, AppProtocol, AppRefusal, DeliveryClass, InboxEntry, MessageId, NewMessage, QueueView, QueuedMessage,
-    SendRefusal, Target,
+    Abandon, AppProtocol, AppRefusal, DeliveryClass, InboxEntry, MessageId, NewMessage, PeerBook, QueueView,
+    QueuedMessage, Relation, SendRefusal, Target,
 };
 pub use config::{Config, ConfigError};
 pub use dht::DhtStats;
@@ -192,6 +195,15 @@ pub enum Command {
         id: u64,
         /// The message.
         message: NewMessage,
+    },
+    /// The local apps set a peer's relation in the peer book (`None` removes it); persisted, and
+    /// applied at once (a blocked peer is refused both ways). Ignored by a peer without the node
+    /// role, and for a peer the configuration blocks.
+    SetRelation {
+        /// The peer.
+        peer: PeerId,
+        /// Its relation.
+        relation: Option<Relation>,
     },
 }
 

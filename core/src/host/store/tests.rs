@@ -611,3 +611,30 @@ fn a_restarted_core_refuses_the_thief_from_the_redb_store() {
     let r = Store::open(dir.path(), &ix).unwrap().restore_at(later + secs(60)).unwrap();
     assert!(r.bans.contains(&(thief_id, until)), "{:?}", r.bans);
 }
+
+#[test]
+fn the_peer_book_survives_a_reopen_and_removals_stick() {
+    use crate::proto::Relation;
+    let dir = tempfile::tempdir().unwrap();
+    let me = key(1);
+    let (a, b, c) = (key(2).peer_id(), key(3).peer_id(), key(4).peer_id());
+    {
+        let store = Store::open(dir.path(), &me).unwrap();
+        let set = |peer, relation| persist(Persist::Relation { peer, relation });
+        store
+            .commit(&[
+                set(a, Some(Relation::Partner)),
+                set(b, Some(Relation::Blocked)),
+                set(c, Some(Relation::Known)),
+                set(a, Some(Relation::Known)),
+                set(c, None),
+            ])
+            .unwrap();
+    }
+    let store = Store::open(dir.path(), &me).unwrap();
+    let mut relations = store.restore().unwrap().relations;
+    relations.sort();
+    let mut expected = vec![(a, Relation::Known), (b, Relation::Blocked)];
+    expected.sort();
+    assert_eq!(relations, expected);
+}

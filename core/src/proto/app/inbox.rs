@@ -4,6 +4,7 @@
 
 #[cfg(test)]
 use super::MessageId;
+use super::PeerBook;
 use super::messages::{AppMessage, AppRefusal, Deliver};
 use super::{AppOut, InboxEntry, emit};
 use crate::proto::config::Config;
@@ -39,9 +40,11 @@ impl Inbox {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_deliver(
         &mut self,
         config: &Config,
+        book: &PeerBook,
         from: PeerId,
         d: Deliver,
         known: bool,
@@ -50,9 +53,9 @@ impl Inbox {
     ) {
         let id = d.id;
         let record = d.record.as_ref().filter(|r| r.body.peer_id == from && r.verify(now).is_ok());
-        let refusal = if config.blocked_peers.contains(&from) {
+        let refusal = if book.is_blocked(&from) {
             Some(AppRefusal::Blocked)
-        } else if id.sender != from || !(known || record.is_some() || config.trusted_peers.contains(&from)) {
+        } else if id.sender != from || !(known || record.is_some() || book.is_known(&from)) {
             Some(AppRefusal::Unknown)
         } else if d.payload.len().saturating_add(d.user.len()) > config.app_max_payload {
             Some(AppRefusal::TooLarge)

@@ -42,12 +42,14 @@ use crate::proto::{Action, Event};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+mod book;
 mod inbox;
 pub(crate) mod messages;
 mod outbox;
 #[cfg(test)]
 mod tests;
 
+pub use book::{PeerBook, Relation};
 pub use messages::{AppMessage, AppRefusal, Deliver};
 
 /// The application protocols (DESIGN §8, spec D §2.2).
@@ -289,6 +291,7 @@ pub struct AppService {
     config: Config,
     outbox: outbox::Outbox,
     inbox: inbox::Inbox,
+    book: PeerBook,
 }
 
 impl AppService {
@@ -296,11 +299,18 @@ impl AppService {
     /// it with the stored one.
     pub fn new(config: Config, me: PeerId, mut rng: DetRng, now: Timestamp) -> AppService {
         let epoch = rng.next_u64() ^ now.as_millis();
-        AppService { outbox: outbox::Outbox::new(me, epoch), inbox: inbox::Inbox::default(), config }
+        let book = PeerBook::from_config(&config);
+        AppService { outbox: outbox::Outbox::new(me, epoch), inbox: inbox::Inbox::default(), config, book }
     }
 
     /// Durable state from the host, before any command.
     pub fn restore(&mut self, r: Restored, now: Timestamp, out: &mut Vec<Action>) {
+        let mut book = PeerBook::default();
+        for (peer, relation) in &r.relations {
+            book.set(*peer, Some(*relation));
+        }
+        book.apply_config(&self.config);
+        self.book = book;
         self.inbox.restore(r.received);
         self.outbox.restore(r.sequence, r.queue, now, out);
     }
@@ -308,14 +318,30 @@ impl AppService {
     /// The application sends a message (`id` is the caller's, echoed in the events).
     #[allow(clippy::too_many_arguments)]
     pub fn send(&mut self, id: u64, message: NewMessage, now: Timestamp, out: &mut Vec<Action>) {
-        self.outbox.send(&self.config, id, message, now, out);
+        self.outbox.send(&self.config, &self.book, id, message, now, out);
+    }
+
+    /// The apps set a peer's relation (`None` removes it); persisted when it changes. A peer the
+    /// configuration blocks stays blocked.
+    pub fn set_relation(&mut self, peer: PeerId, relation: Option<Relation>, out: &mut Vec<Action>) {
+        if self.config.blocked_peers.contains(&peer) {
+            return;
+        }
+        if self.book.set(peer, relation) {
+            emit(out, AppOut::Persist(Persist::Relation { peer, relation }));
+        }
+    }
+
+    /// The peer book.
+    pub fn book(&self) -> &PeerBook {
+        &self.book
     }
 
     /// A message of this mechanism from the authenticated `from`; `known` says whether the host
     /// side knows the sender (a session or the DHT); `record` is our own, attached to messages.
     pub fn on_message(&mut self, from: PeerId, m: AppMessage, known: bool, now: Timestamp, out: &mut Vec<Action>) {
         match m {
-            AppMessage::Deliver(d) => self.inbox.on_deliver(&self.config, from, *d, known, now, out),
+            AppMessage::Deliver(d) => self.inbox.on_deliver(&self.config, &self.book, from, *d, known, now, out),
             AppMessage::Ack { id } => self.outbox.on_ack(&self.config, from, id, now, out),
             AppMessage::Refused { id, reason } => self.outbox.on_refused(&self.config, from, id, reason, now, out),
         }

@@ -2,6 +2,7 @@
 //! attempt pipeline per destination (resolve through the DHT, send, wait for acknowledgements),
 //! retries every `dnt_retry_interval`, and the end of each message — delivered or abandoned.
 
+use super::PeerBook;
 use super::messages::{AppMessage, AppRefusal, Deliver};
 use super::{
     Abandon, AppOut, DeliveryClass, MessageId, NewMessage, QueueView, QueuedMessage, SendRefusal, Target, emit,
@@ -121,11 +122,19 @@ impl Outbox {
         self.msgs.iter().find(|(_, m)| m.msg.id.epoch == self.epoch).map_or(self.next_seq, |(s, _)| *s)
     }
 
-    pub(super) fn send(&mut self, config: &Config, cmd: u64, m: NewMessage, now: Timestamp, out: &mut Vec<Action>) {
+    pub(super) fn send(
+        &mut self,
+        config: &Config,
+        book: &PeerBook,
+        cmd: u64,
+        m: NewMessage,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let per_dest = self.dests.get(&m.to).map_or(0, |d| d.queued.len());
         let refusal = if m.payload.len().saturating_add(m.user.len()) > config.app_max_payload {
             Some(SendRefusal::TooLarge)
-        } else if matches!(&m.to, Target::Peer(p) if *p == self.me || config.blocked_peers.contains(p)) {
+        } else if matches!(&m.to, Target::Peer(p) if *p == self.me || book.is_blocked(p)) {
             Some(SendRefusal::BadDestination)
         } else if self.msgs.len() >= config.dnt_queue_max {
             Some(SendRefusal::QueueFull)

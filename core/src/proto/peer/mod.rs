@@ -260,6 +260,11 @@ impl Peer {
         self.app.as_ref().map(|a| a.queue())
     }
 
+    /// The peer book (partners, known and blocked peers), if this peer plays the node role.
+    pub fn peer_book(&self) -> Option<&crate::proto::PeerBook> {
+        self.app.as_ref().map(|a| a.book())
+    }
+
     /// The connection table.
     pub fn connections(&self) -> LinkView<'_> {
         LinkView(&self.link)
@@ -303,6 +308,11 @@ impl Peer {
                 Some(app) => app.send(id, message, now, &mut self.actions),
                 None => self.actions.push(Action::Event(Event::AppSendRefused { id, reason: SendRefusal::NotANode })),
             },
+            Input::Command(Command::SetRelation { peer, relation }) => {
+                if let Some(app) = &mut self.app {
+                    app.set_relation(peer, relation, &mut self.actions);
+                }
+            }
             Input::Restored(r) => {
                 self.dht.restore(&r.bindings, now);
                 if let Some(ix) = &mut self.indexer {
