@@ -426,6 +426,41 @@ pub struct SendClassReport {
     pub lost_examples: Vec<String>,
 }
 
+/// The `resource_searches` section: searches of type `all` (DESIGN §9) over the indexers' search
+/// mesh to every node, answered by the reached nodes' (simulated) apps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceSearchesReport {
+    /// Searches started.
+    pub searches: u64,
+    /// Of those, sent to no indexer (the requester had no live one).
+    pub no_indexer: u64,
+    /// Nodes each search reached (its apps were asked): mean, and the smallest share of the
+    /// nodes alive at the search's start (but the requester) over the searches.
+    pub nodes_reached_mean: f64,
+    /// The smallest share of the other live nodes one search reached.
+    pub reach_min: f64,
+    /// The mean share of the other live nodes a search reached.
+    pub reach_mean: f64,
+    /// A node asked twice for the same search (must be 0).
+    pub asked_twice: u64,
+    /// Answers the reached apps sent, and those that arrived in the requester's inbox.
+    pub answers_sent: u64,
+    /// Answers that arrived.
+    pub answers_received: u64,
+    /// Searches with at least one answer.
+    pub searches_answered: u64,
+    /// Time from the search's start to its last answer, over answered searches (ms).
+    pub time_to_last_result_ms: Option<Stats>,
+    /// Time from the search's start to the last node reached (ms).
+    pub time_to_last_reached_ms: Option<Stats>,
+    /// Messages delivered per search in the workload's window, by kind: `search_ask` (node →
+    /// indexer), `search_asked` (indexer → node), `mesh_gossip` and `mesh_control` (the
+    /// indexers' mesh), and `app_deliver` + `app_ack` (the answers).
+    pub messages_per_search: std::collections::BTreeMap<String, f64>,
+    /// Their sum.
+    pub messages_per_search_total: f64,
+}
+
 /// The `sends` section: every `send` workload's messages, per class.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SendsReport {
@@ -478,6 +513,9 @@ pub struct Report {
     /// The `send` workloads (`null` without one).
     #[serde(default)]
     pub sends: Option<SendsReport>,
+    /// The `resource_search` workloads (`null` without one).
+    #[serde(default)]
+    pub resource_searches: Option<ResourceSearchesReport>,
     /// Records and DHT totals (`null` when no peer is running at the end).
     #[serde(default)]
     pub records: Option<RecordsReport>,

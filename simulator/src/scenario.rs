@@ -437,6 +437,29 @@ pub struct WorkloadSpec {
     pub search: Option<SearchSpec>,
     /// The parsed `send` workload (`None` for the other kinds).
     pub send: Option<SendSpec>,
+    /// The parsed `resource_search` workload (`None` for the other kinds).
+    pub resource: Option<ResourceSearchSpec>,
+}
+
+/// `[[workload]] kind = "resource_search"`: at Poisson times (rate `rate_per_s`, from the run's
+/// seed), a random live honest node-role peer (started `warmup` ago) starts a resource search of
+/// type `all` (DESIGN §9: over its indexer and the search mesh to every node). Each node it
+/// reaches plays its apps: with probability `answer_fraction` (a draw per search and node, from
+/// the run's seed) they hold a match and answer the requester with one `search` message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceSearchSpec {
+    /// First search no earlier than this (`from`, default 0).
+    pub from: Duration,
+    /// No search starts after this (`until`, default: the end of the run).
+    pub until: Option<Duration>,
+    /// Mean searches per simulated second.
+    pub rate_per_s: f64,
+    /// Least time since the requester started (`warmup`, default 90 s).
+    pub warmup: Duration,
+    /// Share of reached nodes whose apps answer (`answer_fraction`, default 0.01).
+    pub answer_fraction: f64,
+    /// Only these peers search (`targets`, target strings; default every node-role peer).
+    pub targets: Vec<String>,
 }
 
 /// Who a `send` workload's sender writes to (`to = "any" | "partners"`).
@@ -862,19 +885,22 @@ impl Scenario {
                 Some(s) => Some(parse_duration(&format!("{ctx} from"), s)?),
                 None => None,
             };
-            let (mut lookup, mut search, mut send) = (None, None, None);
+            let (mut lookup, mut search, mut send, mut resource) = (None, None, None, None);
             match kind.as_str() {
+                "resource_search" => resource = Some(scenario.parse_resource(&ctx, &w, from, &mut notes)?),
                 "lookup" => lookup = Some(scenario.parse_lookup(&ctx, &w, from, &mut notes)?),
                 "search" => search = Some(scenario.parse_search(&ctx, &w, from, &mut notes)?),
                 "send" => send = Some(scenario.parse_send(&ctx, &w, from, &mut notes)?),
                 _ => {
                     return Err(ScenarioError::Invalid {
                         context: ctx,
-                        why: format!("unknown workload kind {kind:?} (expected lookup, search or send)"),
+                        why: format!(
+                            "unknown workload kind {kind:?} (expected lookup, search, send or resource_search)"
+                        ),
                     });
                 }
             }
-            scenario.workloads.push(WorkloadSpec { kind, from, raw: w, lookup, search, send });
+            scenario.workloads.push(WorkloadSpec { kind, from, raw: w, lookup, search, send, resource });
         }
         scenario.notes = notes;
         Ok(scenario)
@@ -890,6 +916,37 @@ impl Scenario {
         let c =
             self.parse_poisson(ctx, w, from, &["kind", "from", "until", "rate_per_s", "warmup", "targets"], notes)?;
         Ok(LookupSpec { from: c.from, until: c.until, rate_per_s: c.rate_per_s, warmup: c.warmup, targets: c.targets })
+    }
+
+    fn parse_resource(
+        &self,
+        ctx: &str,
+        w: &toml::Table,
+        from: Option<Duration>,
+        notes: &mut Vec<String>,
+    ) -> Result<ResourceSearchSpec, ScenarioError> {
+        let keys = ["kind", "from", "until", "rate_per_s", "warmup", "targets", "answer_fraction"];
+        let c = self.parse_poisson(ctx, w, from, &keys, notes)?;
+        let answer_fraction = match w.get("answer_fraction") {
+            None => 0.01,
+            Some(v) => match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
+                Some(f) if (0.0..=1.0).contains(&f) => f,
+                _ => {
+                    return Err(ScenarioError::Invalid {
+                        context: ctx.to_string(),
+                        why: "answer_fraction must be a number in [0, 1]".into(),
+                    });
+                }
+            },
+        };
+        Ok(ResourceSearchSpec {
+            from: c.from,
+            until: c.until,
+            rate_per_s: c.rate_per_s,
+            warmup: c.warmup,
+            answer_fraction,
+            targets: c.targets,
+        })
     }
 
     fn parse_search(

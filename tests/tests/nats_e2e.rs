@@ -6,8 +6,8 @@
 //! creation waits in B's inbox and is published once the server is back (B's server keeps what ocd
 //! publishes in a JetStream stream, deduplicated by `Nats-Msg-Id`, so the test sees every
 //! publication whether or not an app was listening at that instant). A PEER search comes back as
-//! `search_event` with the user; resource searches of type `partner` and `known` are answered by
-//! B's apps and come back the same way; a malformed message is counted and changes nothing.
+//! `search_event` with the user; resource searches of type `partner`, `known` and `all` (over the
+//! indexer) are answered by B's apps and come back the same way; a malformed message is counted and changes nothing.
 //!
 //! Skipped (with a message) when `nats-server` or nats-py is missing; `.ci/run` installs both.
 
@@ -232,7 +232,7 @@ fn bridge(runtime: &str) {
     assert!(hit, "the PEER search never came back:\n{}", net.logs());
 
     // 5. Resource searches of type partner and known: B's apps answer, A's apps get the result.
-    for (user, kind) in [("dave", "partner"), ("erin", "known")] {
+    for (user, kind) in [("dave", "partner"), ("erin", "known"), ("frank", "all")] {
         let inner = format!(r#"{{"type":"{kind}","search":"res"}}"#);
         app(&["propagate", &url_a, "PB_SEARCH", "DATA_RESOURCE", user, &inner]);
         let got = net.wait_until(Duration::from_secs(30), |_| {

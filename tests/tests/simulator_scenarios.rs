@@ -545,3 +545,32 @@ fn messages_cross_a_lossy_network_with_skewed_clocks_and_repeat_exactly() {
     assert_eq!(a.trace_hash, b.trace_hash, "durable stores, restores and skewed clocks are deterministic");
     assert_eq!(a.sends, b.sends);
 }
+
+/// `resource-search-all.toml` scaled down (10 indexers, 300 nodes, a search every 2 s once the
+/// network has settled): a resource search of type `all` reaches every other live node once over
+/// the indexers' mesh, and every answer of their apps arrives.
+#[test]
+fn a_resource_search_of_type_all_reaches_every_node_once() {
+    let s = variant(
+        "resource-search-all.toml",
+        &[
+            ("count = 100", "count = 10"),
+            ("count = 5000", "count = 300"),
+            ("start_spread = \"60s\"", "start_spread = \"20s\""),
+            ("duration = \"7m\"", "duration = \"6m\""),
+            ("from = \"5m\"", "from = \"4m\""),
+            ("rate_per_s = 1.0", "rate_per_s = 0.5"),
+            ("answer_fraction = 0.01", "answer_fraction = 0.05"),
+        ],
+    );
+    let r = run(s).expect("run");
+    let rs = r.resource_searches.as_ref().expect("a resource_searches section");
+    assert!(rs.searches >= 20, "{rs:?}");
+    assert_eq!(rs.no_indexer, 0, "{rs:?}");
+    assert_eq!(rs.asked_twice, 0, "a node asked twice: {rs:?}");
+    assert!(rs.reach_min >= 0.99, "a search missed nodes: {rs:?}");
+    assert!(rs.answers_sent > 0 && rs.answers_received == rs.answers_sent, "answers lost: {rs:?}");
+    let last = rs.time_to_last_result_ms.expect("answered searches");
+    assert!(last.p99 <= 5_000, "last answer p99 {} ms: {rs:?}", last.p99);
+    assert_eq!(r.invariant_violation_count, 0, "{:?}", r.invariant_violations);
+}

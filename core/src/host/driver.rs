@@ -1037,8 +1037,9 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     fn on_event(&mut self, e: Event) {
         self.metrics.count(Counted::Event(&e));
         if let Some(n) = self.nats.as_mut() {
-            let (_, commands) = n.on_event(&e);
-            self.run_commands(commands, self.clock.now());
+            let now = self.clock.now();
+            let (_, commands) = n.on_event(&e, now);
+            self.run_commands(commands, now);
         }
         if super::metrics::app_event_index(&e).is_some() {
             self.app_dirty = true;

@@ -230,8 +230,8 @@ impl NatsBridge {
 
     /// An event of the core: the bridge's own searches' hits are published. Whether it answered
     /// a bridge command (the driver then has nothing to answer).
-    pub fn on_event(&mut self, e: &Event) -> (bool, Vec<Command>) {
-        let ours = self.bridge.on_event(e);
+    pub fn on_event(&mut self, e: &Event, now: Timestamp) -> (bool, Vec<Command>) {
+        let ours = self.bridge.on_event(e, now);
         if let Event::AppSendRefused { id, reason } = e
             && ours
         {

@@ -183,6 +183,18 @@ pub enum Command {
         /// What to find.
         query: SearchQuery,
     },
+    /// A resource search of type `all` (DESIGN §9): `request` (opaque, the bridge's) goes to our
+    /// referent indexer, over the indexers' search mesh, and from each indexer to the nodes that
+    /// reference it ([`Event::ResourceSearchAsked`] there); their apps answer us directly with
+    /// application messages. Answered by [`Event::ResourceSearchSent`] with the same id.
+    ResourceSearch {
+        /// Chosen by the caller, echoed in the event.
+        id: u64,
+        /// Whose search.
+        user: String,
+        /// The request, for the other nodes' apps.
+        request: Vec<u8>,
+    },
     /// Cancels `user`'s search, if any ([`Event::SearchDone`] with [`SearchEnd::Cancelled`]).
     CancelSearch {
         /// Whose search.
@@ -501,6 +513,31 @@ pub enum Event {
         from: PeerId,
         /// The record's claimed owner.
         owner: PeerId,
+    },
+    /// A [`Command::ResourceSearch`] was sent to `via` (`None`: no live indexer, nothing sent).
+    ResourceSearchSent {
+        /// The command's id.
+        id: u64,
+        /// The indexer it went to.
+        via: Option<PeerId>,
+    },
+    /// Another node's resource search reached this node, through its indexer `via`: for its apps.
+    ResourceSearchAsked {
+        /// The node that asked (its indexer vouches for it).
+        requester: PeerId,
+        /// The requesting user.
+        user: String,
+        /// The request.
+        request: Vec<u8>,
+        /// Our indexer that delivered it.
+        via: PeerId,
+    },
+    /// This indexer put a node's resource search to its referenced nodes and on the mesh.
+    ResourceSearchEmitted {
+        /// The requesting node.
+        node: PeerId,
+        /// Referenced nodes it was put to here.
+        delivered: u32,
     },
     /// A search-mesh neighbour came up or went down.
     MeshNeighbour {

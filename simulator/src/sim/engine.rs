@@ -56,6 +56,8 @@ pub(super) enum Ev {
     SearchTick(u32),
     /// The `send` workload `i` (in the order of the scenario's send workloads) sends a message.
     SendTick(u32),
+    /// The `resource_search` workload `i` starts a search.
+    ResourceTick(u32),
 }
 
 /// Encoded messages on their way, in reusable slots, so queue entries stay small.
@@ -131,6 +133,7 @@ impl Simulation {
             Ev::LookupFollow { asker, target } => self.lookup_follow(asker, target),
             Ev::SearchTick(i) => self.search_tick(i as usize),
             Ev::SendTick(i) => self.send_tick(i as usize),
+            Ev::ResourceTick(i) => self.resource_tick(i as usize),
         }
     }
 
@@ -352,6 +355,7 @@ impl Simulation {
         };
         let applied = self.peers[p as usize].store.apply(item);
         if let Some(entry) = inbox {
+            self.on_resource_answer(p, &entry);
             self.on_inbox(p, &entry, applied);
         }
     }

@@ -172,6 +172,11 @@ impl Simulation {
             Event::AppSendRefused { id, reason } => self.on_app_refused(id, reason),
             Event::AppDelivered { message, .. } => self.on_app_delivered(p, message),
             Event::AppAbandoned { message, reason } => self.on_app_abandoned(message, reason),
+            // Resource searches of type `all`.
+            Event::ResourceSearchSent { id, via } => self.on_resource_sent(id, via),
+            Event::ResourceSearchAsked { requester, user, request, .. } => {
+                self.on_resource_asked(p, requester, user, request)
+            }
             _ => {}
         }
     }
@@ -602,6 +607,7 @@ impl Simulation {
         let lookups = (!self.lookup.is_empty()).then(|| self.lookup_report());
         let searches = (!self.search.is_empty()).then(|| self.search_report());
         let sends = (!self.sends.is_empty()).then(|| self.sends_report());
+        let resource_searches = (!self.resources.is_empty()).then(|| self.resource_searches_report());
         let records = self.records_report();
         let wall_s = (wall_ms.max(1)) as f64 / 1000.0;
         self.netr.sent_by_kind =
@@ -631,6 +637,7 @@ impl Simulation {
             lookups,
             searches,
             sends,
+            resource_searches,
             records,
             refusals: std::mem::take(&mut self.refusals),
             invariant_violations: std::mem::take(&mut self.violations),

@@ -47,6 +47,7 @@ mod byzantine;
 mod engine;
 mod faults;
 mod measure;
+mod resources;
 mod searches;
 mod sends;
 mod workloads;
@@ -64,6 +65,7 @@ use ocd_core::proto::{
     Command, DetRng, Did, Input, Keypair, MemoryStore, Output, Peer, PeerAddr, PeerId, PeerRecord, PeerSetup,
     RecordKey, Roles, SearchEnd,
 };
+use resources::ResourceWorkload;
 use searches::SearchAcc;
 use sends::SendWorkload;
 use std::collections::{BTreeMap, BTreeSet};
@@ -229,6 +231,8 @@ pub struct Simulation {
     search: SearchWorkload,
     /// The `send` workloads and the messages they follow.
     sends: SendWorkload,
+    /// The `resource_search` workloads and the searches they started.
+    resources: ResourceWorkload,
     searches: SearchAcc,
     search_results: BTreeMap<(PeerIx, u64), SearchResult>,
     delivered_by_kind: [u64; MESSAGE_KINDS],
@@ -358,10 +362,13 @@ impl Simulation {
         let lookup = LookupWorkload::build(&scenario, &built.peers, end)?;
         let search = SearchWorkload::build(&scenario, &built.peers, end)?;
         let sends = SendWorkload::build(&scenario, end)?;
+        let resources = ResourceWorkload::build(&scenario, end)?;
         let starts = std::mem::take(&mut built.starts);
         let mut sim = Simulation::assemble(scenario, network_key, built, fault_plan, (lookup, search, sends), end);
+        sim.resources = resources;
         sim.schedule_workloads();
         sim.schedule_sends();
+        sim.schedule_resource_searches();
         sim.schedule_starts(starts);
         sim.schedule_faults();
         sim.schedule_samples();
@@ -429,6 +436,7 @@ impl Simulation {
             lookup_results: BTreeMap::new(),
             search,
             sends,
+            resources: ResourceWorkload::empty(),
             searches: SearchAcc::default(),
             search_results: BTreeMap::new(),
             delivered_by_kind: [0; MESSAGE_KINDS],

@@ -103,6 +103,7 @@ impl Simulation {
     pub(super) fn count_delivered(&mut self, m: &Envelope) {
         let k = m.kind_index();
         self.delivered_by_kind[k] += 1;
+        self.count_resource_traffic(k);
         if k == MESH_CONTROL && self.search.window.is_some_and(|(a, _)| self.now < a) {
             self.searches.pre_control += 1;
         }

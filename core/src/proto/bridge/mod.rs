@@ -22,8 +22,10 @@
 //!   array of resources) goes back to the requester as a `search` message; the requester's bridge
 //!   publishes each resource as a `search_event` with the user — only while that user's search is
 //!   active (the seed published stale results, B8). One active search per user; a search ends
-//!   after `search_idle` without a result, or on `PB_CLOSE_SEARCH`. Type `all` (a gossip topic
-//!   among nodes) is not built yet and is refused with [`BridgeError::Unsupported`].
+//!   after `search_idle` without a result, or on `PB_CLOSE_SEARCH`. Type `all` goes to every node
+//!   ([`Command::ResourceSearch`]: to our referent indexer, over the indexers' search mesh, to the
+//!   nodes that reference each indexer); each puts it to its apps the same way and answers us
+//!   directly.
 //! * **Planner sessions** (F20): a peer that asked for our planner (an empty `planner` message)
 //!   has a session until `PB_CLOSE_PLANNER`; a `PB_PLANNER` without `peer_id` goes to every open
 //!   session.
@@ -474,12 +476,8 @@ impl Bridge {
                     let targets: Vec<PeerId> = match kind.as_str() {
                         "known" => book.known().collect(),
                         "partner" => book.partners().collect(),
-                        "all" => {
-                            return Err(BridgeError::Unsupported(
-                                "resource search of type `all` (a gossip topic among nodes) is not supported yet"
-                                    .into(),
-                            ));
-                        }
+                        // Every node: over the indexers' search mesh (DESIGN §9).
+                        "all" => Vec::new(),
                         other => return Err(BridgeError::Unsupported(format!("resource search of type `{other}`"))),
                     };
                     let datatype = inner_dt.unwrap_or(-1);
@@ -492,6 +490,11 @@ impl Bridge {
                     let body = serde_json::to_vec(&request).unwrap_or_default();
                     self.resource_searches
                         .insert(env.user.clone(), ResourceSearch { deadline: now + self.config.search_idle });
+                    if kind == "all" {
+                        let id = self.alloc();
+                        let command = Command::ResourceSearch { id, user: env.user.clone(), request: body.clone() };
+                        self.actions.push_back(BridgeAction::Command(command));
+                    }
                     for p in targets {
                         self.send(Target::Peer(p), AppProtocol::Search, Some(datatype), &env.user, body.clone());
                     }
@@ -507,7 +510,7 @@ impl Bridge {
     /// An event of the core. Peer-search hits of the bridge's searches become `search_event`s
     /// with the user; returns whether the event answered a bridge command (its id carries
     /// [`BRIDGE_ID_BIT`]).
-    pub fn on_event(&mut self, event: &Event) -> bool {
+    pub fn on_event(&mut self, event: &Event, now: Timestamp) -> bool {
         match event {
             Event::SearchHit { id, record, .. } if id & BRIDGE_ID_BIT != 0 => {
                 if let Some(user) = self.peer_searches.get(id).cloned() {
@@ -521,9 +524,19 @@ impl Bridge {
                 self.peer_searches.remove(id);
                 true
             }
-            Event::AppAccepted { id, .. } | Event::AppSendRefused { id, .. } | Event::LookupDone { id, .. } => {
-                id & BRIDGE_ID_BIT != 0
+            // Another node's resource search of type `all`, delivered by our indexer.
+            Event::ResourceSearchAsked { requester, user, request, .. } => {
+                if let Ok(SearchPayload::Request { datatype, search, groups, scope: _ }) =
+                    serde_json::from_slice::<SearchPayload>(request)
+                {
+                    self.ask_apps(*requester, user, datatype, search, groups, None, now);
+                }
+                false
             }
+            Event::AppAccepted { id, .. }
+            | Event::AppSendRefused { id, .. }
+            | Event::LookupDone { id, .. }
+            | Event::ResourceSearchSent { id, .. } => id & BRIDGE_ID_BIT != 0,
             _ => false,
         }
     }
@@ -587,23 +600,7 @@ impl Bridge {
                 // A request read back after a restart, long over: its requester stopped listening.
                 Ok(SearchPayload::Request { .. }) if now.since(entry.received_at) > self.config.search_idle => {}
                 Ok(SearchPayload::Request { datatype, search, groups, scope: _ }) => {
-                    let token = self.alloc();
-                    let body = json!({
-                        "Datatype": datatype,
-                        "User": entry.user,
-                        "Groups": groups,
-                        "Search": search,
-                        "Requester": sender.to_string(),
-                    });
-                    let deadline = now + self.config.search_idle;
-                    let answering = Answering { requester: sender, user: entry.user.clone(), datatype, deadline };
-                    self.answering.insert(token, answering);
-                    let publication = Publication {
-                        subject: self.config.resource_search_subject.clone(),
-                        payload: body.to_string().into_bytes(),
-                        msg_id,
-                    };
-                    self.actions.push_back(BridgeAction::Request { token, publication });
+                    self.ask_apps(sender, &entry.user, datatype, search, groups, msg_id, now);
                 }
                 Ok(SearchPayload::Results { datatype, resources }) => {
                     let Some(search) = self.resource_searches.get_mut(&entry.user) else {
@@ -618,6 +615,37 @@ impl Bridge {
                 Err(_) => {}
             },
         }
+    }
+
+    /// Puts another node's resource search to our apps as a NATS request; their replies go back
+    /// to it ([`Bridge::on_reply`]) until the search's idle time passes.
+    #[allow(clippy::too_many_arguments)]
+    fn ask_apps(
+        &mut self,
+        requester: PeerId,
+        user: &str,
+        datatype: i64,
+        search: String,
+        groups: Vec<String>,
+        msg_id: Option<String>,
+        now: Timestamp,
+    ) {
+        let token = self.alloc();
+        let body = json!({
+            "Datatype": datatype,
+            "User": user,
+            "Groups": groups,
+            "Search": search,
+            "Requester": requester.to_string(),
+        });
+        let deadline = now + self.config.search_idle;
+        self.answering.insert(token, Answering { requester, user: user.to_string(), datatype, deadline });
+        let publication = Publication {
+            subject: self.config.resource_search_subject.clone(),
+            payload: body.to_string().into_bytes(),
+            msg_id,
+        };
+        self.actions.push_back(BridgeAction::Request { token, publication });
     }
 
     /// A reply of our apps to the resource-search request `token`: a JSON array of resources (a

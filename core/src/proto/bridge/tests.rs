@@ -345,13 +345,13 @@ fn peer_search_hits_come_back_with_the_user_and_close_search_cancels() {
     assert_eq!(query.name.as_deref(), Some("bob"));
     assert_ne!(id & BRIDGE_ID_BIT, 0);
     let hit = record(&Keypair::derive(5, "bob"), "bob");
-    assert!(b.on_event(&Event::SearchHit { id: *id, record: hit.clone(), from: peer(1) }));
+    assert!(b.on_event(&Event::SearchHit { id: *id, record: hit.clone(), from: peer(1) }, NOW));
     let p = publications(&actions(&mut b));
     assert_eq!(p[0].0, "search_event");
     assert_eq!(p[0].1["User"], json!("alice"), "B26: the user comes back");
     assert_eq!(inner_payload(&p[0].1)["peer_id"], json!(hit.body.peer_id.to_string()));
     // Hits of the control socket's searches are not the bridge's.
-    assert!(!b.on_event(&Event::SearchHit { id: 3, record: hit, from: peer(1) }));
+    assert!(!b.on_event(&Event::SearchHit { id: 3, record: hit, from: peer(1) }, NOW));
     assert!(actions(&mut b).is_empty());
     let close = propagation(json!("PB_CLOSE_SEARCH"), json!("PEER"), json!("PEER"), json!({}));
     b.on_nats("propalgation_event", &close, &book(), NOW).unwrap();
@@ -441,8 +441,39 @@ fn results_of_a_closed_or_idle_search_are_dropped() {
     b.handle_timeout(NOW + Duration::from_secs(5));
     b.on_inbox(&results(4), NOW + Duration::from_secs(5));
     assert!(actions(&mut b).is_empty(), "idle");
-    let all = propagation(json!("PB_SEARCH"), json!(1), json!(1), json!({"type": "all", "search": "x"}));
-    assert!(matches!(b.on_nats("propalgation_event", &all, &book(), NOW), Err(BridgeError::Unsupported(_))));
+    let other = propagation(json!("PB_SEARCH"), json!(1), json!(1), json!({"type": "everyone", "search": "x"}));
+    assert!(matches!(b.on_nats("propalgation_event", &other, &book(), NOW), Err(BridgeError::Unsupported(_))));
+}
+
+#[test]
+fn a_search_of_type_all_goes_over_the_mesh_and_is_answered_by_every_apps() {
+    let mut requester = bridge();
+    let msg = propagation(json!("PB_SEARCH"), json!(1), json!("DATA_RESOURCE"), json!({"type": "all", "search": "x"}));
+    requester.on_nats("propalgation_event", &msg, &book(), NOW).unwrap();
+    let a = actions(&mut requester);
+    assert_eq!(a.len(), 1, "one command for the mesh, no direct sends: {a:?}");
+    let BridgeAction::Command(Command::ResourceSearch { id, user, request }) = &a[0] else { panic!("{a:?}") };
+    assert_eq!(user, "alice");
+    assert_ne!(id & BRIDGE_ID_BIT, 0);
+    assert!(requester.on_event(&Event::ResourceSearchSent { id: *id, via: Some(peer(9)) }, NOW));
+    // At another node, its indexer delivers it: its apps are asked, their reply goes back.
+    let mut other = Bridge::new(BridgeConfig::default(), peer(5));
+    let asked =
+        Event::ResourceSearchAsked { requester: me(), user: user.clone(), request: request.clone(), via: peer(9) };
+    assert!(!other.on_event(&asked, NOW));
+    let a = actions(&mut other);
+    let Some(BridgeAction::Request { token, publication }) = a.first() else { panic!("{a:?}") };
+    let asked: Value = serde_json::from_slice(&publication.payload).unwrap();
+    assert_eq!((asked["Search"].clone(), asked["User"].clone()), (json!("x"), json!("alice")));
+    assert_eq!(asked["Requester"], json!(me().to_string()));
+    other.on_reply(*token, br#"[{"name":"found"}]"#, NOW).unwrap();
+    let back = sends(&actions(&mut other));
+    assert_eq!((back[0].0.clone(), back[0].1), (Target::Peer(me()), AppProtocol::Search));
+    let e = InboxEntry { payload: back[0].4.clone(), ..entry(AppProtocol::Search, peer(5), 1, "alice", Value::Null) };
+    requester.on_inbox(&e, NOW);
+    let p = publications(&actions(&mut requester));
+    assert_eq!(inner_payload(&p[0].1), json!({"name": "found"}));
+    assert_eq!(p[0].1["User"], json!("alice"));
 }
 
 #[test]

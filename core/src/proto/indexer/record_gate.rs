@@ -259,14 +259,17 @@ pub fn admit_search(
     now: Timestamp,
     out: &mut Vec<Action>,
 ) -> bool {
-    let SearchMessage::Request(r) = m else {
-        return indexer.is_some_and(|ix| ix.is_known(&from, known_record));
+    // A peer search and a resource search each count in the node's get window.
+    let req = match m {
+        SearchMessage::Request(r) => r.req,
+        SearchMessage::Ask(a) => a.req,
+        _ => return indexer.is_some_and(|ix| ix.is_known(&from, known_record)),
     };
     let Some(ix) = indexer else {
-        not_served(from, Req::Search(r.req), out);
+        not_served(from, Req::Search(req), out);
         return false;
     };
-    ix.admit_get(from, Req::Search(r.req), known_record, now, out)
+    ix.admit_get(from, Req::Search(req), known_record, now, out)
 }
 
 /// Refuses a request this peer does not serve (it is not an indexer).

@@ -303,6 +303,10 @@ impl Peer {
                 let indexers = self.node.as_ref().map(|p| p.live_by_score()).unwrap_or_default();
                 self.search.start((id, user), query, indexers, now, &mut self.actions);
             }
+            Input::Command(Command::ResourceSearch { id, user, request }) => {
+                let indexers = self.node.as_ref().map(|p| p.live_by_score()).unwrap_or_default();
+                self.search.ask((id, user), request, indexers, &mut self.actions);
+            }
             Input::Command(Command::CancelSearch { user }) => self.search.cancel(&user, &mut self.actions),
             Input::Command(Command::Send { id, message }) => match &mut self.app {
                 Some(app) => app.send(id, message, now, &mut self.actions),
@@ -450,6 +454,13 @@ impl Peer {
                 }
             }
             Envelope::Search(m) => {
+                // Resource searches are for a node's apps, and reach it only through its own
+                // indexers (an indexer that references another indexer puts them to it too).
+                if matches!(m, crate::proto::wire::SearchMessage::Asked(_))
+                    && !(self.roles.node && self.node.as_ref().is_some_and(|p| p.contains(&from)))
+                {
+                    return;
+                }
                 let known = self.dht.knows(&from, now);
                 if m.is_request() && !indexer::admit_search(self.indexer.as_mut(), from, &m, known, now, out) {
                     return;

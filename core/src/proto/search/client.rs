@@ -38,7 +38,15 @@ pub(super) struct Client {
     active: BTreeMap<RequestId, Active>,
     by_user: BTreeMap<String, RequestId>,
     next_req: u64,
+    /// Resource searches put to us lately, by origin, until when they are remembered: a node that
+    /// hears one from two indexers (it just changed referent) hands it to its apps once.
+    asked: BTreeMap<(PeerId, u64), Timestamp>,
 }
+
+/// How long a resource search put to us is remembered (a mesh query's lifetime).
+const ASKED_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most resource searches remembered (the oldest is forgotten beyond).
+const ASKED_MAX: usize = 4096;
 
 impl Client {
     pub(super) fn start(
@@ -69,6 +77,27 @@ impl Client {
         let a =
             Active { id, user, query, to: PeerId([0; 32]), rest, seen: BTreeSet::new(), idle: now, answer_by: None };
         self.ask_next(config, a, now, out);
+    }
+
+    /// Whether a resource search put to us by `origin` is new (and remembers it).
+    pub(super) fn first_ask(&mut self, origin: (PeerId, u64), now: Timestamp) -> bool {
+        self.asked.retain(|_, until| *until > now);
+        if self.asked.contains_key(&origin) {
+            return false;
+        }
+        if self.asked.len() >= ASKED_MAX
+            && let Some(oldest) = self.asked.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
+        {
+            self.asked.remove(&oldest);
+        }
+        self.asked.insert(origin, now + ASKED_MEMORY);
+        true
+    }
+
+    /// A fresh request id (shared with peer searches, so a refusal is never mistaken).
+    pub(super) fn next_request(&mut self) -> RequestId {
+        self.next_req += 1;
+        RequestId(self.next_req)
     }
 
     /// Sends the search to the next indexer, or ends it `Failed`.

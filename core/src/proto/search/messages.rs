@@ -33,12 +33,16 @@ pub enum SearchMessage {
     Found(SearchFound),
     /// Indexer ↔ indexer: the search mesh.
     Mesh(MeshMessage),
+    /// Node → its indexer: put this resource search to every node's apps (type `all`).
+    Ask(ResourceAsk),
+    /// Indexer → a node that references it: another node's resource search, for its apps.
+    Asked(ResourceAsked),
 }
 
 impl SearchMessage {
     /// Whether it is a node's request to an indexer (which passes the indexer's gate).
     pub fn is_request(&self) -> bool {
-        matches!(self, SearchMessage::Request(_) | SearchMessage::Cancel { .. })
+        matches!(self, SearchMessage::Request(_) | SearchMessage::Cancel { .. } | SearchMessage::Ask(_))
     }
 }
 
@@ -67,4 +71,30 @@ pub struct SearchFound {
     pub query: u64,
     /// Matching referenced records.
     pub records: Vec<PeerRecord>,
+}
+
+/// A node's resource search of type `all` (DESIGN §9): opaque to ocd (the bridge's request),
+/// carried over the search mesh to every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceAsk {
+    /// The node's request id (a refusal names it).
+    pub req: RequestId,
+    /// The requesting user.
+    pub user: String,
+    /// The request, for the apps.
+    pub request: Vec<u8>,
+}
+
+/// A resource search reaching a node: its apps answer the requester directly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceAsked {
+    /// The emitting indexer and its number for the search: the id a node that hears it from two
+    /// indexers (it just changed referent) answers once.
+    pub origin: (PeerId, u64),
+    /// The node that asked (the emitting indexer vouches for it: its session).
+    pub requester: PeerId,
+    /// The requesting user.
+    pub user: String,
+    /// The request, for the apps.
+    pub request: Vec<u8>,
 }

@@ -54,7 +54,7 @@ mod serve;
 mod tests;
 
 pub use mesh::MeshStats;
-pub use messages::{MeshMessage, SearchFound, SearchHits, SearchMessage, SearchRequest};
+pub use messages::{MeshMessage, ResourceAsk, ResourceAsked, SearchFound, SearchHits, SearchMessage, SearchRequest};
 
 /// What to find: any of a peer id, a DID, or a name substring (the seed's OR semantics).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +215,20 @@ impl SearchService {
         self.client.start(&self.config, (id, user), query, indexers, now, out);
     }
 
+    /// Sends resource search `id` of `user` (type `all`, DESIGN §9) to the first of `indexers`
+    /// (the referent): it reaches every node's apps over the search mesh, and they answer us
+    /// directly. Fire and forget: the bridge ends the search when results stop coming.
+    pub fn ask(&mut self, (id, user): (u64, String), request: Vec<u8>, indexers: Vec<PeerAddr>, out: &mut Vec<Action>) {
+        let via = indexers.into_iter().next();
+        if let Some(indexer) = &via {
+            let req = self.client.next_request();
+            out.emit(SearchOut::Learn(indexer.clone()));
+            let ask = ResourceAsk { req, user, request };
+            out.emit(SearchOut::Send { to: indexer.id, message: SearchMessage::Ask(ask).into() });
+        }
+        emit_event(out, Event::ResourceSearchSent { id, via: via.map(|a| a.id) });
+    }
+
     /// Cancels `user`'s search, if any.
     pub fn cancel(&mut self, user: &str, out: &mut Vec<Action>) {
         self.client.cancel_user(user, SearchEnd::Cancelled, out);
@@ -234,6 +248,18 @@ impl SearchService {
             SearchMessage::Hits(h) => self.client.on_hits(&self.config, from, h, now, out),
             SearchMessage::Done { req } => self.client.on_done(from, req, out),
             SearchMessage::Refused(r) => self.client.on_failure(&self.config, from, r.req, now, out),
+            // The router checked that `from` is one of our indexers.
+            SearchMessage::Asked(a) => {
+                if self.client.first_ask(a.origin, now) {
+                    let e = Event::ResourceSearchAsked {
+                        requester: a.requester,
+                        user: a.user,
+                        request: a.request,
+                        via: from,
+                    };
+                    emit_event(out, e);
+                }
+            }
             m => {
                 if let Some(s) = &mut self.serve {
                     s.on_message(&self.config, from, m, refs, now, out);

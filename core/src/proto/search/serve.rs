@@ -4,7 +4,7 @@
 //! emitter).
 
 use super::mesh::{Delivered, JOIN_PEERS, Mesh, MeshStats};
-use super::messages::{SearchFound, SearchHits, SearchMessage, SearchRequest};
+use super::messages::{ResourceAsk, ResourceAsked, SearchFound, SearchHits, SearchMessage, SearchRequest};
 use super::{Referenced, SearchOut, SearchQuery, emit_event, matching};
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
@@ -38,9 +38,40 @@ struct QueryBody {
     emitter: PeerAddr,
     /// The emitter's number for this search (with `emitter`, the dedupe id).
     number: u64,
-    query: SearchQuery,
+    /// What is looked for.
+    wanted: Wanted,
     /// After this instant the query is dropped.
     expires_at: Timestamp,
+}
+
+/// What a mesh query looks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Wanted {
+    /// Peers: answered from the referenced records, to the emitter.
+    Peers(SearchQuery),
+    /// Resources (a search of type `all`): put to every referenced node's apps, which answer the
+    /// requester directly.
+    Resources {
+        /// The emitting indexer and its number (repeated from the body, for the nodes).
+        origin: (PeerId, u64),
+        /// The node that asked.
+        requester: PeerId,
+        /// Its user.
+        user: String,
+        /// The request, opaque.
+        request: Vec<u8>,
+    },
+}
+
+impl Wanted {
+    fn is_valid(&self, config: &Config) -> bool {
+        match self {
+            Wanted::Peers(q) => q.is_valid(),
+            Wanted::Resources { user, request, .. } => {
+                user.len().saturating_add(request.len()) <= config.app_max_payload
+            }
+        }
+    }
 }
 
 /// A mesh query: the gossip payload.
@@ -125,6 +156,7 @@ impl Serve {
                 }
             }
             SearchMessage::Found(f) => self.on_found(config, from, f, now, out),
+            SearchMessage::Ask(a) => self.on_ask(config, from, a, refs, now, out),
             SearchMessage::Mesh(m) => {
                 let mut got = Delivered::new();
                 let Some(mesh) = &mut self.mesh else { return };
@@ -134,7 +166,10 @@ impl Serve {
                 self.deliver(config, got, refs, now, out);
             }
             // Replies to nodes are handled by the client.
-            SearchMessage::Hits(_) | SearchMessage::Done { .. } | SearchMessage::Refused(_) => {}
+            SearchMessage::Hits(_)
+            | SearchMessage::Done { .. }
+            | SearchMessage::Refused(_)
+            | SearchMessage::Asked(_) => {}
         }
     }
 
@@ -173,7 +208,7 @@ impl Serve {
             let body = QueryBody {
                 emitter: self.addr.clone(),
                 number,
-                query: e.query.clone(),
+                wanted: Wanted::Peers(e.query.clone()),
                 expires_at: now + QUERY_LIFETIME,
             };
             let signature = self.keypair.sign(&body.signing_bytes());
@@ -189,6 +224,36 @@ impl Serve {
             self.by_node.insert((node, e.req), number);
             self.emitted.insert(number, e);
         }
+    }
+
+    /// A node's resource search of type `all`, past the indexer's gate: put to the nodes that
+    /// reference this indexer, and signed onto the mesh for the others' (DESIGN §9).
+    fn on_ask(
+        &mut self,
+        config: &Config,
+        node: PeerId,
+        a: ResourceAsk,
+        refs: &dyn Referenced,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        self.next_number += 1;
+        let number = self.next_number;
+        let origin = (self.keypair.peer_id(), number);
+        let wanted = Wanted::Resources { origin, requester: node, user: a.user, request: a.request };
+        if !wanted.is_valid(config) {
+            return;
+        }
+        let delivered = ask_referenced(refs, &wanted, out);
+        emit_event(out, Event::ResourceSearchEmitted { node, delivered });
+        let Some(mesh) = &mut self.mesh else { return };
+        let body = QueryBody { emitter: self.addr.clone(), number, wanted, expires_at: now + QUERY_LIFETIME };
+        let signature = self.keypair.sign(&body.signing_bytes());
+        self.gate.note((self.keypair.peer_id(), number), body.expires_at);
+        let payload = postcard::to_stdvec(&MeshQuery { body, signature }).unwrap_or_default();
+        let mut got = Delivered::new();
+        mesh.broadcast(Bytes::from(payload), now, out, &mut got);
+        self.deliver(config, got, refs, now, out);
     }
 
     /// A responder's hits: each verified and matched against the query; new ones relayed.
@@ -245,7 +310,17 @@ impl Serve {
             if q.body.emitter.id == me {
                 continue;
             }
-            let hits = matching(refs, &q.body.query, config.search_max_batch, now);
+            let query = match &q.body.wanted {
+                Wanted::Peers(query) => query,
+                // The origin must be the signed emitter's: no indexer speaks for another.
+                wanted @ Wanted::Resources { origin, .. } => {
+                    if *origin == (q.body.emitter.id, q.body.number) {
+                        ask_referenced(refs, wanted, out);
+                    }
+                    continue;
+                }
+            };
+            let hits = matching(refs, query, config.search_max_batch, now);
             if hits.is_empty() {
                 continue;
             }
@@ -345,7 +420,7 @@ impl QueryGate {
     pub(super) fn accept(&mut self, config: &Config, me: PeerId, content: &[u8], now: Timestamp) -> bool {
         let Ok(q) = postcard::from_bytes::<MeshQuery>(content) else { return false };
         let b = &q.body;
-        if b.expires_at <= now || b.expires_at > now + QUERY_LIFETIME + QUERY_SKEW || !b.query.is_valid() {
+        if b.expires_at <= now || b.expires_at > now + QUERY_LIFETIME + QUERY_SKEW || !b.wanted.is_valid(config) {
             return false;
         }
         if b.emitter.id.verify(&b.signing_bytes(), &q.signature).is_err() {
@@ -372,6 +447,25 @@ impl QueryGate {
     }
 }
 
+/// Puts a resource search to every node that references this indexer (but its requester); how
+/// many.
+fn ask_referenced(refs: &dyn Referenced, wanted: &Wanted, out: &mut Vec<Action>) -> u32 {
+    let Wanted::Resources { origin, requester, user, request } = wanted else { return 0 };
+    let mut nodes = Vec::new();
+    refs.each(&mut |r| {
+        if r.body.peer_id != *requester {
+            nodes.push(r.body.peer_id);
+        }
+        true
+    });
+    for to in &nodes {
+        let asked =
+            ResourceAsked { origin: *origin, requester: *requester, user: user.clone(), request: request.clone() };
+        out.emit(SearchOut::Send { to: *to, message: SearchMessage::Asked(asked).into() });
+    }
+    u32::try_from(nodes.len()).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 pub(super) mod tests_support {
     use super::*;
@@ -382,7 +476,7 @@ pub(super) mod tests_support {
         let body = QueryBody {
             emitter: PeerAddr::id_only(emitter.peer_id()),
             number,
-            query: SearchQuery::parse("x").unwrap_or_default(),
+            wanted: Wanted::Peers(SearchQuery::parse("x").unwrap_or_default()),
             expires_at,
         };
         let signature = signer.sign(&body.signing_bytes());
@@ -406,6 +500,9 @@ pub(super) mod tests_support {
 
     /// The query inside a payload.
     pub(in crate::proto::search) fn decode_query(content: &[u8]) -> Option<SearchQuery> {
-        postcard::from_bytes::<MeshQuery>(content).ok().map(|q| q.body.query)
+        postcard::from_bytes::<MeshQuery>(content).ok().and_then(|q| match q.body.wanted {
+            Wanted::Peers(query) => Some(query),
+            Wanted::Resources { .. } => None,
+        })
     }
 }

@@ -43,15 +43,17 @@ pub use super::indexer::messages::{
 pub use super::link::messages::{Hello, HelloProof, LinkMessage};
 pub use super::node::messages::{NodeMessage, WitnessQuery, WitnessReport};
 pub use super::record::RecordKey;
-pub use super::search::{MeshMessage, SearchFound, SearchHits, SearchMessage, SearchRequest};
+pub use super::search::{
+    MeshMessage, ResourceAsk, ResourceAsked, SearchFound, SearchHits, SearchMessage, SearchRequest,
+};
 use serde::{Deserialize, Serialize};
 
 #[cfg(test)]
 pub(crate) mod flat;
 
 /// Version byte leading every payload. Bumped on any incompatible change to [`Envelope`] (3: one
-/// variant per mechanism; 4: search; 5: application messages).
-pub const WIRE_VERSION: u8 = 5;
+/// variant per mechanism; 4: search; 5: application messages; 6: resource searches on the mesh).
+pub const WIRE_VERSION: u8 = 6;
 
 /// Largest accepted payload (version byte + message), in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -99,7 +101,7 @@ pub enum Envelope {
 
 /// Short names of every message kind, in [`Envelope::kind_index`] order: the one table of message
 /// kinds, for logs, traces, metrics and the simulator's report.
-pub const KINDS: [&str; 35] = [
+pub const KINDS: [&str; 37] = [
     "hello",
     "hello_proof",
     "heartbeat",
@@ -135,6 +137,8 @@ pub const KINDS: [&str; 35] = [
     "app_deliver",
     "app_ack",
     "app_refused",
+    "search_ask",
+    "search_asked",
 ];
 
 impl Envelope {
@@ -182,6 +186,8 @@ impl Envelope {
                 SearchMessage::Found(_) => 29,
                 SearchMessage::Mesh(g) if matches!(g.kind(), iroh_gossip::proto::state::MessageKind::Data) => 30,
                 SearchMessage::Mesh(_) => 31,
+                SearchMessage::Ask(_) => 35,
+                SearchMessage::Asked(_) => 36,
             },
             Envelope::App(m) => match m {
                 AppMessage::Deliver(_) => 32,
