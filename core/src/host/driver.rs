@@ -248,6 +248,9 @@ pub async fn run<T: Transport, R: Runtime>(
         d.announce_to_nats();
         d.metrics.observe(&d.peer, d.conns.len());
         d.observe_app();
+        if let Some(n) = &d.nats {
+            d.metrics.observe_nats(&n.status());
+        }
         if stop {
             break;
         }

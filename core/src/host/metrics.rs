@@ -122,6 +122,18 @@ pub struct Metrics {
     pub app_queue_depth: CountGauge,
     /// Entries in the inbox (gauge).
     pub inbox_size: CountGauge,
+    /// The NATS bridge: link up (1) or down (0), and its counters (see [`Metrics::observe_nats`]).
+    pub nats_connected: CountGauge,
+    /// Messages from the apps, by outcome (`handled`, `dropped`).
+    pub nats_received: [Counter; 2],
+    /// Publications the server confirmed.
+    pub nats_published: Counter,
+    /// Publications waiting for the server (gauge).
+    pub nats_pending: CountGauge,
+    /// Times the NATS link came back.
+    pub nats_reconnects: Counter,
+    /// The NATS counters at the last observation.
+    nats_seen: Arc<Mutex<[u64; 4]>>,
     /// Write transactions committed to the durable store (a plain atomic: the driver reads it for
     /// the status; exposed at scrape time).
     pub store_commits: Arc<AtomicU64>,
@@ -213,6 +225,19 @@ impl Metrics {
         let app = labelled(&mut r, "ocd_app_messages", "Application messages, by event.", "event", APP_EVENTS);
         let app_queue_depth = gauge(&mut r, "ocd_app_queue_depth", "Messages in the DNT queue.");
         let inbox_size = gauge(&mut r, "ocd_inbox_size", "Entries in the inbox.");
+        let nats_connected =
+            gauge(&mut r, "ocd_nats_connected", "Whether the NATS bridge's link is up (1) or not (0).");
+        let nats_received = labelled(
+            &mut r,
+            "ocd_nats_received",
+            "Messages from the local apps over NATS, by outcome.",
+            "outcome",
+            ["handled", "dropped"],
+        );
+        let nats_published =
+            counter(&mut r, "ocd_nats_published", "Publications to the local apps the server confirmed.");
+        let nats_pending = gauge(&mut r, "ocd_nats_pending", "Publications to the local apps waiting for the server.");
+        let nats_reconnects = counter(&mut r, "ocd_nats_reconnects", "Times the NATS link came back after a loss.");
         let store_items =
             counter(&mut r, "ocd_store_items", "Persist and forget outputs committed to the durable store.");
         let sent_by_kind = KindCounters::register(&mut r, "ocd_messages_sent", "Wire messages sent, by kind.");
@@ -252,6 +277,12 @@ impl Metrics {
             app,
             app_queue_depth,
             inbox_size,
+            nats_connected,
+            nats_received,
+            nats_published,
+            nats_pending,
+            nats_reconnects,
+            nats_seen: Arc::new(Mutex::new([0; 4])),
             store_commits: views.store_commits,
             store_items,
             store_commit_micros: views.store_commit_micros,
@@ -559,6 +590,21 @@ impl Metrics {
     /// Sets a gauge.
     pub fn set(gauge: &CountGauge, v: u64) {
         gauge.set(v);
+    }
+
+    /// Copies the NATS bridge's link state into the metrics (counters move by what changed).
+    pub fn observe_nats(&self, s: &super::nats::NatsStatus) {
+        self.nats_connected.set(u64::from(s.connected));
+        self.nats_pending.set(s.pending);
+        let Ok(mut seen) = self.nats_seen.lock() else { return };
+        let now = [s.received.saturating_sub(s.malformed), s.malformed, s.published, s.reconnects];
+        let counters = [&self.nats_received[0], &self.nats_received[1], &self.nats_published, &self.nats_reconnects];
+        for ((c, n), before) in counters.into_iter().zip(now).zip(seen.iter_mut()) {
+            if n > *before {
+                c.inc_by(n - *before);
+                *before = n;
+            }
+        }
     }
 
     /// The counters, for the status report.
