@@ -15,6 +15,7 @@
 
 #[cfg(feature = "host")]
 pub mod host;
+pub mod journal;
 pub mod proto;
 
 /// What the core's unit tests take from a host: a clock anchor for the search mesh (read here,

@@ -154,3 +154,31 @@ fn a_node_that_stops_stops_being_found_through_its_referent() {
     assert!(hits.is_empty(), "a stopped node's record is no longer served by search: {hits:?}");
     assert_eq!(end, SearchEnd::Idle);
 }
+
+/// A resource search of type `all` (DESIGN §9): from node 2 ("Gamma", on indexer 1) it crosses
+/// the mesh and reaches both nodes of indexer 0 once each, with the requester, user and request
+/// intact — and never the requester itself.
+#[test]
+fn a_resource_search_reaches_every_other_node_once_over_the_mesh() {
+    let mut net = network();
+    let mark = net.events.len();
+    let request = b"{\"kind\":\"request\"}".to_vec();
+    let requester = net.peers[4].id();
+    net.command(4, Command::ResourceSearch { id: 7, user: "alice".into(), request: request.clone() });
+    net.run_for(Duration::from_secs(10));
+    let mut asked: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut sent = None;
+    for (_, i, e) in &net.events[mark..] {
+        match e {
+            Event::ResourceSearchAsked { requester: r, user, request: q, via } => {
+                assert_eq!((*r, user.as_str(), q), (requester, "alice", &request));
+                assert!(net.peers[*i].pool().is_some_and(|p| p.contains(via)), "delivered by the node's own indexer");
+                *asked.entry(*i).or_default() += 1;
+            }
+            Event::ResourceSearchSent { id: 7, via } if *i == 4 => sent = Some(*via),
+            _ => {}
+        }
+    }
+    assert!(sent.is_some_and(|v| v.is_some()), "the requester sent it to its indexer");
+    assert_eq!(asked, BTreeMap::from([(2, 1), (3, 1)]), "each other node once, not the requester");
+}

@@ -54,6 +54,19 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Replay a real daemon's journal (`ocd run --journal FILE`): rebuild its peer, feed it the
+    /// recorded inputs and compare its outputs' running hash step by step. Exits 0 when the replay
+    /// is identical, 1 naming the first step that differs, 2 on an unreadable or corrupt journal.
+    Replay {
+        /// The journal.
+        journal: PathBuf,
+        /// The peer's key file (default: the one the journal names).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The network key file (default: the one the journal names).
+        #[arg(long)]
+        network_key: Option<PathBuf>,
+    },
     /// Draw a report's pool timeline as SVG.
     Plot {
         /// A JSON report written by `run --report`.
@@ -70,7 +83,11 @@ fn write_report(path: &PathBuf, report: &Report) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match real_main() {
+    let command = match Cli::parse().command {
+        Command::Replay { journal, key, network_key } => return replay(&journal, key, network_key),
+        other => other,
+    };
+    match real_main(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ocd-sim: {e:#}");
@@ -79,8 +96,63 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+/// `ocd-sim replay`.
+fn replay(path: &PathBuf, key: Option<PathBuf>, network_key: Option<PathBuf>) -> ExitCode {
+    use ocd_core::host::identity;
+    use ocd_core::journal::{self, JournalError, Reader};
+    let fail = |code: u8, msg: String| {
+        eprintln!("ocd-sim replay: {msg}");
+        ExitCode::from(code)
+    };
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return fail(2, format!("{}: {e}", path.display())),
+    };
+    let setup = match Reader::open(&bytes) {
+        Ok((s, _)) => s,
+        Err(e) => return fail(2, format!("{}: {e}", path.display())),
+    };
+    let key_path = key.unwrap_or_else(|| PathBuf::from(&setup.key_file));
+    let keypair = match identity::load_key(&key_path) {
+        Ok(k) => k,
+        Err(e) => return fail(2, format!("{e} (give the peer's key with --key)")),
+    };
+    let nk_path = network_key.unwrap_or_else(|| PathBuf::from(&setup.network_key_file));
+    let nk = match identity::load_network_key(&nk_path) {
+        Ok(k) => k,
+        Err(e) => return fail(2, format!("{e} (give the network key with --network-key)")),
+    };
+    println!(
+        "journal {}: peer {} ({}), roles {}{}, written by {}",
+        path.display(),
+        setup.peer_id,
+        setup.did,
+        if setup.roles.node { "node" } else { "" },
+        if setup.roles.indexer { if setup.roles.node { ",indexer" } else { "indexer" } } else { "" },
+        setup.software
+    );
+    let start = Instant::now();
+    match journal::replay(&bytes, keypair, nk, Instant::now()) {
+        Ok(r) => {
+            println!(
+                "replayed {} steps and {} outputs identically in {:.2} s{}",
+                r.steps,
+                r.outputs,
+                start.elapsed().as_secs_f64(),
+                if r.clean_end { " (the run ended cleanly)" } else { " (the run did not end cleanly)" }
+            );
+            if let Some(e) = r.cut_short {
+                println!("the journal is cut short: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ JournalError::Diverged { .. }) => fail(1, format!("{}: {e}", path.display())),
+        Err(e) => fail(2, format!("{}: {e}", path.display())),
+    }
+}
+
+fn real_main(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run { scenario, seed, report, json, trace } => {
             let mut sc = Scenario::load(&scenario)?;
             if let Some(s) = seed {
@@ -104,6 +176,10 @@ fn real_main() -> anyhow::Result<()> {
                     println!("report written to {}", path.display());
                 }
             }
+        }
+        // Answered by `replay`, with its own exit codes.
+        Command::Replay { journal, key, network_key } => {
+            let _ = replay(&journal, key, network_key);
         }
         Command::Bench { nodes, indexers, duration, seed, report } => {
             let sc = bench::scenario(BenchParams { nodes, indexers, duration, seed })?;

@@ -10,6 +10,7 @@
 //! ```text
 //! OCD_BENCH_RUNTIME=both|tokio|smol  OCD_BENCH_MESSAGES=2000  OCD_BENCH_CLIENTS=8
 //! OCD_BENCH_MODE=socket|cli  OCD_BENCH_GROUP=64 (the daemons' group_commit)  OCD_BENCH_PAYLOAD=1024
+//! OCD_BENCH_JOURNAL=1 (both nodes run with `--journal`)
 //! cargo test --release -p ocd-tests --test app_throughput -- --ignored --nocapture
 //! ```
 //!
@@ -57,11 +58,19 @@ fn measure(runtime: &str, messages: usize, clients: usize, mode: &str, group: us
     let seed = net.address(ix);
     let mut sc = node_config(&net, "sender", &seed);
     sc.group_commit = group;
+    // OCD_BENCH_JOURNAL=1: both nodes journal their cores (the cost of `--journal`).
+    let journal = env_or("OCD_BENCH_JOURNAL", 0u8) == 1;
+    if journal {
+        sc.journal = Some(net.dir().join("sender.journal"));
+    }
     sc.protocol.dnt_queue_max = messages.max(10_000) + 10;
     sc.protocol.dnt_queue_max_per_destination = messages.max(1_000) + 10;
     let snd = net.start("sender", &sc);
     let mut rc = node_config(&net, "receiver", &seed);
     rc.group_commit = group;
+    if journal {
+        rc.journal = Some(net.dir().join("receiver.journal"));
+    }
     let rcv = net.start("receiver", &rc);
     let ready = net.wait_until(Duration::from_secs(60), |n| n.status(snd).at_min_pool() && n.status(rcv).at_min_pool());
     assert!(ready, "the nodes never reached their indexer:\n{}", net.logs());

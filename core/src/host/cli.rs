@@ -97,6 +97,9 @@ pub struct RunArgs {
     /// Control socket path.
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
+    /// Journal every input of the core to FILE (replay it with `ocd-sim replay FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
     /// Name sent to indexers (env NAME).
     #[arg(long)]
     pub name: Option<String>,
@@ -271,6 +274,9 @@ impl RunArgs {
         }
         if let Some(v) = &self.network_key {
             c.network_key = v.clone();
+        }
+        if let Some(v) = &self.journal {
+            c.journal = Some(v.clone());
         }
         if let Some(v) = self.metrics {
             c.metrics = Some(v);

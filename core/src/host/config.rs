@@ -113,6 +113,10 @@ pub struct DaemonConfig {
     pub group_commit: usize,
     /// Logs as JSON lines instead of text.
     pub log_json: bool,
+    /// Journal every input of the core to this file, for `ocd-sim replay` (DESIGN §10).
+    pub journal: Option<PathBuf>,
+    /// The journal stops growing past this many bytes (what it holds still replays).
+    pub journal_max_bytes: u64,
     /// Seed of the core's deterministic RNG (`None`: drawn from the OS at start).
     pub rng_seed: Option<u64>,
     /// Protocol tunables.
@@ -139,6 +143,8 @@ impl Default for DaemonConfig {
             send_queue: 1024,
             group_commit: crate::host::driver::GROUP_MAX,
             log_json: false,
+            journal: None,
+            journal_max_bytes: 1 << 30,
             rng_seed: None,
             protocol: Config::default(),
         }

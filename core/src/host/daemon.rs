@@ -133,9 +133,37 @@ pub async fn serve<T: Transport, R: Runtime>(
              an indexer dials it"
         );
     }
-    let mut peer = Peer::new(setup.peer_setup(advertised.clone())?, clock.now());
+    let peer_setup = setup.peer_setup(advertised.clone())?;
+    let started = clock.now();
+    let mut journal = match &setup.config.journal {
+        None => None,
+        Some(path) => {
+            let js = crate::journal::JournalSetup {
+                peer_id: peer_setup.keypair.peer_id(),
+                key_file: absolute(&setup.config.data_dir.join(super::identity::KEY_FILE)),
+                network_key_file: absolute(&setup.config.network_key),
+                did: peer_setup.did.clone(),
+                roles: peer_setup.roles,
+                config: peer_setup.config.clone(),
+                seeds: peer_setup.seeds.clone(),
+                rng_seed: peer_setup.rng_seed,
+                addrs: peer_setup.addrs.clone(),
+                started,
+                software: format!("ocd {} ({runtime_name})", env!("CARGO_PKG_VERSION")),
+            };
+            Some(super::journal::JournalWriter::create(path, &js, setup.config.journal_max_bytes).map_err(
+                |source| HostError::Io { context: format!("creating the journal {}", path.display()), source },
+            )?)
+        }
+    };
+    let mut peer = Peer::new(peer_setup, started);
     // The durable state first, before any command or timeout.
-    peer.handle(Input::Restored(setup.restored), clock.now());
+    let restored = Input::Restored(setup.restored);
+    let now = clock.now();
+    if let Some(j) = journal.as_mut() {
+        j.input(now, &restored);
+    }
+    peer.handle(restored, now);
     let store = setup.store;
     let options = DriverOptions {
         runtime_name,
@@ -157,7 +185,8 @@ pub async fn serve<T: Transport, R: Runtime>(
         }
         (None, _) => None,
     };
-    let result = driver::run(rt, transport, peer, clock, options, control_rx, metrics, nats).await;
+    let extras = driver::Extras { nats, journal };
+    let result = driver::run(rt, transport, peer, clock, options, control_rx, metrics, extras).await;
     let _ = std::fs::remove_file(&socket);
     // End `inbox --follow` answers, then let the store close cleanly once they let go of it.
     store.close_watchers();
@@ -167,6 +196,11 @@ pub async fn serve<T: Transport, R: Runtime>(
     }
     drop(store);
     result.map_err(HostError::from)
+}
+
+/// `path` made absolute when it can be (a journal names files a replay elsewhere must find).
+fn absolute(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
 }
 
 /// The addresses a daemon puts in its signed record and provider announcements: the configured

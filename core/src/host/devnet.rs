@@ -50,6 +50,10 @@ pub struct DevnetArgs {
     /// Keep the directory afterwards (it is always kept when the network did not converge).
     #[arg(long)]
     pub keep: bool,
+    /// Every daemon journals its core's inputs to `<dir>/<name>.journal` (replay one with
+    /// `ocd-sim replay`); implies `--keep`.
+    #[arg(long)]
+    pub journal: bool,
 }
 
 /// Errors setting up a devnet.
@@ -348,7 +352,8 @@ impl<'a> Devnet<'a> {
         for i in 0..args.indexers {
             let seeds: Vec<String> = self.daemons.iter().map(|d| d.address.clone()).collect();
             let exe = self.exe_for(self.daemons.len());
-            let d = spawn(exe, &self.dir, &self.key, &format!("indexer-{i}"), true, seeds, 1, max)?;
+            let j = args.journal;
+            let d = spawn(exe, &self.dir, &self.key, &format!("indexer-{i}"), true, seeds, (1, max), j)?;
             self.daemons.push(d);
             if let Some(d) = self.daemons.last_mut() {
                 wait_up(d, Duration::from_secs(20))?;
@@ -361,7 +366,8 @@ impl<'a> Devnet<'a> {
         self.nodes_started = Instant::now();
         for j in 0..args.nodes {
             let exe = self.exe_for(self.daemons.len());
-            let d = spawn(exe, &self.dir, &self.key, &format!("node-{j}"), false, seeds.clone(), min, max)?;
+            let journal = args.journal;
+            let d = spawn(exe, &self.dir, &self.key, &format!("node-{j}"), false, seeds.clone(), (min, max), journal)?;
             self.daemons.push(d);
         }
         for d in self.daemons.iter_mut().filter(|d| !d.indexer) {
@@ -505,7 +511,7 @@ impl<'a> Devnet<'a> {
             && w.chaos.as_ref().is_none_or(|c| c.recovered_after_secs.is_some());
         self.view.note("stopping every daemon (graceful shutdown)");
         stop_all(&mut self.daemons);
-        let keep = args.keep || !converged || args.dir.is_some();
+        let keep = args.keep || args.journal || !converged || args.dir.is_some();
         if !keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -637,8 +643,8 @@ fn spawn(
     name: &str,
     indexer: bool,
     seeds: Vec<String>,
-    min: usize,
-    max: usize,
+    (min, max): (usize, usize),
+    journal: bool,
 ) -> Result<Daemon, DevnetError> {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
@@ -653,6 +659,9 @@ fn spawn(
         ..DaemonConfig::default()
     };
     c.protocol.name = name.into();
+    if journal {
+        c.journal = Some(dir.join(format!("{name}.journal")));
+    }
     c.protocol.min_indexers = min;
     c.protocol.max_indexers = max;
     let config_path = dir.join(format!("{name}.toml"));

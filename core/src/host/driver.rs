@@ -48,6 +48,7 @@
 
 use super::app::{self, AppStatus, SendReply};
 use super::control::{ControlCommand, ControlReply, ControlRequest, MAX_LOOKUP_TIMEOUT, Responder};
+use super::journal::JournalWriter;
 use super::lookup::LookupReport;
 use super::metrics::{Counted, Metrics};
 use super::nats::{FromNats, NatsBridge};
@@ -212,11 +213,19 @@ enum Wake<T: Transport> {
     Nats(FromNats),
 }
 
+/// What a daemon runs besides the core and its transport.
+#[derive(Default)]
+pub struct Extras {
+    /// The NATS bridge (a node with `nats_url`).
+    pub nats: Option<NatsBridge>,
+    /// `--journal`: the journal, its setup record written (and the restored state's step).
+    pub journal: Option<JournalWriter>,
+}
+
 /// Runs `peer` until a [`ControlCommand::Shutdown`] arrives on `control` (or every control
 /// sender is dropped), then shuts down gracefully: the core says goodbye, queued frames are
 /// flushed, connections are closed and the transport is shut down. Fails when a commit to the
 /// durable store fails (the daemon must stop: the core believes the state durable).
-#[allow(clippy::too_many_arguments)]
 pub async fn run<T: Transport, R: Runtime>(
     rt: R,
     transport: T,
@@ -225,10 +234,11 @@ pub async fn run<T: Transport, R: Runtime>(
     options: DriverOptions,
     control: mpsc::Receiver<ControlRequest>,
     metrics: Arc<Metrics>,
-    nats: Option<NatsBridge>,
+    extras: Extras,
 ) -> Result<(), StoreError> {
     let mut d = Driver::new(rt, transport, peer, clock, options, control, metrics);
-    d.nats = nats;
+    d.nats = extras.nats;
+    d.journal = extras.journal;
     d.start();
     while d.fatal.is_none() {
         d.arm_timer();
@@ -246,6 +256,9 @@ pub async fn run<T: Transport, R: Runtime>(
         }
         d.drain_outputs();
         d.announce_to_nats();
+        if let Some(j) = d.journal.as_mut() {
+            j.flush();
+        }
         d.metrics.observe(&d.peer, d.conns.len());
         d.observe_app();
         if let Some(n) = &d.nats {
@@ -317,6 +330,8 @@ struct Driver<T: Transport, R: Runtime> {
     nats_announced: bool,
     /// Inbox entries were committed since the bridge last read the inbox.
     nats_feed: bool,
+    /// `--journal`: every input and output of the core.
+    journal: Option<JournalWriter>,
 }
 
 /// At most one `closing connection` WARN per this interval; the others are counted into the next.
@@ -379,6 +394,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             nats: None,
             nats_announced: false,
             nats_feed: true,
+            journal: None,
         }
     }
 
@@ -389,7 +405,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         }
         self.spawn_accept_loop();
         tracing::info!(peer = %self.me, address = %self.local, runtime = self.options.runtime_name, "ocd started");
-        self.peer.handle(Input::Timeout, self.clock.now());
+        self.feed(Input::Timeout, self.clock.now());
         self.drain_outputs();
     }
 
@@ -419,7 +435,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     fn arm_timer(&mut self) {
         let now = self.clock.now();
         if self.peer.poll_timeout().is_some_and(|t| t <= now) {
-            self.peer.handle(Input::Timeout, now);
+            self.feed(Input::Timeout, now);
             self.drain_outputs();
         }
         if self.nats.as_ref().and_then(|n| n.poll_timeout()).is_some_and(|t| t <= now) {
@@ -516,7 +532,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     fn on_frame(&mut self, conn: u64, from: PeerId, message: Envelope, now: Timestamp) {
         if self.is_current(&from, conn) {
             self.metrics.count(Counted::Received(&message));
-            self.peer.handle(Input::Received { from, message }, now);
+            self.feed(Input::Received { from, message }, now);
         }
     }
 
@@ -547,7 +563,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         self.rt.spawn(Box::pin(read_loop(recv, conn, id, self.conn_tx.clone())));
         self.conns.insert(id, Conn { id: conn, outbound, handle, tx });
         tracing::debug!(peer = %id.short(), outbound, addr = ?remote_addr, "connection up");
-        self.peer.handle(Input::ConnectionUp { peer: id, addr: remote_addr, outbound }, now);
+        self.feed(Input::ConnectionUp { peer: id, addr: remote_addr, outbound }, now);
     }
 
     /// A dial we started finished (or timed out).
@@ -563,7 +579,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     fn on_dial_failed(&mut self, peer: PeerId, error: TransportError, now: Timestamp) {
         tracing::debug!(peer = %peer.short(), "dial failed: {error}");
         if !self.conns.contains_key(&peer) {
-            self.peer.handle(Input::ConnectFailed { peer }, now);
+            self.feed(Input::ConnectFailed { peer }, now);
         }
     }
 
@@ -596,14 +612,14 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             ReadEnd::Io(e) => tracing::debug!(peer = %from.short(), "connection lost: {e}"),
             ReadEnd::Eof => tracing::debug!(peer = %from.short(), "connection closed by peer"),
         }
-        self.peer.handle(Input::ConnectionDown { peer: from }, now);
+        self.feed(Input::ConnectionDown { peer: from }, now);
     }
 
     /// The core's (or the bridge's) deadline passed.
     fn on_timer(&mut self, now: Timestamp) {
         self.timer = None;
         if self.peer.poll_timeout().is_some_and(|t| t <= now) {
-            self.peer.handle(Input::Timeout, now);
+            self.feed(Input::Timeout, now);
         }
         if self.nats.as_ref().and_then(|n| n.poll_timeout()).is_some_and(|t| t <= now) {
             self.on_nats_timeout(now);
@@ -611,12 +627,31 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         self.metrics.observe_pool(&self.peer);
     }
 
+    // ---- the core ----------------------------------------------------------------------------------
+
+    /// Hands the core an input (journaled first, when a journal is kept).
+    fn feed(&mut self, input: Input, now: Timestamp) {
+        if let Some(j) = self.journal.as_mut() {
+            j.input(now, &input);
+        }
+        self.peer.handle(input, now);
+    }
+
+    /// Takes the core's next output (chained into the journal's hash).
+    fn poll_core(&mut self) -> Option<Output> {
+        let o = self.peer.poll_output()?;
+        if let Some(j) = self.journal.as_mut() {
+            j.output(&o);
+        }
+        Some(o)
+    }
+
     // ---- the NATS bridge -------------------------------------------------------------------------
 
     /// Hands the bridge's commands to the core.
     fn run_commands(&mut self, commands: Vec<Command>, now: Timestamp) {
         for c in commands {
-            self.peer.handle(Input::Command(c), now);
+            self.feed(Input::Command(c), now);
         }
     }
 
@@ -732,7 +767,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         tracing::debug!(id, to = %message.to, protocol = message.protocol.name(), bytes = message.payload.len(), "send");
         // Registered before the core runs: it answers at once.
         self.sends.insert(id, reply);
-        self.peer.handle(Input::Command(Command::Send { id, message }), now);
+        self.feed(Input::Command(Command::Send { id, message }), now);
     }
 
     /// The DNT part of the status (a node's).
@@ -785,7 +820,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         tracing::debug!(id, %key, "lookup");
         // Registered before the core runs: it may answer at once.
         self.lookups.insert(id, PendingLookup { key: key.clone(), started: now, timeout, reply });
-        self.peer.handle(Input::Command(Command::Lookup { id, key }), now);
+        self.feed(Input::Command(Command::Lookup { id, key }), now);
     }
 
     /// A lookup's bound passed without an answer from the core.
@@ -830,7 +865,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         self.metrics.count(Counted::SearchStarted);
         // Registered before the core runs: it may answer at once.
         self.searches.insert(id, PendingSearch { user: user.clone(), started: now, hits: 0, reply });
-        self.peer.handle(Input::Command(Command::Search { id, user, query }), now);
+        self.feed(Input::Command(Command::Search { id, user, query }), now);
     }
 
     /// A search's bound passed: the client gets its end, the core cancels the search.
@@ -845,7 +880,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             end: SearchEndReason::Timeout,
             elapsed_ms,
         }));
-        self.peer.handle(Input::Command(Command::CancelSearch { user: p.user }), now);
+        self.feed(Input::Command(Command::CancelSearch { user: p.user }), now);
     }
 
     /// Some client hung up: forget its lookup, cancel its search.
@@ -861,7 +896,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         for id in gone {
             if let Some(p) = self.searches.remove(&id) {
                 tracing::debug!(id, user = %p.user, "search abandoned by its client: cancelling it");
-                self.peer.handle(Input::Command(Command::CancelSearch { user: p.user }), now);
+                self.feed(Input::Command(Command::CancelSearch { user: p.user }), now);
             }
         }
     }
@@ -871,7 +906,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     /// stopped the daemon.
     async fn on_shutdown(mut self) -> Result<(), StoreError> {
         tracing::info!("shutting down");
-        self.peer.handle(Input::Command(Command::Shutdown), self.clock.now());
+        self.feed(Input::Command(Command::Shutdown), self.clock.now());
         self.drain_outputs();
         // Whatever the core did not close itself is closed now, gracefully.
         for (_, c) in self.conns.drain() {
@@ -882,6 +917,9 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
         }
         self.rt.sleep(self.options.linger + Duration::from_millis(50)).await;
         self.transport.shutdown().await;
+        if let Some(j) = self.journal.take() {
+            j.finish();
+        }
         tracing::info!("stopped");
         match self.fatal.take() {
             Some(e) => Err(e),
@@ -897,7 +935,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
     fn drain_outputs(&mut self) {
         loop {
             let mut held = std::mem::take(&mut self.held);
-            while let Some(out) = self.peer.poll_output() {
+            while let Some(out) = self.poll_core() {
                 match out {
                     Output::Persist(p) => self.durable.push(Durable::Persist(p)),
                     Output::Forget(f) => self.durable.push(Durable::Forget(f)),
@@ -909,7 +947,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
                 held.clear();
             } else if self.nats.is_some() && self.nats_feed {
                 self.feed_nats();
-                while let Some(out) = self.peer.poll_output() {
+                while let Some(out) = self.poll_core() {
                     match out {
                         Output::Persist(p) => self.durable.push(Durable::Persist(p)),
                         Output::Forget(f) => self.durable.push(Durable::Forget(f)),
@@ -1017,7 +1055,7 @@ impl<T: Transport, R: Runtime> Driver<T, R> {
             if let Some(c) = c {
                 c.handle.close(close_code::SLOW_PEER, "send queue full");
             }
-            self.peer.handle(Input::ConnectionDown { peer: to }, self.clock.now());
+            self.feed(Input::ConnectionDown { peer: to }, self.clock.now());
         }
     }
 

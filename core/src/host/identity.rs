@@ -188,6 +188,16 @@ pub fn load_or_create(data_dir: &Path) -> Result<Identity, IdentityFileError> {
     Ok(Identity { keypair, did, created_key, created_did })
 }
 
+/// Reads a key file (64 hex characters), without creating anything.
+pub fn load_key(path: &Path) -> Result<Keypair, IdentityFileError> {
+    let text = read_text(path)?.ok_or_else(|| IdentityFileError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such key file"),
+    })?;
+    let secret = parse_hex32(&text).ok_or_else(|| IdentityFileError::CorruptKey { path: path.to_path_buf() })?;
+    Ok(Keypair::from_secret_bytes(secret))
+}
+
 /// Adopts a new DID for the existing key in `data_dir` (`keygen --new-did`): the operator's explicit
 /// choice after losing the DID file, or to change it. A DID file already there is kept as
 /// `did.previous`. Indexers that bound the old DID to this key refuse the new one until that

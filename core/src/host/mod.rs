@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod devnet;
 pub mod driver;
 pub mod identity;
+pub mod journal;
 pub mod lookup;
 pub mod metrics;
 pub mod nats;

@@ -124,8 +124,9 @@ pub use wire::{Envelope, RefuseReason, RequestId, StoreRefusal, WireError};
 
 use std::time::Duration;
 
-/// Something that happened outside the core, handed to [`Peer::handle`].
-#[derive(Clone, Debug, PartialEq)]
+/// Something that happened outside the core, handed to [`Peer::handle`] (serialisable: a journal
+/// records them).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Input {
     /// A transport connection to `peer` is established (the id is authenticated by the transport).
     ConnectionUp {
@@ -162,7 +163,7 @@ pub enum Input {
 }
 
 /// Requests from the local application.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Leave every indexer politely and close all connections (graceful shutdown).
     Shutdown,

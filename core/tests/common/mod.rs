@@ -23,6 +23,9 @@ pub struct Net {
     pub now: Timestamp,
     connected: BTreeSet<(usize, usize)>,
     pub events: Vec<(Timestamp, usize, Event)>,
+    /// A journal of one peer's inputs and outputs (`ocd run --journal` in miniature): its index,
+    /// the recorder, and the bytes.
+    pub journal: Option<(usize, ocd_core::journal::Recorder, Vec<u8>)>,
 }
 
 impl Net {
@@ -40,6 +43,7 @@ impl Net {
             now,
             connected: BTreeSet::new(),
             events: Vec::new(),
+            journal: None,
         }
     }
 
@@ -52,8 +56,23 @@ impl Net {
         self.queue.insert((at, self.seq), (to, self.lives[to], input));
     }
 
+    /// Hands `input` to peer `i` at `t`, journaling it if that peer is journaled.
+    fn feed(&mut self, i: usize, input: Input, t: Timestamp) {
+        if let Some((j, rec, bytes)) = &mut self.journal
+            && *j == i
+        {
+            bytes.extend(rec.step(t, &input));
+        }
+        self.peers[i].handle(input, t);
+    }
+
     fn outputs(&mut self, i: usize) {
         while let Some(o) = self.peers[i].poll_output() {
+            if let Some((j, rec, _)) = &mut self.journal
+                && *j == i
+            {
+                rec.output(&o);
+            }
             let at = self.now + Duration::from_millis(LINK_MS);
             match o {
                 Output::Connect { peer } => {
@@ -112,11 +131,11 @@ impl Net {
             if next_input == Some(t) {
                 let Some((_, (i, life, input))) = self.queue.pop_first() else { break };
                 if self.up[i] && life == self.lives[i] {
-                    self.peers[i].handle(input, t);
+                    self.feed(i, input, t);
                     self.outputs(i);
                 }
             } else if let Some((_, i)) = next_timer {
-                self.peers[i].handle(Input::Timeout, t);
+                self.feed(i, Input::Timeout, t);
                 self.outputs(i);
             }
         }
@@ -130,7 +149,7 @@ impl Net {
 
     pub fn input(&mut self, i: usize, input: Input) {
         let now = self.now;
-        self.peers[i].handle(input, now);
+        self.feed(i, input, now);
         self.outputs(i);
     }
 

@@ -388,7 +388,7 @@ impl AppService {
 }
 
 /// A message the application hands over.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewMessage {
     /// Destination.
     pub to: Target,
