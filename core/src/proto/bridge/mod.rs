@@ -58,6 +58,9 @@ pub use codes::{ACTIONS, CodeOverrides, Codes, DATATYPES, METHODS, RELATIONS, Ta
 /// them from answers to its own commands.
 pub const BRIDGE_ID_BIT: u64 = 1 << 62;
 
+/// Most peers one message may name (`peer_ids`): a bound on what one message can make ocd send.
+pub const MAX_TARGETS: usize = 1024;
+
 /// The bridge's settings (the daemon's `[nats]` section).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -413,6 +416,12 @@ impl Bridge {
                 };
                 if targets.is_empty() {
                     return Err(BridgeError::Missing("peer_ids"));
+                }
+                if targets.len() > MAX_TARGETS {
+                    return Err(BridgeError::Unsupported(format!(
+                        "{} peer_ids (at most {MAX_TARGETS})",
+                        targets.len()
+                    )));
                 }
                 let datatype = env.datatype.or(inner_dt);
                 for t in targets {

@@ -503,3 +503,66 @@ fn the_peer_book_follows_config_and_commands() {
     b.apply_config(&Config { blocked_peers: vec![peer(4)], ..Config::default() });
     assert!(b.is_blocked(&peer(4)));
 }
+
+mod arbitrary_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON-shaped values of any depth, with the keys the bridge reads among others.
+    fn value() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("FromApp".to_string()),
+            Just("Datatype".to_string()),
+            Just("User".to_string()),
+            Just("Groups".to_string()),
+            Just("Payload".to_string()),
+            Just("Action".to_string()),
+            Just("DataType".to_string()),
+            Just("peer_id".to_string()),
+            Just("peer_ids".to_string()),
+            Just("search".to_string()),
+            Just("type".to_string()),
+            Just("relation".to_string()),
+            "[a-zA-Z_]{0,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,24}".prop_map(Value::from),
+            prop_oneof![Just("PB_SEARCH"), Just("PB_CREATE"), Just("PEER"), Just("all"), Just("partner")]
+                .prop_map(Value::from),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|b| Value::from(data_encoding::BASE64.encode(&b))),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever arrives on a subscribed subject, as bytes or as JSON of any shape (also nested
+        /// as the base64 payload of a propagation), the bridge never panics and stays bounded: at
+        /// most one action per partner, known peer or listed target, plus a few.
+        #[test]
+        fn any_message_is_handled_or_refused_without_panic(
+            raw in proptest::collection::vec(any::<u8>(), 0..256),
+            outer in value(),
+            inner in value(),
+            subject in prop_oneof![Just("propalgation_event"), Just("create_resource"), Just("other")],
+        ) {
+            let mut b = bridge();
+            let _ = b.on_nats(subject, &raw, &book(), NOW);
+            let _ = b.on_nats(subject, outer.to_string().as_bytes(), &book(), NOW);
+            let nested = json!({ "Payload": b64(&json!({ "Action": outer, "DataType": 1, "Payload": b64(&inner) })) });
+            let _ = b.on_nats(subject, nested.to_string().as_bytes(), &book(), NOW);
+            let _ = b.on_reply(1 | BRIDGE_ID_BIT, &raw, NOW);
+            let n = actions(&mut b).len();
+            prop_assert!(n <= 3 * 64 + 16, "{n} actions");
+        }
+    }
+}
