@@ -13,7 +13,8 @@
 //!
 //! A [`Step`](Record::Step) carries, besides the input and its time, how many outputs the host
 //! had taken from the core before it handed the input over, and the running hash of them (each
-//! output's `Debug` text, chained: `h = BLAKE3(h ‖ text)`). The host drains outputs lazily (it may
+//! output chained as `h = BLAKE3(h ‖ output)`: sends and persists by their postcard encoding, the
+//! others by their `Debug` text). The host drains outputs lazily (it may
 //! hand the core an input while earlier outputs wait), so the replay drains exactly as many before
 //! each input. The setup holds no secret: the key and the network key are named by their files, and
 //! the replay reads them (or takes others).
@@ -188,10 +189,38 @@ enum RecordRef<'a> {
 }
 
 fn chain(hash: &[u8; 32], o: &Output) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(hash);
-    h.update(format!("{o:?}").as_bytes());
-    *h.finalize().as_bytes()
+    /// Streams `Debug` text into the hasher, without building the string.
+    struct Sink(blake3::Hasher);
+    impl std::fmt::Write for Sink {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut h = Sink(blake3::Hasher::new());
+    h.0.update(hash);
+    // The bulky outputs by their wire encoding (cheap), the others by their `Debug` text.
+    let encoded = match o {
+        Output::Send { to, message } => {
+            h.0.update(b"send");
+            h.0.update(to.as_bytes());
+            postcard::to_stdvec(message).ok()
+        }
+        Output::Persist(p) => {
+            h.0.update(b"persist");
+            postcard::to_stdvec(p).ok()
+        }
+        _ => None,
+    };
+    match encoded {
+        Some(bytes) => {
+            h.0.update(&bytes);
+        }
+        None => {
+            let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{o:?}"));
+        }
+    }
+    *h.0.finalize().as_bytes()
 }
 
 /// Reads a journal's records in order.
