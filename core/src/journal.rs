@@ -72,7 +72,7 @@ pub enum Record {
         /// Its time.
         now: Timestamp,
         /// The input.
-        input: Input,
+        input: Box<Input>,
     },
     /// The run ended cleanly.
     End {
@@ -136,17 +136,11 @@ fn frame<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// The running hash of the outputs taken from a core, and the records that carry it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Recorder {
     hash: [u8; 32],
     outputs: u64,
     steps: u64,
-}
-
-impl Default for Recorder {
-    fn default() -> Self {
-        Recorder { hash: [0; 32], outputs: 0, steps: 0 }
-    }
 }
 
 impl Recorder {
@@ -366,7 +360,7 @@ pub fn replay(
         done.outputs = rec.outputs;
         match record {
             Record::Step { now, input, .. } => {
-                peer.handle(input, now);
+                peer.handle(*input, now);
                 done.steps += 1;
             }
             Record::End { .. } => {

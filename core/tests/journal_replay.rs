@@ -3,6 +3,8 @@
 //! replays identically; a journal with one byte changed is refused at the step it hit; one cut
 //! short replays up to its last whole record; a changed input is caught at the next step.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Net;
@@ -139,7 +141,7 @@ fn a_changed_input_is_caught_at_the_next_step() {
         n += 1;
         let r = match r {
             journal::Record::Step { outputs, hash, now, input }
-                if moved_at.is_none() && n > 30 && input == Input::Timeout =>
+                if moved_at.is_none() && n > 30 && *input == Input::Timeout =>
             {
                 moved_at = Some(n);
                 journal::Record::Step { outputs, hash, now: now + Duration::from_secs(100), input }

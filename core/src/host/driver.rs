@@ -226,6 +226,7 @@ pub struct Extras {
 /// sender is dropped), then shuts down gracefully: the core says goodbye, queued frames are
 /// flushed, connections are closed and the transport is shut down. Fails when a commit to the
 /// durable store fails (the daemon must stop: the core believes the state durable).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<T: Transport, R: Runtime>(
     rt: R,
     transport: T,
