@@ -370,3 +370,117 @@ pub fn replay(
         }
     }
 }
+
+// ---- fuzzing seeds ------------------------------------------------------------------------
+
+/// A fuzzing seed's first bytes (see [`Seed`]).
+pub const SEED_MAGIC: &[u8; 8] = b"OCDSEED\0";
+
+/// A simulated peer's run as a fuzzing seed (`ocd-sim run --dump-corpus DIR`): its whole setup,
+/// **secret key included** (a simulated peer's key is derived from the scenario's seed, so it is
+/// no secret; a real daemon's run is a [journal](self) instead), then the inputs it was handed.
+///
+/// ```text
+/// magic "OCDSEED\0" · postcard(Seed) · postcard(SeedStep)*
+/// ```
+///
+/// Steps carry no length or checksum, so a fuzzer's mutation of one step changes that step (or
+/// ends the run there) rather than the whole input: the peer fuzz targets read every step that
+/// decodes, up to the first that does not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Seed {
+    /// The peer's secret key (simulated: no secret).
+    pub secret: [u8; 32],
+    /// The network key.
+    pub network_key: [u8; 32],
+    /// Its DID.
+    pub did: Did,
+    /// Its roles.
+    pub roles: Roles,
+    /// Its configuration.
+    pub config: Config,
+    /// Its bootstrap peers.
+    pub seeds: Vec<PeerAddr>,
+    /// Its rng seed.
+    pub rng_seed: u64,
+    /// Its own addresses.
+    pub addrs: Vec<Addr>,
+    /// The time it was started at (its own clock).
+    pub started: Timestamp,
+}
+
+/// One input of a [`Seed`], at its peer's time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeedStep {
+    /// The peer's time.
+    pub now: Timestamp,
+    /// The input.
+    pub input: Input,
+}
+
+/// [`SeedStep`] by reference (the same encoding), so recording does not clone the input.
+#[derive(Serialize)]
+struct SeedStepRef<'a> {
+    now: Timestamp,
+    input: &'a Input,
+}
+
+impl Seed {
+    /// The seed of a peer built from `setup` at `started` (its own clock).
+    pub fn of(setup: &PeerSetup, started: Timestamp) -> Seed {
+        Seed {
+            secret: setup.keypair.secret_bytes(),
+            network_key: setup.network_key,
+            did: setup.did.clone(),
+            roles: setup.roles,
+            config: setup.config.clone(),
+            seeds: setup.seeds.clone(),
+            rng_seed: setup.rng_seed,
+            addrs: setup.addrs.clone(),
+            started,
+        }
+    }
+
+    /// The seed's header bytes: magic and setup; [`Seed::step`]s follow.
+    pub fn header(&self) -> Vec<u8> {
+        let mut out = SEED_MAGIC.to_vec();
+        out.extend_from_slice(&postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+
+    /// One step's bytes, appended to `out`.
+    pub fn step(out: &mut Vec<u8>, now: Timestamp, input: &Input) {
+        if let Ok(bytes) = postcard::to_stdvec(&SeedStepRef { now, input }) {
+            out.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Reads a seed: its setup and every step that decodes, up to the first that does not (or
+    /// `max_steps`). `None` if `bytes` is not a seed or its setup does not decode.
+    pub fn read(bytes: &[u8], max_steps: usize) -> Option<(Seed, Vec<SeedStep>)> {
+        let rest = bytes.strip_prefix(SEED_MAGIC.as_slice())?;
+        let (seed, mut rest) = postcard::take_from_bytes::<Seed>(rest).ok()?;
+        let mut steps = Vec::new();
+        while !rest.is_empty() && steps.len() < max_steps {
+            let Ok((step, tail)) = postcard::take_from_bytes::<SeedStep>(rest) else { break };
+            steps.push(step);
+            rest = tail;
+        }
+        Some((seed, steps))
+    }
+
+    /// The peer's setup (`anchor`: the search mesh's clock anchor).
+    pub fn peer_setup(&self, anchor: std::time::Instant) -> PeerSetup {
+        PeerSetup {
+            config: self.config.clone(),
+            keypair: Keypair::from_secret_bytes(self.secret),
+            did: self.did.clone(),
+            network_key: self.network_key,
+            roles: self.roles,
+            seeds: self.seeds.clone(),
+            rng_seed: self.rng_seed,
+            addrs: self.addrs.clone(),
+            clock_anchor: Some(anchor),
+        }
+    }
+}

@@ -99,4 +99,4 @@ pub mod trace;
 
 pub use report::Report;
 pub use scenario::{Scenario, ScenarioError};
-pub use sim::{Simulation, run};
+pub use sim::{DumpSpec, Simulation, run};

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ocd_simulator::bench::{self, BenchParams};
-use ocd_simulator::{Report, Scenario, Simulation};
+use ocd_simulator::{DumpSpec, Report, Scenario, Simulation};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -35,6 +35,10 @@ enum Command {
         /// to stderr.
         #[arg(long, value_delimiter = ',')]
         trace: Vec<String>,
+        /// Write fuzzing seeds here: the first inputs of a sample of node and indexer peers, in
+        /// `DIR/peer_node/` and `DIR/peer_indexer/` (the seed corpora of `fuzz/`).
+        #[arg(long, value_name = "DIR")]
+        dump_corpus: Option<PathBuf>,
     },
     /// Run the fixed large scenario and print throughput.
     Bench {
@@ -153,7 +157,7 @@ fn replay(path: &PathBuf, key: Option<PathBuf>, network_key: Option<PathBuf>) ->
 
 fn real_main(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { scenario, seed, report, json, trace } => {
+        Command::Run { scenario, seed, report, json, trace, dump_corpus } => {
             let mut sc = Scenario::load(&scenario)?;
             if let Some(s) = seed {
                 sc = sc.with_seed(s);
@@ -163,7 +167,15 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             if !unknown.is_empty() {
                 anyhow::bail!("--trace: no such peer(s): {}", unknown.join(", "));
             }
+            if let Some(dir) = &dump_corpus {
+                sim.dump_corpus(DumpSpec::new(dir.clone()));
+            }
             let r = sim.run_to_end();
+            if dump_corpus.is_some() {
+                for (path, steps) in sim.write_corpus()? {
+                    eprintln!("seed {} ({steps} inputs)", path.display());
+                }
+            }
             std::mem::forget(sim); // exiting soon: skip freeing every peer
             if let Some(path) = &report {
                 write_report(path, &r)?;

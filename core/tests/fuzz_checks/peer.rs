@@ -13,6 +13,7 @@
 use super::records::provider_record;
 use super::tracing;
 use arbitrary::{Arbitrary, Unstructured};
+use ocd_core::journal::{SEED_MAGIC, Seed, SeedStep};
 use ocd_core::proto::wire::{
     AddProvider, AppMessage, AppRefusal, CandidatesRequest, CandidatesResponse, ChallengeEntry, DhtMessage, FindNode,
     FindValue, GetProviders, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello, HelloProof, IndexerMessage,
@@ -41,8 +42,6 @@ pub const START: Timestamp = Timestamp(1_700_000_000_000);
 pub const MAX_OPS: usize = 256;
 /// Outputs one input may produce at most (more is a spin).
 pub const MAX_OUTPUTS: usize = 10_000;
-/// Timeouts at the same instant after which no deadline may be due any more.
-pub const SETTLE_ROUNDS: usize = 4;
 
 /// A node, fed the input.
 pub fn peer_node(data: &[u8]) {
@@ -884,6 +883,11 @@ struct Harness {
     /// Queue entries handed back at start (the queue may hold them beyond its bound).
     restored_queue: usize,
     shut_down: bool,
+    /// Connections the peer may hold at most.
+    max_connections: usize,
+    /// For a seed's run: every peer the host connected or the peer dialled (the bound of its
+    /// connections instead of `max_connections`).
+    linked: Option<BTreeSet<PeerId>>,
 }
 
 fn push_bounded<T>(q: &mut VecDeque<T>, x: T) {
@@ -936,24 +940,9 @@ impl Harness {
         setup.rng_seed = knobs.rng_seed.into();
         setup.clock_anchor = Some(anchor());
         setup.addrs = vec!["127.0.0.1:4001".into()];
-        let me = setup.keypair.peer_id();
-        let mut h = Harness {
-            peer: Peer::new(setup, START),
-            now: START,
-            me,
-            config,
-            up: [false; OTHERS],
-            dials: Vec::new(),
-            sent: VecDeque::new(),
-            queries: VecDeque::new(),
-            gossip_ids: VecDeque::new(),
-            delivered: VecDeque::new(),
-            restored_queue: 0,
-            shut_down: false,
-        };
-        h.check(false);
+        let mut h = Harness::from_setup(setup, START, false);
         if let Some(spec) = restored {
-            let r = spec.restored(me, h.now);
+            let r = spec.restored(h.me, h.now);
             h.restored_queue = r.queue.len();
             h.input(Input::Restored(r));
         }
@@ -964,27 +953,41 @@ impl Harness {
         h
     }
 
+    /// The peer of `setup` started at `now`, checked once, with nothing connected; `seed`: a
+    /// seed's run, whose connections are bounded by the peers it links with, not [`OTHERS`].
+    fn from_setup(setup: PeerSetup, now: Timestamp, seed: bool) -> Self {
+        let me = setup.keypair.peer_id();
+        let config = setup.config.clone();
+        let mut h = Harness {
+            peer: Peer::new(setup, now),
+            now,
+            me,
+            config,
+            up: [false; OTHERS],
+            dials: Vec::new(),
+            sent: VecDeque::new(),
+            queries: VecDeque::new(),
+            gossip_ids: VecDeque::new(),
+            delivered: VecDeque::new(),
+            restored_queue: 0,
+            shut_down: false,
+            max_connections: OTHERS,
+            linked: seed.then(BTreeSet::new),
+        };
+        h.check(false);
+        h
+    }
+
     fn input(&mut self, input: Input) {
         self.peer.handle(input, self.now);
         self.check(false);
     }
 
-    /// A timeout at `now`. A deadline left at `now` is handled again at once, as a host does: it
-    /// must move forward within [`SETTLE_ROUNDS`] rounds (no spin); with `OCD_FUZZ_STRICT=1`, at
-    /// once.
+    /// A timeout at `now`: the handled deadlines must move forward at once, none left at `now`
+    /// for another round (no spin; `regressions/peer_node/app-deadline-left-at-now` was one).
     fn timeout(&mut self) {
-        let rounds = if strict() { 1 } else { SETTLE_ROUNDS };
-        for _ in 0..rounds {
-            self.peer.handle(Input::Timeout, self.now);
-            self.check(false);
-            if self.peer.poll_timeout().is_none_or(|t| t > self.now) {
-                return;
-            }
-            if tracing() {
-                eprintln!("  [{:?}] a deadline is still due: handled again", self.now);
-            }
-        }
-        panic!("a handled deadline must move forward (no spin): {:?} at {:?}", self.peer.poll_timeout(), self.now);
+        self.peer.handle(Input::Timeout, self.now);
+        self.check(true);
     }
 
     /// A connection to other `i` comes up and completes the `Hello` exchange.
@@ -1049,6 +1052,9 @@ impl Harness {
             }
             Output::Connect { peer } => {
                 assert_ne!(peer.id, self.me, "never dials itself");
+                if let Some(linked) = self.linked.as_mut() {
+                    linked.insert(peer.id);
+                }
                 if !self.dials.contains(&peer.id) && self.dials.len() < 16 {
                     self.dials.push(peer.id);
                 }
@@ -1105,7 +1111,9 @@ impl Harness {
             let queued: usize = q.classes.iter().map(|(_, n, _)| n).sum();
             assert!(queued <= self.config.dnt_queue_max.max(self.restored_queue), "DNT queue {queued}");
         }
-        assert!(self.peer.connections().len() <= OTHERS, "connections {}", self.peer.connections().len());
+        let connections = self.peer.connections().len();
+        let max = self.linked.as_ref().map_or(self.max_connections, BTreeSet::len);
+        assert!(connections <= max, "connections {connections} > {max}");
     }
 
     fn request(&self, from: PeerId, r: Req) -> RequestId {
@@ -1516,14 +1524,12 @@ impl Harness {
     }
 }
 
-/// Whether a handled timeout must leave no deadline at `now` (`OCD_FUZZ_STRICT=1`).
-fn strict() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("OCD_FUZZ_STRICT").is_some())
-}
-
-/// Builds the peer from the input's head, runs its ops, then lets time run on.
+/// Builds the peer from the input's head, runs its ops, then lets time run on. An input that is
+/// a simulated peer's recorded run (a [`Seed`]) is replayed instead, as mutated.
 fn run(roles: Roles, data: &[u8]) {
+    if data.starts_with(SEED_MAGIC) {
+        return run_seed(roles, data);
+    }
     let mut u = Unstructured::new(data);
     let Ok(knobs) = Knobs::arbitrary(&mut u) else { return };
     let Ok(restored) = Option::<RestoredSpec>::arbitrary(&mut u) else { return };
@@ -1543,11 +1549,71 @@ fn run(roles: Roles, data: &[u8]) {
     if tracing() {
         eprintln!("[{:?}] wake-ups", h.now);
     }
-    // Time still moves the machine forward without spinning.
-    for _ in 0..50 {
-        let Some(t) = h.peer.poll_timeout() else { break };
-        h.now = h.now.max(t);
-        h.timeout();
+    h.run_on();
+}
+
+/// Inputs of a seed replayed at most.
+pub const MAX_SEED_STEPS: usize = 2_000;
+
+/// A simulated peer's run (`ocd-sim run --dump-corpus`), its setup and inputs as recorded (and
+/// as the fuzzer mutated them), under the same checks. The peer takes the target's role besides
+/// its own; time never runs back; inputs a host never hands over (a link or message from the peer
+/// itself) are skipped.
+fn run_seed(roles: Roles, data: &[u8]) {
+    let Some((seed, steps)) = Seed::read(data, MAX_SEED_STEPS) else { return };
+    if seed.config.validate().is_err() {
+        return;
+    }
+    let mut setup = seed.peer_setup(anchor());
+    setup.roles = Roles { node: setup.roles.node || roles.node, indexer: setup.roles.indexer || roles.indexer };
+    if tracing() {
+        eprintln!("seed: {:?} {} steps", setup.roles, steps.len());
+    }
+    let mut h = Harness::from_setup(setup, seed.started, true);
+    for SeedStep { now, input } in steps {
+        // As a host does: a deadline due by the input's time fires first (late, if time jumped).
+        if h.peer.poll_timeout().is_some_and(|t| t <= now) && !matches!(input, Input::Timeout) {
+            h.now = h.now.max(now);
+            h.timeout();
+        }
+        h.now = h.now.max(now);
+        let from = match &input {
+            Input::ConnectionUp { peer, .. }
+            | Input::ConnectionDown { peer }
+            | Input::ConnectFailed { peer }
+            | Input::Received { from: peer, .. } => Some(*peer),
+            _ => None,
+        };
+        if from == Some(h.me) {
+            continue;
+        }
+        if tracing() {
+            eprintln!("[{:?}] {input:?}", h.now);
+        }
+        match input {
+            Input::Timeout => h.timeout(),
+            Input::Restored(r) => {
+                h.restored_queue = h.restored_queue.max(r.queue.len());
+                h.input(Input::Restored(r));
+            }
+            Input::ConnectionUp { peer, addr, outbound } => {
+                h.linked.get_or_insert_default().insert(peer);
+                h.input(Input::ConnectionUp { peer, addr, outbound });
+            }
+            input => h.input(input),
+        }
+    }
+    h.run_on();
+}
+
+impl Harness {
+    /// Lets time run on: the machine moves forward without spinning.
+    fn run_on(&mut self) {
+        for _ in 0..50 {
+            let Some(t) = self.peer.poll_timeout() else { break };
+            self.now = self.now.max(t);
+            self.timeout();
+        }
     }
 }
 

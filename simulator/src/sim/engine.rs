@@ -211,6 +211,9 @@ impl Simulation {
         let local = self.peer_now(p);
         let sp = &mut self.peers[p as usize];
         sp.peer = Some(Peer::new(sp.setup.clone(), local));
+        if let Some(d) = self.dump.as_mut() {
+            d.start(p, sp, local.0);
+        }
         sp.life = Life::Alive;
         sp.started_at = Some(now);
         sp.members.clear();
@@ -268,6 +271,9 @@ impl Simulation {
         let local = self.peer_now(p);
         if !self.watch_log.is_empty() && self.watch_log.contains(&p) {
             self.log_input(p, &input);
+        }
+        if let Some(d) = self.dump.as_mut().filter(|_| self.peers[p as usize].peer.is_some()) {
+            d.input(p, local.0, &input);
         }
         let mut buf = std::mem::take(&mut self.out_buf);
         let next = {

@@ -44,6 +44,7 @@
 //! [`Event::SearchDone`]: ocd_core::proto::Event::SearchDone
 
 mod byzantine;
+mod corpus;
 mod engine;
 mod faults;
 mod measure;
@@ -72,6 +73,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use workloads::{LookupWorkload, SearchWorkload};
 
+pub use corpus::DumpSpec;
 pub use sends::WORKLOAD_SEND_BASE;
 pub use workloads::{WORKLOAD_LOOKUP_BASE, WORKLOAD_SEARCH_BASE, search_needle};
 
@@ -239,6 +241,8 @@ pub struct Simulation {
     records: RecordAcc,
     /// `RequestRefused` events by `"<reason> <requester role>"`.
     refusals: BTreeMap<String, u64>,
+    /// `--dump-corpus`: the peers whose inputs are recorded as fuzzing seeds.
+    dump: Option<Box<corpus::CorpusDump>>,
 }
 
 /// Every peer of a scenario, built but not started.
@@ -442,6 +446,7 @@ impl Simulation {
             delivered_by_kind: [0; MESSAGE_KINDS],
             records: RecordAcc::default(),
             refusals: BTreeMap::new(),
+            dump: None,
             scenario,
         }
     }
@@ -540,6 +545,18 @@ impl Simulation {
     /// The record name of the peer named `name` (known before it starts).
     pub fn record_name_of(&self, name: &str) -> Option<&str> {
         self.peers.iter().find(|p| p.name == name).map(|p| p.setup.config.name.as_str())
+    }
+
+    /// Records a sample of the peers' inputs as fuzzing seeds (see [`DumpSpec`]); written by
+    /// [`Simulation::write_corpus`] after the run. Call before running.
+    pub fn dump_corpus(&mut self, spec: DumpSpec) {
+        let d = corpus::CorpusDump::new(spec, &self.peers, &self.scenario.name, self.scenario.seed);
+        self.dump = Some(Box::new(d));
+    }
+
+    /// Writes the seeds recorded since [`Simulation::dump_corpus`]: each file and its input count.
+    pub fn write_corpus(&self) -> std::io::Result<Vec<(std::path::PathBuf, usize)>> {
+        self.dump.as_ref().map_or(Ok(Vec::new()), |d| d.write())
     }
 
     /// Prints every message, dial, close, link change and event of these peers to stderr (the CLI's

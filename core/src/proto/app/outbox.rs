@@ -367,6 +367,12 @@ impl Outbox {
         for seq in gone {
             self.abandon_msg(seq, Abandon::Retries, out);
         }
+        // The retry is already due when the attempt began a retry interval ago or more (a
+        // destination sent to for long, or a clock that jumped): it goes now, not at a deadline
+        // left at `now` for another round. An attempt begun at this instant waits its interval.
+        if self.dests.get(to).is_some_and(|d| d.next_at <= now && d.attempt_at < now) {
+            self.kick(config, to, now, out);
+        }
     }
 
     fn abandon_msg(&mut self, seq: u64, reason: Abandon, out: &mut Vec<Action>) {

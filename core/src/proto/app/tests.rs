@@ -210,8 +210,16 @@ fn a_failed_attempt_is_retried_after_the_interval_with_a_fresh_resolution() {
     a.app.handle_timeout(t3, &mut out);
     let (token, _) = resolves(&out).pop().expect("resolving");
     let slow = t3 + config.dnt_retry_interval + std::time::Duration::from_secs(5);
+    let mut out = Vec::new();
     a.app.on_resolved(token, None, true, slow, &mut out);
-    assert_eq!(a.app.poll_timeout(), Some(slow));
+    assert_eq!(resolves(&out).len(), 1, "resolved again at once");
+    assert!(a.app.poll_timeout().is_none_or(|t| t > slow), "no deadline left at now: {:?}", a.app.poll_timeout());
+    // That attempt, failing at the same instant, waits its interval.
+    let (token, _) = resolves(&out).pop().expect("resolving");
+    let mut out = Vec::new();
+    a.app.on_resolved(token, None, true, slow, &mut out);
+    assert!(resolves(&out).is_empty());
+    assert_eq!(a.app.poll_timeout(), Some(slow + config.dnt_retry_interval));
 }
 
 #[test]
