@@ -211,6 +211,21 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             println!("wall            {wall_s:.2} s");
             println!("events          {}", r.events);
             println!("messages        {}", r.messages);
+            println!(
+                "per peer-minute {:.1} messages, {:.0} bytes",
+                r.messages_per_peer_minute,
+                r.network.bytes as f64 / r.peer_minutes.max(f64::MIN_POSITIVE)
+            );
+            let mut kinds: Vec<_> = r.messages_by_kind.iter().collect();
+            kinds.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+            for (k, t) in kinds.iter().take(12) {
+                println!(
+                    "  {k:<22} {:>7.2} /peer-min  {:>12} msgs  {:>7.0} B each",
+                    t.per_peer_minute,
+                    t.count,
+                    t.bytes as f64 / t.count.max(1) as f64
+                );
+            }
             println!("events/s        {:.0}", r.events as f64 / wall_s);
             println!("messages/s      {:.0}", r.messages as f64 / wall_s);
             println!("peer-s / wall-s {:.0}", peers as f64 * (r.sim_ms as f64 / 1000.0) / wall_s);

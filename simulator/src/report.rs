@@ -359,6 +359,17 @@ pub struct Bans {
     pub byzantine: usize,
 }
 
+/// The delivered messages of one kind.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KindTraffic {
+    /// Messages delivered.
+    pub count: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// `count` per peer-minute (see [`Report::peer_minutes`]).
+    pub per_peer_minute: f64,
+}
+
 /// Network counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetReport {
@@ -496,6 +507,17 @@ pub struct Report {
     pub messages: u64,
     /// Number of peers.
     pub peers: usize,
+    /// Minutes of simulated time summed over every peer while it was running (crashed and
+    /// not-yet-started peers do not count).
+    #[serde(default)]
+    pub peer_minutes: f64,
+    /// `messages / peer_minutes`: the message economy, comparable across scenario sizes.
+    #[serde(default)]
+    pub messages_per_peer_minute: f64,
+    /// Messages delivered by kind (only kinds seen): count, encoded bytes and count per
+    /// peer-minute.
+    #[serde(default)]
+    pub messages_by_kind: std::collections::BTreeMap<String, KindTraffic>,
     /// Pool health.
     pub pool: PoolReport,
     /// One entry per fault.
@@ -570,6 +592,23 @@ impl Report {
             self.network.dropped_loss,
             self.network.dropped_byzantine,
         );
+        let _ = writeln!(
+            s,
+            "traffic {:.1} messages per peer-minute ({:.0} peer-minutes, {:.1} KiB per peer-minute)",
+            self.messages_per_peer_minute,
+            self.peer_minutes,
+            self.network.bytes as f64 / 1024.0 / self.peer_minutes.max(f64::MIN_POSITIVE),
+        );
+        let mut kinds: Vec<(&String, &KindTraffic)> = self.messages_by_kind.iter().collect();
+        kinds.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+        let top: Vec<String> = kinds
+            .iter()
+            .take(8)
+            .map(|(k, t)| format!("{k} {:.1} ({:.0} B)", t.per_peer_minute, t.bytes as f64 / t.count.max(1) as f64))
+            .collect();
+        if !top.is_empty() {
+            let _ = writeln!(s, "  by kind, per peer-minute (mean size): {}", top.join(", "));
+        }
         let _ = writeln!(s, "\npool (min target {}):", self.pool.min_target);
         let _ = writeln!(s, "  {:>8}  {:>10}  {:>9}", "t", "mean live", "below min");
         let tl = &self.pool.timeline;

@@ -77,6 +77,18 @@ pub struct RecordBody {
 }
 
 impl RecordBody {
+    /// Whether `other` says the same as this body apart from its issue and expiry times (a
+    /// refreshed version rather than a change).
+    pub fn same_content(&self, other: &RecordBody) -> bool {
+        self.peer_id == other.peer_id
+            && self.did == other.did
+            && self.name == other.name
+            && self.addrs == other.addrs
+            && self.api_url == other.api_url
+            && self.nats_address == other.nats_address
+            && self.wallet == other.wallet
+    }
+
     /// The exact bytes that are signed: a domain tag, then the postcard encoding of the body.
     pub fn signing_bytes(&self) -> Vec<u8> {
         let out = SIGNING_DOMAIN.to_vec();

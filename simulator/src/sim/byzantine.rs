@@ -298,7 +298,7 @@ impl Simulation {
     /// answers nothing for it.
     pub(super) fn withholds(&self, to: PeerIx, message: &Envelope) -> bool {
         let sp = &self.peers[to as usize];
-        matches!(message, Envelope::Dht(DhtMessage::Store(_)))
+        matches!(message, Envelope::Dht(DhtMessage::Store(_) | DhtMessage::StoreBatch(_)))
             && matches!(sp.byz, Some((Behaviour::WithholdRecords, _)))
             && sp.roles.indexer
     }

@@ -244,6 +244,7 @@ impl Simulation {
         self.trace.bytes(bytes);
         let decoded = wire::decode(bytes);
         if let Ok(m) = &decoded {
+            self.delivered_bytes_by_kind[m.kind_index()] += bytes.len() as u64;
             self.count_delivered(m);
         }
         self.note_reached(from, to, &decoded);

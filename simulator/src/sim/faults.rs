@@ -241,6 +241,16 @@ impl Simulation {
         }
     }
 
+    /// Adds the life of `p` that ends now (if it is running) to the peer-time total.
+    fn end_life(&mut self, p: PeerIx) {
+        let sp = &self.peers[p as usize];
+        if sp.life == Life::Alive
+            && let Some(t) = sp.started_at
+        {
+            self.alive_ms += self.now.saturating_sub(t);
+        }
+    }
+
     /// Stops `p` at once; its links stay half-open on the other ends until the idle timeout.
     fn crash(&mut self, p: PeerIx) {
         let sp = &mut self.peers[p as usize];
@@ -248,6 +258,8 @@ impl Simulation {
             sp.life = Life::Crashed;
             return;
         }
+        self.end_life(p);
+        let sp = &mut self.peers[p as usize];
         sp.peer = None;
         sp.life = Life::Crashed;
         sp.last_down = Some(self.now);
@@ -264,6 +276,7 @@ impl Simulation {
     /// Starts a fresh incarnation of `p`; the other ends of its links learn of it at once.
     fn restart(&mut self, p: PeerIx) {
         let notify = self.net.reset(p);
+        self.end_life(p);
         let sp = &mut self.peers[p as usize];
         sp.peer = None;
         sp.life = Life::NotStarted;

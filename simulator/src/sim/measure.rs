@@ -5,7 +5,9 @@ use super::byzantine::ByzTrack;
 use super::workloads::PendingLookup;
 use super::{EPOCH_MS, Life, LookupResult, SAMPLE_EVERY_MS, SimPeer, Simulation};
 use crate::net::PeerIx;
-use crate::report::{Bans, ByzantineReport, KeyLookups, LookupReport, PoolReport, RecordsReport, Report, Stats};
+use crate::report::{
+    Bans, ByzantineReport, KeyLookups, KindTraffic, LookupReport, PoolReport, RecordsReport, Report, Stats,
+};
 use crate::scenario::Behaviour;
 use crate::trace::Trace;
 use ocd_core::proto::wire::{self, Envelope, RefuseReason, StoreRefusal};
@@ -614,6 +616,21 @@ impl Simulation {
             wire::KINDS.iter().zip(self.sent_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
         self.netr.delivered_by_kind =
             wire::KINDS.iter().zip(self.delivered_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
+        let running_ms: u64 = self
+            .peers
+            .iter()
+            .filter(|sp| sp.life == Life::Alive)
+            .filter_map(|sp| sp.started_at)
+            .map(|t| self.end.saturating_sub(t))
+            .sum();
+        let peer_minutes = (self.alive_ms + running_ms) as f64 / 60_000.0;
+        let per_pm = |n: u64| if peer_minutes > 0.0 { n as f64 / peer_minutes } else { 0.0 };
+        let messages_by_kind = wire::KINDS
+            .iter()
+            .zip(self.delivered_by_kind.iter().zip(self.delivered_bytes_by_kind))
+            .filter(|(_, (n, _))| **n > 0)
+            .map(|(k, (n, b))| ((*k).to_string(), KindTraffic { count: *n, bytes: b, per_peer_minute: per_pm(*n) }))
+            .collect();
         Report {
             scenario: self.scenario.name.clone(),
             seed: self.scenario.seed,
@@ -623,6 +640,9 @@ impl Simulation {
             events: self.events,
             messages: self.messages,
             peers: self.peers.len(),
+            peer_minutes,
+            messages_per_peer_minute: per_pm(self.messages),
+            messages_by_kind,
             pool: PoolReport {
                 min_target: self.min_target,
                 final_nodes_below_min: below,

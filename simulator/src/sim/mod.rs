@@ -238,6 +238,10 @@ pub struct Simulation {
     searches: SearchAcc,
     search_results: BTreeMap<(PeerIx, u64), SearchResult>,
     delivered_by_kind: [u64; MESSAGE_KINDS],
+    /// Encoded bytes delivered, by kind.
+    delivered_bytes_by_kind: [u64; MESSAGE_KINDS],
+    /// Simulated ms summed over the finished lives of peers (a running life is added at the end).
+    alive_ms: u64,
     records: RecordAcc,
     /// `RequestRefused` events by `"<reason> <requester role>"`.
     refusals: BTreeMap<String, u64>,
@@ -444,6 +448,8 @@ impl Simulation {
             searches: SearchAcc::default(),
             search_results: BTreeMap::new(),
             delivered_by_kind: [0; MESSAGE_KINDS],
+            delivered_bytes_by_kind: [0; MESSAGE_KINDS],
+            alive_ms: 0,
             records: RecordAcc::default(),
             refusals: BTreeMap::new(),
             dump: None,

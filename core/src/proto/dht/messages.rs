@@ -31,6 +31,9 @@ pub enum DhtMessage {
     Providers(Providers),
     /// A DHT request refused by the receiver's admission gate.
     Refused(Refused),
+    /// Store these records (each validated like a [`Store`]): refreshed versions of records the
+    /// receiver replicates, batched by their replicator. Answered by one [`StoreAck`].
+    StoreBatch(StoreBatch),
 }
 
 impl DhtMessage {
@@ -42,6 +45,7 @@ impl DhtMessage {
             DhtMessage::FindValue(x) => Some((x.req, x.server)),
             DhtMessage::GetProviders(x) => Some((x.req, x.server)),
             DhtMessage::Store(x) => Some((x.req, x.server)),
+            DhtMessage::StoreBatch(x) => Some((x.req, x.server)),
             DhtMessage::AddProvider(x) => Some((x.req, true)),
             _ => None,
         }
@@ -145,6 +149,20 @@ pub struct StoreAck {
     /// `None`: stored (or the same record was already held).
     pub refused: Option<StoreRefusal>,
 }
+
+/// DHT request: store several records (refreshed versions, batched by their replicator).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoreBatch {
+    /// Request id.
+    pub req: RequestId,
+    /// The records, at most [`MAX_STORE_BATCH`]; more are ignored.
+    pub records: Vec<PeerRecord>,
+    /// The sender serves the DHT (a replicating indexer).
+    pub server: bool,
+}
+
+/// Most records a [`StoreBatch`] carries (and a receiver looks at).
+pub const MAX_STORE_BATCH: usize = 16;
 
 /// DHT request: providers of `key`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

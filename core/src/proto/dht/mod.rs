@@ -48,8 +48,8 @@ use crate::proto::record::{PeerRecord, ProviderBody, ProviderRecord, RecordError
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{
-    AddProvider, DhtMessage, Envelope, FindNode, FindValue, GetProviders, Nodes, Providers, RecordKey, RequestId,
-    Store, StoreAck, StoreRefusal, Value,
+    AddProvider, DhtMessage, Envelope, FindNode, FindValue, GetProviders, MAX_FRAME_LEN, MAX_STORE_BATCH, Nodes,
+    Providers, RecordKey, RequestId, Store, StoreAck, StoreBatch, StoreRefusal, Value,
 };
 use crate::proto::{Action, Event};
 use kad::{Key, Lookup, LookupConfig, RoutingTable, indexer_rendezvous};
@@ -78,6 +78,20 @@ const TABLE_REFRESH: Duration = Duration::from_secs(600);
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
 /// Consecutive failed RPCs after which a peer leaves the routing table.
 const MAX_FAILURES: u32 = 2;
+/// How long the closest set a replication lookup found for a key is reused for the next versions
+/// of the same record, as long as none of its peers fails: as long as the routing table goes
+/// without a refresh. An indexer that joins meanwhile gets the record's next replication after
+/// that; lookups find the record on the other replicas in the meantime.
+const CLOSEST_TTL: Duration = TABLE_REFRESH;
+/// Most closest sets cached (each is k peer addresses); none is added past it until GC.
+const MAX_CLOSEST_CACHED: usize = 8192;
+/// A refreshed version (same content, later expiry) waits at most this share of its lifetime
+/// before its batch goes to the replicas: they still hold the previous version, valid for half a
+/// lifetime more, so nothing lapses, and a replicator sends one `STORE_BATCH` per replica per
+/// window instead of one `STORE` per record.
+const REFRESH_DELAY_DIVISOR: u32 = 10;
+/// A batch is sent early once its records are about this large when encoded.
+const STORE_BATCH_BYTES: usize = MAX_FRAME_LEN / 4;
 
 /// Identifies a running query.
 pub type QueryId = u64;
@@ -180,7 +194,7 @@ enum Goal {
     Value { key: RecordKey },
     Providers { want: usize },
     Replicate { record: PeerRecord },
-    Claim { record: PeerRecord, publisher: PeerId },
+    Claim { record: PeerRecord, publisher: PeerId, replicate: bool },
     Provide { record: ProviderRecord },
     Refresh,
 }
@@ -199,6 +213,12 @@ struct Query {
     /// Best value so far and the hop it came from.
     found: Option<(PeerRecord, u32)>,
     providers: BTreeMap<PeerId, ProviderRecord>,
+}
+
+/// A key's k closest peers, as a replication lookup found them.
+struct Closest {
+    peers: Vec<PeerAddr>,
+    until: Timestamp,
 }
 
 /// Counters for status and metrics.
@@ -236,6 +256,12 @@ pub struct Dht {
     /// Records whose DID claim is being checked, by owner.
     claims: BTreeMap<PeerId, PeerRecord>,
     providers: BTreeMap<PeerId, ProviderRecord>,
+    /// Closest sets found by replication lookups, by key, reused by the next replications.
+    closest: BTreeMap<Key, Closest>,
+    /// Refreshed records waiting for their batch, by replica, then owner.
+    refreshes: BTreeMap<PeerId, BTreeMap<PeerId, PeerRecord>>,
+    /// When the waiting refreshes are sent.
+    next_refresh: Option<Timestamp>,
     queries: BTreeMap<QueryId, Query>,
     /// DHT RPC in flight → (query, peer asked).
     rpcs: BTreeMap<RequestId, (QueryId, PeerId)>,
@@ -301,6 +327,9 @@ impl Dht {
             store: RecordStore::new(config.record_store_max, BINDING_TTL),
             claims: BTreeMap::new(),
             providers: BTreeMap::new(),
+            closest: BTreeMap::new(),
+            refreshes: BTreeMap::new(),
+            next_refresh: None,
             queries: BTreeMap::new(),
             rpcs: BTreeMap::new(),
             next_query: 1,
@@ -393,8 +422,11 @@ impl Dht {
                 q.lookup.handle_timeout(now);
             }
             // RPCs the lookup gave up on are dropped from the in-flight map.
-            self.rpcs_gc(qid);
+            self.rpcs_gc(qid, now);
             self.advance(qid, now, out);
+        }
+        if self.next_refresh.is_some_and(|t| t <= now) {
+            self.flush_refreshes(now, out);
         }
         if self.next_provide.is_some_and(|t| t <= now) {
             self.next_provide = Some(now + self.config.provide_interval);
@@ -434,6 +466,7 @@ impl Dht {
             self.next_gc = now + self.config.gc_interval;
             self.store.prune(now);
             self.providers.retain(|_, r| r.body.expires_at > now);
+            self.closest.retain(|_, c| c.until > now);
         }
     }
 
@@ -444,6 +477,7 @@ impl Dht {
             None => q.deadline,
         });
         queries
+            .chain(self.next_refresh)
             .chain(self.next_provide)
             .chain(self.next_cache_refresh)
             .chain(self.next_table_refresh)
@@ -460,8 +494,19 @@ pub(super) fn persist_bindings(stored: Stored, out: &mut Vec<Action>) {
 }
 
 impl crate::proto::indexer::RecordDesk for Dht {
-    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) -> Offer {
-        self.offer_record(from, record, now, out)
+    fn offer(
+        &mut self,
+        from: PeerId,
+        record: PeerRecord,
+        replicate: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Offer {
+        self.offer_record(from, record, replicate, now, out)
+    }
+
+    fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        Dht::replicate_held(self, peer, now, out);
     }
 
     fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {

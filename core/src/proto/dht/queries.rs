@@ -247,6 +247,8 @@ impl Dht {
 
     pub(super) fn note_failure(&mut self, peer: PeerId) {
         self.stats.rpc_failures += 1;
+        // A closest set with a failing peer is found again by the next replication.
+        self.closest.retain(|_, c| !c.peers.iter().any(|p| p.id == peer));
         let n = self.failures.entry(peer).or_insert(0);
         *n += 1;
         if *n >= MAX_FAILURES {
@@ -316,52 +318,97 @@ impl Dht {
         if matches!(q.phase, Phase::Storing { .. }) {
             return;
         }
-        let store_msg: Option<Box<dyn Fn(RequestId) -> DhtMessage>> = match q.goal {
-            Goal::Value { key } => {
-                let (record, hops) = match q.found {
-                    Some((r, h)) => (Some(r), h),
-                    None => (None, q.lookup.hops().unwrap_or(0)),
-                };
-                out.emit(DhtOut::QueryDone(DhtDone::Value { query: qid, purpose: q.purpose, key, record, hops }));
-                return;
-            }
-            Goal::Providers { .. } => {
-                let providers = q.providers.into_values().collect();
-                out.emit(DhtOut::QueryDone(DhtDone::Providers { purpose: q.purpose, providers }));
-                return;
-            }
-            Goal::Refresh => return,
-            Goal::Claim { record, publisher } => {
-                self.claims.remove(&publisher);
-                let foreign = q.found.take().filter(|(r, _)| r.body.peer_id != publisher);
-                if let Some((owner_record, _)) = foreign {
-                    // Remember the rightful binding so the next attempt is refused locally.
-                    // Remembered durably too, like any binding.
-                    if let Ok(stored) = self.store.put_verified(owner_record, now) {
-                        persist_bindings(stored, out);
-                    }
-                    out.emit(DhtOut::Event(Event::RecordRejected {
-                        from: publisher,
-                        owner: publisher,
-                        reason: StoreRefusal::ForeignDid,
-                    }));
-                    out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: false }));
-                } else {
-                    let accepted = matches!(self.commit(publisher, record, now, out), Offer::Held(_));
-                    out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted }));
+        let replicating = matches!(q.goal, Goal::Replicate { .. });
+        let store_msg: Option<Box<dyn Fn(RequestId) -> DhtMessage>> =
+            match std::mem::replace(&mut q.goal, Goal::Refresh) {
+                Goal::Value { key } => {
+                    let (record, hops) = match q.found {
+                        Some((r, h)) => (Some(r), h),
+                        None => (None, q.lookup.hops().unwrap_or(0)),
+                    };
+                    out.emit(DhtOut::QueryDone(DhtDone::Value { query: qid, purpose: q.purpose, key, record, hops }));
+                    return;
                 }
-                return;
-            }
-            Goal::Replicate { record } => {
-                let server = self.server;
-                Some(Box::new(move |req| DhtMessage::Store(Store { req, record: record.clone(), server })))
-            }
-            Goal::Provide { record } => Some(Box::new(move |req| {
-                DhtMessage::AddProvider(AddProvider { req, key: indexer_rendezvous(), provider: record.clone() })
-            })),
-        };
+                Goal::Providers { .. } => {
+                    let providers = q.providers.into_values().collect();
+                    out.emit(DhtOut::QueryDone(DhtDone::Providers { purpose: q.purpose, providers }));
+                    return;
+                }
+                Goal::Refresh => return,
+                Goal::Claim { record, publisher, replicate } => {
+                    self.claims.remove(&publisher);
+                    let foreign = q.found.take().filter(|(r, _)| r.body.peer_id != publisher);
+                    if let Some((owner_record, _)) = foreign {
+                        // Remember the rightful binding so the next attempt is refused locally.
+                        // Remembered durably too, like any binding.
+                        if let Ok(stored) = self.store.put_verified(owner_record, now) {
+                            persist_bindings(stored, out);
+                        }
+                        out.emit(DhtOut::Event(Event::RecordRejected {
+                            from: publisher,
+                            owner: publisher,
+                            reason: StoreRefusal::ForeignDid,
+                        }));
+                        out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: false }));
+                    } else {
+                        let accepted = matches!(self.commit(publisher, record, replicate, now, out), Offer::Held(_));
+                        out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted }));
+                    }
+                    return;
+                }
+                Goal::Replicate { record } => {
+                    let server = self.server;
+                    Some(Box::new(move |req| DhtMessage::Store(Store { req, record: record.clone(), server })))
+                }
+                Goal::Provide { record } => Some(Box::new(move |req| {
+                    DhtMessage::AddProvider(AddProvider { req, key: indexer_rendezvous(), provider: record.clone() })
+                })),
+            };
         let Some(make) = store_msg else { return };
         let targets = q.lookup.closest_answered(self.lookup_config.k);
+        if replicating {
+            self.cache_closest(q.lookup.target(), &targets, now);
+        }
+        self.send_stores(qid, q, &*make, targets, now, out);
+    }
+
+    /// Sends `goal`'s `STORE`s to `targets` at once, without a lookup (their closest set is known).
+    pub(super) fn store_to(&mut self, goal: Goal, targets: Vec<PeerAddr>, now: Timestamp, out: &mut Vec<Action>) {
+        if self.queries.len() >= self.config.kad_max_queries {
+            self.stats.queries_refused += 1;
+            return;
+        }
+        let Goal::Replicate { record } = goal else {
+            return;
+        };
+        self.stats.queries += 1;
+        let qid = self.alloc_query();
+        let target = RecordKey::Peer(record.body.peer_id).kad_key();
+        let q = Query {
+            goal: Goal::Refresh,
+            purpose: Purpose::Internal,
+            lookup: Lookup::new(self.me, target, Vec::new(), self.lookup_config),
+            phase: Phase::Lookup,
+            deadline: now,
+            found: None,
+            providers: BTreeMap::new(),
+        };
+        let server = self.server;
+        let make = move |req| DhtMessage::Store(Store { req, record: record.clone(), server });
+        self.send_stores(qid, q, &make, targets, now, out);
+    }
+
+    /// The store phase of query `qid`: one RPC per target, the query kept until they are answered
+    /// or `kad_rpc_timeout` passes.
+    fn send_stores(
+        &mut self,
+        qid: QueryId,
+        mut q: Query,
+        make: &dyn Fn(RequestId) -> DhtMessage,
+        targets: Vec<PeerAddr>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let mut pending = BTreeSet::new();
         for t in targets {
             let req = self.next_request();
@@ -379,13 +426,22 @@ impl Dht {
         self.queries.insert(qid, q);
     }
 
-    /// Drops in-flight entries of `qid` whose lookup probe has failed (timed out).
-    pub(super) fn rpcs_gc(&mut self, qid: QueryId) {
+    /// Drops in-flight entries of `qid` whose lookup probe has failed (timed out), and at the end
+    /// of a store phase the `STORE`s left unanswered: each counts as a failure of its peer.
+    pub(super) fn rpcs_gc(&mut self, qid: QueryId, now: Timestamp) {
         let Some(q) = self.queries.get(&qid) else {
             self.rpcs.retain(|_, (x, _)| *x != qid);
             return;
         };
-        if let Phase::Storing { .. } = q.phase {
+        if let Phase::Storing { pending } = &q.phase {
+            if now >= q.deadline {
+                let lost: Vec<RequestId> = pending.iter().copied().collect();
+                for r in lost {
+                    if let Some((_, p)) = self.rpcs.remove(&r) {
+                        self.note_failure(p);
+                    }
+                }
+            }
             return;
         }
         let stale: Vec<(RequestId, PeerId)> = self

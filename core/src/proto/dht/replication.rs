@@ -1,15 +1,33 @@
 //! Records offered by their owners and replication: a record claiming a DID new to us is checked
 //! in the DHT before it is served, a committed record is stored on the k closest peers of both of
-//! its keys, and an indexer re-announces its signed provider record every `provide_interval`.
+//! its keys by **one** indexer per version (the owner's referent, see [`Dht::offer_record`]), and an
+//! indexer re-announces its signed provider record every `provide_interval`.
+//!
+//! Replication reuses the closest set a lookup found for a key for [`CLOSEST_TTL`]: the next
+//! versions of the same record go straight to their replicas, one `STORE` per replica for both
+//! keys, without a lookup. A set is dropped as soon as one of its peers fails an RPC.
 
 use super::*;
 
 impl Dht {
     /// A record handed over by `from` (publish, or embedded in a heartbeat). It must be `from`'s
     /// own. Identical to the one held: nothing to verify. A refresh of a held record (same DID):
-    /// verified, stored and replicated. A DID new to us: verified, then checked in the DHT before
-    /// it is served ([`Offer::Checking`]; the verdict comes as [`DhtDone::Claim`]).
-    pub fn offer_record(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) -> Offer {
+    /// verified, stored and, when `replicate`, replicated. A DID new to us: verified, then checked
+    /// in the DHT before it is served ([`Offer::Checking`]; the verdict comes as
+    /// [`DhtDone::Claim`]).
+    ///
+    /// A node hands each version of its record to every indexer of its pool, but only one of
+    /// them — its referent — is asked to `replicate` it; the others hold it for the node's own
+    /// requests. Every indexer re-running the same 2 × k `STORE`s was most of the federation's
+    /// traffic.
+    pub fn offer_record(
+        &mut self,
+        from: PeerId,
+        record: PeerRecord,
+        replicate: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Offer {
         if record.body.peer_id != from {
             return Offer::Refused(StoreError::Invalid(RecordError::WrongKey));
         }
@@ -34,14 +52,31 @@ impl Dht {
             }
             let key = RecordKey::Did(record.body.did.clone());
             self.claims.insert(from, record.clone());
-            let started = self.maintain(Goal::Claim { record, publisher: from }, key.kad_key(), now, out);
+            let goal = Goal::Claim { record, publisher: from, replicate };
+            let started = self.maintain(goal, key.kad_key(), now, out);
             return if started { Offer::Checking } else { Offer::Refused(StoreError::Stale) };
         }
-        self.commit(from, record, now, out)
+        self.commit(from, record, replicate, now, out)
     }
 
-    pub(super) fn commit(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) -> Offer {
+    /// `peer` made us its referent: the version of its record we hold may never have been
+    /// replicated (we held it as one of its other indexers), so it is now.
+    pub fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        if let Some(r) = self.store.by_peer(peer, now).cloned() {
+            self.replicate(r, false, now, out);
+        }
+    }
+
+    pub(super) fn commit(
+        &mut self,
+        from: PeerId,
+        record: PeerRecord,
+        replicate: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Offer {
         let expires = record.body.expires_at;
+        let refresh = self.store.by_peer(&from, now).is_some_and(|h| h.body.same_content(&record.body));
         match self.store.put_verified(record.clone(), now) {
             Ok(stored) => {
                 persist_bindings(stored, out);
@@ -50,21 +85,135 @@ impl Dht {
                     did: record.body.did.clone(),
                     from,
                 }));
-                self.replicate(record, now, out);
+                if replicate {
+                    self.replicate(record, refresh, now, out);
+                }
                 Offer::Held(expires)
             }
             Err(e) => Offer::Refused(e),
         }
     }
 
-    /// Stores `record` on the k closest peers of both of its keys.
-    pub(super) fn replicate(&mut self, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) {
+    /// Stores `record` on the k closest peers of both of its keys: straight to the closest sets
+    /// cached for them (one `STORE` per peer of their union), after a lookup for a key without one.
+    /// A `refresh` (a new version of a record held with the same content) whose replicas are known
+    /// waits for their next batch instead.
+    pub(super) fn replicate(&mut self, record: PeerRecord, refresh: bool, now: Timestamp, out: &mut Vec<Action>) {
         if !self.server || self.table.is_empty() {
             return;
         }
+        let mut known: Vec<PeerAddr> = Vec::new();
+        let mut missing = Vec::new();
         for key in [RecordKey::Peer(record.body.peer_id), RecordKey::Did(record.body.did.clone())] {
-            self.maintain(Goal::Replicate { record: record.clone() }, key.kad_key(), now, out);
+            let target = key.kad_key();
+            match self.cached_closest(&target, now) {
+                Some(c) => {
+                    for p in c {
+                        if !known.iter().any(|k| k.id == p.id) {
+                            known.push(p.clone());
+                        }
+                    }
+                }
+                None => missing.push(target),
+            }
         }
+        if refresh && missing.is_empty() {
+            self.queue_refresh(record, known, now, out);
+            return;
+        }
+        for target in missing {
+            self.maintain(Goal::Replicate { record: record.clone() }, target, now, out);
+        }
+        if !known.is_empty() {
+            self.store_to(Goal::Replicate { record }, known, now, out);
+        }
+    }
+
+    /// Queues a refreshed record for each of its replicas; a replica's batch goes at once when it
+    /// is full, all of them when the earliest waiting record is due.
+    fn queue_refresh(&mut self, record: PeerRecord, replicas: Vec<PeerAddr>, now: Timestamp, out: &mut Vec<Action>) {
+        let life = record.body.expires_at.since(record.body.issued_at);
+        let due = now + life / REFRESH_DELAY_DIVISOR;
+        self.next_refresh = Some(self.next_refresh.map_or(due, |t| t.min(due)));
+        let owner = record.body.peer_id;
+        let mut full = Vec::new();
+        for r in replicas {
+            let batch = self.refreshes.entry(r.id).or_default();
+            batch.insert(owner, record.clone());
+            let bytes: usize = batch.values().map(approx_len).sum();
+            if batch.len() >= MAX_STORE_BATCH || bytes >= STORE_BATCH_BYTES {
+                full.push(r.id);
+            }
+        }
+        let batches: Vec<(PeerId, Vec<PeerRecord>)> = full
+            .into_iter()
+            .filter_map(|p| self.refreshes.remove(&p).map(|b| (p, b.into_values().collect())))
+            .collect();
+        self.send_batches(batches, now, out);
+    }
+
+    /// Sends every waiting refresh.
+    pub(super) fn flush_refreshes(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        self.next_refresh = None;
+        let batches: Vec<(PeerId, Vec<PeerRecord>)> =
+            std::mem::take(&mut self.refreshes).into_iter().map(|(p, b)| (p, b.into_values().collect())).collect();
+        self.send_batches(batches, now, out);
+    }
+
+    /// One `STORE_BATCH` per replica (split at [`MAX_STORE_BATCH`]), tracked as one store phase.
+    fn send_batches(&mut self, batches: Vec<(PeerId, Vec<PeerRecord>)>, now: Timestamp, out: &mut Vec<Action>) {
+        if batches.is_empty() {
+            return;
+        }
+        let qid = self.alloc_query();
+        let server = self.server;
+        let mut pending = BTreeSet::new();
+        for (to, records) in batches {
+            for chunk in records.chunks(MAX_STORE_BATCH) {
+                let req = self.next_request();
+                self.rpcs.insert(req, (qid, to));
+                self.stats.rpcs += 1;
+                pending.insert(req);
+                let message = DhtMessage::StoreBatch(StoreBatch { req, records: chunk.to_vec(), server });
+                out.emit(DhtOut::Send { to, message: message.into() });
+            }
+        }
+        self.stats.queries += 1;
+        let target = Key::from(self.me);
+        self.queries.insert(
+            qid,
+            Query {
+                goal: Goal::Refresh,
+                purpose: Purpose::Internal,
+                lookup: Lookup::new(self.me, target, Vec::new(), self.lookup_config),
+                phase: Phase::Storing { pending },
+                deadline: now + self.config.kad_rpc_timeout,
+                found: None,
+                providers: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// The closest set cached for `target`, unless it lapsed or our routing table has since
+    /// learned a peer closer than its farthest one (it was found while the federation was still
+    /// joining, or a replica came back): such a set is looked up again.
+    fn cached_closest(&self, target: &Key, now: Timestamp) -> Option<&[PeerAddr]> {
+        let c = self.closest.get(target).filter(|c| c.until > now)?;
+        let farthest = c.peers.iter().map(|p| Key::from(p.id).distance(target)).max()?;
+        let stale = self
+            .table
+            .closest(target, self.lookup_config.k)
+            .iter()
+            .any(|p| Key::from(p.id).distance(target) < farthest && !c.peers.iter().any(|q| q.id == p.id));
+        (!stale).then_some(&c.peers[..])
+    }
+
+    /// Remembers the closest set a replication lookup found for `target`.
+    pub(super) fn cache_closest(&mut self, target: Key, peers: &[PeerAddr], now: Timestamp) {
+        if peers.is_empty() || (self.closest.len() >= MAX_CLOSEST_CACHED && !self.closest.contains_key(&target)) {
+            return;
+        }
+        self.closest.insert(target, Closest { peers: peers.to_vec(), until: now + CLOSEST_TTL });
     }
 
     /// Signs a fresh provider record and stores it on the k closest peers of the rendezvous key.
@@ -85,4 +234,16 @@ impl Dht {
         }
         self.maintain(Goal::Provide { record }, indexer_rendezvous(), now, out);
     }
+}
+
+/// About how many bytes `r` takes encoded (an upper estimate: lengths plus fixed fields).
+fn approx_len(r: &PeerRecord) -> usize {
+    let b = &r.body;
+    let opt = |o: &Option<String>| o.as_ref().map_or(1, |s| s.len() + 3);
+    160 + b.did.as_str().len()
+        + b.name.len()
+        + b.addrs.iter().map(|a| a.len() + 3).sum::<usize>()
+        + opt(&b.api_url)
+        + opt(&b.nats_address)
+        + opt(&b.wallet)
 }

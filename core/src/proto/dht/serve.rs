@@ -47,6 +47,19 @@ impl Dht {
                 self.reply(peer, DhtMessage::StoreAck(StoreAck { req, refused }), out);
                 return refused.filter(|r| *r == StoreRefusal::Invalid);
             }
+            DhtMessage::StoreBatch(StoreBatch { req, records, .. }) => {
+                // Each record on its own; the first refusal is the answer, and an invalid one
+                // strikes the sender once for the batch.
+                let mut refused = None;
+                let mut invalid = false;
+                for record in records.into_iter().take(MAX_STORE_BATCH) {
+                    let r = self.accept_store(peer, record, now, out);
+                    invalid |= r == Some(StoreRefusal::Invalid);
+                    refused = refused.or(r);
+                }
+                self.reply(peer, DhtMessage::StoreAck(StoreAck { req, refused }), out);
+                return invalid.then_some(StoreRefusal::Invalid);
+            }
             DhtMessage::AddProvider(AddProvider { req, key, provider }) => {
                 let refused = self.accept_provider(peer, key, provider, now);
                 self.reply(peer, DhtMessage::StoreAck(StoreAck { req, refused }), out);

@@ -43,7 +43,7 @@ fn a_binding_is_persisted_before_the_record_is_announced_and_not_on_every_refres
     let owner = Keypair::derive(1, "owner");
     let mut dht = server(NOW);
     let mut out = Vec::new();
-    let offer = dht.offer_record(owner.peer_id(), record(&owner, "did:o", NOW), NOW, &mut out);
+    let offer = dht.offer_record(owner.peer_id(), record(&owner, "did:o", NOW), true, NOW, &mut out);
     assert_eq!(offer, Offer::Held(NOW + Duration::from_secs(300)));
     let b = bindings(&out);
     assert_eq!(b.len(), 1);
@@ -56,7 +56,10 @@ fn a_binding_is_persisted_before_the_record_is_announced_and_not_on_every_refres
     for i in 1..=24u64 {
         let t = NOW + Duration::from_secs(150 * i);
         let mut out = Vec::new();
-        assert!(matches!(dht.offer_record(owner.peer_id(), record(&owner, "did:o", t), t, &mut out), Offer::Held(_)));
+        assert!(matches!(
+            dht.offer_record(owner.peer_id(), record(&owner, "did:o", t), true, t, &mut out),
+            Offer::Held(_)
+        ));
         writes += bindings(&out).len();
     }
     assert_eq!(writes, 3, "24 refreshes over one hour, 3 writes");
@@ -78,23 +81,223 @@ fn restored_bindings_refuse_a_thief_after_a_restart() {
     let (owner, thief) = (Keypair::derive(1, "owner"), Keypair::derive(3, "thief"));
     let mut dht = server(NOW);
     let mut out = Vec::new();
-    let _ = dht.offer_record(owner.peer_id(), record(&owner, "did:o", NOW), NOW, &mut out);
+    let _ = dht.offer_record(owner.peer_id(), record(&owner, "did:o", NOW), true, NOW, &mut out);
     let persisted = bindings(&out);
     // Restarted after the owner's record expired.
     let later = NOW + Duration::from_secs(1200);
     let mut dht = server(later);
     dht.restore(&persisted, later);
     let mut out = Vec::new();
-    let offer = dht.offer_record(thief.peer_id(), record(&thief, "did:o", later), later, &mut out);
+    let offer = dht.offer_record(thief.peer_id(), record(&thief, "did:o", later), true, later, &mut out);
     assert_eq!(offer, Offer::Refused(StoreError::ForeignDid { did: Did::new("did:o").unwrap() }));
     assert!(out.is_empty());
     // Without the store the thief would have had it.
     let mut fresh = server(later);
-    let offer = fresh.offer_record(thief.peer_id(), record(&thief, "did:o", later), later, &mut out);
+    let offer = fresh.offer_record(thief.peer_id(), record(&thief, "did:o", later), true, later, &mut out);
     assert!(matches!(offer, Offer::Held(_)));
     // A client holds no records and ignores bindings.
     let mut client =
         Dht::new(Config::default(), Keypair::derive(5, "c"), Vec::new(), false, &[], DetRng::new(1, "c"), later);
     client.restore(&persisted, later);
     assert_eq!(client.records().did_owner(&Did::new("did:o").unwrap(), later), None);
+}
+
+/// The DHT requests in `out`: (recipient, message).
+fn dht_sends(out: &[Action]) -> Vec<(PeerId, DhtMessage)> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send { to, message: Envelope::Dht(m) } => Some((*to, m.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Answers every `FIND_NODE` and `STORE` in `out` (no closer peers known), until none is left;
+/// returns the peers that got a `STORE`.
+fn answer_all(dht: &mut Dht, mut out: Vec<Action>, now: Timestamp) -> Vec<PeerId> {
+    let mut stored = Vec::new();
+    while !out.is_empty() {
+        let mut next = Vec::new();
+        for (to, m) in dht_sends(&out) {
+            let reply = match m {
+                DhtMessage::FindNode(f) => DhtMessage::Nodes(Nodes { req: f.req, closer: Vec::new() }),
+                DhtMessage::Store(s) => {
+                    stored.push(to);
+                    DhtMessage::StoreAck(StoreAck { req: s.req, refused: None })
+                }
+                DhtMessage::StoreBatch(s) => {
+                    stored.push(to);
+                    DhtMessage::StoreAck(StoreAck { req: s.req, refused: None })
+                }
+                _ => continue,
+            };
+            dht.on_response(PeerAddr::id_only(to), reply, now, &mut next);
+        }
+        out = next;
+    }
+    stored
+}
+
+#[test]
+fn replication_reuses_the_closest_sets_until_a_replica_fails() {
+    let peers: Vec<PeerAddr> =
+        (0..40).map(|i| PeerAddr::id_only(Keypair::derive(100 + i, "replica").peer_id())).collect();
+    let me = Keypair::derive(0, "dht-server");
+    let mut dht = Dht::new(Config::default(), me, Vec::new(), true, &peers, DetRng::new(1, "dht-test"), NOW);
+    let owner = Keypair::derive(1, "owner");
+    let k = Config::default().kad_k;
+
+    // The first version: a lookup per key, then a STORE to each key's k closest.
+    let mut out = Vec::new();
+    dht.replicate(record(&owner, "did:o", NOW), false, NOW, &mut out);
+    let lookups = dht_sends(&out).iter().filter(|(_, m)| matches!(m, DhtMessage::FindNode(_))).count();
+    assert!(lookups > 0, "no closest set known yet: looked up");
+    let first = answer_all(&mut dht, out, NOW);
+    assert_eq!(first.len(), 2 * k, "k STOREs per key");
+    let union: BTreeSet<PeerId> = first.iter().copied().collect();
+
+    // The next version: straight to the replicas, one STORE per peer for both keys, no lookup.
+    let t = NOW + Duration::from_secs(150);
+    let mut out = Vec::new();
+    dht.replicate(record(&owner, "did:o", t), false, t, &mut out);
+    let sends = dht_sends(&out);
+    assert!(sends.iter().all(|(_, m)| matches!(m, DhtMessage::Store(_))), "no lookup: {sends:?}");
+    let second: BTreeSet<PeerId> = sends.iter().map(|(to, _)| *to).collect();
+    assert_eq!(second, union);
+    assert_eq!(sends.len(), union.len(), "one STORE per replica");
+
+    // A replica fails to answer: the sets holding it are found again by the next replication.
+    let dead = *union.iter().next().unwrap();
+    let mut later = Vec::new();
+    for (to, m) in sends {
+        if let DhtMessage::Store(s) = m
+            && to != dead
+        {
+            dht.on_response(
+                PeerAddr::id_only(to),
+                DhtMessage::StoreAck(StoreAck { req: s.req, refused: None }),
+                t,
+                &mut later,
+            );
+        }
+    }
+    dht.on_unreachable(dead, t, &mut later);
+    let t2 = t + Duration::from_secs(150);
+    let mut out = Vec::new();
+    dht.replicate(record(&owner, "did:o", t2), false, t2, &mut out);
+    assert!(dht_sends(&out).iter().any(|(_, m)| matches!(m, DhtMessage::FindNode(_))), "looked up again");
+
+    // A peer closer than the farthest replica joins the routing table: looked up again.
+    answer_all(&mut dht, out, t2);
+    let target = RecordKey::Peer(owner.peer_id()).kad_key();
+    let farthest = dht.closest[&target].peers.iter().map(|p| Key::from(p.id).distance(&target)).max().unwrap();
+    let newcomer = (0..10_000u64)
+        .map(|i| Keypair::derive(5000 + i, "newcomer").peer_id())
+        .find(|p| Key::from(*p).distance(&target) < farthest)
+        .unwrap();
+    let t25 = t2 + Duration::from_secs(1);
+    let mut out = Vec::new();
+    dht.replicate(record(&owner, "did:o", t25), false, t25, &mut out);
+    assert!(dht_sends(&out).iter().all(|(_, m)| matches!(m, DhtMessage::Store(_))), "still fresh");
+    answer_all(&mut dht, out, t25);
+    dht.table.insert(PeerAddr::id_only(newcomer), t25);
+    let mut out = Vec::new();
+    dht.replicate(record(&owner, "did:o", t25), false, t25, &mut out);
+    assert!(dht_sends(&out).iter().any(|(_, m)| matches!(m, DhtMessage::FindNode(_))), "stale: looked up");
+
+    // A cached set lapses after CLOSEST_TTL.
+    answer_all(&mut dht, out, t2);
+    let t3 = t2 + CLOSEST_TTL;
+    let mut out = Vec::new();
+    dht.replicate(record(&owner, "did:o", t3), false, t3, &mut out);
+    assert!(dht_sends(&out).iter().any(|(_, m)| matches!(m, DhtMessage::FindNode(_))));
+}
+
+#[test]
+fn refreshed_versions_wait_for_one_batch_per_replica_and_changes_go_at_once() {
+    let peers: Vec<PeerAddr> =
+        (0..40).map(|i| PeerAddr::id_only(Keypair::derive(100 + i, "replica").peer_id())).collect();
+    let me = Keypair::derive(0, "dht-server");
+    let mut dht = Dht::new(Config::default(), me, Vec::new(), true, &peers, DetRng::new(1, "dht-test"), NOW);
+    let (a, b) = (Keypair::derive(1, "a"), Keypair::derive(2, "b"));
+    let mut replicas: BTreeMap<PeerId, usize> = BTreeMap::new();
+    for (key, did) in [(&a, "did:a"), (&b, "did:b")] {
+        let mut out = Vec::new();
+        dht.replicate(record(key, did, NOW), false, NOW, &mut out);
+        let stored: BTreeSet<PeerId> = answer_all(&mut dht, out, NOW).into_iter().collect();
+        for p in stored {
+            *replicas.entry(p).or_default() += 1;
+        }
+    }
+    // Both refreshed (same content, later expiry): nothing is sent yet.
+    let t = NOW + Duration::from_secs(150);
+    let mut out = Vec::new();
+    dht.replicate(record(&a, "did:a", t), true, t, &mut out);
+    dht.replicate(record(&b, "did:b", t), true, t, &mut out);
+    assert!(dht_sends(&out).is_empty(), "refreshes wait for their batch");
+    // Due a tenth of their lifetime later: one batch per replica, holding both where both go.
+    let batches = |out: &[Action]| -> Vec<(PeerId, DhtMessage)> {
+        dht_sends(out).into_iter().filter(|(_, m)| matches!(m, DhtMessage::StoreBatch(_))).collect()
+    };
+    let mut out = Vec::new();
+    dht.handle_timeout(t + Duration::from_secs(29), &mut out);
+    assert!(batches(&out).is_empty());
+    let due = t + Duration::from_secs(30);
+    assert!(dht.poll_timeout().is_some_and(|d| d <= due));
+    let mut out = Vec::new();
+    dht.handle_timeout(due, &mut out);
+    let sends = batches(&out);
+    assert_eq!(sends.len(), replicas.len(), "one message per replica");
+    for (to, m) in &sends {
+        let DhtMessage::StoreBatch(batch) = m else { panic!("not a batch: {m:?}") };
+        assert_eq!(batch.records.len(), replicas[to], "every record this replica holds, once");
+        assert!(batch.records.iter().all(|r| r.body.issued_at == t));
+    }
+    for (to, m) in &sends {
+        if let DhtMessage::StoreBatch(b) = m {
+            let ack = DhtMessage::StoreAck(StoreAck { req: b.req, refused: None });
+            dht.on_response(PeerAddr::id_only(*to), ack, due, &mut Vec::new());
+        }
+    }
+    assert!(dht.refreshes.is_empty() && dht.next_refresh.is_none(), "nothing left waiting");
+    // A replica stores a batch like single records: verified, held, acknowledged.
+    let mut replica =
+        Dht::new(Config::default(), Keypair::derive(7, "r"), Vec::new(), true, &[], DetRng::new(2, "r"), t);
+    let DhtMessage::StoreBatch(batch) = sends[0].1.clone() else { unreachable!() };
+    let mut out = Vec::new();
+    let refused = replica.on_request(PeerAddr::id_only(me_id()), DhtMessage::StoreBatch(batch.clone()), t, &mut out);
+    assert_eq!(refused, None);
+    for r in &batch.records {
+        assert_eq!(replica.local(&RecordKey::Peer(r.body.peer_id), t), Some(r));
+    }
+    assert!(matches!(&dht_sends(&out)[..], [(_, DhtMessage::StoreAck(StoreAck { refused: None, .. }))]));
+    // A tampered record in a batch is refused, and reported so the sender is struck.
+    let mut bad = record(&a, "did:a", t + Duration::from_secs(1));
+    bad.body.name = "forged".into();
+    let mut out = Vec::new();
+    let refused = replica.on_request(
+        PeerAddr::id_only(me_id()),
+        DhtMessage::StoreBatch(StoreBatch { req: RequestId(9), records: vec![bad], server: true }),
+        t,
+        &mut out,
+    );
+    assert_eq!(refused, Some(StoreRefusal::Invalid));
+    // Committing decides: the same content with a later expiry is a refresh (it waits), a changed
+    // record (new name) goes at once.
+    let held = record(&a, "did:a", t);
+    let _ = dht.store.put_verified(held, t).unwrap();
+    let t2 = due + Duration::from_secs(1);
+    let mut out = Vec::new();
+    assert!(matches!(dht.commit(a.peer_id(), record(&a, "did:a", t2), true, t2, &mut out), Offer::Held(_)));
+    assert!(dht_sends(&out).is_empty(), "a refresh waits");
+    let mut changed = record(&a, "did:a", t2 + Duration::from_secs(1));
+    changed.body.name = "renamed".into();
+    let changed = PeerRecord::sign(*changed.body, &a).unwrap();
+    let mut out = Vec::new();
+    assert!(matches!(dht.commit(a.peer_id(), changed, true, t2, &mut out), Offer::Held(_)));
+    assert!(dht_sends(&out).iter().any(|(_, m)| matches!(m, DhtMessage::Store(_))), "a change goes at once");
+}
+
+fn me_id() -> PeerId {
+    Keypair::derive(0, "dht-server").peer_id()
 }

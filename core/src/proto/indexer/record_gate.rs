@@ -9,8 +9,18 @@ use super::*;
 /// What the indexer role needs from the record store and the DHT (implemented by
 /// [`Dht`](super::dht::Dht); unit tests use a plain store).
 pub trait RecordDesk {
-    /// A record handed over by its owner `from` (publish, or embedded in a heartbeat).
-    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) -> Offer;
+    /// A record handed over by its owner `from` (publish, or embedded in a heartbeat); stored in
+    /// the DHT too when `replicate` (see [`Dht::offer_record`](super::dht::Dht::offer_record)).
+    fn offer(
+        &mut self,
+        from: PeerId,
+        record: PeerRecord,
+        replicate: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Offer;
+    /// `peer` made us its referent: the version of its record held is stored in the DHT.
+    fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>);
     /// The expiry of `peer`'s record held and served.
     fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp>;
     /// Starts the DHT spot check of `did` (a heartbeat's DID challenge).
@@ -58,7 +68,7 @@ impl IndexerService {
             return;
         }
         let req = Req::Indexer(publish.req);
-        match self.take_record(from, publish.record, req, desk, now, out) {
+        match self.take_record(from, publish.record, true, req, desk, now, out) {
             RecordTaken::Held(expires) => {
                 out.emit(IndexerOut::Send { to: from, message: Published { req: req.id(), expires }.into() })
             }
@@ -139,11 +149,14 @@ impl IndexerService {
             && (self.sessions.contains_key(peer) || self.config.trusted_peers.contains(peer) || known_record)
     }
 
-    /// Hands a record from its owner to the desk after the identity and publish-window checks.
+    /// Hands a record from its owner to the desk after the identity and publish-window checks, to
+    /// be stored in the DHT too when `replicate`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn take_record(
         &mut self,
         peer: PeerId,
         record: PeerRecord,
+        replicate: bool,
         req: Req,
         desk: &mut dyn RecordDesk,
         now: Timestamp,
@@ -161,7 +174,7 @@ impl IndexerService {
             }
         }
         let owner = record.body.peer_id;
-        match desk.offer(peer, record, now, out) {
+        match desk.offer(peer, record, replicate, now, out) {
             Offer::Held(t) => RecordTaken::Held(Some(t)),
             Offer::Checking => RecordTaken::Held(None),
             Offer::Refused(StoreError::Stale) => RecordTaken::Held(desk.held_expiry(&peer, now)),

@@ -65,6 +65,7 @@ impl IndexerService {
         out: &mut Vec<Action>,
     ) {
         let peer = from.id;
+        let became_referent;
         if self.sessions.contains_key(&peer) {
             let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Heartbeat(hb.req), now, out) else {
                 return;
@@ -77,7 +78,7 @@ impl IndexerService {
                 self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::LowScore, Vec::new(), out);
                 return;
             }
-            self.update_session(from, did, &hb, now);
+            became_referent = self.update_session(from, did, &hb, now);
         } else {
             if self.burst.check(now).is_err() {
                 let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
@@ -100,7 +101,7 @@ impl IndexerService {
             self.burst.record(now);
             self.open_session(from.clone(), now);
             out.emit(IndexerOut::Event(Event::SessionOpened { node: peer }));
-            self.update_session(from, did, &hb, now);
+            became_referent = self.update_session(from, did, &hb, now);
         }
         if let Some(record) = hb.record.take() {
             let counted = match self.behaviour.record(peer, RateKind::Publish, now) {
@@ -116,11 +117,15 @@ impl IndexerService {
                     false
                 }
             };
+            // Only the node's referent replicates its record: one replicator per version.
             if counted
-                && self.take_record(peer, record, Req::Heartbeat(hb.req), desk, now, out) == RecordTaken::Answered
+                && self.take_record(peer, record, hb.referent, Req::Heartbeat(hb.req), desk, now, out)
+                    == RecordTaken::Answered
             {
                 return;
             }
+        } else if became_referent {
+            desk.replicate_held(&peer, now, out);
         }
         self.respond(peer, &hb, false, desk, now, out);
     }

@@ -39,12 +39,13 @@ impl IndexerService {
     }
 
     /// Applies what an admitted heartbeat tells: DID and name (never clobbered by `None`),
-    /// referent flag, indexer role.
-    pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) {
+    /// referent flag, indexer role. Returns whether the node has just made us its referent.
+    pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) -> bool {
         let peer = from.id;
         let Some(s) = self.sessions.get_mut(&peer) else {
-            return;
+            return false;
         };
+        let became_referent = hb.referent && !s.referent;
         if !from.addrs.is_empty() {
             s.addr = from.clone();
         }
@@ -82,6 +83,7 @@ impl IndexerService {
         if hb.is_indexer {
             self.note_indexer(from, None, now);
         }
+        became_referent
     }
 
     pub(super) fn witness_pool_remove(&mut self, slot: usize) {

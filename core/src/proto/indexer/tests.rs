@@ -59,10 +59,19 @@ fn probe() -> Heartbeat {
 struct StoreDesk {
     store: crate::proto::record::RecordStore,
     offers: usize,
+    /// Every version asked to be replicated: (owner, expiry).
+    replicated: Vec<(PeerId, Timestamp)>,
 }
 
 impl RecordDesk for StoreDesk {
-    fn offer(&mut self, from: PeerId, record: PeerRecord, now: Timestamp, _out: &mut Vec<Action>) -> Offer {
+    fn offer(
+        &mut self,
+        from: PeerId,
+        record: PeerRecord,
+        replicate: bool,
+        now: Timestamp,
+        _out: &mut Vec<Action>,
+    ) -> Offer {
         self.offers += 1;
         if record.body.peer_id != from {
             return Offer::Refused(StoreError::Invalid(crate::proto::record::RecordError::WrongKey));
@@ -72,8 +81,19 @@ impl RecordDesk for StoreDesk {
             return Offer::Held(expires);
         }
         match self.store.put(record, now) {
-            Ok(_) => Offer::Held(expires),
+            Ok(_) => {
+                if replicate {
+                    self.replicated.push((from, expires));
+                }
+                Offer::Held(expires)
+            }
             Err(e) => Offer::Refused(e),
+        }
+    }
+
+    fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, _out: &mut Vec<Action>) {
+        if let Some(r) = self.store.by_peer(peer, now) {
+            self.replicated.push((*peer, r.body.expires_at));
         }
     }
 
@@ -100,8 +120,11 @@ struct Harness {
 impl Harness {
     fn new(config: Config) -> Self {
         let me = Keypair::derive(0, "me").peer_id();
-        let desk =
-            StoreDesk { store: crate::proto::record::RecordStore::new(1000, Duration::from_secs(3600)), offers: 0 };
+        let desk = StoreDesk {
+            store: crate::proto::record::RecordStore::new(1000, Duration::from_secs(3600)),
+            offers: 0,
+            replicated: Vec::new(),
+        };
         Harness {
             ix: IndexerService::new(
                 config,
@@ -232,6 +255,39 @@ fn heartbeat_opens_session_keyed_by_authenticated_peer() {
     assert_eq!(h.ix.session_count(), 2);
     assert_eq!(h.ix.session(&a.id).unwrap().last_seen, at(21));
     assert_eq!(h.ix.session(&a.id).unwrap().name, Some("alice"), "a missing name does not clobber it");
+}
+
+#[test]
+fn only_the_referent_replicates_a_record_version() {
+    let mut h = Harness::new(Config::default());
+    let (a, b) = (node(1), node(2));
+    let first = record(1, "did:a", at(0));
+    // Held for the node, not replicated: we are one of its other indexers.
+    h.send(&a, Heartbeat { did: Some(did("did:a")), record: Some(first.clone()), ..hb() }, at(0));
+    assert!(h.desk.store.holds(&first));
+    assert!(h.desk.replicated.is_empty());
+    // The node makes us its referent: the version held is replicated now, once.
+    h.send(&a, Heartbeat { referent: true, ..hb() }, at(20));
+    assert_eq!(h.desk.replicated, vec![(a.id, first.body.expires_at)]);
+    h.send(&a, Heartbeat { referent: true, ..hb() }, at(40));
+    assert_eq!(h.desk.replicated.len(), 1, "still the referent: nothing new to replicate");
+    // Its next version, carried by a heartbeat naming us: replicated.
+    let second = record(1, "did:a", at(150));
+    h.send(&a, Heartbeat { referent: true, record: Some(second.clone()), ..hb() }, at(150));
+    assert_eq!(h.desk.replicated.last(), Some(&(a.id, second.body.expires_at)));
+    // No longer the referent: the next version is only held.
+    let third = record(1, "did:a", at(300));
+    h.send(&a, Heartbeat { record: Some(third.clone()), ..hb() }, at(300));
+    assert!(h.desk.store.holds(&third));
+    assert_eq!(h.desk.replicated.len(), 2);
+    // A new node naming us on its first heartbeat: its record is replicated at once.
+    let rb = record(2, "did:b", at(310));
+    h.send(&b, Heartbeat { did: Some(did("did:b")), referent: true, record: Some(rb.clone()), ..hb() }, at(310));
+    assert_eq!(h.desk.replicated.last(), Some(&(b.id, rb.body.expires_at)));
+    // A publish always replicates (the owner asks for it explicitly).
+    let fourth = record(1, "did:a", at(320));
+    h.publish(&a, fourth.clone(), at(320));
+    assert_eq!(h.desk.replicated.last(), Some(&(a.id, fourth.body.expires_at)));
 }
 
 #[test]

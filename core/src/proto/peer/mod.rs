@@ -204,7 +204,7 @@ impl Peer {
             app.set_record(record.clone());
         }
         if self.roles.indexer {
-            let _ = self.dht.offer_record(self.me, record, now, &mut self.actions);
+            let _ = self.dht.offer_record(self.me, record, true, now, &mut self.actions);
         }
     }
 

@@ -33,7 +33,8 @@
 pub use super::app::{AppMessage, AppRefusal, Deliver};
 pub use super::dht::kad::Key;
 pub use super::dht::messages::{
-    AddProvider, DhtMessage, FindNode, FindValue, GetProviders, Nodes, Providers, Store, StoreAck, StoreRefusal, Value,
+    AddProvider, DhtMessage, FindNode, FindValue, GetProviders, MAX_STORE_BATCH, Nodes, Providers, Store, StoreAck,
+    StoreBatch, StoreRefusal, Value,
 };
 use super::identity::PeerAddr;
 pub use super::indexer::messages::{
@@ -101,7 +102,7 @@ pub enum Envelope {
 
 /// Short names of every message kind, in [`Envelope::kind_index`] order: the one table of message
 /// kinds, for logs, traces, metrics and the simulator's report.
-pub const KINDS: [&str; 37] = [
+pub const KINDS: [&str; 38] = [
     "hello",
     "hello_proof",
     "heartbeat",
@@ -139,6 +140,7 @@ pub const KINDS: [&str; 37] = [
     "app_refused",
     "search_ask",
     "search_asked",
+    "store_batch",
 ];
 
 impl Envelope {
@@ -176,6 +178,7 @@ impl Envelope {
                 DhtMessage::GetProviders(_) => 21,
                 DhtMessage::Providers(_) => 22,
                 DhtMessage::Refused(_) => 23,
+                DhtMessage::StoreBatch(_) => 37,
             },
             Envelope::Search(m) => match m {
                 SearchMessage::Request(_) => 24,
