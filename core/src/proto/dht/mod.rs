@@ -258,6 +258,8 @@ pub struct Dht {
     providers: BTreeMap<PeerId, ProviderRecord>,
     /// Closest sets found by replication lookups, by key, reused by the next replications.
     closest: BTreeMap<Key, Closest>,
+    /// The expiry of the version of each owner's record we last replicated.
+    replicated: BTreeMap<PeerId, Timestamp>,
     /// Refreshed records waiting for their batch, by replica, then owner.
     refreshes: BTreeMap<PeerId, BTreeMap<PeerId, PeerRecord>>,
     /// When the waiting refreshes are sent.
@@ -328,6 +330,7 @@ impl Dht {
             claims: BTreeMap::new(),
             providers: BTreeMap::new(),
             closest: BTreeMap::new(),
+            replicated: BTreeMap::new(),
             refreshes: BTreeMap::new(),
             next_refresh: None,
             queries: BTreeMap::new(),
@@ -467,6 +470,7 @@ impl Dht {
             self.store.prune(now);
             self.providers.retain(|_, r| r.body.expires_at > now);
             self.closest.retain(|_, c| c.until > now);
+            self.replicated.retain(|_, expires| *expires > now);
         }
     }
 

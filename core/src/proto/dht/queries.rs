@@ -232,7 +232,7 @@ impl Dht {
             (Phase::Lookup, Some(_)) => q.lookup.on_failure(&from.id),
         }
         if !answered {
-            self.note_failure(from.id);
+            self.note_failure(from.id, now);
         }
         self.advance(qid, now, out);
     }
@@ -245,7 +245,7 @@ impl Dht {
         }
     }
 
-    pub(super) fn note_failure(&mut self, peer: PeerId) {
+    pub(super) fn note_failure(&mut self, peer: PeerId, now: Timestamp) {
         self.stats.rpc_failures += 1;
         // A closest set with a failing peer is found again by the next replication.
         self.closest.retain(|_, c| !c.peers.iter().any(|p| p.id == peer));
@@ -254,6 +254,14 @@ impl Dht {
         if *n >= MAX_FAILURES {
             self.failures.remove(&peer);
             self.table.remove(&peer);
+            // A server whose table this emptied (its seeds had not started yet, or a partition
+            // cut them off) is cut off from the DHT: it replicates, announces and finds nothing
+            // until the next table refresh, up to TABLE_REFRESH away. Its seeds are tried again
+            // after BOOTSTRAP_RETRY instead.
+            if self.server && self.table.is_empty() && !self.bootstrap.is_empty() {
+                let at = now + BOOTSTRAP_RETRY;
+                self.next_table_refresh = Some(self.next_table_refresh.map_or(at, |t| t.min(at)));
+            }
         }
     }
 
@@ -438,7 +446,7 @@ impl Dht {
                 let lost: Vec<RequestId> = pending.iter().copied().collect();
                 for r in lost {
                     if let Some((_, p)) = self.rpcs.remove(&r) {
-                        self.note_failure(p);
+                        self.note_failure(p, now);
                     }
                 }
             }
@@ -452,7 +460,7 @@ impl Dht {
             .collect();
         for (r, p) in stale {
             self.rpcs.remove(&r);
-            self.note_failure(p);
+            self.note_failure(p, now);
         }
     }
 }

@@ -59,10 +59,15 @@ impl Dht {
         self.commit(from, record, replicate, now, out)
     }
 
-    /// `peer` made us its referent: the version of its record we hold may never have been
-    /// replicated (we held it as one of its other indexers), so it is now.
+    /// `peer` names us its referent: the version of its record we hold is replicated unless we
+    /// replicated this very version already (we may have held it as one of its other indexers, or
+    /// its DID check may have just ended). Cheap when there is nothing to do.
     pub fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
-        if let Some(r) = self.store.by_peer(peer, now).cloned() {
+        let Some(r) = self.store.by_peer(peer, now) else {
+            return;
+        };
+        if self.replicated.get(peer) != Some(&r.body.expires_at) {
+            let r = r.clone();
             self.replicate(r, false, now, out);
         }
     }
@@ -102,6 +107,7 @@ impl Dht {
         if !self.server || self.table.is_empty() {
             return;
         }
+        self.replicated.insert(record.body.peer_id, record.body.expires_at);
         let mut known: Vec<PeerAddr> = Vec::new();
         let mut missing = Vec::new();
         for key in [RecordKey::Peer(record.body.peer_id), RecordKey::Did(record.body.did.clone())] {

@@ -301,3 +301,31 @@ fn refreshed_versions_wait_for_one_batch_per_replica_and_changes_go_at_once() {
 fn me_id() -> PeerId {
     Keypair::derive(0, "dht-server").peer_id()
 }
+
+#[test]
+fn a_server_whose_seeds_all_fail_tries_them_again_soon() {
+    let seeds: Vec<PeerAddr> = (0..3).map(|i| PeerAddr::id_only(Keypair::derive(200 + i, "seed").peer_id())).collect();
+    let mut dht =
+        Dht::new(Config::default(), Keypair::derive(0, "s"), Vec::new(), true, &seeds, DetRng::new(1, "t"), NOW);
+    // Its first refresh asks the seeds, which have not started: every dial fails, twice.
+    for round in 0..2 {
+        let t = NOW + Duration::from_secs(round);
+        let mut out = Vec::new();
+        dht.handle_timeout(t, &mut out);
+        if round == 1 {
+            dht.maintain(Goal::Refresh, Key::from(dht.me), t, &mut out);
+        }
+        for s in &seeds {
+            dht.on_unreachable(s.id, t, &mut Vec::new());
+        }
+    }
+    assert!(dht.table().is_empty(), "every seed failed twice");
+    // They are asked again BOOTSTRAP_RETRY later, not at the next periodic refresh.
+    let retry = NOW + Duration::from_secs(1) + BOOTSTRAP_RETRY;
+    assert!(dht.poll_timeout().is_some_and(|t| t <= retry));
+    let mut out = Vec::new();
+    dht.handle_timeout(retry, &mut out);
+    let asked: BTreeSet<PeerId> =
+        dht_sends(&out).into_iter().filter(|(_, m)| matches!(m, DhtMessage::FindNode(_))).map(|(to, _)| to).collect();
+    assert_eq!(asked, seeds.iter().map(|s| s.id).collect());
+}

@@ -19,7 +19,8 @@ pub trait RecordDesk {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) -> Offer;
-    /// `peer` made us its referent: the version of its record held is stored in the DHT.
+    /// `peer` names us its referent: the version of its record held is stored in the DHT, unless
+    /// this version already was (by us).
     fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>);
     /// The expiry of `peer`'s record held and served.
     fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp>;

@@ -65,7 +65,6 @@ impl IndexerService {
         out: &mut Vec<Action>,
     ) {
         let peer = from.id;
-        let became_referent;
         if self.sessions.contains_key(&peer) {
             let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Heartbeat(hb.req), now, out) else {
                 return;
@@ -78,7 +77,7 @@ impl IndexerService {
                 self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::LowScore, Vec::new(), out);
                 return;
             }
-            became_referent = self.update_session(from, did, &hb, now);
+            self.update_session(from, did, &hb, now);
         } else {
             if self.burst.check(now).is_err() {
                 let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
@@ -101,7 +100,7 @@ impl IndexerService {
             self.burst.record(now);
             self.open_session(from.clone(), now);
             out.emit(IndexerOut::Event(Event::SessionOpened { node: peer }));
-            became_referent = self.update_session(from, did, &hb, now);
+            self.update_session(from, did, &hb, now);
         }
         if let Some(record) = hb.record.take() {
             let counted = match self.behaviour.record(peer, RateKind::Publish, now) {
@@ -124,7 +123,10 @@ impl IndexerService {
             {
                 return;
             }
-        } else if became_referent {
+        }
+        // While we are its referent, the version of its record we hold is in the DHT: one we held
+        // as one of its other indexers, or one whose DID check has just ended, is replicated now.
+        if hb.referent {
             desk.replicate_held(&peer, now, out);
         }
         self.respond(peer, &hb, false, desk, now, out);

@@ -39,13 +39,12 @@ impl IndexerService {
     }
 
     /// Applies what an admitted heartbeat tells: DID and name (never clobbered by `None`),
-    /// referent flag, indexer role. Returns whether the node has just made us its referent.
-    pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) -> bool {
+    /// referent flag, indexer role.
+    pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) {
         let peer = from.id;
         let Some(s) = self.sessions.get_mut(&peer) else {
-            return false;
+            return;
         };
-        let became_referent = hb.referent && !s.referent;
         if !from.addrs.is_empty() {
             s.addr = from.clone();
         }
@@ -83,7 +82,6 @@ impl IndexerService {
         if hb.is_indexer {
             self.note_indexer(from, None, now);
         }
-        became_referent
     }
 
     pub(super) fn witness_pool_remove(&mut self, slot: usize) {

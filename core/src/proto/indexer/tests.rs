@@ -92,7 +92,9 @@ impl RecordDesk for StoreDesk {
     }
 
     fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, _out: &mut Vec<Action>) {
-        if let Some(r) = self.store.by_peer(peer, now) {
+        if let Some(r) = self.store.by_peer(peer, now)
+            && !self.replicated.contains(&(*peer, r.body.expires_at))
+        {
             self.replicated.push((*peer, r.body.expires_at));
         }
     }
