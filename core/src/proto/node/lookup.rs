@@ -27,7 +27,8 @@
 //! node's last [`EXCESS_WINDOW`] answered requests took (the indexer's DHT walk plus jitter; its
 //! 90th percentile is robust to the odd stalled walk, which a mean-and-deviation estimator would
 //! let inflate every following delay), and `rtt_i / 2` is slack for this round trip's own jitter.
-//! Before any answer the excess is taken as one more round trip. Answers are measured while their
+//! Until [`MIN_SAMPLES`] answers were seen the excess is at least two more round trips (the usual
+//! one or two hops of the indexer's DHT lookup). Answers are measured while their
 //! lookup runs; once a lookup has its record its other requests are forgotten, so an indexer that
 //! died does not drag the estimate up.
 //!
@@ -55,6 +56,9 @@ pub const EXCESS_WINDOW: usize = 32;
 /// Percentile of the remembered excesses the hedge delay allows for (the slowest tenth of the
 /// answers are hedged, plus the slack below).
 const EXCESS_PERCENTILE: usize = 90;
+/// Answers seen before the observed excess alone sets the hedge delay (before, it is at least the
+/// prior of two more round trips).
+const MIN_SAMPLES: usize = 4;
 /// Most suspect indexers remembered (the earliest suspected go first).
 pub const MAX_SUSPECTS: usize = 64;
 
@@ -185,14 +189,16 @@ impl RecordLookups {
     /// one as well (see the module doc).
     pub fn hedge_delay(&self, base: Duration) -> Duration {
         let base_ms = i64::try_from(duration_ms(base)).unwrap_or(i64::MAX / 4);
-        let excess = if self.excess.is_empty() {
-            base_ms
-        } else {
-            let mut sorted: Vec<i64> = self.excess.iter().copied().collect();
-            sorted.sort_unstable();
-            let rank = (sorted.len() * EXCESS_PERCENTILE).div_ceil(100).clamp(1, sorted.len());
-            sorted[rank - 1].max(0)
+        // Until a few answers were seen, the indexer's walk is assumed to take up to two more
+        // round trips (a DHT lookup's usual one or two hops).
+        let prior = base_ms.saturating_mul(2);
+        let mut sorted: Vec<i64> = self.excess.iter().copied().collect();
+        sorted.sort_unstable();
+        let observed = match sorted.len() {
+            0 => prior,
+            n => sorted[(n * EXCESS_PERCENTILE).div_ceil(100).clamp(1, n) - 1].max(0),
         };
+        let excess = if sorted.len() < MIN_SAMPLES { observed.max(prior) } else { observed };
         let ms = base_ms.saturating_add(excess).saturating_add(base_ms / 2).max(1);
         Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)).min(self.config.lookup_timeout)
     }
@@ -467,9 +473,9 @@ mod tests {
         let first = asked(&out);
         assert_eq!(first.len(), 1, "one indexer at a time");
         assert_eq!(first[0].0, indexer(1).id);
-        // Before any answer: rtt + one more rtt + half an rtt of slack.
+        // Before any answer: rtt + two more (the indexer's walk) + half an rtt of slack.
         let delay = l.hedge_delay(RTT);
-        assert_eq!(delay, Duration::from_millis(250));
+        assert_eq!(delay, Duration::from_millis(350));
         assert_eq!(l.poll_timeout(), Some(NOW + delay));
         out.clear();
         // Nothing until just before the hedge.
@@ -501,10 +507,10 @@ mod tests {
         let (mut ids, mut out) = (1, Vec::new());
         l.start(Origin::Command(1), key(), targets(2), &mut ids, NOW, &mut out);
         let a = asked(&out)[0];
-        run_until(&mut l, &mut ids, NOW + Duration::from_millis(300), &mut out);
+        run_until(&mut l, &mut ids, NOW + Duration::from_millis(350), &mut out);
         let b = asked(&out)[1];
         out.clear();
-        let t = NOW + Duration::from_millis(310);
+        let t = NOW + Duration::from_millis(360);
         l.on_reply(a.0, found(a.1), &mut ids, t, &mut out);
         l.on_reply(b.0, found(b.1), &mut ids, t, &mut out);
         l.on_reply(a.0, found(a.1), &mut ids, t, &mut out);
@@ -564,9 +570,9 @@ mod tests {
         let mut l = RecordLookups::new(config.clone());
         let (mut ids, mut out) = (1, Vec::new());
         l.start(Origin::Command(1), key(), targets(3), &mut ids, NOW, &mut out);
-        run_until(&mut l, &mut ids, NOW + Duration::from_millis(250), &mut out);
+        run_until(&mut l, &mut ids, NOW + Duration::from_millis(350), &mut out);
         let (b, req) = asked(&out)[1];
-        let t = NOW + Duration::from_millis(300);
+        let t = NOW + Duration::from_millis(400);
         l.on_reply(b, found(req), &mut ids, t, &mut out);
         assert!(l.is_suspect(&indexer(1).id, t));
         // The next lookup goes straight to the second indexer: no hedge delay to pay.
@@ -586,12 +592,12 @@ mod tests {
         let mut l = RecordLookups::new(Config::default());
         let (mut ids, mut out) = (1, Vec::new());
         l.start(Origin::Command(1), key(), targets(2), &mut ids, NOW, &mut out);
-        run_until(&mut l, &mut ids, NOW + Duration::from_millis(250), &mut out);
+        run_until(&mut l, &mut ids, NOW + Duration::from_millis(350), &mut out);
         let [(a, ra), (b, rb)] = asked(&out)[..] else { panic!("two asked: {out:?}") };
         out.clear();
         // The hedge answers "not found" (a withholding or empty indexer): nobody left to ask, but
         // the first one is still in flight.
-        l.on_reply(b, RecordReply { req: rb, record: None, hops: 2 }, &mut ids, NOW + Duration::from_millis(400), &mut out);
+        l.on_reply(b, RecordReply { req: rb, record: None, hops: 2 }, &mut ids, NOW + Duration::from_millis(500), &mut out);
         assert!(out.is_empty());
         // A record for another key is no answer either.
         let mut wrong = found(ra);
