@@ -136,17 +136,7 @@ impl Bench {
                 Node { key, addr, did, record }
             })
             .collect();
-        Bench {
-            n,
-            indexer,
-            dht,
-            nodes,
-            beats: 0,
-            turn: 0,
-            signed_at: START,
-            req: 0,
-            out: Vec::with_capacity(64),
-        }
+        Bench { n, indexer, dht, nodes, beats: 0, turn: 0, signed_at: START, req: 0, out: Vec::with_capacity(64) }
     }
 
     fn now(&self) -> Timestamp {
@@ -158,7 +148,7 @@ impl Bench {
         self.req += 1;
         let node = &self.nodes[i];
         Heartbeat {
-            referent: i % 3 == 0,
+            referent: i.is_multiple_of(3),
             did: first.then(|| node.did.clone()),
             name: first.then(|| node.record.body.name.clone()),
             record: record.then(|| node.record.clone()),
@@ -234,7 +224,8 @@ impl Bench {
         let total = Held::of(&region);
         assert_eq!(self.indexer.session_count(), n);
         assert_eq!(self.dht.records().len(), n);
-        let records = Held { bytes: total.bytes - sessions.bytes, allocations: total.allocations - sessions.allocations };
+        let records =
+            Held { bytes: total.bytes - sessions.bytes, allocations: total.allocations - sessions.allocations };
         let (sb, sa) = sessions.per(n);
         let (rb, ra) = records.per(n);
         let (tb, ta) = total.per(n);

@@ -264,10 +264,7 @@ impl RecordLookups {
         out.emit(NodeOut::Learn(next.addr.clone()));
         out.emit(NodeOut::Send { to: next.addr.id, message: GetRecord { req, key: p.key.clone() }.into() });
         p.attempts += 1;
-        p.asks.insert(
-            req,
-            Ask { to: next.addr.id, sent: now, base, deadline: now + self.config.lookup_timeout },
-        );
+        p.asks.insert(req, Ask { to: next.addr.id, sent: now, base, deadline: now + self.config.lookup_timeout });
         p.hedge_at = if p.rest.is_empty() { None } else { Some(now + hedge_delay) };
         self.requests.insert(req, lookup);
     }
@@ -330,11 +327,8 @@ impl RecordLookups {
 
     /// `peer` cannot be reached: its requests fail, and it is suspect.
     pub fn on_unreachable(&mut self, peer: PeerId, ids: &mut u64, now: Timestamp, out: &mut Vec<Action>) {
-        let reqs: Vec<RequestId> = self
-            .pending
-            .values()
-            .flat_map(|p| p.asks.iter().filter(|(_, a)| a.to == peer).map(|(r, _)| *r))
-            .collect();
+        let reqs: Vec<RequestId> =
+            self.pending.values().flat_map(|p| p.asks.iter().filter(|(_, a)| a.to == peer).map(|(r, _)| *r)).collect();
         if !reqs.is_empty() {
             self.suspect(peer, now);
         }
@@ -345,7 +339,8 @@ impl RecordLookups {
 
     /// Fails requests past their deadline and hedges lookups whose indexer is slower than usual.
     pub fn handle_timeout(&mut self, ids: &mut u64, now: Timestamp, out: &mut Vec<Action>) {
-        let due: Vec<u64> = self.pending.iter().filter(|(_, p)| p.due().is_some_and(|t| t <= now)).map(|(l, _)| *l).collect();
+        let due: Vec<u64> =
+            self.pending.iter().filter(|(_, p)| p.due().is_some_and(|t| t <= now)).map(|(l, _)| *l).collect();
         for lookup in due {
             let Some(p) = self.pending.get(&lookup) else {
                 continue;
@@ -446,7 +441,9 @@ mod tests {
     fn dones(out: &[Action]) -> Vec<(u64, bool, u32)> {
         out.iter()
             .filter_map(|a| match a {
-                Action::Event(Event::LookupDone { id, record, attempts, .. }) => Some((*id, record.is_some(), *attempts)),
+                Action::Event(Event::LookupDone { id, record, attempts, .. }) => {
+                    Some((*id, record.is_some(), *attempts))
+                }
                 _ => None,
             })
             .collect()
@@ -597,7 +594,13 @@ mod tests {
         out.clear();
         // The hedge answers "not found" (a withholding or empty indexer): nobody left to ask, but
         // the first one is still in flight.
-        l.on_reply(b, RecordReply { req: rb, record: None, hops: 2 }, &mut ids, NOW + Duration::from_millis(500), &mut out);
+        l.on_reply(
+            b,
+            RecordReply { req: rb, record: None, hops: 2 },
+            &mut ids,
+            NOW + Duration::from_millis(500),
+            &mut out,
+        );
         assert!(out.is_empty());
         // A record for another key is no answer either.
         let mut wrong = found(ra);
