@@ -57,7 +57,9 @@
 //!   "least-loaded top-5" was a random offset into a random list, C §18.13).
 //!
 //! Per-heartbeat work is `O(log n + k)` in the number of sessions `n`: witnesses are drawn from a
-//! vector of non-indexer sessions by index, DIDs and expiry deadlines are indexed. GC may scan.
+//! vector of non-indexer sessions by index, expiry deadlines are indexed. GC may scan. A session
+//! costs about 1 KiB in all (the session, its indices and the node's behaviour entry; measured by
+//! `cargo bench -p ocd-core --features internals --bench sessions`).
 //!
 //! ## Files, one per flow
 //!
@@ -153,12 +155,12 @@ struct Session {
     name: Option<String>,
     first_seen: Timestamp,
     last_seen: Timestamp,
-    /// Gap-aware time online (A §5.1).
-    online: Duration,
+    /// Gap-aware time online (A §5.1), in ms (timestamps are whole ms).
+    online_ms: u64,
     referent: bool,
     is_indexer: bool,
     /// Position in `IndexerService::witness_pool` (non-indexer sessions only).
-    witness_slot: Option<usize>,
+    witness_slot: Option<u32>,
 }
 
 impl Session {
@@ -168,7 +170,7 @@ impl Session {
         if age.is_zero() {
             return 1.0;
         }
-        (self.online.as_secs_f64() / age.as_secs_f64()).clamp(0.0, 1.0)
+        (Duration::from_millis(self.online_ms).as_secs_f64() / age.as_secs_f64()).clamp(0.0, 1.0)
     }
 }
 
@@ -223,8 +225,6 @@ pub struct IndexerService {
     expiry: BTreeSet<(Timestamp, PeerId)>,
     /// Non-indexer sessions, for O(1) random witness picks.
     witness_pool: Vec<PeerId>,
-    /// `(did, peer)` of every session with a DID.
-    dids: BTreeSet<(Did, PeerId)>,
     /// Sessions whose node chose us as referent.
     referents: BTreeSet<PeerId>,
     known: BTreeMap<PeerId, KnownIndexer>,
@@ -251,7 +251,6 @@ impl IndexerService {
             sessions: BTreeMap::new(),
             expiry: BTreeSet::new(),
             witness_pool: Vec::new(),
-            dids: BTreeSet::new(),
             referents: BTreeSet::new(),
             known: BTreeMap::new(),
             offload: Offload::default(),

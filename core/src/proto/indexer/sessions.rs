@@ -13,7 +13,7 @@ impl IndexerService {
             name: None,
             first_seen: now,
             last_seen: now,
-            online: Duration::ZERO,
+            online_ms: 0,
             referent: false,
             is_indexer: false,
             witness_slot: None,
@@ -29,7 +29,7 @@ impl IndexerService {
         };
         let gap = now.since(s.last_seen);
         if gap <= self.config.liveness_interval * 2 {
-            s.online += gap;
+            s.online_ms = s.online_ms.saturating_add(crate::proto::time::duration_ms(gap));
         }
         if now > s.last_seen {
             self.expiry.remove(&(s.last_seen, peer));
@@ -51,10 +51,6 @@ impl IndexerService {
         if let Some(did) = did
             && s.did.as_ref() != Some(&did)
         {
-            if let Some(old) = s.did.take() {
-                self.dids.remove(&(old, peer));
-            }
-            self.dids.insert((did.clone(), peer));
             s.did = Some(did);
         }
         if let Some(name) = &hb.name {
@@ -70,12 +66,13 @@ impl IndexerService {
         // Only non-indexer sessions serve as witnesses.
         match (hb.is_indexer, s.witness_slot) {
             (false, None) => {
-                s.witness_slot = Some(self.witness_pool.len());
+                // Slots fit in u32: sessions are bounded by `max_nodes`, far below 2^32.
+                s.witness_slot = u32::try_from(self.witness_pool.len()).ok();
                 self.witness_pool.push(peer);
             }
             (true, Some(slot)) => {
                 s.witness_slot = None;
-                self.witness_pool_remove(slot);
+                self.witness_pool_remove(slot as usize);
             }
             _ => {}
         }
@@ -92,7 +89,7 @@ impl IndexerService {
         if let Some(moved) = self.witness_pool.get(slot).copied()
             && let Some(s) = self.sessions.get_mut(&moved)
         {
-            s.witness_slot = Some(slot);
+            s.witness_slot = u32::try_from(slot).ok();
         }
     }
 
@@ -103,10 +100,7 @@ impl IndexerService {
         };
         self.expiry.remove(&(s.last_seen, peer));
         if let Some(slot) = s.witness_slot {
-            self.witness_pool_remove(slot);
-        }
-        if let Some(did) = s.did {
-            self.dids.remove(&(did, peer));
+            self.witness_pool_remove(slot as usize);
         }
         self.referents.remove(&peer);
         // A node that left is no longer an offload candidate; its batch slot frees at once.

@@ -425,8 +425,11 @@ impl IndexerPool {
         if let IndexerMessage::Refused(r) = &m
             && !self.requests.contains_key(&r.req)
         {
-            self.lookups.on_failure(r.req, &mut self.next_req, now, out);
+            self.lookups.on_refused(from, r.req, &mut self.next_req, now, out);
             return;
+        }
+        if let IndexerMessage::HeartbeatResponse(_) = &m {
+            self.lookups.note_alive(&from);
         }
         if self.shut {
             return;
@@ -467,20 +470,31 @@ impl IndexerPool {
     /// Starts record lookup `id` of `key` through the live indexers, best first; answered by
     /// [`Event::LookupDone`].
     pub fn lookup(&mut self, id: u64, key: RecordKey, now: Timestamp, out: &mut Vec<Action>) {
-        let indexers = self.live_by_score();
+        let indexers = self.lookup_targets();
         self.lookups.start(Origin::Command(id), key, indexers, &mut self.next_req, now, out);
     }
 
     /// Finds `key`'s record for another machine (the application messages' destinations);
     /// answered by [`NodeOut::Resolved`] with `token`.
     pub fn resolve(&mut self, token: u64, key: RecordKey, now: Timestamp, out: &mut Vec<Action>) {
-        let indexers = self.live_by_score();
+        let indexers = self.lookup_targets();
         self.lookups.start(Origin::Resolve(token), key, indexers, &mut self.next_req, now, out);
     }
 
     /// Record lookups in flight.
     pub fn pending_lookups(&self) -> usize {
         self.lookups.len()
+    }
+
+    /// Live indexers, best score first, with their last heartbeat round trip (whom lookups ask).
+    fn lookup_targets(&self) -> Vec<lookup::Target> {
+        self.live_by_score()
+            .into_iter()
+            .map(|addr| {
+                let rtt = self.entries.get(&addr.id).and_then(|e| e.last_rtt);
+                lookup::Target { addr, rtt }
+            })
+            .collect()
     }
 
     /// The peer cannot be reached (connection lost or could not be made): its in-flight requests
