@@ -20,6 +20,7 @@ impl IndexerPool {
         // Before any indexer is live, the first one heartbeated is named (provisionally), so a new
         // node is searchable from its first heartbeat, not one interval later.
         let chosen = self.referent();
+        self.referent_choice = chosen;
         let provisional = chosen.is_none();
         let referent = chosen.or_else(|| {
             let first = due.iter().find(|p| self.entries.get(p).is_some_and(|e| e.state != EntryState::Down));

@@ -354,6 +354,8 @@ pub struct IndexerPool {
     /// `told_referent` was named before anything was live: it does not hold the role against a
     /// better live indexer.
     told_provisional: bool,
+    /// The referent chosen at the last heartbeat round, sticky until it is told.
+    referent_choice: Option<PeerId>,
 }
 
 impl IndexerPool {
@@ -406,6 +408,7 @@ impl IndexerPool {
             discovering: false,
             told_referent: None,
             told_provisional: false,
+            referent_choice: None,
         };
         for s in pool.seeds.clone() {
             let nc = pool.draw_challenge_spacing();
@@ -740,10 +743,16 @@ impl IndexerPool {
                 best = Some((*id, e.current));
             }
         }
+        // The one told holds the role; before one is told (or after a provisional naming), the
+        // one chosen last holds it until its heartbeat tells it. Without that the plain best could
+        // change between every two heartbeats, and no indexer would ever be told after a node's
+        // provisional referent refused it.
+        let live = |t: PeerId| self.entries.get(&t).filter(|e| e.state == EntryState::Live).map(|e| (t, e.current));
         let told = self
             .told_referent
             .filter(|_| !self.told_provisional)
-            .and_then(|t| self.entries.get(&t).filter(|e| e.state == EntryState::Live).map(|e| (t, e.current)));
+            .and_then(live)
+            .or_else(|| self.referent_choice.and_then(live));
         match (told, best) {
             (Some((t, ts)), Some((b, bs))) if b != t && bs > ts * (1.0 + REFERENT_MARGIN) => Some(b),
             (Some((t, _)), _) => Some(t),
