@@ -87,6 +87,7 @@ use std::time::Duration;
 
 pub(crate) mod admission;
 mod candidates;
+mod capacity;
 mod gate;
 pub(crate) mod messages;
 mod offload;
@@ -96,6 +97,7 @@ mod sessions;
 #[cfg(test)]
 mod tests;
 
+use capacity::Capacity;
 use gate::Req;
 use offload::Offload;
 use record_gate::RecordTaken;
@@ -159,6 +161,8 @@ struct Session {
     is_indexer: bool,
     /// Position in `IndexerService::witness_pool` (non-indexer sessions only).
     witness_slot: Option<usize>,
+    /// Its pool without us, as its last heartbeat said (fair capacity, `capacity.rs`).
+    standing: crate::proto::wire::Standing,
 }
 
 impl Session {
@@ -229,6 +233,7 @@ pub struct IndexerService {
     referents: BTreeSet<PeerId>,
     known: BTreeMap<PeerId, KnownIndexer>,
     offload: Offload,
+    capacity: Capacity,
     burst: BurstGuard,
     behaviour: BehaviourTable,
     next_gc: Timestamp,
@@ -255,6 +260,7 @@ impl IndexerService {
             referents: BTreeSet::new(),
             known: BTreeMap::new(),
             offload: Offload::default(),
+            capacity: Capacity::default(),
             burst,
             behaviour,
             next_gc,
@@ -385,5 +391,6 @@ impl IndexerService {
         if self.fill_rate() <= self.config.offload_threshold {
             self.offload.reset();
         }
+        self.prune_moved(now);
     }
 }

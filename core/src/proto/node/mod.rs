@@ -80,7 +80,7 @@ use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{
     CandidatesRequest, CandidatesResponse, Envelope, Heartbeat, HeartbeatKind, HeartbeatResponse, IndexerMessage,
-    RecordKey, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
+    RecordKey, RefuseReason, Refused, RequestId, Standing, WitnessQuery, WitnessReport,
 };
 use crate::proto::{Action, AddedVia, CloseReason, Event, EvictReason, FailReason};
 use std::collections::{BTreeMap, BTreeSet};
