@@ -10,7 +10,7 @@
 //! * **A full indexer moves a node for a node below its minimum.** When a node that is short
 //!   without us asks to join and we are at `max_nodes`, we end the session of a node that keeps at
 //!   least its minimum (and at least one indexer) elsewhere — the one with the most spare live
-//!   indexers, a node that did not choose us as its search referent first — and admit the short
+//!   indexers, and among those a node that did not choose us as its search referent — and admit the short
 //!   one. The moved node learns it at its next heartbeat: a [`RefuseReason::Moved`] refusal with
 //!   suggestions of indexers that have room (somewhere to go); it drops us as after a migration
 //!   and still holds its minimum, so nobody is ever pushed to zero to make room. A short node is

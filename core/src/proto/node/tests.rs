@@ -769,6 +769,60 @@ fn suggestions_never_exceed_max_and_skip_self() {
 }
 
 #[test]
+fn heartbeats_tell_each_indexer_where_the_pool_stands_without_it() {
+    let cfg = Config { min_indexers: 2, ..Config::default() };
+    let (a, b, c) = (pid("s1"), pid("s2"), pid("s3"));
+    let mut net = Net::new(cfg, &[a, b, c], 4).with(a, Ix::honest()).with(b, Ix::honest()).with(c, Ix::honest());
+    net.run_for(secs(1));
+    // At start nothing is live: the three seeds are heartbeated at once, and the node claims to
+    // be short only to as many as it lacks (each heartbeat in flight counts as joining).
+    let mut first: Vec<Standing> = [a, b, c].iter().map(|p| net.heartbeats_to(*p)[0].1.standing).collect();
+    first.sort_by_key(|s| s.joining_elsewhere);
+    assert_eq!(first, (0..3).map(|j| Standing { live_elsewhere: 0, joining_elsewhere: j, min: 2 }).collect::<Vec<_>>());
+    assert_eq!(first.iter().filter(|s| s.is_short()).count(), 2, "short to two indexers: its minimum");
+    // Once all are live, each hears of the two others: not short, and free to move.
+    net.run_for(secs(20));
+    for p in [a, b, c] {
+        let s = net.heartbeats_to(p)[1].1.standing;
+        assert_eq!(s, Standing { live_elsewhere: 2, joining_elsewhere: 0, min: 2 });
+        assert!(!s.is_short() && s.can_move());
+    }
+    // One fails: the two others hear that the node would be short without them.
+    net.ixm(c).mode = Mode::Silent;
+    net.run_for(secs(45));
+    assert!(!net.pool.is_live(&c));
+    for p in [a, b] {
+        let (_, hb) = net.heartbeats_to(p).last().cloned().unwrap_or_else(|| panic!("heartbeats to {p:?}"));
+        assert_eq!((hb.standing.live_elsewhere, hb.standing.min), (1, 2));
+        assert!(!hb.standing.can_move());
+    }
+}
+
+#[test]
+fn a_node_moved_for_a_short_node_drops_the_indexer_like_a_migration() {
+    let cfg = Config { min_indexers: 1, ..Config::default() };
+    let (s, x) = (pid("s"), pid("x"));
+    let mut net =
+        Net::new(cfg.clone(), &[s], 4).with(s, Ix { suggestions: vec![x], ..Ix::honest() }).with(x, Ix::honest());
+    net.run_for(secs(1));
+    net.ixm(s).suggestions.clear();
+    assert!(net.pool.is_live(&x));
+    // `x` gave our slot to a node below its minimum.
+    net.ixm(x).mode = Mode::Refuse(RefuseReason::Moved);
+    net.run_for(secs(21));
+    assert_eq!(net.evictions().iter().map(|e| (e.1, e.2)).collect::<Vec<_>>(), vec![(x, EvictReason::Migrated)]);
+    assert!(!net.pool.in_cooldown(&x, net.now), "no misbehaviour");
+    assert!(net.pool.is_live(&s), "the other indexer is untouched");
+    // A seed that moved us is not evicted: it goes Down and is retried on its back-off.
+    let mut net = Net::new(cfg, &[s], 4).with(s, Ix::honest());
+    net.run_for(secs(1));
+    net.ixm(s).mode = Mode::Refuse(RefuseReason::Moved);
+    net.run_for(secs(21));
+    assert!(net.evictions().is_empty());
+    assert_eq!(net.view(s).map(|v| v.state), Some(EntryState::Down));
+}
+
+#[test]
 fn migrate_respects_min_pool() {
     let cfg = Config { min_indexers: 2, ..Config::default() };
     let (s1, s2, x) = (pid("s1"), pid("s2"), pid("x"));
