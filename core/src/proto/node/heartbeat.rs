@@ -279,6 +279,8 @@ impl IndexerPool {
         e.failure_since_answer = true;
         e.acknowledged = false;
         e.score.uptime.consecutive_fails = e.score.uptime.consecutive_fails.saturating_add(1);
+        e.refused_for_capacity =
+            matches!(reason, FailReason::Refused(RefuseReason::Full | RefuseReason::Busy | RefuseReason::Moved));
         if e.state == EntryState::Down {
             // A retry probe failed; the next one is already scheduled.
             return;

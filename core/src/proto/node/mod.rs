@@ -229,6 +229,8 @@ struct Entry {
     answered: bool,
     /// The expiry of our record this indexer last said it holds.
     record_held: Option<Timestamp>,
+    /// Its last failure was a refusal for capacity (`Full`, `Busy`, `Moved`): it is alive.
+    refused_for_capacity: bool,
 }
 
 impl Entry {
@@ -251,6 +253,7 @@ impl Entry {
             failure_since_answer: false,
             answered: false,
             record_held: None,
+            refused_for_capacity: false,
         }
     }
 
@@ -336,6 +339,9 @@ pub struct IndexerPool {
     cooldown: BTreeMap<PeerId, Timestamp>,
     /// Configured seeds whose seed flag a migration cleared.
     discharged: BTreeSet<PeerId>,
+    /// Indexers suggested to us lately, most recent last: seed recovery
+    /// tries them too, so a node whose seeds are out of reach is not left at zero.
+    heard_of: Vec<PeerAddr>,
     consensus: Option<Consensus>,
     consensus_wanted: bool,
     recovery: Option<Recovery>,
@@ -395,6 +401,7 @@ impl IndexerPool {
             send_log: BTreeMap::new(),
             cooldown: BTreeMap::new(),
             discharged: BTreeSet::new(),
+            heard_of: Vec::new(),
             consensus: None,
             consensus_wanted: false,
             recovery: None,
@@ -666,6 +673,7 @@ impl IndexerPool {
         self.consensus_progress(now, out);
         self.follow_up(now, out);
         self.recovery_step(now, out);
+        self.hurry_down_seeds(now);
         self.discover_if_due(now, out);
         self.hurry_referent(now);
         self.send_due(now, out);
