@@ -38,7 +38,13 @@
 //!   heartbeat failure. (Treating it as a failure made nodes evict, re-probe and re-admit busy
 //!   indexers in a loop during join waves.)
 //! * **Migration**: an indexer above its offload threshold asks us to move; a non-seed is evicted
-//!   only if enough other live indexers remain, a seed only loses its seed flag (B15).
+//!   only if enough other live indexers remain, a seed only loses its seed flag (B15). A full
+//!   indexer that gave our slot to a node below its minimum refuses us `Moved`: a non-seed is
+//!   evicted as migrated (issue 13).
+//!
+//! Every heartbeat and probe tells the indexer our [`Standing`] without it (live indexers
+//! elsewhere, those being joined, our minimum), so a full indexer can serve nodes below their
+//! minimum first and move only nodes that keep theirs (see `indexer/capacity.rs`).
 //!
 //! Evicting one indexer never touches another (B4), and an evicted entry is not processed further
 //! (B5).
@@ -50,7 +56,9 @@
 //! asks every live indexer for candidates, probes each once (a refused or silent probe scores 0, so
 //! a full or banning indexer is never admitted), and admits the best above `min_score_start`. When
 //! that fails the configured seeds are re-added; with no active indexer at all, **seed recovery**
-//! retries the seeds on the same capped back-off (A §6.10).
+//! retries the seeds on the same capped back-off (A §6.10), and the indexers suggested to us lately
+//! (so a node whose seeds are out of reach is not left at zero). Below the minimum, a Down seed
+//! that last refused us for capacity is retried every `heartbeat_interval` (issue 13).
 //!
 //! ## Rate-limit safety
 //!
