@@ -6,7 +6,8 @@ use ocd_core::proto::PeerAddr;
 use ocd_core::proto::hello_mac;
 use ocd_core::proto::wire::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, Envelope, Heartbeat, HeartbeatKind, HeartbeatResponse,
-    Hello, HelloProof, IndexerMessage, LinkMessage, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
+    Hello, HelloProof, IndexerMessage, LinkMessage, RefuseReason, Refused, RequestId, Standing, WitnessQuery,
+    WitnessReport,
 };
 use ocd_core::proto::{Config, Input, Keypair, Output, Peer, PeerId, PeerSetup, Roles, Timestamp};
 use proptest::prelude::*;
@@ -108,6 +109,7 @@ fn build(spec: MsgSpec, me: PeerId) -> Envelope {
             req: RequestId(req),
             kind: if probe { HeartbeatKind::Probe } else { HeartbeatKind::Regular },
             need,
+            standing: Standing { live_elsewhere: need % 4, joining_elsewhere: (need >> 2) % 2, min: (need >> 3) % 4 },
             referent: req % 2 == 0,
             is_indexer: req % 3 == 0,
             challenges: challenges.into_iter().map(|i| id_of(i, me)).collect(),

@@ -4,7 +4,7 @@
 use ocd_core::proto::Timestamp;
 use ocd_core::proto::wire::{
     self, CandidatesRequest, CandidatesResponse, ChallengeEntry, Envelope, FrameDecoder, Heartbeat, HeartbeatKind,
-    HeartbeatResponse, Hello, HelloProof, IndexerMessage, RefuseReason, Refused, RequestId, WitnessQuery,
+    HeartbeatResponse, Hello, HelloProof, IndexerMessage, RefuseReason, Refused, RequestId, Standing, WitnessQuery,
     WitnessReport,
 };
 use ocd_core::proto::{Did, PeerAddr, PeerId};
@@ -38,6 +38,7 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
         Just(RefuseReason::Busy),
         Just(RefuseReason::Full),
         Just(RefuseReason::LowScore),
+        Just(RefuseReason::Moved),
         Just(RefuseReason::NotServed),
         Just(RefuseReason::Unknown),
     ]
@@ -57,22 +58,26 @@ fn message() -> impl Strategy<Value = Envelope> {
             prop::option::of(did()),
             prop::option::of(did()),
             prop::option::of("[ -~]{0,20}"),
+            any::<(u16, u16, u16)>(),
         )
-            .prop_map(|(req, probe, need, (referent, is_indexer, want_witnesses), challenges, cd, d, name)| {
-                Envelope::from(Heartbeat {
-                    req,
-                    kind: if probe { HeartbeatKind::Probe } else { HeartbeatKind::Regular },
-                    need,
-                    referent,
-                    is_indexer,
-                    challenges,
-                    challenge_did: cd,
-                    want_witnesses,
-                    did: d,
-                    name,
-                    record: None,
-                })
-            }),
+            .prop_map(
+                |(req, probe, need, (referent, is_indexer, want_witnesses), challenges, cd, d, name, st)| {
+                    Envelope::from(Heartbeat {
+                        req,
+                        kind: if probe { HeartbeatKind::Probe } else { HeartbeatKind::Regular },
+                        need,
+                        standing: Standing { live_elsewhere: st.0, joining_elsewhere: st.1, min: st.2 },
+                        referent,
+                        is_indexer,
+                        challenges,
+                        challenge_did: cd,
+                        want_witnesses,
+                        did: d,
+                        name,
+                        record: None,
+                    })
+                }
+            ),
         (
             req.clone(),
             float(),

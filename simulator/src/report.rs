@@ -54,6 +54,12 @@ pub struct PoolReport {
     /// The first nodes below min at the end (at most 20), with their live pool size.
     #[serde(default)]
     pub final_below_min_peers: Vec<String>,
+    /// Nodes with no live indexer at the end.
+    #[serde(default)]
+    pub final_nodes_at_zero: usize,
+    /// `[t, nodes with no live indexer]`, at the times of `timeline`.
+    #[serde(default)]
+    pub zero_timeline: Vec<(u64, usize)>,
 }
 
 /// What a fault did and how fast the nodes coped.
@@ -81,6 +87,13 @@ pub struct FaultReport {
     pub undetected: usize,
     /// Nodes never recovered by the end of the run.
     pub unrecovered: usize,
+    /// Affected nodes that had no live indexer at some moment between the fault and their
+    /// recovery (or the end of the run).
+    #[serde(default)]
+    pub reached_zero: usize,
+    /// Affected nodes with no live indexer at the end of the run.
+    #[serde(default)]
+    pub left_at_zero: usize,
     /// Restart only: nodes that counted a restarted target live again within 60 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readmitted: Option<usize>,
@@ -620,8 +633,11 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "  final: {} nodes, mean live {:.2}, {} below min",
-            self.pool.final_nodes, self.pool.final_mean_live, self.pool.final_nodes_below_min
+            "  final: {} nodes, mean live {:.2}, {} below min, {} at zero",
+            self.pool.final_nodes,
+            self.pool.final_mean_live,
+            self.pool.final_nodes_below_min,
+            self.pool.final_nodes_at_zero
         );
         if !self.pool.final_below_min_peers.is_empty() {
             let _ = writeln!(s, "  below min at the end: {}", self.pool.final_below_min_peers.join(", "));
@@ -657,6 +673,9 @@ impl Report {
                 );
                 if let Some(r) = f.readmitted {
                     let _ = write!(s, "  readmitted within 60s: {r}");
+                }
+                if f.reached_zero > 0 {
+                    let _ = write!(s, "  reached zero live: {} (left at zero: {})", f.reached_zero, f.left_at_zero);
                 }
                 s.push('\n');
             }

@@ -325,6 +325,9 @@ pub enum SessionEnd {
     Left,
     /// The node was banned or its score fell below the threshold.
     Rejected,
+    /// The indexer was full and gave the node's slot to a node below its minimum; the node keeps
+    /// at least its minimum elsewhere (issue 13).
+    Moved,
 }
 
 /// What a refused request asked (in [`Event::RequestRefused`]).

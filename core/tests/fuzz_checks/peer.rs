@@ -18,7 +18,8 @@ use ocd_core::proto::wire::{
     AddProvider, AppMessage, AppRefusal, CandidatesRequest, CandidatesResponse, ChallengeEntry, DhtMessage, FindNode,
     FindValue, GetProviders, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello, HelloProof, IndexerMessage,
     Key, LinkMessage, MeshMessage, NodeMessage, Nodes, Providers, Publish, Published, RecordReply, SearchFound,
-    SearchHits, SearchMessage, SearchRequest, Store, StoreAck, Value, WIRE_VERSION, WitnessQuery, WitnessReport,
+    SearchHits, SearchMessage, SearchRequest, Standing, Store, StoreAck, Value, WIRE_VERSION, WitnessQuery,
+    WitnessReport,
 };
 use ocd_core::proto::{
     AppProtocol, Command, Config, Did, DidBinding, Envelope, Input, Keypair, MessageId, NewMessage, Output, Peer,
@@ -1238,6 +1239,13 @@ impl Harness {
                 req: req(r),
                 kind: if *probe { HeartbeatKind::Probe } else { HeartbeatKind::Regular },
                 need: *need,
+                // Drawn from `need`'s high bits, so the committed corpus and regressions keep
+                // their byte layout.
+                standing: Standing {
+                    live_elsewhere: (*need >> 8) & 0x7,
+                    joining_elsewhere: (*need >> 11) & 0x3,
+                    min: *need >> 13,
+                },
                 referent: *referent,
                 is_indexer: *is_indexer,
                 challenges: challenges.iter().take(12).map(|w| w.id()).collect(),

@@ -78,11 +78,13 @@ pub(super) struct NodeTrack {
     pub(super) detect: Vec<u64>,
     pub(super) detected_all: Option<u64>,
     pub(super) recovered: Option<u64>,
+    /// It had no live indexer at some moment before it recovered.
+    pub(super) reached_zero: bool,
 }
 
 impl NodeTrack {
     fn new() -> NodeTrack {
-        NodeTrack { pending: Vec::new(), detect: Vec::new(), detected_all: None, recovered: None }
+        NodeTrack { pending: Vec::new(), detect: Vec::new(), detected_all: None, recovered: None, reached_zero: false }
     }
 }
 
@@ -123,6 +125,8 @@ impl Simulation {
             recover_samples_ms: Vec::new(),
             undetected: 0,
             unrecovered: 0,
+            reached_zero: 0,
+            left_at_zero: 0,
             readmitted: None,
         });
         match kind {

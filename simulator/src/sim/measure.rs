@@ -490,6 +490,9 @@ impl Simulation {
             let live = sp.live_count();
             let at = self.trackers[ti].at;
             let Some(t) = self.trackers[ti].nodes.get_mut(&n) else { continue };
+            if live == 0 {
+                t.reached_zero = true;
+            }
             let mut i = 0;
             while i < t.pending.len() {
                 let target = t.pending[i];
@@ -518,6 +521,8 @@ impl Simulation {
         self.sample_mesh();
         let (mean, below, _) = self.pool_health();
         self.timeline.push((self.now - EPOCH_MS, mean, below));
+        let zero = self.nodes_at_zero();
+        self.zero_timeline.push((self.now - EPOCH_MS, zero));
         let t = (self.now - EPOCH_MS) / 1000;
         let mut found = Vec::new();
         for sp in &self.peers {
@@ -582,6 +587,11 @@ impl Simulation {
         (mean, below, count)
     }
 
+    /// Counted nodes with no live indexer.
+    fn nodes_at_zero(&self) -> usize {
+        self.counted_nodes().filter(|sp| sp.live_count() == 0).count()
+    }
+
     /// Alive, started, honest node-role peers: the ones pool statistics cover.
     fn counted_nodes(&self) -> impl Iterator<Item = &SimPeer> + '_ {
         self.peers.iter().filter(|sp| sp.is_node() && sp.honest() && sp.life == Life::Alive)
@@ -599,8 +609,10 @@ impl Simulation {
             .take(MAX_BELOW_MIN_LISTED)
             .map(|sp| format!("{} ({} live)", sp.name, sp.live_count()))
             .collect();
+        let at_zero = self.nodes_at_zero();
         if self.timeline.last().map(|x| x.0) != Some(sim_ms) {
             self.timeline.push((sim_ms, mean, below));
+            self.zero_timeline.push((sim_ms, at_zero));
         }
         self.finish_faults();
         let byzantine: Vec<ByzantineReport> = self.byz.iter().map(|t| self.byzantine_report(t)).collect();
@@ -650,6 +662,8 @@ impl Simulation {
                 final_mean_live: mean,
                 final_nodes: count,
                 final_below_min_peers: below_names,
+                final_nodes_at_zero: at_zero,
+                zero_timeline: std::mem::take(&mut self.zero_timeline),
             },
             faults: std::mem::take(&mut self.faults),
             byzantine,
@@ -673,9 +687,12 @@ impl Simulation {
         for tr in &self.trackers {
             let mut detect = Vec::new();
             let mut recover = Vec::new();
-            let (mut undetected, mut unrecovered) = (0, 0);
-            for t in tr.nodes.values() {
+            let (mut undetected, mut unrecovered, mut reached_zero, mut left_at_zero) = (0, 0, 0, 0);
+            for (n, t) in &tr.nodes {
                 detect.extend(t.detect.iter().copied());
+                reached_zero += usize::from(t.reached_zero);
+                let sp = &self.peers[*n as usize];
+                left_at_zero += usize::from(sp.is_node() && sp.life == Life::Alive && sp.live_count() == 0);
                 undetected += t.pending.len();
                 match t.recovered {
                     Some(r) => recover.push(r - tr.at),
@@ -690,6 +707,8 @@ impl Simulation {
             f.recover_samples_ms = recover;
             f.undetected = undetected;
             f.unrecovered = unrecovered;
+            f.reached_zero = reached_zero;
+            f.left_at_zero = left_at_zero;
         }
         for r in &self.readmits {
             self.faults[r.report].readmitted = Some(r.nodes.len());

@@ -218,6 +218,8 @@ pub struct Simulation {
     violations: Vec<String>,
     violation_count: usize,
     timeline: Vec<(u64, f64, usize)>,
+    /// `[t, nodes at zero live]`, sampled with `timeline`.
+    zero_timeline: Vec<(u64, usize)>,
     min_target: usize,
     spins: u64,
     watch_log: BTreeSet<PeerIx>,
@@ -433,6 +435,7 @@ impl Simulation {
             violations: Vec::new(),
             violation_count: 0,
             timeline: Vec::new(),
+            zero_timeline: Vec::new(),
             min_target,
             spins: 0,
             watch_log: BTreeSet::new(),

@@ -78,6 +78,9 @@ pub struct Heartbeat {
     pub kind: HeartbeatKind,
     /// How many more indexers the node wants (`max − pool`, floored at 0).
     pub need: u16,
+    /// Where the sender's pool stands without the recipient, so a full indexer serves nodes below
+    /// their minimum first and moves only nodes that keep their minimum elsewhere (issue 13).
+    pub standing: Standing,
     /// This indexer is the node's referent for distributed search (its best-scored indexer).
     pub referent: bool,
     /// The sender is itself an indexer; the receiver may suggest it to others.
@@ -105,6 +108,7 @@ impl Heartbeat {
             req,
             kind,
             need: 0,
+            standing: Standing::default(),
             referent: false,
             is_indexer: false,
             challenges: Vec::new(),
@@ -114,6 +118,42 @@ impl Heartbeat {
             name: None,
             record: None,
         }
+    }
+}
+
+/// A node's pool as it stands without the indexer it is heartbeating (issue 13): how many *other*
+/// indexers count it live, and its minimum. The seed's `need` says how many more a node *wants*;
+/// this says whether it *needs* this indexer. A full indexer uses it to admit a node below its
+/// minimum by moving one that keeps at least its minimum elsewhere, never one it would leave
+/// short (see `indexer/capacity.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    /// Live indexers in the sender's pool other than the recipient.
+    pub live_elsewhere: u16,
+    /// Other indexers the sender is joining right now (a heartbeat or probe awaiting its answer
+    /// that claimed to be short): they may soon make up its minimum, so it does not claim to be
+    /// short to more indexers than it lacks.
+    pub joining_elsewhere: u16,
+    /// The sender's minimum pool size (`min_indexers`).
+    pub min: u16,
+}
+
+impl Standing {
+    /// Below its minimum without the recipient, counting the indexers it is joining: it needs a
+    /// slot there.
+    pub fn is_short(&self) -> bool {
+        u32::from(self.live_elsewhere) + u32::from(self.joining_elsewhere) < u32::from(self.min)
+    }
+
+    /// Keeps at least its minimum, and at least one indexer, without the recipient: it may be
+    /// asked to move.
+    pub fn can_move(&self) -> bool {
+        self.live_elsewhere >= self.min.max(1)
+    }
+
+    /// Live indexers it holds elsewhere beyond its minimum.
+    pub fn spare(&self) -> u16 {
+        self.live_elsewhere.saturating_sub(self.min)
     }
 }
 

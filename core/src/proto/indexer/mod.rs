@@ -15,9 +15,14 @@
 //!    peer is banned, its session dropped and its connection closed.
 //! 3. A probe (one-shot measurement during the node's candidate consensus) creates no session and
 //!    does not use the burst guard (fix of C §18.11): it is answered with metrics, or refused
-//!    `Full` with suggestions when the prober has no session and we are at capacity.
+//!    `Full` with suggestions when the prober has no session and we are at capacity (unless it is
+//!    below its minimum and a session could move for it, see below).
 //! 4. A regular heartbeat without a session must pass the [`BurstGuard`] (`Busy`), capacity
 //!    (`Full`, with up to three least-loaded indexers to try instead) and the admission score.
+//!    **Fair capacity** (issue 13, `capacity.rs`): every heartbeat carries the node's
+//!    [`Standing`](crate::proto::wire::Standing) without us; a node below its minimum goes first
+//!    through the burst guard, and when we are full it takes the slot of a node that keeps at
+//!    least its minimum elsewhere (that node is refused `Moved` at its next heartbeat).
 //! 5. A regular heartbeat with a session refreshes it; if the session's admission score falls
 //!    below `dynamic_min_score(session age)` it is refused (`LowScore`) and dropped.
 //!
@@ -65,7 +70,8 @@
 //!
 //! `mod.rs` the service, timers and views · `gate.rs` the admission gate every request passes ·
 //! `admission.rs` burst guard, rate windows, strikes and bans · `responses.rs` heartbeats, probes
-//! and their responses · `sessions.rs` sessions and DID binding · `offload.rs` offload ·
+//! and their responses · `sessions.rs` sessions and DID binding · `capacity.rs` fair capacity
+//! under scarcity · `offload.rs` offload ·
 //! `candidates.rs` candidates and the cache of other indexers · `record_gate.rs` publishes, record
 //! gets and DHT requests, and the routing of this role's requests · `messages.rs` its messages.
 
@@ -89,6 +95,7 @@ use std::time::Duration;
 
 pub(crate) mod admission;
 mod candidates;
+mod capacity;
 mod gate;
 pub(crate) mod messages;
 mod offload;
@@ -98,6 +105,7 @@ mod sessions;
 #[cfg(test)]
 mod tests;
 
+use capacity::Capacity;
 use gate::Req;
 use offload::Offload;
 use record_gate::RecordTaken;
@@ -161,6 +169,8 @@ struct Session {
     is_indexer: bool,
     /// Position in `IndexerService::witness_pool` (non-indexer sessions only).
     witness_slot: Option<u32>,
+    /// Its pool without us, as its last heartbeat said (fair capacity, `capacity.rs`).
+    standing: crate::proto::wire::Standing,
 }
 
 impl Session {
@@ -229,6 +239,7 @@ pub struct IndexerService {
     referents: BTreeSet<PeerId>,
     known: BTreeMap<PeerId, KnownIndexer>,
     offload: Offload,
+    capacity: Capacity,
     burst: BurstGuard,
     behaviour: BehaviourTable,
     next_gc: Timestamp,
@@ -254,6 +265,7 @@ impl IndexerService {
             referents: BTreeSet::new(),
             known: BTreeMap::new(),
             offload: Offload::default(),
+            capacity: Capacity::default(),
             burst,
             behaviour,
             next_gc,
@@ -384,5 +396,6 @@ impl IndexerService {
         if self.fill_rate() <= self.config.offload_threshold {
             self.offload.reset();
         }
+        self.prune_moved(now);
     }
 }

@@ -21,18 +21,24 @@ impl IndexerService {
     /// C §12.10: above the threshold, ask at most `offload_batch` nodes at a time to migrate; one
     /// that has not moved within `offload_grace` joins "already tried" and is not asked again until
     /// every session has been tried. At or below the threshold the state is reset.
+    ///
+    /// Fixes over the seed (issue 13): a node is asked only when it has somewhere to go (a
+    /// suggestion known to be at or below the threshold — the seed asked as soon as any
+    /// suggestion existed, so under scarcity nodes moved from one full indexer to another) and
+    /// keeps its minimum without us (its [`Standing`](crate::proto::wire::Standing)); a node that
+    /// would refuse does not take a batch slot.
     pub(super) fn offload_decision(
         &mut self,
         peer: PeerId,
         fill_rate: f64,
-        has_suggestions: bool,
+        somewhere_to_go: bool,
         now: Timestamp,
     ) -> bool {
         if fill_rate <= self.config.offload_threshold {
             self.offload.reset();
             return false;
         }
-        if !has_suggestions {
+        if !somewhere_to_go || !self.sessions.get(&peer).is_some_and(|s| s.standing.can_move()) {
             return false;
         }
         let grace = self.config.offload_grace;

@@ -36,14 +36,19 @@ impl IndexerService {
         if !self.sessions.contains_key(&peer) {
             // A probe asks "could I join you now?": answer as the prober's first regular heartbeat
             // would be answered, without using the burst guard. Otherwise a node admits us after
-            // the probe, is refused `Busy` on its next heartbeat, and loops.
-            if self.sessions.len() >= self.config.max_nodes {
-                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+            // the probe, is refused `Busy` on its next heartbeat, and loops. Full, we could still
+            // take a short prober by moving a node with spare indexers (`capacity.rs`).
+            let standing = hb.standing;
+            if self.sessions.len() >= self.config.max_nodes
+                && !(standing.is_short() && self.movable_session().is_some())
+            {
+                let suggestions = self.capacity_suggestions(peer, &standing);
                 self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Full, suggestions, out);
                 return;
             }
-            if self.burst.check(now).is_err() {
-                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+            if self.burst.check(now).is_err() || self.defers_to_short(&standing, now) {
+                self.note_busy(&standing, now);
+                let suggestions = self.capacity_suggestions(peer, &standing);
                 self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Busy, suggestions, out);
                 return;
             }
@@ -79,16 +84,32 @@ impl IndexerService {
             }
             self.update_session(from, did, &hb, now);
         } else {
-            if self.burst.check(now).is_err() {
-                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
+            let standing = hb.standing;
+            if self.take_moved(&peer, &standing) {
+                // We gave its slot to a short node: it keeps its minimum elsewhere.
+                let suggestions = self.pick_suggestions(peer, FULL_REFUSAL_SUGGESTIONS, false);
+                self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Moved, suggestions, out);
+                return;
+            }
+            if self.burst.check(now).is_err() || self.defers_to_short(&standing, now) {
+                self.note_busy(&standing, now);
+                let suggestions = self.capacity_suggestions(peer, &standing);
                 self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Busy, suggestions, out);
                 return;
             }
-            if self.sessions.len() >= self.config.max_nodes {
-                let suggestions = self.least_loaded(peer, FULL_REFUSAL_SUGGESTIONS);
-                self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Full, suggestions, out);
-                return;
-            }
+            // Full: a short node takes the slot of a node with spare indexers, nobody else gets in.
+            let mover = if self.sessions.len() >= self.config.max_nodes {
+                match self.movable_session().filter(|_| standing.is_short()) {
+                    Some(victim) => Some(victim),
+                    None => {
+                        let suggestions = self.capacity_suggestions(peer, &standing);
+                        self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::Full, suggestions, out);
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
             let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Heartbeat(hb.req), now, out) else {
                 return;
             };
@@ -96,6 +117,9 @@ impl IndexerService {
             if score < self.config.dynamic_min_score(Duration::ZERO) {
                 self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::LowScore, Vec::new(), out);
                 return;
+            }
+            if let Some(victim) = mover {
+                self.move_session(victim, now, out);
             }
             self.burst.record(now);
             self.open_session(from.clone(), now);
@@ -158,8 +182,10 @@ impl IndexerService {
         if offloading {
             wanted = wanted.max(1);
         }
-        let suggestions = self.pick_suggestions(peer, wanted);
-        let suggest_migrate = !probe && self.offload_decision(peer, fill_rate, !suggestions.is_empty(), now);
+        // A node below its minimum is also pointed at full indexers: one may move a node for it.
+        let suggestions = self.pick_suggestions(peer, wanted, hb.standing.is_short());
+        let somewhere_to_go = suggestions.iter().any(|s| self.has_room(&s.id));
+        let suggest_migrate = !probe && self.offload_decision(peer, fill_rate, somewhere_to_go, now);
         let response = HeartbeatResponse {
             req: hb.req,
             fill_rate,
@@ -213,9 +239,15 @@ impl IndexerService {
             .collect()
     }
 
-    /// Up to `count` known indexers (not `exclude`, not us, not known full), preferring a lower
-    /// known fill rate with some randomness.
-    pub(super) fn pick_suggestions(&mut self, exclude: PeerId, count: usize) -> Vec<PeerAddr> {
+    /// Whether `indexer` is known to have room below our offload threshold (or its fill is
+    /// unknown): somewhere an offloaded node can go.
+    pub(super) fn has_room(&self, indexer: &PeerId) -> bool {
+        self.known.get(indexer).is_some_and(|k| k.fill_rate.is_none_or(|f| f <= self.config.offload_threshold))
+    }
+
+    /// Up to `count` known indexers (not `exclude`, not us, not known full unless `include_full`),
+    /// preferring a lower known fill rate with some randomness.
+    pub(super) fn pick_suggestions(&mut self, exclude: PeerId, count: usize, include_full: bool) -> Vec<PeerAddr> {
         if count == 0 {
             return Vec::new();
         }
@@ -224,7 +256,9 @@ impl IndexerService {
         let mut ranked: Vec<(f64, &KnownIndexer)> = self
             .known
             .values()
-            .filter(|k| k.addr.id != exclude && k.addr.id != me && k.fill_rate.is_none_or(|f| f < 1.0))
+            .filter(|k| {
+                k.addr.id != exclude && k.addr.id != me && (include_full || k.fill_rate.is_none_or(|f| f < 1.0))
+            })
             .map(|k| (k.fill_rate.unwrap_or(UNKNOWN_FILL) + rng.unit_f64() * SUGGESTION_JITTER, k))
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -17,6 +17,7 @@ impl IndexerService {
             referent: false,
             is_indexer: false,
             witness_slot: None,
+            standing: crate::proto::wire::Standing::default(),
         };
         self.sessions.insert(peer, session);
         self.expiry.insert((now, peer));
@@ -42,9 +43,14 @@ impl IndexerService {
     /// referent flag, indexer role.
     pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) {
         let peer = from.id;
+        let old_key = self.sessions.get(&peer).and_then(|s| self.move_key(&peer, s));
+        if let Some(k) = old_key {
+            self.capacity.movable.remove(&k);
+        }
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
+        s.standing = hb.standing;
         if !from.addrs.is_empty() {
             s.addr = from.clone();
         }
@@ -76,6 +82,9 @@ impl IndexerService {
             }
             _ => {}
         }
+        if let Some(k) = self.sessions.get(&peer).and_then(|s| self.move_key(&peer, s)) {
+            self.capacity.movable.insert(k);
+        }
         if hb.is_indexer {
             self.note_indexer(from, None, now);
         }
@@ -95,6 +104,9 @@ impl IndexerService {
 
     /// Ends a session and everything attached to it. Returns whether there was one.
     pub(super) fn close_session(&mut self, peer: PeerId, reason: SessionEnd, out: &mut Vec<Action>) -> bool {
+        if let Some(k) = self.sessions.get(&peer).and_then(|s| self.move_key(&peer, s)) {
+            self.capacity.movable.remove(&k);
+        }
         let Some(s) = self.sessions.remove(&peer) else {
             return false;
         };

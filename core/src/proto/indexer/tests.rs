@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::proto::identity::Keypair;
+use crate::proto::wire::Standing;
 use crate::proto::wire::flat::Message;
 
 fn at_ms(ms: u64) -> Timestamp {
@@ -53,6 +54,11 @@ fn hb() -> Heartbeat {
 
 fn probe() -> Heartbeat {
     Heartbeat { kind: HeartbeatKind::Probe, ..hb() }
+}
+
+/// A regular heartbeat from a node with `live` other live indexers and minimum `min`.
+fn hb_standing(live: u16, min: u16) -> Heartbeat {
+    Heartbeat { standing: Standing { live_elsewhere: live, joining_elsewhere: 0, min }, ..hb() }
 }
 
 /// A record desk without a DHT: a plain store (DID checks answered from it).
@@ -554,10 +560,12 @@ fn leave_frees_the_slot_at_once() {
 fn offload_above_80_percent_asks_batches_of_five_with_grace() {
     let mut h = Harness::new(Config { max_nodes: 10, ..Config::default() });
     let nodes: Vec<PeerAddr> = (0..9).map(node).collect();
+    // Every node keeps its minimum (2) without us: each may be asked to move.
+    let movable = || hb_standing(2, 2);
     // Round 0: admission up to 90 % fill, but no other indexer is known: no suggestion, so no
     // migration request.
     for (i, n) in nodes.iter().enumerate() {
-        let out = h.beat(n, at_ms(i as u64 * 10));
+        let out = h.send(n, movable(), at_ms(i as u64 * 10));
         assert!(!response(&out).suggest_migrate);
     }
     h.ix.note_indexer(indexer(1), Some(0.3), at(1));
@@ -566,7 +574,7 @@ fn offload_above_80_percent_asks_batches_of_five_with_grace() {
     for round in 1..=21u64 {
         let mut asked = BTreeSet::new();
         for (i, n) in nodes.iter().enumerate() {
-            let out = h.beat(n, at_ms(round * 20_000 + i as u64 * 10));
+            let out = h.send(n, movable(), at_ms(round * 20_000 + i as u64 * 10));
             let r = response(&out);
             assert_eq!(r.suggestions.len(), 1, "above the threshold at least one suggestion");
             if r.suggest_migrate {
@@ -595,10 +603,165 @@ fn offload_above_80_percent_asks_batches_of_five_with_grace() {
     h.leave(&nodes[7], at(430));
     h.leave(&nodes[8], at(430));
     for (i, n) in nodes.iter().take(7).enumerate() {
-        let r = h.beat(n, at_ms(440_000 + i as u64 * 10));
+        let r = h.send(n, movable(), at_ms(440_000 + i as u64 * 10));
         assert!(!response(&r).suggest_migrate);
         assert!(response(&r).suggestions.is_empty(), "need 0 and not offloading: no suggestions");
     }
+}
+
+#[test]
+fn offload_asks_only_nodes_that_keep_their_minimum_and_have_somewhere_to_go() {
+    let mut h = Harness::new(Config { max_nodes: 10, ..Config::default() });
+    let nodes: Vec<PeerAddr> = (0..9).map(node).collect();
+    // Nodes 0–3 would fall below their minimum without us, or have no other indexer at all.
+    let standing = |i: usize| match i {
+        0 => hb_standing(1, 2),
+        1 => hb_standing(0, 1),
+        2 => hb_standing(0, 0),
+        3 => Heartbeat { standing: Standing { live_elsewhere: 1, joining_elsewhere: 3, min: 2 }, ..hb() },
+        _ => hb_standing(3, 2),
+    };
+    // The only other indexer known is above the offload threshold too: nowhere to go.
+    h.ix.note_indexer(indexer(1), Some(0.95), at(0));
+    for round in 0..3u64 {
+        for (i, n) in nodes.iter().enumerate() {
+            let out = h.send(n, standing(i), at_ms(round * 20_000 + i as u64 * 10));
+            let r = response(&out);
+            assert!(!r.suggest_migrate, "round {round}: node {i} asked to move to a fuller indexer");
+            if round > 0 {
+                assert_eq!(r.suggestions, vec![indexer(1)], "a suggestion, but no place to migrate to");
+            }
+        }
+    }
+    assert!(h.ix.offload.in_batch.is_empty());
+    // An indexer with room appears: only nodes that keep their minimum are asked.
+    h.ix.note_indexer(indexer(2), Some(0.3), at(60));
+    let mut asked = BTreeSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if response(&h.send(n, standing(i), at_ms(60_000 + i as u64 * 10))).suggest_migrate {
+            asked.insert(i);
+        }
+    }
+    assert_eq!(asked, [4, 5, 6, 7, 8].into_iter().collect::<BTreeSet<usize>>());
+}
+
+/// Fills `h` (capacity `max_nodes`) with nodes `first..first + n` of the given standing.
+fn fill(h: &mut Harness, first: u64, n: u64, standing: impl Fn(u64) -> Heartbeat, now: Timestamp) {
+    for i in first..first + n {
+        let out = h.send(&node(i), standing(i), now);
+        assert_eq!(events(&out), vec![&Event::SessionOpened { node: node(i).id }]);
+    }
+}
+
+#[test]
+fn full_indexer_moves_a_node_with_spare_indexers_for_a_node_below_its_minimum() {
+    let mut h = Harness::new(Config { max_nodes: 4, ..Config::default() });
+    h.ix.note_indexer(indexer(1), Some(0.4), at(0));
+    h.ix.note_indexer(indexer(2), Some(1.0), at(0));
+    // Node 0 needs us (1 other live, min 2); node 1 has exactly its minimum elsewhere; node 2
+    // has one spare elsewhere, node 3 two (it chose us as referent).
+    fill(&mut h, 0, 1, |_| hb_standing(1, 2), at(1));
+    fill(&mut h, 1, 1, |_| hb_standing(2, 2), at(1));
+    fill(&mut h, 2, 1, |_| hb_standing(3, 2), at(1));
+    fill(&mut h, 3, 1, |_| Heartbeat { referent: true, ..hb_standing(4, 2) }, at(1));
+    assert_eq!(h.ix.session_count(), 4);
+    // A newcomer that is not short is refused `Full`; nobody moves.
+    let out = h.send(&node(10), hb_standing(2, 2), at(2));
+    assert_eq!(refusal(&out).reason, RefuseReason::Full);
+    assert_eq!(refusal(&out).suggestions, vec![indexer(1)], "known-full indexers are not suggested to it");
+    assert_eq!(h.ix.session_count(), 4);
+    // A short newcomer takes the slot of node 3, the one with the most spare indexers elsewhere
+    // (being our search referent only matters between nodes with as many spare).
+    let out = h.send(&node(11), hb_standing(0, 2), at(3));
+    let ev = events(&out);
+    assert!(ev.contains(&&Event::SessionClosed { node: node(3).id, reason: SessionEnd::Moved }), "{ev:?}");
+    assert!(ev.contains(&&Event::SessionOpened { node: node(11).id }));
+    assert_eq!(response(&out).peer_count, 4, "never above max_nodes");
+    assert!(!h.ix.has_session(&node(3).id));
+    // The moved node learns it at its next heartbeat, with somewhere to go; once.
+    let out = h.send(&node(3), Heartbeat { referent: true, ..hb_standing(4, 2) }, at(20));
+    assert_eq!(refusal(&out).reason, RefuseReason::Moved);
+    assert_eq!(refusal(&out).suggestions, vec![indexer(1)]);
+    let out = h.send(&node(3), hb_standing(4, 2), at(21));
+    assert_eq!(refusal(&out).reason, RefuseReason::Full, "afterwards it is a newcomer like any other");
+    // The next short newcomers take node 2's slot, then node 1's (which keeps its minimum).
+    let out = h.send(&node(12), hb_standing(1, 2), at(22));
+    assert!(events(&out).contains(&&Event::SessionClosed { node: node(2).id, reason: SessionEnd::Moved }));
+    let out = h.send(&node(13), hb_standing(0, 1), at(23));
+    assert!(events(&out).contains(&&Event::SessionClosed { node: node(1).id, reason: SessionEnd::Moved }));
+    // Now nobody here may move (node 0 and the newcomers need us): a short node is refused
+    // `Full`, and pointed at full indexers too, which may move a node for it.
+    let out = h.send(&node(14), hb_standing(0, 2), at(24));
+    let r = refusal(&out);
+    assert_eq!(r.reason, RefuseReason::Full);
+    assert_eq!(r.suggestions.iter().map(|a| a.id).collect::<BTreeSet<_>>(), [indexer(1).id, indexer(2).id].into());
+    for i in [0, 11, 12, 13] {
+        assert!(h.ix.has_session(&node(i).id), "node {i} keeps its slot");
+    }
+}
+
+#[test]
+fn a_moved_node_that_became_short_is_a_newcomer_again() {
+    let mut h = Harness::new(Config { max_nodes: 2, ..Config::default() });
+    fill(&mut h, 0, 2, |_| hb_standing(2, 2), at(1));
+    let out = h.send(&node(5), hb_standing(0, 2), at(2));
+    let moved = match events(&out).iter().find_map(|e| match e {
+        Event::SessionClosed { node, reason: SessionEnd::Moved } => Some(*node),
+        _ => None,
+    }) {
+        Some(p) => p,
+        None => panic!("someone moved: {out:?}"),
+    };
+    // Its other indexers failed meanwhile: short now, it may take the slot of the node left
+    // with spare indexers.
+    let from = if moved == node(0).id { node(0) } else { node(1) };
+    let out = h.send(&from, hb_standing(0, 2), at(20));
+    assert!(events(&out).contains(&&Event::SessionOpened { node: from.id }), "{out:?}");
+    assert!(h.ix.has_session(&node(5).id), "never the short node it made room for");
+    assert_eq!(h.ix.session_count(), 2);
+}
+
+#[test]
+fn a_short_prober_is_answered_by_a_full_indexer_only_when_someone_can_move() {
+    let mut h = Harness::new(Config { max_nodes: 2, ..Config::default() });
+    fill(&mut h, 0, 1, |_| hb_standing(1, 2), at(1));
+    fill(&mut h, 1, 1, |_| hb_standing(2, 2), at(1));
+    let short_probe =
+        || Heartbeat { standing: Standing { live_elsewhere: 1, joining_elsewhere: 0, min: 2 }, ..probe() };
+    let out = h.send(&node(5), short_probe(), at(2));
+    assert_eq!(response(&out).peer_count, 2, "answered: node 1 could move for it");
+    assert_eq!(h.ix.session_count(), 2, "a probe moves nobody");
+    let out = h.send(
+        &node(6),
+        Heartbeat { standing: Standing { live_elsewhere: 2, joining_elsewhere: 0, min: 2 }, ..probe() },
+        at(2),
+    );
+    assert_eq!(refusal(&out).reason, RefuseReason::Full, "not short: refused");
+    // A node joining enough others is not short either.
+    let joining = Heartbeat { standing: Standing { live_elsewhere: 1, joining_elsewhere: 1, min: 2 }, ..probe() };
+    assert_eq!(refusal(&h.send(&node(7), joining, at(3))).reason, RefuseReason::Full);
+    // Node 1 now needs us too: nobody can move, the short prober is refused.
+    h.send(&node(1), hb_standing(1, 2), at(20));
+    let out = h.send(&node(5), short_probe(), at(21));
+    assert_eq!(refusal(&out).reason, RefuseReason::Full);
+}
+
+#[test]
+fn short_newcomers_come_first_through_the_burst_guard() {
+    let mut h = Harness::new(Config { max_conn_per_window: 2, ..Config::default() });
+    let (short, other) = (node(10), node(11));
+    fill(&mut h, 0, 2, |_| hb_standing(2, 2), at(1));
+    // The guard is full: the short node is refused `Busy`, and remembered.
+    assert_eq!(refusal(&h.send(&short, hb_standing(0, 2), at(3))).reason, RefuseReason::Busy);
+    // The window has passed, but a short node was refused less than `conn_window` ago: a node
+    // that is not short waits…
+    assert_eq!(refusal(&h.send(&other, hb_standing(2, 2), at(32))).reason, RefuseReason::Busy);
+    // …and the opening goes to the short node.
+    let out = h.send(&short, hb_standing(0, 2), at(33));
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: short.id }]);
+    // With no short node refused for a whole window, everyone shares the guard again.
+    let out = h.send(&other, hb_standing(2, 2), at(34));
+    assert_eq!(events(&out), vec![&Event::SessionOpened { node: other.id }]);
 }
 
 #[test]

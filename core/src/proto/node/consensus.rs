@@ -66,7 +66,7 @@ impl IndexerPool {
                 continue;
             }
             let req = self.next_request();
-            let message = self.probe_message(req);
+            let message = self.probe_message(req, &id);
             self.track(req, id, RequestKind::CandidateProbe, now);
             c.waiting.insert(req);
             self.log_send(id, now);

@@ -58,6 +58,10 @@ impl IndexerPool {
             self.requests.remove(&req);
         }
         out.emit(NodeOut::Event(Event::IndexerEvicted { indexer: peer, reason }));
+        if matches!(reason, EvictReason::HeartbeatFailed(FailReason::Timeout | FailReason::Unreachable)) {
+            // Silent or out of reach: not one for seed recovery to try again.
+            self.heard_of.retain(|h| h.id != peer);
+        }
         if !matches!(reason, EvictReason::HeartbeatFailed(_)) {
             // It is alive: tell it, so it frees our session at once.
             out.emit(NodeOut::Send { to: peer, message: IndexerMessage::Leave.into() });

@@ -51,8 +51,29 @@ impl IndexerPool {
         }
     }
 
+    /// Our pool as it stands without `peer` (issue 13): the live indexers besides it, those we
+    /// are joining right now (a heartbeat in flight to a Pending entry), and our minimum. A full
+    /// indexer admits us by moving a node with spare indexers only while this says we are short,
+    /// and may move us only while it says we keep our minimum without it.
+    pub(super) fn standing_without(&self, peer: &PeerId) -> Standing {
+        let (mut live, mut joining) = (0usize, 0usize);
+        for (id, e) in &self.entries {
+            if id == peer {
+                continue;
+            }
+            match e.state {
+                EntryState::Live => live += 1,
+                EntryState::Pending if e.in_flight.is_some() => joining += 1,
+                _ => {}
+            }
+        }
+        let clamp = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+        Standing { live_elsewhere: clamp(live), joining_elsewhere: clamp(joining), min: clamp(self.min_pool) }
+    }
+
     pub(super) fn send_heartbeat(&mut self, peer: PeerId, referent: bool, now: Timestamp, out: &mut Vec<Action>) {
         let need = u16::try_from(self.need()).unwrap_or(u16::MAX);
+        let standing = self.standing_without(&peer);
         let mut others: Vec<PeerId> =
             self.entries.iter().filter(|(id, e)| **id != peer && e.is_active()).map(|(id, _)| *id).collect();
         let spacing = self.draw_challenge_spacing_if_due(&peer);
@@ -103,6 +124,7 @@ impl IndexerPool {
                 req,
                 kind: HeartbeatKind::Regular,
                 need,
+                standing,
                 referent,
                 is_indexer: self.is_indexer,
                 challenges,
@@ -117,9 +139,10 @@ impl IndexerPool {
 
     /// A retry probe: "could I join you now?", with our DID, so an indexer that holds another
     /// DID for our key says so (`DidChanged`) instead of answering as if we could.
-    pub(super) fn probe_message(&self, req: RequestId) -> Envelope {
+    pub(super) fn probe_message(&self, req: RequestId, to: &PeerId) -> Envelope {
         Envelope::from(Heartbeat {
             need: u16::try_from(self.need()).unwrap_or(u16::MAX),
+            standing: self.standing_without(to),
             is_indexer: self.is_indexer,
             did: Some(self.did.clone()),
             ..Heartbeat::bare(req, HeartbeatKind::Probe)
@@ -128,7 +151,7 @@ impl IndexerPool {
 
     pub(super) fn send_retry_probe(&mut self, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
         let req = self.next_request();
-        let message = self.probe_message(req);
+        let message = self.probe_message(req, &peer);
         let Some(e) = self.entries.get_mut(&peer) else {
             return;
         };
@@ -257,6 +280,8 @@ impl IndexerPool {
         e.failure_since_answer = true;
         e.acknowledged = false;
         e.score.uptime.consecutive_fails = e.score.uptime.consecutive_fails.saturating_add(1);
+        e.refused_for_capacity =
+            matches!(reason, FailReason::Refused(RefuseReason::Full | RefuseReason::Busy | RefuseReason::Moved));
         if e.state == EntryState::Down {
             // A retry probe failed; the next one is already scheduled.
             return;
@@ -270,6 +295,12 @@ impl IndexerPool {
             let half = self.config.heartbeat_interval / 2;
             let jitter = Duration::from_millis(self.rng.below(crate::proto::time::duration_ms(half) + 1));
             e.next_due = now + half + jitter;
+            return;
+        }
+        if reason == FailReason::Refused(RefuseReason::Moved) && !e.is_seed && others_active {
+            // The indexer was full and gave our slot to a node below its minimum: we keep ours
+            // elsewhere. Not a failure of the indexer, so no failure counts against it.
+            self.evict(peer, EvictReason::Migrated, now, out);
             return;
         }
         if e.is_seed {

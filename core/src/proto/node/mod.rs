@@ -38,7 +38,13 @@
 //!   heartbeat failure. (Treating it as a failure made nodes evict, re-probe and re-admit busy
 //!   indexers in a loop during join waves.)
 //! * **Migration**: an indexer above its offload threshold asks us to move; a non-seed is evicted
-//!   only if enough other live indexers remain, a seed only loses its seed flag (B15).
+//!   only if enough other live indexers remain, a seed only loses its seed flag (B15). A full
+//!   indexer that gave our slot to a node below its minimum refuses us `Moved`: a non-seed is
+//!   evicted as migrated (issue 13).
+//!
+//! Every heartbeat and probe tells the indexer our [`Standing`] without it (live indexers
+//! elsewhere, those being joined, our minimum), so a full indexer can serve nodes below their
+//! minimum first and move only nodes that keep theirs (see `indexer/capacity.rs`).
 //!
 //! Evicting one indexer never touches another (B4), and an evicted entry is not processed further
 //! (B5).
@@ -50,7 +56,9 @@
 //! asks every live indexer for candidates, probes each once (a refused or silent probe scores 0, so
 //! a full or banning indexer is never admitted), and admits the best above `min_score_start`. When
 //! that fails the configured seeds are re-added; with no active indexer at all, **seed recovery**
-//! retries the seeds on the same capped back-off (A §6.10).
+//! retries the seeds on the same capped back-off (A §6.10), and the indexers suggested to us lately
+//! (so a node whose seeds are out of reach is not left at zero). Below the minimum, a Down seed
+//! that last refused us for capacity is retried every `heartbeat_interval` (issue 13).
 //!
 //! ## Rate-limit safety
 //!
@@ -80,7 +88,7 @@ use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{
     CandidatesRequest, CandidatesResponse, Envelope, Heartbeat, HeartbeatKind, HeartbeatResponse, IndexerMessage,
-    RecordKey, RefuseReason, Refused, RequestId, WitnessQuery, WitnessReport,
+    RecordKey, RefuseReason, Refused, RequestId, Standing, WitnessQuery, WitnessReport,
 };
 use crate::proto::{Action, AddedVia, CloseReason, Event, EvictReason, FailReason};
 use std::collections::{BTreeMap, BTreeSet};
@@ -229,6 +237,8 @@ struct Entry {
     answered: bool,
     /// The expiry of our record this indexer last said it holds.
     record_held: Option<Timestamp>,
+    /// Its last failure was a refusal for capacity (`Full`, `Busy`, `Moved`): it is alive.
+    refused_for_capacity: bool,
 }
 
 impl Entry {
@@ -251,6 +261,7 @@ impl Entry {
             failure_since_answer: false,
             answered: false,
             record_held: None,
+            refused_for_capacity: false,
         }
     }
 
@@ -336,6 +347,9 @@ pub struct IndexerPool {
     cooldown: BTreeMap<PeerId, Timestamp>,
     /// Configured seeds whose seed flag a migration cleared.
     discharged: BTreeSet<PeerId>,
+    /// Indexers suggested to us lately, most recent last: seed recovery
+    /// tries them too, so a node whose seeds are out of reach is not left at zero.
+    heard_of: Vec<PeerAddr>,
     consensus: Option<Consensus>,
     consensus_wanted: bool,
     recovery: Option<Recovery>,
@@ -397,6 +411,7 @@ impl IndexerPool {
             send_log: BTreeMap::new(),
             cooldown: BTreeMap::new(),
             discharged: BTreeSet::new(),
+            heard_of: Vec::new(),
             consensus: None,
             consensus_wanted: false,
             recovery: None,
@@ -683,6 +698,7 @@ impl IndexerPool {
         self.consensus_progress(now, out);
         self.follow_up(now, out);
         self.recovery_step(now, out);
+        self.hurry_down_seeds(now);
         self.discover_if_due(now, out);
         self.hurry_referent(now);
         self.send_due(now, out);

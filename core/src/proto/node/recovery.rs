@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Most indexers remembered from suggestions for seed recovery (a memory bound).
+const HEARD_OF_MAX: usize = 16;
+
 impl IndexerPool {
     /// `seed_backoff_initial · 2^(n−1)`, capped exactly at `seed_backoff_max` (n ≥ 1).
     pub(super) fn backoff(config: &Config, n: u32) -> Duration {
@@ -70,11 +73,59 @@ impl IndexerPool {
     }
 
     pub(super) fn add_suggestions(&mut self, suggestions: &[PeerAddr], now: Timestamp, out: &mut Vec<Action>) {
+        self.hear_of(suggestions);
         for s in suggestions {
             if self.active_count() >= self.max_pool {
                 break;
             }
             self.add_entry(s.clone(), AddedVia::Suggestion, false, now, out);
+        }
+    }
+
+    /// Remembers indexers suggested to us (bounded, most recent last, never ourselves). Only
+    /// suggestions: they already enter the pool unprobed when it has room, so remembering them
+    /// trusts nothing new.
+    pub(super) fn hear_of(&mut self, indexers: &[PeerAddr]) {
+        for a in indexers.iter().take(HEARD_OF_MAX) {
+            if a.id == self.me {
+                continue;
+            }
+            self.heard_of.retain(|h| h.id != a.id);
+            self.heard_of.push(a.clone());
+        }
+        let excess = self.heard_of.len().saturating_sub(HEARD_OF_MAX);
+        self.heard_of.drain(..excess);
+    }
+
+    /// With no active indexer, after the seeds: the indexers we heard of lately, most recent
+    /// first, while there is room. A node whose seeds are all out of reach (a partition, a crash
+    /// of its seeds) would otherwise wait at zero for them, on a back-off of minutes.
+    pub(super) fn heard_of_refill(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        for a in self.heard_of.clone().into_iter().rev() {
+            if self.active_count() >= self.max_pool {
+                break;
+            }
+            self.add_entry(a, AddedVia::Suggestion, false, now, out);
+        }
+    }
+
+    /// Below our minimum, a Down seed that last refused us for capacity (alive, only full or
+    /// busy) is retried at least every `heartbeat_interval` instead of on its back-off of up to
+    /// `seed_backoff_max` (issue 13): under scarcity a seed that refused us `Full` while we held
+    /// our minimum may take us now that we are short (by moving a node with spare indexers), and
+    /// neither suggestions nor consensus re-add a peer still in the pool. A seed that timed out or
+    /// was unreachable keeps its back-off (B6), as does one in its misbehaviour cooldown.
+    pub(super) fn hurry_down_seeds(&mut self, now: Timestamp) {
+        if self.live_count() >= self.min_pool {
+            return;
+        }
+        let soon = now + self.config.heartbeat_interval;
+        let cooldown = &self.cooldown;
+        for (id, e) in self.entries.iter_mut() {
+            let cooling = cooldown.get(id).is_some_and(|until| now < *until);
+            if e.state == EntryState::Down && e.refused_for_capacity && e.in_flight.is_none() && !cooling {
+                e.next_due = e.next_due.min(soon);
+            }
         }
     }
 
@@ -118,6 +169,7 @@ impl IndexerPool {
         }
         let attempt = r.attempt.saturating_add(1);
         self.seed_refill(now, out);
+        self.heard_of_refill(now, out);
         let cooldown = &self.cooldown;
         for (id, e) in self.entries.iter_mut() {
             let cooling = cooldown.get(id).is_some_and(|until| now < *until);

@@ -769,6 +769,115 @@ fn suggestions_never_exceed_max_and_skip_self() {
 }
 
 #[test]
+fn heartbeats_tell_each_indexer_where_the_pool_stands_without_it() {
+    let cfg = Config { min_indexers: 2, ..Config::default() };
+    let (a, b, c) = (pid("s1"), pid("s2"), pid("s3"));
+    let mut net = Net::new(cfg, &[a, b, c], 4).with(a, Ix::honest()).with(b, Ix::honest()).with(c, Ix::honest());
+    net.run_for(secs(1));
+    // At start nothing is live: the three seeds are heartbeated at once, and the node claims to
+    // be short only to as many as it lacks (each heartbeat in flight counts as joining).
+    let mut first: Vec<Standing> = [a, b, c].iter().map(|p| net.heartbeats_to(*p)[0].1.standing).collect();
+    first.sort_by_key(|s| s.joining_elsewhere);
+    assert_eq!(first, (0..3).map(|j| Standing { live_elsewhere: 0, joining_elsewhere: j, min: 2 }).collect::<Vec<_>>());
+    assert_eq!(first.iter().filter(|s| s.is_short()).count(), 2, "short to two indexers: its minimum");
+    // Once all are live, each hears of the two others: not short, and free to move.
+    net.run_for(secs(20));
+    for p in [a, b, c] {
+        let s = net.heartbeats_to(p)[1].1.standing;
+        assert_eq!(s, Standing { live_elsewhere: 2, joining_elsewhere: 0, min: 2 });
+        assert!(!s.is_short() && s.can_move());
+    }
+    // One fails: the two others hear that the node would be short without them.
+    net.ixm(c).mode = Mode::Silent;
+    net.run_for(secs(45));
+    assert!(!net.pool.is_live(&c));
+    for p in [a, b] {
+        let (_, hb) = net.heartbeats_to(p).last().cloned().unwrap_or_else(|| panic!("heartbeats to {p:?}"));
+        assert_eq!((hb.standing.live_elsewhere, hb.standing.min), (1, 2));
+        assert!(!hb.standing.can_move());
+    }
+}
+
+#[test]
+fn a_node_moved_for_a_short_node_drops_the_indexer_like_a_migration() {
+    let cfg = Config { min_indexers: 1, ..Config::default() };
+    let (s, x) = (pid("s"), pid("x"));
+    let mut net =
+        Net::new(cfg.clone(), &[s], 4).with(s, Ix { suggestions: vec![x], ..Ix::honest() }).with(x, Ix::honest());
+    net.run_for(secs(1));
+    net.ixm(s).suggestions.clear();
+    assert!(net.pool.is_live(&x));
+    // `x` gave our slot to a node below its minimum.
+    net.ixm(x).mode = Mode::Refuse(RefuseReason::Moved);
+    net.run_for(secs(21));
+    assert_eq!(net.evictions().iter().map(|e| (e.1, e.2)).collect::<Vec<_>>(), vec![(x, EvictReason::Migrated)]);
+    assert!(!net.pool.in_cooldown(&x, net.now), "no misbehaviour");
+    assert!(net.pool.is_live(&s), "the other indexer is untouched");
+    // A seed that moved us is not evicted: it goes Down and is retried on its back-off.
+    let mut net = Net::new(cfg, &[s], 4).with(s, Ix::honest());
+    net.run_for(secs(1));
+    net.ixm(s).mode = Mode::Refuse(RefuseReason::Moved);
+    net.run_for(secs(21));
+    assert!(net.evictions().is_empty());
+    assert_eq!(net.view(s).map(|v| v.state), Some(EntryState::Down));
+}
+
+#[test]
+fn below_min_a_seed_that_refused_for_capacity_is_retried_every_interval() {
+    let cfg = Config { min_indexers: 2, ..Config::default() };
+    let (s1, s2, x) = (pid("s1"), pid("s2"), pid("x"));
+    let mut net = Net::new(cfg, &[s1, s2], 4)
+        .with(s1, Ix { mode: Mode::Refuse(RefuseReason::Full), ..Ix::honest() })
+        .with(s2, Ix { mode: Mode::Silent, ..Ix::honest() })
+        .with(x, Ix::honest());
+    // Only `x` (a non-seed, through a discovery) takes us: one live, below the minimum of two.
+    net.run_for(secs(1));
+    let mut out = Vec::new();
+    net.pool.add_entry(PeerAddr::id_only(x), AddedVia::Discovery, false, net.now, &mut out);
+    net.drain(out);
+    net.run_for(secs(10 * 60));
+    assert_eq!(net.pool.live_count(), 1);
+    for s in [s1, s2] {
+        assert_eq!(net.view(s).map(|v| v.state), Some(EntryState::Down));
+    }
+    // The full seed is alive: retried every heartbeat interval while we are short, in case it
+    // can now move a node with spare indexers for us. The silent one keeps its back-off (B6).
+    let gaps =
+        |p: PeerId| -> Vec<u64> { net.probes_to(p).windows(2).map(|w| w[1].since(w[0]).as_secs()).collect::<Vec<_>>() };
+    let full = gaps(s1);
+    assert!(full.len() >= 20 && full.iter().all(|g| *g <= 20), "{full:?}");
+    assert_eq!(gaps(s2)[..4], [20, 40, 80, 160]);
+    // Once it takes us, it is back, and the node holds its minimum.
+    net.ixm(s1).mode = Mode::Up;
+    net.run_for(secs(21));
+    assert!(net.pool.is_live(&s1));
+    assert_eq!(net.pool.live_count(), 2);
+}
+
+#[test]
+fn at_zero_seed_recovery_also_tries_the_indexers_suggested_lately() {
+    let (s, x, dead) = (pid("s"), pid("x"), pid("dead"));
+    // A pool of one: `s` suggests `x` and `dead`, with no room to add them then.
+    let mut net = Net::new(Config { min_indexers: 1, ..Config::default() }, &[s], 1)
+        .with(s, Ix { suggestions: vec![dead, x], ..Ix::honest() })
+        .with(x, Ix::honest())
+        .with(dead, Ix { mode: Mode::Silent, ..Ix::honest() });
+    net.run_for(secs(1));
+    assert!(net.pool.is_live(&s) && !net.pool.contains(&x));
+    // The only seed goes out of reach: it is Down, nothing is active.
+    net.ixm(s).mode = Mode::Silent;
+    let cut = net.now;
+    net.run_for(secs(120));
+    assert_eq!(net.view(s).map(|v| v.state), Some(EntryState::Down));
+    // Seed recovery tried the suggested indexers (the most recent first): `x` took us; `dead`
+    // was dropped after failing and is not tried again.
+    assert!(net.pool.is_live(&x), "{:?}", net.events);
+    assert_eq!(net.added(x).iter().map(|a| a.1).collect::<Vec<_>>(), vec![AddedVia::Suggestion]);
+    assert!(net.added(x)[0].0 <= cut + secs(60));
+    assert!(net.added(dead).len() <= 1);
+}
+
+#[test]
 fn migrate_respects_min_pool() {
     let cfg = Config { min_indexers: 2, ..Config::default() };
     let (s1, s2, x) = (pid("s1"), pid("s2"), pid("x"));

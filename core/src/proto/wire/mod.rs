@@ -39,7 +39,7 @@ pub use super::dht::messages::{
 use super::identity::PeerAddr;
 pub use super::indexer::messages::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse,
-    IndexerMessage, Publish, Published, RecordReply,
+    IndexerMessage, Publish, Published, RecordReply, Standing,
 };
 pub use super::link::messages::{Hello, HelloProof, LinkMessage};
 pub use super::node::messages::{NodeMessage, WitnessQuery, WitnessReport};
@@ -295,6 +295,10 @@ pub enum RefuseReason {
     /// The receiver knows this key with another DID (the sender's `did` file was replaced, or
     /// a new DID adopted): refused, without strikes — an honest operator's mistake is no attack.
     DidChanged,
+    /// The indexer was full and gave the sender's slot to a node below its minimum; the sender
+    /// keeps at least its minimum elsewhere (issue 13). Not a failure of the indexer: the node
+    /// drops it from its pool, as after a migration.
+    Moved,
 }
 
 /// A refused request.
@@ -423,6 +427,7 @@ mod tests {
             req: RequestId(9),
             kind: HeartbeatKind::Regular,
             need: 2,
+            standing: Standing { live_elsewhere: 1, joining_elsewhere: 0, min: 2 },
             referent: true,
             is_indexer: false,
             challenges: vec![p],
