@@ -17,9 +17,9 @@ use ocd_core::journal::{SEED_MAGIC, Seed, SeedStep};
 use ocd_core::proto::wire::{
     AddProvider, AppMessage, AppRefusal, CandidatesRequest, CandidatesResponse, ChallengeEntry, DhtMessage, FindNode,
     FindValue, GetProviders, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello, HelloProof, IndexerMessage,
-    Key, LinkMessage, MeshMessage, NodeMessage, Nodes, Providers, Publish, Published, RecordReply, SearchFound,
-    SearchHits, SearchMessage, SearchRequest, Standing, Store, StoreAck, Value, WIRE_VERSION, WitnessQuery,
-    WitnessReport,
+    Key, LinkMessage, MAX_STORE_BATCH, MeshMessage, NodeMessage, Nodes, Providers, Publish, Published, RecordReply,
+    SearchFound, SearchHits, SearchMessage, SearchRequest, Standing, Store, StoreAck, StoreBatch, Value, WIRE_VERSION,
+    WitnessQuery, WitnessReport,
 };
 use ocd_core::proto::{
     AppProtocol, Command, Config, Did, DidBinding, Envelope, Input, Keypair, MessageId, NewMessage, Output, Peer,
@@ -624,6 +624,12 @@ pub enum Msg {
     },
     /// Any payload the wire decoder accepts.
     Raw(Vec<u8>),
+    /// Refreshed records batched by a replicator.
+    StoreBatch {
+        req: Req,
+        records: Vec<RecordSpec>,
+        server: bool,
+    },
 }
 
 /// A destination of an application message.
@@ -1345,6 +1351,11 @@ impl Harness {
             Msg::Store { req: r, record, server } => {
                 Envelope::from(Store { req: req(r), record: record.record(now), server: *server })
             }
+            Msg::StoreBatch { req: r, records, server } => Envelope::Dht(DhtMessage::StoreBatch(StoreBatch {
+                req: req(r),
+                records: records.iter().take(MAX_STORE_BATCH + 1).map(|s| s.record(now)).collect(),
+                server: *server,
+            })),
             Msg::AddProvider { req: r, key, provider } => {
                 Envelope::from(AddProvider { req: req(r), key: key.key(), provider: provider.record(now) })
             }
@@ -1733,6 +1744,7 @@ pub fn sample_envelopes() -> Vec<Envelope> {
         },
         Msg::AppAck { id: MsgRef::Spec { sender: Who(8), epoch: 1, seq: 1 } },
         Msg::AppRefused { id: MsgRef::Spec { sender: Who(8), epoch: 1, seq: 2 }, reason: 1 },
+        Msg::StoreBatch { req: Req::Raw(14), records: vec![rec, rec], server: true },
     ];
     msgs.iter().filter_map(|m| h.envelope(me.id(), m)).collect()
 }
