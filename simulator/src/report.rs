@@ -225,6 +225,11 @@ pub struct LookupReport {
     /// Of `failed`: the asking node had no live indexer to ask (0 attempts).
     #[serde(default)]
     pub failed_no_indexer: u64,
+    /// Of `failed` (indexers were asked): the target had no live indexer when the lookup was
+    /// issued (still joining through the indexers' burst guards, or its pool emptied), so its
+    /// record may not be stored anywhere yet. The rest of `failed` are real misses.
+    #[serde(default)]
+    pub failed_target_unadmitted: u64,
     /// `[t, counted, ok]` per minute of issue time (`t` = start of the minute).
     #[serde(default)]
     pub timeline: Vec<(u64, u64, u64)>,
@@ -763,13 +768,14 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "  by DID {} of {}, by peer id {} of {}; {} failed with no indexer to ask; {} excluded (target \
-                 crashed), {} unfinished",
+                "  by DID {} of {}, by peer id {} of {}; {} failed with no indexer to ask, {} whose target had no \
+                 indexer yet; {} excluded (target crashed), {} unfinished",
                 l.by_did.ok,
                 l.by_did.issued,
                 l.by_peer.ok,
                 l.by_peer.issued,
                 l.failed_no_indexer,
+                l.failed_target_unadmitted,
                 l.excluded,
                 l.unfinished
             );

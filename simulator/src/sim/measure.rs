@@ -36,6 +36,7 @@ pub(super) struct LookupAcc {
     by_peer: KeyLookups,
     excluded: u64,
     no_indexer: u64,
+    target_unadmitted: u64,
     failures: Vec<String>,
     /// Minute of issue → (counted, ok).
     per_minute: BTreeMap<u64, (u64, u64)>,
@@ -438,6 +439,8 @@ impl Simulation {
             acc.hops.push(u64::from(hops));
         } else if attempts == 0 {
             acc.no_indexer += 1;
+        } else if l.target_unadmitted {
+            acc.target_unadmitted += 1;
         }
         if !ok && self.lookups.failures.len() < MAX_LOOKUP_FAILURES_LISTED {
             let m = self.lookup_failure(l, record, attempts);
@@ -844,6 +847,7 @@ impl Simulation {
             by_peer: acc.by_peer,
             excluded: acc.excluded,
             failed_no_indexer: acc.no_indexer,
+            failed_target_unadmitted: acc.target_unadmitted,
             timeline: acc.per_minute.iter().map(|(m, (n, ok))| (m * SAMPLE_EVERY_MS, *n, *ok)).collect(),
             unfinished: self.lookup.pending.len() as u64,
             failures: std::mem::take(&mut acc.failures),

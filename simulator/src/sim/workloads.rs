@@ -40,6 +40,9 @@ pub(super) struct PendingLookup {
     pub(super) target: PeerIx,
     pub(super) issued: u64,
     pub(super) by_did: bool,
+    /// The target had no live indexer when the lookup was issued (still joining, or its pool
+    /// emptied): no indexer may hold its record yet.
+    pub(super) target_unadmitted: bool,
 }
 
 /// The scenario's `lookup` workloads and the lookups they have in flight.
@@ -279,7 +282,8 @@ impl Simulation {
         } else {
             RecordKey::Peer(self.ids[target as usize])
         };
-        self.lookup.pending.insert(id, PendingLookup { asker, target, issued: self.now, by_did });
+        let target_unadmitted = self.peers[target as usize].live_count() == 0;
+        self.lookup.pending.insert(id, PendingLookup { asker, target, issued: self.now, by_did, target_unadmitted });
         self.trace.bytes(b"lookup");
         self.trace.u64(self.now);
         self.trace.u32(asker);
