@@ -67,6 +67,33 @@ fn refusal_index(r: StoreRefusal) -> usize {
 /// Number of message kinds counted in `sent_by_kind`.
 pub(super) const MESSAGE_KINDS: usize = wire::KINDS.len();
 
+/// Index of message kind `name` in the core's `wire::KINDS` (a compile error if it is gone).
+pub(super) const fn kind(name: &str) -> usize {
+    let mut i = 0;
+    while i < wire::KINDS.len() {
+        if same(wire::KINDS[i], name) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("unknown message kind")
+}
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Appends `e` to the trace. The frequent variants are written compactly (a tag and the full peer
 /// id); the others as their `Debug` text.
 fn trace_event(trace: &mut Trace, e: &Event) {

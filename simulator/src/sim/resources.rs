@@ -10,43 +10,18 @@
 //! replied. Nothing here is protocol logic.
 
 use super::engine::Ev;
+use super::measure::kind;
 use super::{EPOCH_MS, Life, Simulation};
 use crate::net::{PeerIx, ms};
 use crate::report::{ResourceSearchesReport, Stats};
 use crate::scenario::{Scenario, ScenarioError};
-use ocd_core::proto::{AppProtocol, Command, DetRng, InboxEntry, Input, NewMessage, PeerId, Target, wire};
+use ocd_core::proto::{AppProtocol, Command, DetRng, InboxEntry, Input, NewMessage, PeerId, Target};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Ids of the `resource_search` workload's commands (searches, then answers) start here.
 pub const WORKLOAD_RESOURCE_BASE: u64 = 1 << 49;
 /// Traffic is counted until this long after the last search could start.
 const TAIL_MS: u64 = 30_000;
-
-const fn kind(name: &str) -> usize {
-    let mut i = 0;
-    while i < wire::KINDS.len() {
-        if str_eq(wire::KINDS[i], name) {
-            return i;
-        }
-        i += 1;
-    }
-    panic!("unknown message kind")
-}
-
-const fn str_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
 
 /// The kinds a resource search costs, reported per search.
 const COUNTED: [(&str, usize); 6] = [

@@ -2,44 +2,18 @@
 //! search mesh's shape and traffic, and the report's `searches` section. (Split from `measure`,
 //! which keeps the other sections; same habits: events in, counters, one report builder.)
 
+use super::measure::kind;
 use super::workloads::PendingSearch;
 use super::{EPOCH_MS, Life, SAMPLE_EVERY_MS, Simulation};
 use crate::net::PeerIx;
 use crate::report::{KeyLookups, MeshReport, SearchReport, Stats};
 use crate::scenario::{Behaviour, SearchBy};
-use ocd_core::proto::wire::{self, Envelope};
+use ocd_core::proto::wire::Envelope;
 use ocd_core::proto::{PeerId, PeerRecord, SearchEnd};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The first and the last this many search failures are listed in the report (all are counted).
 const SEARCH_FAILURES_LISTED: usize = 10;
-
-const fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
-/// Index of message kind `name` in the core's `wire::KINDS` (a compile error if it is gone).
-const fn kind(name: &str) -> usize {
-    let mut i = 0;
-    while i < wire::KINDS.len() {
-        if same(wire::KINDS[i], name) {
-            return i;
-        }
-        i += 1;
-    }
-    panic!("unknown message kind")
-}
 
 const MESH_GOSSIP: usize = kind("mesh_gossip");
 const MESH_CONTROL: usize = kind("mesh_control");
