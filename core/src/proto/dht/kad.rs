@@ -207,11 +207,24 @@ pub struct LookupConfig {
     pub timeout: std::time::Duration,
     /// Most candidates remembered (the farthest are dropped beyond it), bounding memory.
     pub max_candidates: usize,
+    /// How many of the closest live candidates must have answered for the lookup to end
+    /// (clamped to `1..=k`). `k` is Kademlia's rule: every one of the k closest is asked. Fewer
+    /// (a *converged* lookup) asks only around the target: once the β closest have answered —
+    /// and each returned its own k closest to the target, which the peers nearest a key know
+    /// best — the k closest candidates are the key's replica set, for a third of the RPCs.
+    pub converge: usize,
+}
+
+impl LookupConfig {
+    /// This configuration ending once the α closest have answered (see [`LookupConfig::converge`]).
+    pub fn converged(self) -> Self {
+        LookupConfig { converge: self.alpha, ..self }
+    }
 }
 
 impl Default for LookupConfig {
     fn default() -> Self {
-        LookupConfig { k: 20, alpha: 3, timeout: std::time::Duration::from_secs(5), max_candidates: 80 }
+        LookupConfig { k: 20, alpha: 3, timeout: std::time::Duration::from_secs(5), max_candidates: 80, converge: 20 }
     }
 }
 
@@ -243,7 +256,8 @@ pub struct Lookup {
 impl Lookup {
     /// A lookup of `target` by `me`, starting from `seeds` (usually our table's closest peers).
     pub fn new(me: PeerId, target: Key, seeds: Vec<PeerAddr>, config: LookupConfig) -> Self {
-        let config = LookupConfig { k: config.k.max(1), alpha: config.alpha.max(1), ..config };
+        let k = config.k.max(1);
+        let config = LookupConfig { k, alpha: config.alpha.max(1), converge: config.converge.clamp(1, k), ..config };
         let mut l =
             Lookup { target, me, config, candidates: std::collections::BTreeMap::new(), in_flight: 0, queried: 0 };
         for s in seeds {
@@ -287,10 +301,10 @@ impl Lookup {
         }
         let mut out = Vec::new();
         let deadline = now + self.config.timeout;
-        // Only the k closest peers that have not failed are worth asking.
+        // Only the β closest peers that have not failed are worth asking.
         let mut alive_seen = 0;
         for (addr, probe, _) in self.candidates.values_mut() {
-            if self.in_flight >= self.config.alpha || alive_seen >= self.config.k {
+            if self.in_flight >= self.config.alpha || alive_seen >= self.config.converge {
                 break;
             }
             match probe {
@@ -360,19 +374,27 @@ impl Lookup {
             .min()
     }
 
-    /// Finished: nothing in flight and the k closest non-failed candidates have all answered
-    /// (or no candidate is left to ask).
+    /// Finished: nothing in flight and the β closest non-failed candidates (k unless
+    /// [`LookupConfig::converge`] says fewer) have all answered (or no candidate is left to ask).
     pub fn is_finished(&self) -> bool {
         self.in_flight == 0
             && self
                 .candidates
                 .values()
                 .filter(|(_, p, _)| *p != Probe::Failed)
-                .take(self.config.k)
+                .take(self.config.converge)
                 .all(|(_, p, _)| *p == Probe::Answered)
     }
 
-    /// The closest peers that answered, closest first (the lookup's result).
+    /// The `n` closest candidates not known to have failed, closest first: those that answered
+    /// and those named by them but not asked (a converged lookup's replica set; a dead one among
+    /// them fails its `STORE`).
+    pub fn closest_live(&self, n: usize) -> Vec<PeerAddr> {
+        self.candidates.values().filter(|(_, p, _)| *p != Probe::Failed).take(n).map(|(a, _, _)| a.clone()).collect()
+    }
+
+    /// The closest peers that answered, closest first.
+    #[cfg(test)]
     pub fn closest_answered(&self, n: usize) -> Vec<PeerAddr> {
         self.candidates.values().filter(|(_, p, _)| *p == Probe::Answered).take(n).map(|(a, _, _)| a.clone()).collect()
     }
@@ -525,6 +547,34 @@ mod tests {
     }
 
     #[test]
+    fn a_converged_lookup_finds_the_closest_set_for_a_fraction_of_the_rpcs() {
+        let full = LookupConfig { k: 20, alpha: 3, ..LookupConfig::default() };
+        let converged = full.converged();
+        let (ids, tables) = network(300, full.k);
+        let (mut asked_full, mut asked_converged, mut hits, mut wanted) = (0, 0, 0, 0);
+        for t in 0..20u64 {
+            let target = Key::of(&t.to_le_bytes());
+            let from = (t * 7 % 300) as usize;
+            let mut truth: Vec<(Distance, PeerId)> =
+                ids.iter().filter(|p| **p != ids[from]).map(|p| (target.distance(&Key::from(*p)), *p)).collect();
+            truth.sort();
+            let best: Vec<PeerId> = truth.iter().take(full.k).map(|(_, p)| *p).collect();
+            let (l, _) = run_lookup(&ids, &tables, from, target, &[], full);
+            asked_full += l.queried();
+            let (l, _) = run_lookup(&ids, &tables, from, target, &[], converged);
+            asked_converged += l.queried();
+            let got = l.closest_live(full.k);
+            assert_eq!(got.len(), full.k);
+            // The closest of all is always found: it answered.
+            assert_eq!(got[0].id, best[0], "target {t}");
+            hits += got.iter().filter(|p| best.contains(&p.id)).count();
+            wanted += full.k;
+        }
+        assert!(hits * 100 >= wanted * 95, "the converged sets hold {hits} of the {wanted} closest");
+        assert!(asked_converged * 2 < asked_full, "{asked_converged} RPCs against {asked_full}");
+    }
+
+    #[test]
     fn lookup_routes_around_silent_peers() {
         let cfg = LookupConfig { k: 8, alpha: 3, ..LookupConfig::default() };
         let (ids, tables) = network(300, cfg.k);
@@ -564,7 +614,7 @@ mod tests {
             alpha in 1usize..4,
         ) {
             let me = pid(0);
-            let cfg = LookupConfig { k: 5, alpha, timeout: std::time::Duration::from_secs(1), max_candidates: 20 };
+            let cfg = LookupConfig { k: 5, alpha, timeout: std::time::Duration::from_secs(1), max_candidates: 20, converge: 5 };
             let seeds: Vec<PeerAddr> = (1..6).map(|i| PeerAddr::id_only(pid(i))).collect();
             let mut l = Lookup::new(me, Key::of(b"t"), seeds, cfg);
             let mut asked = std::collections::BTreeSet::new();

@@ -83,13 +83,16 @@ const MAX_FAILURES: u32 = 2;
 /// without a refresh. An indexer that joins meanwhile gets the record's next replication after
 /// that; lookups find the record on the other replicas in the meantime.
 const CLOSEST_TTL: Duration = TABLE_REFRESH;
+/// A cached closest set that lost more than this share of its peers to failures is looked up
+/// again rather than patched from the routing table.
+const CLOSEST_MIN_DIVISOR: usize = 2;
 /// Most closest sets cached (each is k peer addresses); none is added past it until GC.
 const MAX_CLOSEST_CACHED: usize = 8192;
 /// A refreshed version (same content, later expiry) waits at most this share of its lifetime
 /// before its batch goes to the replicas: they still hold the previous version, valid for half a
 /// lifetime more, so nothing lapses, and a replicator sends one `STORE_BATCH` per replica per
 /// window instead of one `STORE` per record.
-const REFRESH_DELAY_DIVISOR: u32 = 10;
+const REFRESH_DELAY_DIVISOR: u32 = 4;
 /// A batch is sent early once its records are about this large when encoded.
 const STORE_BATCH_BYTES: usize = MAX_FRAME_LEN / 4;
 
@@ -191,11 +194,25 @@ pub enum Offer {
 }
 
 enum Goal {
-    Value { key: RecordKey },
-    Providers { want: usize },
-    Replicate { record: PeerRecord },
-    Claim { record: PeerRecord, publisher: PeerId, replicate: bool },
-    Provide { record: ProviderRecord },
+    Value {
+        key: RecordKey,
+    },
+    Providers {
+        want: usize,
+    },
+    /// Store a record on its key's k closest; a `refresh` joins the replicas' next batch.
+    Replicate {
+        record: PeerRecord,
+        refresh: bool,
+    },
+    Claim {
+        record: PeerRecord,
+        publisher: PeerId,
+        replicate: bool,
+    },
+    Provide {
+        record: ProviderRecord,
+    },
     Refresh,
 }
 
@@ -312,6 +329,7 @@ impl Dht {
             alpha: config.kad_alpha,
             timeout: config.kad_rpc_timeout,
             max_candidates: config.kad_k.saturating_mul(4),
+            converge: config.kad_k,
         };
         let mut table = RoutingTable::new(me, config.kad_k);
         for b in bootstrap {

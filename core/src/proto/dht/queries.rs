@@ -102,7 +102,16 @@ impl Dht {
                 start.push(s.clone());
             }
         }
-        let lookup = Lookup::new(self.me, target, start, self.lookup_config);
+        // Writes and claim checks converge on the α closest (see `LookupConfig::converge`): a
+        // record or a provider announcement is stored on the k closest *known* once the peers
+        // nearest the key have answered, and a claim is checked against the peers that would
+        // hold the DID's record. Reads keep Kademlia's full rule: a value is usually found in the
+        // first round, and a miss is worth the extra RPCs.
+        let config = match goal {
+            Goal::Replicate { .. } | Goal::Provide { .. } | Goal::Claim { .. } => self.lookup_config.converged(),
+            _ => self.lookup_config,
+        };
+        let lookup = Lookup::new(self.me, target, start, config);
         self.queries.insert(
             qid,
             Query {
@@ -247,8 +256,13 @@ impl Dht {
 
     pub(super) fn note_failure(&mut self, peer: PeerId, now: Timestamp) {
         self.stats.rpc_failures += 1;
-        // A closest set with a failing peer is found again by the next replication.
-        self.closest.retain(|_, c| !c.peers.iter().any(|p| p.id == peer));
+        // A failing peer leaves the closest sets it was in (the table refills them, see
+        // `cached_closest`); a set that lost half of them is looked up again.
+        let keep = self.lookup_config.k.div_ceil(CLOSEST_MIN_DIVISOR);
+        self.closest.retain(|_, c| {
+            c.peers.retain(|p| p.id != peer);
+            c.peers.len() >= keep
+        });
         let n = self.failures.entry(peer).or_insert(0);
         *n += 1;
         if *n >= MAX_FAILURES {
@@ -326,7 +340,7 @@ impl Dht {
         if matches!(q.phase, Phase::Storing { .. }) {
             return;
         }
-        let replicating = matches!(q.goal, Goal::Replicate { .. });
+
         let store_msg: Option<Box<dyn Fn(RequestId) -> DhtMessage>> =
             match std::mem::replace(&mut q.goal, Goal::Refresh) {
                 Goal::Value { key } => {
@@ -364,7 +378,12 @@ impl Dht {
                     }
                     return;
                 }
-                Goal::Replicate { record } => {
+                Goal::Replicate { record, refresh } => {
+                    if refresh {
+                        let targets = self.found_closest(&q, now);
+                        self.queue_refresh(record, targets, now, out);
+                        return;
+                    }
                     let server = self.server;
                     Some(Box::new(move |req| DhtMessage::Store(Store { req, record: record.clone(), server })))
                 }
@@ -373,25 +392,43 @@ impl Dht {
                 })),
             };
         let Some(make) = store_msg else { return };
-        let targets = q.lookup.closest_answered(self.lookup_config.k);
-        if replicating {
-            self.cache_closest(q.lookup.target(), &targets, now);
-        }
+        let targets = self.found_closest(&q, now);
         self.send_stores(qid, q, &*make, targets, now, out);
     }
 
-    /// Sends `goal`'s `STORE`s to `targets` at once, without a lookup (their closest set is known).
-    pub(super) fn store_to(&mut self, goal: Goal, targets: Vec<PeerAddr>, now: Timestamp, out: &mut Vec<Action>) {
+    /// The k closest peers a write's lookup found, remembered for the next writes to its key.
+    fn found_closest(&mut self, q: &Query, now: Timestamp) -> Vec<PeerAddr> {
+        let targets = q.lookup.closest_live(self.lookup_config.k);
+        self.cache_closest(q.lookup.target(), &targets, now);
+        targets
+    }
+
+    /// Sends a write's (`Replicate` or `Provide`) messages to the known closest set of `target`,
+    /// without a lookup.
+    pub(super) fn send_to_closest(
+        &mut self,
+        goal: Goal,
+        target: Key,
+        targets: Vec<PeerAddr>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         if self.queries.len() >= self.config.kad_max_queries {
             self.stats.queries_refused += 1;
             return;
         }
-        let Goal::Replicate { record } = goal else {
-            return;
+        let server = self.server;
+        let make: Box<dyn Fn(RequestId) -> DhtMessage> = match goal {
+            Goal::Replicate { record, .. } => {
+                Box::new(move |req| DhtMessage::Store(Store { req, record: record.clone(), server }))
+            }
+            Goal::Provide { record } => Box::new(move |req| {
+                DhtMessage::AddProvider(AddProvider { req, key: indexer_rendezvous(), provider: record.clone() })
+            }),
+            _ => return,
         };
         self.stats.queries += 1;
         let qid = self.alloc_query();
-        let target = RecordKey::Peer(record.body.peer_id).kad_key();
         let q = Query {
             goal: Goal::Refresh,
             purpose: Purpose::Internal,
@@ -401,9 +438,7 @@ impl Dht {
             found: None,
             providers: BTreeMap::new(),
         };
-        let server = self.server;
-        let make = move |req| DhtMessage::Store(Store { req, record: record.clone(), server });
-        self.send_stores(qid, q, &make, targets, now, out);
+        self.send_stores(qid, q, &*make, targets, now, out);
     }
 
     /// The store phase of query `qid`: one RPC per target, the query kept until they are answered

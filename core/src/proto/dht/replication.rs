@@ -99,10 +99,13 @@ impl Dht {
         }
     }
 
-    /// Stores `record` on the k closest peers of both of its keys: straight to the closest sets
-    /// cached for them (one `STORE` per peer of their union), after a lookup for a key without one.
-    /// A `refresh` (a new version of a record held with the same content) whose replicas are known
-    /// waits for their next batch instead.
+    /// Stores `record` on the k closest peers of both of its keys: to the closest sets cached for
+    /// them (one message per peer of their union), after a lookup for a key without one.
+    ///
+    /// A `refresh` (a new version of a record held with the same content) is not urgent: its
+    /// replicas still hold a valid previous version, so it waits for their next batch
+    /// (`STORE_BATCH`), even when a key's set must first be looked up. A changed or first
+    /// version goes at once, one `STORE` per replica.
     pub(super) fn replicate(&mut self, record: PeerRecord, refresh: bool, now: Timestamp, out: &mut Vec<Action>) {
         if !self.server || self.table.is_empty() {
             return;
@@ -116,28 +119,36 @@ impl Dht {
                 Some(c) => {
                     for p in c {
                         if !known.iter().any(|k| k.id == p.id) {
-                            known.push(p.clone());
+                            known.push(p);
                         }
                     }
                 }
                 None => missing.push(target),
             }
         }
-        if refresh && missing.is_empty() {
-            self.queue_refresh(record, known, now, out);
+        for target in missing {
+            self.maintain(Goal::Replicate { record: record.clone(), refresh }, target, now, out);
+        }
+        if known.is_empty() {
             return;
         }
-        for target in missing {
-            self.maintain(Goal::Replicate { record: record.clone() }, target, now, out);
-        }
-        if !known.is_empty() {
-            self.store_to(Goal::Replicate { record }, known, now, out);
+        if refresh {
+            self.queue_refresh(record, known, now, out);
+        } else {
+            let target = RecordKey::Peer(record.body.peer_id).kad_key();
+            self.send_to_closest(Goal::Replicate { record, refresh }, target, known, now, out);
         }
     }
 
     /// Queues a refreshed record for each of its replicas; a replica's batch goes at once when it
     /// is full, all of them when the earliest waiting record is due.
-    fn queue_refresh(&mut self, record: PeerRecord, replicas: Vec<PeerAddr>, now: Timestamp, out: &mut Vec<Action>) {
+    pub(super) fn queue_refresh(
+        &mut self,
+        record: PeerRecord,
+        replicas: Vec<PeerAddr>,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
         let life = record.body.expires_at.since(record.body.issued_at);
         let due = now + life / REFRESH_DELAY_DIVISOR;
         self.next_refresh = Some(self.next_refresh.map_or(due, |t| t.min(due)));
@@ -200,18 +211,25 @@ impl Dht {
         );
     }
 
-    /// The closest set cached for `target`, unless it lapsed or our routing table has since
-    /// learned a peer closer than its farthest one (it was found while the federation was still
-    /// joining, or a replica came back): such a set is looked up again.
-    fn cached_closest(&self, target: &Key, now: Timestamp) -> Option<&[PeerAddr]> {
-        let c = self.closest.get(target).filter(|c| c.until > now)?;
-        let farthest = c.peers.iter().map(|p| Key::from(p.id).distance(target)).max()?;
-        let stale = self
-            .table
-            .closest(target, self.lookup_config.k)
-            .iter()
-            .any(|p| Key::from(p.id).distance(target) < farthest && !c.peers.iter().any(|q| q.id == p.id));
-        (!stale).then_some(&c.peers[..])
+    /// The closest set cached for `target`, unless it lapsed. It is kept up to date without
+    /// lookups: a peer that fails an RPC leaves it ([`Dht::note_failure`]), and a peer our
+    /// routing table learned since (an indexer that joined or came back) and that is closer than
+    /// its farthest joins it, the farthest leaving.
+    pub(super) fn cached_closest(&mut self, target: &Key, now: Timestamp) -> Option<Vec<PeerAddr>> {
+        let k = self.lookup_config.k;
+        let c = self.closest.get_mut(target).filter(|c| c.until > now)?;
+        let mut changed = false;
+        for p in self.table.closest(target, k) {
+            if !self.failures.contains_key(&p.id) && !c.peers.iter().any(|q| q.id == p.id) {
+                c.peers.push(p);
+                changed = true;
+            }
+        }
+        if changed {
+            c.peers.sort_by_key(|p| Key::from(p.id).distance(target));
+            c.peers.truncate(k);
+        }
+        Some(c.peers.clone())
     }
 
     /// Remembers the closest set a replication lookup found for `target`.
@@ -238,7 +256,15 @@ impl Dht {
         if self.table.is_empty() {
             return;
         }
-        self.maintain(Goal::Provide { record }, indexer_rendezvous(), now, out);
+        // Like a record's replicas, the rendezvous key's closest set is looked up once and then
+        // kept up to date (see `cached_closest`).
+        let target = indexer_rendezvous();
+        match self.cached_closest(&target, now) {
+            Some(peers) => self.send_to_closest(Goal::Provide { record }, target, peers, now, out),
+            None => {
+                self.maintain(Goal::Provide { record }, target, now, out);
+            }
+        }
     }
 }
 
