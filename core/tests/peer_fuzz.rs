@@ -187,7 +187,7 @@ impl Harness {
 
     fn connect(&mut self, i: usize) {
         let r = remote(i);
-        self.peer.handle(Input::ConnectionUp { peer: r, addr: None, outbound: false }, self.now);
+        self.peer.handle(Input::ConnectionUp { peer: r, addr: None, outbound: true }, self.now);
         let nonce = self.drain().into_iter().find_map(|o| match o {
             Output::Send { to, message: Envelope::Link(LinkMessage::Hello(Hello { nonce })) } if to == r => Some(nonce),
             _ => None,

@@ -3,7 +3,9 @@
 //! processed and is disconnected.
 
 use ocd_core::proto::hello_mac;
-use ocd_core::proto::wire::{Envelope, Hello, HelloProof, LinkMessage, NodeMessage, RequestId, WitnessQuery};
+use ocd_core::proto::wire::{
+    Envelope, Hello, HelloProof, HelloReply, LinkMessage, NodeMessage, RequestId, WitnessQuery,
+};
 use ocd_core::proto::{CloseReason, Event, Input, Keypair, Output, Peer, PeerSetup, Roles, Timestamp};
 
 const KEY: [u8; 32] = [42; 32];
@@ -23,26 +25,27 @@ fn run(our_key: [u8; 32], skip_handshake: bool) -> (Vec<Output>, bool, Peer) {
 
     target.handle(Input::ConnectionUp { peer: me, addr: None, outbound: false }, now);
     let out = drain(&mut target);
-    let their_nonce = out
-        .iter()
-        .find_map(|o| match o {
-            Output::Send { to, message: Envelope::Link(LinkMessage::Hello(Hello { nonce })) } if *to == me => {
-                Some(*nonce)
-            }
-            _ => None,
-        })
-        .expect("target opens with Hello");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Send { message: Envelope::Link(_), .. })),
+        "the accepting side waits for our Hello"
+    );
 
     let mut authenticated = false;
     if !skip_handshake {
         target.handle(Input::Received { from: me, message: Envelope::from(Hello { nonce: our_nonce }) }, now);
         let out = drain(&mut target);
-        // The target proves the key to us over our nonce.
-        let proof = out.iter().find_map(|o| match o {
-            Output::Send { message: Envelope::Link(LinkMessage::HelloProof(HelloProof { mac })), .. } => Some(*mac),
-            _ => None,
-        });
-        assert_eq!(proof, Some(hello_mac(&KEY, &target_keys.peer_id(), &me, &our_nonce, &their_nonce)));
+        // The target answers with its nonce and its proof of the key over ours, in one message.
+        let (their_nonce, proof) =
+            out.iter()
+                .find_map(|o| match o {
+                    Output::Send {
+                        to,
+                        message: Envelope::Link(LinkMessage::HelloReply(HelloReply { nonce, mac })),
+                    } if *to == me => Some((*nonce, *mac)),
+                    _ => None,
+                })
+                .expect("target replies with HelloReply");
+        assert_eq!(proof, hello_mac(&KEY, &target_keys.peer_id(), &me, &our_nonce, &their_nonce));
         let mac = hello_mac(&our_key, &me, &target_keys.peer_id(), &their_nonce, &our_nonce);
         target.handle(Input::Received { from: me, message: Envelope::from(HelloProof { mac }) }, now);
         authenticated = drain(&mut target)

@@ -16,10 +16,10 @@ use arbitrary::{Arbitrary, Unstructured};
 use ocd_core::journal::{SEED_MAGIC, Seed, SeedStep};
 use ocd_core::proto::wire::{
     AddProvider, AppMessage, AppRefusal, CandidatesRequest, CandidatesResponse, ChallengeEntry, DhtMessage, FindNode,
-    FindValue, GetProviders, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello, HelloProof, IndexerMessage,
-    Key, LinkMessage, MAX_STORE_BATCH, MeshMessage, NodeMessage, Nodes, Providers, Publish, Published, RecordReply,
-    SearchFound, SearchHits, SearchMessage, SearchRequest, Standing, Store, StoreAck, StoreBatch, Value, WIRE_VERSION,
-    WitnessQuery, WitnessReport,
+    FindValue, GetProviders, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello, HelloProof, HelloReply,
+    IndexerMessage, Key, LinkMessage, MAX_STORE_BATCH, MeshMessage, NodeMessage, Nodes, Providers, Publish, Published,
+    RecordReply, SearchFound, SearchHits, SearchMessage, SearchRequest, Standing, Store, StoreAck, StoreBatch, Value,
+    WIRE_VERSION, WitnessQuery, WitnessReport,
 };
 use ocd_core::proto::{
     AppProtocol, Command, Config, Did, DidBinding, Envelope, Input, Keypair, MessageId, NewMessage, Output, Peer,
@@ -630,6 +630,11 @@ pub enum Msg {
         records: Vec<RecordSpec>,
         server: bool,
     },
+    /// The accepting side's answer to our `Hello` (its nonce and proof).
+    HelloReply {
+        nonce: [u8; 32],
+        mac: [u8; 32],
+    },
 }
 
 /// A destination of an application message.
@@ -1010,9 +1015,22 @@ impl Harness {
             }
             _ => None,
         });
-        let Some(their) = nonce else { return };
         let ours = [i as u8 + 1; 32];
-        self.input(Input::Received { from: r, message: Envelope::from(Hello { nonce: ours }) });
+        // The peer dialled: it opened with its Hello, ours crosses it. We dialled: it answers our
+        // Hello with its nonce and proof.
+        self.peer.handle(Input::Received { from: r, message: Envelope::from(Hello { nonce: ours }) }, self.now);
+        let outs = self.check(false);
+        let their = nonce.or_else(|| {
+            outs.iter().find_map(|o| match o {
+                Output::Send { to, message: Envelope::Link(LinkMessage::HelloReply(HelloReply { nonce, .. })) }
+                    if *to == r =>
+                {
+                    Some(*nonce)
+                }
+                _ => None,
+            })
+        });
+        let Some(their) = their else { return };
         let mac = hello_mac(&KEY, &r, &self.me, &their, &ours);
         self.input(Input::Received { from: r, message: Envelope::from(HelloProof { mac }) });
     }
@@ -1351,6 +1369,7 @@ impl Harness {
             Msg::Store { req: r, record, server } => {
                 Envelope::from(Store { req: req(r), record: record.record(now), server: *server })
             }
+            Msg::HelloReply { nonce, mac } => Envelope::from(HelloReply { nonce: *nonce, mac: *mac }),
             Msg::StoreBatch { req: r, records, server } => Envelope::Dht(DhtMessage::StoreBatch(StoreBatch {
                 req: req(r),
                 records: records.iter().take(MAX_STORE_BATCH + 1).map(|s| s.record(now)).collect(),
@@ -1745,6 +1764,7 @@ pub fn sample_envelopes() -> Vec<Envelope> {
         Msg::AppAck { id: MsgRef::Spec { sender: Who(8), epoch: 1, seq: 1 } },
         Msg::AppRefused { id: MsgRef::Spec { sender: Who(8), epoch: 1, seq: 2 }, reason: 1 },
         Msg::StoreBatch { req: Req::Raw(14), records: vec![rec, rec], server: true },
+        Msg::HelloReply { nonce: [3; 32], mac: [4; 32] },
     ];
     msgs.iter().filter_map(|m| h.envelope(me.id(), m)).collect()
 }

@@ -10,6 +10,9 @@ pub enum LinkMessage {
     Hello(Hello),
     /// Proof of the network key over both peer ids and both nonces.
     HelloProof(HelloProof),
+    /// The accepting side's answer to a `Hello`: its own nonce and its proof over the dialler's,
+    /// in one message (a handshake is three messages, not four).
+    HelloReply(HelloReply),
 }
 
 /// Opens the handshake (DESIGN §3).
@@ -24,5 +27,15 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloProof {
     /// The keyed MAC.
+    pub mac: [u8; 32],
+}
+
+/// The accepting side's `Hello` and `HelloProof` in one: its fresh nonce, and its MAC over the
+/// dialler's nonce (computed as in [`HelloProof`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// Fresh random nonce the dialler must prove the network key over.
+    pub nonce: [u8; 32],
+    /// The accepting side's proof over the dialler's nonce and this one.
     pub mac: [u8; 32],
 }

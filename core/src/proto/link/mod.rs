@@ -1,9 +1,12 @@
 //! Connections as the core sees them: the `Hello` exchange, send queues and the address book.
 //!
 //! The transport authenticates *who* a peer is (its key); this layer checks that the peer is a
-//! member of the private network, the way the seed's libp2p PSK did (DESIGN §3). On every new
-//! connection both sides send [`Hello`] with a fresh nonce; each answers the other's nonce with a
-//! [`HelloProof`], a BLAKE3 keyed MAC under the network key over both peer ids and both nonces.
+//! member of the private network, the way the seed's libp2p PSK did (DESIGN §3). Each side proves
+//! the key with a BLAKE3 keyed MAC under the network key over both peer ids and both nonces, in
+//! three messages: the dialler sends [`Hello`] with a fresh nonce; the accepting side answers
+//! [`HelloReply`], its own nonce and its proof over the dialler's; the dialler, now sure of the
+//! other side, sends its [`HelloProof`] and its queued messages right behind it. Both sides
+//! dialling at once (each sent a `Hello`) fall back to answering each `Hello` with a `HelloProof`.
 //! Until a peer's proof verifies, nothing else it sends is processed (at most a few messages are
 //! held in case they overtook the proof); a wrong proof, or no proof within `handshake_timeout`,
 //! closes the connection.
@@ -17,7 +20,7 @@ use crate::proto::config::Config;
 use crate::proto::identity::{Addr, PeerAddr, PeerId};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
-use crate::proto::wire::{Envelope, Hello, HelloProof, LinkMessage};
+use crate::proto::wire::{Envelope, Hello, HelloProof, HelloReply, LinkMessage};
 use crate::proto::{CloseReason, Event, Output};
 
 pub(crate) mod messages;
@@ -64,6 +67,8 @@ struct Link {
     since: Timestamp,
     last_activity: Timestamp,
     our_nonce: [u8; 32],
+    /// We sent our `Hello` on this connection (we dialled it).
+    sent_hello: bool,
     their_nonce: Option<[u8; 32]>,
     addr: Option<Addr>,
     outbound_queue: VecDeque<Envelope>,
@@ -213,6 +218,7 @@ impl Connections {
                     since: now,
                     last_activity: now,
                     our_nonce: [0; 32],
+                    sent_hello: false,
                     their_nonce: None,
                     addr: None,
                     outbound_queue: q,
@@ -228,15 +234,29 @@ impl Connections {
         }
     }
 
-    /// A transport connection is up: start the `Hello` exchange.
-    pub fn on_up(&mut self, peer: PeerId, addr: Option<Addr>, now: Timestamp, out: &mut VecDeque<Output>) {
+    /// A transport connection is up: start the `Hello` exchange (the side that dialled, `outbound`,
+    /// speaks first; the other usually waits for its `Hello`).
+    pub fn on_up(
+        &mut self,
+        peer: PeerId,
+        addr: Option<Addr>,
+        outbound: bool,
+        now: Timestamp,
+        out: &mut VecDeque<Output>,
+    ) {
         let mut nonce = [0u8; 32];
         self.rng.fill(&mut nonce);
+        // We speak first when we dialled, and also when we were dialling or talking to the peer
+        // already (both may have dialled at once, or this connection replaces another): both
+        // sides then send a `Hello` and each answers the other's with a `HelloProof`. Only a side
+        // that accepts a connection it did not want waits for the `Hello`.
+        let speak_first = outbound || self.links.contains_key(&peer);
         let link = self.links.entry(peer).or_insert_with(|| Link {
             state: State::Dialing,
             since: now,
             last_activity: now,
             our_nonce: [0; 32],
+            sent_hello: false,
             their_nonce: None,
             addr: None,
             outbound_queue: VecDeque::new(),
@@ -247,12 +267,15 @@ impl Connections {
         link.since = now;
         link.last_activity = now;
         link.our_nonce = nonce;
+        link.sent_hello = speak_first;
         link.their_nonce = None;
         link.early_inbound.clear();
         if addr.is_some() {
             link.addr = addr;
         }
-        out.push_back(Output::Send { to: peer, message: Hello { nonce }.into() });
+        if speak_first {
+            out.push_back(Output::Send { to: peer, message: Hello { nonce }.into() });
+        }
         let deadline = now + self.handshake_timeout;
         self.pending.insert(peer, deadline);
         self.arm_sweep(deadline + SWEEP_SLACK);
@@ -286,9 +309,30 @@ impl Connections {
                 }
                 link.their_nonce = Some(nonce);
                 let mac = hello_mac(&self.network_key, &self.me, &from, &nonce, &link.our_nonce);
-                // The proof must go out even though the peer is not verified yet.
-                out.push_back(Output::Send { to: from, message: HelloProof { mac }.into() });
+                // The proof must go out even though the peer is not verified yet: with our nonce
+                // when we are the accepting side, alone when we sent our own `Hello` too.
+                let answer: Envelope = if link.sent_hello {
+                    HelloProof { mac }.into()
+                } else {
+                    link.sent_hello = true;
+                    HelloReply { nonce: link.our_nonce, mac }.into()
+                };
+                out.push_back(Output::Send { to: from, message: answer });
                 Inbound::Nothing
+            }
+            Envelope::Link(LinkMessage::HelloReply(HelloReply { nonce, mac })) => {
+                // Only the dialler, whose `Hello` has not been answered yet, gets a reply.
+                if !matches!(link.state, State::Handshaking) || !link.sent_hello || link.their_nonce.is_some() {
+                    return self.fail(from, CloseReason::ProtocolViolation, out);
+                }
+                link.their_nonce = Some(nonce);
+                let expected = hello_mac(&self.network_key, &from, &self.me, &link.our_nonce, &nonce);
+                if !constant_time_eq(&expected, &mac) {
+                    return self.fail(from, CloseReason::HandshakeFailed, out);
+                }
+                let proof = hello_mac(&self.network_key, &self.me, &from, &nonce, &link.our_nonce);
+                out.push_back(Output::Send { to: from, message: HelloProof { mac: proof }.into() });
+                self.ready(from, now, out)
             }
             Envelope::Link(LinkMessage::HelloProof(HelloProof { mac })) => {
                 let Some(their_nonce) = link.their_nonce else {
@@ -301,19 +345,7 @@ impl Connections {
                 if !constant_time_eq(&expected, &mac) {
                     return self.fail(from, CloseReason::HandshakeFailed, out);
                 }
-                link.state = State::Ready;
-                for m in link.outbound_queue.drain(..) {
-                    out.push_back(Output::Send { to: from, message: m });
-                }
-                let early: Vec<Envelope> = link.early_inbound.drain(..).collect();
-                out.push_back(Output::Event(Event::PeerAuthenticated { peer: from }));
-                self.pending.remove(&from);
-                if self.next_idle_sweep.is_none() {
-                    let at = now + self.idle_timeout / 2;
-                    self.next_idle_sweep = Some(at);
-                    self.arm_sweep(at);
-                }
-                if early.is_empty() { Inbound::Nothing } else { Inbound::DeliverHeld(early) }
+                self.ready(from, now, out)
             }
             other => match link.state {
                 State::Ready => Inbound::Deliver(other),
@@ -324,6 +356,26 @@ impl Connections {
                 _ => self.fail(from, CloseReason::ProtocolViolation, out),
             },
         }
+    }
+
+    /// `from` proved the network key: flush what waited for it.
+    fn ready(&mut self, from: PeerId, now: Timestamp, out: &mut VecDeque<Output>) -> Inbound {
+        let Some(link) = self.links.get_mut(&from) else {
+            return Inbound::Nothing;
+        };
+        link.state = State::Ready;
+        for m in link.outbound_queue.drain(..) {
+            out.push_back(Output::Send { to: from, message: m });
+        }
+        let early: Vec<Envelope> = link.early_inbound.drain(..).collect();
+        out.push_back(Output::Event(Event::PeerAuthenticated { peer: from }));
+        self.pending.remove(&from);
+        if self.next_idle_sweep.is_none() {
+            let at = now + self.idle_timeout / 2;
+            self.next_idle_sweep = Some(at);
+            self.arm_sweep(at);
+        }
+        if early.is_empty() { Inbound::Nothing } else { Inbound::DeliverHeld(early) }
     }
 
     fn fail(&mut self, peer: PeerId, reason: CloseReason, out: &mut VecDeque<Output>) -> Inbound {
@@ -467,18 +519,58 @@ mod tests {
         (Vec<Inbound>, Vec<Inbound>, VecDeque<Output>, VecDeque<Output>, Connections, Connections, PeerId, PeerId);
 
     fn handshake(key_b: [u8; 32]) -> Handshake {
+        handshake_counted(key_b, false).0
+    }
+
+    /// The handshake of a dialling `a` with `b` (which dialled too when `both_dial`), and how many
+    /// handshake messages crossed.
+    fn handshake_counted(key_b: [u8; 32], both_dial: bool) -> (Handshake, usize) {
         let (a, mut ca, b, mut cb) = pair([1; 32], key_b);
         let (mut oa, mut ob) = (VecDeque::new(), VecDeque::new());
         assert!(ca.send(b, Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave), Timestamp(0), &mut oa));
         assert!(matches!(oa.pop_front(), Some(Output::Connect { .. })));
-        ca.on_up(b, None, Timestamp(1), &mut oa);
-        cb.on_up(a, None, Timestamp(1), &mut ob);
-        // Hellos cross, then proofs cross.
+        ca.on_up(b, None, true, Timestamp(1), &mut oa);
+        cb.on_up(a, None, both_dial, Timestamp(1), &mut ob);
+        // Every link message is counted as it is pumped across.
+        let link_messages = |o: &VecDeque<Output>| {
+            o.iter().filter(|x| matches!(x, Output::Send { message: Envelope::Link(_), .. })).count()
+        };
+        let mut count = 0;
+        // Hello, reply, proof (or, both dialling, Hellos cross, then proofs cross).
+        count += link_messages(&oa);
         let mut ra = pump(a, &mut oa, b, &mut cb, &mut ob);
+        count += link_messages(&ob);
         let mut rb = pump(b, &mut ob, a, &mut ca, &mut oa);
+        count += link_messages(&oa);
         ra.extend(pump(a, &mut oa, b, &mut cb, &mut ob));
+        count += link_messages(&ob);
         rb.extend(pump(b, &mut ob, a, &mut ca, &mut oa));
-        (ra, rb, oa, ob, ca, cb, a, b)
+        ((ra, rb, oa, ob, ca, cb, a, b), count)
+    }
+
+    #[test]
+    fn a_handshake_takes_three_messages_and_both_dialling_still_authenticates() {
+        let ((ra, _, _, _, ca, cb, a, b), count) = handshake_counted([1; 32], false);
+        assert!(ca.is_ready(&b) && cb.is_ready(&a));
+        assert_eq!(count, 3, "Hello, HelloReply, HelloProof");
+        assert!(ra.contains(&Inbound::Deliver(Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave))));
+        let ((ra, _, _, _, ca, cb, a, b), count) = handshake_counted([1; 32], true);
+        assert!(ca.is_ready(&b) && cb.is_ready(&a));
+        assert_eq!(count, 4, "both Hellos, both proofs");
+        assert!(ra.contains(&Inbound::Deliver(Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave))));
+        // The wrong key fails either way, and a reply nobody asked for is a violation.
+        for both in [false, true] {
+            let ((ra, rb, _, _, ca, cb, a, b), _) = handshake_counted([2; 32], both);
+            assert!(!ca.is_ready(&b) && !cb.is_ready(&a));
+            assert!(ra.contains(&Inbound::Closed) || rb.contains(&Inbound::Closed));
+        }
+        let (a, _ca, b, mut cb) = pair([1; 32], [1; 32]);
+        let mut o = VecDeque::new();
+        cb.on_up(a, None, false, Timestamp(0), &mut o);
+        assert!(o.is_empty(), "the accepting side waits for the Hello");
+        let reply = Envelope::from(HelloReply { nonce: [3; 32], mac: [4; 32] });
+        assert_eq!(cb.on_message(a, reply, Timestamp(1), &mut o), Inbound::Closed);
+        assert!(!cb.is_ready(&a) && b != a);
     }
 
     #[test]
@@ -502,7 +594,7 @@ mod tests {
     fn application_message_before_handshake_is_not_delivered() {
         let (a, mut ca, b, _cb) = pair([1; 32], [1; 32]);
         let mut o = VecDeque::new();
-        ca.on_up(b, None, Timestamp(0), &mut o);
+        ca.on_up(b, None, true, Timestamp(0), &mut o);
         let r = ca.on_message(
             b,
             Envelope::from(crate::proto::wire::WitnessQuery { req: RequestId(1), indexer: a }),
@@ -543,7 +635,7 @@ mod tests {
     fn handshake_that_never_completes_times_out() {
         let (_a, mut ca, b, _cb) = pair([1; 32], [1; 32]);
         let mut o = VecDeque::new();
-        ca.on_up(b, None, Timestamp(0), &mut o);
+        ca.on_up(b, None, true, Timestamp(0), &mut o);
         let limit = Timestamp(0) + Config::default().handshake_timeout + SWEEP_SLACK;
         while let Some(now) = ca.poll_timeout() {
             assert!(now <= limit, "handshake still pending after its timeout");

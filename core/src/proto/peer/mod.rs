@@ -279,7 +279,7 @@ impl Peer {
             return;
         }
         match input {
-            Input::ConnectionUp { peer, addr, outbound: _ } => self.link.on_up(peer, addr, now, &mut self.out),
+            Input::ConnectionUp { peer, addr, outbound } => self.link.on_up(peer, addr, outbound, now, &mut self.out),
             Input::ConnectionDown { peer } | Input::ConnectFailed { peer } => {
                 self.link.on_down(&peer);
                 self.peer_unreachable(peer, now);

@@ -9,6 +9,7 @@ use super::*;
 pub(crate) enum Message {
     Hello(Hello),
     HelloProof(HelloProof),
+    HelloReply(HelloReply),
     Heartbeat(Heartbeat),
     HeartbeatResponse(HeartbeatResponse),
     Refused(Refused),
@@ -31,6 +32,7 @@ impl From<Envelope> for Message {
         match e {
             Envelope::Link(LinkMessage::Hello(m)) => Message::Hello(m),
             Envelope::Link(LinkMessage::HelloProof(m)) => Message::HelloProof(m),
+            Envelope::Link(LinkMessage::HelloReply(m)) => Message::HelloReply(m),
             Envelope::Indexer(m) => match m {
                 IndexerMessage::Heartbeat(m) => Message::Heartbeat(m),
                 IndexerMessage::HeartbeatResponse(m) => Message::HeartbeatResponse(m),
@@ -57,6 +59,7 @@ impl From<Message> for Envelope {
         match m {
             Message::Hello(m) => m.into(),
             Message::HelloProof(m) => m.into(),
+            Message::HelloReply(m) => m.into(),
             Message::Heartbeat(m) => m.into(),
             Message::HeartbeatResponse(m) => m.into(),
             Message::Refused(m) => IndexerMessage::Refused(m).into(),

@@ -9,7 +9,7 @@
 //! ## The envelope
 //!
 //! ```text
-//! Envelope ─┬─ Link(LinkMessage)        Hello, HelloProof                       proto/link/
+//! Envelope ─┬─ Link(LinkMessage)        Hello, HelloReply, HelloProof           proto/link/
 //!           ├─ Indexer(IndexerMessage)  Heartbeat ⇄ HeartbeatResponse, Leave,   proto/indexer/
 //!           │                           Candidates, Publish, GetRecord, Refused
 //!           ├─ Node(NodeMessage)        WitnessQuery ⇄ WitnessReport            proto/node/
@@ -41,7 +41,7 @@ pub use super::indexer::messages::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse,
     IndexerMessage, Publish, Published, RecordReply, Standing,
 };
-pub use super::link::messages::{Hello, HelloProof, LinkMessage};
+pub use super::link::messages::{Hello, HelloProof, HelloReply, LinkMessage};
 pub use super::node::messages::{NodeMessage, WitnessQuery, WitnessReport};
 pub use super::record::RecordKey;
 pub use super::search::{
@@ -102,7 +102,7 @@ pub enum Envelope {
 
 /// Short names of every message kind, in [`Envelope::kind_index`] order: the one table of message
 /// kinds, for logs, traces, metrics and the simulator's report.
-pub const KINDS: [&str; 38] = [
+pub const KINDS: [&str; 39] = [
     "hello",
     "hello_proof",
     "heartbeat",
@@ -141,6 +141,7 @@ pub const KINDS: [&str; 38] = [
     "search_ask",
     "search_asked",
     "store_batch",
+    "hello_reply",
 ];
 
 impl Envelope {
@@ -150,6 +151,7 @@ impl Envelope {
             Envelope::Link(m) => match m {
                 LinkMessage::Hello(_) => 0,
                 LinkMessage::HelloProof(_) => 1,
+                LinkMessage::HelloReply(_) => 38,
             },
             Envelope::Indexer(m) => match m {
                 IndexerMessage::Heartbeat(_) => 2,
@@ -249,6 +251,7 @@ impl From<DhtMessage> for Envelope {
 lift! {
     Hello => LinkMessage::Hello,
     HelloProof => LinkMessage::HelloProof,
+    HelloReply => LinkMessage::HelloReply,
     Heartbeat => IndexerMessage::Heartbeat,
     HeartbeatResponse => IndexerMessage::HeartbeatResponse,
     CandidatesRequest => IndexerMessage::CandidatesRequest,
