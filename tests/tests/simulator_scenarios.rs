@@ -528,11 +528,16 @@ fn senders_crashing_with_a_full_queue_deliver_every_accepted_message_once() {
     // The queues filled: sends beyond the per-destination bound were refused at once.
     assert!(s.critical.refused > 0, "{s:?}");
     assert_eq!(s.refusals.get("DestinationFull").copied(), Some(s.critical.refused), "{s:?}");
-    // Every accepted message was queued through both crashes and delivered after the restarts,
-    // within one retry interval and a round trip of the receivers' return (p99).
+    // Every accepted message was queued through both crashes and delivered after the restarts:
+    // most within a few round trips of the return, and the p99 within two retry intervals and an
+    // acknowledgement timeout, as in `send-churn`. With 1 % loss, the first attempt of a pair of
+    // peers fails when one of its handshake or delivery messages is lost, and all the messages
+    // queued for that pair wait for the next retry, 15 s later: over 44 such pairs that happens
+    // in most runs (seeds 1–3 and 62: p99 16.4–16.6 s; seed 4: 2.4 s).
     assert_eq!(s.critical.after_return_count, s.critical.sent, "{s:?}");
     let back = s.critical.after_return_ms.expect("deliveries after the restarts");
-    assert!(back.p99 <= 16_000, "after the restarts p99 {} ms: {s:?}", back.p99);
+    assert!(back.p50 <= 5_000, "after the restarts p50 {} ms: {s:?}", back.p50);
+    assert!(back.p99 <= 40_000, "after the restarts p99 {} ms: {s:?}", back.p99);
 }
 
 #[test]

@@ -86,6 +86,10 @@ const CLOSEST_TTL: Duration = TABLE_REFRESH;
 /// A cached closest set that lost more than this share of its peers to failures is looked up
 /// again rather than patched from the routing table.
 const CLOSEST_MIN_DIVISOR: usize = 2;
+/// Peers of a key's closest set that must hold a version for a new replicator to take it as
+/// replicated. One is not enough: the node's other indexers hold its record too, and one of them
+/// may be among the closest.
+const TAKEOVER_HOLDERS: usize = 2;
 /// Most closest sets cached (each is k peer addresses); none is added past it until GC.
 const MAX_CLOSEST_CACHED: usize = 8192;
 /// A refreshed version (same content, later expiry) waits at most this share of its lifetime
@@ -204,6 +208,13 @@ enum Goal {
     Replicate {
         record: PeerRecord,
         refresh: bool,
+    },
+    /// We became the replicator of a version we hold: is it in the DHT already (another
+    /// indexer replicated it)? Only if not is it replicated. `holders`: the peers asked that
+    /// hold this very version.
+    Takeover {
+        record: PeerRecord,
+        holders: usize,
     },
     Claim {
         record: PeerRecord,

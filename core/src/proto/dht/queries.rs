@@ -108,7 +108,9 @@ impl Dht {
         // hold the DID's record. Reads keep Kademlia's full rule: a value is usually found in the
         // first round, and a miss is worth the extra RPCs.
         let config = match goal {
-            Goal::Replicate { .. } | Goal::Provide { .. } | Goal::Claim { .. } => self.lookup_config.converged(),
+            Goal::Replicate { .. } | Goal::Provide { .. } | Goal::Claim { .. } | Goal::Takeover { .. } => {
+                self.lookup_config.converged()
+            }
             _ => self.lookup_config,
         };
         let lookup = Lookup::new(self.me, target, start, config);
@@ -208,7 +210,12 @@ impl Dht {
                     Goal::Claim { record, .. } => Some(RecordKey::Did(record.body.did.clone())),
                     _ => None,
                 };
-                if let (Some(r), Some(key)) = (v.record, key) {
+                if let Goal::Takeover { record, holders } = &mut q.goal {
+                    // Identical to the version we hold (and verified): no need to verify it.
+                    if v.record.as_ref() == Some(&*record) {
+                        *holders += 1;
+                    }
+                } else if let (Some(r), Some(key)) = (v.record, key) {
                     self.stats.verifications += 1;
                     if key.matches(&r) && r.verify(now).is_ok() {
                         let better = q.found.as_ref().is_none_or(|(old, _)| r.supersedes(old));
@@ -289,6 +296,7 @@ impl Dht {
             Phase::Lookup => {
                 let enough = match &q.goal {
                     Goal::Value { .. } | Goal::Claim { .. } => q.found.is_some(),
+                    Goal::Takeover { holders, .. } => *holders >= TAKEOVER_HOLDERS,
                     Goal::Providers { want } => q.providers.len() >= *want,
                     _ => false,
                 };
@@ -304,6 +312,11 @@ impl Dht {
                         self.next_req = self.next_req.wrapping_add(1).max(1);
                         let message = match &q.goal {
                             Goal::Value { key } => DhtMessage::FindValue(FindValue { req, key: key.clone(), server }),
+                            Goal::Takeover { record, .. } => DhtMessage::FindValue(FindValue {
+                                req,
+                                key: RecordKey::Peer(record.body.peer_id),
+                                server,
+                            }),
                             Goal::Claim { record, .. } => DhtMessage::FindValue(FindValue {
                                 req,
                                 key: RecordKey::Did(record.body.did.clone()),
@@ -359,6 +372,8 @@ impl Dht {
                 Goal::Refresh => return,
                 Goal::Claim { record, publisher, replicate } => {
                     self.claims.remove(&publisher);
+                    // A lookup that found nothing converged on the DID key's closest peers.
+                    let converged = q.found.is_none();
                     let foreign = q.found.take().filter(|(r, _)| r.body.peer_id != publisher);
                     if let Some((owner_record, _)) = foreign {
                         // Remember the rightful binding so the next attempt is refused locally.
@@ -373,8 +388,23 @@ impl Dht {
                         }));
                         out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: false }));
                     } else {
+                        // Those peers are the replicas of that key: replicating the record needs
+                        // no second lookup for it.
+                        if converged {
+                            self.found_closest(&q, now);
+                        }
                         let accepted = matches!(self.commit(publisher, record, replicate, now, out), Offer::Held(_));
                         out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted }));
+                    }
+                    return;
+                }
+                Goal::Takeover { record, holders } => {
+                    if holders < TAKEOVER_HOLDERS {
+                        // Not replicated: the lookup ran to convergence on the peer key's closest
+                        // peers, its replicas.
+                        self.found_closest(&q, now);
+                        self.replicated.remove(&record.body.peer_id);
+                        self.replicate(record, false, now, out);
                     }
                     return;
                 }

@@ -62,12 +62,22 @@ impl Dht {
     /// `peer` names us its referent: the version of its record we hold is replicated unless we
     /// replicated this very version already (we may have held it as one of its other indexers, or
     /// its DID check may have just ended). Cheap when there is nothing to do.
+    ///
+    /// Its previous referent has usually replicated that version (the node moved, or its referent
+    /// crashed): a converged `FIND_VALUE` on its peer key asks the replicas first, and the 2 × k
+    /// `STORE`s go out only if fewer than [`TAKEOVER_HOLDERS`] of them hold it.
     pub fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
         let Some(r) = self.store.by_peer(peer, now) else {
             return;
         };
-        if self.replicated.get(peer) != Some(&r.body.expires_at) {
-            let r = r.clone();
+        if self.replicated.get(peer) == Some(&r.body.expires_at) || !self.server || self.table.is_empty() {
+            return;
+        }
+        let r = r.clone();
+        self.replicated.insert(*peer, r.body.expires_at);
+        let target = RecordKey::Peer(*peer).kad_key();
+        if !self.maintain(Goal::Takeover { record: r.clone(), holders: 0 }, target, now, out) {
+            self.replicated.remove(peer);
             self.replicate(r, false, now, out);
         }
     }

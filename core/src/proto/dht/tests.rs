@@ -344,3 +344,115 @@ fn a_server_whose_seeds_all_fail_tries_them_again_soon() {
         dht_sends(&out).into_iter().filter(|(_, m)| matches!(m, DhtMessage::FindNode(_))).map(|(to, _)| to).collect();
     assert_eq!(asked, seeds.iter().map(|s| s.id).collect());
 }
+
+/// Answers every `FIND_VALUE` in `out` with `record` when `holds(peer)`, nothing otherwise, then
+/// every `FIND_NODE` and `STORE` like [`answer_all`]; returns the peers that got a `STORE`.
+fn answer_values(
+    dht: &mut Dht,
+    mut out: Vec<Action>,
+    record: &PeerRecord,
+    holds: impl Fn(&PeerId) -> bool,
+    now: Timestamp,
+) -> Vec<PeerId> {
+    let mut stored = Vec::new();
+    while !out.is_empty() {
+        let mut next = Vec::new();
+        for (to, m) in dht_sends(&out) {
+            let reply = match m {
+                DhtMessage::FindValue(f) => DhtMessage::Value(Value {
+                    req: f.req,
+                    record: holds(&to).then(|| record.clone()),
+                    closer: Vec::new(),
+                }),
+                DhtMessage::FindNode(f) => DhtMessage::Nodes(Nodes { req: f.req, closer: Vec::new() }),
+                DhtMessage::Store(s) => {
+                    stored.push(to);
+                    DhtMessage::StoreAck(StoreAck { req: s.req, refused: None })
+                }
+                _ => continue,
+            };
+            dht.on_response(PeerAddr::id_only(to), reply, now, &mut next);
+        }
+        out = next;
+    }
+    stored
+}
+
+#[test]
+fn a_new_referent_stores_a_version_only_if_the_replicas_lack_it() {
+    let peers: Vec<PeerAddr> =
+        (0..40).map(|i| PeerAddr::id_only(Keypair::derive(100 + i, "replica").peer_id())).collect();
+    let me = Keypair::derive(0, "dht-server");
+    let owner = Keypair::derive(1, "owner");
+    let k = Config::default().kad_k;
+    let r = record(&owner, "did:o", NOW);
+    let fresh = || {
+        let mut dht = Dht::new(Config::default(), me.clone(), Vec::new(), true, &peers, DetRng::new(1, "t"), NOW);
+        let _ = dht.store.put_verified(r.clone(), NOW).unwrap();
+        dht
+    };
+
+    // The previous referent replicated it: every replica asked holds it, nothing is stored.
+    let mut dht = fresh();
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    let asked = dht_sends(&out);
+    assert!(!asked.is_empty() && asked.iter().all(|(_, m)| matches!(m, DhtMessage::FindValue(_))));
+    assert!(answer_values(&mut dht, out, &r, |_| true, NOW).is_empty(), "already replicated");
+    // Asked again for the same version: nothing to do at all.
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    assert!(out.is_empty());
+
+    // Only one peer holds it (say, another indexer of the node): not replicated, so stored on
+    // both keys' k closest.
+    let mut dht = fresh();
+    let holder = peers[0].id;
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    let stored = answer_values(&mut dht, out, &r, |p| *p == holder, NOW);
+    assert_eq!(stored.len(), 2 * k, "k STOREs per key: {}", stored.len());
+    assert!(dht.closest.contains_key(&RecordKey::Peer(owner.peer_id()).kad_key()), "its lookup's set is kept");
+}
+
+#[test]
+fn a_claim_check_that_found_nothing_leaves_the_did_keys_replicas_known() {
+    let peers: Vec<PeerAddr> =
+        (0..40).map(|i| PeerAddr::id_only(Keypair::derive(100 + i, "replica").peer_id())).collect();
+    let mut dht = Dht::new(
+        Config::default(),
+        Keypair::derive(0, "dht-server"),
+        Vec::new(),
+        true,
+        &peers,
+        DetRng::new(1, "t"),
+        NOW,
+    );
+    let owner = Keypair::derive(1, "owner");
+    let r = record(&owner, "did:o", NOW);
+    let mut out = Vec::new();
+    assert_eq!(dht.offer_record(owner.peer_id(), r.clone(), true, NOW, &mut out), Offer::Checking);
+    // The check asks the DID key's closest peers; nobody holds the DID. The record is then
+    // replicated, and only the peer key needs a lookup.
+    let mut finds = 0;
+    let mut out = out;
+    while !out.is_empty() {
+        let mut next = Vec::new();
+        for (to, m) in dht_sends(&out) {
+            let reply = match m {
+                DhtMessage::FindValue(f) => DhtMessage::Value(Value { req: f.req, record: None, closer: Vec::new() }),
+                DhtMessage::FindNode(f) => {
+                    assert_eq!(f.target, RecordKey::Peer(owner.peer_id()).kad_key(), "no second lookup of the DID key");
+                    finds += 1;
+                    DhtMessage::Nodes(Nodes { req: f.req, closer: Vec::new() })
+                }
+                DhtMessage::Store(s) => DhtMessage::StoreAck(StoreAck { req: s.req, refused: None }),
+                _ => continue,
+            };
+            dht.on_response(PeerAddr::id_only(to), reply, NOW, &mut next);
+        }
+        out = next;
+    }
+    assert!(finds > 0, "the peer key was looked up");
+    assert_eq!(dht.local(&RecordKey::Did(r.body.did.clone()), NOW), Some(&r));
+}
