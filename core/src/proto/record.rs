@@ -12,7 +12,7 @@
 
 use super::dht::kad::Key;
 use super::durable::DidBinding;
-use super::identity::{Addr, Did, Keypair, PeerId, Signature};
+use super::identity::{Addr, Did, Keypair, PeerId, SigCheck, Signature};
 use super::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -141,7 +141,12 @@ impl PeerRecord {
     /// Checks the record as of `now`: shape, lifetime, not expired, not issued in the future
     /// beyond `MAX_CLOCK_SKEW` (5 min), and the owner's signature.
     pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
-        verify_body(&*self.body, &self.signature, now)
+        verify_body(&*self.body, &self.signature, now, &SigCheck::direct())
+    }
+
+    /// [`PeerRecord::verify`], with the signature checked through `sigs` (the same result).
+    pub fn verify_with(&self, now: Timestamp, sigs: &SigCheck) -> Result<(), RecordError> {
+        verify_body(&*self.body, &self.signature, now, sigs)
     }
 
     /// Whether `self` should replace `other` for the same owner: it expires later (ties keep the
@@ -200,7 +205,12 @@ fn sign_body(body: &impl SignedBody, key: &Keypair) -> Result<Signature, RecordE
 }
 
 /// Shape, lifetime, not expired, not issued beyond [`MAX_CLOCK_SKEW`] in the future, signature.
-fn verify_body(body: &impl SignedBody, signature: &Signature, now: Timestamp) -> Result<(), RecordError> {
+fn verify_body(
+    body: &impl SignedBody,
+    signature: &Signature,
+    now: Timestamp,
+    sigs: &SigCheck,
+) -> Result<(), RecordError> {
     body.shape()?;
     let (issued_at, expires_at) = body.lifetime();
     if now >= expires_at {
@@ -209,7 +219,7 @@ fn verify_body(body: &impl SignedBody, signature: &Signature, now: Timestamp) ->
     if issued_at > now + MAX_CLOCK_SKEW {
         return Err(RecordError::FromTheFuture(issued_at));
     }
-    body.signer().verify(&body.signed_bytes(), signature).map_err(|_| RecordError::BadSignature)
+    sigs.verify(&body.signer(), &body.signed_bytes(), signature).map_err(|_| RecordError::BadSignature)
 }
 
 /// Domain separation for provider-record signatures.
@@ -274,7 +284,12 @@ impl ProviderRecord {
 
     /// Checks shape, lifetime, expiry, clock skew and signature as of `now`.
     pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
-        verify_body(&*self.body, &self.signature, now)
+        verify_body(&*self.body, &self.signature, now, &SigCheck::direct())
+    }
+
+    /// [`ProviderRecord::verify`], with the signature checked through `sigs` (the same result).
+    pub fn verify_with(&self, now: Timestamp, sigs: &SigCheck) -> Result<(), RecordError> {
+        verify_body(&*self.body, &self.signature, now, sigs)
     }
 }
 
@@ -542,6 +557,8 @@ pub struct RecordStore {
     did_owner: std::collections::BTreeMap<Did, Binding>,
     max_records: usize,
     binding_ttl: Duration,
+    /// How [`RecordStore::put`] checks signatures.
+    sigs: SigCheck,
 }
 
 impl RecordStore {
@@ -553,7 +570,14 @@ impl RecordStore {
             did_owner: std::collections::BTreeMap::new(),
             max_records: max_records.max(1),
             binding_ttl,
+            sigs: SigCheck::direct(),
         }
+    }
+
+    /// Checks the signatures of the records [`RecordStore::put`] takes through `sigs` (the same
+    /// results: see [`SigCheck`]).
+    pub fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.sigs = sigs;
     }
 
     /// How far the `until` of a binding may move past the one last persisted before it is
@@ -587,7 +611,7 @@ impl RecordStore {
     /// Verifies and stores `record`. Returns whether it replaced an older record of its owner,
     /// and the DID bindings to persist.
     pub fn put(&mut self, record: PeerRecord, now: Timestamp) -> Result<Stored, StoreError> {
-        record.verify(now)?;
+        record.verify_with(now, &self.sigs)?;
         self.put_verified(record, now)
     }
 
