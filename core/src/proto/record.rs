@@ -14,6 +14,7 @@ use super::dht::kad::Key;
 use super::durable::DidBinding;
 use super::identity::{Addr, Did, Keypair, PeerId, SigCheck, Signature};
 use super::time::Timestamp;
+use super::wire::append_postcard;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -91,12 +92,13 @@ impl RecordBody {
 
     /// The exact bytes that are signed: a domain tag, then the postcard encoding of the body.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let out = SIGNING_DOMAIN.to_vec();
+        let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 160);
+        out.extend_from_slice(SIGNING_DOMAIN);
         // Serialising plain data into a Vec cannot fail.
-        match postcard::to_extend(self, out) {
-            Ok(v) => v,
-            Err(_) => SIGNING_DOMAIN.to_vec(),
+        if !append_postcard(self, &mut out) {
+            out.truncate(SIGNING_DOMAIN.len());
         }
+        out
     }
 
     fn check_shape(&self) -> Result<(), RecordError> {
@@ -245,10 +247,12 @@ pub struct ProviderBody {
 
 impl ProviderBody {
     fn signing_bytes(&self) -> Vec<u8> {
-        match postcard::to_extend(self, PROVIDER_DOMAIN.to_vec()) {
-            Ok(v) => v,
-            Err(_) => PROVIDER_DOMAIN.to_vec(),
+        let mut out = Vec::with_capacity(PROVIDER_DOMAIN.len() + 96);
+        out.extend_from_slice(PROVIDER_DOMAIN);
+        if !append_postcard(self, &mut out) {
+            out.truncate(PROVIDER_DOMAIN.len());
         }
+        out
     }
 
     fn check_shape(&self) -> Result<(), RecordError> {
@@ -348,6 +352,8 @@ pub(crate) struct OwnRecord {
     addrs: Vec<Addr>,
     ttl: Duration,
     current: Option<PeerRecord>,
+    /// Signs each version, and tells a shared memo it is good (see [`SigCheck::sign`]).
+    sigs: SigCheck,
 }
 
 impl OwnRecord {
@@ -355,7 +361,12 @@ impl OwnRecord {
     pub(crate) fn new(keypair: Keypair, did: Did, name: &str, mut addrs: Vec<Addr>, ttl: Duration) -> Self {
         addrs.truncate(MAX_ADDRS);
         let name = if name.len() > MAX_NAME_LEN { String::new() } else { name.to_string() };
-        OwnRecord { keypair, did, name, addrs, ttl, current: None }
+        OwnRecord { keypair, did, name, addrs, ttl, current: None, sigs: SigCheck::direct() }
+    }
+
+    /// Signs through `sigs`, so a shared memo knows each version is good.
+    pub(crate) fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.sigs = sigs;
     }
 
     /// Signs a fresh version valid from `now`; `None` if signing failed (the old one stays).
@@ -371,7 +382,9 @@ impl OwnRecord {
             issued_at: now,
             expires_at: now + self.ttl,
         };
-        let record = PeerRecord::sign(body, &self.keypair).ok()?;
+        body.check_shape().ok()?;
+        let signature = self.sigs.sign(&self.keypair, &body.signing_bytes());
+        let record = PeerRecord { body: Box::new(body), signature };
         self.current = Some(record.clone());
         Some(record)
     }

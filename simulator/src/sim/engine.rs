@@ -60,7 +60,9 @@ pub(super) enum Ev {
     ResourceTick(u32),
 }
 
-/// Encoded messages on their way, in reusable slots, so queue entries stay small.
+/// Encoded messages on their way, in reusable slots, so queue entries stay small. A slot keeps its
+/// buffer when its message is delivered: the next message put there is encoded into it, so the
+/// run stops allocating once it has as many buffers as messages in flight at its busiest.
 #[derive(Default)]
 pub(super) struct InFlight {
     slots: Vec<Vec<u8>>,
@@ -68,22 +70,32 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
-    fn put(&mut self, bytes: Vec<u8>) -> u32 {
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = bytes;
-                i
-            }
+    /// Encodes `message` into a free slot.
+    fn put(&mut self, message: &Envelope) -> u32 {
+        let slot = match self.free.pop() {
+            Some(i) => i,
             None => {
-                self.slots.push(bytes);
+                self.slots.push(Vec::with_capacity(128));
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
+        };
+        if let Some(buf) = self.slots.get_mut(slot as usize) {
+            wire::encode_into(message, buf);
         }
+        slot
     }
 
+    /// The bytes in `slot`; hand the buffer back with [`InFlight::release`].
     fn take(&mut self, slot: u32) -> Vec<u8> {
-        self.free.push(slot);
         self.slots.get_mut(slot as usize).map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Frees `slot`, keeping `buf` (taken from it) for the next message.
+    fn release(&mut self, slot: u32, buf: Vec<u8>) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = buf;
+            self.free.push(slot);
+        }
     }
 }
 
@@ -155,11 +167,11 @@ impl Simulation {
     /// A message reaches the end of its link, unless the link closed meanwhile.
     fn arrive(&mut self, from: PeerIx, to: PeerIx, epoch: u64, slot: u32) {
         let bytes = self.in_flight.take(slot);
-        if !self.net.is_open(to, from, epoch) {
-            return;
+        if self.net.is_open(to, from, epoch) {
+            self.events += 1;
+            self.deliver(from, to, &bytes);
         }
-        self.events += 1;
-        self.deliver(from, to, &bytes);
+        self.in_flight.release(slot, bytes);
     }
 
     /// A dial completes: both ends learn of the connection, the dialer first.
@@ -424,7 +436,7 @@ impl Simulation {
         self.count_sent(message);
         match self.net.send(self.now, from, to) {
             SendOutcome::Deliver { at, epoch } => {
-                let slot = self.in_flight.put(wire::encode(message));
+                let slot = self.in_flight.put(message);
                 self.schedule(at, Ev::Deliver { from, to, epoch, slot });
             }
             SendOutcome::NoLink => self.netr.dropped_no_link += 1,

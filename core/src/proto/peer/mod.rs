@@ -200,6 +200,7 @@ impl Peer {
 
     /// Hands the host's way of checking signatures to every machine that checks some.
     fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.record.set_sig_check(sigs.clone());
         self.dht.set_sig_check(sigs.clone());
         self.search.set_sig_check(sigs.clone());
         if let Some(pool) = &mut self.node {
