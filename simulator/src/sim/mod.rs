@@ -9,7 +9,9 @@
 //! (lazy deletion).
 //!
 //! The engine holds no protocol logic. It executes the peers' [`Output`]s — dials, sends, closes —
-//! through [`Network`], round-trips every message through the wire codec, and watches
+//! through [`Network`], encodes every message with the wire codec (the trace hashes the bytes;
+//! the receiver gets the message itself, which the codec round-trips exactly — debug builds
+//! decode and compare each one), and watches
 //! [`Event`]s and the read-only pool views to measure detection and recovery. Byzantine behaviours
 //! are filters on a misbehaving peer's outputs (or traffic injected on its behalf); the core itself
 //! is always honest.
