@@ -23,7 +23,9 @@
 //! by its step; a journal cut short (a crash, a size cap) replays up to its last whole record and
 //! says so.
 
-use crate::proto::{Addr, Config, Did, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerSetup, Roles, Timestamp};
+use crate::proto::{
+    Addr, Config, Did, Input, Keypair, Output, Peer, PeerAddr, PeerId, PeerSetup, Roles, SigCheck, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 /// The file's first bytes.
@@ -313,6 +315,7 @@ pub fn peer_setup(
         rng_seed: s.rng_seed,
         addrs: s.addrs.clone(),
         clock_anchor: Some(anchor),
+        sig_check: SigCheck::direct(),
     })
 }
 
@@ -481,6 +484,7 @@ impl Seed {
             rng_seed: self.rng_seed,
             addrs: self.addrs.clone(),
             clock_anchor: Some(anchor),
+            sig_check: SigCheck::direct(),
         }
     }
 }

@@ -39,6 +39,10 @@ enum Command {
         /// `DIR/peer_node/` and `DIR/peer_indexer/` (the seed corpora of `fuzz/`).
         #[arg(long, value_name = "DIR")]
         dump_corpus: Option<PathBuf>,
+        /// Check every signature with ed25519 instead of through the run's shared memo (the same
+        /// results and trace hash, slower).
+        #[arg(long)]
+        no_sig_memo: bool,
     },
     /// Run the fixed large scenario and print throughput.
     Bench {
@@ -57,6 +61,10 @@ enum Command {
         /// Also write the JSON report here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Check every signature with ed25519 instead of through the run's shared memo (the same
+        /// results and trace hash, slower).
+        #[arg(long)]
+        no_sig_memo: bool,
     },
     /// Replay a real daemon's journal (`ocd run --journal FILE`): rebuild its peer, feed it the
     /// recorded inputs and compare its outputs' running hash step by step. Exits 0 when the replay
@@ -157,12 +165,15 @@ fn replay(path: &PathBuf, key: Option<PathBuf>, network_key: Option<PathBuf>) ->
 
 fn real_main(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { scenario, seed, report, json, trace, dump_corpus } => {
+        Command::Run { scenario, seed, report, json, trace, dump_corpus, no_sig_memo } => {
             let mut sc = Scenario::load(&scenario)?;
             if let Some(s) = seed {
                 sc = sc.with_seed(s);
             }
             let mut sim = Simulation::new(sc)?;
+            if no_sig_memo {
+                sim.check_signatures_directly();
+            }
             let unknown = sim.trace_peers(&trace);
             if !unknown.is_empty() {
                 anyhow::bail!("--trace: no such peer(s): {}", unknown.join(", "));
@@ -193,7 +204,7 @@ fn real_main(command: Command) -> anyhow::Result<()> {
         Command::Replay { journal, key, network_key } => {
             let _ = replay(&journal, key, network_key);
         }
-        Command::Bench { nodes, indexers, duration, seed, report } => {
+        Command::Bench { nodes, indexers, duration, seed, report, no_sig_memo } => {
             let sc = bench::scenario(BenchParams { nodes, indexers, duration, seed })?;
             let peers = sc.peer_count();
             println!(
@@ -202,8 +213,12 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             );
             let setup = Instant::now();
             let mut sim = Simulation::new(sc)?;
+            if no_sig_memo {
+                sim.check_signatures_directly();
+            }
             let setup_s = setup.elapsed().as_secs_f64();
             let r = sim.run_to_end();
+            let memo = sim.sig_memo_stats();
             // Freeing every peer takes a noticeable share of a bench; the process exits right after.
             std::mem::forget(sim);
             let wall_s = (r.wall_ms.max(1)) as f64 / 1000.0;
@@ -230,6 +245,13 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             println!("messages/s      {:.0}", r.messages as f64 / wall_s);
             println!("peer-s / wall-s {:.0}", peers as f64 * (r.sim_ms as f64 / 1000.0) / wall_s);
             println!("sim-s / wall-s  {:.1}", (r.sim_ms as f64 / 1000.0) / wall_s);
+            match memo {
+                Some(m) => println!(
+                    "signature memo  {} checks answered, {} verified ({} held at the end)",
+                    m.hits, m.misses, m.held
+                ),
+                None => println!("signature memo  off (every signature verified)"),
+            }
             println!(
                 "final pool      mean live {:.2}, {} of {} nodes below min {}",
                 r.pool.final_mean_live, r.pool.final_nodes_below_min, r.pool.final_nodes, r.pool.min_target

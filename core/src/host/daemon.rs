@@ -10,7 +10,7 @@ use super::identity::{self, Identity, IdentityFileError};
 use super::metrics::{self, Metrics};
 use super::store::{Store, StoreError};
 use super::transport::{Runtime, Transport};
-use crate::proto::{Addr, Input, Peer, PeerAddr, PeerSetup, Restored, Roles};
+use crate::proto::{Addr, Input, Peer, PeerAddr, PeerSetup, Restored, Roles, SigCheck};
 use futures::channel::mpsc;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -102,6 +102,7 @@ impl DaemonSetup {
             addrs,
             // The search mesh's clock: any instant will do, only differences are used.
             clock_anchor: Some(std::time::Instant::now()),
+            sig_check: SigCheck::direct(),
         })
     }
 }

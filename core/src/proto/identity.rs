@@ -6,8 +6,10 @@
 
 use ed25519_dalek::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Errors when parsing or checking identities.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -178,6 +180,151 @@ impl Keypair {
     }
 }
 
+/// How a peer checks ed25519 signatures: directly, or through a memo of the checks that
+/// succeeded, shared with the other peers of the same host.
+///
+/// The memo is for the simulator, where one signed record is checked by every replica and reader
+/// of it, tens of times, and ed25519 verification was most of the run time. It remembers a BLAKE3
+/// digest of `(key, signature, message)` for each signature that verified, so checking the same
+/// triple again returns `Ok(())` without the curve arithmetic. Anything not remembered — a new
+/// triple, any bad signature — goes to ed25519, and a failed check is never remembered, so a bad
+/// signature can pass only through a BLAKE3 collision with a good one. A check therefore gives
+/// the same result with or without the memo, whatever the memo holds: outputs never depend on it
+/// (the simulator's trace hash is the same either way). The memo lives with the host, which
+/// hands a clone of the handle to every peer it builds ([`crate::proto::PeerSetup::sig_check`]);
+/// the default checks directly and shares nothing.
+#[derive(Clone, Default)]
+pub struct SigCheck {
+    memo: Option<Arc<Mutex<SigMemo>>>,
+}
+
+/// Digests of good signatures, in two generations: when the current one is full it becomes the
+/// previous one and the older digests are dropped (a digest found in the previous generation moves
+/// to the current one), so the memo stays bounded and keeps what is still being checked.
+#[derive(Debug)]
+struct SigMemo {
+    current: BTreeSet<[u8; 32]>,
+    previous: BTreeSet<[u8; 32]>,
+    per_generation: usize,
+    stats: SigMemoStats,
+}
+
+/// What a shared signature memo did so far ([`SigCheck::memo_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigMemoStats {
+    /// Checks answered from the memo.
+    pub hits: u64,
+    /// Checks that went to ed25519 (new triples and bad signatures).
+    pub misses: u64,
+    /// Digests held now.
+    pub held: usize,
+}
+
+/// Domain separation for the memo's digests.
+const SIG_MEMO_DOMAIN: &[u8] = b"ocd-core signature memo v1\0";
+
+impl SigCheck {
+    /// Checks every signature with ed25519 (the default).
+    pub fn direct() -> Self {
+        SigCheck { memo: None }
+    }
+
+    /// A memo holding up to about `2 × per_generation` digests of good signatures (32 bytes each),
+    /// to be cloned into every peer of the host.
+    pub fn memoised(per_generation: usize) -> Self {
+        let memo = SigMemo {
+            current: BTreeSet::new(),
+            previous: BTreeSet::new(),
+            per_generation: per_generation.max(1),
+            stats: SigMemoStats::default(),
+        };
+        SigCheck { memo: Some(Arc::new(Mutex::new(memo))) }
+    }
+
+    /// Verifies `sig` over `msg` with `key`: the same result as [`PeerId::verify`], from the memo
+    /// when this exact triple verified before.
+    pub fn verify(&self, key: &PeerId, msg: &[u8], sig: &Signature) -> Result<(), IdentityError> {
+        let Some(memo) = &self.memo else {
+            return key.verify(msg, sig);
+        };
+        let digest = memo_digest(key, msg, sig);
+        if memo.lock().unwrap_or_else(PoisonError::into_inner).hit(&digest) {
+            return Ok(());
+        }
+        key.verify(msg, sig)?;
+        memo.lock().unwrap_or_else(PoisonError::into_inner).remember(digest);
+        Ok(())
+    }
+
+    /// Signs `msg` with `key`, and remembers the signature as good: an ed25519 signature made
+    /// with a key always verifies with its public half, so checking it later gives `Ok(())` with
+    /// or without the memo (debug builds check it for real).
+    pub fn sign(&self, key: &Keypair, msg: &[u8]) -> Signature {
+        let sig = key.sign(msg);
+        if let Some(memo) = &self.memo {
+            debug_assert_eq!(key.peer_id().verify(msg, &sig), Ok(()));
+            let digest = memo_digest(&key.peer_id(), msg, &sig);
+            memo.lock().unwrap_or_else(PoisonError::into_inner).remember(digest);
+        }
+        sig
+    }
+
+    /// What the memo did so far; `None` when checking directly.
+    pub fn memo_stats(&self) -> Option<SigMemoStats> {
+        self.memo.as_ref().map(|m| {
+            let m = m.lock().unwrap_or_else(PoisonError::into_inner);
+            SigMemoStats { held: m.current.len() + m.previous.len(), ..m.stats }
+        })
+    }
+}
+
+impl fmt::Debug for SigCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The memo's contents are left out: nothing may depend on them.
+        f.write_str(if self.memo.is_some() { "SigCheck(memoised)" } else { "SigCheck(direct)" })
+    }
+}
+
+/// BLAKE3 of the domain, the key, the signature and the message (the two fixed-size fields first,
+/// so the encoding is unambiguous).
+fn memo_digest(key: &PeerId, msg: &[u8], sig: &Signature) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(SIG_MEMO_DOMAIN);
+    h.update(&key.0);
+    h.update(&sig.0);
+    h.update(msg);
+    *h.finalize().as_bytes()
+}
+
+impl SigMemo {
+    /// Whether `digest` is held (and counts the check).
+    fn hit(&mut self, digest: &[u8; 32]) -> bool {
+        if self.current.contains(digest) {
+            self.stats.hits += 1;
+            return true;
+        }
+        if self.previous.remove(digest) {
+            self.stats.hits += 1;
+            self.insert(*digest);
+            return true;
+        }
+        self.stats.misses += 1;
+        false
+    }
+
+    /// Remembers the digest of a signature that verified.
+    fn remember(&mut self, digest: [u8; 32]) {
+        self.insert(digest);
+    }
+
+    fn insert(&mut self, digest: [u8; 32]) {
+        if self.current.len() >= self.per_generation {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(digest);
+    }
+}
+
 /// Application-level identifier of a daemon (a UUID by default), chosen at first start and kept.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Did(String);
@@ -309,6 +456,61 @@ mod tests {
         assert!(k.peer_id().verify(b"hello", &sig).is_ok());
         assert_eq!(k.peer_id().verify(b"hellO", &sig), Err(IdentityError::BadSignature));
         assert!(other.peer_id().verify(b"hello", &sig).is_err());
+    }
+
+    #[test]
+    fn memoised_checks_agree_with_direct_ones() {
+        let k = Keypair::derive(1, "a");
+        let other = Keypair::derive(1, "b");
+        let sig = k.sign(b"hello");
+        let memo = SigCheck::memoised(16);
+        let id = k.peer_id();
+        // Cold, then warm: the same answer, the second from the memo.
+        assert_eq!(memo.verify(&id, b"hello", &sig), Ok(()));
+        assert_eq!(memo.verify(&id, b"hello", &sig), Ok(()));
+        let stats = memo.memo_stats().unwrap();
+        assert_eq!((stats.hits, stats.misses, stats.held), (1, 1, 1));
+        // With the memo warm, every altered triple is still refused, each time.
+        let mut bad_sig = sig;
+        bad_sig.0[0] ^= 1;
+        for _ in 0..2 {
+            assert_eq!(memo.verify(&id, b"hellO", &sig), Err(IdentityError::BadSignature));
+            assert_eq!(memo.verify(&id, b"hello", &bad_sig), id.verify(b"hello", &bad_sig));
+            assert!(memo.verify(&id, b"hello", &bad_sig).is_err());
+            assert!(memo.verify(&other.peer_id(), b"hello", &sig).is_err());
+        }
+        // Failures are not remembered.
+        assert_eq!(memo.memo_stats().unwrap().held, 1);
+        // What the memo signs is known good; a forged copy is not.
+        let signed = memo.sign(&other, b"mine");
+        assert_eq!(signed, other.sign(b"mine"));
+        assert_eq!(memo.verify(&other.peer_id(), b"mine", &signed), Ok(()));
+        assert_eq!(memo.memo_stats().unwrap().hits, 2);
+        assert!(memo.verify(&id, b"mine", &signed).is_err());
+        assert!(memo.verify(&other.peer_id(), b"minE", &signed).is_err());
+        assert_eq!(SigCheck::direct().memo_stats(), None);
+        assert_eq!(SigCheck::direct().verify(&id, b"hello", &sig), Ok(()));
+    }
+
+    #[test]
+    fn memo_is_shared_by_clones_and_stays_bounded() {
+        let k = Keypair::derive(2, "a");
+        let memo = SigCheck::memoised(4);
+        let clone = memo.clone();
+        let msgs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 3]).collect();
+        for m in &msgs {
+            assert_eq!(memo.verify(&k.peer_id(), m, &k.sign(m)), Ok(()));
+        }
+        let held = clone.memo_stats().unwrap().held;
+        assert!(held <= 8, "{held} digests held");
+        // The latest ones are answered from the memo through the clone.
+        let last = &msgs[19];
+        assert_eq!(clone.verify(&k.peer_id(), last, &k.sign(last)), Ok(()));
+        assert_eq!(clone.memo_stats().unwrap().hits, 1);
+        // Evicted ones are checked again, with the same result.
+        let first = &msgs[0];
+        assert_eq!(clone.verify(&k.peer_id(), first, &k.sign(first)), Ok(()));
+        assert_eq!(clone.memo_stats().unwrap().misses, 21);
     }
 
     #[test]

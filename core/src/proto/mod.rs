@@ -111,7 +111,7 @@ pub use app::{
 pub use config::{Config, ConfigError};
 pub use dht::DhtStats;
 pub use durable::{Applied, DidBinding, Forget, MemoryStore, Persist, ReceivedIds, Restored};
-pub use identity::{Addr, Did, IdentityError, Keypair, PeerAddr, PeerId, Signature};
+pub use identity::{Addr, Did, IdentityError, Keypair, PeerAddr, PeerId, SigCheck, SigMemoStats, Signature};
 pub use indexer::{KnownIndexer, SessionView};
 pub use link::hello_mac;
 pub use node::{EntryState, PoolEntryView, ScoreFactors};

@@ -12,8 +12,9 @@
 
 use super::dht::kad::Key;
 use super::durable::DidBinding;
-use super::identity::{Addr, Did, Keypair, PeerId, Signature};
+use super::identity::{Addr, Did, Keypair, PeerId, SigCheck, Signature};
 use super::time::Timestamp;
+use super::wire::append_postcard;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -91,12 +92,13 @@ impl RecordBody {
 
     /// The exact bytes that are signed: a domain tag, then the postcard encoding of the body.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let out = SIGNING_DOMAIN.to_vec();
+        let mut out = Vec::with_capacity(SIGNING_DOMAIN.len() + 160);
+        out.extend_from_slice(SIGNING_DOMAIN);
         // Serialising plain data into a Vec cannot fail.
-        match postcard::to_extend(self, out) {
-            Ok(v) => v,
-            Err(_) => SIGNING_DOMAIN.to_vec(),
+        if !append_postcard(self, &mut out) {
+            out.truncate(SIGNING_DOMAIN.len());
         }
+        out
     }
 
     fn check_shape(&self) -> Result<(), RecordError> {
@@ -141,7 +143,12 @@ impl PeerRecord {
     /// Checks the record as of `now`: shape, lifetime, not expired, not issued in the future
     /// beyond `MAX_CLOCK_SKEW` (5 min), and the owner's signature.
     pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
-        verify_body(&*self.body, &self.signature, now)
+        verify_body(&*self.body, &self.signature, now, &SigCheck::direct())
+    }
+
+    /// [`PeerRecord::verify`], with the signature checked through `sigs` (the same result).
+    pub fn verify_with(&self, now: Timestamp, sigs: &SigCheck) -> Result<(), RecordError> {
+        verify_body(&*self.body, &self.signature, now, sigs)
     }
 
     /// Whether `self` should replace `other` for the same owner: it expires later (ties keep the
@@ -200,7 +207,12 @@ fn sign_body(body: &impl SignedBody, key: &Keypair) -> Result<Signature, RecordE
 }
 
 /// Shape, lifetime, not expired, not issued beyond [`MAX_CLOCK_SKEW`] in the future, signature.
-fn verify_body(body: &impl SignedBody, signature: &Signature, now: Timestamp) -> Result<(), RecordError> {
+fn verify_body(
+    body: &impl SignedBody,
+    signature: &Signature,
+    now: Timestamp,
+    sigs: &SigCheck,
+) -> Result<(), RecordError> {
     body.shape()?;
     let (issued_at, expires_at) = body.lifetime();
     if now >= expires_at {
@@ -209,7 +221,7 @@ fn verify_body(body: &impl SignedBody, signature: &Signature, now: Timestamp) ->
     if issued_at > now + MAX_CLOCK_SKEW {
         return Err(RecordError::FromTheFuture(issued_at));
     }
-    body.signer().verify(&body.signed_bytes(), signature).map_err(|_| RecordError::BadSignature)
+    sigs.verify(&body.signer(), &body.signed_bytes(), signature).map_err(|_| RecordError::BadSignature)
 }
 
 /// Domain separation for provider-record signatures.
@@ -235,10 +247,12 @@ pub struct ProviderBody {
 
 impl ProviderBody {
     fn signing_bytes(&self) -> Vec<u8> {
-        match postcard::to_extend(self, PROVIDER_DOMAIN.to_vec()) {
-            Ok(v) => v,
-            Err(_) => PROVIDER_DOMAIN.to_vec(),
+        let mut out = Vec::with_capacity(PROVIDER_DOMAIN.len() + 96);
+        out.extend_from_slice(PROVIDER_DOMAIN);
+        if !append_postcard(self, &mut out) {
+            out.truncate(PROVIDER_DOMAIN.len());
         }
+        out
     }
 
     fn check_shape(&self) -> Result<(), RecordError> {
@@ -274,7 +288,12 @@ impl ProviderRecord {
 
     /// Checks shape, lifetime, expiry, clock skew and signature as of `now`.
     pub fn verify(&self, now: Timestamp) -> Result<(), RecordError> {
-        verify_body(&*self.body, &self.signature, now)
+        verify_body(&*self.body, &self.signature, now, &SigCheck::direct())
+    }
+
+    /// [`ProviderRecord::verify`], with the signature checked through `sigs` (the same result).
+    pub fn verify_with(&self, now: Timestamp, sigs: &SigCheck) -> Result<(), RecordError> {
+        verify_body(&*self.body, &self.signature, now, sigs)
     }
 }
 
@@ -333,6 +352,8 @@ pub(crate) struct OwnRecord {
     addrs: Vec<Addr>,
     ttl: Duration,
     current: Option<PeerRecord>,
+    /// Signs each version, and tells a shared memo it is good (see [`SigCheck::sign`]).
+    sigs: SigCheck,
 }
 
 impl OwnRecord {
@@ -340,7 +361,12 @@ impl OwnRecord {
     pub(crate) fn new(keypair: Keypair, did: Did, name: &str, mut addrs: Vec<Addr>, ttl: Duration) -> Self {
         addrs.truncate(MAX_ADDRS);
         let name = if name.len() > MAX_NAME_LEN { String::new() } else { name.to_string() };
-        OwnRecord { keypair, did, name, addrs, ttl, current: None }
+        OwnRecord { keypair, did, name, addrs, ttl, current: None, sigs: SigCheck::direct() }
+    }
+
+    /// Signs through `sigs`, so a shared memo knows each version is good.
+    pub(crate) fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.sigs = sigs;
     }
 
     /// Signs a fresh version valid from `now`; `None` if signing failed (the old one stays).
@@ -356,7 +382,9 @@ impl OwnRecord {
             issued_at: now,
             expires_at: now + self.ttl,
         };
-        let record = PeerRecord::sign(body, &self.keypair).ok()?;
+        body.check_shape().ok()?;
+        let signature = self.sigs.sign(&self.keypair, &body.signing_bytes());
+        let record = PeerRecord { body: Box::new(body), signature };
         self.current = Some(record.clone());
         Some(record)
     }
@@ -542,6 +570,8 @@ pub struct RecordStore {
     did_owner: std::collections::BTreeMap<Did, Binding>,
     max_records: usize,
     binding_ttl: Duration,
+    /// How [`RecordStore::put`] checks signatures.
+    sigs: SigCheck,
 }
 
 impl RecordStore {
@@ -553,7 +583,14 @@ impl RecordStore {
             did_owner: std::collections::BTreeMap::new(),
             max_records: max_records.max(1),
             binding_ttl,
+            sigs: SigCheck::direct(),
         }
+    }
+
+    /// Checks the signatures of the records [`RecordStore::put`] takes through `sigs` (the same
+    /// results: see [`SigCheck`]).
+    pub fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.sigs = sigs;
     }
 
     /// How far the `until` of a binding may move past the one last persisted before it is
@@ -587,7 +624,7 @@ impl RecordStore {
     /// Verifies and stores `record`. Returns whether it replaced an older record of its owner,
     /// and the DID bindings to persist.
     pub fn put(&mut self, record: PeerRecord, now: Timestamp) -> Result<Stored, StoreError> {
-        record.verify(now)?;
+        record.verify_with(now, &self.sigs)?;
         self.put_verified(record, now)
     }
 

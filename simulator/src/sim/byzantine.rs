@@ -331,7 +331,7 @@ impl Simulation {
                 name: Some(name.clone()),
                 ..Heartbeat::bare(RequestId(FLOOD_REQ_BASE + sp.flood_req), HeartbeatKind::Regular)
             });
-            self.send(p, q, &hb);
+            self.send(p, q, hb);
         }
     }
 }

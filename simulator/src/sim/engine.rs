@@ -3,7 +3,7 @@
 
 use super::{EPOCH_MS, Life, Simulation};
 use crate::net::{ConnectOutcome, PeerIx, SendOutcome};
-use ocd_core::proto::wire::{self, Envelope};
+use ocd_core::proto::wire::{self, Envelope, WireError};
 use ocd_core::proto::{CloseReason, Input, Output, Peer, PeerAddr, PeerId, Persist, Timestamp};
 
 /// A queued event. Kept at 24 bytes: message bytes wait in [`InFlight`], rare payloads are boxed.
@@ -60,30 +60,64 @@ pub(super) enum Ev {
     ResourceTick(u32),
 }
 
-/// Encoded messages on their way, in reusable slots, so queue entries stay small.
+/// Messages on their way, in reusable slots, so queue entries stay small: each with its encoding
+/// (what the trace hashes and the byte counts measure) and the message itself.
+///
+/// The receiver is handed the sender's message rather than a decoding of its bytes: the wire
+/// codec round-trips every envelope exactly (plain derived serde, floats as raw bits; checked on
+/// every delivery in debug builds, and by the codec's own tests and fuzzers), so the receiver gets
+/// the same value and the run the same trace, without a decode per message. A frame too large
+/// for the wire is still decoded, to fail as it would on a real link.
+///
+/// A slot keeps its buffer when its message is delivered: the next message put there is encoded
+/// into it, so the run stops allocating once it has as many buffers as messages in flight at its
+/// busiest.
 #[derive(Default)]
 pub(super) struct InFlight {
-    slots: Vec<Vec<u8>>,
+    slots: Vec<(Vec<u8>, Option<Envelope>)>,
     free: Vec<u32>,
 }
 
 impl InFlight {
-    fn put(&mut self, bytes: Vec<u8>) -> u32 {
-        match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = bytes;
-                i
-            }
+    /// Encodes `message` into a free slot, and keeps it there.
+    fn put(&mut self, message: Envelope) -> u32 {
+        let slot = match self.free.pop() {
+            Some(i) => i,
             None => {
-                self.slots.push(bytes);
+                self.slots.push((Vec::with_capacity(128), None));
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
+        };
+        if let Some((buf, kept)) = self.slots.get_mut(slot as usize) {
+            wire::encode_into(&message, buf);
+            *kept = Some(message);
         }
+        slot
     }
 
-    fn take(&mut self, slot: u32) -> Vec<u8> {
-        self.free.push(slot);
-        self.slots.get_mut(slot as usize).map(std::mem::take).unwrap_or_default()
+    /// The bytes and the message in `slot`; hand the buffer back with [`InFlight::release`].
+    fn take(&mut self, slot: u32) -> (Vec<u8>, Option<Envelope>) {
+        self.slots.get_mut(slot as usize).map(|(b, m)| (std::mem::take(b), m.take())).unwrap_or_default()
+    }
+
+    /// Frees `slot`, keeping `buf` (taken from it) for the next message.
+    fn release(&mut self, slot: u32, buf: Vec<u8>) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            s.0 = buf;
+            self.free.push(slot);
+        }
+    }
+}
+
+/// What the receiver of `bytes` decodes: `sent`, the message they encode, unless the frame is too
+/// large for the wire (then the decoder's error). Debug builds decode and compare every message.
+fn received(bytes: &[u8], sent: Option<Envelope>) -> Result<Envelope, WireError> {
+    match sent {
+        Some(m) if bytes.len() <= wire::MAX_FRAME_LEN => {
+            debug_assert_eq!(wire::decode(bytes).as_ref(), Ok(&m), "the wire codec must round-trip every message");
+            Ok(m)
+        }
+        _ => wire::decode(bytes),
     }
 }
 
@@ -154,12 +188,12 @@ impl Simulation {
 
     /// A message reaches the end of its link, unless the link closed meanwhile.
     fn arrive(&mut self, from: PeerIx, to: PeerIx, epoch: u64, slot: u32) {
-        let bytes = self.in_flight.take(slot);
-        if !self.net.is_open(to, from, epoch) {
-            return;
+        let (bytes, sent) = self.in_flight.take(slot);
+        if self.net.is_open(to, from, epoch) {
+            self.events += 1;
+            self.deliver(from, to, &bytes, sent);
         }
-        self.events += 1;
-        self.deliver(from, to, &bytes);
+        self.in_flight.release(slot, bytes);
     }
 
     /// A dial completes: both ends learn of the connection, the dialer first.
@@ -232,8 +266,9 @@ impl Simulation {
         self.handle(p, Input::Timeout, true);
     }
 
-    /// Decodes a delivered message and hands it to `to` (through the byzantine input filters).
-    fn deliver(&mut self, from: PeerIx, to: PeerIx, bytes: &[u8]) {
+    /// Hands a delivered message to `to` (through the byzantine input filters): `sent`, what the
+    /// bytes decode to (see [`InFlight`]).
+    fn deliver(&mut self, from: PeerIx, to: PeerIx, bytes: &[u8], sent: Option<Envelope>) {
         self.messages += 1;
         self.netr.bytes += bytes.len() as u64;
         self.trace.bytes(b"msg");
@@ -242,7 +277,7 @@ impl Simulation {
         self.trace.u32(to);
         self.trace.u64(bytes.len() as u64);
         self.trace.bytes(bytes);
-        let decoded = wire::decode(bytes);
+        let decoded = received(bytes, sent);
         if let Ok(m) = &decoded {
             self.delivered_bytes_by_kind[m.kind_index()] += bytes.len() as u64;
             self.count_delivered(m);
@@ -378,7 +413,7 @@ impl Simulation {
             message
         };
         match self.index.get(&to).copied() {
-            Some(q) => self.send(p, q, &message),
+            Some(q) => self.send(p, q, message),
             None => {
                 self.netr.sent += 1;
                 self.netr.dropped_no_link += 1;
@@ -419,12 +454,12 @@ impl Simulation {
         }
     }
 
-    pub(super) fn send(&mut self, from: PeerIx, to: PeerIx, message: &Envelope) {
+    pub(super) fn send(&mut self, from: PeerIx, to: PeerIx, message: Envelope) {
         self.netr.sent += 1;
-        self.count_sent(message);
+        self.count_sent(&message);
         match self.net.send(self.now, from, to) {
             SendOutcome::Deliver { at, epoch } => {
-                let slot = self.in_flight.put(wire::encode(message));
+                let slot = self.in_flight.put(message);
                 self.schedule(at, Ev::Deliver { from, to, epoch, slot });
             }
             SendOutcome::NoLink => self.netr.dropped_no_link += 1,

@@ -9,7 +9,9 @@
 //! (lazy deletion).
 //!
 //! The engine holds no protocol logic. It executes the peers' [`Output`]s — dials, sends, closes —
-//! through [`Network`], round-trips every message through the wire codec, and watches
+//! through [`Network`], encodes every message with the wire codec (the trace hashes the bytes;
+//! the receiver gets the message itself, which the codec round-trips exactly — debug builds
+//! decode and compare each one), and watches
 //! [`Event`]s and the read-only pool views to measure detection and recovery. Byzantine behaviours
 //! are filters on a misbehaving peer's outputs (or traffic injected on its behalf); the core itself
 //! is always honest.
@@ -23,6 +25,11 @@
 //! Every peer gets the same search-mesh clock anchor, one `Instant` read when the run is built:
 //! the core only adds durations to it and compares them, so the run does not depend on its value
 //! (the cross-process determinism test checks it).
+//!
+//! Every peer also gets the same signature memo ([`SigCheck::memoised`]): a signed record is
+//! checked by each of its replicas and readers, and ed25519 verification was most of a run's time.
+//! A check gives the same result with or without the memo, so it changes the speed of a run, never
+//! its trace ([`Simulation::check_signatures_directly`] turns it off).
 //!
 //! The code is split by concern, each file adding its own `impl Simulation` block:
 //!
@@ -64,7 +71,7 @@ use faults::{FaultPlan, FaultTrack, Readmit};
 use measure::{LookupAcc, MESSAGE_KINDS, RecordAcc};
 use ocd_core::proto::{
     Command, DetRng, Did, Input, Keypair, MemoryStore, Output, Peer, PeerAddr, PeerId, PeerRecord, PeerSetup,
-    RecordKey, Roles, SearchEnd,
+    RecordKey, Roles, SearchEnd, SigCheck, SigMemoStats,
 };
 use resources::ResourceWorkload;
 use searches::SearchAcc;
@@ -249,6 +256,8 @@ pub struct Simulation {
     refusals: BTreeMap<String, u64>,
     /// `--dump-corpus`: the peers whose inputs are recorded as fuzzing seeds.
     dump: Option<Box<corpus::CorpusDump>>,
+    /// The signature memo every peer shares (direct checks once turned off).
+    sigs: SigCheck,
 }
 
 /// Every peer of a scenario, built but not started.
@@ -311,7 +320,7 @@ fn unique_name(label: &str, id: &PeerId) -> String {
 }
 
 /// Builds every peer of `scenario`, in group order, with its keys, config, seeds and start time.
-fn build_peers(scenario: &Scenario, network_key: [u8; 32]) -> Result<BuiltPeers, ScenarioError> {
+fn build_peers(scenario: &Scenario, network_key: [u8; 32], sigs: &SigCheck) -> Result<BuiltPeers, ScenarioError> {
     let seed = scenario.seed;
     let n = scenario.peer_count();
     let mut start_rng = DetRng::new(seed, "ocd-sim start times");
@@ -343,6 +352,7 @@ fn build_peers(scenario: &Scenario, network_key: [u8; 32]) -> Result<BuiltPeers,
             setup.config = config;
             setup.rng_seed = derive_u64(seed, &format!("{name}#0"));
             setup.clock_anchor = Some(anchor);
+            setup.sig_check = sigs.clone();
             // Seed ids are filled in below, once every key exists.
             let spread = ms(g.start_spread);
             starts.push(if spread > 0 { start_rng.below(spread) } else { 0 });
@@ -366,7 +376,10 @@ impl Simulation {
         let seed = scenario.seed;
         let mut network_key = [0u8; 32];
         DetRng::new(seed, "ocd-sim network key").fill(&mut network_key);
-        let mut built = build_peers(&scenario, network_key)?;
+        // Room for a few versions of every peer's record and more: the memo keeps the last
+        // one to two generations of good signatures.
+        let sigs = SigCheck::memoised(16 * scenario.peer_count() + 4096);
+        let mut built = build_peers(&scenario, network_key, &sigs)?;
         let fault_plan = FaultPlan::build(&scenario)?;
         let end = EPOCH_MS + ms(scenario.duration);
         let lookup = LookupWorkload::build(&scenario, &built.peers, end)?;
@@ -375,6 +388,7 @@ impl Simulation {
         let resources = ResourceWorkload::build(&scenario, end)?;
         let starts = std::mem::take(&mut built.starts);
         let mut sim = Simulation::assemble(scenario, network_key, built, fault_plan, (lookup, search, sends), end);
+        sim.sigs = sigs;
         sim.resources = resources;
         sim.schedule_workloads();
         sim.schedule_sends();
@@ -456,8 +470,23 @@ impl Simulation {
             records: RecordAcc::default(),
             refusals: BTreeMap::new(),
             dump: None,
+            sigs: SigCheck::direct(),
             scenario,
         }
+    }
+
+    /// Makes every peer check each signature with ed25519 rather than through the run's shared
+    /// memo: slower, with the same results (and trace hash). Call it before the run starts.
+    pub fn check_signatures_directly(&mut self) {
+        self.sigs = SigCheck::direct();
+        for p in &mut self.peers {
+            p.setup.sig_check = SigCheck::direct();
+        }
+    }
+
+    /// What the shared signature memo did so far (`None` when signatures are checked directly).
+    pub fn sig_memo_stats(&self) -> Option<SigMemoStats> {
+        self.sigs.memo_stats()
     }
 
     /// Schedules every peer's start (`starts`: ms after [`EPOCH_MS`], by peer index).
@@ -718,6 +747,75 @@ role = "indexer"
         assert_eq!(r1.without_wall_clock(), r2.without_wall_clock());
         let r3 = run(sc.with_seed(6)).unwrap();
         assert_ne!(r1.trace_hash, r3.trace_hash);
+    }
+
+    #[test]
+    fn the_signature_memo_changes_nothing_but_the_work() {
+        // Forged records and hits, bad signatures, lookups and searches: every kind of check.
+        let text = r#"
+name = "memo"
+seed = 9
+duration = "6m"
+[network]
+latency_ms = [10, 60]
+[[group]]
+name = "idx"
+count = 5
+role = "indexer"
+seeds = ["idx"]
+seeds_sample = 2
+start_spread = "5s"
+[[group]]
+name = "n"
+count = 30
+role = "node"
+seeds = ["idx"]
+seeds_sample = 2
+start_spread = "30s"
+[[group]]
+name = "bad"
+count = 2
+role = "node"
+seeds = ["idx"]
+seeds_sample = 2
+start_spread = "30s"
+[[fault]]
+at = "1m"
+kind = "byzantine"
+targets = ["bad/0"]
+behaviour = "bad_signature"
+[[fault]]
+at = "1m"
+kind = "byzantine"
+targets = ["bad/1"]
+behaviour = "claim_foreign_did"
+[[fault]]
+at = "2m"
+kind = "byzantine"
+targets = ["idx/0"]
+behaviour = "forge_search_hits"
+[[workload]]
+kind = "lookup"
+from = "2m"
+rate_per_s = 2.0
+[[workload]]
+kind = "search"
+from = "3m"
+rate_per_s = 2.0
+warmup = "60s"
+by = "name"
+"#;
+        let sc = Scenario::from_toml(text).unwrap();
+        let mut memo = Simulation::new(sc.clone()).unwrap();
+        let with = memo.run_to_end();
+        let stats = memo.sig_memo_stats().unwrap();
+        assert!(stats.hits > stats.misses, "the memo answered most checks: {stats:?}");
+        let mut direct = Simulation::new(sc).unwrap();
+        direct.check_signatures_directly();
+        let without = direct.run_to_end();
+        assert_eq!(direct.sig_memo_stats(), None);
+        assert_eq!(with.without_wall_clock(), without.without_wall_clock());
+        assert!(with.records.as_ref().is_some_and(|r| r.rejected > 0), "bad records were refused");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::messages::{AppMessage, AppRefusal, Deliver};
 use super::{AppOut, InboxEntry, emit};
 use crate::proto::config::Config;
 use crate::proto::durable::{Persist, ReceivedIds};
-use crate::proto::identity::PeerId;
+use crate::proto::identity::{PeerId, SigCheck};
 use crate::proto::time::Timestamp;
 use crate::proto::{Action, Event};
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +28,8 @@ struct Seen {
 #[derive(Debug, Default)]
 pub(super) struct Inbox {
     received: BTreeMap<(PeerId, u64), Seen>,
+    /// How the senders' records are checked.
+    pub(super) sigs: SigCheck,
 }
 
 impl Inbox {
@@ -52,7 +54,7 @@ impl Inbox {
         out: &mut Vec<Action>,
     ) {
         let id = d.id;
-        let record = d.record.as_ref().filter(|r| r.body.peer_id == from && r.verify(now).is_ok());
+        let record = d.record.as_ref().filter(|r| r.body.peer_id == from && r.verify_with(now, &self.sigs).is_ok());
         let refusal = if book.is_blocked(&from) {
             Some(AppRefusal::Blocked)
         } else if id.sender != from || !(known || record.is_some() || book.is_known(&from)) {

@@ -33,7 +33,7 @@
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
 use crate::proto::durable::{Forget, Persist, Restored};
-use crate::proto::identity::{Did, PeerAddr, PeerId};
+use crate::proto::identity::{Did, PeerAddr, PeerId, SigCheck};
 use crate::proto::record::{PeerRecord, RecordKey};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
@@ -301,6 +301,12 @@ impl AppService {
         let epoch = rng.next_u64() ^ now.as_millis();
         let book = PeerBook::from_config(&config);
         AppService { outbox: outbox::Outbox::new(me, epoch), inbox: inbox::Inbox::default(), config, book }
+    }
+
+    /// Checks the signatures of the records senders attach through `sigs` (the same results: see
+    /// [`SigCheck`]).
+    pub fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.inbox.sigs = sigs;
     }
 
     /// Durable state from the host, before any command.

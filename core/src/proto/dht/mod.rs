@@ -43,7 +43,7 @@
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
 use crate::proto::durable::{DidBinding, Persist};
-use crate::proto::identity::{Addr, Keypair, PeerAddr, PeerId};
+use crate::proto::identity::{Addr, Keypair, PeerAddr, PeerId, SigCheck};
 use crate::proto::record::{PeerRecord, ProviderBody, ProviderRecord, RecordError, RecordStore, StoreError, Stored};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
@@ -306,6 +306,8 @@ pub struct Dht {
     bootstrap_retry: Duration,
     next_gc: Timestamp,
     stats: DhtStats,
+    /// How records and provider records are checked.
+    sigs: SigCheck,
 }
 
 impl std::fmt::Debug for Dht {
@@ -375,7 +377,15 @@ impl Dht {
             next_gc: now + config.gc_interval,
             config,
             stats: DhtStats::default(),
+            sigs: SigCheck::direct(),
         }
+    }
+
+    /// Checks the signatures of records and provider records through `sigs` (the same results:
+    /// see [`SigCheck`]).
+    pub fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.store.set_sig_check(sigs.clone());
+        self.sigs = sigs;
     }
 
     /// Whether this peer serves the DHT.

@@ -217,7 +217,7 @@ impl Dht {
                     }
                 } else if let (Some(r), Some(key)) = (v.record, key) {
                     self.stats.verifications += 1;
-                    if key.matches(&r) && r.verify(now).is_ok() {
+                    if key.matches(&r) && r.verify_with(now, &self.sigs).is_ok() {
                         let better = q.found.as_ref().is_none_or(|(old, _)| r.supersedes(old));
                         if better {
                             q.found = Some((r, hop));
@@ -236,7 +236,7 @@ impl Dht {
                         continue;
                     }
                     self.stats.verifications += 1;
-                    if r.verify(now).is_ok() {
+                    if r.verify_with(now, &self.sigs).is_ok() {
                         q.providers.insert(id, r);
                     }
                 }

@@ -40,7 +40,7 @@ impl Dht {
             return Offer::Checking;
         }
         self.stats.verifications += 1;
-        if let Err(e) = record.verify(now) {
+        if let Err(e) = record.verify_with(now, &self.sigs) {
             return Offer::Refused(StoreError::Invalid(e));
         }
         let known_binding = self.store.by_peer(&from, now).is_some_and(|h| h.body.did == record.body.did)

@@ -143,7 +143,7 @@ impl Dht {
             }
         }
         self.stats.verifications += 1;
-        if provider.verify(now).is_err() {
+        if provider.verify_with(now, &self.sigs).is_err() {
             return Some(StoreRefusal::Invalid);
         }
         if !self.providers.contains_key(&from) && self.providers.len() >= MAX_PROVIDERS {

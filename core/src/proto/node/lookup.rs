@@ -44,7 +44,7 @@
 use super::NodeOut;
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
-use crate::proto::identity::{PeerAddr, PeerId};
+use crate::proto::identity::{PeerAddr, PeerId, SigCheck};
 use crate::proto::time::{Timestamp, duration_ms};
 use crate::proto::wire::{GetRecord, RecordKey, RecordReply, RequestId};
 use crate::proto::{Action, Event};
@@ -127,6 +127,8 @@ pub struct RecordLookups {
     excess: VecDeque<i64>,
     /// Indexers that were overtaken by a hedge, timed out or went unreachable, since when.
     suspects: BTreeMap<PeerId, Timestamp>,
+    /// How answered records are checked.
+    sigs: SigCheck,
     #[cfg(test)]
     /// Hedges sent so far (an indexer asked before the previous one answered).
     hedges: u64,
@@ -142,9 +144,16 @@ impl RecordLookups {
             next_lookup: 0,
             excess: VecDeque::with_capacity(EXCESS_WINDOW),
             suspects: BTreeMap::new(),
+            sigs: SigCheck::direct(),
             #[cfg(test)]
             hedges: 0,
         }
+    }
+
+    /// Checks the signatures of answered records through `sigs` (the same results: see
+    /// [`SigCheck`]).
+    pub fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.sigs = sigs;
     }
 
     /// Lookups in flight.
@@ -299,7 +308,8 @@ impl RecordLookups {
             return;
         };
         p.asks.remove(&reply.req);
-        let valid = reply.record.filter(|r| p.key.matches(r) && r.verify(now).is_ok());
+        let sigs = &self.sigs;
+        let valid = reply.record.filter(|r| p.key.matches(r) && r.verify_with(now, sigs).is_ok());
         match valid {
             Some(record) => self.finish(lookup, Some(record), u32::from(reply.hops), out),
             None => self.ask_next(lookup, ids, now, out),

@@ -82,7 +82,7 @@
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
 use crate::proto::dht::select_by_fill;
-use crate::proto::identity::{Did, PeerAddr, PeerId};
+use crate::proto::identity::{Did, PeerAddr, PeerId, SigCheck};
 use crate::proto::record::{PeerRecord, ProviderRecord};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
@@ -430,6 +430,12 @@ impl IndexerPool {
             pool.entries.insert(s.id, Entry::new(s, AddedVia::Seed, true, now, nc));
         }
         pool
+    }
+
+    /// Checks the signatures of looked-up records through `sigs` (the same results: see
+    /// [`SigCheck`]).
+    pub fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.lookups.set_sig_check(sigs);
     }
 
     /// Handles an indexer's reply (heartbeat response, refusal, candidates, record) from the

@@ -9,7 +9,7 @@
 use crate::proto::app::AppService;
 use crate::proto::config::Config;
 use crate::proto::dht::{Dht, DhtDone, Purpose};
-use crate::proto::identity::{Addr, Did, Keypair, PeerAddr, PeerId};
+use crate::proto::identity::{Addr, Did, Keypair, PeerAddr, PeerId, SigCheck};
 use crate::proto::indexer::{self, IndexerService};
 use crate::proto::link::{Connections, Inbound};
 use crate::proto::node::{self, IndexerPool};
@@ -67,6 +67,10 @@ pub struct PeerSetup {
     /// as this anchor plus `now` (it only adds and compares them, so any anchor gives the same
     /// outputs). Without one an indexer answers searches from its own referents only.
     pub clock_anchor: Option<std::time::Instant>,
+    /// How the peer checks the signatures of records, provider records and search queries:
+    /// directly (the default), or through a memo the host shares between its peers (the
+    /// simulator). The results are the same either way (see [`SigCheck`]).
+    pub sig_check: SigCheck,
 }
 
 impl PeerSetup {
@@ -84,6 +88,7 @@ impl PeerSetup {
             rng_seed: 0,
             addrs: Vec::new(),
             clock_anchor: None,
+            sig_check: SigCheck::direct(),
         }
     }
 }
@@ -188,8 +193,22 @@ impl Peer {
             batch: Vec::new(),
             shut_down: false,
         };
+        peer.set_sig_check(setup.sig_check);
         peer.resign(now);
         peer
+    }
+
+    /// Hands the host's way of checking signatures to every machine that checks some.
+    fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.record.set_sig_check(sigs.clone());
+        self.dht.set_sig_check(sigs.clone());
+        self.search.set_sig_check(sigs.clone());
+        if let Some(pool) = &mut self.node {
+            pool.set_sig_check(sigs.clone());
+        }
+        if let Some(app) = &mut self.app {
+            app.set_sig_check(sigs);
+        }
     }
 
     /// Signs a fresh record and hands it to the pool and, on an indexer, to our own DHT store.

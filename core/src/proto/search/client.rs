@@ -6,7 +6,7 @@
 use super::{SearchEnd, SearchOut, SearchQuery, emit_event};
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
-use crate::proto::identity::{PeerAddr, PeerId};
+use crate::proto::identity::{PeerAddr, PeerId, SigCheck};
 use crate::proto::time::Timestamp;
 use crate::proto::wire::RequestId;
 use crate::proto::{Action, Event};
@@ -41,6 +41,8 @@ pub(super) struct Client {
     /// Resource searches put to us lately, by origin, until when they are remembered: a node that
     /// hears one from two indexers (it just changed referent) hands it to its apps once.
     asked: BTreeMap<(PeerId, u64), Timestamp>,
+    /// How hits are checked.
+    pub(super) sigs: SigCheck,
 }
 
 /// How long a resource search put to us is remembered (a mesh query's lifetime).
@@ -156,7 +158,7 @@ impl Client {
         let mut forged = false;
         let max = config.search_max_results;
         for r in h.records.into_iter().take(config.search_max_batch) {
-            if r.verify(now).is_err() || !a.query.matches(&r) {
+            if r.verify_with(now, &self.sigs).is_err() || !a.query.matches(&r) {
                 forged = true;
                 emit_event(out, Event::ForgedHitDropped { from, owner: r.body.peer_id });
                 continue;

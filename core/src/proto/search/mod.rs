@@ -38,7 +38,7 @@
 
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
-use crate::proto::identity::{Did, Keypair, PeerAddr, PeerId};
+use crate::proto::identity::{Did, Keypair, PeerAddr, PeerId, SigCheck};
 use crate::proto::record::{MAX_NAME_LEN, PeerRecord};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
@@ -201,6 +201,14 @@ impl SearchService {
     ) -> SearchService {
         let serve = serve.then(|| serve::Serve::new(&config, keypair.clone(), me_addr, anchor, rng, now));
         SearchService { client: client::Client::default(), config, serve }
+    }
+
+    /// Checks search hits and mesh queries through `sigs` (the same results: see [`SigCheck`]).
+    pub fn set_sig_check(&mut self, sigs: SigCheck) {
+        if let Some(serve) = &mut self.serve {
+            serve.set_sig_check(sigs.clone());
+        }
+        self.client.sigs = sigs;
     }
 
     /// Starts search `id` of `user` through `indexers` (referent first, then by score).

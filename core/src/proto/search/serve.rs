@@ -8,7 +8,7 @@ use super::messages::{ResourceAsk, ResourceAsked, SearchFound, SearchHits, Searc
 use super::{Referenced, SearchOut, SearchQuery, emit_event, matching};
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
-use crate::proto::identity::{Keypair, PeerAddr, PeerId, Signature};
+use crate::proto::identity::{Keypair, PeerAddr, PeerId, SigCheck, Signature};
 use crate::proto::rng::DetRng;
 use crate::proto::time::Timestamp;
 use crate::proto::wire::RequestId;
@@ -106,6 +106,8 @@ pub(super) struct Serve {
     by_node: BTreeMap<(PeerId, RequestId), u64>,
     next_number: u64,
     gate: QueryGate,
+    /// How responders' hits are checked.
+    sigs: SigCheck,
 }
 
 /// What a mesh query must pass before the mesh forwards it: dedupe ids and per-emitter rates.
@@ -116,6 +118,8 @@ pub(super) struct QueryGate {
     by_expiry: BTreeSet<(Timestamp, PeerId, u64)>,
     /// New queries accepted per emitter over the last minute.
     rates: BTreeMap<PeerId, VecDeque<Timestamp>>,
+    /// How the emitters' signatures are checked.
+    sigs: SigCheck,
 }
 
 impl Serve {
@@ -136,7 +140,14 @@ impl Serve {
             by_node: BTreeMap::new(),
             next_number: 0,
             gate: QueryGate::default(),
+            sigs: SigCheck::direct(),
         }
+    }
+
+    /// Checks hits and mesh queries through `sigs` (the same results: see [`SigCheck`]).
+    pub(super) fn set_sig_check(&mut self, sigs: SigCheck) {
+        self.gate.sigs = sigs.clone();
+        self.sigs = sigs;
     }
 
     pub(super) fn on_message(
@@ -264,7 +275,7 @@ impl Serve {
         let mut fresh = Vec::new();
         let mut forged = false;
         for r in f.records.into_iter().take(config.search_max_batch) {
-            if r.verify(now).is_err() || !e.query.matches(&r) {
+            if r.verify_with(now, &self.sigs).is_err() || !e.query.matches(&r) {
                 forged = true;
                 emit_event(out, Event::ForgedHitDropped { from, owner: r.body.peer_id });
                 continue;
@@ -423,7 +434,7 @@ impl QueryGate {
         if b.expires_at <= now || b.expires_at > now + QUERY_LIFETIME + QUERY_SKEW || !b.wanted.is_valid(config) {
             return false;
         }
-        if b.emitter.id.verify(&b.signing_bytes(), &q.signature).is_err() {
+        if self.sigs.verify(&b.emitter.id, &b.signing_bytes(), &q.signature).is_err() {
             return false;
         }
         let key = (b.emitter.id, b.number);

@@ -317,12 +317,49 @@ pub struct Refused {
 
 /// Encodes an envelope as a frame payload (version byte + postcard).
 pub fn encode(msg: &Envelope) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+    let mut out = Vec::with_capacity(128);
+    encode_into(msg, &mut out);
+    out
+}
+
+/// [`encode`] into `out`, replacing what it held: a caller that encodes many messages reuses one
+/// buffer's allocation (the simulator keeps one per message in flight).
+pub fn encode_into(msg: &Envelope, out: &mut Vec<u8>) {
+    out.clear();
     out.push(WIRE_VERSION);
     // Serialising plain data into a Vec cannot fail.
-    match postcard::to_extend(msg, out) {
-        Ok(v) => v,
-        Err(_) => vec![WIRE_VERSION],
+    if !append_postcard(msg, out) {
+        out.truncate(1);
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out` (the bytes of `postcard::to_extend`, faster);
+/// `false` if serialising failed, which plain data never does (`out` may then hold part of it).
+pub(crate) fn append_postcard<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> bool {
+    postcard::serialize_with_flavor(value, Append(out)).is_ok()
+}
+
+/// A postcard output that appends to a `Vec` one `push` per byte (postcard's `to_extend` goes
+/// through `Extend` for each byte, several times slower; the bytes are the same).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -457,6 +494,18 @@ mod tests {
         }
         assert_eq!(got, vec![m, Envelope::Indexer(IndexerMessage::Leave)]);
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn encoding_into_a_reused_buffer_gives_postcards_bytes() {
+        let mut buf = vec![7u8; 1000];
+        for m in [sample(), Envelope::Indexer(IndexerMessage::Leave), sample()] {
+            let reference = postcard::to_extend(&m, vec![WIRE_VERSION]).unwrap();
+            encode_into(&m, &mut buf);
+            assert_eq!(buf, reference);
+            assert_eq!(encode(&m), reference);
+            assert_eq!(decode(&buf), Ok(m));
+        }
     }
 
     #[test]
