@@ -79,9 +79,9 @@ const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
 /// Consecutive failed RPCs after which a peer leaves the routing table.
 const MAX_FAILURES: u32 = 2;
 /// How long the closest set a replication lookup found for a key is reused for the next versions
-/// of the same record, as long as none of its peers fails: as long as the routing table goes
-/// without a refresh. An indexer that joins meanwhile gets the record's next replication after
-/// that; lookups find the record on the other replicas in the meantime.
+/// of the same record: as long as the routing table goes without a refresh. Meanwhile it is kept
+/// up to date from what we learn (a failing peer leaves it, a closer peer the table learns joins
+/// it), and looked up again only if it lost half its peers.
 const CLOSEST_TTL: Duration = TABLE_REFRESH;
 /// A cached closest set that lost more than this share of its peers to failures is looked up
 /// again rather than patched from the routing table.

@@ -3,9 +3,12 @@
 //! its keys by **one** indexer per version (the owner's referent, see [`Dht::offer_record`]), and an
 //! indexer re-announces its signed provider record every `provide_interval`.
 //!
-//! Replication reuses the closest set a lookup found for a key for [`CLOSEST_TTL`]: the next
-//! versions of the same record go straight to their replicas, one `STORE` per replica for both
-//! keys, without a lookup. A set is dropped as soon as one of its peers fails an RPC.
+//! Replication reuses the closest set a (converged) lookup found for a key for [`CLOSEST_TTL`]:
+//! the next versions of the same record go straight to their replicas, one message per replica
+//! for both keys, without a lookup. A set is patched rather than dropped: a peer that fails an
+//! RPC leaves it, a closer peer our routing table learns joins it, and only a set that lost half
+//! its peers is looked up again. A new referent asks the replicas whether they hold the version
+//! before storing it again ([`Dht::replicate_held`]).
 
 use super::*;
 
