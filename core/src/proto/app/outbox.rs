@@ -251,7 +251,7 @@ impl Outbox {
                 emit(out, AppOut::Learn(PeerAddr { id: peer, addrs: r.body.addrs.clone() }));
                 self.fill_window(config, &to, peer, now, out);
             }
-            None => self.fail(config, &to, now, out),
+            None => self.fail(config, &to, false, now, out),
         }
     }
 
@@ -322,7 +322,7 @@ impl Outbox {
                 self.kick(config, &to, now, out);
             }
             // Perhaps later (it may learn who we are, or have room).
-            AppRefusal::Unknown | AppRefusal::Busy => self.fail(config, &to, now, out),
+            AppRefusal::Unknown | AppRefusal::Busy => self.fail(config, &to, false, now, out),
         }
     }
 
@@ -330,7 +330,7 @@ impl Outbox {
         let hit: Vec<Target> =
             self.dests.iter().filter(|(_, d)| d.state == DestState::Sending(peer)).map(|(t, _)| t.clone()).collect();
         for t in hit {
-            self.fail(config, &t, now, out);
+            self.fail(config, &t, true, now, out);
         }
     }
 
@@ -338,13 +338,19 @@ impl Outbox {
     /// message queued for it counts a failure — the destination could not take any of them —
     /// moderate ones give up after `dnt_moderate_retries`, `search` at once; the rest wait for the
     /// retry.
-    fn fail(&mut self, config: &Config, to: &Target, now: Timestamp, out: &mut Vec<Action>) {
+    ///
+    /// `link_lost`: the connection went down (or the dial failed) under the attempt. A message
+    /// sent once (`search`) gets one more attempt, at once, the first time: the peer may have
+    /// closed an idle connection just as we sent on it, which is no attempt at all (the receiver
+    /// drops a second copy of one it got).
+    fn fail(&mut self, config: &Config, to: &Target, link_lost: bool, now: Timestamp, out: &mut Vec<Action>) {
         let Some(dest) = self.dests.get_mut(to) else { return };
         dest.failures = dest.failures.saturating_add(1);
         dest.state = DestState::Idle;
         dest.next_at = (dest.attempt_at + config.dnt_retry_interval).max(now);
         let queued: Vec<u64> = dest.queued.iter().copied().collect();
         let mut gone = Vec::new();
+        let mut again_now = false;
         for seq in queued {
             let Some(m) = self.msgs.get_mut(&seq) else { continue };
             m.pending_ack = None;
@@ -352,11 +358,18 @@ impl Outbox {
             let give_up = match m.class {
                 DeliveryClass::Critical => false,
                 DeliveryClass::Moderate => m.failures > config.dnt_moderate_retries,
-                DeliveryClass::None => true,
+                DeliveryClass::None => {
+                    let retry = link_lost && m.failures == 1;
+                    again_now |= retry;
+                    !retry
+                }
             };
             if give_up {
                 gone.push(seq);
             }
+        }
+        if again_now {
+            dest.next_at = now;
         }
         for seq in &gone {
             dest.queued.remove(seq);
@@ -370,7 +383,8 @@ impl Outbox {
         // The retry is already due when the attempt began a retry interval ago or more (a
         // destination sent to for long, or a clock that jumped): it goes now, not at a deadline
         // left at `now` for another round. An attempt begun at this instant waits its interval.
-        if self.dests.get(to).is_some_and(|d| d.next_at <= now && d.attempt_at < now) {
+        // A message sent once whose link was lost retries at once (only once: it cannot loop).
+        if self.dests.get(to).is_some_and(|d| d.next_at <= now && (d.attempt_at < now || again_now)) {
             self.kick(config, to, now, out);
         }
     }
@@ -399,7 +413,7 @@ impl Outbox {
             .map(|m| m.msg.to.clone())
             .collect();
         for t in late {
-            self.fail(config, &t, now, out);
+            self.fail(config, &t, false, now, out);
         }
         let due: Vec<Target> = self
             .dests

@@ -395,3 +395,32 @@ fn no_live_indexer_yet_is_not_a_failed_attempt() {
     assert_eq!(delivers(&out).len(), 1, "first real attempt, not a retry");
     assert!(!events(&out).iter().any(|e| matches!(e, Event::AppRetry { .. })));
 }
+
+#[test]
+fn a_search_answer_whose_link_dropped_under_it_is_sent_once_more_at_once() {
+    let config = Config::default();
+    let (mut a, b) = (node(1, config.clone()), node(2, config.clone()));
+    let mut out = Vec::new();
+    a.app.send(1, msg(Target::Peer(b.id()), AppProtocol::Search, b"s"), T0, &mut out);
+    let mut sent = 0;
+    let mut abandoned = Vec::new();
+    for attempt in 1..=3 {
+        let Some((token, _)) = resolves(&out).pop() else { break };
+        out.clear();
+        a.app.on_resolved(token, Some(b.record()), true, T0, &mut out);
+        sent += delivers(&out).len();
+        assert_eq!(delivers(&out).len(), 1, "attempt {attempt} sends it");
+        // b closed the connection as idle just as it went out.
+        out.clear();
+        a.app.on_unreachable(b.id(), T0, &mut out);
+        for e in events(&out) {
+            if let Event::AppAbandoned { message, reason } = e {
+                abandoned.push((attempt, message.seq, reason));
+            }
+        }
+    }
+    // Sent twice, the second time at once; given up when the second link was lost too.
+    assert_eq!(sent, 2);
+    assert_eq!(abandoned, vec![(2, 1, Abandon::Retries)]);
+    assert_eq!(a.app.poll_timeout(), None);
+}

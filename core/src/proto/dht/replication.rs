@@ -77,6 +77,12 @@ impl Dht {
             return;
         }
         let r = r.clone();
+        // In a DHT of fewer than about 2k indexers, the node's other indexers (which hold its
+        // record too) are a large part of any closest set: holders prove nothing there.
+        if self.table.len() < 2 * self.lookup_config.k {
+            self.replicate(r, false, now, out);
+            return;
+        }
         self.replicated.insert(*peer, r.body.expires_at);
         let target = RecordKey::Peer(*peer).kad_key();
         if !self.maintain(Goal::Takeover { record: r.clone(), holders: 0 }, target, now, out) {
