@@ -114,28 +114,50 @@ fn dht_sends(out: &[Action]) -> Vec<(PeerId, DhtMessage)> {
 
 /// Answers every `FIND_NODE` and `STORE` in `out` (no closer peers known), until none is left;
 /// returns the peers that got a `STORE`.
-fn answer_all(dht: &mut Dht, mut out: Vec<Action>, now: Timestamp) -> Vec<PeerId> {
-    let mut stored = Vec::new();
+fn answer_all(dht: &mut Dht, out: Vec<Action>, now: Timestamp) -> Vec<PeerId> {
+    answer(dht, out, |_| None, now)
+}
+
+/// Like [`answer_all`], and every `FIND_VALUE` with `value(peer)`.
+fn answer(
+    dht: &mut Dht,
+    out: Vec<Action>,
+    value: impl Fn(&PeerId) -> Option<PeerRecord>,
+    now: Timestamp,
+) -> Vec<PeerId> {
+    exchange(dht, out, value, now)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, DhtMessage::Store(_) | DhtMessage::StoreBatch(_)))
+        .map(|(to, _)| to)
+        .collect()
+}
+
+/// Answers the requests in `out` (see [`answer`]) until none is left; returns every request.
+fn exchange(
+    dht: &mut Dht,
+    mut out: Vec<Action>,
+    value: impl Fn(&PeerId) -> Option<PeerRecord>,
+    now: Timestamp,
+) -> Vec<(PeerId, DhtMessage)> {
+    let mut asked = Vec::new();
     while !out.is_empty() {
         let mut next = Vec::new();
         for (to, m) in dht_sends(&out) {
-            let reply = match m {
+            let reply = match &m {
+                DhtMessage::FindValue(f) => {
+                    DhtMessage::Value(Value { req: f.req, record: value(&to), closer: Vec::new() })
+                }
                 DhtMessage::FindNode(f) => DhtMessage::Nodes(Nodes { req: f.req, closer: Vec::new() }),
-                DhtMessage::Store(s) => {
-                    stored.push(to);
-                    DhtMessage::StoreAck(StoreAck { req: s.req, refused: None })
-                }
-                DhtMessage::StoreBatch(s) => {
-                    stored.push(to);
-                    DhtMessage::StoreAck(StoreAck { req: s.req, refused: None })
-                }
+                DhtMessage::Store(s) => DhtMessage::StoreAck(StoreAck { req: s.req, refused: None }),
+                DhtMessage::StoreBatch(s) => DhtMessage::StoreAck(StoreAck { req: s.req, refused: None }),
                 _ => continue,
             };
+            asked.push((to, m));
             dht.on_response(PeerAddr::id_only(to), reply, now, &mut next);
         }
         out = next;
     }
-    stored
+    asked
 }
 
 #[test]
@@ -345,39 +367,6 @@ fn a_server_whose_seeds_all_fail_tries_them_again_soon() {
     assert_eq!(asked, seeds.iter().map(|s| s.id).collect());
 }
 
-/// Answers every `FIND_VALUE` in `out` with `record` when `holds(peer)`, nothing otherwise, then
-/// every `FIND_NODE` and `STORE` like [`answer_all`]; returns the peers that got a `STORE`.
-fn answer_values(
-    dht: &mut Dht,
-    mut out: Vec<Action>,
-    record: &PeerRecord,
-    holds: impl Fn(&PeerId) -> bool,
-    now: Timestamp,
-) -> Vec<PeerId> {
-    let mut stored = Vec::new();
-    while !out.is_empty() {
-        let mut next = Vec::new();
-        for (to, m) in dht_sends(&out) {
-            let reply = match m {
-                DhtMessage::FindValue(f) => DhtMessage::Value(Value {
-                    req: f.req,
-                    record: holds(&to).then(|| record.clone()),
-                    closer: Vec::new(),
-                }),
-                DhtMessage::FindNode(f) => DhtMessage::Nodes(Nodes { req: f.req, closer: Vec::new() }),
-                DhtMessage::Store(s) => {
-                    stored.push(to);
-                    DhtMessage::StoreAck(StoreAck { req: s.req, refused: None })
-                }
-                _ => continue,
-            };
-            dht.on_response(PeerAddr::id_only(to), reply, now, &mut next);
-        }
-        out = next;
-    }
-    stored
-}
-
 #[test]
 fn a_new_referent_stores_a_version_only_if_the_replicas_lack_it() {
     let peers: Vec<PeerAddr> =
@@ -398,7 +387,7 @@ fn a_new_referent_stores_a_version_only_if_the_replicas_lack_it() {
     dht.replicate_held(&owner.peer_id(), NOW, &mut out);
     let asked = dht_sends(&out);
     assert!(!asked.is_empty() && asked.iter().all(|(_, m)| matches!(m, DhtMessage::FindValue(_))));
-    assert!(answer_values(&mut dht, out, &r, |_| true, NOW).is_empty(), "already replicated");
+    assert!(answer(&mut dht, out, |_| Some(r.clone()), NOW).is_empty(), "already replicated");
     // Asked again for the same version: nothing to do at all.
     let mut out = Vec::new();
     dht.replicate_held(&owner.peer_id(), NOW, &mut out);
@@ -410,7 +399,7 @@ fn a_new_referent_stores_a_version_only_if_the_replicas_lack_it() {
     let holder = peers[0].id;
     let mut out = Vec::new();
     dht.replicate_held(&owner.peer_id(), NOW, &mut out);
-    let stored = answer_values(&mut dht, out, &r, |p| *p == holder, NOW);
+    let stored = answer(&mut dht, out, |p| (*p == holder).then(|| r.clone()), NOW);
     assert_eq!(stored.len(), 2 * k, "k STOREs per key: {}", stored.len());
     assert!(dht.closest.contains_key(&RecordKey::Peer(owner.peer_id()).kad_key()), "its lookup's set is kept");
 }
@@ -434,25 +423,11 @@ fn a_claim_check_that_found_nothing_leaves_the_did_keys_replicas_known() {
     assert_eq!(dht.offer_record(owner.peer_id(), r.clone(), true, NOW, &mut out), Offer::Checking);
     // The check asks the DID key's closest peers; nobody holds the DID. The record is then
     // replicated, and only the peer key needs a lookup.
-    let mut finds = 0;
-    let mut out = out;
-    while !out.is_empty() {
-        let mut next = Vec::new();
-        for (to, m) in dht_sends(&out) {
-            let reply = match m {
-                DhtMessage::FindValue(f) => DhtMessage::Value(Value { req: f.req, record: None, closer: Vec::new() }),
-                DhtMessage::FindNode(f) => {
-                    assert_eq!(f.target, RecordKey::Peer(owner.peer_id()).kad_key(), "no second lookup of the DID key");
-                    finds += 1;
-                    DhtMessage::Nodes(Nodes { req: f.req, closer: Vec::new() })
-                }
-                DhtMessage::Store(s) => DhtMessage::StoreAck(StoreAck { req: s.req, refused: None }),
-                _ => continue,
-            };
-            dht.on_response(PeerAddr::id_only(to), reply, NOW, &mut next);
-        }
-        out = next;
-    }
-    assert!(finds > 0, "the peer key was looked up");
+    let finds: Vec<Key> = exchange(&mut dht, out, |_| None, NOW)
+        .into_iter()
+        .filter_map(|(_, m)| if let DhtMessage::FindNode(f) = m { Some(f.target) } else { None })
+        .collect();
+    assert!(finds.iter().all(|t| *t == RecordKey::Peer(owner.peer_id()).kad_key()), "no second lookup of the DID key");
+    assert!(!finds.is_empty(), "the peer key was looked up");
     assert_eq!(dht.local(&RecordKey::Did(r.body.did.clone()), NOW), Some(&r));
 }
