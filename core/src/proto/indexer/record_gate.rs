@@ -20,7 +20,8 @@ pub trait RecordDesk {
         out: &mut Vec<Action>,
     ) -> Offer;
     /// `peer` names us its referent: the version of its record held is stored in the DHT, unless
-    /// this version already was (by us).
+    /// this version already was (by us, or by its previous referent: the replicas are asked
+    /// first, see [`Dht::replicate_held`](super::dht::Dht::replicate_held)).
     fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>);
     /// The expiry of `peer`'s record held and served.
     fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp>;
