@@ -379,6 +379,19 @@ impl<'a> Devnet<'a> {
         Ok(())
     }
 
+    /// Every daemon's status, nodes first: a node counts an indexer live only after the indexer
+    /// opened its session, so asking the indexers last makes the snapshot causally consistent (each
+    /// live pool entry seen is backed by a session seen), whatever the admissions in between.
+    fn poll_statuses(&self) -> Vec<Option<StatusReport>> {
+        let mut last: Vec<Option<StatusReport>> = vec![None; self.daemons.len()];
+        for indexers in [false, true] {
+            for (i, d) in self.daemons.iter().enumerate().filter(|(_, d)| d.indexer == indexers) {
+                last[i] = d.status();
+            }
+        }
+        last
+    }
+
     /// Watches until the duration is over, the network converged (`--until-converged`) or a signal
     /// came; kills the victim indexer when chaos is due.
     fn watch(&mut self) -> Watched {
@@ -394,7 +407,7 @@ impl<'a> Devnet<'a> {
         let mut last_print = Instant::now();
         loop {
             let elapsed = start.elapsed();
-            let last: Vec<Option<StatusReport>> = self.daemons.iter().map(Daemon::status).collect();
+            let last = self.poll_statuses();
             let (at_min, pools, sessions) = tally(&self.daemons, &last, min);
             if at_min == args.nodes && converged_after.is_none() {
                 converged_after = Some(self.nodes_started.elapsed().as_secs_f64());
