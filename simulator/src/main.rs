@@ -241,6 +241,8 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                     t.bytes as f64 / t.count.max(1) as f64
                 );
             }
+            let minutes: Vec<String> = r.traffic_timeline.iter().map(|w| format!("{:.0}", w.per_peer_minute)).collect();
+            println!("by minute       {} (messages per peer-minute)", minutes.join(" "));
             println!("events/s        {:.0}", r.events as f64 / wall_s);
             println!("messages/s      {:.0}", r.messages as f64 / wall_s);
             println!("peer-s / wall-s {:.0}", peers as f64 * (r.sim_ms as f64 / 1000.0) / wall_s);

@@ -377,6 +377,17 @@ pub struct Bans {
     pub byzantine: usize,
 }
 
+/// The traffic of one window of the run (see [`Report::traffic_timeline`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficSample {
+    /// End of the window (simulated ms since the start).
+    pub t: u64,
+    /// Messages delivered in the window.
+    pub messages: u64,
+    /// `messages` per peer-minute run in the window.
+    pub per_peer_minute: f64,
+}
+
 /// The delivered messages of one kind.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct KindTraffic {
@@ -536,6 +547,10 @@ pub struct Report {
     /// peer-minute.
     #[serde(default)]
     pub messages_by_kind: std::collections::BTreeMap<String, KindTraffic>,
+    /// Messages delivered in each minute (sampled with the pool), per peer-minute run in that
+    /// minute: joins, faults and their repair stand out from the steady state.
+    #[serde(default)]
+    pub traffic_timeline: Vec<TrafficSample>,
     /// Pool health.
     pub pool: PoolReport,
     /// One entry per fault.
@@ -626,6 +641,11 @@ impl Report {
             .collect();
         if !top.is_empty() {
             let _ = writeln!(s, "  by kind, per peer-minute (mean size): {}", top.join(", "));
+        }
+        if !self.traffic_timeline.is_empty() {
+            let minutes: Vec<String> =
+                self.traffic_timeline.iter().map(|w| format!("{:.0}", w.per_peer_minute)).collect();
+            let _ = writeln!(s, "  by minute, per peer-minute: {}", minutes.join(" "));
         }
         let _ = writeln!(s, "\npool (min target {}):", self.pool.min_target);
         let _ = writeln!(s, "  {:>8}  {:>10}  {:>9}", "t", "mean live", "below min");

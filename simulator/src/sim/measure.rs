@@ -7,6 +7,7 @@ use super::{EPOCH_MS, Life, LookupResult, SAMPLE_EVERY_MS, SimPeer, Simulation};
 use crate::net::PeerIx;
 use crate::report::{
     Bans, ByzantineReport, KeyLookups, KindTraffic, LookupReport, PoolReport, RecordsReport, Report, Stats,
+    TrafficSample,
 };
 use crate::scenario::Behaviour;
 use crate::trace::Trace;
@@ -546,8 +547,30 @@ impl Simulation {
         self.peers[n as usize].watch = keep;
     }
 
+    /// Peer-ms run so far: finished lives plus the running ones up to now.
+    fn peer_ms_so_far(&self) -> u64 {
+        let running: u64 = self
+            .peers
+            .iter()
+            .filter(|sp| sp.life == Life::Alive)
+            .filter_map(|sp| sp.started_at)
+            .map(|t| self.now.saturating_sub(t))
+            .sum();
+        self.alive_ms + running
+    }
+
+    /// The traffic since the previous sample, per peer-minute run in that window.
+    fn sample_traffic(&mut self) {
+        let (messages, peer_ms) = (self.messages, self.peer_ms_so_far());
+        let (m0, p0) = std::mem::replace(&mut self.traffic_mark, (messages, peer_ms));
+        let (n, window_ms) = (messages - m0, peer_ms.saturating_sub(p0));
+        let per_peer_minute = if window_ms > 0 { n as f64 * 60_000.0 / window_ms as f64 } else { 0.0 };
+        self.traffic_timeline.push(TrafficSample { t: self.now - EPOCH_MS, messages: n, per_peer_minute });
+    }
+
     /// The minute's pool health, and the invariants of every pool and every indexer.
     pub(super) fn sample(&mut self) {
+        self.sample_traffic();
         self.sample_mesh();
         let (mean, below, _) = self.pool_health();
         self.timeline.push((self.now - EPOCH_MS, mean, below));
@@ -658,14 +681,10 @@ impl Simulation {
             wire::KINDS.iter().zip(self.sent_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
         self.netr.delivered_by_kind =
             wire::KINDS.iter().zip(self.delivered_by_kind).map(|(k, n)| ((*k).to_string(), n)).collect();
-        let running_ms: u64 = self
-            .peers
-            .iter()
-            .filter(|sp| sp.life == Life::Alive)
-            .filter_map(|sp| sp.started_at)
-            .map(|t| self.end.saturating_sub(t))
-            .sum();
-        let peer_minutes = (self.alive_ms + running_ms) as f64 / 60_000.0;
+        if self.traffic_timeline.last().map(|x| x.t) != Some(sim_ms) {
+            self.sample_traffic();
+        }
+        let peer_minutes = self.peer_ms_so_far() as f64 / 60_000.0;
         let per_pm = |n: u64| if peer_minutes > 0.0 { n as f64 / peer_minutes } else { 0.0 };
         let messages_by_kind = wire::KINDS
             .iter()
@@ -685,6 +704,7 @@ impl Simulation {
             peer_minutes,
             messages_per_peer_minute: per_pm(self.messages),
             messages_by_kind,
+            traffic_timeline: std::mem::take(&mut self.traffic_timeline),
             pool: PoolReport {
                 min_target: self.min_target,
                 final_nodes_below_min: below,

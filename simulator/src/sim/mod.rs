@@ -62,7 +62,7 @@ mod workloads;
 
 use crate::net::{FastMap, Network, PeerIx, ms};
 use crate::queue::EventQueue;
-use crate::report::{FaultReport, NetReport, Report};
+use crate::report::{FaultReport, NetReport, Report, TrafficSample};
 use crate::scenario::{Behaviour, Forgery, GroupSpec, Scenario, ScenarioError};
 use crate::trace::Trace;
 use byzantine::ByzTrack;
@@ -251,6 +251,10 @@ pub struct Simulation {
     delivered_bytes_by_kind: [u64; MESSAGE_KINDS],
     /// Simulated ms summed over the finished lives of peers (a running life is added at the end).
     alive_ms: u64,
+    /// Messages delivered and peer-ms run at the previous minute's sample (for the traffic
+    /// timeline), and that timeline.
+    traffic_mark: (u64, u64),
+    traffic_timeline: Vec<TrafficSample>,
     records: RecordAcc,
     /// `RequestRefused` events by `"<reason> <requester role>"`.
     refusals: BTreeMap<String, u64>,
@@ -467,6 +471,8 @@ impl Simulation {
             delivered_by_kind: [0; MESSAGE_KINDS],
             delivered_bytes_by_kind: [0; MESSAGE_KINDS],
             alive_ms: 0,
+            traffic_mark: (0, 0),
+            traffic_timeline: Vec::new(),
             records: RecordAcc::default(),
             refusals: BTreeMap::new(),
             dump: None,
@@ -747,6 +753,32 @@ role = "indexer"
         assert_eq!(r1.without_wall_clock(), r2.without_wall_clock());
         let r3 = run(sc.with_seed(6)).unwrap();
         assert_ne!(r1.trace_hash, r3.trace_hash);
+    }
+
+    #[test]
+    fn the_traffic_timeline_splits_every_message_by_minute() {
+        // Nodes join in the first 30 s, an indexer crashes at 2 m: a 10-minute run.
+        let text = format!(
+            "{TWO}\n[[group]]\nname = \"n\"\ncount = 20\nrole = \"node\"\nseeds = [\"a\"]\nseeds_sample = 2\nstart_spread = \"30s\"\n[[fault]]\nat = \"2m\"\nkind = \"crash\"\ntargets = [\"a/0\"]"
+        );
+        let r = run(Scenario::from_toml(&text).unwrap()).unwrap();
+        let tl = &r.traffic_timeline;
+        assert_eq!(tl.len(), 10, "one window per minute: {tl:?}");
+        assert!(tl.windows(2).all(|w| w[1].t == w[0].t + 60_000), "{tl:?}");
+        assert_eq!(tl.iter().map(|w| w.messages).sum::<u64>(), r.messages, "every message in one window");
+        // Each window's rate is its messages over the peer-minutes run in it: at most 23 peers
+        // ran a minute each, at least the 22 left after the crash did.
+        for w in tl {
+            assert!(w.messages > 0, "heartbeats flow every minute: {w:?}");
+            let peer_minutes = w.messages as f64 / w.per_peer_minute;
+            assert!((0.0..=23.0 + 1e-9).contains(&peer_minutes), "{w:?}: {peer_minutes} peer-minutes");
+            if w.t > 180_000 {
+                assert!((peer_minutes - 22.0).abs() < 1e-6, "{w:?}: {peer_minutes} peer-minutes");
+            }
+        }
+        // The minutes' peer-minutes add up to the run's.
+        let sum: f64 = tl.iter().map(|w| w.messages as f64 / w.per_peer_minute).sum();
+        assert!((sum - r.peer_minutes).abs() < 1e-6, "{sum} against {}", r.peer_minutes);
     }
 
     #[test]
