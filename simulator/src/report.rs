@@ -590,6 +590,11 @@ pub struct Report {
     pub events_per_wall_s: f64,
 }
 
+/// `ms` as seconds with one decimal (`12.3s`).
+fn secs_of(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
 impl Report {
     /// A copy with the wall-clock fields zeroed, for determinism comparisons.
     pub fn without_wall_clock(&self) -> Report {
@@ -599,7 +604,24 @@ impl Report {
     /// A human-readable summary (the CLI prints it).
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+        self.write_run(&mut s);
+        self.write_pool(&mut s);
+        self.write_faults(&mut s);
+        self.write_byzantine(&mut s);
+        self.write_lookups(&mut s);
+        if let Some(x) = &self.searches {
+            summarise_searches(&mut s, x);
+        }
+        if let Some(x) = &self.sends {
+            summarise_sends(&mut s, x);
+        }
+        self.write_records(&mut s);
+        s
+    }
+
+    /// The run: scenario, hash, wall time, events and the traffic.
+    fn write_run(&self, s: &mut String) {
+        let secs = secs_of;
         let _ = writeln!(
             s,
             "scenario {} (seed {}), {} peers, {} simulated",
@@ -647,6 +669,11 @@ impl Report {
                 self.traffic_timeline.iter().map(|w| format!("{:.0}", w.per_peer_minute)).collect();
             let _ = writeln!(s, "  by minute, per peer-minute: {}", minutes.join(" "));
         }
+    }
+
+    /// Pool health: a sample of the timeline and the end state.
+    fn write_pool(&self, s: &mut String) {
+        let secs = secs_of;
         let _ = writeln!(s, "\npool (min target {}):", self.pool.min_target);
         let _ = writeln!(s, "  {:>8}  {:>10}  {:>9}", "t", "mean live", "below min");
         let tl = &self.pool.timeline;
@@ -667,6 +694,11 @@ impl Report {
         if !self.pool.final_below_min_peers.is_empty() {
             let _ = writeln!(s, "  below min at the end: {}", self.pool.final_below_min_peers.join(", "));
         }
+    }
+
+    /// One line per fault: detection and recovery.
+    fn write_faults(&self, s: &mut String) {
+        let secs = secs_of;
         if !self.faults.is_empty() {
             let _ = writeln!(s, "\nfaults:");
             let _ = writeln!(
@@ -705,6 +737,11 @@ impl Report {
                 s.push('\n');
             }
         }
+    }
+
+    /// One entry per byzantine peer: what the honest peers did about it.
+    fn write_byzantine(&self, s: &mut String) {
+        let secs = secs_of;
         if !self.byzantine.is_empty() {
             let _ = writeln!(s, "\nbyzantine:");
             for b in &self.byzantine {
@@ -769,6 +806,10 @@ impl Report {
                 }
             }
         }
+    }
+
+    /// Lookups: success, latency, hops, failures by cause.
+    fn write_lookups(&self, s: &mut String) {
         if let Some(l) = &self.lookups {
             let pct = if l.issued == 0 { 0.0 } else { l.ok as f64 * 100.0 / l.issued as f64 };
             let o = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
@@ -811,12 +852,10 @@ impl Report {
                 let _ = writeln!(s, "  ✗ {f}");
             }
         }
-        if let Some(x) = &self.searches {
-            summarise_searches(&mut s, x);
-        }
-        if let Some(x) = &self.sends {
-            summarise_sends(&mut s, x);
-        }
+    }
+
+    /// Records, refusals, bans, invariant violations and notes.
+    fn write_records(&self, s: &mut String) {
         if let Some(r) = &self.records {
             let reasons: Vec<String> = r.rejected_by_reason.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(
@@ -846,7 +885,6 @@ impl Report {
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
         }
-        s
     }
 }
 
