@@ -648,6 +648,62 @@ fn note_extra(notes: &mut Vec<String>, context: &str, extra: &Extra) {
     }
 }
 
+/// The `[network]` table.
+fn parse_network(rn: RawNetwork, notes: &mut Vec<String>) -> Result<NetworkSpec, ScenarioError> {
+    note_extra(notes, "[network]", &rn.extra);
+    let mut network = NetworkSpec::default();
+    if let Some(l) = rn.latency_ms {
+        network.latency_ms = check_latency("[network]", l)?;
+    }
+    if let Some(l) = rn.loss {
+        network.loss = check_loss("[network]", l)?;
+    }
+    if let Some(t) = &rn.idle_timeout {
+        network.idle_timeout = parse_duration("[network] idle_timeout", t)?;
+    }
+    if let Some(t) = &rn.connect_timeout {
+        network.connect_timeout = parse_duration("[network] connect_timeout", t)?;
+    }
+    Ok(network)
+}
+
+/// One `[[group]]`, checked against the groups before it.
+fn parse_group(g: RawGroup, groups: &[GroupSpec], notes: &mut Vec<String>) -> Result<GroupSpec, ScenarioError> {
+    let ctx = format!("group {:?}", g.name);
+    if g.name.is_empty() || g.name.contains('/') || g.name.contains("..") {
+        return Err(ScenarioError::Invalid {
+            context: ctx,
+            why: "a group name must be non-empty and contain neither '/' nor '..'".into(),
+        });
+    }
+    if groups.iter().any(|x| x.name == g.name) {
+        return Err(ScenarioError::Invalid { context: ctx, why: "duplicate group name".into() });
+    }
+    note_extra(notes, &ctx, &g.extra);
+    let roles = parse_role(&g.name, &g.role)?;
+    let config: Config = match g.config {
+        Some(t) => t.try_into().map_err(|e: toml::de::Error| ScenarioError::Config {
+            group: g.name.clone(),
+            why: e.message().trim().to_string(),
+        })?,
+        None => Config::default(),
+    };
+    config.validate().map_err(|e| ScenarioError::Config { group: g.name.clone(), why: e.to_string() })?;
+    let start_spread = match &g.start_spread {
+        Some(s) => parse_duration(&format!("{ctx} start_spread"), s)?,
+        None => Duration::ZERO,
+    };
+    Ok(GroupSpec {
+        name: g.name,
+        count: g.count,
+        roles,
+        seeds: g.seeds,
+        seeds_sample: g.seeds_sample,
+        start_spread,
+        config,
+    })
+}
+
 impl Scenario {
     /// Reads and checks a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
@@ -666,57 +722,12 @@ impl Scenario {
             return Err(ScenarioError::Invalid { context: "duration".into(), why: "must be positive".into() });
         }
 
-        let rn = raw.network;
-        note_extra(&mut notes, "[network]", &rn.extra);
-        let mut network = NetworkSpec::default();
-        if let Some(l) = rn.latency_ms {
-            network.latency_ms = check_latency("[network]", l)?;
-        }
-        if let Some(l) = rn.loss {
-            network.loss = check_loss("[network]", l)?;
-        }
-        if let Some(t) = &rn.idle_timeout {
-            network.idle_timeout = parse_duration("[network] idle_timeout", t)?;
-        }
-        if let Some(t) = &rn.connect_timeout {
-            network.connect_timeout = parse_duration("[network] connect_timeout", t)?;
-        }
+        let network = parse_network(raw.network, &mut notes)?;
 
         let mut groups: Vec<GroupSpec> = Vec::new();
         for g in raw.groups {
-            let ctx = format!("group {:?}", g.name);
-            if g.name.is_empty() || g.name.contains('/') || g.name.contains("..") {
-                return Err(ScenarioError::Invalid {
-                    context: ctx,
-                    why: "a group name must be non-empty and contain neither '/' nor '..'".into(),
-                });
-            }
-            if groups.iter().any(|x| x.name == g.name) {
-                return Err(ScenarioError::Invalid { context: ctx, why: "duplicate group name".into() });
-            }
-            note_extra(&mut notes, &ctx, &g.extra);
-            let roles = parse_role(&g.name, &g.role)?;
-            let config: Config = match g.config {
-                Some(t) => t.try_into().map_err(|e: toml::de::Error| ScenarioError::Config {
-                    group: g.name.clone(),
-                    why: e.message().trim().to_string(),
-                })?,
-                None => Config::default(),
-            };
-            config.validate().map_err(|e| ScenarioError::Config { group: g.name.clone(), why: e.to_string() })?;
-            let start_spread = match &g.start_spread {
-                Some(s) => parse_duration(&format!("{ctx} start_spread"), s)?,
-                None => Duration::ZERO,
-            };
-            groups.push(GroupSpec {
-                name: g.name,
-                count: g.count,
-                roles,
-                seeds: g.seeds,
-                seeds_sample: g.seeds_sample,
-                start_spread,
-                config,
-            });
+            let group = parse_group(g, &groups, &mut notes)?;
+            groups.push(group);
         }
         if groups.iter().all(|g| g.count == 0) {
             return Err(ScenarioError::Invalid { context: "scenario".into(), why: "no peers: add a [[group]]".into() });
@@ -738,172 +749,193 @@ impl Scenario {
         }
 
         for (i, f) in raw.faults.into_iter().enumerate() {
-            let ctx = format!("fault #{} ({} at {})", i + 1, f.kind, f.at);
-            note_extra(&mut notes, &ctx, &f.extra);
-            let at = parse_duration(&format!("{ctx} at"), &f.at)?;
-            if at > duration {
-                notes.push(format!("{ctx}: fires after the end of the run (never happens)"));
-            }
-            let need_targets = |targets: &Vec<String>| -> Result<(), ScenarioError> {
-                if targets.is_empty() {
-                    return Err(ScenarioError::Invalid { context: ctx.clone(), why: "needs `targets`".into() });
-                }
-                Ok(())
-            };
-            let kind = match f.kind.as_str() {
-                "crash" => {
-                    need_targets(&f.targets)?;
-                    FaultKind::Crash { targets: f.targets }
-                }
-                "restart" => {
-                    need_targets(&f.targets)?;
-                    FaultKind::Restart { targets: f.targets }
-                }
-                "partition" => {
-                    let sides = f.sides.unwrap_or_default();
-                    if sides.len() < 2 || sides.iter().any(|s| s.is_empty()) {
-                        return Err(ScenarioError::Invalid {
-                            context: ctx,
-                            why: "a partition needs `sides` with at least two non-empty lists of targets".into(),
-                        });
-                    }
-                    FaultKind::Partition { sides }
-                }
-                "heal" => FaultKind::Heal,
-                "set_loss" => {
-                    let loss = f.loss.ok_or_else(|| ScenarioError::Invalid {
-                        context: ctx.clone(),
-                        why: "set_loss needs `loss`".into(),
-                    })?;
-                    FaultKind::SetLoss { loss: check_loss(&ctx, loss)? }
-                }
-                "set_latency" => {
-                    let l = f.latency_ms.ok_or_else(|| ScenarioError::Invalid {
-                        context: ctx.clone(),
-                        why: "set_latency needs `latency_ms = [lo, hi]`".into(),
-                    })?;
-                    FaultKind::SetLatency { latency_ms: check_latency(&ctx, l)? }
-                }
-                "clock_skew" => {
-                    need_targets(&f.targets)?;
-                    let o = f.offset.as_deref().ok_or_else(|| ScenarioError::Invalid {
-                        context: ctx.clone(),
-                        why: "clock_skew needs `offset = \"±D\"` (e.g. \"+90s\", \"-2m\")".into(),
-                    })?;
-                    FaultKind::ClockSkew { targets: f.targets, offset_ms: parse_offset(&ctx, o)? }
-                }
-                "byzantine" => {
-                    need_targets(&f.targets)?;
-                    let name = f.behaviour.as_deref().unwrap_or("");
-                    let behaviour = Behaviour::from_name(name).ok_or_else(|| ScenarioError::Invalid {
-                        context: ctx.clone(),
-                        why: format!(
-                            "unknown behaviour {name:?} (expected one of: {})",
-                            Behaviour::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                        ),
-                    })?;
-                    if !behaviour.is_simulated() {
-                        notes.push(format!(
-                            "{ctx}: behaviour `{}` is not simulated yet (later issue); the peers stay honest",
-                            behaviour.name()
-                        ));
-                    }
-                    if let Some(v) = &f.victim {
-                        if behaviour != Behaviour::ClaimForeignDid {
-                            notes.push(format!("{ctx}: `victim` only applies to claim_foreign_did (ignored)"));
-                        }
-                        let ix = scenario.resolve(&ctx, std::slice::from_ref(v))?;
-                        if ix.len() != 1 || !scenario.roles_of(ix[0]).node {
-                            return Err(ScenarioError::Invalid {
-                                context: ctx,
-                                why: format!("victim {v:?} must name one node-role peer"),
-                            });
-                        }
-                    }
-                    let forge = match &f.forge {
-                        None => Forgery::DEFAULT.to_vec(),
-                        Some(list) => {
-                            if behaviour != Behaviour::ForgeSearchHits {
-                                notes.push(format!("{ctx}: `forge` only applies to forge_search_hits (ignored)"));
-                            }
-                            let parsed = list
-                                .iter()
-                                .map(|n| {
-                                    Forgery::from_name(n).ok_or_else(|| ScenarioError::Invalid {
-                                        context: ctx.clone(),
-                                        why: format!(
-                                            "unknown forgery {n:?} in `forge` (expected: {})",
-                                            Forgery::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                                        ),
-                                    })
-                                })
-                                .collect::<Result<Vec<_>, _>>()?;
-                            if parsed.is_empty() {
-                                return Err(ScenarioError::Invalid {
-                                    context: ctx,
-                                    why: "`forge` must name at least one forgery".into(),
-                                });
-                            }
-                            parsed
-                        }
-                    };
-                    FaultKind::Byzantine { targets: f.targets, behaviour, victim: f.victim, forge }
-                }
-                other => {
-                    return Err(ScenarioError::Invalid {
-                        context: ctx,
-                        why: format!(
-                            "unknown kind {other:?} (expected crash, restart, partition, heal, set_loss, \
-                             set_latency, clock_skew or byzantine)"
-                        ),
-                    });
-                }
-            };
-            for t in kind.target_strings() {
-                scenario.resolve(&ctx, std::slice::from_ref(&t))?;
-            }
-            if let FaultKind::Byzantine { targets, behaviour, .. } = &kind {
-                for p in scenario.resolve(&ctx, targets)? {
-                    let roles = scenario.roles_of(p);
-                    let fits = if behaviour.is_indexer_behaviour() { roles.indexer } else { roles.node };
-                    if !fits {
-                        notes.push(format!(
-                            "{ctx}: `{}` does not apply to {} (wrong role); it has no effect there",
-                            behaviour.name(),
-                            scenario.peer_name(p)
-                        ));
-                    }
-                }
-            }
-            scenario.faults.push(FaultSpec { at, kind });
+            let fault = scenario.parse_fault(i, f, duration, &mut notes)?;
+            scenario.faults.push(fault);
         }
 
         for (i, w) in raw.workloads.into_iter().enumerate() {
-            let ctx = format!("workload #{}", i + 1);
-            let kind = w.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
-            let from = match w.get("from").and_then(|v| v.as_str()) {
-                Some(s) => Some(parse_duration(&format!("{ctx} from"), s)?),
-                None => None,
-            };
-            let (mut lookup, mut search, mut send, mut resource) = (None, None, None, None);
-            match kind.as_str() {
-                "resource_search" => resource = Some(scenario.parse_resource(&ctx, &w, from, &mut notes)?),
-                "lookup" => lookup = Some(scenario.parse_lookup(&ctx, &w, from, &mut notes)?),
-                "search" => search = Some(scenario.parse_search(&ctx, &w, from, &mut notes)?),
-                "send" => send = Some(scenario.parse_send(&ctx, &w, from, &mut notes)?),
-                _ => {
-                    return Err(ScenarioError::Invalid {
-                        context: ctx,
-                        why: format!(
-                            "unknown workload kind {kind:?} (expected lookup, search, send or resource_search)"
-                        ),
-                    });
-                }
-            }
-            scenario.workloads.push(WorkloadSpec { kind, from, raw: w, lookup, search, send, resource });
+            let workload = scenario.parse_workload(i, w, &mut notes)?;
+            scenario.workloads.push(workload);
         }
         scenario.notes = notes;
         Ok(scenario)
+    }
+
+    /// Checks fault `#i + 1` of the file against the scenario's peers.
+    fn parse_fault(
+        &self,
+        i: usize,
+        f: RawFault,
+        duration: Duration,
+        notes: &mut Vec<String>,
+    ) -> Result<FaultSpec, ScenarioError> {
+        let ctx = format!("fault #{} ({} at {})", i + 1, f.kind, f.at);
+        note_extra(notes, &ctx, &f.extra);
+        let at = parse_duration(&format!("{ctx} at"), &f.at)?;
+        if at > duration {
+            notes.push(format!("{ctx}: fires after the end of the run (never happens)"));
+        }
+        let need_targets = |targets: &Vec<String>| -> Result<(), ScenarioError> {
+            if targets.is_empty() {
+                return Err(ScenarioError::Invalid { context: ctx.clone(), why: "needs `targets`".into() });
+            }
+            Ok(())
+        };
+        let kind = match f.kind.as_str() {
+            "crash" => {
+                need_targets(&f.targets)?;
+                FaultKind::Crash { targets: f.targets }
+            }
+            "restart" => {
+                need_targets(&f.targets)?;
+                FaultKind::Restart { targets: f.targets }
+            }
+            "partition" => {
+                let sides = f.sides.unwrap_or_default();
+                if sides.len() < 2 || sides.iter().any(|s| s.is_empty()) {
+                    return Err(ScenarioError::Invalid {
+                        context: ctx,
+                        why: "a partition needs `sides` with at least two non-empty lists of targets".into(),
+                    });
+                }
+                FaultKind::Partition { sides }
+            }
+            "heal" => FaultKind::Heal,
+            "set_loss" => {
+                let loss = f.loss.ok_or_else(|| ScenarioError::Invalid {
+                    context: ctx.clone(),
+                    why: "set_loss needs `loss`".into(),
+                })?;
+                FaultKind::SetLoss { loss: check_loss(&ctx, loss)? }
+            }
+            "set_latency" => {
+                let l = f.latency_ms.ok_or_else(|| ScenarioError::Invalid {
+                    context: ctx.clone(),
+                    why: "set_latency needs `latency_ms = [lo, hi]`".into(),
+                })?;
+                FaultKind::SetLatency { latency_ms: check_latency(&ctx, l)? }
+            }
+            "clock_skew" => {
+                need_targets(&f.targets)?;
+                let o = f.offset.as_deref().ok_or_else(|| ScenarioError::Invalid {
+                    context: ctx.clone(),
+                    why: "clock_skew needs `offset = \"±D\"` (e.g. \"+90s\", \"-2m\")".into(),
+                })?;
+                FaultKind::ClockSkew { targets: f.targets, offset_ms: parse_offset(&ctx, o)? }
+            }
+            "byzantine" => {
+                need_targets(&f.targets)?;
+                self.parse_byzantine(&ctx, f, notes)?
+            }
+            other => {
+                return Err(ScenarioError::Invalid {
+                    context: ctx,
+                    why: format!(
+                        "unknown kind {other:?} (expected crash, restart, partition, heal, set_loss, \
+                         set_latency, clock_skew or byzantine)"
+                    ),
+                });
+            }
+        };
+        for t in kind.target_strings() {
+            self.resolve(&ctx, std::slice::from_ref(&t))?;
+        }
+        if let FaultKind::Byzantine { targets, behaviour, .. } = &kind {
+            for p in self.resolve(&ctx, targets)? {
+                let roles = self.roles_of(p);
+                let fits = if behaviour.is_indexer_behaviour() { roles.indexer } else { roles.node };
+                if !fits {
+                    notes.push(format!(
+                        "{ctx}: `{}` does not apply to {} (wrong role); it has no effect there",
+                        behaviour.name(),
+                        self.peer_name(p)
+                    ));
+                }
+            }
+        }
+        Ok(FaultSpec { at, kind })
+    }
+
+    /// A `byzantine` fault: its behaviour, victim and forgeries.
+    fn parse_byzantine(&self, ctx: &str, f: RawFault, notes: &mut Vec<String>) -> Result<FaultKind, ScenarioError> {
+        let name = f.behaviour.as_deref().unwrap_or("");
+        let behaviour = Behaviour::from_name(name).ok_or_else(|| ScenarioError::Invalid {
+            context: ctx.to_string(),
+            why: format!(
+                "unknown behaviour {name:?} (expected one of: {})",
+                Behaviour::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        if !behaviour.is_simulated() {
+            notes.push(format!(
+                "{ctx}: behaviour `{}` is not simulated yet (later issue); the peers stay honest",
+                behaviour.name()
+            ));
+        }
+        if let Some(v) = &f.victim {
+            if behaviour != Behaviour::ClaimForeignDid {
+                notes.push(format!("{ctx}: `victim` only applies to claim_foreign_did (ignored)"));
+            }
+            let ix = self.resolve(ctx, std::slice::from_ref(v))?;
+            if ix.len() != 1 || !self.roles_of(ix[0]).node {
+                return Err(ScenarioError::Invalid {
+                    context: ctx.to_string(),
+                    why: format!("victim {v:?} must name one node-role peer"),
+                });
+            }
+        }
+        let forge = match &f.forge {
+            None => Forgery::DEFAULT.to_vec(),
+            Some(list) => {
+                if behaviour != Behaviour::ForgeSearchHits {
+                    notes.push(format!("{ctx}: `forge` only applies to forge_search_hits (ignored)"));
+                }
+                let parsed = list
+                    .iter()
+                    .map(|n| {
+                        Forgery::from_name(n).ok_or_else(|| ScenarioError::Invalid {
+                            context: ctx.to_string(),
+                            why: format!(
+                                "unknown forgery {n:?} in `forge` (expected: {})",
+                                Forgery::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                            ),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if parsed.is_empty() {
+                    return Err(ScenarioError::Invalid {
+                        context: ctx.to_string(),
+                        why: "`forge` must name at least one forgery".into(),
+                    });
+                }
+                parsed
+            }
+        };
+        Ok(FaultKind::Byzantine { targets: f.targets, behaviour, victim: f.victim, forge })
+    }
+
+    /// Checks workload `#i + 1` of the file.
+    fn parse_workload(&self, i: usize, w: toml::Table, notes: &mut Vec<String>) -> Result<WorkloadSpec, ScenarioError> {
+        let ctx = format!("workload #{}", i + 1);
+        let kind = w.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let from = match w.get("from").and_then(|v| v.as_str()) {
+            Some(s) => Some(parse_duration(&format!("{ctx} from"), s)?),
+            None => None,
+        };
+        let (mut lookup, mut search, mut send, mut resource) = (None, None, None, None);
+        match kind.as_str() {
+            "resource_search" => resource = Some(self.parse_resource(&ctx, &w, from, notes)?),
+            "lookup" => lookup = Some(self.parse_lookup(&ctx, &w, from, notes)?),
+            "search" => search = Some(self.parse_search(&ctx, &w, from, notes)?),
+            "send" => send = Some(self.parse_send(&ctx, &w, from, notes)?),
+            _ => {
+                return Err(ScenarioError::Invalid {
+                    context: ctx,
+                    why: format!("unknown workload kind {kind:?} (expected lookup, search, send or resource_search)"),
+                });
+            }
+        }
+        Ok(WorkloadSpec { kind, from, raw: w, lookup, search, send, resource })
     }
 
     fn parse_lookup(
