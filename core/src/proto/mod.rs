@@ -95,6 +95,7 @@ mod peer;
 mod record;
 mod rng;
 mod search;
+mod seeded;
 mod time;
 pub mod wire;
 

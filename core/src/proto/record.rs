@@ -565,7 +565,9 @@ struct Binding {
 /// lapsed. The owner itself is never refused: its binding is its own.
 #[derive(Clone, Debug)]
 pub struct RecordStore {
-    by_peer: std::collections::BTreeMap<PeerId, PeerRecord>,
+    /// Records by owner: a hash table, for one cache miss per lookup (an indexer looks its nodes'
+    /// records up on every heartbeat). Its order is never an output: [`RecordStore::iter`] sorts.
+    by_peer: crate::proto::seeded::SeededMap<PeerId, PeerRecord>,
     /// DID → its owner, valid until, and the `until` last persisted.
     did_owner: std::collections::BTreeMap<Did, Binding>,
     max_records: usize,
@@ -577,9 +579,16 @@ pub struct RecordStore {
 impl RecordStore {
     /// An empty store of at most `max_records` records; DID bindings last `binding_ttl` after the
     /// owner's last record expired.
+    #[cfg(test)]
     pub fn new(max_records: usize, binding_ttl: Duration) -> Self {
+        Self::keyed(max_records, binding_ttl, 0)
+    }
+
+    /// As [`RecordStore::new`], with `key` keying its hash table (draw it from the owner's seeded
+    /// RNG, see [`SeededState`](crate::proto::seeded::SeededState)).
+    pub fn keyed(max_records: usize, binding_ttl: Duration, key: u64) -> Self {
         RecordStore {
-            by_peer: std::collections::BTreeMap::new(),
+            by_peer: crate::proto::seeded::seeded_map(key),
             did_owner: std::collections::BTreeMap::new(),
             max_records: max_records.max(1),
             binding_ttl,
@@ -644,9 +653,12 @@ impl RecordStore {
         self.did_owner.get(did).filter(|b| b.until > now).map(|b| (b.owner, b.until))
     }
 
-    /// Iterates over the records held (possibly expired until the next prune).
+    /// Iterates over the records held (possibly expired until the next prune), in owner order
+    /// (sorted at each call).
     pub fn iter(&self) -> impl Iterator<Item = &PeerRecord> + '_ {
-        self.by_peer.values()
+        let mut all: Vec<(&PeerId, &PeerRecord)> = self.by_peer.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.into_iter().map(|(_, r)| r)
     }
 
     /// Stores a record the caller has just verified with [`PeerRecord::verify`] at `now` (the
@@ -682,7 +694,8 @@ impl RecordStore {
             None => false,
         };
         if !replaced && self.by_peer.len() >= self.max_records {
-            let victim = self.by_peer.iter().min_by_key(|(_, r)| r.body.expires_at).map(|(p, _)| *p);
+            // Ties go to the lowest owner: the table's order does not matter.
+            let victim = self.by_peer.iter().map(|(p, r)| (r.body.expires_at, *p)).min().map(|(_, p)| p);
             if let Some(v) = victim {
                 self.by_peer.remove(&v);
             }

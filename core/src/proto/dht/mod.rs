@@ -333,10 +333,13 @@ impl Dht {
         addrs: Vec<Addr>,
         server: bool,
         bootstrap: &[PeerAddr],
-        rng: DetRng,
+        mut rng: DetRng,
         now: Timestamp,
     ) -> Self {
         let me = keypair.peer_id();
+        // Keys the record store's hash table (secret, so that peers cannot grind ids sharing
+        // buckets; seeded, so that the same seed gives the same store).
+        let store_key = rng.fork("record store").next_u64();
         let lookup_config = LookupConfig {
             k: config.kad_k,
             alpha: config.kad_alpha,
@@ -357,7 +360,7 @@ impl Dht {
             lookup_config,
             table,
             failures: BTreeMap::new(),
-            store: RecordStore::new(config.record_store_max, BINDING_TTL),
+            store: RecordStore::keyed(config.record_store_max, BINDING_TTL, store_key),
             claims: BTreeMap::new(),
             providers: BTreeMap::new(),
             closest: BTreeMap::new(),

@@ -31,8 +31,9 @@
 
 use crate::proto::config::Config;
 use crate::proto::identity::{Did, PeerId};
+use crate::proto::seeded::{SeededMap, seeded_map};
 use crate::proto::time::Timestamp;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -183,6 +184,9 @@ struct Behaviour {
     decay_from: Timestamp,
     banned_until: Option<Timestamp>,
     last_active: Timestamp,
+    /// While not banned: the `last_active` under which the entry sits in `BehaviourTable::idle`,
+    /// at most `last_active` (the index is renewed lazily, see [`BehaviourTable`]).
+    indexed: Timestamp,
 }
 
 impl Behaviour {
@@ -196,6 +200,7 @@ impl Behaviour {
             decay_from: now,
             banned_until: None,
             last_active: now,
+            indexed: now,
         }
     }
 
@@ -282,19 +287,29 @@ impl Behaviour {
 ///
 /// Every mutating call takes `now`; decay and ban expiry are applied lazily on the peer's next
 /// call and at [`BehaviourTable::prune`].
+///
+/// The eviction index (`idle`, by last activity) is renewed lazily too: a request leaves the
+/// peer's entry where it is, so an entry's key may be earlier than its real last activity, never
+/// later. Eviction pops the earliest key and, when that entry was active since, puts it back
+/// under its real activity and looks again: the victim is the least recently active entry, as
+/// with an exact index, and each request costs no index update.
 #[derive(Clone, Debug)]
 pub struct BehaviourTable {
     limits: Limits,
-    entries: BTreeMap<PeerId, Behaviour>,
-    /// Entries not banned (as of their last update), by last activity: eviction order.
+    /// Entries by peer: a hash table (about one cache miss per lookup in a large table); its order
+    /// is never an output. Boxed: a table's spare buckets then cost a pointer each, not an entry.
+    entries: SeededMap<PeerId, Box<Behaviour>>,
+    /// `(indexed, peer)` of the entries not banned (as of their last update): eviction order,
+    /// lazily renewed (see above).
     idle: BTreeSet<(Timestamp, PeerId)>,
     /// Banned entries, by ban end.
     bans: BTreeSet<(Timestamp, PeerId)>,
 }
 
 impl BehaviourTable {
-    /// An empty table with the limits of `config`.
-    pub fn new(config: &Config) -> Self {
+    /// An empty table with the limits of `config`; `key` keys its hash table (draw it from the
+    /// owner's seeded RNG, see [`SeededState`](crate::proto::seeded::SeededState)).
+    pub fn new(config: &Config, key: u64) -> Self {
         BehaviourTable {
             limits: Limits {
                 window: config.behaviour_window,
@@ -306,7 +321,7 @@ impl BehaviourTable {
                 strike_decay: config.strike_decay,
                 max_entries: config.behaviour_table_max.max(1),
             },
-            entries: BTreeMap::new(),
+            entries: seeded_map(key),
             idle: BTreeSet::new(),
             bans: BTreeSet::new(),
         }
@@ -434,32 +449,33 @@ impl BehaviourTable {
     /// strike, no ban, empty windows) for which `has_session` is false. Returns how many went.
     pub fn prune(&mut self, now: Timestamp, has_session: impl Fn(&PeerId) -> bool) -> usize {
         let before = self.entries.len();
-        let limits = &self.limits;
-        self.entries.retain(|peer, e| {
+        let BehaviourTable { limits, entries, idle, bans } = self;
+        // Each entry is decided on its own, so the table's order does not matter; the indices
+        // follow the entries that leave or whose ban ended.
+        entries.retain(|peer, e| {
+            let banned = e.banned_until;
             e.refresh(limits, now);
             e.prune_windows(limits, now);
-            !e.is_clean() || has_session(peer)
+            let keep = !e.is_clean() || has_session(peer);
+            match (banned, e.banned_until) {
+                (Some(until), None) => {
+                    bans.remove(&(until, *peer));
+                    if keep {
+                        e.indexed = e.last_active;
+                        idle.insert((e.indexed, *peer));
+                    }
+                }
+                (Some(until), Some(_)) if !keep => {
+                    bans.remove(&(until, *peer));
+                }
+                (None, _) if !keep => {
+                    idle.remove(&(e.indexed, *peer));
+                }
+                _ => {}
+            }
+            keep
         });
-        self.rebuild_indices();
         before - self.entries.len()
-    }
-
-    fn rebuild_indices(&mut self) {
-        self.idle.clear();
-        self.bans.clear();
-        for (peer, e) in &self.entries {
-            match e.banned_until {
-                Some(until) => self.bans.insert((until, *peer)),
-                None => self.idle.insert((e.last_active, *peer)),
-            };
-        }
-    }
-
-    fn index(&mut self, peer: &PeerId, e: &Behaviour) {
-        match e.banned_until {
-            Some(until) => self.bans.insert((until, *peer)),
-            None => self.idle.insert((e.last_active, *peer)),
-        };
     }
 
     /// Frees one slot: lapsed bans become ordinary entries, then the least recently active
@@ -472,12 +488,24 @@ impl BehaviourTable {
             self.bans.pop_first();
             if let Some(e) = self.entries.get_mut(&peer) {
                 e.refresh(&self.limits, now);
-                self.idle.insert((e.last_active, peer));
+                e.indexed = e.last_active;
+                self.idle.insert((e.indexed, peer));
             }
         }
-        let victim = match self.idle.pop_first() {
-            Some((_, peer)) => Some(peer),
-            None => self.bans.pop_first().map(|(_, peer)| peer),
+        // The earliest key whose entry was not active since is the least recently active entry:
+        // every other key is at or after it, and every entry is at or after its key.
+        let victim = loop {
+            match self.idle.pop_first() {
+                Some((indexed, peer)) => match self.entries.get_mut(&peer) {
+                    Some(e) if e.last_active > indexed => {
+                        e.indexed = e.last_active;
+                        self.idle.insert((e.indexed, peer));
+                    }
+                    Some(_) => break Some(peer),
+                    None => {}
+                },
+                None => break self.bans.pop_first().map(|(_, peer)| peer),
+            }
         };
         if let Some(peer) = victim {
             self.entries.remove(&peer);
@@ -485,22 +513,22 @@ impl BehaviourTable {
     }
 
     fn with_entry<R>(&mut self, peer: PeerId, now: Timestamp, f: impl FnOnce(&mut Behaviour, &Limits) -> R) -> R {
-        // Hot path (every heartbeat): update in place, touching only the index entry that moved.
+        // Hot path (every heartbeat): update in place. The index moves only when the ban state
+        // changed, or when the clock went back before the entry's key (which must stay at or
+        // before its last activity); a later activity is caught up with lazily.
         if let Some(e) = self.entries.get_mut(&peer) {
-            let old_key = (e.banned_until, e.last_active);
+            let (old_ban, old_indexed) = (e.banned_until, e.indexed);
             e.refresh(&self.limits, now);
             e.last_active = now;
             let r = f(e, &self.limits);
-            let new_key = (e.banned_until, e.last_active);
-            if old_key != new_key {
-                match old_key {
-                    (Some(until), _) => self.bans.remove(&(until, peer)),
-                    (None, active) => self.idle.remove(&(active, peer)),
-                };
-                match new_key {
-                    (Some(until), _) => self.bans.insert((until, peer)),
-                    (None, active) => self.idle.insert((active, peer)),
-                };
+            let moved = match (old_ban, e.banned_until) {
+                (Some(a), Some(b)) => a != b,
+                (None, None) => e.last_active < old_indexed,
+                _ => true,
+            };
+            if moved {
+                unindex(&mut self.idle, &mut self.bans, &peer, old_ban, old_indexed);
+                index(&mut self.idle, &mut self.bans, &peer, e);
             }
             return r;
         }
@@ -511,14 +539,44 @@ impl BehaviourTable {
                 break;
             }
         }
-        let mut e = Behaviour::new(now);
+        let mut e = Box::new(Behaviour::new(now));
         e.refresh(&self.limits, now);
         e.last_active = now;
         let r = f(&mut e, &self.limits);
-        self.index(&peer, &e);
+        index(&mut self.idle, &mut self.bans, &peer, &mut e);
         self.entries.insert(peer, e);
         r
     }
+}
+
+/// Puts `peer`'s entry in its index: `bans` while banned, else `idle` under its last activity.
+fn index(
+    idle: &mut BTreeSet<(Timestamp, PeerId)>,
+    bans: &mut BTreeSet<(Timestamp, PeerId)>,
+    peer: &PeerId,
+    e: &mut Behaviour,
+) {
+    match e.banned_until {
+        Some(until) => bans.insert((until, *peer)),
+        None => {
+            e.indexed = e.last_active;
+            idle.insert((e.indexed, *peer))
+        }
+    };
+}
+
+/// Takes `peer`'s entry out of its index, as it was indexed: by `banned_until`, else `indexed`.
+fn unindex(
+    idle: &mut BTreeSet<(Timestamp, PeerId)>,
+    bans: &mut BTreeSet<(Timestamp, PeerId)>,
+    peer: &PeerId,
+    banned_until: Option<Timestamp>,
+    indexed: Timestamp,
+) {
+    match banned_until {
+        Some(until) => bans.remove(&(until, *peer)),
+        None => idle.remove(&(indexed, *peer)),
+    };
 }
 
 #[cfg(test)]
@@ -538,7 +596,7 @@ mod tests {
     #[test]
     fn flood_over_limit_strikes_and_third_strike_bans() {
         let c = Config::default();
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         let p = peer(1);
         for i in 0..5 {
             assert_eq!(t.record_heartbeat(p, at(i)), Ok(()), "heartbeat {i} is within the limit");
@@ -569,7 +627,7 @@ mod tests {
     #[test]
     fn window_slides_so_a_steady_node_is_never_struck() {
         let c = Config::default();
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         let p = peer(1);
         // Every 20 s plus a probe and an immediate extra heartbeat now and then.
         for i in 0..1000u64 {
@@ -585,7 +643,7 @@ mod tests {
     #[test]
     fn strikes_decay_over_time() {
         let c = Config::default();
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         let p = peer(1);
         assert_eq!(t.record_bad_signature(p, at(0)), Strike { strikes: 2, banned_until: None });
         // Just before one decay period: still 2; a period later one is forgiven, then the other.
@@ -610,7 +668,7 @@ mod tests {
     #[test]
     fn ban_expires() {
         let c = Config::default();
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         let p = peer(1);
         t.record_bad_signature(p, at(0));
         let s = t.record_bad_signature(p, at(1));
@@ -651,7 +709,7 @@ mod tests {
     #[test]
     fn table_stays_bounded_and_keeps_bans() {
         let c = Config { behaviour_table_max: 8, ..Config::default() };
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         // Three banned peers.
         for i in 0..3 {
             t.record_bad_signature(peer(i), at(i));
@@ -673,7 +731,7 @@ mod tests {
 
         // When every entry is banned, the ban that ends first goes.
         let c = Config { behaviour_table_max: 2, ..Config::default() };
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         for (i, s) in [(0, 0), (1, 5)] {
             t.record_bad_signature(peer(i), at(s));
             t.record_bad_signature(peer(i), at(s));
@@ -689,7 +747,7 @@ mod tests {
     #[test]
     fn prune_keeps_sessions_strikes_bans_and_open_windows() {
         let c = Config::default();
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         let (with_session, struck, recent, stale) = (peer(1), peer(2), peer(3), peer(4));
         for p in [with_session, stale] {
             t.record_heartbeat(p, at(0)).unwrap();
@@ -707,7 +765,7 @@ mod tests {
     #[test]
     fn first_did_is_bound_and_a_different_one_is_refused_without_strikes() {
         let c = Config::default();
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         let p = peer(1);
         let d1 = Did::new("did:one").unwrap();
         let d2 = Did::new("did:two").unwrap();
@@ -724,7 +782,7 @@ mod tests {
     #[test]
     fn a_restored_ban_holds_until_it_ends_and_never_longer_than_a_ban() {
         let c = Config::default();
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         let p = peer(1);
         t.restore_ban(p, at(300), at(0));
         assert_eq!(t.banned_until(&p, at(0)), Some(at(300)));
@@ -744,11 +802,40 @@ mod tests {
         assert_eq!(t.banned_until(&q, at(11)), Some(at(10) + c.ban_duration));
         // The table's bound holds.
         let c = Config { behaviour_table_max: 4, ..Config::default() };
-        let mut t = BehaviourTable::new(&c);
+        let mut t = BehaviourTable::new(&c, 0);
         for i in 0..10 {
             t.restore_ban(peer(i), at(100 + i), at(0));
             assert!(t.len() <= 4);
         }
         assert!(t.is_banned(&peer(9), at(1)), "the bans that end last are kept");
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_active_although_the_index_is_lazy() {
+        let c = Config { behaviour_table_max: 4, ..Config::default() };
+        let mut t = BehaviourTable::new(&c, 9);
+        for i in 1..=4 {
+            t.record_heartbeat(peer(i), at(i)).unwrap();
+        }
+        // Peer 1 is active again: its index entry still says t = 1.
+        t.record_heartbeat(peer(1), at(10)).unwrap();
+        t.record_heartbeat(peer(5), at(11)).unwrap();
+        assert!(t.contains(&peer(1)), "the entry active since was renewed, not evicted");
+        assert!(!t.contains(&peer(2)), "the least recently active went");
+        // Peers 3 and 4 active again, in reverse order: 5 is now the least recently active after 1.
+        t.record_heartbeat(peer(4), at(12)).unwrap();
+        t.record_heartbeat(peer(3), at(13)).unwrap();
+        t.record_heartbeat(peer(6), at(14)).unwrap();
+        assert!(!t.contains(&peer(1)));
+        t.record_heartbeat(peer(7), at(15)).unwrap();
+        assert!(!t.contains(&peer(5)));
+        for p in [3, 4, 6, 7] {
+            assert!(t.contains(&peer(p)), "peer {p} kept");
+        }
+        // The indices hold one entry per peer.
+        assert_eq!(t.idle.len() + t.bans.len(), t.len());
+        t.prune(at(14 + 61), |_| false);
+        assert_eq!(t.len(), 0);
+        assert!(t.idle.is_empty() && t.bans.is_empty(), "pruned entries leave the indices");
     }
 }

@@ -50,20 +50,20 @@ pub(super) struct Capacity {
     pub(super) short_refused: Option<Timestamp>,
 }
 
-impl IndexerService {
-    /// The key of `peer`'s session in the movable index, if it may move.
-    pub(super) fn move_key(&self, peer: &PeerId, s: &Session) -> Option<MoveKey> {
-        if !s.standing.can_move() {
-            return None;
-        }
-        let (a, b) = (peer.as_bytes(), self.me.as_bytes());
-        let mut mix = [0u8; 8];
-        for (i, m) in mix.iter_mut().enumerate() {
-            *m = a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-        }
-        Some((s.standing.spare(), !s.referent, u64::from_le_bytes(mix), *peer))
+/// The key of `peer`'s session in the movable index of indexer `me`, if it may move.
+pub(super) fn move_key(me: &PeerId, peer: &PeerId, s: &Session) -> Option<MoveKey> {
+    if !s.standing.can_move() {
+        return None;
     }
+    let (a, b) = (peer.as_bytes(), me.as_bytes());
+    let mut mix = [0u8; 8];
+    for (i, m) in mix.iter_mut().enumerate() {
+        *m = a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    Some((s.standing.spare(), !s.referent, u64::from_le_bytes(mix), *peer))
+}
 
+impl IndexerService {
     /// Whether a newcomer with `standing` waits for the short nodes: it is not short, and a short
     /// newcomer was refused `Busy` within the last `conn_window`.
     pub(super) fn defers_to_short(&self, standing: &Standing, now: Timestamp) -> bool {

@@ -61,9 +61,13 @@
 //! * Suggestions prefer indexers with a lower known fill rate, with some randomness (the seed's
 //!   "least-loaded top-5" was a random offset into a random list, C §18.13).
 //!
-//! Per-heartbeat work is `O(log n + k)` in the number of sessions `n`: witnesses are drawn from a
-//! vector of non-indexer sessions by index, expiry deadlines are indexed. GC may scan. A session
-//! costs about 1 KiB in all (the session, its indices and the node's behaviour entry; measured by
+//! Per-heartbeat work is `O(k)` expected in the number of sessions `n`, and touches few cache
+//! lines however large `n` (issue 13): sessions and behaviour entries are found in seeded hash
+//! tables ([`SeededMap`]), witnesses are drawn from a vector of non-indexer sessions by index, and
+//! a heartbeat updates no ordered index unless what it indexes changed — the expiry and eviction
+//! indices are renewed lazily, about once per `session_expiry`, by the timer (see
+//! [`IndexerService::handle_timeout`]). GC scans. A session costs under 1 KiB in all (the session,
+//! its indices and the node's behaviour entry; measured by
 //! `cargo bench -p ocd-core --features internals --bench sessions`).
 //!
 //! ## Files, one per flow
@@ -82,6 +86,7 @@ use crate::proto::durable::Persist;
 use crate::proto::identity::{Did, PeerAddr, PeerId};
 use crate::proto::record::{MAX_NAME_LEN, PeerRecord, ProviderRecord, StoreError};
 use crate::proto::rng::DetRng;
+use crate::proto::seeded::{SeededMap, seeded_map};
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse, Publish,
@@ -123,6 +128,10 @@ const UNKNOWN_FILL: f64 = 0.5;
 /// Random spread added to known fill rates when choosing suggestions, so that every node is not
 /// sent to the same least-loaded indexer at once.
 const SUGGESTION_JITTER: f64 = 0.25;
+/// A timer run also renews the expiry index entries that would fall due within this long, so that
+/// stale entries (see [`IndexerService::handle_timeout`]) wake the indexer at most about once per
+/// this period, however many sessions it holds.
+const EXPIRY_BATCH: Duration = Duration::from_secs(1);
 
 /// What the indexer role does: its outputs, lifted into the router's [`Action`].
 #[derive(Clone, Debug, PartialEq)]
@@ -163,6 +172,9 @@ struct Session {
     name: Option<String>,
     first_seen: Timestamp,
     last_seen: Timestamp,
+    /// The `last_seen` under which the session sits in `IndexerService::expiry`: at most
+    /// `last_seen` (the index is renewed lazily).
+    indexed: Timestamp,
     /// Gap-aware time online (A §5.1), in ms (timestamps are whole ms).
     online_ms: u64,
     referent: bool,
@@ -230,8 +242,13 @@ pub struct IndexerService {
     /// Draws for the cache of other indexers picked from DHT providers.
     cache_rng: DetRng,
     born_at: Timestamp,
-    sessions: BTreeMap<PeerId, Session>,
-    /// `(last_seen, peer)` of every session: expiry order.
+    /// Sessions by peer: a hash table, for about one cache miss per lookup at 100 k sessions (its
+    /// order is never an output: `sessions()` sorts). Boxed: the table's spare buckets then cost
+    /// a pointer each, not a session.
+    sessions: SeededMap<PeerId, Box<Session>>,
+    /// `(indexed, peer)` of every session (see `Session::indexed`): one entry per session, whose
+    /// key may be earlier than the session's `last_seen`. A heartbeat does not touch it; a timer
+    /// run renews the entries that fall due (see [`IndexerService::handle_timeout`]).
     expiry: BTreeSet<(Timestamp, PeerId)>,
     /// Non-indexer sessions, for O(1) random witness picks.
     witness_pool: Vec<PeerId>,
@@ -249,9 +266,12 @@ pub struct IndexerService {
 
 impl IndexerService {
     /// An indexer born at `now` (its `born_at` never changes while it runs).
-    pub fn new(config: Config, me: PeerId, rng: DetRng, cache_rng: DetRng, now: Timestamp) -> Self {
+    pub fn new(config: Config, me: PeerId, mut rng: DetRng, cache_rng: DetRng, now: Timestamp) -> Self {
         let burst = BurstGuard::new(&config);
-        let behaviour = BehaviourTable::new(&config);
+        // The keys of the per-peer hash tables: secret, so that peers cannot grind ids that share
+        // buckets; drawn from the seeded RNG, so that the same seed gives the same tables.
+        let mut keys = rng.fork("indexer tables");
+        let behaviour = BehaviourTable::new(&config, keys.next_u64());
         let next_gc = now + config.gc_interval.max(Duration::from_millis(1));
         IndexerService {
             config,
@@ -259,7 +279,7 @@ impl IndexerService {
             rng,
             cache_rng,
             born_at: now,
-            sessions: BTreeMap::new(),
+            sessions: seeded_map(keys.next_u64()),
             expiry: BTreeSet::new(),
             witness_pool: Vec::new(),
             referents: BTreeSet::new(),
@@ -274,15 +294,37 @@ impl IndexerService {
     }
 
     /// Runs due timers: session expiry (exactly `session_expiry` after the last heartbeat) and GC.
+    ///
+    /// The expiry index is renewed lazily: a heartbeat leaves the session's entry where it is, so
+    /// an entry may be earlier than the session's real deadline, never later. Each run takes the
+    /// entries due by `now` plus [`EXPIRY_BATCH`]: the sessions whose real deadline has passed
+    /// expire (in deadline order, as if the index were exact), the others go back under their
+    /// real deadline. A session is thus re-indexed about once per `session_expiry`, not once per
+    /// heartbeat, and a run always leaves the earliest entry after `now` (no spinning).
     pub fn handle_timeout(&mut self, now: Timestamp, out: &mut Vec<Action>) {
-        while let Some(&(last_seen, peer)) = self.expiry.first() {
-            if now.since(last_seen) <= self.config.session_expiry {
+        let horizon = now + EXPIRY_BATCH;
+        let mut due: Vec<(Timestamp, PeerId)> = Vec::new();
+        let mut renewed: Vec<(Timestamp, PeerId)> = Vec::new();
+        while let Some(&(indexed, peer)) = self.expiry.first() {
+            if self.expiry_deadline(indexed) > horizon {
                 break;
             }
-            if !self.close_session(peer, SessionEnd::Expired, out) {
-                // Index entry without a session: cannot happen, but never loop on it.
-                self.expiry.remove(&(last_seen, peer));
+            self.expiry.pop_first();
+            // An entry without a session cannot happen; it is dropped.
+            if let Some(s) = self.sessions.get_mut(&peer) {
+                if now.since(s.last_seen) > self.config.session_expiry {
+                    due.push((s.last_seen, peer));
+                } else {
+                    s.indexed = s.last_seen;
+                    renewed.push((s.last_seen, peer));
+                }
             }
+        }
+        // Entries still due within the batch go back only now: the loop above takes each once.
+        self.expiry.extend(renewed);
+        due.sort_unstable();
+        for (_, peer) in due {
+            self.close_session(peer, SessionEnd::Expired, out);
         }
         if now >= self.next_gc {
             self.gc(now);
@@ -290,12 +332,16 @@ impl IndexerService {
         }
     }
 
-    /// The next deadline: the earliest session expiry or the next GC.
+    /// When a session last seen at `last_seen` expires: the first instant more than
+    /// `session_expiry` later.
+    fn expiry_deadline(&self, last_seen: Timestamp) -> Timestamp {
+        last_seen + self.config.session_expiry + Duration::from_millis(1)
+    }
+
+    /// The next deadline: the earliest entry of the expiry index (which may come before the
+    /// session's real expiry: the run then only renews it) or the next GC.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let expiry = self
-            .expiry
-            .first()
-            .map(|(last_seen, _)| *last_seen + self.config.session_expiry + Duration::from_millis(1));
+        let expiry = self.expiry.first().map(|(indexed, _)| self.expiry_deadline(*indexed));
         Some(expiry.map_or(self.next_gc, |e| e.min(self.next_gc)))
     }
 
@@ -309,9 +355,11 @@ impl IndexerService {
         self.sessions.len()
     }
 
-    /// Every session, in peer-id order.
+    /// Every session, in peer-id order (sorted at each call).
     pub fn sessions(&self) -> impl Iterator<Item = SessionView<'_>> + '_ {
-        self.sessions.iter().map(|(p, s)| self.view(p, s))
+        let mut all: Vec<(&PeerId, &Box<Session>)> = self.sessions.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        all.into_iter().map(|(p, s)| self.view(p, s))
     }
 
     /// One session.

@@ -2,28 +2,32 @@
 //! online time, DID binding (never clobbered, B10), referents and the witness pool; a session ends
 //! on expiry, `Leave`, a ban or a low score, and everything attached to it goes with it.
 
+use super::capacity::move_key;
 use super::*;
 
 impl IndexerService {
     pub(super) fn open_session(&mut self, addr: PeerAddr, now: Timestamp) {
         let peer = addr.id;
-        let session = Session {
+        let session = Box::new(Session {
             addr,
             did: None,
             name: None,
             first_seen: now,
             last_seen: now,
+            indexed: now,
             online_ms: 0,
             referent: false,
             is_indexer: false,
             witness_slot: None,
             standing: crate::proto::wire::Standing::default(),
-        };
+        });
         self.sessions.insert(peer, session);
         self.expiry.insert((now, peer));
     }
 
-    /// Records a heartbeat on an existing session: gap-aware online time and the expiry index.
+    /// Records a heartbeat on an existing session: gap-aware online time and `last_seen`. The
+    /// expiry index is left as it is: its entry for the session may now be early, which the next
+    /// timer run that reaches it renews (see [`IndexerService::handle_timeout`]).
     pub(super) fn refresh_session(&mut self, peer: PeerId, now: Timestamp) {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
@@ -33,25 +37,22 @@ impl IndexerService {
             s.online_ms = s.online_ms.saturating_add(crate::proto::time::duration_ms(gap));
         }
         if now > s.last_seen {
-            self.expiry.remove(&(s.last_seen, peer));
             s.last_seen = now;
-            self.expiry.insert((now, peer));
         }
     }
 
     /// Applies what an admitted heartbeat tells: DID and name (never clobbered by `None`),
-    /// referent flag, indexer role.
+    /// referent flag, indexer role. The indices (referents, witnesses, movable sessions) are
+    /// touched only when what they index changed.
     pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) {
         let peer = from.id;
-        let old_key = self.sessions.get(&peer).and_then(|s| self.move_key(&peer, s));
-        if let Some(k) = old_key {
-            self.capacity.movable.remove(&k);
-        }
+        let me = self.me;
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
+        let old_key = move_key(&me, &peer, s);
         s.standing = hb.standing;
-        if !from.addrs.is_empty() {
+        if !from.addrs.is_empty() && s.addr != from {
             s.addr = from.clone();
         }
         if let Some(did) = did
@@ -60,16 +61,22 @@ impl IndexerService {
             s.did = Some(did);
         }
         if let Some(name) = &hb.name {
-            s.name = Some(truncate(name, MAX_NAME_LEN).to_string());
+            let name = truncate(name, MAX_NAME_LEN);
+            if s.name.as_deref() != Some(name) {
+                s.name = Some(name.to_string());
+            }
         }
-        s.referent = hb.referent;
-        if hb.referent {
-            self.referents.insert(peer);
-        } else {
-            self.referents.remove(&peer);
+        if s.referent != hb.referent {
+            s.referent = hb.referent;
+            if hb.referent {
+                self.referents.insert(peer);
+            } else {
+                self.referents.remove(&peer);
+            }
         }
         s.is_indexer = hb.is_indexer;
         // Only non-indexer sessions serve as witnesses.
+        let mut leaves_pool = None;
         match (hb.is_indexer, s.witness_slot) {
             (false, None) => {
                 // Slots fit in u32: sessions are bounded by `max_nodes`, far below 2^32.
@@ -78,12 +85,21 @@ impl IndexerService {
             }
             (true, Some(slot)) => {
                 s.witness_slot = None;
-                self.witness_pool_remove(slot as usize);
+                leaves_pool = Some(slot);
             }
             _ => {}
         }
-        if let Some(k) = self.sessions.get(&peer).and_then(|s| self.move_key(&peer, s)) {
-            self.capacity.movable.insert(k);
+        let new_key = move_key(&me, &peer, s);
+        if old_key != new_key {
+            if let Some(k) = old_key {
+                self.capacity.movable.remove(&k);
+            }
+            if let Some(k) = new_key {
+                self.capacity.movable.insert(k);
+            }
+        }
+        if let Some(slot) = leaves_pool {
+            self.witness_pool_remove(slot as usize);
         }
         if hb.is_indexer {
             self.note_indexer(from, None, now);
@@ -104,13 +120,13 @@ impl IndexerService {
 
     /// Ends a session and everything attached to it. Returns whether there was one.
     pub(super) fn close_session(&mut self, peer: PeerId, reason: SessionEnd, out: &mut Vec<Action>) -> bool {
-        if let Some(k) = self.sessions.get(&peer).and_then(|s| self.move_key(&peer, s)) {
-            self.capacity.movable.remove(&k);
-        }
         let Some(s) = self.sessions.remove(&peer) else {
             return false;
         };
-        self.expiry.remove(&(s.last_seen, peer));
+        if let Some(k) = move_key(&self.me, &peer, &s) {
+            self.capacity.movable.remove(&k);
+        }
+        self.expiry.remove(&(s.indexed, peer));
         if let Some(slot) = s.witness_slot {
             self.witness_pool_remove(slot as usize);
         }

@@ -129,7 +129,7 @@ impl Harness {
     fn new(config: Config) -> Self {
         let me = Keypair::derive(0, "me").peer_id();
         let desk = StoreDesk {
-            store: crate::proto::record::RecordStore::new(1000, Duration::from_secs(3600)),
+            store: crate::proto::record::RecordStore::keyed(1000, Duration::from_secs(3600), 0),
             offers: 0,
             replicated: Vec::new(),
         };
@@ -961,4 +961,149 @@ fn a_ban_is_persisted_when_set_and_restored_after_a_restart() {
     let out = h2.beat(&a, until);
     assert_eq!(events(&out), vec![&Event::SessionOpened { node: a.id }]);
     assert_eq!(h2.ix.strikes(&a.id), 0);
+}
+
+/// Runs the timers at `now` and checks the run left no deadline at or before it (no spinning).
+fn timers_at(h: &mut Harness, now: Timestamp) -> Vec<Action> {
+    let mut out = Vec::new();
+    h.ix.handle_timeout(now, &mut out);
+    assert!(h.ix.poll_timeout().is_some_and(|t| t > now), "a run leaves its next deadline after now");
+    out
+}
+
+#[test]
+fn a_session_refreshed_many_times_expires_exactly_after_its_last_heartbeat() {
+    let c = Config::default();
+    let expiry = c.session_expiry;
+    let mut h = Harness::new(c);
+    let n = node(1);
+    // An hour of heartbeats every 20 s, the timers run whenever due, as the router does.
+    let mut last = at(0);
+    for i in 0..180 {
+        last = at(i * 20);
+        assert!(h.run_timers(last).is_empty(), "nothing expires while the node heartbeats");
+        h.beat(&n, last);
+    }
+    assert!(h.run_timers(last + expiry).is_empty());
+    assert!(h.ix.has_session(&n.id), "silent for exactly session_expiry: still there");
+    let out = h.run_timers(last + expiry + Duration::from_millis(1));
+    assert_eq!(events(&out), vec![&Event::SessionClosed { node: n.id, reason: SessionEnd::Expired }]);
+    assert!(!h.ix.has_session(&n.id));
+    assert_eq!(h.ix.expiry.len(), 0, "its index entry went with it");
+}
+
+#[test]
+fn a_stale_wake_up_expires_nothing_and_does_not_spin() {
+    let c = Config::default();
+    let expiry = c.session_expiry;
+    let mut h = Harness::new(c);
+    let n = node(1);
+    h.beat(&n, at(0));
+    h.beat(&n, at(60));
+    // The index still holds the first heartbeat: the next deadline is early, never late.
+    let stale = at(0) + expiry + Duration::from_millis(1);
+    assert_eq!(h.ix.poll_timeout(), Some(stale.min(h.ix.next_gc)));
+    let out = timers_at(&mut h, stale);
+    assert!(events(&out).iter().all(|e| !matches!(e, Event::SessionClosed { .. })));
+    assert!(h.ix.has_session(&n.id));
+    // The entry moved to the real deadline: the next run there expires it.
+    let real = at(60) + expiry + Duration::from_millis(1);
+    assert_eq!(h.ix.expiry.first().map(|(t, _)| *t), Some(at(60)));
+    let out = h.run_timers(at(60) + expiry);
+    assert!(events(&out).iter().all(|e| !matches!(e, Event::SessionClosed { .. })));
+    let out = h.run_timers(real);
+    assert_eq!(events(&out), vec![&Event::SessionClosed { node: n.id, reason: SessionEnd::Expired }]);
+}
+
+#[test]
+fn many_sessions_expire_in_deadline_order_and_wake_ups_stay_few() {
+    let c = Config { max_conn_per_window: 1000, max_nodes: 1000, ..Config::default() };
+    let expiry = c.session_expiry;
+    let mut h = Harness::new(c);
+    let nodes: Vec<PeerAddr> = (0..200).map(node).collect();
+    // Sessions open in one order and heartbeat last in the reverse one, so that the index
+    // (first heartbeats) and the real deadlines (last heartbeats) disagree.
+    for (i, n) in nodes.iter().enumerate() {
+        h.beat(n, at_ms(i as u64 * 10));
+    }
+    let mut last = Vec::new();
+    for (i, n) in nodes.iter().enumerate().rev() {
+        let t = at(30) + Duration::from_millis((nodes.len() - i) as u64 * 7);
+        h.beat(n, t);
+        last.push((t, n.id));
+    }
+    // Also a few sessions refreshed late, past the stale deadlines of the others.
+    for n in nodes.iter().step_by(10) {
+        let t = at(100);
+        h.beat(n, t);
+        last.retain(|(_, p)| *p != n.id);
+        last.push((t, n.id));
+    }
+    last.sort();
+    // Run the timers as the router would, counting wake-ups, and collect the expiries.
+    let mut wake_ups = 0;
+    let mut closed = Vec::new();
+    let end = at(400);
+    while let Some(t) = h.ix.poll_timeout().filter(|t| *t <= end) {
+        wake_ups += 1;
+        let out = timers_at(&mut h, t);
+        for e in events(&out) {
+            if let Event::SessionClosed { node, reason: SessionEnd::Expired } = e {
+                let l = last.iter().find(|(_, p)| p == node).map(|(l, _)| *l).unwrap();
+                assert_eq!(t, l + expiry + Duration::from_millis(1), "expired at its exact deadline");
+                closed.push((l, *node));
+            }
+        }
+    }
+    assert_eq!(closed, last, "every session expired, in deadline order");
+    assert_eq!(h.ix.session_count(), 0);
+    assert!(h.ix.expiry.is_empty());
+    // Each distinct real deadline wakes the indexer once (as with an exact index), and so does
+    // each GC; the 200 stale entries, all due within two seconds, are renewed in a few batched
+    // runs on top.
+    let mut deadlines: Vec<Timestamp> = last.iter().map(|(t, _)| *t).collect();
+    deadlines.dedup();
+    let gc_runs = 400 / Config::default().gc_interval.as_secs() as usize + 1;
+    assert!(wake_ups <= deadlines.len() + gc_runs + 3, "{wake_ups} wake-ups for {} deadlines", deadlines.len());
+}
+
+#[test]
+fn a_late_timer_run_expires_every_due_session_in_deadline_order() {
+    let c = Config { max_conn_per_window: 1000, ..Config::default() };
+    let mut h = Harness::new(c);
+    let nodes: Vec<PeerAddr> = (0..50).map(node).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        h.beat(n, at_ms(i as u64));
+    }
+    let mut expected = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        // Last heartbeats in an order unrelated to the first ones.
+        let t = at(40) + Duration::from_millis((i as u64 * 37) % 50);
+        h.beat(n, t);
+        expected.push((t, n.id));
+    }
+    expected.sort();
+    let out = timers_at(&mut h, at(1000));
+    let closed: Vec<PeerId> = events(&out)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::SessionClosed { node, reason: SessionEnd::Expired } => Some(*node),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, expected.iter().map(|(_, p)| *p).collect::<Vec<_>>());
+}
+
+#[test]
+fn sessions_are_listed_in_peer_id_order() {
+    let c = Config { max_conn_per_window: 1000, ..Config::default() };
+    let mut h = Harness::new(c);
+    for i in 0..100 {
+        h.beat(&node(i), at(0));
+    }
+    let listed: Vec<PeerId> = h.ix.sessions().map(|v| v.peer).collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed.len(), 100);
+    assert_eq!(listed, sorted);
 }
