@@ -29,10 +29,13 @@
 //! Target: an indexer handles a heartbeat with no record change faster than one ed25519
 //! verification. Run: `cargo bench -p ocd-core --bench records -- --warm-up-time 1 --measurement-time 3`.
 
+mod common;
+
+use common::{Node, record_of};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ocd_core::proto::internals::{Action, Dht, IndexerService};
 use ocd_core::proto::wire::{Heartbeat, HeartbeatKind, IndexerMessage};
-use ocd_core::proto::{Config, DetRng, Did, Envelope, Keypair, PeerAddr, PeerRecord, RecordBody, RequestId, Timestamp};
+use ocd_core::proto::{Config, Did, Envelope, Keypair, PeerAddr, RequestId, Timestamp};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -51,22 +54,6 @@ fn bench_config() -> Config {
     Config { max_conn_per_window: NODES, ..Config::default() }
 }
 
-/// A typical record: a name, one address, an API URL, the default lifetime.
-fn record_of(key: &Keypair, did: &Did, i: usize, issued_at: Timestamp, ttl: Duration) -> PeerRecord {
-    let body = RecordBody {
-        peer_id: key.peer_id(),
-        did: did.clone(),
-        name: format!("node-{i:04}"),
-        addrs: vec![format!("/ip4/10.0.{}.{}/udp/4433/quic-v1", i / 250, i % 250 + 1)],
-        api_url: Some(format!("https://node-{i:04}.example.org/api")),
-        nats_address: None,
-        wallet: None,
-        issued_at,
-        expires_at: issued_at + ttl,
-    };
-    PeerRecord::sign(body, key).expect("a well-formed record")
-}
-
 /// What the heartbeats of a benchmark carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Carry {
@@ -76,15 +63,6 @@ enum Carry {
     Fresh,
     /// The record the indexer already holds.
     Held,
-}
-
-/// One simulated node.
-struct Node {
-    key: Keypair,
-    addr: PeerAddr,
-    did: Did,
-    /// Its current record (the one the indexer holds after its last heartbeat).
-    record: PeerRecord,
 }
 
 /// An indexer with [`NODES`] sessions and the schedule of their heartbeats.
@@ -107,20 +85,8 @@ impl Bench {
     fn new() -> Self {
         let config = bench_config();
         let ttl = config.record_ttl;
-        let key = Keypair::derive(0, "bench indexer");
-        let me = key.peer_id();
-        let dht = Dht::new(config.clone(), key, Vec::new(), true, &[], DetRng::new(1, "bench dht"), START);
-        let indexer =
-            IndexerService::new(config, me, DetRng::new(2, "bench indexer"), DetRng::new(3, "bench cache"), START);
-        let nodes = (0..NODES)
-            .map(|i| {
-                let key = Keypair::derive(i as u64, "bench node");
-                let did = Did::new(format!("did:ocd:bench-{i:04}")).expect("a valid DID");
-                let record = record_of(&key, &did, i, START, ttl);
-                let addr = PeerAddr { id: key.peer_id(), addrs: record.body.addrs.clone() };
-                Node { key, addr, did, record }
-            })
-            .collect();
+        let (indexer, dht) = common::indexer(config, START);
+        let nodes = common::nodes(NODES, START, ttl);
         let mut bench = Bench {
             indexer,
             dht,

@@ -27,10 +27,13 @@
 //! session. Run: `cargo bench -p ocd-core --features internals --bench sessions -- --warm-up-time 1
 //! --measurement-time 3`.
 
+mod common;
+
+use common::{Node, record_of};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use ocd_core::proto::internals::{Action, Dht, IndexerService};
 use ocd_core::proto::wire::{Heartbeat, HeartbeatKind, IndexerMessage};
-use ocd_core::proto::{Config, DetRng, Did, Envelope, Keypair, PeerAddr, PeerRecord, RecordBody, RequestId, Timestamp};
+use ocd_core::proto::{Config, Envelope, RequestId, Timestamp};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
 use std::hint::black_box;
@@ -58,30 +61,6 @@ fn bench_config(n: usize) -> Config {
         record_ttl: RECORD_TTL,
         ..Config::default()
     }
-}
-
-/// A typical record: a name, one address, an API URL.
-fn record_of(key: &Keypair, did: &Did, i: usize, issued_at: Timestamp) -> PeerRecord {
-    let body = RecordBody {
-        peer_id: key.peer_id(),
-        did: did.clone(),
-        name: format!("node-{i:06}"),
-        addrs: vec![format!("/ip4/10.{}.{}.{}/udp/4433/quic-v1", i / 62_500, i / 250 % 250, i % 250 + 1)],
-        api_url: Some(format!("https://node-{i:06}.example.org/api")),
-        nats_address: None,
-        wallet: None,
-        issued_at,
-        expires_at: issued_at + RECORD_TTL,
-    };
-    PeerRecord::sign(body, key).expect("a well-formed record")
-}
-
-/// One simulated node.
-struct Node {
-    key: Keypair,
-    addr: PeerAddr,
-    did: Did,
-    record: PeerRecord,
 }
 
 /// Bytes and allocations still held, from an allocator region.
@@ -121,21 +100,8 @@ struct Bench {
 impl Bench {
     /// Signs `n` nodes' records (not measured) and builds an indexer without sessions.
     fn new(n: usize) -> Self {
-        let config = bench_config(n);
-        let key = Keypair::derive(0, "bench indexer");
-        let me = key.peer_id();
-        let dht = Dht::new(config.clone(), key, Vec::new(), true, &[], DetRng::new(1, "bench dht"), START);
-        let indexer =
-            IndexerService::new(config, me, DetRng::new(2, "bench indexer"), DetRng::new(3, "bench cache"), START);
-        let nodes = (0..n)
-            .map(|i| {
-                let key = Keypair::derive(i as u64, "bench node");
-                let did = Did::new(format!("did:ocd:bench-{i:06}")).expect("a valid DID");
-                let record = record_of(&key, &did, i, START);
-                let addr = PeerAddr { id: key.peer_id(), addrs: record.body.addrs.clone() };
-                Node { key, addr, did, record }
-            })
-            .collect();
+        let (indexer, dht) = common::indexer(bench_config(n), START);
+        let nodes = common::nodes(n, START, RECORD_TTL);
         Bench { n, indexer, dht, nodes, beats: 0, turn: 0, signed_at: START, req: 0, out: Vec::with_capacity(64) }
     }
 
@@ -203,7 +169,7 @@ impl Bench {
     fn resign(&mut self) {
         let now = self.now();
         for (i, n) in self.nodes.iter_mut().enumerate() {
-            n.record = record_of(&n.key, &n.did, i, now);
+            n.record = record_of(&n.key, &n.did, i, now, RECORD_TTL);
         }
         self.signed_at = now;
     }
