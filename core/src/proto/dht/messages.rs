@@ -23,7 +23,8 @@ pub enum DhtMessage {
     Store(Store),
     /// Announce a provider of a key (the receiver validates the signed provider record).
     AddProvider(AddProvider),
-    /// Reply to [`Store`] and [`AddProvider`].
+    /// Answer to a refused write ([`Store`], [`StoreBatch`], [`AddProvider`]); writes are one-way
+    /// and a write that was applied is not answered.
     StoreAck(StoreAck),
     /// Providers of a key, and the closest peers known.
     GetProviders(GetProviders),
@@ -32,7 +33,8 @@ pub enum DhtMessage {
     /// A DHT request refused by the receiver's admission gate.
     Refused(Refused),
     /// Store these records (each validated like a [`Store`]): refreshed versions of records the
-    /// receiver replicates, batched by their replicator. Answered by one [`StoreAck`].
+    /// receiver replicates, batched by their replicator. Answered, when refused, by one
+    /// [`StoreAck`] naming the first refusal.
     StoreBatch(StoreBatch),
 }
 
@@ -141,12 +143,13 @@ pub enum StoreRefusal {
     Refused,
 }
 
-/// Reply to [`Store`] and [`AddProvider`].
+/// Answer to a refused write ([`Store`], [`StoreBatch`], [`AddProvider`]). Writes are one-way: an
+/// applied write is not answered (the transport delivers it), so the writer hears only refusals.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreAck {
     /// Echo of the request id.
     pub req: RequestId,
-    /// `None`: stored (or the same record was already held).
+    /// Why the write was refused (`None`, "stored", is never sent and is ignored).
     pub refused: Option<StoreRefusal>,
 }
 

@@ -7,9 +7,10 @@
 //! a routing table.
 //!
 //! Queries are composable state machines: each wraps an iterative [`Lookup`] (α in flight, each
-//! RPC bounded by `kad_rpc_timeout`, the whole query by `lookup_timeout`) and, for writes, a store
-//! phase sending `STORE`/`ADD_PROVIDER` to the k closest peers found. At most `kad_max_queries`
-//! run at once; more are refused at start.
+//! RPC bounded by `kad_rpc_timeout`, the whole query by `lookup_timeout`) and, for writes, ends by
+//! sending `STORE`/`ADD_PROVIDER` to the k closest peers found. Writes are one-way: a replica
+//! answers only a refusal, and a replica found unreachable right after a write counts as a failed
+//! RPC. At most `kad_max_queries` lookups run at once; more are refused at start.
 //!
 //! Records (keys `/pid/<PeerId>` and `/node/<DID>`, see [`RecordKey`]) are self-certifying:
 //! validated when stored and when read, expired records refused, the later expiry of one owner
@@ -53,7 +54,7 @@ use crate::proto::wire::{
 };
 use crate::proto::{Action, Event};
 use kad::{Key, Lookup, LookupConfig, RoutingTable, indexer_rendezvous};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub(crate) mod kad;
@@ -227,16 +228,10 @@ enum Goal {
     Refresh,
 }
 
-enum Phase {
-    Lookup,
-    Storing { pending: BTreeSet<RequestId> },
-}
-
 struct Query {
     goal: Goal,
     purpose: Purpose,
     lookup: Lookup,
-    phase: Phase,
     deadline: Timestamp,
     /// Best value so far and the hop it came from.
     found: Option<(PeerRecord, u32)>,
@@ -295,6 +290,9 @@ pub struct Dht {
     queries: BTreeMap<QueryId, Query>,
     /// DHT RPC in flight → (query, peer asked).
     rpcs: BTreeMap<RequestId, (QueryId, PeerId)>,
+    /// When each peer was last sent a write (`STORE`, `STORE_BATCH`, `ADD_PROVIDER`): one found
+    /// unreachable soon after counts as a failed RPC.
+    written: BTreeMap<PeerId, Timestamp>,
     next_query: QueryId,
     next_req: u64,
     rng: DetRng,
@@ -369,6 +367,7 @@ impl Dht {
             next_refresh: None,
             queries: BTreeMap::new(),
             rpcs: BTreeMap::new(),
+            written: BTreeMap::new(),
             next_query: 1,
             next_req: 1,
             rng,
@@ -513,6 +512,8 @@ impl Dht {
             self.providers.retain(|_, r| r.body.expires_at > now);
             self.closest.retain(|_, c| c.until > now);
             self.replicated.retain(|_, expires| *expires > now);
+            let window = self.config.kad_rpc_timeout;
+            self.written.retain(|_, at| *at + window >= now);
         }
     }
 

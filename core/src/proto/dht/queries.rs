@@ -1,6 +1,6 @@
 //! Iterative queries (Kademlia §2.3): each wraps a [`Lookup`] (α in flight, every RPC bounded by
-//! `kad_rpc_timeout`, the query by `lookup_timeout`) and, for writes, a store phase to the k closest
-//! peers found. Replies and refusals arrive in the `Dht` envelope variant and are matched to their
+//! `kad_rpc_timeout`, the query by `lookup_timeout`) and, for writes, ends by sending one-way
+//! writes to the k closest peers found. Replies and refusals arrive in the `Dht` envelope variant and are matched to their
 //! RPC by request id and sender.
 
 use super::*;
@@ -119,15 +119,7 @@ impl Dht {
         let lookup = Lookup::new(self.me, target, start, config);
         self.queries.insert(
             qid,
-            Query {
-                goal,
-                purpose,
-                lookup,
-                phase: Phase::Lookup,
-                deadline: now + deadline,
-                found: None,
-                providers: BTreeMap::new(),
-            },
+            Query { goal, purpose, lookup, deadline: now + deadline, found: None, providers: BTreeMap::new() },
         );
         Some(qid)
     }
@@ -195,18 +187,15 @@ impl Dht {
             // A server learns a peer that answers; a client keeps it as a starting point.
             self.table.insert(from.clone(), now);
         }
-        match (&mut q.phase, message) {
-            (Phase::Storing { pending }, _) => {
-                pending.remove(&req);
-            }
-            (Phase::Lookup, None) => q.lookup.on_failure(&from.id),
-            (Phase::Lookup, Some(DhtMessage::Nodes(n))) => {
+        match message {
+            None => q.lookup.on_failure(&from.id),
+            Some(DhtMessage::Nodes(n)) => {
                 for c in &n.closer {
                     out.emit(DhtOut::Learn(c.clone()));
                 }
                 q.lookup.on_response(&from.id, n.closer);
             }
-            (Phase::Lookup, Some(DhtMessage::Value(v))) => {
+            Some(DhtMessage::Value(v)) => {
                 let hop = q.lookup.hop_of(&from.id).unwrap_or(1);
                 let key = match &q.goal {
                     Goal::Value { key } => Some(key.clone()),
@@ -232,7 +221,7 @@ impl Dht {
                 }
                 q.lookup.on_response(&from.id, v.closer);
             }
-            (Phase::Lookup, Some(DhtMessage::Providers(p))) => {
+            Some(DhtMessage::Providers(p)) => {
                 for r in p.providers.into_iter().take(PROVIDERS_PER_ANSWER) {
                     let id = r.body.provider.id;
                     if id == self.me || q.providers.get(&id).is_some_and(|o| o.body.expires_at >= r.body.expires_at) {
@@ -248,7 +237,7 @@ impl Dht {
                 }
                 q.lookup.on_response(&from.id, p.closer);
             }
-            (Phase::Lookup, Some(_)) => q.lookup.on_failure(&from.id),
+            Some(_) => q.lookup.on_failure(&from.id),
         }
         if !answered {
             self.note_failure(from.id, now);
@@ -256,8 +245,14 @@ impl Dht {
         self.advance(qid, now, out);
     }
 
-    /// `peer` cannot be reached: every RPC in flight to it fails.
+    /// `peer` cannot be reached: every RPC in flight to it fails, and so does a write sent to it
+    /// within `kad_rpc_timeout` (see [`Dht::send_writes`]).
     pub fn on_unreachable(&mut self, peer: PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        if let Some(at) = self.written.remove(&peer)
+            && now <= at + self.config.kad_rpc_timeout
+        {
+            self.note_failure(peer, now);
+        }
         let reqs: Vec<RequestId> = self.rpcs.iter().filter(|(_, (_, p))| *p == peer).map(|(r, _)| *r).collect();
         for r in reqs {
             self.answer(PeerAddr::id_only(peer), r, None, now, out);
@@ -289,57 +284,50 @@ impl Dht {
         }
     }
 
-    /// Sends the next RPCs of query `qid`, or moves it to its next phase or to its end.
+    /// Sends the next RPCs of query `qid`, or ends it.
     pub(super) fn advance(&mut self, qid: QueryId, now: Timestamp, out: &mut Vec<Action>) {
         let Some(q) = self.queries.get_mut(&qid) else {
             return;
         };
-        let finished = match &q.phase {
-            Phase::Storing { pending } => pending.is_empty() || now >= q.deadline,
-            Phase::Lookup => {
-                let enough = match &q.goal {
-                    Goal::Value { .. } | Goal::Claim { .. } => q.found.is_some(),
-                    Goal::Takeover { holders, .. } => *holders >= TAKEOVER_HOLDERS,
-                    Goal::Providers { want } => q.providers.len() >= *want,
-                    _ => false,
-                };
-                if enough || now >= q.deadline || q.lookup.is_finished() {
-                    true
-                } else {
-                    let asks = q.lookup.next_queries(now);
-                    let target = q.lookup.target();
-                    let server = self.server;
-                    let mut sends = Vec::with_capacity(asks.len());
-                    for a in asks {
-                        let req = RequestId(self.next_req);
-                        self.next_req = self.next_req.wrapping_add(1).max(1);
-                        let message = match &q.goal {
-                            Goal::Value { key } => DhtMessage::FindValue(FindValue { req, key: key.clone(), server }),
-                            Goal::Takeover { record, .. } => DhtMessage::FindValue(FindValue {
-                                req,
-                                key: RecordKey::Peer(record.body.peer_id),
-                                server,
-                            }),
-                            Goal::Claim { record, .. } => DhtMessage::FindValue(FindValue {
-                                req,
-                                key: RecordKey::Did(record.body.did.clone()),
-                                server,
-                            }),
-                            Goal::Providers { .. } => {
-                                DhtMessage::GetProviders(GetProviders { req, key: target, server })
-                            }
-                            _ => DhtMessage::FindNode(FindNode { req, target, server }),
-                        };
-                        sends.push((req, a, message));
-                    }
-                    for (req, a, message) in sends {
-                        self.rpcs.insert(req, (qid, a.id));
-                        self.stats.rpcs += 1;
-                        out.emit(DhtOut::Learn(a.clone()));
-                        out.emit(DhtOut::Send { to: a.id, message: message.into() });
-                    }
-                    false
+        let finished = {
+            let enough = match &q.goal {
+                Goal::Value { .. } | Goal::Claim { .. } => q.found.is_some(),
+                Goal::Takeover { holders, .. } => *holders >= TAKEOVER_HOLDERS,
+                Goal::Providers { want } => q.providers.len() >= *want,
+                _ => false,
+            };
+            if enough || now >= q.deadline || q.lookup.is_finished() {
+                true
+            } else {
+                let asks = q.lookup.next_queries(now);
+                let target = q.lookup.target();
+                let server = self.server;
+                let mut sends = Vec::with_capacity(asks.len());
+                for a in asks {
+                    let req = RequestId(self.next_req);
+                    self.next_req = self.next_req.wrapping_add(1).max(1);
+                    let message = match &q.goal {
+                        Goal::Value { key } => DhtMessage::FindValue(FindValue { req, key: key.clone(), server }),
+                        Goal::Takeover { record, .. } => {
+                            DhtMessage::FindValue(FindValue { req, key: RecordKey::Peer(record.body.peer_id), server })
+                        }
+                        Goal::Claim { record, .. } => DhtMessage::FindValue(FindValue {
+                            req,
+                            key: RecordKey::Did(record.body.did.clone()),
+                            server,
+                        }),
+                        Goal::Providers { .. } => DhtMessage::GetProviders(GetProviders { req, key: target, server }),
+                        _ => DhtMessage::FindNode(FindNode { req, target, server }),
+                    };
+                    sends.push((req, a, message));
                 }
+                for (req, a, message) in sends {
+                    self.rpcs.insert(req, (qid, a.id));
+                    self.stats.rpcs += 1;
+                    out.emit(DhtOut::Learn(a.clone()));
+                    out.emit(DhtOut::Send { to: a.id, message: message.into() });
+                }
+                false
             }
         };
         if finished {
@@ -353,9 +341,6 @@ impl Dht {
         };
         // Forget RPCs of this query still in flight; late answers are ignored.
         self.rpcs.retain(|_, (x, _)| *x != qid);
-        if matches!(q.phase, Phase::Storing { .. }) {
-            return;
-        }
 
         let store_msg: Option<Box<dyn Fn(RequestId) -> DhtMessage>> =
             match std::mem::replace(&mut q.goal, Goal::Refresh) {
@@ -426,7 +411,7 @@ impl Dht {
             };
         let Some(make) = store_msg else { return };
         let targets = self.found_closest(&q, now);
-        self.send_stores(qid, q, &*make, targets, now, out);
+        self.send_writes(&*make, targets, now, out);
     }
 
     /// The k closest peers a write's lookup found, remembered for the next writes to its key.
@@ -441,15 +426,10 @@ impl Dht {
     pub(super) fn send_to_closest(
         &mut self,
         goal: Goal,
-        target: Key,
         targets: Vec<PeerAddr>,
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        if self.queries.len() >= self.config.kad_max_queries {
-            self.stats.queries_refused += 1;
-            return;
-        }
         let server = self.server;
         let make: Box<dyn Fn(RequestId) -> DhtMessage> = match goal {
             Goal::Replicate { record, .. } => {
@@ -461,65 +441,36 @@ impl Dht {
             _ => return,
         };
         self.stats.queries += 1;
-        let qid = self.alloc_query();
-        let q = Query {
-            goal: Goal::Refresh,
-            purpose: Purpose::Internal,
-            lookup: Lookup::new(self.me, target, Vec::new(), self.lookup_config),
-            phase: Phase::Lookup,
-            deadline: now,
-            found: None,
-            providers: BTreeMap::new(),
-        };
-        self.send_stores(qid, q, &*make, targets, now, out);
+        self.send_writes(&*make, targets, now, out);
     }
 
-    /// The store phase of query `qid`: one RPC per target, the query kept until they are answered
-    /// or `kad_rpc_timeout` passes.
-    fn send_stores(
+    /// A write: one one-way message per target. A write is not acknowledged (the transport
+    /// delivers it; only a refusal is answered, and a refusal changes nothing for the writer): the
+    /// replica's acks were an eighth of the federation's traffic and told the writer nothing it
+    /// used but liveness. A target found unreachable within `kad_rpc_timeout` of a write
+    /// (the dial failed, or the connection broke with the write on it) counts as a failed RPC
+    /// ([`Dht::on_unreachable`]); the other ways a replica is found dead are the lookups.
+    pub(super) fn send_writes(
         &mut self,
-        qid: QueryId,
-        mut q: Query,
         make: &dyn Fn(RequestId) -> DhtMessage,
         targets: Vec<PeerAddr>,
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        let mut pending = BTreeSet::new();
         for t in targets {
             let req = self.next_request();
-            self.rpcs.insert(req, (qid, t.id));
             self.stats.rpcs += 1;
-            pending.insert(req);
+            self.written.insert(t.id, now);
             out.emit(DhtOut::Send { to: t.id, message: make(req).into() });
         }
-        if pending.is_empty() {
-            return;
-        }
-        q.phase = Phase::Storing { pending };
-        q.deadline = now + self.config.kad_rpc_timeout;
-        q.goal = Goal::Refresh;
-        self.queries.insert(qid, q);
     }
 
-    /// Drops in-flight entries of `qid` whose lookup probe has failed (timed out), and at the end
-    /// of a store phase the `STORE`s left unanswered: each counts as a failure of its peer.
+    /// Drops in-flight entries of `qid` whose lookup probe has failed (timed out).
     pub(super) fn rpcs_gc(&mut self, qid: QueryId, now: Timestamp) {
         let Some(q) = self.queries.get(&qid) else {
             self.rpcs.retain(|_, (x, _)| *x != qid);
             return;
         };
-        if let Phase::Storing { pending } = &q.phase {
-            if now >= q.deadline {
-                let lost: Vec<RequestId> = pending.iter().copied().collect();
-                for r in lost {
-                    if let Some((_, p)) = self.rpcs.remove(&r) {
-                        self.note_failure(p, now);
-                    }
-                }
-            }
-            return;
-        }
         let stale: Vec<(RequestId, PeerId)> = self
             .rpcs
             .iter()

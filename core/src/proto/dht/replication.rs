@@ -154,8 +154,7 @@ impl Dht {
         if refresh {
             self.queue_refresh(record, known, now, out);
         } else {
-            let target = RecordKey::Peer(record.body.peer_id).kad_key();
-            self.send_to_closest(Goal::Replicate { record, refresh }, target, known, now, out);
+            self.send_to_closest(Goal::Replicate { record, refresh }, known, now, out);
         }
     }
 
@@ -196,38 +195,23 @@ impl Dht {
         self.send_batches(batches, now, out);
     }
 
-    /// One `STORE_BATCH` per replica (split at [`MAX_STORE_BATCH`]), tracked as one store phase.
+    /// One `STORE_BATCH` per replica (split at [`MAX_STORE_BATCH`]), one-way like every write
+    /// ([`Dht::send_writes`]).
     fn send_batches(&mut self, batches: Vec<(PeerId, Vec<PeerRecord>)>, now: Timestamp, out: &mut Vec<Action>) {
         if batches.is_empty() {
             return;
         }
-        let qid = self.alloc_query();
         let server = self.server;
-        let mut pending = BTreeSet::new();
         for (to, records) in batches {
             for chunk in records.chunks(MAX_STORE_BATCH) {
                 let req = self.next_request();
-                self.rpcs.insert(req, (qid, to));
                 self.stats.rpcs += 1;
-                pending.insert(req);
+                self.written.insert(to, now);
                 let message = DhtMessage::StoreBatch(StoreBatch { req, records: chunk.to_vec(), server });
                 out.emit(DhtOut::Send { to, message: message.into() });
             }
         }
         self.stats.queries += 1;
-        let target = Key::from(self.me);
-        self.queries.insert(
-            qid,
-            Query {
-                goal: Goal::Refresh,
-                purpose: Purpose::Internal,
-                lookup: Lookup::new(self.me, target, Vec::new(), self.lookup_config),
-                phase: Phase::Storing { pending },
-                deadline: now + self.config.kad_rpc_timeout,
-                found: None,
-                providers: BTreeMap::new(),
-            },
-        );
     }
 
     /// The closest set cached for `target`, unless it lapsed. It is kept up to date without
@@ -279,7 +263,7 @@ impl Dht {
         // kept up to date (see `cached_closest`).
         let target = indexer_rendezvous();
         match self.cached_closest(&target, now) {
-            Some(peers) => self.send_to_closest(Goal::Provide { record }, target, peers, now, out),
+            Some(peers) => self.send_to_closest(Goal::Provide { record }, peers, now, out),
             None => {
                 self.maintain(Goal::Provide { record }, target, now, out);
             }

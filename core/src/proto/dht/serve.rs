@@ -44,7 +44,7 @@ impl Dht {
             }
             DhtMessage::Store(Store { req, record, .. }) => {
                 let refused = self.accept_store(peer, record, now, out);
-                self.reply(peer, DhtMessage::StoreAck(StoreAck { req, refused }), out);
+                self.refuse_write(peer, req, refused, out);
                 return refused.filter(|r| *r == StoreRefusal::Invalid);
             }
             DhtMessage::StoreBatch(StoreBatch { req, records, .. }) => {
@@ -57,18 +57,26 @@ impl Dht {
                     invalid |= r == Some(StoreRefusal::Invalid);
                     refused = refused.or(r);
                 }
-                self.reply(peer, DhtMessage::StoreAck(StoreAck { req, refused }), out);
+                self.refuse_write(peer, req, refused, out);
                 return invalid.then_some(StoreRefusal::Invalid);
             }
             DhtMessage::AddProvider(AddProvider { req, key, provider }) => {
                 let refused = self.accept_provider(peer, key, provider, now);
-                self.reply(peer, DhtMessage::StoreAck(StoreAck { req, refused }), out);
+                self.refuse_write(peer, req, refused, out);
                 return refused.filter(|r| *r == StoreRefusal::Invalid);
             }
             _ => return None,
         };
         self.reply(peer, reply, out);
         None
+    }
+
+    /// Writes are one-way: only a refusal is answered, as a [`StoreAck`] naming it, so that the
+    /// writer can tell (and log) why.
+    fn refuse_write(&mut self, to: PeerId, req: RequestId, refused: Option<StoreRefusal>, out: &mut Vec<Action>) {
+        if refused.is_some() {
+            self.reply(to, DhtMessage::StoreAck(StoreAck { req, refused }), out);
+        }
     }
 
     pub(super) fn reply(&mut self, to: PeerId, message: DhtMessage, out: &mut Vec<Action>) {

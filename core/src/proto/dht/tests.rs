@@ -5,6 +5,7 @@
 use super::*;
 use crate::proto::identity::Did;
 use crate::proto::record::RecordBody;
+use std::collections::BTreeSet;
 
 const NOW: Timestamp = Timestamp(1_700_000_000_000);
 
@@ -112,8 +113,8 @@ fn dht_sends(out: &[Action]) -> Vec<(PeerId, DhtMessage)> {
         .collect()
 }
 
-/// Answers every `FIND_NODE` and `STORE` in `out` (no closer peers known), until none is left;
-/// returns the peers that got a `STORE`.
+/// Answers every `FIND_NODE` in `out` (no closer peers known), until none is left; returns the
+/// peers that got a `STORE` (writes are not answered).
 fn answer_all(dht: &mut Dht, out: Vec<Action>, now: Timestamp) -> Vec<PeerId> {
     answer(dht, out, |_| None, now)
 }
@@ -148,8 +149,11 @@ fn exchange(
                     DhtMessage::Value(Value { req: f.req, record: value(&to), closer: Vec::new() })
                 }
                 DhtMessage::FindNode(f) => DhtMessage::Nodes(Nodes { req: f.req, closer: Vec::new() }),
-                DhtMessage::Store(s) => DhtMessage::StoreAck(StoreAck { req: s.req, refused: None }),
-                DhtMessage::StoreBatch(s) => DhtMessage::StoreAck(StoreAck { req: s.req, refused: None }),
+                // Writes are one-way: recorded, not answered.
+                DhtMessage::Store(_) | DhtMessage::StoreBatch(_) => {
+                    asked.push((to, m));
+                    continue;
+                }
                 _ => continue,
             };
             asked.push((to, m));
@@ -188,29 +192,22 @@ fn replication_keeps_its_closest_sets_up_to_date_without_lookups() {
     assert_eq!(second, union);
     assert_eq!(sends.len(), union.len(), "one STORE per replica");
 
-    // A replica fails to answer: it leaves the sets; the next version goes to the others, with
-    // no lookup (the routing table refills a set, but not with a peer that just failed).
+    // A replica is found unreachable right after the write (its dial failed): it leaves the
+    // sets; the next version goes to the others, with no lookup (the routing table refills a set,
+    // but not with a peer that just failed). Writes are one-way: nothing answers the others.
     let dead = *union.iter().next().unwrap();
+    let idle = *union.iter().nth(1).unwrap();
     let mut later = Vec::new();
-    for (to, m) in sends {
-        if let DhtMessage::Store(s) = m
-            && to != dead
-        {
-            dht.on_response(
-                PeerAddr::id_only(to),
-                DhtMessage::StoreAck(StoreAck { req: s.req, refused: None }),
-                t,
-                &mut later,
-            );
-        }
-    }
-    dht.on_unreachable(dead, t, &mut later);
+    dht.on_unreachable(dead, t + Duration::from_secs(1), &mut later);
+    // Another one closes its connection long after the write (an idle close): no failure.
+    dht.on_unreachable(idle, t + Config::default().kad_rpc_timeout + Duration::from_secs(1), &mut later);
     let t2 = t + Duration::from_secs(150);
     let mut out = Vec::new();
     dht.replicate(record(&owner, "did:o", t2), false, t2, &mut out);
     let sends = dht_sends(&out);
     assert!(sends.iter().all(|(_, m)| matches!(m, DhtMessage::Store(_))), "no lookup: {sends:?}");
     assert!(!sends.iter().any(|(to, _)| *to == dead), "the failed replica is left out");
+    assert!(sends.iter().any(|(to, _)| *to == idle), "a replica that closed an idle link stays");
     answer_all(&mut dht, out, t2);
 
     // A peer closer than the farthest replica joins the routing table: it joins the set (the
@@ -290,14 +287,9 @@ fn refreshed_versions_wait_for_one_batch_per_replica_and_changes_go_at_once() {
         assert_eq!(batch.records.len(), replicas[to], "every record this replica holds, once");
         assert!(batch.records.iter().all(|r| r.body.issued_at == t));
     }
-    for (to, m) in &sends {
-        if let DhtMessage::StoreBatch(b) = m {
-            let ack = DhtMessage::StoreAck(StoreAck { req: b.req, refused: None });
-            dht.on_response(PeerAddr::id_only(*to), ack, due, &mut Vec::new());
-        }
-    }
     assert!(dht.refreshes.is_empty() && dht.next_refresh.is_none(), "nothing left waiting");
-    // A replica stores a batch like single records: verified, held, acknowledged.
+    // A replica stores a batch like single records: verified, held, and (writes being one-way)
+    // not answered.
     let mut replica =
         Dht::new(Config::default(), Keypair::derive(7, "r"), Vec::new(), true, &[], DetRng::new(2, "r"), t);
     let DhtMessage::StoreBatch(batch) = sends[0].1.clone() else { unreachable!() };
@@ -307,8 +299,9 @@ fn refreshed_versions_wait_for_one_batch_per_replica_and_changes_go_at_once() {
     for r in &batch.records {
         assert_eq!(replica.local(&RecordKey::Peer(r.body.peer_id), t), Some(r));
     }
-    assert!(matches!(&dht_sends(&out)[..], [(_, DhtMessage::StoreAck(StoreAck { refused: None, .. }))]));
-    // A tampered record in a batch is refused, and reported so the sender is struck.
+    assert!(dht_sends(&out).is_empty(), "an applied write is not answered: {out:?}");
+    // A tampered record in a batch is refused, answered with the refusal, and reported so the
+    // sender is struck.
     let mut bad = record(&a, "did:a", t + Duration::from_secs(1));
     bad.body.name = "forged".into();
     let mut out = Vec::new();
@@ -319,6 +312,10 @@ fn refreshed_versions_wait_for_one_batch_per_replica_and_changes_go_at_once() {
         &mut out,
     );
     assert_eq!(refused, Some(StoreRefusal::Invalid));
+    assert!(matches!(
+        &dht_sends(&out)[..],
+        [(_, DhtMessage::StoreAck(StoreAck { req: RequestId(9), refused: Some(StoreRefusal::Invalid) }))]
+    ));
     // Committing decides: the same content with a later expiry is a refresh (it waits), a changed
     // record (new name) goes at once.
     let held = record(&a, "did:a", t);

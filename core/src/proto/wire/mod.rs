@@ -55,8 +55,8 @@ pub(crate) mod flat;
 /// Version byte leading every payload. Bumped on any incompatible change to [`Envelope`] (3: one
 /// variant per mechanism; 4: search; 5: application messages; 6: resource searches on the mesh;
 /// 7: the three-message `Hello` (`HelloReply`), batched DHT stores (`StoreBatch`) and the node's
-/// standing in its heartbeats).
-pub const WIRE_VERSION: u8 = 7;
+/// standing in its heartbeats; 8: one-way DHT writes, a `StoreAck` only for a refusal).
+pub const WIRE_VERSION: u8 = 8;
 
 /// Largest accepted payload (version byte + message), in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
