@@ -567,13 +567,25 @@ struct Binding {
 pub struct RecordStore {
     /// Records by owner: a hash table, for one cache miss per lookup (an indexer looks its nodes'
     /// records up on every heartbeat). Its order is never an output: [`RecordStore::iter`] sorts.
-    by_peer: crate::proto::seeded::SeededMap<PeerId, PeerRecord>,
+    /// Each entry keeps the record's expiry next to the key and the record itself boxed: a
+    /// heartbeat only needs the expiry ([`RecordStore::held_expiry`]), found in the bucket it
+    /// probes, and a table of small buckets stays within the caches (and the TLB) much longer
+    /// than one of whole records (issue 13).
+    by_peer: crate::proto::seeded::SeededMap<PeerId, Held>,
     /// DID → its owner, valid until, and the `until` last persisted.
     did_owner: std::collections::BTreeMap<Did, Binding>,
     max_records: usize,
     binding_ttl: Duration,
     /// How [`RecordStore::put`] checks signatures.
     sigs: SigCheck,
+}
+
+/// A record held by a [`RecordStore`], with its expiry where the table's probe finds it.
+#[derive(Clone, Debug)]
+struct Held {
+    /// `record.body.expires_at`.
+    expires_at: Timestamp,
+    record: Box<PeerRecord>,
 }
 
 impl RecordStore {
@@ -639,7 +651,7 @@ impl RecordStore {
 
     /// Whether exactly this record is held (nothing to verify again).
     pub fn holds(&self, record: &PeerRecord) -> bool {
-        self.by_peer.get(&record.body.peer_id) == Some(record)
+        self.by_peer.get(&record.body.peer_id).is_some_and(|h| *h.record == *record)
     }
 
     /// The key a DID is bound to at `now`, if any.
@@ -656,9 +668,9 @@ impl RecordStore {
     /// Iterates over the records held (possibly expired until the next prune), in owner order
     /// (sorted at each call).
     pub fn iter(&self) -> impl Iterator<Item = &PeerRecord> + '_ {
-        let mut all: Vec<(&PeerId, &PeerRecord)> = self.by_peer.iter().collect();
+        let mut all: Vec<(&PeerId, &Held)> = self.by_peer.iter().collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        all.into_iter().map(|(_, r)| r)
+        all.into_iter().map(|(_, h)| &*h.record)
     }
 
     /// Stores a record the caller has just verified with [`PeerRecord::verify`] at `now` (the
@@ -677,7 +689,7 @@ impl RecordStore {
             return Err(StoreError::ForeignDid { did });
         }
         let mut persist = Vec::new();
-        let replaced = match self.by_peer.get(&owner) {
+        let replaced = match self.by_peer.get(&owner).map(|h| &*h.record) {
             Some(old) if !record.supersedes(old) => return Err(StoreError::Stale),
             Some(old) => {
                 // The owner moved to another DID: release the old binding (if it is still the
@@ -695,7 +707,7 @@ impl RecordStore {
         };
         if !replaced && self.by_peer.len() >= self.max_records {
             // Ties go to the lowest owner: the table's order does not matter.
-            let victim = self.by_peer.iter().map(|(p, r)| (r.body.expires_at, *p)).min().map(|(_, p)| p);
+            let victim = self.by_peer.iter().map(|(p, h)| (h.expires_at, *p)).min().map(|(_, p)| p);
             if let Some(v) = victim {
                 self.by_peer.remove(&v);
             }
@@ -718,7 +730,7 @@ impl RecordStore {
                 persist.push(DidBinding { did, owner, until });
             }
         }
-        self.by_peer.insert(owner, record);
+        self.by_peer.insert(owner, Held { expires_at: record.body.expires_at, record: Box::new(record) });
         self.bound_bindings();
         Ok(Stored { replaced, persist })
     }
@@ -774,7 +786,13 @@ impl RecordStore {
     /// way in and is immutable here, so a read only checks the expiry (no signature check per
     /// heartbeat); whoever receives it from us verifies it again.
     pub fn by_peer(&self, peer: &PeerId, now: Timestamp) -> Option<&PeerRecord> {
-        self.by_peer.get(peer).filter(|r| now < r.body.expires_at)
+        self.by_peer.get(peer).filter(|h| now < h.expires_at).map(|h| &*h.record)
+    }
+
+    /// The expiry of `peer`'s unexpired record, if any: what [`RecordStore::by_peer`] would find,
+    /// read from the table's bucket without reaching the record.
+    pub fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {
+        self.by_peer.get(peer).map(|h| h.expires_at).filter(|e| now < *e)
     }
 
     /// The valid record for `did`, if any (`/node/<DID>`).
@@ -786,7 +804,7 @@ impl RecordStore {
     /// Drops expired records and lapsed DID bindings (lapsed in the durable store too: a stored
     /// `until` is never ahead of the one in memory).
     pub fn prune(&mut self, now: Timestamp) {
-        self.by_peer.retain(|_, r| r.body.expires_at > now);
+        self.by_peer.retain(|_, h| h.expires_at > now);
         self.did_owner.retain(|_, b| b.until > now);
     }
 }
@@ -810,6 +828,49 @@ mod store_tests {
             expires_at: at + Duration::from_secs(ttl_s),
         };
         PeerRecord::sign(body, key).unwrap()
+    }
+
+    /// The expiry kept next to each record's key (read by heartbeats without reaching the record)
+    /// is always the held record's own, through storing, replacing, evicting and pruning.
+    #[test]
+    fn held_expiry_is_the_held_records_through_every_change() {
+        fn consistent(s: &RecordStore, peers: &[PeerId], now: Timestamp) {
+            for p in peers {
+                assert_eq!(s.held_expiry(p, now), s.by_peer(p, now).map(|r| r.body.expires_at), "{p:?} at {now:?}");
+            }
+            for (p, h) in &s.by_peer {
+                assert_eq!(h.expires_at, h.record.body.expires_at);
+                assert_eq!(*p, h.record.body.peer_id);
+            }
+        }
+        let keys: Vec<Keypair> = (0..3).map(|i| Keypair::derive(i, "held expiry")).collect();
+        let peers: Vec<PeerId> = keys.iter().map(Keypair::peer_id).collect();
+        let mut s = RecordStore::new(2, Duration::from_secs(3600));
+        consistent(&s, &peers, NOW);
+        let a1 = rec(&keys[0], "did:ocd:a", 60, NOW);
+        let _ = s.put(a1.clone(), NOW).unwrap();
+        assert!(s.holds(&a1));
+        assert_eq!(s.held_expiry(&peers[0], NOW), Some(NOW + Duration::from_secs(60)));
+        consistent(&s, &peers, NOW);
+        // A newer version replaces the expiry with its own.
+        let later = NOW + Duration::from_secs(10);
+        let a2 = rec(&keys[0], "did:ocd:a", 300, later);
+        let _ = s.put(a2.clone(), later).unwrap();
+        assert!(s.holds(&a2) && !s.holds(&a1));
+        assert_eq!(s.held_expiry(&peers[0], later), Some(later + Duration::from_secs(300)));
+        consistent(&s, &peers, later);
+        // Full: the record that expires first goes, with its expiry.
+        let _ = s.put(rec(&keys[1], "did:ocd:b", 30, later), later).unwrap();
+        let _ = s.put(rec(&keys[2], "did:ocd:c", 600, later), later).unwrap();
+        assert_eq!(s.held_expiry(&peers[1], later), None);
+        consistent(&s, &peers, later);
+        // Expired: neither is found, before or after the prune.
+        let end = later + Duration::from_secs(400);
+        assert_eq!(s.held_expiry(&peers[0], end), None);
+        consistent(&s, &peers, end);
+        s.prune(end);
+        assert_eq!(s.len(), 1);
+        consistent(&s, &peers, end);
     }
 
     #[test]

@@ -281,8 +281,9 @@ pub struct Dht {
     providers: BTreeMap<PeerId, ProviderRecord>,
     /// Closest sets found by replication lookups, by key, reused by the next replications.
     closest: BTreeMap<Key, Closest>,
-    /// The expiry of the version of each owner's record we last replicated.
-    replicated: BTreeMap<PeerId, Timestamp>,
+    /// The expiry of the version of each owner's record we last replicated. A hash table, keyed
+    /// like the store's (a referent's heartbeats look it up; its order is never an output).
+    replicated: crate::proto::seeded::SeededMap<PeerId, Timestamp>,
     /// Refreshed records waiting for their batch, by replica, then owner.
     refreshes: BTreeMap<PeerId, BTreeMap<PeerId, PeerRecord>>,
     /// When the waiting refreshes are sent.
@@ -362,7 +363,7 @@ impl Dht {
             claims: BTreeMap::new(),
             providers: BTreeMap::new(),
             closest: BTreeMap::new(),
-            replicated: BTreeMap::new(),
+            replicated: crate::proto::seeded::seeded_map(store_key),
             refreshes: BTreeMap::new(),
             next_refresh: None,
             queries: BTreeMap::new(),
@@ -439,7 +440,7 @@ impl Dht {
 
     /// The expiry of `peer`'s record held and served (not one still being checked).
     pub fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {
-        self.store.by_peer(peer, now).map(|r| r.body.expires_at)
+        self.store.held_expiry(peer, now)
     }
 
     /// Whether a valid record of `peer` is held (the "is this peer known" gate).
@@ -553,6 +554,13 @@ impl crate::proto::indexer::RecordDesk for Dht {
     }
 
     fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        // The steady state (nothing held, or this version replicated already), decided from the
+        // store's bucket without reaching the record: what `Dht::replicate_held` would conclude.
+        match self.store.held_expiry(peer, now) {
+            None => return,
+            Some(e) if self.replicated.get(peer) == Some(&e) => return,
+            Some(_) => {}
+        }
         Dht::replicate_held(self, peer, now, out);
     }
 
