@@ -343,12 +343,6 @@ impl BehaviourTable {
         self.entries.get(peer).and_then(|e| e.banned_at(now))
     }
 
-    /// Reads what a request of `peer` will reach in its entry (its ban, its heartbeat window),
-    /// changing nothing: see `IndexerService::prefetch`.
-    pub(crate) fn touch(&self, peer: &PeerId) -> Option<(Option<Timestamp>, Option<Timestamp>)> {
-        self.entries.get(peer).map(|e| (e.banned_until, e.heartbeats.front().copied()))
-    }
-
     /// Whether `peer` is banned at `now`. Never creates an entry.
     pub fn is_banned(&self, peer: &PeerId, now: Timestamp) -> bool {
         self.banned_until(peer, now).is_some()

@@ -15,7 +15,6 @@ impl IndexerService {
         out: &mut Vec<Action>,
     ) {
         let peer = from.id;
-        self.prefetch(&peer, desk, now);
         out.emit(IndexerOut::Event(Event::HeartbeatReceived { node: peer }));
         if !self.admit_request(peer, Req::Heartbeat(hb.req), RateKind::Heartbeat, now, out) {
             return;
@@ -24,23 +23,6 @@ impl IndexerService {
             HeartbeatKind::Probe => self.on_probe(peer, hb, desk, now, out),
             HeartbeatKind::Regular => self.on_regular(from, hb, desk, now, out),
         }
-    }
-
-    /// Reads, in a row and before anything depends on them, what handling a heartbeat from `peer`
-    /// reaches in each per-peer table: its behaviour entry (ban and rate window), its session
-    /// (with its address) and the expiry of its record held in the store. Changes nothing.
-    ///
-    /// Why (issue 13): these lookups are independent, but done where they are needed each one's
-    /// cache misses wait for the previous one's. At 100 k sessions the tables far outgrow the
-    /// caches and these misses are most of a heartbeat's cost; issued together here, they
-    /// overlap, and the handling that follows finds the lines in cache. The result goes to
-    /// [`black_box`](std::hint::black_box) only so that the reads are not optimised away.
-    pub(super) fn prefetch(&self, peer: &PeerId, desk: &dyn RecordDesk, now: Timestamp) {
-        std::hint::black_box((
-            self.behaviour.touch(peer),
-            self.sessions.get(peer).map(|s| (s.last_seen, s.addr.addrs.first().and_then(|a| a.bytes().next()))),
-            desk.held_expiry(peer, now),
-        ));
     }
 
     pub(super) fn on_probe(

@@ -446,37 +446,6 @@ fn flooding_node_is_struck_then_banned() {
     assert_eq!(h.ix.strikes(&a.id), 0);
 }
 
-/// The reads a heartbeat starts with (`prefetch`, issue 13) change nothing: no entry for an
-/// unknown peer, no event in a rate window, no session touched; a banned peer stays banned.
-#[test]
-fn prefetch_changes_nothing() {
-    let mut h = Harness::new(Config::default());
-    let (a, b) = (node(1), node(2));
-    response(&h.beat(&a, at(0)));
-    let view = |h: &Harness| h.ix.session(&a.id).map(|v| (v.last_seen, v.uptime_ratio, v.admission_score));
-    let before = (h.ix.behaviour().len(), h.ix.session_count(), view(&h), h.ix.strikes(&a.id));
-    for _ in 0..10 {
-        h.ix.prefetch(&a.id, &h.desk, at(10));
-        h.ix.prefetch(&b.id, &h.desk, at(10));
-    }
-    assert_eq!((h.ix.behaviour().len(), h.ix.session_count(), view(&h), h.ix.strikes(&a.id)), before);
-    assert_eq!(h.ix.behaviour().touch(&b.id), None, "no entry for an unknown peer");
-    assert_eq!(h.ix.behaviour().touch(&a.id), Some((None, Some(at(0)))));
-    // The heartbeat window holds only the real heartbeat: four more fit in the minute, not one.
-    for s in 1..5 {
-        response(&h.beat(&a, at(s)));
-    }
-    assert_eq!(refusal(&h.beat(&a, at(5))).reason, RefuseReason::RateLimited);
-    // A banned peer (three strikes): the reads see the ban and leave it, and the strikes, as they are.
-    h.beat(&a, at(6));
-    h.beat(&a, at(7));
-    let until = h.ix.behaviour().banned_until(&a.id, at(8));
-    assert!(until.is_some());
-    h.ix.prefetch(&a.id, &h.desk, at(8));
-    assert_eq!(h.ix.behaviour().touch(&a.id).and_then(|t| t.0), until);
-    assert_eq!((h.ix.behaviour().banned_until(&a.id, at(8)), h.ix.strikes(&a.id)), (until, 3));
-}
-
 #[test]
 fn honest_node_is_admitted_for_48_hours() {
     let mut h = Harness::new(Config::default());
