@@ -252,6 +252,9 @@ pub struct IndexerService {
     expiry: BTreeSet<(Timestamp, PeerId)>,
     /// Non-indexer sessions, for O(1) random witness picks.
     witness_pool: Vec<PeerId>,
+    /// Sessions of other indexers (their pools hold us): the witnesses an indexer asking about us
+    /// is given, since indexers are linked to each other already (the DHT).
+    indexer_sessions: BTreeSet<PeerId>,
     /// Sessions whose node chose us as referent.
     referents: BTreeSet<PeerId>,
     known: BTreeMap<PeerId, KnownIndexer>,
@@ -282,6 +285,7 @@ impl IndexerService {
             sessions: seeded_map(keys.next_u64()),
             expiry: BTreeSet::new(),
             witness_pool: Vec::new(),
+            indexer_sessions: BTreeSet::new(),
             referents: BTreeSet::new(),
             known: BTreeMap::new(),
             offload: Offload::default(),

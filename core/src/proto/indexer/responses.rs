@@ -176,7 +176,11 @@ impl IndexerService {
                 None => ChallengeEntry { peer: *p, found: false, last_seen: None },
             })
             .collect();
-        let witnesses = if hb.want_witnesses && !probe { self.sample_witnesses(peer) } else { Vec::new() };
+        let witnesses = match (hb.want_witnesses && !probe, hb.is_indexer) {
+            (false, _) => Vec::new(),
+            (true, true) => self.sample_indexer_witnesses(peer),
+            (true, false) => self.sample_witnesses(peer),
+        };
         let offloading = !probe && fill_rate > self.config.offload_threshold;
         let mut wanted = usize::from(hb.need).min(self.config.max_candidates);
         if offloading {
@@ -216,6 +220,26 @@ impl IndexerService {
             }
         }
         out.emit(IndexerOut::Send { to: peer, message: response.into() });
+    }
+
+    /// Witnesses for another indexer: up to `max_witnesses` random indexer sessions other than the
+    /// requester (indexers that hold us in their pools see what it asks about), or node sessions
+    /// when there are none. Indexers are linked to each other for the DHT, so its query rides a
+    /// link already open, where a node witness costs a connection (3 handshake messages) for one
+    /// question.
+    pub(super) fn sample_indexer_witnesses(&mut self, requester: PeerId) -> Vec<PeerAddr> {
+        let me = self.me;
+        let mut picks: Vec<PeerId> =
+            self.indexer_sessions.iter().copied().filter(|p| *p != requester && *p != me).collect();
+        if picks.is_empty() {
+            return self.sample_witnesses(requester);
+        }
+        self.rng.shuffle(&mut picks);
+        picks
+            .into_iter()
+            .filter_map(|p| self.sessions.get(&p).map(|s| s.addr.clone()))
+            .take(self.config.max_witnesses)
+            .collect()
     }
 
     /// Up to `max_witnesses` random non-indexer sessions other than the requester, drawn by index.

@@ -74,8 +74,15 @@ impl IndexerService {
                 self.referents.remove(&peer);
             }
         }
+        if s.is_indexer != hb.is_indexer {
+            if hb.is_indexer {
+                self.indexer_sessions.insert(peer);
+            } else {
+                self.indexer_sessions.remove(&peer);
+            }
+        }
         s.is_indexer = hb.is_indexer;
-        // Only non-indexer sessions serve as witnesses.
+        // Only non-indexer sessions serve as witnesses to nodes.
         let mut leaves_pool = None;
         match (hb.is_indexer, s.witness_slot) {
             (false, None) => {
@@ -131,6 +138,9 @@ impl IndexerService {
             self.witness_pool_remove(slot as usize);
         }
         self.referents.remove(&peer);
+        if s.is_indexer {
+            self.indexer_sessions.remove(&peer);
+        }
         // A node that left is no longer an offload candidate; its batch slot frees at once.
         self.offload.in_batch.remove(&peer);
         self.offload.already_tried.remove(&peer);

@@ -879,6 +879,41 @@ fn witnesses_are_other_sessions_never_requester() {
 }
 
 #[test]
+fn an_indexer_asking_gets_indexer_witnesses_and_nodes_get_nodes() {
+    let mut h = Harness::new(Config::default());
+    let nodes: Vec<PeerAddr> = (0..6).map(node).collect();
+    let indexers: Vec<PeerAddr> = (1..=5).map(indexer).collect();
+    for i in &indexers {
+        h.send(i, Heartbeat { is_indexer: true, ..hb() }, at(0));
+    }
+    for n in &nodes {
+        h.beat(n, at(0));
+    }
+    let asker = &indexers[0];
+    let mut seen = BTreeSet::new();
+    for round in 1..=30u64 {
+        let out = h.send(asker, Heartbeat { is_indexer: true, want_witnesses: true, ..hb() }, at(20 * round));
+        let ids: BTreeSet<PeerId> = response(&out).witnesses.iter().map(|a| a.id).collect();
+        assert_eq!(ids.len(), 3, "distinct, max_witnesses of them");
+        assert!(ids.iter().all(|p| indexers[1..].iter().any(|i| i.id == *p)), "other indexers only: {ids:?}");
+        seen.extend(ids);
+        // A node asking still gets nodes.
+        let out =
+            h.send(&nodes[0], Heartbeat { want_witnesses: true, ..hb() }, at(20 * round) + Duration::from_millis(1));
+        assert!(response(&out).witnesses.iter().all(|a| nodes[1..].contains(a)));
+    }
+    assert_eq!(seen.len(), 4, "each other indexer is picked sometimes");
+    // The other indexers leave: an indexer asking gets node witnesses again.
+    for i in &indexers[1..] {
+        h.leave(i, at(700));
+    }
+    let out = h.send(asker, Heartbeat { is_indexer: true, want_witnesses: true, ..hb() }, at(720));
+    let w = &response(&out).witnesses;
+    assert_eq!(w.len(), 3);
+    assert!(w.iter().all(|a| nodes.contains(a)), "{w:?}");
+}
+
+#[test]
 fn gc_forgets_stale_indexers_and_prunes_clean_peers() {
     let mut h = Harness::new(Config::default());
     h.ix.note_indexer(indexer(1), Some(0.2), at(0));
