@@ -92,6 +92,7 @@ impl Simulation {
         let now = self.now;
         let sp = &mut self.peers[p as usize];
         sp.byz = Some((behaviour, now));
+        self.eligible_since[p as usize] = u64::MAX;
         sp.forge = forge.to_vec();
         let victim = if behaviour == Behaviour::ClaimForeignDid { victim.filter(|v| *v != p) } else { None };
         sp.victim = victim;

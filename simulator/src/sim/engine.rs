@@ -251,6 +251,7 @@ impl Simulation {
         sp.life = Life::Alive;
         sp.started_at = Some(now);
         sp.members.clear();
+        self.eligible_since[p as usize] = sp.eligible_since();
         // As the daemon: what the store holds comes back before anything else.
         let restored = (!sp.store.is_empty()).then(|| sp.store.restored(local));
         self.trace.bytes(b"start");

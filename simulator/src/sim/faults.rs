@@ -260,6 +260,7 @@ impl Simulation {
         let sp = &mut self.peers[p as usize];
         if sp.life != Life::Alive {
             sp.life = Life::Crashed;
+            self.eligible_since[p as usize] = u64::MAX;
             return;
         }
         self.end_life(p);
@@ -267,6 +268,7 @@ impl Simulation {
         sp.peer = None;
         sp.life = Life::Crashed;
         sp.last_down = Some(self.now);
+        self.eligible_since[p as usize] = u64::MAX;
         self.on_sender_down(p);
         let sp = &mut self.peers[p as usize];
         sp.wake_gen += 1;
@@ -284,6 +286,7 @@ impl Simulation {
         let sp = &mut self.peers[p as usize];
         sp.peer = None;
         sp.life = Life::NotStarted;
+        self.eligible_since[p as usize] = u64::MAX;
         sp.last_down = Some(self.now);
         sp.wake_gen += 1;
         sp.wake_at = None;

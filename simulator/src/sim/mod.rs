@@ -164,6 +164,13 @@ impl SimPeer {
     fn honest(&self) -> bool {
         self.byz.is_none()
     }
+    /// Its entry in [`Simulation::eligible_since`].
+    fn eligible_since(&self) -> u64 {
+        match self.started_at {
+            Some(t) if self.is_node() && self.honest() && self.life == Life::Alive => t,
+            _ => u64::MAX,
+        }
+    }
     fn live_count(&self) -> usize {
         self.peer.as_ref().and_then(|p| p.pool()).map_or(0, |pool| pool.live_count())
     }
@@ -234,6 +241,9 @@ pub struct Simulation {
     in_flight: InFlight,
     /// Node-role peers, in index order (lookup askers and targets are drawn from them).
     node_peers: Vec<PeerIx>,
+    /// By peer: when an alive honest node-role peer started, `u64::MAX` for any other peer. The
+    /// workloads draw askers and targets by scanning this, not the (large) peers themselves.
+    eligible_since: Vec<u64>,
     /// The `lookup` workloads and the lookups they have in flight.
     lookup: LookupWorkload,
     lookups: LookupAcc,
@@ -427,6 +437,7 @@ impl Simulation {
         );
         let mut trace = Trace::new("ocd-sim trace v1");
         trace.u64(scenario.seed);
+        let n_peers = peers.len();
         let node_peers: Vec<PeerIx> =
             peers.iter().enumerate().filter(|(_, p)| p.roles.node).map(|(i, _)| i as PeerIx).collect();
         Simulation {
@@ -460,6 +471,7 @@ impl Simulation {
             sent_by_kind: [0; MESSAGE_KINDS],
             in_flight: InFlight::default(),
             node_peers,
+            eligible_since: vec![u64::MAX; n_peers],
             lookup,
             lookups: LookupAcc::default(),
             lookup_results: BTreeMap::new(),

@@ -248,11 +248,9 @@ impl Simulation {
 
     /// Whether `q` may ask or be looked up: an alive, honest node-role peer started `warmup` ago.
     fn lookup_eligible(&self, q: PeerIx, warmup_ms: u64) -> bool {
-        let sp = &self.peers[q as usize];
-        sp.is_node()
-            && sp.honest()
-            && sp.life == Life::Alive
-            && sp.started_at.is_some_and(|t| self.now.saturating_sub(t) >= warmup_ms)
+        debug_assert_eq!(self.eligible_since[q as usize], self.peers[q as usize].eligible_since());
+        let since = self.eligible_since[q as usize];
+        since != u64::MAX && self.now.saturating_sub(since) >= warmup_ms
     }
 
     /// A random eligible node looks up a random other eligible target of workload `i` by DID.

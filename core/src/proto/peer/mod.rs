@@ -123,6 +123,9 @@ pub struct Peer {
     /// Scratch buffer `apply_actions` swaps with `actions`, so no round allocates.
     batch: Vec<Action>,
     shut_down: bool,
+    /// [`Peer::poll_timeout`], worked out once at the end of [`Peer::new`] and of each
+    /// [`Peer::handle`] (nothing else changes the machines' deadlines): hosts ask after every input.
+    next_timeout: Option<Timestamp>,
 }
 
 impl Peer {
@@ -192,9 +195,11 @@ impl Peer {
             actions: Vec::new(),
             batch: Vec::new(),
             shut_down: false,
+            next_timeout: None,
         };
         peer.set_sig_check(setup.sig_check);
         peer.resign(now);
+        peer.next_timeout = peer.deadline();
         peer
     }
 
@@ -311,13 +316,17 @@ impl Peer {
                 for _ in 0..TIMEOUT_PASSES {
                     self.on_timeout(now);
                     self.apply_actions(now);
-                    if self.poll_timeout().is_none_or(|t| t > now) {
+                    self.next_timeout = self.deadline();
+                    if self.next_timeout.is_none_or(|t| t > now) {
                         break;
                     }
                 }
+                // Every action was applied and the deadline worked out since.
+                return;
             }
             Input::Command(Command::Shutdown) => {
                 self.on_shutdown(now);
+                self.next_timeout = None;
                 return;
             }
             Input::Command(Command::Lookup { id, key }) => {
@@ -361,6 +370,7 @@ impl Peer {
             }
         }
         self.apply_actions(now);
+        self.next_timeout = self.deadline();
     }
 
     fn on_received(&mut self, from: PeerId, message: Envelope, now: Timestamp) {
@@ -441,6 +451,12 @@ impl Peer {
 
     /// When [`Input::Timeout`] must next be handled (`None`: nothing scheduled).
     pub fn poll_timeout(&self) -> Option<Timestamp> {
+        debug_assert_eq!(self.next_timeout, self.deadline(), "the cached deadline is stale");
+        self.next_timeout
+    }
+
+    /// The earliest of the machines' deadlines.
+    fn deadline(&self) -> Option<Timestamp> {
         if self.shut_down {
             return None;
         }
