@@ -16,8 +16,9 @@
 //! validated when stored and when read, expired records refused, the later expiry of one owner
 //! winning, and a DID bound to the first key that claimed it. A record offered by its owner
 //! ([`Dht::offer_record`]) that claims a DID this indexer has never seen bound is first checked
-//! against the DHT (a `FIND_VALUE` on `/node/<DID>`); it is committed and replicated only if no
-//! other key holds that DID. Receivers skip verification of a record identical to the one they
+//! against the DHT (a `FIND_VALUE` on `/node/<DID>`) by the indexer that replicates it; it is
+//! committed and replicated only if no other key holds that DID. The owner's other indexers hold
+//! it unchecked and unserved until one of them becomes the replicator. Receivers skip verification of a record identical to the one they
 //! hold, so a record is verified once per replica, not once per copy.
 //!
 //! DID bindings are durable: every new binding, change of owner, release, and extension of more
@@ -54,7 +55,7 @@ use crate::proto::wire::{
 };
 use crate::proto::{Action, Event};
 use kad::{Key, Lookup, LookupConfig, RoutingTable, indexer_rendezvous};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 pub(crate) mod kad;
@@ -161,7 +162,8 @@ pub enum DhtDone {
     Claim {
         /// Who offered it (its owner).
         publisher: PeerId,
-        /// Committed (`true`) or refused because another key holds the DID (`false`).
+        /// `false`: refused because another key holds the DID (a theft, to be punished);
+        /// `true` otherwise (committed, or not stored for a reason of ours).
         accepted: bool,
     },
 }
@@ -242,6 +244,8 @@ struct Query {
 struct Closest {
     peers: Vec<PeerAddr>,
     until: Timestamp,
+    /// Found while our routing table held fewer than k peers: dropped once it holds k.
+    young: bool,
 }
 
 /// Counters for status and metrics.
@@ -278,6 +282,14 @@ pub struct Dht {
     store: RecordStore,
     /// Records whose DID claim is being checked, by owner.
     claims: BTreeMap<PeerId, PeerRecord>,
+    /// Owners whose record we replicated while our routing table held fewer than k peers (we had
+    /// just started): its replicas were the closest of a partial view. Replicated again, to the
+    /// closest sets of a full table, at the owner's next heartbeat once the table holds k.
+    young_writes: BTreeSet<PeerId>,
+    /// Records held for owners that did not name us their referent, their DID not checked in the
+    /// DHT yet, by owner: neither served nor stored until we become the referent (see
+    /// [`Dht::offer_record`]). At most `record_store_max`.
+    unchecked: BTreeMap<PeerId, PeerRecord>,
     providers: BTreeMap<PeerId, ProviderRecord>,
     /// Closest sets found by replication lookups, by key, reused by the next replications.
     closest: BTreeMap<Key, Closest>,
@@ -361,6 +373,8 @@ impl Dht {
             failures: BTreeMap::new(),
             store: RecordStore::keyed(config.record_store_max, BINDING_TTL, store_key),
             claims: BTreeMap::new(),
+            unchecked: BTreeMap::new(),
+            young_writes: BTreeSet::new(),
             providers: BTreeMap::new(),
             closest: BTreeMap::new(),
             replicated: crate::proto::seeded::seeded_map(store_key),
@@ -438,9 +452,15 @@ impl Dht {
         }
     }
 
-    /// The expiry of `peer`'s record held and served (not one still being checked).
+    /// The expiry of `peer`'s record held: stored and served, or held unchecked for it (see
+    /// [`Dht::offer_record`]); not one whose DID is being checked.
     pub fn held_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {
-        self.store.held_expiry(peer, now)
+        self.store.held_expiry(peer, now).or_else(|| self.unchecked_expiry(peer, now))
+    }
+
+    /// The expiry of `peer`'s record held unchecked, if still valid.
+    fn unchecked_expiry(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {
+        self.unchecked.get(peer).map(|r| r.body.expires_at).filter(|e| *e > now)
     }
 
     /// Whether a valid record of `peer` is held (the "is this peer known" gate).
@@ -510,6 +530,9 @@ impl Dht {
         if now >= self.next_gc {
             self.next_gc = now + self.config.gc_interval;
             self.store.prune(now);
+            self.unchecked.retain(|_, r| r.body.expires_at > now);
+            let store = &self.store;
+            self.young_writes.retain(|p| store.by_peer(p, now).is_some());
             self.providers.retain(|_, r| r.body.expires_at > now);
             self.closest.retain(|_, c| c.until > now);
             self.replicated.retain(|_, expires| *expires > now);
@@ -557,8 +580,14 @@ impl crate::proto::indexer::RecordDesk for Dht {
         // The steady state (nothing held, or this version replicated already), decided from the
         // store's bucket without reaching the record: what `Dht::replicate_held` would conclude.
         match self.store.held_expiry(peer, now) {
-            None => return,
-            Some(e) if self.replicated.get(peer) == Some(&e) => return,
+            None if self.unchecked.is_empty() => return,
+            None => {}
+            Some(e)
+                if self.replicated.get(peer) == Some(&e)
+                    && (self.young_writes.is_empty() || self.table.len() < self.lookup_config.k) =>
+            {
+                return;
+            }
             Some(_) => {}
         }
         Dht::replicate_held(self, peer, now, out);

@@ -142,8 +142,10 @@ impl Dht {
             Goal::Value { key } => DhtDone::Value { query: qid, purpose, key, record: None, hops: 0 },
             Goal::Providers { .. } => DhtDone::Providers { purpose, providers: Vec::new() },
             Goal::Claim { publisher, .. } => {
+                // Not started (too many queries): no verdict on the publisher, whose record is
+                // refused `Stale` by the caller and offered again with its next heartbeat.
                 self.claims.remove(&publisher);
-                DhtDone::Claim { publisher, accepted: false }
+                return;
             }
             _ => return,
         };
@@ -362,8 +364,11 @@ impl Dht {
                     self.claims.remove(&publisher);
                     // A lookup that found nothing converged on the DID key's closest peers.
                     let converged = q.found.is_none();
-                    let foreign = q.found.take().filter(|(r, _)| r.body.peer_id != publisher);
-                    if let Some((owner_record, _)) = foreign {
+                    let (foreign, own) = match q.found.take() {
+                        Some((r, _)) if r.body.peer_id != publisher => (Some(r), None),
+                        found => (None, found.map(|(r, _)| r)),
+                    };
+                    if let Some(owner_record) = foreign {
                         // Remember the rightful binding so the next attempt is refused locally.
                         // Remembered durably too, like any binding.
                         if let Ok(stored) = self.store.put_verified(owner_record, now) {
@@ -381,8 +386,27 @@ impl Dht {
                         if converged {
                             self.found_closest(&q, now);
                         }
-                        let accepted = matches!(self.commit(publisher, record, replicate, now, out), Offer::Held(_));
-                        out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted }));
+                        match own {
+                            // The DHT holds a version already: its owner's previous referent
+                            // replicated it (we take over from it). This very version needs no
+                            // writes; an earlier one with the same content is refreshed with the
+                            // replicas' next batch.
+                            Some(found) if replicate => {
+                                let expires = record.body.expires_at;
+                                if let Offer::Held(_) = self.commit(publisher, record.clone(), false, now, out) {
+                                    if found == record {
+                                        self.replicated.insert(publisher, expires);
+                                    } else {
+                                        let refresh = found.body.same_content(&record.body);
+                                        self.replicate(record, refresh, now, out);
+                                    }
+                                }
+                            }
+                            _ => {
+                                self.commit(publisher, record, replicate, now, out);
+                            }
+                        }
+                        out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: true }));
                     }
                     return;
                 }

@@ -42,6 +42,9 @@ impl Dht {
         if self.claims.get(&from) == Some(&record) {
             return Offer::Checking;
         }
+        if !replicate && self.unchecked.get(&from) == Some(&record) {
+            return Offer::Held(record.body.expires_at);
+        }
         self.stats.verifications += 1;
         if let Err(e) = record.verify_with(now, &self.sigs) {
             return Offer::Refused(StoreError::Invalid(e));
@@ -53,13 +56,38 @@ impl Dht {
                 debug_assert_ne!(owner, from);
                 return Offer::Refused(StoreError::ForeignDid { did: record.body.did });
             }
-            let key = RecordKey::Did(record.body.did.clone());
-            self.claims.insert(from, record.clone());
-            let goal = Goal::Claim { record, publisher: from, replicate };
-            let started = self.maintain(goal, key.kad_key(), now, out);
-            return if started { Offer::Checking } else { Offer::Refused(StoreError::Stale) };
+            // Only the indexer that replicates the record checks its claim: the owner's other
+            // indexers hold it, neither stored nor served, until one of them becomes the
+            // replicator (`replicate_held`). Every indexer of a joining node running the same
+            // lookup was a sixth of the federation's traffic.
+            if !replicate && (self.unchecked.len() < self.config.record_store_max || self.unchecked.contains_key(&from))
+            {
+                let expires = record.body.expires_at;
+                self.unchecked.insert(from, record);
+                return Offer::Held(expires);
+            }
+            return self.claim(from, record, replicate, now, out);
         }
+        self.unchecked.remove(&from);
         self.commit(from, record, replicate, now, out)
+    }
+
+    /// Checks `record`'s claim of a DID new to us against the DHT before committing it
+    /// ([`Offer::Checking`]; the verdict comes as [`DhtDone::Claim`]).
+    fn claim(
+        &mut self,
+        from: PeerId,
+        record: PeerRecord,
+        replicate: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> Offer {
+        self.unchecked.remove(&from);
+        let key = RecordKey::Did(record.body.did.clone());
+        self.claims.insert(from, record.clone());
+        let goal = Goal::Claim { record, publisher: from, replicate };
+        let started = self.maintain(goal, key.kad_key(), now, out);
+        if started { Offer::Checking } else { Offer::Refused(StoreError::Stale) }
     }
 
     /// `peer` names us its referent: the version of its record we hold is replicated unless we
@@ -69,11 +97,34 @@ impl Dht {
     /// Its previous referent has usually replicated that version (the node moved, or its referent
     /// crashed): a converged `FIND_VALUE` on its peer key asks the replicas first, and the 2 × k
     /// `STORE`s go out only if fewer than [`TAKEOVER_HOLDERS`] of them hold it.
+    ///
+    /// A record we held unchecked (we were one of its owner's other indexers) has its DID claim
+    /// checked first, then is committed; the check also tells whether the DHT holds it already.
     pub fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
         let Some(r) = self.store.by_peer(peer, now) else {
+            if self.server
+                && !self.table.is_empty()
+                && self.unchecked_expiry(peer, now).is_some()
+                && !self.claims.contains_key(peer)
+                && let Some(r) = self.unchecked.remove(peer)
+            {
+                // Not started (too many queries): held unchecked again, tried at its next heartbeat.
+                if self.claim(*peer, r.clone(), true, now, out) != Offer::Checking {
+                    self.unchecked.insert(*peer, r);
+                }
+            }
             return;
         };
-        if self.replicated.get(peer) == Some(&r.body.expires_at) || !self.server || self.table.is_empty() {
+        if !self.server || self.table.is_empty() {
+            return;
+        }
+        if self.table.len() >= self.lookup_config.k && self.young_writes.remove(peer) {
+            // Replicated from a partial view of the DHT: again, to the replicas a full table finds.
+            let r = r.clone();
+            self.replicate(r, false, now, out);
+            return;
+        }
+        if self.replicated.get(peer) == Some(&r.body.expires_at) {
             return;
         }
         let r = r.clone();
@@ -130,20 +181,36 @@ impl Dht {
             return;
         }
         self.replicated.insert(record.body.peer_id, record.body.expires_at);
+        if self.table.len() < self.lookup_config.k {
+            self.young_writes.insert(record.body.peer_id);
+        }
         let mut known: Vec<PeerAddr> = Vec::new();
+        // Replicas that joined a cached set since its last write (an indexer that started or came
+        // back near the key) hold no version of the record: a refresh reaches them at once.
+        let mut joined: Vec<PeerAddr> = Vec::new();
         let mut missing = Vec::new();
         for key in [RecordKey::Peer(record.body.peer_id), RecordKey::Did(record.body.did.clone())] {
             let target = key.kad_key();
             match self.cached_closest(&target, now) {
-                Some(c) => {
+                Some((c, new)) => {
                     for p in c {
-                        if !known.iter().any(|k| k.id == p.id) {
+                        if new.contains(&p.id) {
+                            if !joined.iter().any(|k| k.id == p.id) {
+                                joined.push(p);
+                            }
+                        } else if !known.iter().any(|k| k.id == p.id) {
                             known.push(p);
                         }
                     }
                 }
                 None => missing.push(target),
             }
+        }
+        known.retain(|p| !joined.iter().any(|j| j.id == p.id));
+        if refresh && !joined.is_empty() {
+            self.send_to_closest(Goal::Replicate { record: record.clone(), refresh: false }, joined, now, out);
+        } else {
+            known.append(&mut joined);
         }
         for target in missing {
             self.maintain(Goal::Replicate { record: record.clone(), refresh }, target, now, out);
@@ -218,21 +285,26 @@ impl Dht {
     /// lookups: a peer that fails an RPC leaves it ([`Dht::note_failure`]), and a peer our
     /// routing table learned since (an indexer that joined or came back) and that is closer than
     /// its farthest joins it, the farthest leaving.
-    pub(super) fn cached_closest(&mut self, target: &Key, now: Timestamp) -> Option<Vec<PeerAddr>> {
+    ///
+    /// Also returns the peers that joined the set in this call (they were not in it at its last
+    /// use, so they hold nothing written through it).
+    pub(super) fn cached_closest(&mut self, target: &Key, now: Timestamp) -> Option<(Vec<PeerAddr>, Vec<PeerId>)> {
         let k = self.lookup_config.k;
-        let c = self.closest.get_mut(target).filter(|c| c.until > now)?;
-        let mut changed = false;
+        let grown = self.table.len() >= k;
+        let c = self.closest.get_mut(target).filter(|c| c.until > now && !(c.young && grown))?;
+        let mut joined = Vec::new();
         for p in self.table.closest(target, k) {
             if !self.failures.contains_key(&p.id) && !c.peers.iter().any(|q| q.id == p.id) {
+                joined.push(p.id);
                 c.peers.push(p);
-                changed = true;
             }
         }
-        if changed {
+        if !joined.is_empty() {
             c.peers.sort_by_key(|p| Key::from(p.id).distance(target));
             c.peers.truncate(k);
+            joined.retain(|j| c.peers.iter().any(|p| p.id == *j));
         }
-        Some(c.peers.clone())
+        Some((c.peers.clone(), joined))
     }
 
     /// Remembers the closest set a replication lookup found for `target`.
@@ -240,7 +312,8 @@ impl Dht {
         if peers.is_empty() || (self.closest.len() >= MAX_CLOSEST_CACHED && !self.closest.contains_key(&target)) {
             return;
         }
-        self.closest.insert(target, Closest { peers: peers.to_vec(), until: now + CLOSEST_TTL });
+        let young = self.table.len() < self.lookup_config.k;
+        self.closest.insert(target, Closest { peers: peers.to_vec(), until: now + CLOSEST_TTL, young });
     }
 
     /// Signs a fresh provider record and stores it on the k closest peers of the rendezvous key.
@@ -263,7 +336,7 @@ impl Dht {
         // kept up to date (see `cached_closest`).
         let target = indexer_rendezvous();
         match self.cached_closest(&target, now) {
-            Some(peers) => self.send_to_closest(Goal::Provide { record }, peers, now, out),
+            Some((peers, _)) => self.send_to_closest(Goal::Provide { record }, peers, now, out),
             None => {
                 self.maintain(Goal::Provide { record }, target, now, out);
             }

@@ -428,3 +428,116 @@ fn a_claim_check_that_found_nothing_leaves_the_did_keys_replicas_known() {
     assert!(!finds.is_empty(), "the peer key was looked up");
     assert_eq!(dht.local(&RecordKey::Did(r.body.did.clone()), NOW), Some(&r));
 }
+
+/// A DHT server that knows `n` other indexers.
+fn server_with(n: u64) -> (Dht, Vec<PeerAddr>) {
+    let peers: Vec<PeerAddr> =
+        (0..n).map(|i| PeerAddr::id_only(Keypair::derive(100 + i, "replica").peer_id())).collect();
+    let me = Keypair::derive(0, "dht-server");
+    (Dht::new(Config::default(), me, Vec::new(), true, &peers, DetRng::new(1, "t"), NOW), peers)
+}
+
+#[test]
+fn only_the_referent_checks_a_claim_the_others_hold_the_record_unserved_until_named() {
+    let (mut dht, _) = server_with(40);
+    let owner = Keypair::derive(1, "owner");
+    let r = record(&owner, "did:o", NOW);
+    let did_key = RecordKey::Did(r.body.did.clone());
+
+    // Offered by a node that replicates through another indexer: held, no lookup, nothing served.
+    let mut out = Vec::new();
+    assert_eq!(dht.offer_record(owner.peer_id(), r.clone(), false, NOW, &mut out), Offer::Held(r.body.expires_at));
+    assert!(dht_sends(&out).is_empty(), "no claim check: {:?}", dht_sends(&out));
+    assert_eq!(dht.held_expiry(&owner.peer_id(), NOW), Some(r.body.expires_at), "the node need not send it again");
+    assert_eq!(dht.local(&did_key, NOW), None, "an unchecked DID is not served");
+    assert_eq!(dht.local(&RecordKey::Peer(owner.peer_id()), NOW), None);
+    assert_eq!(dht.store.did_owner(&r.body.did, NOW), None, "nor bound");
+    // The same version again costs nothing.
+    let mut out = Vec::new();
+    assert_eq!(dht.offer_record(owner.peer_id(), r.clone(), false, NOW, &mut out), Offer::Held(r.body.expires_at));
+    assert!(out.is_empty());
+
+    // Named its referent: the claim is checked now, and the record replicated once nobody else
+    // holds the DID.
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    let sent = exchange(&mut dht, out, |_| None, NOW);
+    assert!(
+        sent.iter().any(|(_, m)| matches!(m, DhtMessage::FindValue(f) if f.key == did_key)),
+        "the DID claim is checked"
+    );
+    let stores = sent.iter().filter(|(_, m)| matches!(m, DhtMessage::Store(_))).count();
+    assert_eq!(stores, 2 * Config::default().kad_k, "then stored on both keys' k closest");
+    assert_eq!(dht.local(&did_key, NOW), Some(&r), "and served");
+}
+
+#[test]
+fn a_referent_taking_over_an_unchecked_record_stores_nothing_the_dht_holds_and_refuses_a_thief() {
+    let owner = Keypair::derive(1, "owner");
+    let thief = Keypair::derive(2, "thief");
+    let r = record(&owner, "did:o", NOW);
+
+    // The previous referent replicated this very version: the check finds it, nothing is stored.
+    let (mut dht, _) = server_with(40);
+    let mut out = Vec::new();
+    dht.offer_record(owner.peer_id(), r.clone(), false, NOW, &mut out);
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    let sent = exchange(&mut dht, out, |_| Some(r.clone()), NOW);
+    assert!(!sent.is_empty() && sent.iter().all(|(_, m)| matches!(m, DhtMessage::FindValue(_))), "{sent:?}");
+    assert_eq!(dht.local(&RecordKey::Peer(owner.peer_id()), NOW), Some(&r));
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    assert!(out.is_empty(), "replicated already");
+
+    // A thief's record held unchecked: when it names us its referent, the DHT says the DID is
+    // another key's; it is refused and reported, never stored.
+    let (mut dht, _) = server_with(40);
+    let stolen = record(&thief, "did:o", NOW);
+    let mut out = Vec::new();
+    assert_eq!(dht.offer_record(thief.peer_id(), stolen, false, NOW, &mut out), Offer::Held(r.body.expires_at));
+    let mut out = Vec::new();
+    dht.replicate_held(&thief.peer_id(), NOW, &mut out);
+    let mut done = Vec::new();
+    for (to, m) in dht_sends(&out) {
+        if let DhtMessage::FindValue(f) = m {
+            let reply = DhtMessage::Value(Value { req: f.req, record: Some(r.clone()), closer: Vec::new() });
+            dht.on_response(PeerAddr::id_only(to), reply, NOW, &mut done);
+        }
+    }
+    assert!(
+        done.iter().any(|a| matches!(a, Action::QueryDone(DhtDone::Claim { publisher, accepted: false }) if *publisher == thief.peer_id())),
+        "{done:?}"
+    );
+    assert!(!dht_sends(&done).iter().any(|(_, m)| matches!(m, DhtMessage::Store(_))));
+    assert_eq!(dht.store.did_owner(&r.body.did, NOW), Some(owner.peer_id()), "the rightful binding is remembered");
+    assert_eq!(dht.held_expiry(&thief.peer_id(), NOW), None);
+}
+
+#[test]
+fn records_replicated_from_a_young_table_are_replicated_again_once_it_holds_k_peers() {
+    let k = Config::default().kad_k;
+    let (mut dht, _) = server_with(5);
+    let owner = Keypair::derive(1, "owner");
+    let r = record(&owner, "did:o", NOW);
+    let mut out = Vec::new();
+    assert_eq!(dht.offer_record(owner.peer_id(), r.clone(), true, NOW, &mut out), Offer::Checking);
+    let stored = answer_all(&mut dht, out, NOW);
+    assert_eq!(stored.len(), 2 * 5, "the five peers known, for each key");
+    // Still young: nothing more at the next heartbeats.
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    assert!(out.is_empty());
+    // The table grows to k and more: the record goes to the closest sets a full table finds, once.
+    let later = NOW + Duration::from_secs(20);
+    for i in 0..2 * k as u64 {
+        dht.table.insert(PeerAddr::id_only(Keypair::derive(200 + i, "late").peer_id()), later);
+    }
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), later, &mut out);
+    let stored: BTreeSet<PeerId> = answer_all(&mut dht, out, later).into_iter().collect();
+    assert!(stored.len() >= k, "replicated again: {}", stored.len());
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), later, &mut out);
+    assert!(out.is_empty(), "once");
+}
