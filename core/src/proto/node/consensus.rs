@@ -1,6 +1,11 @@
 //! Candidate consensus (spec B §3.2, E F11): after an eviction the node asks its live indexers for
-//! candidates, probes each once (a refused or silent probe scores 0) and admits the best above
-//! `min_score_start`.
+//! candidates, probes the `need + consensus_extra_candidates` that most of them named (a refused
+//! or silent probe scores 0) and admits the best above `min_score_start`.
+//!
+//! The seed probed every candidate of every voter: each voter names `need + 2`, so a node that
+//! lost one indexer opened about six connections to fill one slot, a connection and a heartbeat
+//! exchange each. Probing `need + 2` keeps the choice among several, and the candidates several
+//! voters agree on come first (ties in random order).
 
 use super::*;
 
@@ -41,17 +46,20 @@ impl IndexerPool {
         let Some(mut c) = self.consensus.take() else {
             return;
         };
-        let mut seen = BTreeSet::new();
-        let mut candidates: Vec<PeerAddr> = Vec::new();
+        let mut votes: BTreeMap<PeerId, (PeerAddr, u32)> = BTreeMap::new();
         for a in std::mem::take(&mut c.received) {
-            if a.id == self.me || self.entries.contains_key(&a.id) || self.in_cooldown(&a.id, now) || !seen.insert(a.id)
-            {
+            if a.id == self.me || self.entries.contains_key(&a.id) || self.in_cooldown(&a.id, now) {
                 continue;
             }
-            candidates.push(a);
+            votes.entry(a.id).or_insert((a, 0)).1 += 1;
         }
-        self.rng.shuffle(&mut candidates);
-        candidates.truncate(self.config.max_candidates);
+        let mut ranked: Vec<(PeerAddr, u32)> = votes.into_values().collect();
+        self.rng.shuffle(&mut ranked);
+        // Stable: ties keep their random order.
+        ranked.sort_by(|a, b| b.1.cmp(&a.1));
+        let probes = self.need().max(1).saturating_add(self.config.consensus_extra_candidates);
+        ranked.truncate(probes.min(self.config.max_candidates));
+        let candidates: Vec<PeerAddr> = ranked.into_iter().map(|(a, _)| a).collect();
         c.candidates = candidates.len();
         c.probing = true;
         if self.send_log.len() >= SEND_LOG_MAX {

@@ -546,28 +546,28 @@ fn failed_heartbeat_evicts_non_seed_and_triggers_consensus() {
 #[test]
 fn consensus_admits_best_candidate_above_floor_and_rejects_refused_probes() {
     let (s, x) = (pid("s"), pid("x"));
-    let (a, b, c, d) = (pid("a"), pid("b"), pid("c"), pid("d"));
+    let (a, b, d) = (pid("a"), pid("b"), pid("d"));
+    // Need 1: `need + 2` = 3 candidates probed, here all of them.
     let mut net = Net::new(Config::default(), &[s], 2)
-        .with(s, Ix { suggestions: vec![x], candidates: vec![a, b, c, d, s], ..Ix::honest() })
+        .with(s, Ix { suggestions: vec![x], candidates: vec![a, b, d, s], ..Ix::honest() })
         .with(x, Ix::honest())
         .with(a, Ix { probe_mode: Some(Mode::Refuse(RefuseReason::Full)), latency_ms: 1, fill: 0.0, ..Ix::honest() })
         .with(b, Ix { fill: 1.0, latency_ms: 3900, ..Ix::honest() })
-        .with(c, Ix { fill: 0.5, latency_ms: 400, ..Ix::honest() })
         .with(d, Ix { fill: 0.1, latency_ms: 40, ..Ix::honest() });
     net.run_for(secs(1));
     assert_eq!(net.pool.len(), 2);
     net.ixm(s).suggestions.clear();
     net.ixm(x).mode = Mode::Silent;
     net.run_for(secs(35));
-    for p in [a, b, c, d] {
+    for p in [a, b, d] {
         assert_eq!(net.probes_to(p).len(), 1, "every candidate probed once");
     }
     assert_eq!(net.probes_to(s).len(), 0, "pool members are not candidates");
     assert!(net.added(d).iter().any(|x| x.1 == AddedVia::Consensus));
-    for p in [a, b, c] {
+    for p in [a, b] {
         assert!(net.added(p).is_empty(), "need was 1: only the best is admitted");
     }
-    assert!(net.events.iter().any(|(_, e)| *e == Event::ConsensusFinished { candidates: 4, admitted: 1 }));
+    assert!(net.events.iter().any(|(_, e)| *e == Event::ConsensusFinished { candidates: 3, admitted: 1 }));
     assert_eq!(net.pool.len(), 2);
 
     // A round whose only candidate refuses its probe admits nothing.
@@ -583,6 +583,31 @@ fn consensus_admits_best_candidate_above_floor_and_rejects_refused_probes() {
     assert_eq!(net.probes_to(r).len(), 1);
     assert!(net.added(r).is_empty(), "a refused probe scores 0");
     assert!(net.events.iter().any(|(_, e)| *e == Event::ConsensusFinished { candidates: 1, admitted: 0 }));
+}
+
+#[test]
+fn consensus_probes_need_plus_two_candidates_those_most_voters_named_first() {
+    let (s, t, x) = (pid("s"), pid("t"), pid("x"));
+    let others: Vec<PeerId> = ["a", "b", "c", "d"].iter().map(|n| pid(n)).collect();
+    let shared = pid("shared");
+    // Two voters name three candidates each, one of them both.
+    let mut net = Net::new(Config::default(), &[s, t], 3)
+        .with(s, Ix { suggestions: vec![x], candidates: vec![others[0], shared, others[1]], ..Ix::honest() })
+        .with(t, Ix { candidates: vec![others[2], others[3], shared], ..Ix::honest() })
+        .with(x, Ix::honest())
+        .with(shared, Ix { fill: 0.9, ..Ix::honest() });
+    for p in &others {
+        net = net.with(*p, Ix::honest());
+    }
+    net.run_for(secs(1));
+    assert_eq!(net.pool.len(), 3);
+    net.ixm(s).suggestions.clear();
+    net.ixm(x).mode = Mode::Silent;
+    net.run_for(secs(35));
+    assert_eq!(net.probes_to(shared).len(), 1, "named by both voters: probed");
+    let probed = others.iter().filter(|p| !net.probes_to(**p).is_empty()).count();
+    assert_eq!(probed, 2, "need 1 + 2 probes in all, of five candidates");
+    assert!(net.events.iter().any(|(_, e)| matches!(e, Event::ConsensusFinished { candidates: 3, admitted: 1 })));
 }
 
 #[test]
