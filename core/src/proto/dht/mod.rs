@@ -29,7 +29,11 @@
 //!
 //! Provider records carry the indexer's signed fill rate and capacity and expire `provider_ttl`
 //! (3 min) after signing — an indexer that stops re-announcing disappears within minutes (the
-//! seed's 48 h default kept dead indexers discoverable for two days).
+//! seed's 48 h default kept dead indexers discoverable for two days). The seed re-announced every
+//! `provide_interval` (60 s); an announcement that would tell the replicas nothing new (the fill
+//! moved less than [`PROVIDER_FILL_STEP`], the capacity is the same, and the one they hold has
+//! more than half its life left) is skipped, and a replica new to the rendezvous key's closest set
+//! gets it at once.
 //!
 //! The machine never blocks: it emits its [`DhtOut`]s — sends, learned addresses, events and
 //! finished queries ([`DhtDone`], which the router hands to whoever started them) — into the sink
@@ -99,6 +103,9 @@ const MAX_CLOSEST_CACHED: usize = 8192;
 /// lifetime more, so nothing lapses, and a replicator sends one `STORE_BATCH` per replica per
 /// window instead of one `STORE` per record.
 const REFRESH_DELAY_DIVISOR: u32 = 4;
+/// A change of the fill rate that is news to nodes choosing an indexer: a twentieth of the
+/// capacity. Smaller changes wait for the next announcement the record's lifetime requires.
+pub const PROVIDER_FILL_STEP: f32 = 0.05;
 /// A batch is sent early once its records are about this large when encoded.
 const STORE_BATCH_BYTES: usize = MAX_FRAME_LEN / 4;
 
@@ -310,6 +317,8 @@ pub struct Dht {
     next_req: u64,
     rng: DetRng,
     fill: (f32, u32),
+    /// When our last provider record was sent, and the fill and capacity it carried.
+    provided: Option<(Timestamp, (f32, u32))>,
     next_provide: Option<Timestamp>,
     next_cache_refresh: Option<Timestamp>,
     next_table_refresh: Option<Timestamp>,
@@ -387,6 +396,7 @@ impl Dht {
             next_req: 1,
             rng,
             fill: (0.0, u32::try_from(config.max_nodes).unwrap_or(u32::MAX)),
+            provided: None,
             next_provide: server.then_some(now),
             next_cache_refresh: server.then_some(now + Duration::from_secs(5)),
             next_table_refresh: server.then_some(now),

@@ -316,8 +316,24 @@ impl Dht {
         self.closest.insert(target, Closest { peers: peers.to_vec(), until: now + CLOSEST_TTL, young });
     }
 
-    /// Signs a fresh provider record and stores it on the k closest peers of the rendezvous key.
+    /// Signs a fresh provider record and stores it on the k closest peers of the rendezvous key,
+    /// unless the last one is news enough still (see [`PROVIDER_FILL_STEP`]): then only to the
+    /// replicas that joined that key's closest set since.
     pub(super) fn provide(&mut self, now: Timestamp, out: &mut Vec<Action>) {
+        if let Some((at, (fill, capacity))) = self.provided
+            && now < at + self.config.provider_ttl / 2
+            && capacity == self.fill.1
+            && (fill - self.fill.0).abs() < PROVIDER_FILL_STEP
+            && let Some(held) = self.providers.get(&self.me).cloned()
+        {
+            if let Some((peers, joined)) = self.cached_closest(&indexer_rendezvous(), now) {
+                let peers: Vec<PeerAddr> = peers.into_iter().filter(|p| joined.contains(&p.id)).collect();
+                if !peers.is_empty() {
+                    self.send_to_closest(Goal::Provide { record: held }, peers, now, out);
+                }
+            }
+            return;
+        }
         let body = ProviderBody {
             provider: PeerAddr { id: self.me, addrs: self.addrs.clone() },
             fill_rate: self.fill.0,
@@ -332,6 +348,7 @@ impl Dht {
         if self.table.is_empty() {
             return;
         }
+        self.provided = Some((now, self.fill));
         // Like a record's replicas, the rendezvous key's closest set is looked up once and then
         // kept up to date (see `cached_closest`).
         let target = indexer_rendezvous();

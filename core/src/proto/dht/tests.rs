@@ -150,7 +150,7 @@ fn exchange(
                 }
                 DhtMessage::FindNode(f) => DhtMessage::Nodes(Nodes { req: f.req, closer: Vec::new() }),
                 // Writes are one-way: recorded, not answered.
-                DhtMessage::Store(_) | DhtMessage::StoreBatch(_) => {
+                DhtMessage::Store(_) | DhtMessage::StoreBatch(_) | DhtMessage::AddProvider(_) => {
                     asked.push((to, m));
                     continue;
                 }
@@ -540,4 +540,34 @@ fn records_replicated_from_a_young_table_are_replicated_again_once_it_holds_k_pe
     let mut out = Vec::new();
     dht.replicate_held(&owner.peer_id(), later, &mut out);
     assert!(out.is_empty(), "once");
+}
+
+#[test]
+fn a_provider_record_goes_out_again_only_when_it_is_news_or_half_its_life_is_gone() {
+    let (mut dht, _) = server_with(40);
+    let adds = |out: &[Action]| dht_sends(out).iter().filter(|(_, m)| matches!(m, DhtMessage::AddProvider(_))).count();
+    let k = Config::default().kad_k;
+    dht.set_fill(0.10, 200);
+    let mut out = Vec::new();
+    dht.provide(NOW, &mut out);
+    let sent = exchange(&mut dht, out, |_| None, NOW);
+    let announced = sent.iter().filter(|(_, m)| matches!(m, DhtMessage::AddProvider(_))).count();
+    assert_eq!(announced, k, "the first goes to the k closest its lookup found");
+    let interval = Config::default().provide_interval;
+    let ttl = Config::default().provider_ttl;
+
+    // A minute later, nearly the same fill: nothing to tell.
+    dht.set_fill(0.12, 200);
+    let mut out = Vec::new();
+    dht.provide(NOW + interval, &mut out);
+    assert_eq!(adds(&out), 0, "{:?}", dht_sends(&out));
+    // The fill moved by a twentieth of the capacity: news, to the k closest.
+    dht.set_fill(0.16, 200);
+    let mut out = Vec::new();
+    dht.provide(NOW + interval, &mut out);
+    assert_eq!(adds(&out), k);
+    // Unchanged, but half the record's life is gone: renewed.
+    let mut out = Vec::new();
+    dht.provide(NOW + interval + ttl / 2, &mut out);
+    assert_eq!(adds(&out), k);
 }
