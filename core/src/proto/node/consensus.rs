@@ -56,7 +56,7 @@ impl IndexerPool {
         let mut ranked: Vec<(PeerAddr, u32)> = votes.into_values().collect();
         self.rng.shuffle(&mut ranked);
         // Stable: ties keep their random order.
-        ranked.sort_by(|a, b| b.1.cmp(&a.1));
+        ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
         let probes = self.need().max(1).saturating_add(self.config.consensus_extra_candidates);
         ranked.truncate(probes.min(self.config.max_candidates));
         let candidates: Vec<PeerAddr> = ranked.into_iter().map(|(a, _)| a).collect();
