@@ -251,8 +251,6 @@ struct Query {
 struct Closest {
     peers: Vec<PeerAddr>,
     until: Timestamp,
-    /// Found while our routing table held fewer than k peers: dropped once it holds k.
-    young: bool,
 }
 
 /// Counters for status and metrics.
@@ -290,8 +288,8 @@ pub struct Dht {
     /// Records whose DID claim is being checked, by owner.
     claims: BTreeMap<PeerId, PeerRecord>,
     /// Owners whose record we replicated while our routing table held fewer than k peers (we had
-    /// just started): its replicas were the closest of a partial view. Replicated again, to the
-    /// closest sets of a full table, at the owner's next heartbeat once the table holds k.
+    /// just started): its replicas were the closest of a partial view. Once the table holds k, the
+    /// owner's next heartbeat sends it to the peers its keys' sets gained since.
     young_writes: BTreeSet<PeerId>,
     /// Records held for owners that did not name us their referent, their DID not checked in the
     /// DHT yet, by owner: neither served nor stored until we become the referent (see

@@ -119,9 +119,8 @@ impl Dht {
             return;
         }
         if self.table.len() >= self.lookup_config.k && self.young_writes.remove(peer) {
-            // Replicated from a partial view of the DHT: again, to the replicas a full table finds.
             let r = r.clone();
-            self.replicate(r, false, now, out);
+            self.replicate_to_new_replicas(r, now, out);
             return;
         }
         if self.replicated.get(peer) == Some(&r.body.expires_at) {
@@ -225,6 +224,31 @@ impl Dht {
         }
     }
 
+    /// A record replicated from a partial view of the DHT (see `young_writes`): stored on the
+    /// peers its keys' closest sets gained since, patched from the full routing table (a key
+    /// without a set is looked up and stored on all of its replicas).
+    fn replicate_to_new_replicas(&mut self, record: PeerRecord, now: Timestamp, out: &mut Vec<Action>) {
+        let mut joined: Vec<PeerAddr> = Vec::new();
+        for key in [RecordKey::Peer(record.body.peer_id), RecordKey::Did(record.body.did.clone())] {
+            let target = key.kad_key();
+            match self.cached_closest(&target, now) {
+                Some((peers, new)) => {
+                    for p in peers {
+                        if new.contains(&p.id) && !joined.iter().any(|j| j.id == p.id) {
+                            joined.push(p);
+                        }
+                    }
+                }
+                None => {
+                    self.maintain(Goal::Replicate { record: record.clone(), refresh: false }, target, now, out);
+                }
+            }
+        }
+        if !joined.is_empty() {
+            self.send_to_closest(Goal::Replicate { record, refresh: false }, joined, now, out);
+        }
+    }
+
     /// Queues a refreshed record for each of its replicas; a replica's batch goes at once when it
     /// is full, all of them when the earliest waiting record is due.
     pub(super) fn queue_refresh(
@@ -290,8 +314,7 @@ impl Dht {
     /// use, so they hold nothing written through it).
     pub(super) fn cached_closest(&mut self, target: &Key, now: Timestamp) -> Option<(Vec<PeerAddr>, Vec<PeerId>)> {
         let k = self.lookup_config.k;
-        let grown = self.table.len() >= k;
-        let c = self.closest.get_mut(target).filter(|c| c.until > now && !(c.young && grown))?;
+        let c = self.closest.get_mut(target).filter(|c| c.until > now)?;
         let mut joined = Vec::new();
         for p in self.table.closest(target, k) {
             if !self.failures.contains_key(&p.id) && !c.peers.iter().any(|q| q.id == p.id) {
@@ -312,8 +335,7 @@ impl Dht {
         if peers.is_empty() || (self.closest.len() >= MAX_CLOSEST_CACHED && !self.closest.contains_key(&target)) {
             return;
         }
-        let young = self.table.len() < self.lookup_config.k;
-        self.closest.insert(target, Closest { peers: peers.to_vec(), until: now + CLOSEST_TTL, young });
+        self.closest.insert(target, Closest { peers: peers.to_vec(), until: now + CLOSEST_TTL });
     }
 
     /// Signs a fresh provider record and stores it on the k closest peers of the rendezvous key,

@@ -524,6 +524,7 @@ fn records_replicated_from_a_young_table_are_replicated_again_once_it_holds_k_pe
     assert_eq!(dht.offer_record(owner.peer_id(), r.clone(), true, NOW, &mut out), Offer::Checking);
     let stored = answer_all(&mut dht, out, NOW);
     assert_eq!(stored.len(), 2 * 5, "the five peers known, for each key");
+    let first: BTreeSet<PeerId> = stored.into_iter().collect();
     // Still young: nothing more at the next heartbeats.
     let mut out = Vec::new();
     dht.replicate_held(&owner.peer_id(), NOW, &mut out);
@@ -536,7 +537,15 @@ fn records_replicated_from_a_young_table_are_replicated_again_once_it_holds_k_pe
     let mut out = Vec::new();
     dht.replicate_held(&owner.peer_id(), later, &mut out);
     let stored: BTreeSet<PeerId> = answer_all(&mut dht, out, later).into_iter().collect();
-    assert!(stored.len() >= k, "replicated again: {}", stored.len());
+    // Each key's k closest in the full table that did not get it the first time.
+    let expected: BTreeSet<PeerId> = [RecordKey::Peer(owner.peer_id()), RecordKey::Did(r.body.did.clone())]
+        .iter()
+        .flat_map(|key| dht.table.closest(&key.kad_key(), k))
+        .map(|p| p.id)
+        .filter(|p| !first.contains(p))
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(stored, expected, "to the replicas a full table names, that lack it");
     let mut out = Vec::new();
     dht.replicate_held(&owner.peer_id(), later, &mut out);
     assert!(out.is_empty(), "once");
