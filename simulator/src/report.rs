@@ -366,6 +366,15 @@ pub struct RecordsReport {
     pub dht_rpc_failures: u64,
     /// Record signatures verified by the DHT, summed likewise.
     pub dht_verifications: u64,
+    /// Reads (`FIND_VALUE` lookups of a record not held locally) started, summed likewise.
+    #[serde(default)]
+    pub dht_reads: u64,
+    /// `FIND_VALUE`s those reads sent, summed likewise.
+    #[serde(default)]
+    pub dht_read_rpcs: u64,
+    /// Hedges of those reads (one more `FIND_VALUE` allowed because those in flight were late).
+    #[serde(default)]
+    pub dht_hedges: u64,
 }
 
 /// Distinct peers banned by at least one indexer.

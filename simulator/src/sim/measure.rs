@@ -923,6 +923,9 @@ impl Simulation {
             r.dht_rpcs += st.rpcs;
             r.dht_rpc_failures += st.rpc_failures;
             r.dht_verifications += st.verifications;
+            r.dht_reads += st.reads;
+            r.dht_read_rpcs += st.read_rpcs;
+            r.dht_hedges += st.hedges;
             if sp.roles.indexer {
                 r.indexers += 1;
                 records += dht.record_count();

@@ -252,6 +252,12 @@ enum Probe {
 /// Pure and timer-driven: [`Lookup::next_queries`] says whom to ask, the caller reports answers
 /// and failures, and [`Lookup::handle_timeout`] fails queries past their deadline. A peer is
 /// asked at most once; at most α queries are in flight; candidates are bounded.
+///
+/// **Hedged** ([`Lookup::hedged`], for reads): the lookup starts with one query in flight
+/// instead of α. The window widens to α at the first answer (a peer that answered without
+/// the value the caller wants: from then on it is Kademlia's lookup), and by one at each
+/// [`Lookup::hedge`] (the caller's hedge timer: the queries in flight are slower than usual). A
+/// failed query frees its place, so the next candidate is asked at once.
 #[derive(Clone, Debug)]
 pub struct Lookup {
     target: Key,
@@ -260,6 +266,8 @@ pub struct Lookup {
     candidates: std::collections::BTreeMap<Distance, (PeerAddr, Probe, u32)>,
     in_flight: usize,
     queried: usize,
+    /// Queries allowed in flight now: α, or fewer while a hedged lookup has had no answer.
+    window: usize,
 }
 
 impl Lookup {
@@ -267,12 +275,48 @@ impl Lookup {
     pub fn new(me: PeerId, target: Key, seeds: Vec<PeerAddr>, config: LookupConfig) -> Self {
         let k = config.k.max(1);
         let config = LookupConfig { k, alpha: config.alpha.max(1), converge: config.converge.clamp(1, k), ..config };
-        let mut l =
-            Lookup { target, me, config, candidates: std::collections::BTreeMap::new(), in_flight: 0, queried: 0 };
+        let mut l = Lookup {
+            target,
+            me,
+            config,
+            candidates: std::collections::BTreeMap::new(),
+            in_flight: 0,
+            queried: 0,
+            window: config.alpha,
+        };
         for s in seeds {
             l.offer(s, 1);
         }
         l
+    }
+
+    /// A hedged lookup (see [`Lookup`]): one query in flight until the first answer or
+    /// [`Lookup::hedge`].
+    pub fn hedged(me: PeerId, target: Key, seeds: Vec<PeerAddr>, config: LookupConfig) -> Self {
+        let mut l = Lookup::new(me, target, seeds, config);
+        l.window = 1;
+        l
+    }
+
+    /// Whether the window is still narrower than α (a hedged lookup that had no answer yet):
+    /// only then does a hedge change anything.
+    pub fn is_hedging(&self) -> bool {
+        self.window < self.config.alpha
+    }
+
+    /// Allows one more query in flight (up to α): the queries in flight are late. Returns whether
+    /// the window widened.
+    pub fn hedge(&mut self) -> bool {
+        if self.window >= self.config.alpha {
+            return false;
+        }
+        self.window += 1;
+        true
+    }
+
+    /// Queries in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// The key looked up.
@@ -302,7 +346,8 @@ impl Lookup {
         self.candidates.insert(d, (addr, Probe::Waiting, hop));
     }
 
-    /// Peers to ask now (each at most once, at most α in flight), marking them in flight until
+    /// Peers to ask now (each at most once, at most α in flight — fewer while a hedged lookup is
+    /// narrow), marking them in flight until
     /// `now + timeout`. Empty when the lookup is finished or waiting for answers.
     pub fn next_queries(&mut self, now: Timestamp) -> Vec<PeerAddr> {
         if self.is_finished() {
@@ -313,7 +358,7 @@ impl Lookup {
         // Only the β closest peers that have not failed are worth asking.
         let mut alive_seen = 0;
         for (addr, probe, _) in self.candidates.values_mut() {
-            if self.in_flight >= self.config.alpha || alive_seen >= self.config.converge {
+            if self.in_flight >= self.window || alive_seen >= self.config.converge {
                 break;
             }
             match probe {
@@ -347,6 +392,9 @@ impl Lookup {
             _ => return,
         };
         self.in_flight -= 1;
+        // An answer (without what the caller wanted, or it would have stopped): from here on,
+        // Kademlia's α in flight.
+        self.window = self.config.alpha;
         for c in closer.into_iter().take(self.config.k) {
             self.offer(c, hop + 1);
         }
@@ -619,16 +667,22 @@ mod tests {
 
         #[test]
         fn lookup_asks_each_peer_once_keeps_alpha_and_terminates(
-            script in prop::collection::vec((0u8..3, prop::collection::vec(0u64..60, 0..6)), 1..200),
+            script in prop::collection::vec((0u8..4, prop::collection::vec(0u64..60, 0..6)), 1..200),
             alpha in 1usize..4,
+            hedged in any::<bool>(),
         ) {
             let me = pid(0);
             let cfg = LookupConfig { k: 5, alpha, timeout: std::time::Duration::from_secs(1), max_candidates: 20, converge: 5 };
             let seeds: Vec<PeerAddr> = (1..6).map(|i| PeerAddr::id_only(pid(i))).collect();
-            let mut l = Lookup::new(me, Key::of(b"t"), seeds, cfg);
-            let mut asked = std::collections::BTreeSet::new();
-            let mut pending: Vec<PeerId> = Vec::new();
+            let mut l = if hedged {
+                Lookup::hedged(me, Key::of(b"t"), seeds, cfg)
+            } else {
+                Lookup::new(me, Key::of(b"t"), seeds, cfg)
+            };
             let mut now = Timestamp(0);
+            let mut pending: Vec<PeerId> = l.next_queries(now).into_iter().map(|a| a.id).collect();
+            prop_assert_eq!(pending.len(), if hedged { 1 } else { alpha }, "a hedged lookup starts with one query");
+            let mut asked: std::collections::BTreeSet<PeerId> = pending.iter().copied().collect();
             let mut steps = script.into_iter().cycle();
             for _ in 0..2000 {
                 if l.is_finished() {
@@ -644,6 +698,10 @@ mod tests {
                 match (action, pending.pop()) {
                     (0, Some(p)) => l.on_response(&p, closer.iter().map(|i| PeerAddr::id_only(pid(*i))).collect()),
                     (1, Some(p)) => l.on_failure(&p),
+                    (3, _) => {
+                        // A hedge: one more in flight, never more than α.
+                        l.hedge();
+                    }
                     _ => {
                         now = now + std::time::Duration::from_secs(2);
                         l.handle_timeout(now);

@@ -7,8 +7,9 @@
 //! a routing table.
 //!
 //! Queries are composable state machines: each wraps an iterative [`Lookup`] (α in flight, each
-//! RPC bounded by `kad_rpc_timeout`, the whole query by `lookup_timeout`) and, for writes, ends by
-//! sending `STORE`/`ADD_PROVIDER` to the k closest peers found. Writes are one-way: a replica
+//! RPC bounded by `kad_rpc_timeout`, the whole query by `lookup_timeout`; reads are *hedged*: one
+//! `FIND_VALUE` first, another only when it is late, failed or came back empty, see `hedge.rs`)
+//! and, for writes, ends by sending `STORE`/`ADD_PROVIDER` to the k closest peers found. Writes are one-way: a replica
 //! answers only a refusal, and a replica found unreachable right after a write counts as a failed
 //! RPC. At most `kad_max_queries` lookups run at once; more are refused at start.
 //!
@@ -42,9 +43,10 @@
 //! ## Files
 //!
 //! `mod.rs` the machine, timers and views · `kad.rs` the routing table and the iterative lookup ·
-//! `queries.rs` queries and their RPCs · `serve.rs` answering requests · `replication.rs` records
-//! offered by their owners, replication and provider announcements · `select.rs` choosing
-//! indexers among providers · `messages.rs` the RPCs.
+//! `queries.rs` queries and their RPCs · `hedge.rs` when a read asks one more peer · `serve.rs`
+//! answering requests · `replication.rs` records offered by their owners, replication and
+//! provider announcements · `select.rs` choosing indexers among providers · `messages.rs` the
+//! RPCs.
 
 use crate::proto::action::Sink;
 use crate::proto::config::Config;
@@ -58,10 +60,12 @@ use crate::proto::wire::{
     Providers, RecordKey, RequestId, Store, StoreAck, StoreBatch, StoreRefusal, Value,
 };
 use crate::proto::{Action, Event};
+use hedge::RttEstimator;
 use kad::{Key, Lookup, LookupConfig, RoutingTable, indexer_rendezvous};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+mod hedge;
 pub(crate) mod kad;
 pub(crate) mod messages;
 mod queries;
@@ -245,6 +249,10 @@ struct Query {
     /// Best value so far and the hop it came from.
     found: Option<(PeerRecord, u32)>,
     providers: BTreeMap<PeerId, ProviderRecord>,
+    /// A hedged read's next hedge: when its queries in flight will all have been outstanding for
+    /// the hedge delay (see `hedge.rs`). `None` for other queries, and once the read is
+    /// Kademlia's (α in flight).
+    hedge_at: Option<Timestamp>,
 }
 
 /// A key's k closest peers, as a replication lookup found them.
@@ -270,6 +278,12 @@ pub struct DhtStats {
     pub stores_refused: u64,
     /// Record signatures verified.
     pub verifications: u64,
+    /// Reads: [`Dht::find_value`]s of a record not held locally (asked of the DHT).
+    pub reads: u64,
+    /// `FIND_VALUE`s sent by reads (part of `rpcs`).
+    pub read_rpcs: u64,
+    /// Hedges: a read allowed one more `FIND_VALUE` in flight because those in flight were late.
+    pub hedges: u64,
 }
 
 /// One peer's part of the DHT (server for indexers, client for nodes).
@@ -306,8 +320,10 @@ pub struct Dht {
     /// When the waiting refreshes are sent.
     next_refresh: Option<Timestamp>,
     queries: BTreeMap<QueryId, Query>,
-    /// DHT RPC in flight → (query, peer asked).
-    rpcs: BTreeMap<RequestId, (QueryId, PeerId)>,
+    /// DHT RPC in flight → (query, peer asked, when).
+    rpcs: BTreeMap<RequestId, (QueryId, PeerId, Timestamp)>,
+    /// Round trips of answered RPCs, for the hedge delay of reads.
+    rtt: RttEstimator,
     /// When each peer was last sent a write (`STORE`, `STORE_BATCH`, `ADD_PROVIDER`): one found
     /// unreachable soon after counts as a failed RPC.
     written: BTreeMap<PeerId, Timestamp>,
@@ -389,6 +405,7 @@ impl Dht {
             next_refresh: None,
             queries: BTreeMap::new(),
             rpcs: BTreeMap::new(),
+            rtt: RttEstimator::default(),
             written: BTreeMap::new(),
             next_query: 1,
             next_req: 1,
@@ -482,17 +499,33 @@ impl Dht {
         self.fill = (f as f32, u32::try_from(capacity).unwrap_or(u32::MAX));
     }
 
-    /// Runs due timers: RPC and query deadlines, provide, cache and table refresh, GC.
+    /// The hedge delay of reads now (see `hedge.rs`).
+    pub fn hedge_delay(&self) -> Duration {
+        self.rtt.hedge_delay(self.config.kad_rpc_timeout)
+    }
+
+    /// Runs due timers: RPC and query deadlines, hedges, provide, cache and table refresh, GC.
     pub fn handle_timeout(&mut self, now: Timestamp, out: &mut Vec<Action>) {
         let qids: Vec<QueryId> = self
             .queries
             .iter()
-            .filter(|(_, q)| q.deadline <= now || q.lookup.poll_timeout().is_some_and(|t| t <= now))
+            .filter(|(_, q)| {
+                q.deadline <= now
+                    || q.lookup.poll_timeout().is_some_and(|t| t <= now)
+                    || q.hedge_at.is_some_and(|t| t <= now)
+            })
             .map(|(id, _)| *id)
             .collect();
         for qid in qids {
             if let Some(q) = self.queries.get_mut(&qid) {
                 q.lookup.handle_timeout(now);
+                // Late: one more peer may be asked (`advance` sends it and sets the next hedge).
+                if q.hedge_at.is_some_and(|t| t <= now) {
+                    q.hedge_at = None;
+                    if q.lookup.hedge() {
+                        self.stats.hedges += 1;
+                    }
+                }
             }
             // RPCs the lookup gave up on are dropped from the in-flight map.
             self.rpcs_gc(qid, now);
@@ -551,9 +584,12 @@ impl Dht {
 
     /// The next deadline.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let queries = self.queries.values().map(|q| match q.lookup.poll_timeout() {
-            Some(t) => t.min(q.deadline),
-            None => q.deadline,
+        let queries = self.queries.values().map(|q| {
+            let t = match q.lookup.poll_timeout() {
+                Some(t) => t.min(q.deadline),
+                None => q.deadline,
+            };
+            q.hedge_at.map_or(t, |h| h.min(t))
         });
         queries
             .chain(self.next_refresh)

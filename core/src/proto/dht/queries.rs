@@ -1,14 +1,14 @@
 //! Iterative queries (Kademlia §2.3): each wraps a [`Lookup`] (α in flight, every RPC bounded by
-//! `kad_rpc_timeout`, the query by `lookup_timeout`) and, for writes, ends by sending one-way
-//! writes to the k closest peers found. Replies and refusals arrive in the `Dht` envelope variant and are matched to their
-//! RPC by request id and sender.
+//! `kad_rpc_timeout`, the query by `lookup_timeout`; reads hedged, see `hedge.rs`) and, for
+//! writes, ends by sending one-way writes to the k closest peers found. Replies and refusals
+//! arrive in the `Dht` envelope variant and are matched to their RPC by request id and sender.
 
 use super::*;
 
 impl Dht {
     /// Looks `key` up: the local store first (unless `skip_local`), then the DHT, from the routing
-    /// table's closest peers. The answer comes back as [`DhtDone::Value`] (at once when held
-    /// locally).
+    /// table's closest peers, hedged (one `FIND_VALUE` at first, see `hedge.rs`). The answer
+    /// comes back as [`DhtDone::Value`] (at once when held locally).
     pub fn find_value(
         &mut self,
         key: RecordKey,
@@ -24,6 +24,7 @@ impl Dht {
             return qid;
         }
         let target = key.kad_key();
+        self.stats.reads += 1;
         // When the query cannot start, `start` already reported it finished empty under `qid`.
         self.start(qid, Goal::Value { key }, purpose, target, &[], deadline, now, out);
         self.advance(qid, now, out);
@@ -116,10 +117,23 @@ impl Dht {
             }
             _ => self.lookup_config,
         };
-        let lookup = Lookup::new(self.me, target, start, config);
+        // Reads are hedged (see `hedge.rs`): one `FIND_VALUE` at first, the others only when it
+        // is late, failed or came back without the value.
+        let lookup = match goal {
+            Goal::Value { .. } => Lookup::hedged(self.me, target, start, config),
+            _ => Lookup::new(self.me, target, start, config),
+        };
         self.queries.insert(
             qid,
-            Query { goal, purpose, lookup, deadline: now + deadline, found: None, providers: BTreeMap::new() },
+            Query {
+                goal,
+                purpose,
+                lookup,
+                deadline: now + deadline,
+                found: None,
+                providers: BTreeMap::new(),
+                hedge_at: None,
+            },
         );
         Some(qid)
     }
@@ -173,13 +187,16 @@ impl Dht {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) {
-        let Some((qid, asked)) = self.rpcs.get(&req).copied() else {
+        let Some((qid, asked, sent)) = self.rpcs.get(&req).copied() else {
             return;
         };
         if asked != from.id {
             return;
         }
         self.rpcs.remove(&req);
+        if message.is_some() {
+            self.rtt.sample(now.since(sent));
+        }
         let Some(q) = self.queries.get_mut(&qid) else {
             return;
         };
@@ -255,7 +272,7 @@ impl Dht {
         {
             self.note_failure(peer, now);
         }
-        let reqs: Vec<RequestId> = self.rpcs.iter().filter(|(_, (_, p))| *p == peer).map(|(r, _)| *r).collect();
+        let reqs: Vec<RequestId> = self.rpcs.iter().filter(|(_, (_, p, _))| *p == peer).map(|(r, _)| *r).collect();
         for r in reqs {
             self.answer(PeerAddr::id_only(peer), r, None, now, out);
         }
@@ -288,6 +305,7 @@ impl Dht {
 
     /// Sends the next RPCs of query `qid`, or ends it.
     pub(super) fn advance(&mut self, qid: QueryId, now: Timestamp, out: &mut Vec<Action>) {
+        let hedge_delay = self.hedge_delay();
         let Some(q) = self.queries.get_mut(&qid) else {
             return;
         };
@@ -323,9 +341,20 @@ impl Dht {
                     };
                     sends.push((req, a, message));
                 }
+                // A hedged read that sent something waits the hedge delay from now: its queries in
+                // flight are late once the newest is. Once it is Kademlia's lookup (α in flight),
+                // or has nothing in flight, it does not hedge.
+                if !q.lookup.is_hedging() || q.lookup.in_flight() == 0 {
+                    q.hedge_at = None;
+                } else if !sends.is_empty() || q.hedge_at.is_none() {
+                    q.hedge_at = Some(now + hedge_delay);
+                }
                 for (req, a, message) in sends {
-                    self.rpcs.insert(req, (qid, a.id));
+                    self.rpcs.insert(req, (qid, a.id, now));
                     self.stats.rpcs += 1;
+                    if matches!(q.goal, Goal::Value { .. }) {
+                        self.stats.read_rpcs += 1;
+                    }
                     out.emit(DhtOut::Learn(a.clone()));
                     out.emit(DhtOut::Send { to: a.id, message: message.into() });
                 }
@@ -342,7 +371,7 @@ impl Dht {
             return;
         };
         // Forget RPCs of this query still in flight; late answers are ignored.
-        self.rpcs.retain(|_, (x, _)| *x != qid);
+        self.rpcs.retain(|_, (x, _, _)| *x != qid);
 
         let store_msg: Option<Box<dyn Fn(RequestId) -> DhtMessage>> =
             match std::mem::replace(&mut q.goal, Goal::Refresh) {
@@ -492,14 +521,14 @@ impl Dht {
     /// Drops in-flight entries of `qid` whose lookup probe has failed (timed out).
     pub(super) fn rpcs_gc(&mut self, qid: QueryId, now: Timestamp) {
         let Some(q) = self.queries.get(&qid) else {
-            self.rpcs.retain(|_, (x, _)| *x != qid);
+            self.rpcs.retain(|_, (x, _, _)| *x != qid);
             return;
         };
         let stale: Vec<(RequestId, PeerId)> = self
             .rpcs
             .iter()
-            .filter(|(_, (x, p))| *x == qid && !q.lookup.is_in_flight(p))
-            .map(|(r, (_, p))| (*r, *p))
+            .filter(|(_, (x, p, _))| *x == qid && !q.lookup.is_in_flight(p))
+            .map(|(r, (_, p, _))| (*r, *p))
             .collect();
         for (r, p) in stale {
             self.rpcs.remove(&r);

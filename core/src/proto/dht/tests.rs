@@ -1,4 +1,4 @@
-//! Unit tests of the DHT machine: durable DID bindings.
+//! Unit tests of the DHT machine: durable DID bindings, replication, hedged reads.
 
 #![allow(clippy::unwrap_used)]
 
@@ -579,4 +579,161 @@ fn a_provider_record_goes_out_again_only_when_it_is_news_or_half_its_life_is_gon
     let mut out = Vec::new();
     dht.provide(NOW + interval + ttl / 2, &mut out);
     assert_eq!(adds(&out), k);
+}
+
+/// A server knowing `n` other indexers (a full table: reads and writes as in a federation).
+fn server_with_peers(n: u64) -> (Dht, Vec<PeerAddr>) {
+    let peers: Vec<PeerAddr> =
+        (0..n).map(|i| PeerAddr::id_only(Keypair::derive(100 + i, "replica").peer_id())).collect();
+    let me = Keypair::derive(0, "dht-server");
+    (Dht::new(Config::default(), me, Vec::new(), true, &peers, DetRng::new(1, "dht-test"), NOW), peers)
+}
+
+/// The `FIND_VALUE`s in `out`: (recipient, request).
+fn find_values(out: &[Action]) -> Vec<(PeerId, RequestId)> {
+    dht_sends(out)
+        .into_iter()
+        .filter_map(|(to, m)| if let DhtMessage::FindValue(f) = m { Some((to, f.req)) } else { None })
+        .collect()
+}
+
+/// The record of the finished read in `out`, if one finished.
+fn read_done(out: &[Action]) -> Option<Option<PeerRecord>> {
+    out.iter().find_map(|a| match a {
+        Action::QueryDone(DhtDone::Value { record, .. }) => Some(record.clone()),
+        _ => None,
+    })
+}
+
+fn value(req: RequestId, record: Option<PeerRecord>) -> DhtMessage {
+    DhtMessage::Value(Value { req, record, closer: Vec::new() })
+}
+
+#[test]
+fn a_read_whose_closest_peer_holds_the_value_sends_one_find_value() {
+    let (mut dht, _) = server_with_peers(40);
+    let owner = Keypair::derive(1, "owner");
+    let r = record(&owner, "did:o", NOW);
+    let key = RecordKey::Peer(owner.peer_id());
+    let closest = dht.table().closest(&key.kad_key(), 1)[0].id;
+    let mut out = Vec::new();
+    dht.find_value(key, Purpose::Command { id: 1 }, false, Config::default().lookup_timeout, NOW, &mut out);
+    let asked = find_values(&out);
+    assert_eq!(asked.len(), 1, "one FIND_VALUE, not α");
+    assert_eq!(asked[0].0, closest, "to the closest peer known");
+    let mut out = Vec::new();
+    let at = NOW + Duration::from_millis(80);
+    dht.on_response(PeerAddr::id_only(closest), value(asked[0].1, Some(r.clone())), at, &mut out);
+    assert_eq!(read_done(&out), Some(Some(r.clone())));
+    assert!(find_values(&out).is_empty());
+    assert_eq!(dht.query_count(), 0);
+
+    // The DID challenge's spot check (skip_local) is a read too: one FIND_VALUE.
+    let mut out = Vec::new();
+    let did = Did::new("did:o").unwrap();
+    let check = crate::proto::indexer::RecordDesk::check_did(&mut dht, &did, at, &mut out);
+    assert!(matches!(check, crate::proto::indexer::DidCheck::Pending(_)));
+    assert_eq!(find_values(&out).len(), 1);
+    // Writes keep α in flight.
+    let mut out = Vec::new();
+    dht.maintain(Goal::Refresh, Key::from(dht.me), at, &mut out);
+    assert_eq!(dht_sends(&out).len(), Config::default().kad_alpha);
+}
+
+#[test]
+fn a_read_whose_first_peer_is_silent_hedges_after_the_hedge_delay() {
+    // A client (no provide or refresh timers of its own: the read's are the only deadlines).
+    let peers: Vec<PeerAddr> =
+        (0..40).map(|i| PeerAddr::id_only(Keypair::derive(100 + i, "replica").peer_id())).collect();
+    let mut dht =
+        Dht::new(Config::default(), Keypair::derive(0, "client"), Vec::new(), false, &peers, DetRng::new(1, "c"), NOW);
+    let rpc_timeout = Config::default().kad_rpc_timeout;
+    // Before any answer: the conservative default.
+    assert_eq!(dht.hedge_delay(), hedge::HEDGE_DEFAULT);
+    // Reads answered in 100 ms teach the Dht its round trip.
+    let owners: Vec<Keypair> = (0..20).map(|i| Keypair::derive(10 + i, "owner")).collect();
+    let mut t = NOW;
+    for o in &owners[..10] {
+        let mut out = Vec::new();
+        dht.find_value(RecordKey::Peer(o.peer_id()), Purpose::Command { id: 1 }, false, rpc_timeout * 3, t, &mut out);
+        let (to, req) = find_values(&out)[0];
+        t = t + Duration::from_millis(100);
+        let mut out = Vec::new();
+        dht.on_response(PeerAddr::id_only(to), value(req, Some(record(o, "did:x", NOW))), t, &mut out);
+        assert!(read_done(&out).is_some());
+    }
+    let delay = dht.hedge_delay();
+    assert!(
+        delay >= Duration::from_millis(200) && delay < Duration::from_millis(400),
+        "about twice the measured round trip: {delay:?}"
+    );
+
+    // The next read's first peer is silent (dead, or stalled).
+    let owner = &owners[10];
+    let r = record(owner, "did:y", t);
+    let start = t;
+    let mut out = Vec::new();
+    dht.find_value(
+        RecordKey::Peer(owner.peer_id()),
+        Purpose::Command { id: 2 },
+        false,
+        rpc_timeout * 3,
+        start,
+        &mut out,
+    );
+    let first = find_values(&out);
+    assert_eq!(first.len(), 1);
+    assert_eq!(dht.poll_timeout(), Some(start + delay), "the hedge is the next deadline");
+    // Nothing more before the hedge delay…
+    let mut out = Vec::new();
+    dht.handle_timeout((start + delay).saturating_sub(Duration::from_millis(1)), &mut out);
+    assert!(find_values(&out).is_empty(), "no hedge before the delay");
+    // …one more FIND_VALUE at it, to the next closest peer, long before the RPC timeout.
+    let mut out = Vec::new();
+    dht.handle_timeout(start + delay, &mut out);
+    let hedge = find_values(&out);
+    assert_eq!(hedge.len(), 1, "one hedge");
+    assert_ne!(hedge[0].0, first[0].0);
+    assert!(delay < rpc_timeout / 2);
+    assert_eq!(dht.stats().hedges, 1);
+    // The hedge answers: the read is done, without waiting for the silent peer.
+    let mut out = Vec::new();
+    let at = start + delay + Duration::from_millis(100);
+    dht.on_response(PeerAddr::id_only(hedge[0].0), value(hedge[0].1, Some(r.clone())), at, &mut out);
+    assert_eq!(read_done(&out), Some(Some(r)));
+    assert_eq!(dht.query_count(), 0);
+
+    // A first peer found unreachable is replaced at once (no hedge delay to wait).
+    let owner = &owners[11];
+    let mut out = Vec::new();
+    dht.find_value(RecordKey::Peer(owner.peer_id()), Purpose::Command { id: 3 }, false, rpc_timeout * 3, at, &mut out);
+    let first = find_values(&out);
+    let mut out = Vec::new();
+    dht.on_unreachable(first[0].0, at, &mut out);
+    let next = find_values(&out);
+    assert_eq!(next.len(), 1, "the next peer is asked at once");
+    assert_ne!(next[0].0, first[0].0);
+}
+
+#[test]
+fn a_read_nobody_can_answer_still_asks_the_k_closest() {
+    let (mut dht, peers) = server_with_peers(40);
+    let k = Config::default().kad_k;
+    let key = RecordKey::Peer(Keypair::derive(1, "nobody").peer_id());
+    let target = key.kad_key();
+    let mut out = Vec::new();
+    dht.find_value(key, Purpose::Command { id: 1 }, false, Config::default().lookup_timeout, NOW, &mut out);
+    assert_eq!(find_values(&out).len(), 1);
+    let asked: Vec<PeerId> = exchange(&mut dht, out, |_| None, NOW)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, DhtMessage::FindValue(_)))
+        .map(|(to, _)| to)
+        .collect();
+    let mut truth: Vec<PeerId> = peers.iter().map(|p| p.id).collect();
+    truth.sort_by_key(|p| target.distance(&Key::from(*p)));
+    truth.truncate(k);
+    let asked_set: BTreeSet<PeerId> = asked.iter().copied().collect();
+    assert_eq!(asked.len(), asked_set.len(), "each asked once");
+    assert_eq!(asked_set, truth.into_iter().collect(), "Kademlia's rule: the k closest were all asked");
+    assert_eq!(dht.query_count(), 0, "the miss finished");
 }
