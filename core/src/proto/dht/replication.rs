@@ -20,9 +20,10 @@ impl Dht {
     /// [`DhtDone::Claim`]).
     ///
     /// A node hands each version of its record to every indexer of its pool, but only one of
-    /// them — its referent — is asked to `replicate` it; the others hold it for the node's own
-    /// requests. Every indexer re-running the same 2 × k `STORE`s was most of the federation's
-    /// traffic.
+    /// them — its referent — is asked to `replicate` it, and only it checks a new DID's claim;
+    /// the others hold a record with a DID new to them unchecked (neither stored nor served)
+    /// until the node names them its referent ([`Dht::replicate_held`]). Every indexer re-running
+    /// the same 2 × k `STORE`s, then the same claim lookup, was most of the federation's traffic.
     pub fn offer_record(
         &mut self,
         from: PeerId,
