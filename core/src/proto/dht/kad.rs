@@ -293,8 +293,14 @@ impl Lookup {
     /// A hedged lookup (see [`Lookup`]): one query in flight until the first answer or
     /// [`Lookup::hedge`].
     pub fn hedged(me: PeerId, target: Key, seeds: Vec<PeerAddr>, config: LookupConfig) -> Self {
+        Lookup::hedged_by(me, target, seeds, config, 1)
+    }
+
+    /// A hedged lookup starting with `window` (at least 1, at most α) queries in flight: a
+    /// caller that needs answers from `window` peers holding the value asks that many at first.
+    pub fn hedged_by(me: PeerId, target: Key, seeds: Vec<PeerAddr>, config: LookupConfig, window: usize) -> Self {
         let mut l = Lookup::new(me, target, seeds, config);
-        l.window = 1;
+        l.window = window.clamp(1, l.config.alpha);
         l
     }
 
@@ -384,6 +390,22 @@ impl Lookup {
     /// `from` answered with the peers it knows closest to the target. Answers from peers we did
     /// not ask (or already heard from) are ignored.
     pub fn on_response(&mut self, from: &PeerId, closer: Vec<PeerAddr>) {
+        self.on_answer(from, closer, false);
+    }
+
+    /// `from` answered with what the caller wanted, and a hedged lookup that needs several such
+    /// answers (see [`Lookup::hedged_by`]) goes on: one fewer is needed, so its window narrows by
+    /// one (to at least one) instead of widening — the query it freed is not replaced while the
+    /// others in flight may still bring what is missing.
+    pub fn on_hit(&mut self, from: &PeerId, closer: Vec<PeerAddr>) {
+        let window = self.window;
+        self.on_answer(from, closer, true);
+        if self.is_hedging() {
+            self.window = window.saturating_sub(1).max(1);
+        }
+    }
+
+    fn on_answer(&mut self, from: &PeerId, closer: Vec<PeerAddr>, hit: bool) {
         let hop = match self.probe_of(from) {
             Some((_, probe @ Probe::InFlight { .. }, hop)) => {
                 *probe = Probe::Answered;
@@ -392,9 +414,11 @@ impl Lookup {
             _ => return,
         };
         self.in_flight -= 1;
-        // An answer (without what the caller wanted, or it would have stopped): from here on,
-        // Kademlia's α in flight.
-        self.window = self.config.alpha;
+        // A miss (an answer without what the caller wanted): from here on, Kademlia's α in
+        // flight.
+        if !hit {
+            self.window = self.config.alpha;
+        }
         for c in closer.into_iter().take(self.config.k) {
             self.offer(c, hop + 1);
         }
@@ -448,6 +472,13 @@ impl Lookup {
     /// them fails its `STORE`).
     pub fn closest_live(&self, n: usize) -> Vec<PeerAddr> {
         self.candidates.values().filter(|(_, p, _)| *p != Probe::Failed).take(n).map(|(a, _, _)| a.clone()).collect()
+    }
+
+    /// Whether the closest candidate not known to have failed has answered: its own closest
+    /// peers to the target are merged, so [`Lookup::closest_live`] is the key's neighbourhood
+    /// even if the lookup stopped early (a value found).
+    pub fn nearest_answered(&self) -> bool {
+        self.candidates.values().find(|(_, p, _)| *p != Probe::Failed).is_some_and(|(_, p, _)| *p == Probe::Answered)
     }
 
     /// The closest peers that answered, closest first.

@@ -222,6 +222,12 @@ enum Goal {
     Replicate {
         record: PeerRecord,
         refresh: bool,
+        /// Replicas of the record's other key, written with these (one `STORE` to a peer in
+        /// both sets) once this key's lookup ends.
+        with: Vec<PeerAddr>,
+        /// The record's other key, when it has no closest set cached either: looked up next,
+        /// carrying this key's replicas in `with`.
+        then: Option<Key>,
     },
     /// We became the replicator of a version we hold: is it in the DHT already (another
     /// indexer replicated it)? Only if not is it replicated. `holders`: the peers asked that
@@ -239,6 +245,13 @@ enum Goal {
         record: ProviderRecord,
     },
     Refresh,
+}
+
+impl Goal {
+    /// Store the first (or a changed) version of `record` on the closest set it is sent to.
+    pub(super) fn first_version(record: PeerRecord) -> Goal {
+        Goal::Replicate { record, refresh: false, with: Vec::new(), then: None }
+    }
 }
 
 struct Query {

@@ -119,8 +119,10 @@ impl Dht {
         };
         // Reads are hedged (see `hedge.rs`): one `FIND_VALUE` at first, the others only when it
         // is late, failed or came back without the value.
+        // A takeover asks as many as it needs holders: usually they all hold the version.
         let lookup = match goal {
             Goal::Value { .. } => Lookup::hedged(self.me, target, start, config),
+            Goal::Takeover { .. } => Lookup::hedged_by(self.me, target, start, config, TAKEOVER_HOLDERS),
             _ => Lookup::new(self.me, target, start, config),
         };
         self.queries.insert(
@@ -221,10 +223,12 @@ impl Dht {
                     Goal::Claim { record, .. } => Some(RecordKey::Did(record.body.did.clone())),
                     _ => None,
                 };
+                let mut hit = false;
                 if let Goal::Takeover { record, holders } = &mut q.goal {
                     // Identical to the version we hold (and verified): no need to verify it.
                     if v.record.as_ref() == Some(&*record) {
                         *holders += 1;
+                        hit = true;
                     }
                 } else if let (Some(r), Some(key)) = (v.record, key) {
                     self.stats.verifications += 1;
@@ -238,7 +242,11 @@ impl Dht {
                 for c in &v.closer {
                     out.emit(DhtOut::Learn(c.clone()));
                 }
-                q.lookup.on_response(&from.id, v.closer);
+                if hit {
+                    q.lookup.on_hit(&from.id, v.closer);
+                } else {
+                    q.lookup.on_response(&from.id, v.closer);
+                }
             }
             Some(DhtMessage::Providers(p)) => {
                 for r in p.providers.into_iter().take(PROVIDERS_PER_ANSWER) {
@@ -310,9 +318,14 @@ impl Dht {
             return;
         };
         let finished = {
+            // A claim or a takeover that found the record waits for the answers already in flight
+            // until the nearest peer's is in: they cost nothing more, and its closest peers make
+            // the lookup's candidates the key's replica set, cached for the next version.
+            let settled = q.lookup.nearest_answered() || q.lookup.in_flight() == 0;
             let enough = match &q.goal {
-                Goal::Value { .. } | Goal::Claim { .. } => q.found.is_some(),
-                Goal::Takeover { holders, .. } => *holders >= TAKEOVER_HOLDERS,
+                Goal::Value { .. } => q.found.is_some(),
+                Goal::Claim { .. } => q.found.is_some() && settled,
+                Goal::Takeover { holders, .. } => *holders >= TAKEOVER_HOLDERS && settled,
                 Goal::Providers { want } => q.providers.len() >= *want,
                 _ => false,
             };
@@ -411,8 +424,10 @@ impl Dht {
                         out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: false }));
                     } else {
                         // Those peers are the replicas of that key: replicating the record needs
-                        // no second lookup for it.
-                        if converged {
+                        // no second lookup for it. A lookup that found the record stopped early,
+                        // but once the nearest peer answered its candidates are the
+                        // neighbourhood too (the next refresh needs no lookup either).
+                        if converged || q.lookup.nearest_answered() {
                             self.found_closest(&q, now);
                         }
                         match own {
@@ -440,6 +455,11 @@ impl Dht {
                     return;
                 }
                 Goal::Takeover { record, holders } => {
+                    if holders >= TAKEOVER_HOLDERS && q.lookup.nearest_answered() {
+                        // Replicated already; the peers asked are the key's neighbourhood: its
+                        // closest set, for the next version (see the claim above).
+                        self.found_closest(&q, now);
+                    }
                     if holders < TAKEOVER_HOLDERS {
                         // Not replicated: the lookup ran to convergence on the peer key's closest
                         // peers, its replicas.
@@ -449,14 +469,24 @@ impl Dht {
                     }
                     return;
                 }
-                Goal::Replicate { record, refresh } => {
+                Goal::Replicate { record, refresh, mut with, then } => {
+                    let targets = self.found_closest(&q, now);
                     if refresh {
-                        let targets = self.found_closest(&q, now);
                         self.queue_refresh(record, targets, now, out);
                         return;
                     }
-                    let server = self.server;
-                    Some(Box::new(move |req| DhtMessage::Store(Store { req, record: record.clone(), server })))
+                    for t in targets {
+                        if !with.iter().any(|w| w.id == t.id) {
+                            with.push(t);
+                        }
+                    }
+                    if let Some(next) = then {
+                        let goal = Goal::Replicate { record, refresh, with, then: None };
+                        self.replicate_after_lookup(goal, next, now, out);
+                    } else {
+                        self.send_to_closest(Goal::first_version(record), with, now, out);
+                    }
+                    return;
                 }
                 Goal::Provide { record } => Some(Box::new(move |req| {
                     DhtMessage::AddProvider(AddProvider { req, key: indexer_rendezvous(), provider: record.clone() })

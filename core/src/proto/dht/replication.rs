@@ -208,12 +208,26 @@ impl Dht {
         }
         known.retain(|p| !joined.iter().any(|j| j.id == p.id));
         if refresh && !joined.is_empty() {
-            self.send_to_closest(Goal::Replicate { record: record.clone(), refresh: false }, joined, now, out);
+            self.send_to_closest(Goal::first_version(record.clone()), joined, now, out);
         } else {
             known.append(&mut joined);
         }
+        if !refresh && !missing.is_empty() {
+            // A first or changed version goes to the union of both keys' replicas, one `STORE`
+            // per peer: the keys without a set are looked up first (one after the other), the
+            // replicas known so far carried along.
+            let then = missing.get(1).copied();
+            let goal = Goal::Replicate { record, refresh, with: known, then };
+            self.replicate_after_lookup(goal, missing[0], now, out);
+            return;
+        }
         for target in missing {
-            self.maintain(Goal::Replicate { record: record.clone(), refresh }, target, now, out);
+            self.maintain(
+                Goal::Replicate { record: record.clone(), refresh, with: Vec::new(), then: None },
+                target,
+                now,
+                out,
+            );
         }
         if known.is_empty() {
             return;
@@ -221,7 +235,21 @@ impl Dht {
         if refresh {
             self.queue_refresh(record, known, now, out);
         } else {
-            self.send_to_closest(Goal::Replicate { record, refresh }, known, now, out);
+            self.send_to_closest(Goal::first_version(record), known, now, out);
+        }
+    }
+
+    /// Looks up `target`'s closest set for a write that will also go to the replicas in its
+    /// `with`; if the lookup cannot start (too many queries), those are written to at once.
+    pub(super) fn replicate_after_lookup(&mut self, goal: Goal, target: Key, now: Timestamp, out: &mut Vec<Action>) {
+        let fallback = match &goal {
+            Goal::Replicate { record, with, .. } if !with.is_empty() => Some((record.clone(), with.clone())),
+            _ => None,
+        };
+        if !self.maintain(goal, target, now, out)
+            && let Some((record, with)) = fallback
+        {
+            self.send_to_closest(Goal::first_version(record), with, now, out);
         }
     }
 
@@ -241,12 +269,12 @@ impl Dht {
                     }
                 }
                 None => {
-                    self.maintain(Goal::Replicate { record: record.clone(), refresh: false }, target, now, out);
+                    self.maintain(Goal::first_version(record.clone()), target, now, out);
                 }
             }
         }
         if !joined.is_empty() {
-            self.send_to_closest(Goal::Replicate { record, refresh: false }, joined, now, out);
+            self.send_to_closest(Goal::first_version(record), joined, now, out);
         }
     }
 

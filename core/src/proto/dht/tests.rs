@@ -164,6 +164,24 @@ fn exchange(
     asked
 }
 
+/// The union of the k closest peers `dht`'s table knows to both of `r`'s keys: where a first
+/// version goes, one `STORE` per peer.
+fn both_keys_replicas(dht: &Dht, r: &PeerRecord) -> BTreeSet<PeerId> {
+    let k = Config::default().kad_k;
+    [RecordKey::Peer(r.body.peer_id), RecordKey::Did(r.body.did.clone())]
+        .iter()
+        .flat_map(|key| dht.table.closest(&key.kad_key(), k))
+        .map(|p| p.id)
+        .collect()
+}
+
+/// Asserts that `stores` went to exactly `expected`, once per peer.
+fn once_each(stores: &[PeerId], expected: &BTreeSet<PeerId>) {
+    let got: BTreeSet<PeerId> = stores.iter().copied().collect();
+    assert_eq!(got.len(), stores.len(), "one STORE per peer, even one in both keys' sets");
+    assert_eq!(&got, expected, "to the union of both keys' replicas");
+}
+
 #[test]
 fn replication_keeps_its_closest_sets_up_to_date_without_lookups() {
     let peers: Vec<PeerAddr> =
@@ -173,14 +191,17 @@ fn replication_keeps_its_closest_sets_up_to_date_without_lookups() {
     let owner = Keypair::derive(1, "owner");
     let k = Config::default().kad_k;
 
-    // The first version: a lookup per key, then a STORE to each key's k closest.
+    // The first version: a lookup per key (one after the other), then one STORE per peer of the
+    // union of both keys' k closest, nothing before both lookups ended.
     let mut out = Vec::new();
-    dht.replicate(record(&owner, "did:o", NOW), false, NOW, &mut out);
-    let lookups = dht_sends(&out).iter().filter(|(_, m)| matches!(m, DhtMessage::FindNode(_))).count();
-    assert!(lookups > 0, "no closest set known yet: looked up");
+    let r = record(&owner, "did:o", NOW);
+    dht.replicate(r.clone(), false, NOW, &mut out);
+    let sends = dht_sends(&out);
+    assert!(!sends.is_empty() && sends.iter().all(|(_, m)| matches!(m, DhtMessage::FindNode(_))), "looked up first");
     let first = answer_all(&mut dht, out, NOW);
-    assert_eq!(first.len(), 2 * k, "k STOREs per key");
-    let union: BTreeSet<PeerId> = first.iter().copied().collect();
+    let union = both_keys_replicas(&dht, &r);
+    once_each(&first, &union);
+    assert!(union.len() < 2 * k, "the keys' sets overlap here: a peer in both got one STORE");
 
     // The next version: straight to the replicas, one STORE per peer for both keys, no lookup.
     let t = NOW + Duration::from_secs(150);
@@ -397,7 +418,8 @@ fn a_new_referent_stores_a_version_only_if_the_replicas_lack_it() {
     let mut out = Vec::new();
     dht.replicate_held(&owner.peer_id(), NOW, &mut out);
     let stored = answer(&mut dht, out, |p| (*p == holder).then(|| r.clone()), NOW);
-    assert_eq!(stored.len(), 2 * k, "k STOREs per key: {}", stored.len());
+    once_each(&stored, &both_keys_replicas(&dht, &r));
+    assert!(stored.len() >= k);
     assert!(dht.closest.contains_key(&RecordKey::Peer(owner.peer_id()).kad_key()), "its lookup's set is kept");
 }
 
@@ -466,8 +488,9 @@ fn only_the_referent_checks_a_claim_the_others_hold_the_record_unserved_until_na
         sent.iter().any(|(_, m)| matches!(m, DhtMessage::FindValue(f) if f.key == did_key)),
         "the DID claim is checked"
     );
-    let stores = sent.iter().filter(|(_, m)| matches!(m, DhtMessage::Store(_))).count();
-    assert_eq!(stores, 2 * Config::default().kad_k, "then stored on both keys' k closest");
+    let stores: Vec<PeerId> =
+        sent.iter().filter(|(_, m)| matches!(m, DhtMessage::Store(_))).map(|(to, _)| *to).collect();
+    once_each(&stores, &both_keys_replicas(&dht, &r));
     assert_eq!(dht.local(&did_key, NOW), Some(&r), "and served");
 }
 
@@ -523,7 +546,7 @@ fn records_replicated_from_a_young_table_are_replicated_again_once_it_holds_k_pe
     let mut out = Vec::new();
     assert_eq!(dht.offer_record(owner.peer_id(), r.clone(), true, NOW, &mut out), Offer::Checking);
     let stored = answer_all(&mut dht, out, NOW);
-    assert_eq!(stored.len(), 2 * 5, "the five peers known, for each key");
+    assert_eq!(stored.len(), 5, "the five peers known (in both keys' sets), once each");
     let first: BTreeSet<PeerId> = stored.into_iter().collect();
     // Still young: nothing more at the next heartbeats.
     let mut out = Vec::new();
@@ -736,4 +759,68 @@ fn a_read_nobody_can_answer_still_asks_the_k_closest() {
     assert_eq!(asked.len(), asked_set.len(), "each asked once");
     assert_eq!(asked_set, truth.into_iter().collect(), "Kademlia's rule: the k closest were all asked");
     assert_eq!(dht.query_count(), 0, "the miss finished");
+}
+
+#[test]
+fn a_takeover_asks_two_replicas_and_keeps_the_peer_keys_set_for_the_next_version() {
+    let (mut dht, _) = server_with_peers(80);
+    let k = Config::default().kad_k;
+    assert!(dht.table.len() >= 2 * k, "a table large enough for holders to prove something");
+    let owner = Keypair::derive(1, "owner");
+    let r = record(&owner, "did:o", NOW);
+    let _ = dht.store.put_verified(r.clone(), NOW).unwrap();
+    let peer_key = RecordKey::Peer(owner.peer_id()).kad_key();
+
+    // Named the referent of a record the DHT holds: two FIND_VALUEs (the holders it needs), to
+    // the two closest peers known, not α.
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    let asked = find_values(&out);
+    let closest: Vec<PeerId> = dht.table.closest(&peer_key, TAKEOVER_HOLDERS).iter().map(|p| p.id).collect();
+    assert_eq!(asked.iter().map(|(to, _)| *to).collect::<Vec<_>>(), closest);
+    // Both hold this version: nothing more is asked or stored, and the query is over.
+    let mut out = Vec::new();
+    for (to, req) in asked {
+        dht.on_response(PeerAddr::id_only(to), value(req, Some(r.clone())), NOW, &mut out);
+    }
+    assert!(dht_sends(&out).is_empty(), "{out:?}");
+    assert_eq!(dht.query_count(), 0);
+    // Its candidates are the peer key's neighbourhood: the next version needs no lookup of it.
+    assert!(dht.closest.contains_key(&peer_key));
+    let t = NOW + Duration::from_secs(150);
+    let mut out = Vec::new();
+    dht.replicate(record(&owner, "did:o", t), true, t, &mut out);
+    for (_, m) in dht_sends(&out) {
+        match m {
+            DhtMessage::FindNode(f) => assert_ne!(f.target, peer_key, "the peer key is not looked up again"),
+            DhtMessage::FindValue(_) => panic!("no read"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_claim_that_finds_the_record_waits_for_the_nearest_answer_and_keeps_the_did_keys_set() {
+    let (mut dht, _) = server_with_peers(40);
+    let owner = Keypair::derive(1, "owner");
+    let r = record(&owner, "did:o", NOW);
+    let did_key = RecordKey::Did(r.body.did.clone());
+    let mut out = Vec::new();
+    dht.offer_record(owner.peer_id(), r.clone(), false, NOW, &mut out);
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    let asked = find_values(&out);
+    assert_eq!(asked.len(), Config::default().kad_alpha);
+    // The farthest of those asked answers first, with the record: the claim is not over while
+    // the nearest one's answer (already on its way) is out.
+    let (nearest, later) = (asked[0], asked[asked.len() - 1]);
+    let mut done = Vec::new();
+    dht.on_response(PeerAddr::id_only(later.0), value(later.1, Some(r.clone())), NOW, &mut done);
+    assert!(!done.iter().any(|a| matches!(a, Action::QueryDone(DhtDone::Claim { .. }))));
+    assert!(find_values(&done).is_empty(), "no further RPC");
+    dht.on_response(PeerAddr::id_only(nearest.0), value(nearest.1, Some(r.clone())), NOW, &mut done);
+    assert!(done.iter().any(|a| matches!(a, Action::QueryDone(DhtDone::Claim { accepted: true, .. }))), "{done:?}");
+    assert!(!dht_sends(&done).iter().any(|(_, m)| matches!(m, DhtMessage::Store(_))), "the DHT holds it");
+    assert_eq!(dht.local(&did_key, NOW), Some(&r));
+    assert!(dht.closest.contains_key(&did_key.kad_key()), "the DID key's replicas are known");
 }
