@@ -21,19 +21,20 @@ impl IndexerService {
         // entry). The three tables are read here, one after the other and before anything
         // depends on what they hold, so that the processor overlaps their misses instead of
         // taking them in turn (issue 13): the behaviour entry (is the peer banned), the session
-        // (when it was last seen) and the record store's bucket (the expiry of the peer's record
+        // (when it was last seen, and whether it is reached at the same address) and the record
+        // store's bucket (the expiry of the peer's record
         // held). The values stay right until they are used: the gate returns false whenever it
         // ends the session, and nothing writes to the store before the response unless the
         // heartbeat carries a record or names us its referent (then the expiry is read again).
         let banned = self.behaviour.is_banned(&peer, now);
-        let last_seen = self.sessions.get(&peer).map(|s| s.last_seen);
+        let session = self.sessions.get(&peer).map(|s| (s.last_seen, s.addr == from));
         let held = desk.held_expiry(&peer, now);
         if !self.admit(peer, banned, Req::Heartbeat(hb.req), RateKind::Heartbeat, now, out) {
             return;
         }
         match hb.kind {
-            HeartbeatKind::Probe => self.on_probe(peer, last_seen.is_some(), hb, held, desk, now, out),
-            HeartbeatKind::Regular => self.on_regular(from, last_seen, hb, held, desk, now, out),
+            HeartbeatKind::Probe => self.on_probe(peer, session.is_some(), hb, held, desk, now, out),
+            HeartbeatKind::Regular => self.on_regular(from, session, hb, held, desk, now, out),
         }
     }
 
@@ -78,13 +79,14 @@ impl IndexerService {
         self.respond(peer, &hb, true, Some(held), desk, now, out);
     }
 
-    /// A regular heartbeat from `from`; `last_seen` is when its session (if it has one) was last
-    /// seen and `held` the expiry of its record held, both read as the heartbeat came in.
+    /// A regular heartbeat from `from`. `session` is, if it has one, when its session was last
+    /// seen and whether the session's address is `from`; `held` the expiry of its record held;
+    /// both read as the heartbeat came in.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_regular(
         &mut self,
         from: PeerAddr,
-        last_seen: Option<Timestamp>,
+        session: Option<(Timestamp, bool)>,
         mut hb: Heartbeat,
         held: Option<Timestamp>,
         desk: &mut dyn RecordDesk,
@@ -94,7 +96,7 @@ impl IndexerService {
         let peer = from.id;
         // Still the expiry the response carries, unless the store may change on the way.
         let held = (hb.record.is_none() && !hb.referent).then_some(held);
-        if let Some(last_seen) = last_seen {
+        if let Some((last_seen, same_addr)) = session {
             let Ok(did) = self.check_did(peer, hb.did.as_ref(), Req::Heartbeat(hb.req), now, out) else {
                 return;
             };
@@ -106,7 +108,7 @@ impl IndexerService {
                 self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::LowScore, Vec::new(), out);
                 return;
             }
-            self.update_session(from, did, &hb, now);
+            self.update_session(from, same_addr, did, &hb, now);
         } else {
             let standing = hb.standing;
             if self.take_moved(&peer, &standing) {
@@ -148,7 +150,7 @@ impl IndexerService {
             self.burst.record(now);
             self.open_session(from.clone(), now);
             out.emit(IndexerOut::Event(Event::SessionOpened { node: peer }));
-            self.update_session(from, did, &hb, now);
+            self.update_session(from, true, did, &hb, now);
         }
         if let Some(record) = hb.record.take() {
             let counted = match self.behaviour.record(peer, RateKind::Publish, now) {

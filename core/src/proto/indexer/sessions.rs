@@ -44,10 +44,18 @@ impl IndexerService {
         }
     }
 
-    /// Applies what an admitted heartbeat tells: DID and name (never clobbered by `None`),
-    /// referent flag, indexer role. The indices (referents, witnesses, movable sessions) are
-    /// touched only when what they index changed.
-    pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) {
+    /// Applies what an admitted heartbeat tells: its address (`same_addr`: the session's is
+    /// `from` already), DID and name (never clobbered by `None`), referent flag, indexer role.
+    /// The indices (referents, witnesses, movable sessions) are touched only when what they index
+    /// changed.
+    pub(super) fn update_session(
+        &mut self,
+        from: PeerAddr,
+        same_addr: bool,
+        did: Option<Did>,
+        hb: &Heartbeat,
+        now: Timestamp,
+    ) {
         let peer = from.id;
         let me = self.me;
         let Some(s) = self.sessions.get_mut(&peer) else {
@@ -55,7 +63,8 @@ impl IndexerService {
         };
         let old_key = move_key(&me, &peer, s);
         s.standing = hb.standing;
-        if !from.addrs.is_empty() && s.addr != from {
+        debug_assert_eq!(same_addr, s.addr == from, "the session's address changed since the heartbeat came in");
+        if !from.addrs.is_empty() && !same_addr {
             s.addr = from.clone();
         }
         if let Some(did) = did
