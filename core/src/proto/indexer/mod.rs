@@ -66,7 +66,9 @@
 //! tables ([`SeededMap`]), witnesses are drawn from a vector of non-indexer sessions by index, and
 //! a heartbeat updates no ordered index unless what it indexes changed — the expiry and eviction
 //! indices are renewed lazily, about once per `session_expiry`, by the timer (see
-//! [`IndexerService::handle_timeout`]). GC scans. A session costs under 1 KiB in all (the session,
+//! [`IndexerService::handle_timeout`]). GC scans. The tables a heartbeat reads (behaviour entry,
+//! session, record store) are looked up together first, so that at scale their cache misses
+//! overlap ([`IndexerService::on_heartbeat`]). A session costs under 1 KiB in all (the session,
 //! its indices and the node's behaviour entry; measured by
 //! `cargo bench -p ocd-core --features internals --bench sessions`).
 //!
