@@ -22,10 +22,10 @@ impl IndexerService {
         // depends on what they hold, so that the processor overlaps their misses instead of
         // taking them in turn (issue 13): the behaviour entry (is the peer banned), the session
         // (when it was last seen, and whether it is reached at the same address) and the record
-        // store's bucket (the expiry of the peer's record
-        // held). The values stay right until they are used: the gate returns false whenever it
-        // ends the session, and nothing writes to the store before the response unless the
-        // heartbeat carries a record or names us its referent (then the expiry is read again).
+        // store's bucket (the expiry of the peer's record held). The values stay right until
+        // they are used: the gate returns false whenever it ends the session, and nothing writes
+        // to the store before the response unless the heartbeat carries a record or names us
+        // its referent (then the expiry is read again).
         let banned = self.behaviour.is_banned(&peer, now);
         let session = self.sessions.get(&peer).map(|s| (s.last_seen, s.addr == from));
         let held = desk.held_expiry(&peer, now);
