@@ -171,14 +171,88 @@ struct Limits {
     max_entries: usize,
 }
 
+/// Events a rate window holds in the peer's entry itself; beyond, it moves to the heap.
+const WINDOW_INLINE: usize = 5;
+
+/// The times of the events in one rate window, oldest first. Up to [`WINDOW_INLINE`] of them are
+/// held in the entry: a heartbeat's window (at most `max_hb_per_minute`, 5 by default) then
+/// costs no allocation of its own, and counting a heartbeat reads no other cache line than the
+/// entry's (issue 13). A window that grows beyond (a higher limit, or a burst of gets) spills to
+/// a `VecDeque` and stays there.
+#[derive(Clone, Debug)]
+enum Window {
+    /// `at[..len]`, oldest first.
+    Inline { at: [Timestamp; WINDOW_INLINE], len: u8 },
+    /// Spilled.
+    Heap(VecDeque<Timestamp>),
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window::Inline { at: [Timestamp::ZERO; WINDOW_INLINE], len: 0 }
+    }
+}
+
+impl Window {
+    fn len(&self) -> usize {
+        match self {
+            Window::Inline { len, .. } => usize::from(*len),
+            Window::Heap(w) => w.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The oldest event.
+    fn front(&self) -> Option<Timestamp> {
+        match self {
+            Window::Inline { at, len } => at.get(..usize::from(*len)).and_then(|a| a.first()).copied(),
+            Window::Heap(w) => w.front().copied(),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            Window::Inline { at, len } => {
+                if *len > 0 {
+                    at.copy_within(1..usize::from(*len), 0);
+                    *len -= 1;
+                }
+            }
+            Window::Heap(w) => {
+                w.pop_front();
+            }
+        }
+    }
+
+    fn push_back(&mut self, t: Timestamp) {
+        match self {
+            Window::Inline { at, len } => match at.get_mut(usize::from(*len)) {
+                Some(slot) => {
+                    *slot = t;
+                    *len += 1;
+                }
+                None => {
+                    let mut w: VecDeque<Timestamp> = at.iter().copied().collect();
+                    w.push_back(t);
+                    *self = Window::Heap(w);
+                }
+            },
+            Window::Heap(w) => w.push_back(t),
+        }
+    }
+}
+
 /// What the table knows of one peer.
 #[derive(Clone, Debug)]
 struct Behaviour {
     /// The first DID this peer claimed.
     did: Option<Did>,
-    heartbeats: VecDeque<Timestamp>,
-    publishes: VecDeque<Timestamp>,
-    gets: VecDeque<Timestamp>,
+    heartbeats: Window,
+    publishes: Window,
+    gets: Window,
     strikes: u32,
     /// Last strike, or last forgiveness: decay counts from here.
     decay_from: Timestamp,
@@ -193,9 +267,9 @@ impl Behaviour {
     fn new(now: Timestamp) -> Self {
         Behaviour {
             did: None,
-            heartbeats: VecDeque::new(),
-            publishes: VecDeque::new(),
-            gets: VecDeque::new(),
+            heartbeats: Window::default(),
+            publishes: Window::default(),
+            gets: Window::default(),
             strikes: 0,
             decay_from: now,
             banned_until: None,
@@ -254,7 +328,7 @@ impl Behaviour {
         Strike { strikes: self.strikes, banned_until }
     }
 
-    fn window_mut(&mut self, kind: RateKind) -> &mut VecDeque<Timestamp> {
+    fn window_mut(&mut self, kind: RateKind) -> &mut Window {
         match kind {
             RateKind::Heartbeat => &mut self.heartbeats,
             RateKind::Publish => &mut self.publishes,
@@ -268,7 +342,7 @@ impl Behaviour {
         // nudge that `Config::validate` promises.
         let cutoff = now.saturating_sub(limits.window);
         for w in [&mut self.heartbeats, &mut self.publishes, &mut self.gets] {
-            while w.front().is_some_and(|t| *t <= cutoff) {
+            while w.front().is_some_and(|t| t <= cutoff) {
                 w.pop_front();
             }
         }
@@ -591,6 +665,44 @@ mod tests {
 
     fn at(secs: u64) -> Timestamp {
         Timestamp(1_000_000 + secs * 1000)
+    }
+
+    #[test]
+    fn a_window_keeps_its_events_in_order_inline_and_spilled() {
+        let mut w = Window::default();
+        assert!(w.is_empty() && w.front().is_none());
+        for i in 0..WINDOW_INLINE as u64 {
+            w.push_back(at(i));
+        }
+        assert!(matches!(w, Window::Inline { .. }), "up to {WINDOW_INLINE} events stay inline");
+        w.pop_front();
+        w.push_back(at(10));
+        assert!(matches!(w, Window::Inline { .. }));
+        w.push_back(at(11));
+        assert!(matches!(w, Window::Heap(_)), "one more spills");
+        let mut seen = Vec::new();
+        while let Some(t) = w.front() {
+            seen.push(t);
+            w.pop_front();
+        }
+        let want: Vec<Timestamp> = (1..WINDOW_INLINE as u64).map(at).chain([at(10), at(11)]).collect();
+        assert_eq!(seen, want);
+        w.pop_front();
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn a_get_limit_above_the_inline_window_still_counts_every_get() {
+        let c = Config::default();
+        assert!(c.max_get_per_minute > WINDOW_INLINE);
+        let mut t = BehaviourTable::new(&c, 0);
+        let p = peer(1);
+        for i in 0..c.max_get_per_minute {
+            assert_eq!(t.record_get(p, at(0) + Duration::from_millis(i as u64)), Ok(()), "get {i}");
+        }
+        assert!(matches!(t.record_get(p, at(1)), Err(AdmissionError::RateLimited { kind: RateKind::Get, .. })));
+        // The window slides: a minute later there is room again.
+        assert_eq!(t.record_get(p, at(61)), Ok(()));
     }
 
     #[test]

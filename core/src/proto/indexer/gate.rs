@@ -58,10 +58,25 @@ impl IndexerService {
         now: Timestamp,
         out: &mut Vec<Action>,
     ) -> bool {
+        let banned = self.behaviour.is_banned(&peer, now);
+        self.admit(peer, banned, req, kind, now, out)
+    }
+
+    /// [`IndexerService::admit_request`] for a peer whose ban was looked up already: `banned`
+    /// is whether it is banned at `now`.
+    pub(super) fn admit(
+        &mut self,
+        peer: PeerId,
+        banned: bool,
+        req: Req,
+        kind: RateKind,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) -> bool {
         if peer == self.me {
             return false;
         }
-        if self.behaviour.is_banned(&peer, now) {
+        if banned {
             self.refuse_banned(peer, req, out);
             return false;
         }

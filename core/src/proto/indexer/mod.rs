@@ -66,7 +66,9 @@
 //! tables ([`SeededMap`]), witnesses are drawn from a vector of non-indexer sessions by index, and
 //! a heartbeat updates no ordered index unless what it indexes changed — the expiry and eviction
 //! indices are renewed lazily, about once per `session_expiry`, by the timer (see
-//! [`IndexerService::handle_timeout`]). GC scans. A session costs under 1 KiB in all (the session,
+//! [`IndexerService::handle_timeout`]). GC scans. The tables a heartbeat reads (behaviour entry,
+//! session, record store) are looked up together first, so that at scale their cache misses
+//! overlap ([`IndexerService::on_heartbeat`]). A session costs under 1 KiB in all (the session,
 //! its indices and the node's behaviour entry; measured by
 //! `cargo bench -p ocd-core --features internals --bench sessions`).
 //!
@@ -250,6 +252,10 @@ pub struct IndexerService {
     /// key may be earlier than the session's `last_seen`. A heartbeat does not touch it; a timer
     /// run renews the entries that fall due (see [`IndexerService::handle_timeout`]).
     expiry: BTreeSet<(Timestamp, PeerId)>,
+    /// The entries a timer run takes from `expiry`, then renews: kept between runs (cleared), so
+    /// that a run does not allocate and free a buffer of thousands of entries at 100 k sessions
+    /// (the allocator's cost of that grew with the heap).
+    expiry_batch: Vec<(Timestamp, PeerId)>,
     /// Non-indexer sessions, for O(1) random witness picks.
     witness_pool: Vec<PeerId>,
     /// Sessions of other indexers (their pools hold us): the witnesses an indexer asking about us
@@ -284,6 +290,7 @@ impl IndexerService {
             born_at: now,
             sessions: seeded_map(keys.next_u64()),
             expiry: BTreeSet::new(),
+            expiry_batch: Vec::new(),
             witness_pool: Vec::new(),
             indexer_sessions: BTreeSet::new(),
             referents: BTreeSet::new(),
@@ -308,24 +315,34 @@ impl IndexerService {
     pub fn handle_timeout(&mut self, now: Timestamp, out: &mut Vec<Action>) {
         let horizon = now + EXPIRY_BATCH;
         let mut due: Vec<(Timestamp, PeerId)> = Vec::new();
-        let mut renewed: Vec<(Timestamp, PeerId)> = Vec::new();
+        let mut batch = std::mem::take(&mut self.expiry_batch);
         while let Some(&(indexed, peer)) = self.expiry.first() {
             if self.expiry_deadline(indexed) > horizon {
                 break;
             }
             self.expiry.pop_first();
-            // An entry without a session cannot happen; it is dropped.
-            if let Some(s) = self.sessions.get_mut(&peer) {
-                if now.since(s.last_seen) > self.config.session_expiry {
-                    due.push((s.last_seen, peer));
-                } else {
-                    s.indexed = s.last_seen;
-                    renewed.push((s.last_seen, peer));
-                }
-            }
+            batch.push((indexed, peer));
         }
+        // The sessions are looked up in a loop of their own: each lookup is independent of the
+        // others, so that at scale their cache misses overlap.
+        let session_expiry = self.config.session_expiry;
+        let sessions = &mut self.sessions;
+        batch.retain_mut(|(key, peer)| match sessions.get_mut(peer) {
+            Some(s) if now.since(s.last_seen) > session_expiry => {
+                due.push((s.last_seen, *peer));
+                false
+            }
+            Some(s) => {
+                s.indexed = s.last_seen;
+                *key = s.last_seen;
+                true
+            }
+            // An entry without a session cannot happen; it is dropped.
+            None => false,
+        });
         // Entries still due within the batch go back only now: the loop above takes each once.
-        self.expiry.extend(renewed);
+        self.expiry.extend(batch.drain(..));
+        self.expiry_batch = batch;
         due.sort_unstable();
         for (_, peer) in due {
             self.close_session(peer, SessionEnd::Expired, out);

@@ -25,26 +25,37 @@ impl IndexerService {
         self.expiry.insert((now, peer));
     }
 
-    /// Records a heartbeat on an existing session: gap-aware online time and `last_seen`. The
-    /// expiry index is left as it is: its entry for the session may now be early, which the next
-    /// timer run that reaches it renews (see [`IndexerService::handle_timeout`]).
-    pub(super) fn refresh_session(&mut self, peer: PeerId, now: Timestamp) {
+    /// Records a heartbeat on an existing session, last seen at `last_seen` (read as the
+    /// heartbeat came in, see [`IndexerService::on_heartbeat`]): gap-aware online time and
+    /// `last_seen`. The expiry index is left as it is: its entry for the session may now be
+    /// early, which the next timer run that reaches it renews (see
+    /// [`IndexerService::handle_timeout`]).
+    pub(super) fn refresh_session(&mut self, peer: PeerId, last_seen: Timestamp, now: Timestamp) {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
-        let gap = now.since(s.last_seen);
+        debug_assert_eq!(s.last_seen, last_seen, "the session changed since the heartbeat came in");
+        let gap = now.since(last_seen);
         if gap <= self.config.liveness_interval * 2 {
             s.online_ms = s.online_ms.saturating_add(crate::proto::time::duration_ms(gap));
         }
-        if now > s.last_seen {
+        if now > last_seen {
             s.last_seen = now;
         }
     }
 
-    /// Applies what an admitted heartbeat tells: DID and name (never clobbered by `None`),
-    /// referent flag, indexer role. The indices (referents, witnesses, movable sessions) are
-    /// touched only when what they index changed.
-    pub(super) fn update_session(&mut self, from: PeerAddr, did: Option<Did>, hb: &Heartbeat, now: Timestamp) {
+    /// Applies what an admitted heartbeat tells: its address (`same_addr`: the session's is
+    /// `from` already), DID and name (never clobbered by `None`), referent flag, indexer role.
+    /// The indices (referents, witnesses, movable sessions) are touched only when what they index
+    /// changed.
+    pub(super) fn update_session(
+        &mut self,
+        from: PeerAddr,
+        same_addr: bool,
+        did: Option<Did>,
+        hb: &Heartbeat,
+        now: Timestamp,
+    ) {
         let peer = from.id;
         let me = self.me;
         let Some(s) = self.sessions.get_mut(&peer) else {
@@ -52,7 +63,8 @@ impl IndexerService {
         };
         let old_key = move_key(&me, &peer, s);
         s.standing = hb.standing;
-        if !from.addrs.is_empty() && s.addr != from {
+        debug_assert_eq!(same_addr, s.addr == from, "the session's address changed since the heartbeat came in");
+        if !from.addrs.is_empty() && !same_addr {
             s.addr = from.clone();
         }
         if let Some(did) = did

@@ -1142,3 +1142,36 @@ fn sessions_are_listed_in_peer_id_order() {
     assert_eq!(listed.len(), 100);
     assert_eq!(listed, sorted);
 }
+
+#[test]
+fn what_a_heartbeat_reads_first_is_what_its_response_and_session_reflect() {
+    // The session, its address and the held record's expiry are read as the heartbeat comes
+    // in (issue 13): a new address, a record carried or a record that lapsed since are still
+    // what the session and the response show.
+    let mut h = Harness::new(Config::default());
+    let a = node(1);
+    h.beat(&a, at(0));
+    let out = h.send(&a, Heartbeat { record: Some(record(1, "did:a", at(1))), ..hb() }, at(1));
+    assert_eq!(response(&out).record_expires, Some(at(301)), "the record carried is acknowledged");
+    assert_eq!(response(&h.beat(&a, at(20))).record_expires, Some(at(301)), "steady: the held expiry");
+    // The node is reached at another address: the session follows; an empty one changes nothing.
+    let moved = PeerAddr { id: a.id, addrs: vec!["192.0.2.7:4001".to_string()] };
+    h.beat(&moved, at(40));
+    assert_eq!(h.ix.session(&a.id).map(|v| v.addr.clone()), Some(moved.clone()));
+    h.beat(&PeerAddr { id: a.id, addrs: Vec::new() }, at(60));
+    assert_eq!(h.ix.session(&a.id).map(|v| v.addr.clone()), Some(moved.clone()));
+    // A newer version, carried while naming us its referent: the response has its expiry.
+    let out = h.send(&moved, Heartbeat { referent: true, record: Some(record(1, "did:a", at(80))), ..hb() }, at(80));
+    assert_eq!(response(&out).record_expires, Some(at(380)));
+    assert_eq!(response(&h.send(&moved, Heartbeat { referent: true, ..hb() }, at(100))).record_expires, Some(at(380)));
+    // Past its expiry (the node kept heartbeating without a new one), none is held any more.
+    let mut t = 100;
+    while t < 380 {
+        t += 20;
+        h.beat(&moved, at(t));
+    }
+    assert_eq!(response(&h.beat(&moved, at(400))).record_expires, None);
+    let v = h.ix.session(&a.id).unwrap();
+    assert_eq!((v.last_seen, v.first_seen), (at(400), at(0)));
+    assert!((v.uptime_ratio - 1.0).abs() < 1e-9, "every gap counted online: {}", v.uptime_ratio);
+}
