@@ -108,11 +108,16 @@ impl Dht {
         // nearest the key have answered, and a claim is checked against the peers that would
         // hold the DID's record. Reads keep Kademlia's full rule: a value is usually found in the
         // first round, and a miss is worth the extra RPCs.
-        // Only with a routing table of at least k peers: a young or small DHT's table knows too
-        // little around a key for the α closest to be the key's neighbourhood.
+        // Claim checks and takeovers only with a routing table of at least k peers: a young or
+        // small DHT's table knows too little around a key for the α closest to be the key's
+        // neighbourhood, and a binding missed is a DID stolen. A write converges at any size: a
+        // record written from a young table is written again to the replicas its keys gain
+        // once the table holds k (`young_writes`), and in a DHT of fewer than k the α closest
+        // return everyone, the whole replica set.
         let converge = self.table.len() >= self.lookup_config.k;
         let config = match goal {
-            Goal::Replicate { .. } | Goal::Provide { .. } | Goal::Claim { .. } | Goal::Takeover { .. } if converge => {
+            Goal::Replicate { .. } => self.lookup_config.converged(),
+            Goal::Provide { .. } | Goal::Claim { .. } | Goal::Takeover { .. } if converge => {
                 self.lookup_config.converged()
             }
             _ => self.lookup_config,

@@ -824,3 +824,20 @@ fn a_claim_that_finds_the_record_waits_for_the_nearest_answer_and_keeps_the_did_
     assert_eq!(dht.local(&did_key, NOW), Some(&r));
     assert!(dht.closest.contains_key(&did_key.kad_key()), "the DID key's replicas are known");
 }
+
+#[test]
+fn a_write_in_a_dht_smaller_than_k_asks_alpha_peers_per_key_and_stores_on_every_peer_once() {
+    let (mut dht, peers) = server_with_peers(10);
+    let alpha = Config::default().kad_alpha;
+    assert!(dht.table.len() < Config::default().kad_k);
+    let owner = Keypair::derive(1, "owner");
+    let r = record(&owner, "did:o", NOW);
+    let mut out = Vec::new();
+    dht.replicate(r.clone(), false, NOW, &mut out);
+    let sent = exchange(&mut dht, out, |_| None, NOW);
+    let finds = sent.iter().filter(|(_, m)| matches!(m, DhtMessage::FindNode(_))).count();
+    assert_eq!(finds, 2 * alpha, "each key's lookup asks its α closest, not all {} peers", peers.len());
+    let stores: Vec<PeerId> =
+        sent.iter().filter(|(_, m)| matches!(m, DhtMessage::Store(_))).map(|(to, _)| *to).collect();
+    once_each(&stores, &peers.iter().map(|p| p.id).collect());
+}
