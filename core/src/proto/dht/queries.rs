@@ -408,55 +408,7 @@ impl Dht {
                 }
                 Goal::Refresh => return,
                 Goal::Claim { record, publisher, replicate } => {
-                    self.claims.remove(&publisher);
-                    // A lookup that found nothing converged on the DID key's closest peers.
-                    let converged = q.found.is_none();
-                    let (foreign, own) = match q.found.take() {
-                        Some((r, _)) if r.body.peer_id != publisher => (Some(r), None),
-                        found => (None, found.map(|(r, _)| r)),
-                    };
-                    if let Some(owner_record) = foreign {
-                        // Remember the rightful binding so the next attempt is refused locally.
-                        // Remembered durably too, like any binding.
-                        if let Ok(stored) = self.store.put_verified(owner_record, now) {
-                            persist_bindings(stored, out);
-                        }
-                        out.emit(DhtOut::Event(Event::RecordRejected {
-                            from: publisher,
-                            owner: publisher,
-                            reason: StoreRefusal::ForeignDid,
-                        }));
-                        out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: false }));
-                    } else {
-                        // Those peers are the replicas of that key: replicating the record needs
-                        // no second lookup for it. A lookup that found the record stopped early,
-                        // but once the nearest peer answered its candidates are the
-                        // neighbourhood too (the next refresh needs no lookup either).
-                        if converged || q.lookup.nearest_answered() {
-                            self.found_closest(&q, now);
-                        }
-                        match own {
-                            // The DHT holds a version already: its owner's previous referent
-                            // replicated it (we take over from it). This very version needs no
-                            // writes; an earlier one with the same content is refreshed with the
-                            // replicas' next batch.
-                            Some(found) if replicate => {
-                                let expires = record.body.expires_at;
-                                if let Offer::Held(_) = self.commit(publisher, record.clone(), false, now, out) {
-                                    if found == record {
-                                        self.replicated.insert(publisher, expires);
-                                    } else {
-                                        let refresh = found.body.same_content(&record.body);
-                                        self.replicate(record, refresh, now, out);
-                                    }
-                                }
-                            }
-                            _ => {
-                                self.commit(publisher, record, replicate, now, out);
-                            }
-                        }
-                        out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: true }));
-                    }
+                    self.finish_claim(q, record, publisher, replicate, now, out);
                     return;
                 }
                 Goal::Takeover { record, holders } => {
@@ -500,6 +452,69 @@ impl Dht {
         let Some(make) = store_msg else { return };
         let targets = self.found_closest(&q, now);
         self.send_writes(&*make, targets, now, out);
+    }
+
+    /// A claim check's verdict: a record of another key for the DID refuses the claim (and
+    /// the rightful binding is kept); otherwise the record is committed, and replicated unless
+    /// the DHT holds this very version already.
+    fn finish_claim(
+        &mut self,
+        mut q: Query,
+        record: PeerRecord,
+        publisher: PeerId,
+        replicate: bool,
+        now: Timestamp,
+        out: &mut Vec<Action>,
+    ) {
+        self.claims.remove(&publisher);
+        // A lookup that found nothing converged on the DID key's closest peers.
+        let converged = q.found.is_none();
+        let (foreign, own) = match q.found.take() {
+            Some((r, _)) if r.body.peer_id != publisher => (Some(r), None),
+            found => (None, found.map(|(r, _)| r)),
+        };
+        if let Some(owner_record) = foreign {
+            // Remember the rightful binding so the next attempt is refused locally.
+            // Remembered durably too, like any binding.
+            if let Ok(stored) = self.store.put_verified(owner_record, now) {
+                persist_bindings(stored, out);
+            }
+            out.emit(DhtOut::Event(Event::RecordRejected {
+                from: publisher,
+                owner: publisher,
+                reason: StoreRefusal::ForeignDid,
+            }));
+            out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: false }));
+        } else {
+            // Those peers are the replicas of that key: replicating the record needs
+            // no second lookup for it. A lookup that found the record stopped early,
+            // but once the nearest peer answered its candidates are the
+            // neighbourhood too (the next refresh needs no lookup either).
+            if converged || q.lookup.nearest_answered() {
+                self.found_closest(&q, now);
+            }
+            match own {
+                // The DHT holds a version already: its owner's previous referent
+                // replicated it (we take over from it). This very version needs no
+                // writes; an earlier one with the same content is refreshed with the
+                // replicas' next batch.
+                Some(found) if replicate => {
+                    let expires = record.body.expires_at;
+                    if let Offer::Held(_) = self.commit(publisher, record.clone(), false, now, out) {
+                        if found == record {
+                            self.replicated.insert(publisher, expires);
+                        } else {
+                            let refresh = found.body.same_content(&record.body);
+                            self.replicate(record, refresh, now, out);
+                        }
+                    }
+                }
+                _ => {
+                    self.commit(publisher, record, replicate, now, out);
+                }
+            }
+            out.emit(DhtOut::QueryDone(DhtDone::Claim { publisher, accepted: true }));
+        }
     }
 
     /// The k closest peers a write's lookup found, remembered for the next writes to its key.
