@@ -41,6 +41,7 @@ use crate::proto::wire::Envelope;
 use crate::proto::{Action, Event};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 mod book;
 mod inbox;
@@ -288,7 +289,7 @@ pub enum AppOut {
 /// The application-message machine of a node.
 #[derive(Debug)]
 pub struct AppService {
-    config: Config,
+    config: Arc<Config>,
     outbox: outbox::Outbox,
     inbox: inbox::Inbox,
     book: PeerBook,
@@ -297,7 +298,8 @@ pub struct AppService {
 impl AppService {
     /// A machine with a fresh epoch (drawn from `rng` and `now`); [`AppService::restore`] replaces
     /// it with the stored one.
-    pub fn new(config: Config, me: PeerId, mut rng: DetRng, now: Timestamp) -> AppService {
+    pub fn new(config: impl Into<Arc<Config>>, me: PeerId, mut rng: DetRng, now: Timestamp) -> AppService {
+        let config = config.into();
         let epoch = rng.next_u64() ^ now.as_millis();
         let book = PeerBook::from_config(&config);
         AppService { outbox: outbox::Outbox::new(me, epoch), inbox: inbox::Inbox::default(), config, book }

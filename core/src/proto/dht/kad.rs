@@ -97,7 +97,11 @@ pub enum Insert {
 pub struct RoutingTable {
     me: Key,
     k: usize,
-    /// `buckets[i]` holds peers at distance `[2^i, 2^(i+1))`, least recently seen first.
+    /// Bucket `i` holds peers at distance `[2^i, 2^(i+1))`, least recently seen first; it is
+    /// `buckets[255 - i]` (see [`RoutingTable::slot`]). Only the far end is allocated: random ids
+    /// fill the top few buckets (a table of n peers reaches down to about bucket 255 − log2 n),
+    /// so a walk over the table visits a handful of buckets, not 256 mostly empty ones (a
+    /// node's empty table is no allocation at all).
     buckets: Vec<Vec<Contact>>,
     len: usize,
 }
@@ -105,7 +109,7 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// An empty table around `me` with buckets of at most `k` (at least 1) peers.
     pub fn new(me: PeerId, k: usize) -> Self {
-        RoutingTable { me: me.into(), k: k.max(1), buckets: vec![Vec::new(); 256], len: 0 }
+        RoutingTable { me: me.into(), k: k.max(1), buckets: Vec::new(), len: 0 }
     }
 
     /// Peers in the table.
@@ -122,10 +126,24 @@ impl RoutingTable {
         self.me.distance(&Key::from(*peer)).bucket()
     }
 
+    /// Where bucket `b` (0..=255) is kept in `buckets`: the farthest first.
+    fn slot(b: usize) -> usize {
+        255 - b
+    }
+
+    /// Bucket `b`, if allocated.
+    fn bucket(&self, b: usize) -> Option<&Vec<Contact>> {
+        self.buckets.get(Self::slot(b))
+    }
+
     /// Offers a peer we just heard from.
     pub fn insert(&mut self, addr: PeerAddr, now: Timestamp) -> Insert {
         let Some(b) = self.bucket_of(&addr.id) else { return Insert::Ourselves };
-        let bucket = &mut self.buckets[b];
+        let slot = Self::slot(b);
+        if self.buckets.len() <= slot {
+            self.buckets.resize_with(slot + 1, Vec::new);
+        }
+        let bucket = &mut self.buckets[slot];
         if let Some(i) = bucket.iter().position(|c| c.addr.id == addr.id) {
             let mut c = bucket.remove(i);
             if !addr.addrs.is_empty() {
@@ -155,7 +173,7 @@ impl RoutingTable {
         if b != bs || self.contains(&fresh.id) {
             return false;
         }
-        let bucket = &mut self.buckets[b];
+        let Some(bucket) = self.buckets.get_mut(Self::slot(b)) else { return false };
         let Some(i) = bucket.iter().position(|c| c.addr.id == *stale) else { return false };
         bucket.remove(i);
         bucket.push(Contact { addr: fresh, last_seen: now });
@@ -164,8 +182,9 @@ impl RoutingTable {
 
     /// Forgets a peer. Returns whether it was known.
     pub fn remove(&mut self, peer: &PeerId) -> bool {
-        let Some(b) = self.bucket_of(peer) else { return false };
-        let bucket = &mut self.buckets[b];
+        let Some(bucket) = self.bucket_of(peer).and_then(|b| self.buckets.get_mut(Self::slot(b))) else {
+            return false;
+        };
         match bucket.iter().position(|c| c.addr.id == *peer) {
             Some(i) => {
                 bucket.remove(i);
@@ -178,18 +197,20 @@ impl RoutingTable {
 
     /// Whether `peer` is in the table.
     pub fn contains(&self, peer: &PeerId) -> bool {
-        self.bucket_of(peer).is_some_and(|b| self.buckets[b].iter().any(|c| c.addr.id == *peer))
+        self.bucket_of(peer)
+            .and_then(|b| self.bucket(b))
+            .is_some_and(|bucket| bucket.iter().any(|c| c.addr.id == *peer))
     }
 
     /// The `n` known peers closest to `target`, closest first.
     pub fn closest(&self, target: &Key, n: usize) -> Vec<PeerAddr> {
-        let mut all: Vec<(Distance, &Contact)> =
-            self.buckets.iter().flatten().map(|c| (target.distance(&Key::from(c.addr.id)), c)).collect();
-        // Distances to distinct ids are distinct: selecting the n nearest, then sorting only
-        // them, gives the same list as sorting everything.
         if n == 0 {
             return Vec::new();
         }
+        let mut all: Vec<(Distance, &Contact)> = Vec::with_capacity(self.len);
+        all.extend(self.buckets.iter().flatten().map(|c| (target.distance(&Key::from(c.addr.id)), c)));
+        // Distances to distinct ids are distinct: selecting the n nearest, then sorting only
+        // them, gives the same list as sorting everything.
         if all.len() > n {
             all.select_nth_unstable_by_key(n - 1, |(d, _)| *d);
             all.truncate(n);
@@ -535,6 +556,27 @@ mod tests {
     }
 
     #[test]
+    fn a_table_allocates_only_the_far_buckets_its_peers_fill() {
+        let me = pid(0);
+        let mut t = RoutingTable::new(me, 20);
+        assert_eq!(t.buckets.capacity(), 0, "an empty table (every node's) allocates nothing");
+        for i in 1..=200 {
+            t.insert(PeerAddr::id_only(pid(i)), Timestamp(i));
+        }
+        // 200 random ids fall within about log2(200) ≈ 8 buckets of the farthest.
+        assert!(t.buckets.len() <= 16, "{} buckets", t.buckets.len());
+        let nearest = (1..=200).map(|i| Key::from(me).distance(&Key::from(pid(i)))).min().and_then(|d| d.bucket());
+        assert_eq!(nearest.map(|b| RoutingTable::slot(b) + 1), Some(t.buckets.len()));
+        for i in 1..=200 {
+            assert!(
+                t.contains(&pid(i)) || t.bucket_of(&pid(i)).is_some_and(|b| t.bucket(b).is_some_and(|x| x.len() == 20))
+            );
+        }
+        assert!(!t.contains(&pid(1000)));
+        assert!(!t.remove(&pid(1000)));
+    }
+
+    #[test]
     fn full_bucket_keeps_old_peers_until_a_ping_fails() {
         let me = PeerId([0; 32]);
         let mut t = RoutingTable::new(me, 2);
@@ -761,7 +803,9 @@ mod tests {
                 }
                 // Bucket sizes, no self, every peer in its right bucket, no duplicates, len agrees.
                 let mut seen = std::collections::BTreeSet::new();
-                for (b, bucket) in t.buckets.iter().enumerate() {
+                prop_assert!(t.buckets.len() <= 256);
+                for (slot, bucket) in t.buckets.iter().enumerate() {
+                    let b = RoutingTable::slot(slot);
                     prop_assert!(bucket.len() <= k);
                     for c in bucket {
                         prop_assert!(c.addr.id != me);

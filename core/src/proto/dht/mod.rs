@@ -63,6 +63,7 @@ use crate::proto::{Action, Event};
 use hedge::RttEstimator;
 use kad::{Key, Lookup, LookupConfig, RoutingTable, indexer_rendezvous};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod hedge;
@@ -307,7 +308,7 @@ pub struct Dht {
     keypair: Keypair,
     addrs: Vec<Addr>,
     server: bool,
-    config: Config,
+    config: Arc<Config>,
     lookup_config: LookupConfig,
     table: RoutingTable,
     failures: BTreeMap<PeerId, u32>,
@@ -375,7 +376,7 @@ impl Dht {
     /// enter the routing table; a server refreshes its table, announces itself under the
     /// rendezvous key and refreshes its indexer cache from its first timeout on.
     pub fn new(
-        config: Config,
+        config: impl Into<Arc<Config>>,
         keypair: Keypair,
         addrs: Vec<Addr>,
         server: bool,
@@ -383,6 +384,7 @@ impl Dht {
         mut rng: DetRng,
         now: Timestamp,
     ) -> Self {
+        let config = config.into();
         let me = keypair.peer_id();
         // Keys the record store's hash table (secret, so that peers cannot grind ids sharing
         // buckets; seeded, so that the same seed gives the same store).

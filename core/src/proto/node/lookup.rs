@@ -49,6 +49,7 @@ use crate::proto::time::{Timestamp, duration_ms};
 use crate::proto::wire::{GetRecord, RecordKey, RecordReply, RequestId};
 use crate::proto::{Action, Event};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Answered requests whose excess over the heartbeat round trip is remembered for the hedge delay.
@@ -116,7 +117,7 @@ impl Pending {
 /// Record lookups in flight from this node.
 #[derive(Debug)]
 pub struct RecordLookups {
-    config: Config,
+    config: Arc<Config>,
     /// Lookups by internal id.
     pending: BTreeMap<u64, Pending>,
     /// Which lookup each request in flight belongs to.
@@ -136,9 +137,9 @@ pub struct RecordLookups {
 
 impl RecordLookups {
     /// No lookup in flight.
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: impl Into<Arc<Config>>) -> Self {
         RecordLookups {
-            config,
+            config: config.into(),
             pending: BTreeMap::new(),
             requests: BTreeMap::new(),
             next_lookup: 0,

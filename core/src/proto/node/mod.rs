@@ -92,6 +92,7 @@ use crate::proto::wire::{
 };
 use crate::proto::{Action, AddedVia, CloseReason, Event, EvictReason, FailReason};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod challenges;
@@ -325,7 +326,7 @@ struct Recovery {
 /// The node role's pool of indexers.
 #[derive(Debug)]
 pub struct IndexerPool {
-    config: Config,
+    config: Arc<Config>,
     me: PeerId,
     did: Did,
     max_pool: usize,
@@ -377,7 +378,7 @@ impl IndexerPool {
     /// heartbeated at the first call at or after `now` (see [`IndexerPool::poll_timeout`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        config: Config,
+        config: impl Into<Arc<Config>>,
         me: PeerId,
         did: Did,
         seeds: Vec<PeerAddr>,
@@ -386,6 +387,7 @@ impl IndexerPool {
         rng: DetRng,
         now: Timestamp,
     ) -> Self {
+        let config = config.into();
         let mut rng = rng;
         let mut unique: Vec<PeerAddr> = Vec::new();
         for s in seeds {
@@ -396,7 +398,7 @@ impl IndexerPool {
         rng.shuffle(&mut unique);
         unique.truncate(max_pool);
         let mut pool = IndexerPool {
-            lookups: RecordLookups::new(config.clone()),
+            lookups: RecordLookups::new(Arc::clone(&config)),
             min_pool: config.min_indexers.min(max_pool),
             config,
             me,
@@ -572,19 +574,26 @@ impl IndexerPool {
         for r in self.requests.values() {
             consider(r.deadline);
         }
+        // One walk over the entries (hosts ask after every input): due times, and what
+        // `active_count` and "any live" would each walk them again for.
+        let (mut active, mut any_live) = (0, false);
         for e in self.entries.values() {
             if e.in_flight.is_none() {
                 consider(e.next_due);
             }
+            active += usize::from(e.is_active());
+            any_live |= e.state == EntryState::Live;
         }
         if let Some(r) = &self.recovery
-            && self.active_count() == 0
+            && active == 0
         {
             consider(r.next_at);
         }
-        if !self.discovering && self.need() > 0 && self.entries.values().any(|e| e.state == EntryState::Live) {
+        let need = self.max_pool.saturating_sub(active);
+        if !self.discovering && need > 0 && any_live {
             consider(self.next_discovery);
         }
+        debug_assert_eq!((active, need), (self.active_count(), self.need()));
         next
     }
 

@@ -45,6 +45,7 @@ use crate::proto::time::Timestamp;
 use crate::proto::wire::Envelope;
 use crate::proto::{Action, Event};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 mod client;
 mod mesh;
@@ -181,7 +182,7 @@ pub enum SearchOut {
 /// search mesh.
 #[derive(Debug)]
 pub struct SearchService {
-    config: Config,
+    config: Arc<Config>,
     client: client::Client,
     serve: Option<serve::Serve>,
 }
@@ -191,7 +192,7 @@ impl SearchService {
     /// `anchor` from the host, the mesh (without one the indexer answers from its own referents
     /// only).
     pub fn new(
-        config: Config,
+        config: impl Into<Arc<Config>>,
         keypair: &Keypair,
         me_addr: PeerAddr,
         serve: bool,
@@ -199,6 +200,7 @@ impl SearchService {
         rng: DetRng,
         now: Timestamp,
     ) -> SearchService {
+        let config = config.into();
         let serve = serve.then(|| serve::Serve::new(&config, keypair.clone(), me_addr, anchor, rng, now));
         SearchService { client: client::Client::default(), config, serve }
     }
