@@ -19,6 +19,7 @@
 use crate::proto::config::Config;
 use crate::proto::identity::{Addr, PeerAddr, PeerId};
 use crate::proto::rng::DetRng;
+use crate::proto::seeded::{SeededMap, seeded_map};
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{Envelope, Hello, HelloProof, HelloReply, LinkMessage};
 use crate::proto::{CloseReason, Event, Output};
@@ -96,8 +97,13 @@ pub struct Connections {
     handshake_timeout: Duration,
     idle_timeout: Duration,
     max_queued: usize,
-    links: BTreeMap<PeerId, Link>,
-    book: BTreeMap<PeerId, (Vec<Addr>, u64)>,
+    /// Links by peer: a hash table (every message looks its link up; a B-tree walk was the
+    /// first cache misses of every event at 10,000 peers). Its order is never an output: the
+    /// idle sweep and [`Connections::peers`] sort.
+    links: SeededMap<PeerId, Link>,
+    /// Known addresses by peer, with the clock of their last use (the least recently used is
+    /// forgotten past [`ADDRESS_BOOK_MAX`]; clocks are distinct, so the choice is order-free).
+    book: SeededMap<PeerId, (Vec<Addr>, u64)>,
     book_clock: u64,
     rng: DetRng,
     /// Links still dialling or handshaking, with their handshake deadline (usually few).
@@ -108,16 +114,18 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// A connection table for `me` in the network identified by `network_key`.
-    pub fn new(me: PeerId, network_key: [u8; 32], config: &Config, rng: DetRng) -> Self {
+    /// A connection table for `me` in the network identified by `network_key`. `table_key` keys
+    /// its hash tables (secret and seeded: deterministic for a seed, and peers grinding ids
+    /// cannot aim at one bucket).
+    pub fn new(me: PeerId, network_key: [u8; 32], config: &Config, rng: DetRng, table_key: u64) -> Self {
         Connections {
             me,
             network_key,
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
             max_queued: config.max_queued_per_peer,
-            links: BTreeMap::new(),
-            book: BTreeMap::new(),
+            links: seeded_map(table_key),
+            book: seeded_map(table_key.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15),
             book_clock: 0,
             rng,
             pending: BTreeMap::new(),
@@ -401,9 +409,11 @@ impl Connections {
         }
     }
 
-    /// All peers with a connection in any state.
-    pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
-        self.links.keys()
+    /// All peers with a connection in any state, in id order.
+    pub fn peers(&self) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = self.links.keys().copied().collect();
+        peers.sort_unstable();
+        peers
     }
 
     /// Makes sure a sweep happens no later than `at`.
@@ -442,14 +452,19 @@ impl Connections {
         // and one and a half idle periods after its last use.
         if self.next_idle_sweep.is_some_and(|t| t <= now) {
             self.next_idle_sweep = None;
-            for (peer, link) in &self.links {
-                if matches!(link.state, State::Ready)
-                    && now.since(link.last_activity) >= self.idle_timeout
-                    && !keep(peer)
-                {
-                    to_close.push((*peer, CloseReason::Idle));
-                }
-            }
+            let mut idle: Vec<PeerId> = self
+                .links
+                .iter()
+                .filter(|(peer, link)| {
+                    matches!(link.state, State::Ready)
+                        && now.since(link.last_activity) >= self.idle_timeout
+                        && !keep(peer)
+                })
+                .map(|(peer, _)| *peer)
+                .collect();
+            // Closed in id order, whatever the table's.
+            idle.sort_unstable();
+            to_close.extend(idle.into_iter().map(|p| (p, CloseReason::Idle)));
         }
         for (peer, reason) in to_close {
             self.pending.remove(&peer);
@@ -495,7 +510,7 @@ mod tests {
         let a = Keypair::derive(1, "a").peer_id();
         let b = Keypair::derive(1, "b").peer_id();
         let c = Config::default();
-        (a, Connections::new(a, key_a, &c, DetRng::new(1, "a")), b, Connections::new(b, key_b, &c, DetRng::new(1, "b")))
+        (a, Connections::new(a, key_a, &c, DetRng::new(1, "a"), 1), b, Connections::new(b, key_b, &c, DetRng::new(1, "b"), 2))
     }
 
     /// Moves every `Send` in `out` addressed to `to` into `to`'s table; returns deliveries.

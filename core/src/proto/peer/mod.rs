@@ -136,7 +136,10 @@ impl Peer {
         // One copy shared by every machine of this peer (was one each: 7 × 872 B of cold lines).
         let config = Arc::new(setup.config);
         let mut rng = DetRng::new(setup.rng_seed, "peer");
-        let link = Connections::new(me, setup.network_key, &config, rng.fork("connections"));
+        // The link table's hash key comes from a stream of its own, so every stream drawn from
+        // `rng` stays what it was.
+        let table_key = DetRng::new(setup.rng_seed, "link table").next_u64();
+        let link = Connections::new(me, setup.network_key, &config, rng.fork("connections"), table_key);
         let seeds: Vec<PeerAddr> = setup.seeds.into_iter().filter(|s| s.id != me).collect();
         let bootstrap = seeds.clone();
         let pool = node::pool_size(&config, setup.roles.node, !seeds.is_empty()).map(|max_pool| {
@@ -440,7 +443,7 @@ impl Peer {
             pool.shutdown(now, &mut self.actions);
         }
         self.apply_actions(now);
-        let peers: Vec<PeerId> = self.link.peers().copied().collect();
+        let peers = self.link.peers();
         for p in peers {
             self.link.close(p, CloseReason::Shutdown, &mut self.out);
         }
