@@ -372,12 +372,24 @@ impl Behaviour {
 /// One peer's entry: its behaviour record while tracked, its session while it has one (see the
 /// module doc).
 #[derive(Clone, Debug)]
-struct Entry {
+pub(super) struct Entry {
     /// The behaviour record is in the table (counted, bounded, indexed in `idle` or `bans`).
     /// Untracked, `behaviour` is a blank record that nothing reads.
     tracked: bool,
     behaviour: Behaviour,
     session: Option<Session>,
+}
+
+impl Entry {
+    /// Whether the peer is banned at `now`.
+    pub(super) fn banned_at(&self, now: Timestamp) -> bool {
+        self.tracked && self.behaviour.banned_at(now).is_some()
+    }
+
+    /// The peer's session.
+    pub(super) fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
 }
 
 /// How an entry is held in the table's buckets.
@@ -480,13 +492,11 @@ impl BehaviourTable {
         self.get(peer).and_then(|e| e.did.as_ref())
     }
 
-    /// Whether `peer` is banned at `now`, and its session: one probe of the table (a heartbeat's
-    /// first lookup, see [`IndexerService::on_heartbeat`](super::IndexerService::on_heartbeat)).
-    pub(super) fn banned_and_session(&self, peer: &PeerId, now: Timestamp) -> (bool, Option<&Session>) {
-        match self.entries.get(peer) {
-            Some(e) => (e.tracked && e.behaviour.banned_at(now).is_some(), e.session.as_ref()),
-            None => (false, None),
-        }
+    /// `peer`'s entry, if any: one probe of the table, which finds both its behaviour record and
+    /// its session (a heartbeat's first lookup, see
+    /// [`IndexerService::on_heartbeat`](super::IndexerService::on_heartbeat)).
+    pub(super) fn entry(&self, peer: &PeerId) -> Option<&Entry> {
+        self.entries.get(peer).map(|e| &**e)
     }
 
     /// `peer`'s session and its strikes (0 untracked), in one probe.
@@ -1122,7 +1132,7 @@ mod tests {
         t.record_heartbeat(b, at(2)).unwrap();
         assert!(!t.contains(&a) && t.has_session(&a) && t.contains(&b));
         assert_eq!((t.len(), t.session_count(), t.entries.len()), (1, 1, 2));
-        assert!(!t.banned_and_session(&a, at(2)).0 && t.banned_and_session(&a, at(2)).1.is_some());
+        assert!(t.entry(&a).is_some_and(|e| !e.banned_at(at(2)) && e.session().is_some()));
         assert_eq!(t.session_and_strikes(&a).map(|(_, _, k)| k), Some(0));
         // Its session closes: a's entry goes; b's (a record only) stays.
         assert!(t.remove_session(&a).is_some());

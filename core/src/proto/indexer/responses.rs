@@ -26,9 +26,10 @@ impl IndexerService {
         // (issue 13). The values stay right until they are used: the gate returns false whenever
         // it ends the session, and nothing writes to the store before the response unless the
         // heartbeat carries a record or names us its referent (then the expiry is read again).
-        let (banned, session) = self.behaviour.banned_and_session(&peer, now);
-        let session = session.map(|s| (s.last_seen, s.addr == from));
+        let entry = self.behaviour.entry(&peer);
         let held = desk.held_expiry(&peer, now);
+        let banned = entry.is_some_and(|e| e.banned_at(now));
+        let session = entry.and_then(|e| e.session()).map(|s| (s.last_seen, s.addr == from));
         if !self.admit(peer, banned, Req::Heartbeat(hb.req), RateKind::Heartbeat, now, out) {
             return;
         }
