@@ -28,7 +28,19 @@
 //! * **Clean entries are pruned** at GC ([`BehaviourTable::prune`]): peers with no strike, no ban,
 //!   no event left in any window and no session. A peer whose window still holds events is kept,
 //!   so pruning never resets a rate limit early.
+//!
+//! **One entry per peer for its session too** (issue 13): the table also holds the indexer's
+//! sessions, each in its peer's entry, so that a heartbeat finds the behaviour record it counts
+//! in and the session it refreshes with one probe of one table (one chain of cache misses at
+//! 100 k sessions, where two tables cost two). The two parts keep their own lives: an entry is
+//! *tracked* while it holds a behaviour record (what `len`, the bound, eviction and pruning see,
+//! exactly as when the table held behaviour only), and holds a session while the indexer has one
+//! for the peer. A peer with a session whose behaviour record was evicted has an untracked entry
+//! (read as no record: no ban, no strike, no DID); a session closed while the record stays (a
+//! ban, strikes, open windows) leaves a tracked entry without a session; an entry with neither
+//! goes.
 
+use super::Session;
 use crate::proto::config::Config;
 use crate::proto::identity::{Did, PeerId};
 use crate::proto::seeded::{SeededMap, seeded_map};
@@ -357,7 +369,43 @@ impl Behaviour {
     }
 }
 
-/// Per-peer behaviour tracking (B §9.3–9.4, C §9.2): rate windows, strikes, bans, DID binding.
+/// One peer's entry: its behaviour record while tracked, its session while it has one (see the
+/// module doc).
+#[derive(Clone, Debug)]
+pub(super) struct Entry {
+    /// The behaviour record is in the table (counted, bounded, indexed in `idle` or `bans`).
+    /// Untracked, `behaviour` is a blank record that nothing reads.
+    tracked: bool,
+    behaviour: Behaviour,
+    session: Option<Session>,
+}
+
+impl Entry {
+    /// Whether the peer is banned at `now`.
+    pub(super) fn banned_at(&self, now: Timestamp) -> bool {
+        self.tracked && self.behaviour.banned_at(now).is_some()
+    }
+
+    /// The peer's session.
+    pub(super) fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+}
+
+/// How an entry is held in the table's buckets.
+type Slot = Box<Entry>;
+
+fn slot(e: Entry) -> Slot {
+    Box::new(e)
+}
+
+/// A blank behaviour record, for an entry that holds only a session.
+fn blank() -> Behaviour {
+    Behaviour::new(Timestamp::ZERO)
+}
+
+/// Per-peer behaviour tracking (B §9.3–9.4, C §9.2): rate windows, strikes, bans, DID binding;
+/// and the indexer's sessions, in the same entries (see the module doc).
 ///
 /// Every mutating call takes `now`; decay and ban expiry are applied lazily on the peer's next
 /// call and at [`BehaviourTable::prune`].
@@ -372,7 +420,11 @@ pub struct BehaviourTable {
     limits: Limits,
     /// Entries by peer: a hash table (about one cache miss per lookup in a large table); its order
     /// is never an output. Boxed: a table's spare buckets then cost a pointer each, not an entry.
-    entries: SeededMap<PeerId, Box<Behaviour>>,
+    entries: SeededMap<PeerId, Slot>,
+    /// Tracked entries (behaviour records): what the bound `max_entries` counts.
+    tracked: usize,
+    /// Entries holding a session.
+    sessions: usize,
     /// `(indexed, peer)` of the entries not banned (as of their last update): eviction order,
     /// lazily renewed (see above).
     idle: BTreeSet<(Timestamp, PeerId)>,
@@ -396,25 +448,32 @@ impl BehaviourTable {
                 max_entries: config.behaviour_table_max.max(1),
             },
             entries: seeded_map(key),
+            tracked: 0,
+            sessions: 0,
             idle: BTreeSet::new(),
             bans: BTreeSet::new(),
         }
     }
 
-    /// Peers tracked.
+    /// Peers tracked (behaviour records; sessions are not counted, see the module doc).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.tracked
+    }
+
+    /// `peer`'s behaviour record, if tracked.
+    fn get(&self, peer: &PeerId) -> Option<&Behaviour> {
+        self.entries.get(peer).filter(|e| e.tracked).map(|e| &e.behaviour)
     }
 
     #[cfg(test)]
     /// Whether `peer` is tracked.
     pub fn contains(&self, peer: &PeerId) -> bool {
-        self.entries.contains_key(peer)
+        self.get(peer).is_some()
     }
 
     /// When `peer`'s ban ends, if it is banned at `now`. Never creates an entry.
     pub fn banned_until(&self, peer: &PeerId, now: Timestamp) -> Option<Timestamp> {
-        self.entries.get(peer).and_then(|e| e.banned_at(now))
+        self.get(peer).and_then(|e| e.banned_at(now))
     }
 
     /// Whether `peer` is banned at `now`. Never creates an entry.
@@ -424,13 +483,79 @@ impl BehaviourTable {
 
     /// `peer`'s strikes as of its last update (decay is applied on its next request and at GC).
     pub fn strikes(&self, peer: &PeerId) -> u32 {
-        self.entries.get(peer).map_or(0, |e| e.strikes)
+        self.get(peer).map_or(0, |e| e.strikes)
     }
 
     #[cfg(test)]
     /// The first DID `peer` claimed, if any.
     pub fn bound_did(&self, peer: &PeerId) -> Option<&Did> {
-        self.entries.get(peer).and_then(|e| e.did.as_ref())
+        self.get(peer).and_then(|e| e.did.as_ref())
+    }
+
+    /// `peer`'s entry, if any: one probe of the table, which finds both its behaviour record and
+    /// its session (a heartbeat's first lookup, see
+    /// [`IndexerService::on_heartbeat`](super::IndexerService::on_heartbeat)).
+    pub(super) fn entry(&self, peer: &PeerId) -> Option<&Entry> {
+        self.entries.get(peer).map(|e| &**e)
+    }
+
+    /// `peer`'s session and its strikes (0 untracked), in one probe.
+    pub(super) fn session_and_strikes(&self, peer: &PeerId) -> Option<(&PeerId, &Session, u32)> {
+        let (p, e) = self.entries.get_key_value(peer)?;
+        let strikes = if e.tracked { e.behaviour.strikes } else { 0 };
+        e.session.as_ref().map(|s| (p, s, strikes))
+    }
+
+    /// `peer`'s session.
+    pub(super) fn session(&self, peer: &PeerId) -> Option<&Session> {
+        self.entries.get(peer).and_then(|e| e.session.as_ref())
+    }
+
+    /// `peer`'s session, to update.
+    pub(super) fn session_mut(&mut self, peer: &PeerId) -> Option<&mut Session> {
+        self.entries.get_mut(peer).and_then(|e| e.session.as_mut())
+    }
+
+    /// Whether `peer` has a session.
+    pub(super) fn has_session(&self, peer: &PeerId) -> bool {
+        self.session(peer).is_some()
+    }
+
+    /// Sessions held.
+    pub(super) fn session_count(&self) -> usize {
+        self.sessions
+    }
+
+    /// Every session, in the table's order (never an output: sort what is shown).
+    pub(super) fn sessions(&self) -> impl Iterator<Item = (&PeerId, &Session)> + '_ {
+        self.entries.iter().filter_map(|(p, e)| e.session.as_ref().map(|s| (p, s)))
+    }
+
+    /// Gives `peer` a session (it had none): in its entry, or in a new untracked one. Sessions are
+    /// bounded by the indexer's capacity, not by `max_entries`, and evict nothing.
+    pub(super) fn insert_session(&mut self, peer: PeerId, session: Session) {
+        match self.entries.get_mut(&peer) {
+            Some(e) => {
+                if e.session.replace(session).is_none() {
+                    self.sessions += 1;
+                }
+            }
+            None => {
+                self.entries.insert(peer, slot(Entry { tracked: false, behaviour: blank(), session: Some(session) }));
+                self.sessions += 1;
+            }
+        }
+    }
+
+    /// Takes `peer`'s session out; its entry goes unless its behaviour record is tracked.
+    pub(super) fn remove_session(&mut self, peer: &PeerId) -> Option<Session> {
+        let e = self.entries.get_mut(peer)?;
+        let session = e.session.take()?;
+        self.sessions -= 1;
+        if !e.tracked {
+            self.entries.remove(peer);
+        }
+        Some(session)
     }
 
     #[cfg(test)]
@@ -519,18 +644,24 @@ impl BehaviourTable {
         })
     }
 
-    /// GC (C §18.8): applies decay and ban expiry to every entry, then drops the clean ones (no
-    /// strike, no ban, empty windows) for which `has_session` is false. Returns how many went.
-    pub fn prune(&mut self, now: Timestamp, has_session: impl Fn(&PeerId) -> bool) -> usize {
-        let before = self.entries.len();
-        let BehaviourTable { limits, entries, idle, bans } = self;
+    /// GC (C §18.8): applies decay and ban expiry to every tracked entry, then drops the clean
+    /// ones (no strike, no ban, empty windows) without a session. Returns how many went.
+    pub fn prune(&mut self, now: Timestamp) -> usize {
+        let BehaviourTable { limits, entries, tracked, idle, bans, .. } = self;
+        let before = *tracked;
         // Each entry is decided on its own, so the table's order does not matter; the indices
-        // follow the entries that leave or whose ban ended.
+        // follow the entries that leave or whose ban ended. An entry that holds only a session is
+        // not a behaviour record: left as it is.
         entries.retain(|peer, e| {
+            if !e.tracked {
+                return true;
+            }
+            let has_session = e.session.is_some();
+            let e = &mut e.behaviour;
             let banned = e.banned_until;
             e.refresh(limits, now);
             e.prune_windows(limits, now);
-            let keep = !e.is_clean() || has_session(peer);
+            let keep = !e.is_clean() || has_session;
             match (banned, e.banned_until) {
                 (Some(until), None) => {
                     bans.remove(&(until, *peer));
@@ -547,9 +678,13 @@ impl BehaviourTable {
                 }
                 _ => {}
             }
+            if !keep {
+                // Without a session (it would have been kept): the whole entry goes.
+                *tracked -= 1;
+            }
             keep
         });
-        before - self.entries.len()
+        before - *tracked
     }
 
     /// Frees one slot: lapsed bans become ordinary entries, then the least recently active
@@ -560,7 +695,7 @@ impl BehaviourTable {
                 break;
             }
             self.bans.pop_first();
-            if let Some(e) = self.entries.get_mut(&peer) {
+            if let Some(e) = self.entries.get_mut(&peer).filter(|e| e.tracked).map(|e| &mut e.behaviour) {
                 e.refresh(&self.limits, now);
                 e.indexed = e.last_active;
                 self.idle.insert((e.indexed, peer));
@@ -570,19 +705,36 @@ impl BehaviourTable {
         // every other key is at or after it, and every entry is at or after its key.
         let victim = loop {
             match self.idle.pop_first() {
-                Some((indexed, peer)) => match self.entries.get_mut(&peer) {
-                    Some(e) if e.last_active > indexed => {
-                        e.indexed = e.last_active;
-                        self.idle.insert((e.indexed, peer));
+                Some((indexed, peer)) => {
+                    match self.entries.get_mut(&peer).filter(|e| e.tracked).map(|e| &mut e.behaviour) {
+                        Some(e) if e.last_active > indexed => {
+                            e.indexed = e.last_active;
+                            self.idle.insert((e.indexed, peer));
+                        }
+                        Some(_) => break Some(peer),
+                        None => {}
                     }
-                    Some(_) => break Some(peer),
-                    None => {}
-                },
+                }
                 None => break self.bans.pop_first().map(|(_, peer)| peer),
             }
         };
         if let Some(peer) = victim {
-            self.entries.remove(&peer);
+            self.untrack(&peer);
+        }
+    }
+
+    /// Drops `peer`'s behaviour record (already out of the indices): its entry goes, or stays
+    /// untracked with a blank record while it holds a session.
+    fn untrack(&mut self, peer: &PeerId) {
+        let Some(e) = self.entries.get_mut(peer).filter(|e| e.tracked) else {
+            return;
+        };
+        self.tracked -= 1;
+        if e.session.is_some() {
+            e.tracked = false;
+            e.behaviour = blank();
+        } else {
+            self.entries.remove(peer);
         }
     }
 
@@ -590,7 +742,7 @@ impl BehaviourTable {
         // Hot path (every heartbeat): update in place. The index moves only when the ban state
         // changed, or when the clock went back before the entry's key (which must stay at or
         // before its last activity); a later activity is caught up with lazily.
-        if let Some(e) = self.entries.get_mut(&peer) {
+        if let Some(e) = self.entries.get_mut(&peer).filter(|e| e.tracked).map(|e| &mut e.behaviour) {
             let (old_ban, old_indexed) = (e.banned_until, e.indexed);
             e.refresh(&self.limits, now);
             e.last_active = now;
@@ -606,19 +758,29 @@ impl BehaviourTable {
             }
             return r;
         }
-        while self.entries.len() >= self.limits.max_entries {
-            let len = self.entries.len();
+        // A new behaviour record (the peer may have an entry already, for its session).
+        while self.tracked >= self.limits.max_entries {
+            let len = self.tracked;
             self.make_room(now);
-            if self.entries.len() == len {
+            if self.tracked == len {
                 break;
             }
         }
-        let mut e = Box::new(Behaviour::new(now));
+        let mut e = Behaviour::new(now);
         e.refresh(&self.limits, now);
         e.last_active = now;
         let r = f(&mut e, &self.limits);
         index(&mut self.idle, &mut self.bans, &peer, &mut e);
-        self.entries.insert(peer, e);
+        self.tracked += 1;
+        match self.entries.get_mut(&peer) {
+            Some(entry) => {
+                entry.tracked = true;
+                entry.behaviour = e;
+            }
+            None => {
+                self.entries.insert(peer, slot(Entry { tracked: true, behaviour: e, session: None }));
+            }
+        }
         r
     }
 }
@@ -657,7 +819,7 @@ fn unindex(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::proto::identity::Keypair;
+    use crate::proto::identity::{Keypair, PeerAddr};
 
     fn peer(i: u64) -> PeerId {
         Keypair::derive(i, "admission").peer_id()
@@ -772,7 +934,7 @@ mod tests {
         // Strikes also decay at GC, without any request from the peer.
         let q = peer(2);
         t.record_bad_signature(q, at(3000));
-        t.prune(at(3000 + 1200), |_| false);
+        t.prune(at(3000 + 1200));
         assert_eq!(t.strikes(&q), 0);
         assert!(!t.contains(&q), "a fully forgiven peer without a session is pruned");
     }
@@ -864,9 +1026,10 @@ mod tests {
         for p in [with_session, stale] {
             t.record_heartbeat(p, at(0)).unwrap();
         }
+        t.insert_session(with_session, Session::new(PeerAddr { id: with_session, addrs: Vec::new() }, at(0)));
         t.record_bad_signature(struck, at(50));
         t.record_heartbeat(recent, at(50)).unwrap();
-        let pruned = t.prune(at(61), |p| *p == with_session);
+        let pruned = t.prune(at(61));
         assert_eq!(pruned, 1);
         assert!(!t.contains(&stale));
         for p in [with_session, struck, recent] {
@@ -946,8 +1109,49 @@ mod tests {
         }
         // The indices hold one entry per peer.
         assert_eq!(t.idle.len() + t.bans.len(), t.len());
-        t.prune(at(14 + 61), |_| false);
+        t.prune(at(14 + 61));
         assert_eq!(t.len(), 0);
         assert!(t.idle.is_empty() && t.bans.is_empty(), "pruned entries leave the indices");
+    }
+
+    #[test]
+    fn an_entry_holds_a_session_a_behaviour_record_or_both() {
+        let c = Config { behaviour_table_max: 1, ..Config::default() };
+        let mut t = BehaviourTable::new(&c, 3);
+        let (a, b) = (peer(1), peer(2));
+        let s = |p: PeerId| Session::new(PeerAddr { id: p, addrs: Vec::new() }, at(0));
+        // A session alone: no behaviour record.
+        t.insert_session(a, s(a));
+        assert!(t.has_session(&a) && !t.contains(&a));
+        assert_eq!((t.len(), t.session_count(), t.entries.len()), (0, 1, 1));
+        // A record for it: the same entry holds both.
+        t.record_heartbeat(a, at(1)).unwrap();
+        assert!(t.contains(&a) && t.has_session(&a));
+        assert_eq!((t.len(), t.session_count(), t.entries.len()), (1, 1, 1));
+        // b's record evicts a's (bound 1): a keeps its session, read as no record.
+        t.record_heartbeat(b, at(2)).unwrap();
+        assert!(!t.contains(&a) && t.has_session(&a) && t.contains(&b));
+        assert_eq!((t.len(), t.session_count(), t.entries.len()), (1, 1, 2));
+        assert!(t.entry(&a).is_some_and(|e| !e.banned_at(at(2)) && e.session().is_some()));
+        assert_eq!(t.session_and_strikes(&a).map(|(_, _, k)| k), Some(0));
+        // Its session closes: a's entry goes; b's (a record only) stays.
+        assert!(t.remove_session(&a).is_some());
+        assert!(t.remove_session(&a).is_none());
+        assert_eq!((t.len(), t.session_count(), t.entries.len()), (1, 0, 1));
+        // A ban outlives the session it came with.
+        t.insert_session(b, s(b));
+        t.record_bad_signature(b, at(3));
+        assert_eq!(t.record_bad_signature(b, at(3)).banned_until, Some(at(3) + c.ban_duration));
+        assert!(t.remove_session(&b).is_some());
+        assert!(t.is_banned(&b, at(4)) && !t.has_session(&b));
+        assert_eq!((t.len(), t.session_count(), t.entries.len()), (1, 0, 1));
+        // Pruning leaves an entry holding only a session alone and drops a clean record without
+        // one (b's, its ban over).
+        t.insert_session(a, s(a));
+        assert_eq!(t.prune(at(3) + c.ban_duration + Duration::from_secs(61)), 1);
+        assert!(t.has_session(&a) && !t.contains(&a) && !t.contains(&b));
+        assert_eq!((t.len(), t.session_count(), t.entries.len()), (0, 1, 1));
+        assert!(t.idle.is_empty() && t.bans.is_empty());
+        assert_eq!(t.sessions().map(|(p, _)| *p).collect::<Vec<_>>(), vec![a]);
     }
 }

@@ -62,14 +62,16 @@
 //!   "least-loaded top-5" was a random offset into a random list, C §18.13).
 //!
 //! Per-heartbeat work is `O(k)` expected in the number of sessions `n`, and touches few cache
-//! lines however large `n` (issue 13): sessions and behaviour entries are found in seeded hash
-//! tables ([`SeededMap`]), witnesses are drawn from a vector of non-indexer sessions by index, and
+//! lines however large `n` (issue 13): a peer's session and its behaviour record (rate windows,
+//! strikes, ban, DID binding) are one entry of one seeded hash table
+//! ([`SeededMap`](crate::proto::seeded::SeededMap), in [`BehaviourTable`]), so a heartbeat finds
+//! both with one probe; witnesses are drawn from a vector of non-indexer sessions by index, and
 //! a heartbeat updates no ordered index unless what it indexes changed — the expiry and eviction
 //! indices are renewed lazily, about once per `session_expiry`, by the timer (see
-//! [`IndexerService::handle_timeout`]). GC scans. The tables a heartbeat reads (behaviour entry,
-//! session, record store) are looked up together first, so that at scale their cache misses
+//! [`IndexerService::handle_timeout`]). GC scans. The two tables a heartbeat reads (the peer's
+//! entry, the record store) are looked up together first, so that at scale their cache misses
 //! overlap ([`IndexerService::on_heartbeat`]). A session costs under 1 KiB in all (the session,
-//! its indices and the node's behaviour entry; measured by
+//! its indices and the node's behaviour record; measured by
 //! `cargo bench -p ocd-core --features internals --bench sessions`).
 //!
 //! ## Files, one per flow
@@ -88,7 +90,6 @@ use crate::proto::durable::Persist;
 use crate::proto::identity::{Did, PeerAddr, PeerId};
 use crate::proto::record::{MAX_NAME_LEN, PeerRecord, ProviderRecord, StoreError};
 use crate::proto::rng::DetRng;
-use crate::proto::seeded::{SeededMap, seeded_map};
 use crate::proto::time::Timestamp;
 use crate::proto::wire::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, Heartbeat, HeartbeatKind, HeartbeatResponse, Publish,
@@ -188,6 +189,23 @@ struct Session {
 }
 
 impl Session {
+    /// A session opened at `now` by the node reached at `addr`.
+    fn new(addr: PeerAddr, now: Timestamp) -> Self {
+        Session {
+            addr,
+            did: None,
+            name: None,
+            first_seen: now,
+            last_seen: now,
+            indexed: now,
+            online_ms: 0,
+            referent: false,
+            is_indexer: false,
+            witness_slot: None,
+            standing: crate::proto::wire::Standing::default(),
+        }
+    }
+
     /// Online time over age, as of the last heartbeat; 1.0 for a brand-new session.
     fn uptime_ratio(&self) -> f64 {
         let age = self.last_seen.since(self.first_seen);
@@ -244,10 +262,6 @@ pub struct IndexerService {
     /// Draws for the cache of other indexers picked from DHT providers.
     cache_rng: DetRng,
     born_at: Timestamp,
-    /// Sessions by peer: a hash table, for about one cache miss per lookup at 100 k sessions (its
-    /// order is never an output: `sessions()` sorts). Boxed: the table's spare buckets then cost
-    /// a pointer each, not a session.
-    sessions: SeededMap<PeerId, Box<Session>>,
     /// `(indexed, peer)` of every session (see `Session::indexed`): one entry per session, whose
     /// key may be earlier than the session's `last_seen`. A heartbeat does not touch it; a timer
     /// run renews the entries that fall due (see [`IndexerService::handle_timeout`]).
@@ -267,6 +281,9 @@ pub struct IndexerService {
     offload: Offload,
     capacity: Capacity,
     burst: BurstGuard,
+    /// Per peer, one entry: its behaviour record (rate windows, strikes, ban, DID binding) and its
+    /// session, so that a heartbeat finds both with one probe (see `admission.rs`). A hash table
+    /// (its order is never an output: `sessions()` sorts).
     behaviour: BehaviourTable,
     next_gc: Timestamp,
     /// Heartbeat responses held until the DHT spot check of their DID challenge ends.
@@ -288,7 +305,6 @@ impl IndexerService {
             rng,
             cache_rng,
             born_at: now,
-            sessions: seeded_map(keys.next_u64()),
             expiry: BTreeSet::new(),
             expiry_batch: Vec::new(),
             witness_pool: Vec::new(),
@@ -326,8 +342,8 @@ impl IndexerService {
         // The sessions are looked up in a loop of their own: each lookup is independent of the
         // others, so that at scale their cache misses overlap.
         let session_expiry = self.config.session_expiry;
-        let sessions = &mut self.sessions;
-        batch.retain_mut(|(key, peer)| match sessions.get_mut(peer) {
+        let table = &mut self.behaviour;
+        batch.retain_mut(|(key, peer)| match table.session_mut(peer) {
             Some(s) if now.since(s.last_seen) > session_expiry => {
                 due.push((s.last_seen, *peer));
                 false
@@ -368,24 +384,24 @@ impl IndexerService {
 
     /// Whether `peer` has a session.
     pub fn has_session(&self, peer: &PeerId) -> bool {
-        self.sessions.contains_key(peer)
+        self.behaviour.has_session(peer)
     }
 
     /// Sessions (heartbeating peers).
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.behaviour.session_count()
     }
 
     /// Every session, in peer-id order (sorted at each call).
     pub fn sessions(&self) -> impl Iterator<Item = SessionView<'_>> + '_ {
-        let mut all: Vec<(&PeerId, &Box<Session>)> = self.sessions.iter().collect();
+        let mut all: Vec<(&PeerId, &Session)> = self.behaviour.sessions().collect();
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        all.into_iter().map(|(p, s)| self.view(p, s))
+        all.into_iter().map(|(p, s)| self.view(p, s, self.behaviour.strikes(p)))
     }
 
     /// One session.
     pub fn session(&self, peer: &PeerId) -> Option<SessionView<'_>> {
-        self.sessions.get_key_value(peer).map(|(p, s)| self.view(p, s))
+        self.behaviour.session_and_strikes(peer).map(|(p, s, strikes)| self.view(p, s, strikes))
     }
 
     /// The nodes that chose this indexer as their search referent.
@@ -395,7 +411,10 @@ impl IndexerService {
 
     /// Sessions whose node chose this indexer as its search referent.
     pub fn referents(&self) -> impl Iterator<Item = SessionView<'_>> + '_ {
-        self.referents.iter().filter_map(|p| self.sessions.get_key_value(p)).map(|(p, s)| self.view(p, s))
+        self.referents
+            .iter()
+            .filter_map(|p| self.behaviour.session_and_strikes(p))
+            .map(|(p, s, strikes)| self.view(p, s, strikes))
     }
 
     /// When this indexer started.
@@ -431,15 +450,16 @@ impl IndexerService {
 
     /// Sessions over capacity, at most 1.
     pub fn fill_rate(&self) -> f64 {
-        (self.sessions.len() as f64 / self.config.max_nodes.max(1) as f64).min(1.0)
+        (self.behaviour.session_count() as f64 / self.config.max_nodes.max(1) as f64).min(1.0)
     }
 
-    /// The behaviour table (strikes, bans, DID bindings).
+    /// The behaviour table (strikes, bans, DID bindings; it holds the sessions too).
     pub fn behaviour(&self) -> &BehaviourTable {
         &self.behaviour
     }
 
-    fn view<'a>(&'a self, peer: &PeerId, s: &'a Session) -> SessionView<'a> {
+    /// The view of `peer`'s session `s`, the peer having `strikes`.
+    fn view<'a>(&self, peer: &PeerId, s: &'a Session, strikes: u32) -> SessionView<'a> {
         let uptime_ratio = s.uptime_ratio();
         SessionView {
             peer: *peer,
@@ -451,15 +471,14 @@ impl IndexerService {
             referent: s.referent,
             is_indexer: s.is_indexer,
             uptime_ratio,
-            admission_score: admission_score(uptime_ratio, self.behaviour.strikes(peer), self.config.strike_threshold),
+            admission_score: admission_score(uptime_ratio, strikes, self.config.strike_threshold),
         }
     }
 
     /// Prunes the behaviour table, forgets indexers not seen within `session_expiry`, and resets
     /// the offload state when the fill rate is back at or below the threshold.
     fn gc(&mut self, now: Timestamp) {
-        let sessions = &self.sessions;
-        self.behaviour.prune(now, |p| sessions.contains_key(p));
+        self.behaviour.prune(now);
         let stale = self.config.session_expiry;
         self.known.retain(|_, k| now.since(k.last_seen) <= stale);
         if self.fill_rate() <= self.config.offload_threshold {

@@ -38,7 +38,7 @@ impl IndexerService {
             self.offload.reset();
             return false;
         }
-        if !somewhere_to_go || !self.sessions.get(&peer).is_some_and(|s| s.standing.can_move()) {
+        if !somewhere_to_go || !self.behaviour.session(&peer).is_some_and(|s| s.standing.can_move()) {
             return false;
         }
         let grace = self.config.offload_grace;
@@ -48,7 +48,7 @@ impl IndexerService {
             self.offload.in_batch.remove(&p);
             self.offload.already_tried.insert(p);
         }
-        if self.offload.already_tried.len() >= self.sessions.len() {
+        if self.offload.already_tried.len() >= self.behaviour.session_count() {
             self.offload.already_tried.clear();
         }
         if self.offload.already_tried.contains(&peer) {

@@ -148,7 +148,7 @@ impl IndexerService {
 
     pub(super) fn is_known(&self, peer: &PeerId, known_record: bool) -> bool {
         !self.config.blocked_peers.contains(peer)
-            && (self.sessions.contains_key(peer) || self.config.trusted_peers.contains(peer) || known_record)
+            && (self.behaviour.has_session(peer) || self.config.trusted_peers.contains(peer) || known_record)
     }
 
     /// Hands a record from its owner to the desk after the identity and publish-window checks, to

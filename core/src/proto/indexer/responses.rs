@@ -18,17 +18,18 @@ impl IndexerService {
         out.emit(IndexerOut::Event(Event::HeartbeatReceived { node: peer }));
         // At scale, the first lookup of the peer in each table a heartbeat reads is a cache (and
         // TLB) miss, and in a hash table of boxed entries two in a row (the bucket, then the
-        // entry). The three tables are read here, one after the other and before anything
-        // depends on what they hold, so that the processor overlaps their misses instead of
-        // taking them in turn (issue 13): the behaviour entry (is the peer banned), the session
-        // (when it was last seen, and whether it is reached at the same address) and the record
-        // store's bucket (the expiry of the peer's record held). The values stay right until
-        // they are used: the gate returns false whenever it ends the session, and nothing writes
-        // to the store before the response unless the heartbeat carries a record or names us
-        // its referent (then the expiry is read again).
-        let banned = self.behaviour.is_banned(&peer, now);
-        let session = self.sessions.get(&peer).map(|s| (s.last_seen, s.addr == from));
+        // entry). The peer's behaviour record and its session are one entry of one table
+        // (`admission.rs`): one probe finds both (is the peer banned; when was its session last
+        // seen, and is it reached at the same address). The record store's bucket (the expiry of
+        // the peer's record held) is read right after, before anything depends on the entry, so
+        // that the processor overlaps the two tables' misses instead of taking them in turn
+        // (issue 13). The values stay right until they are used: the gate returns false whenever
+        // it ends the session, and nothing writes to the store before the response unless the
+        // heartbeat carries a record or names us its referent (then the expiry is read again).
+        let entry = self.behaviour.entry(&peer);
         let held = desk.held_expiry(&peer, now);
+        let banned = entry.is_some_and(|e| e.banned_at(now));
+        let session = entry.and_then(|e| e.session()).map(|s| (s.last_seen, s.addr == from));
         if !self.admit(peer, banned, Req::Heartbeat(hb.req), RateKind::Heartbeat, now, out) {
             return;
         }
@@ -57,7 +58,7 @@ impl IndexerService {
             // the probe, is refused `Busy` on its next heartbeat, and loops. Full, we could still
             // take a short prober by moving a node with spare indexers (`capacity.rs`).
             let standing = hb.standing;
-            if self.sessions.len() >= self.config.max_nodes
+            if self.behaviour.session_count() >= self.config.max_nodes
                 && !(standing.is_short() && self.movable_session().is_some())
             {
                 let suggestions = self.capacity_suggestions(peer, &standing);
@@ -102,7 +103,7 @@ impl IndexerService {
             };
             self.refresh_session(peer, last_seen, now);
             let score = self.session(&peer).map_or(0.0, |v| v.admission_score);
-            let age = self.sessions.get(&peer).map_or(Duration::ZERO, |s| now.since(s.first_seen));
+            let age = self.behaviour.session(&peer).map_or(Duration::ZERO, |s| now.since(s.first_seen));
             if score < self.config.dynamic_min_score(age) {
                 self.close_session(peer, SessionEnd::Rejected, out);
                 self.refuse(peer, Req::Heartbeat(hb.req), RefuseReason::LowScore, Vec::new(), out);
@@ -124,7 +125,7 @@ impl IndexerService {
                 return;
             }
             // Full: a short node takes the slot of a node with spare indexers, nobody else gets in.
-            let mover = if self.sessions.len() >= self.config.max_nodes {
+            let mover = if self.behaviour.session_count() >= self.config.max_nodes {
                 match self.movable_session().filter(|_| standing.is_short()) {
                     Some(victim) => Some(victim),
                     None => {
@@ -201,7 +202,7 @@ impl IndexerService {
             .challenges
             .iter()
             .take(MAX_CHALLENGES_ANSWERED)
-            .map(|p| match self.sessions.get(p) {
+            .map(|p| match self.behaviour.session(p) {
                 Some(s) => ChallengeEntry { peer: *p, found: true, last_seen: Some(s.last_seen) },
                 None => ChallengeEntry { peer: *p, found: false, last_seen: None },
             })
@@ -223,7 +224,7 @@ impl IndexerService {
         let response = HeartbeatResponse {
             req: hb.req,
             fill_rate,
-            peer_count: u32::try_from(self.sessions.len()).unwrap_or(u32::MAX),
+            peer_count: u32::try_from(self.behaviour.session_count()).unwrap_or(u32::MAX),
             max_nodes: u32::try_from(self.config.max_nodes).unwrap_or(u32::MAX),
             born_at: self.born_at,
             challenges,
@@ -267,7 +268,7 @@ impl IndexerService {
         self.rng.shuffle(&mut picks);
         picks
             .into_iter()
-            .filter_map(|p| self.sessions.get(&p).map(|s| s.addr.clone()))
+            .filter_map(|p| self.behaviour.session(&p).map(|s| s.addr.clone()))
             .take(self.config.max_witnesses)
             .collect()
     }
@@ -288,7 +289,7 @@ impl IndexerService {
             .into_iter()
             .filter_map(|i| self.witness_pool.get(i))
             .filter(|p| **p != requester && **p != me)
-            .filter_map(|p| self.sessions.get(p).map(|s| s.addr.clone()))
+            .filter_map(|p| self.behaviour.session(p).map(|s| s.addr.clone()))
             .take(self.config.max_witnesses)
             .collect()
     }

@@ -8,20 +8,7 @@ use super::*;
 impl IndexerService {
     pub(super) fn open_session(&mut self, addr: PeerAddr, now: Timestamp) {
         let peer = addr.id;
-        let session = Box::new(Session {
-            addr,
-            did: None,
-            name: None,
-            first_seen: now,
-            last_seen: now,
-            indexed: now,
-            online_ms: 0,
-            referent: false,
-            is_indexer: false,
-            witness_slot: None,
-            standing: crate::proto::wire::Standing::default(),
-        });
-        self.sessions.insert(peer, session);
+        self.behaviour.insert_session(peer, Session::new(addr, now));
         self.expiry.insert((now, peer));
     }
 
@@ -31,7 +18,7 @@ impl IndexerService {
     /// early, which the next timer run that reaches it renews (see
     /// [`IndexerService::handle_timeout`]).
     pub(super) fn refresh_session(&mut self, peer: PeerId, last_seen: Timestamp, now: Timestamp) {
-        let Some(s) = self.sessions.get_mut(&peer) else {
+        let Some(s) = self.behaviour.session_mut(&peer) else {
             return;
         };
         debug_assert_eq!(s.last_seen, last_seen, "the session changed since the heartbeat came in");
@@ -58,7 +45,7 @@ impl IndexerService {
     ) {
         let peer = from.id;
         let me = self.me;
-        let Some(s) = self.sessions.get_mut(&peer) else {
+        let Some(s) = self.behaviour.session_mut(&peer) else {
             return;
         };
         let old_key = move_key(&me, &peer, s);
@@ -131,7 +118,7 @@ impl IndexerService {
         }
         self.witness_pool.swap_remove(slot);
         if let Some(moved) = self.witness_pool.get(slot).copied()
-            && let Some(s) = self.sessions.get_mut(&moved)
+            && let Some(s) = self.behaviour.session_mut(&moved)
         {
             s.witness_slot = u32::try_from(slot).ok();
         }
@@ -139,7 +126,7 @@ impl IndexerService {
 
     /// Ends a session and everything attached to it. Returns whether there was one.
     pub(super) fn close_session(&mut self, peer: PeerId, reason: SessionEnd, out: &mut Vec<Action>) -> bool {
-        let Some(s) = self.sessions.remove(&peer) else {
+        let Some(s) = self.behaviour.remove_session(&peer) else {
             return false;
         };
         if let Some(k) = move_key(&self.me, &peer, &s) {

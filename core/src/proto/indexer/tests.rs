@@ -1175,3 +1175,109 @@ fn what_a_heartbeat_reads_first_is_what_its_response_and_session_reflect() {
     assert_eq!((v.last_seen, v.first_seen), (at(400), at(0)));
     assert!((v.uptime_ratio - 1.0).abs() < 1e-9, "every gap counted online: {}", v.uptime_ratio);
 }
+
+// The behaviour records and the sessions share one table, one entry per peer (`admission.rs`):
+// each part keeps its own life.
+
+#[test]
+fn a_session_outlives_the_eviction_of_its_behaviour_record() {
+    let mut h = Harness::new(Config { behaviour_table_max: 2, ..Config::default() });
+    let a = node(1);
+    assert!(response(&h.beat(&a, at(0))).fill_rate > 0.0);
+    assert!(h.ix.has_session(&a.id) && h.ix.behaviour().contains(&a.id));
+    // Two probers take the table's two slots: a's record, the least recently active, goes.
+    h.send(&node(2), probe(), at(1));
+    h.send(&node(3), probe(), at(2));
+    assert!(!h.ix.behaviour().contains(&a.id), "a's behaviour record was evicted");
+    assert_eq!(h.ix.behaviour().len(), 2, "the bound counts behaviour records only");
+    // Its session is untouched: listed, counted, and it answers challenges.
+    assert!(h.ix.has_session(&a.id));
+    assert_eq!(h.ix.session_count(), 1);
+    assert_eq!(h.ix.sessions().map(|v| v.peer).collect::<Vec<_>>(), vec![a.id]);
+    assert_eq!(h.ix.session(&a.id).unwrap().last_seen, at(0));
+    assert_eq!(h.ix.strikes(&a.id), 0);
+    assert!(!h.ix.is_banned(&a.id, at(3)));
+    let out = h.send(&node(2), Heartbeat { challenges: vec![a.id], ..probe() }, at(3));
+    assert_eq!(response(&out).challenges, vec![ChallengeEntry { peer: a.id, found: true, last_seen: Some(at(0)) }]);
+    // Its next heartbeat refreshes the same session and gives it a fresh record again.
+    let out = h.beat(&a, at(20));
+    assert!(events(&out).iter().all(|e| !matches!(e, Event::SessionOpened { .. })), "{out:?}");
+    assert!(h.ix.behaviour().contains(&a.id));
+    let s = h.ix.session(&a.id).unwrap();
+    assert_eq!((s.first_seen, s.last_seen), (at(0), at(20)));
+}
+
+#[test]
+fn a_ban_outlives_the_session_it_ended_then_the_entry_goes() {
+    let c = Config::default();
+    let mut h = Harness::new(c.clone());
+    let (a, b) = (node(1), node(2));
+    h.beat(&b, at_ms(0));
+    // A heartbeat flood: five in the window, then a strike for each one over; the third bans.
+    for i in 0..c.max_hb_per_minute as u64 + 3 {
+        h.beat(&a, at_ms(i));
+    }
+    let until = at_ms(c.max_hb_per_minute as u64 + 2) + c.ban_duration;
+    assert_eq!(h.ix.behaviour().banned_until(&a.id, at(1)), Some(until));
+    assert!(!h.ix.has_session(&a.id), "the ban ended the session");
+    assert!(h.ix.session(&a.id).is_none());
+    assert_eq!(h.ix.session_count(), 1);
+    assert_eq!(h.ix.sessions().map(|v| v.peer).collect::<Vec<_>>(), vec![b.id]);
+    assert_eq!(h.ix.strikes(&a.id), c.strike_threshold);
+    assert_eq!(h.ix.behaviour().len(), 2);
+    // GC while banned keeps the record (b heartbeats to keep its session).
+    let mut t = 20;
+    while at(t) < until {
+        h.beat(&b, at(t));
+        h.run_timers(at(t));
+        assert!(h.ix.is_banned(&a.id, at(t)), "at {t} s");
+        t += 20;
+    }
+    // The ban ended: the next GC finds a clean record without a session, and the entry goes.
+    let gc = at(t) + c.gc_interval;
+    while at(t) <= gc {
+        h.beat(&b, at(t));
+        h.run_timers(at(t));
+        t += 20;
+    }
+    assert!(!h.ix.behaviour().contains(&a.id));
+    assert!(!h.ix.is_banned(&a.id, at(t)));
+    assert_eq!(h.ix.behaviour().len(), 1);
+    assert_eq!(h.ix.session_count(), 1);
+    // A comes back as a newcomer.
+    let out = h.beat(&a, at(t));
+    assert!(events(&out).contains(&&Event::SessionOpened { node: a.id }));
+    assert_eq!(h.ix.strikes(&a.id), 0);
+}
+
+#[test]
+fn gc_drops_the_combined_entry_only_when_both_parts_are_gone() {
+    let c = Config::default();
+    let mut h = Harness::new(c.clone());
+    let a = node(1);
+    let d = did("did:ocd:a");
+    h.send(&a, Heartbeat { did: Some(d.clone()), ..hb() }, at(0));
+    // A clean record is kept while the session lives, its DID binding with it.
+    let mut t = 0;
+    while t <= 200 {
+        h.beat(&a, at(t));
+        h.run_timers(at(t));
+        t += 20;
+    }
+    assert!(h.ix.behaviour().contains(&a.id));
+    assert!(h.ix.has_session(&a.id));
+    // The node leaves: the record stays (its window still holds heartbeats), the session is gone.
+    h.leave(&a, at(t));
+    assert!(!h.ix.has_session(&a.id) && h.ix.behaviour().contains(&a.id));
+    assert_eq!(h.ix.session_count(), 0);
+    // A DID change is still refused while the record lives: the binding outlived the session.
+    let out = h.send(&a, Heartbeat { did: Some(did("did:ocd:other")), ..probe() }, at(t + 1));
+    assert_eq!(refusal(&out).reason, RefuseReason::DidChanged);
+    // Once its windows are empty, GC drops the whole entry.
+    h.run_timers(at(t + 1) + c.behaviour_window + c.gc_interval);
+    assert!(!h.ix.behaviour().contains(&a.id));
+    assert_eq!(h.ix.behaviour().len(), 0);
+    // Nothing is bound any more: another DID is accepted.
+    let out = h.send(&a, Heartbeat { did: Some(did("did:ocd:other")), ..hb() }, at(t + 200));
+    assert!(events(&out).contains(&&Event::SessionOpened { node: a.id }));
+}
