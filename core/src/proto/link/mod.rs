@@ -510,7 +510,12 @@ mod tests {
         let a = Keypair::derive(1, "a").peer_id();
         let b = Keypair::derive(1, "b").peer_id();
         let c = Config::default();
-        (a, Connections::new(a, key_a, &c, DetRng::new(1, "a"), 1), b, Connections::new(b, key_b, &c, DetRng::new(1, "b"), 2))
+        (
+            a,
+            Connections::new(a, key_a, &c, DetRng::new(1, "a"), 1),
+            b,
+            Connections::new(b, key_b, &c, DetRng::new(1, "b"), 2),
+        )
     }
 
     /// Moves every `Send` in `out` addressed to `to` into `to`'s table; returns deliveries.
@@ -651,6 +656,50 @@ mod tests {
         assert!(!ca.is_ready(&b), "idle, unneeded link closed");
         assert!(cb.is_ready(&a), "needed link kept");
         assert!(o.iter().any(|x| matches!(x, Output::Close { peer, reason: CloseReason::Idle } if *peer == b)));
+    }
+
+    /// A spoke `i` dials `hub` and completes the handshake with it.
+    fn spoke(hub_id: PeerId, hub: &mut Connections, i: u64) -> PeerId {
+        let x = Keypair::derive(i, "spoke").peer_id();
+        let mut cx = Connections::new(x, [1; 32], &Config::default(), DetRng::new(i, "x"), i);
+        let (mut ox, mut oh) = (VecDeque::new(), VecDeque::new());
+        assert!(cx.send(hub_id, Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave), Timestamp(0), &mut ox));
+        ox.clear();
+        cx.on_up(hub_id, None, true, Timestamp(1), &mut ox);
+        hub.on_up(x, None, false, Timestamp(1), &mut oh);
+        for _ in 0..3 {
+            pump(x, &mut ox, hub_id, hub, &mut oh);
+            pump(hub_id, &mut oh, x, &mut cx, &mut ox);
+        }
+        assert!(hub.is_ready(&x) && cx.is_ready(&hub_id));
+        x
+    }
+
+    #[test]
+    fn idle_links_close_in_id_order_whatever_the_table_order() {
+        let hub_id = Keypair::derive(1, "hub").peer_id();
+        let mut hub = Connections::new(hub_id, [1; 32], &Config::default(), DetRng::new(1, "hub"), 7);
+        let mut ids: Vec<PeerId> = (1..=40).map(|i| spoke(hub_id, &mut hub, i)).collect();
+        ids.sort_unstable();
+        assert_eq!(hub.peers(), ids, "peers() in id order");
+        let idle = Config::default().idle_timeout;
+        let end = Timestamp(10) + idle + idle / 2 + SWEEP_SLACK;
+        let mut o = VecDeque::new();
+        while let Some(t) = hub.poll_timeout() {
+            if t > end {
+                break;
+            }
+            hub.handle_timeout(t, |_| false, &mut o);
+        }
+        let closed: Vec<PeerId> = o
+            .iter()
+            .filter_map(|x| match x {
+                Output::Close { peer, reason: CloseReason::Idle } => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, ids, "every idle link closed once, in id order");
+        assert!(hub.is_empty());
     }
 
     #[test]
