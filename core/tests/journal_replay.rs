@@ -73,7 +73,7 @@ fn recorded() -> Vec<u8> {
     net.input(NODE, Input::Command(Command::Search { id: 2, user: "u".into(), query }));
     net.run_for(Duration::from_secs(90));
     let (_, rec, mut bytes) = net.journal.take().unwrap();
-    assert!(rec.steps() > 50, "a busy journal: {} steps", rec.steps());
+    assert!(rec.steps() > 40, "a busy journal: {} steps", rec.steps());
     bytes.extend(rec.end());
     bytes
 }
@@ -87,7 +87,7 @@ fn a_journal_replays_identically_and_a_changed_byte_is_named() {
     let bytes = recorded();
     let r = journal::replay(&bytes, key(), KEY, Instant::now()).expect("identical replay");
     assert!(r.clean_end && r.cut_short.is_none(), "{r:?}");
-    assert!(r.steps > 50 && r.outputs > 50, "{r:?}");
+    assert!(r.steps > 40 && r.outputs > 50, "{r:?}");
 
     // The wrong key is refused.
     let e = journal::replay(&bytes, Keypair::derive(1, "other"), KEY, Instant::now()).unwrap_err();

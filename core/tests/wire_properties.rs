@@ -3,9 +3,9 @@
 
 use ocd_core::proto::Timestamp;
 use ocd_core::proto::wire::{
-    self, CandidatesRequest, CandidatesResponse, ChallengeEntry, Envelope, FrameDecoder, Heartbeat, HeartbeatKind,
-    HeartbeatResponse, Hello, HelloProof, IndexerMessage, RefuseReason, Refused, RequestId, Standing, WitnessQuery,
-    WitnessReport,
+    self, CandidatesRequest, CandidatesResponse, Carried, ChallengeEntry, Envelope, FrameDecoder, Heartbeat,
+    HeartbeatKind, HeartbeatResponse, Hello, HelloProof, HelloProofWith, IndexerMessage, RefuseReason, Refused,
+    RequestId, Standing, WitnessQuery, WitnessReport,
 };
 use ocd_core::proto::{Did, PeerAddr, PeerId};
 use proptest::prelude::*;
@@ -44,11 +44,23 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
     ]
 }
 
+/// Any message: the link's, including a proof carrying any other message.
 fn message() -> impl Strategy<Value = Envelope> {
-    let req = any::<u64>().prop_map(RequestId);
     prop_oneof![
         any::<[u8; 32]>().prop_map(|nonce| Envelope::from(Hello { nonce })),
         any::<[u8; 32]>().prop_map(|mac| Envelope::from(HelloProof { mac })),
+        (any::<[u8; 32]>(), not_link()).prop_map(|(mac, first)| {
+            let first = Carried::new(first).expect("small non-link messages are carried");
+            Envelope::from(HelloProofWith { mac, first })
+        }),
+        not_link(),
+    ]
+}
+
+/// Any message but the link's.
+fn not_link() -> impl Strategy<Value = Envelope> {
+    let req = any::<u64>().prop_map(RequestId);
+    prop_oneof![
         (
             req.clone(),
             any::<bool>(),
@@ -190,4 +202,91 @@ proptest! {
         p[i] ^= 1 << bit;
         let _ = wire::decode(&p);
     }
+}
+
+/// A proof carrying `inner` (the bytes of an envelope without its version byte), by hand.
+fn proof_carrying(inner: &[u8]) -> Vec<u8> {
+    let mut p = vec![wire::WIRE_VERSION, 0, 3];
+    p.extend([7u8; 32]);
+    let mut len = inner.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            p.push(byte);
+            break;
+        }
+        p.push(byte | 0x80);
+    }
+    p.extend(inner);
+    p
+}
+
+#[test]
+fn a_carried_message_is_counted_as_itself_and_round_trips() {
+    let inner = Envelope::from(WitnessQuery { req: RequestId(5), indexer: PeerId([3; 32]) });
+    let m = Envelope::from(HelloProofWith { mac: [7; 32], first: Carried::new(inner.clone()).expect("carried") });
+    assert_eq!((m.kind(), m.carried()), ("witness_query", &inner));
+    let bytes = wire::encode(&m);
+    // The frame is the message's own encoding behind the proof: hand-built, it decodes the same.
+    assert_eq!(bytes, proof_carrying(&wire::encode(&inner)[1..]));
+    assert_eq!(wire::decode(&bytes), Ok(m));
+    // A link message is never carried.
+    let hello = Envelope::from(Hello { nonce: [1; 32] });
+    assert_eq!(Carried::new(hello.clone()), Err(hello));
+}
+
+#[test]
+fn a_carried_link_message_or_trailing_byte_fails_the_frame_and_nesting_never_recurses() {
+    // A carried Hello (built by hand: `Carried::new` refuses it).
+    let hello = wire::encode(&Envelope::from(Hello { nonce: [1; 32] }));
+    assert!(matches!(wire::decode(&proof_carrying(&hello[1..])), Err(wire::WireError::Malformed(_))));
+    // A carried message with a byte after it.
+    let mut leave = wire::encode(&Envelope::Indexer(IndexerMessage::Leave))[1..].to_vec();
+    leave.push(0);
+    assert!(matches!(wire::decode(&proof_carrying(&leave)), Err(wire::WireError::Malformed(_))));
+    // Empty.
+    assert!(matches!(wire::decode(&proof_carrying(&[])), Err(wire::WireError::Malformed(_))));
+    // Proofs nested as deep as a frame allows: refused at the first level, no recursion.
+    let mut nested: Vec<u8> = wire::encode(&Envelope::Indexer(IndexerMessage::Leave))[1..].to_vec();
+    while nested.len() + 80 < wire::MAX_FRAME_LEN {
+        nested = proof_carrying(&nested)[1..].to_vec();
+    }
+    let frame = proof_carrying(&nested);
+    assert!(frame.len() <= wire::MAX_FRAME_LEN);
+    assert!(matches!(wire::decode(&frame), Err(wire::WireError::Malformed(_))));
+}
+
+/// A refusal whose frame is exactly `size` bytes (one suggestion with a long address).
+fn refusal_of_size(size: usize) -> Envelope {
+    let with = |len: usize| {
+        let suggestions = vec![PeerAddr { id: PeerId([9; 32]), addrs: vec!["a".repeat(len)] }];
+        Envelope::Indexer(IndexerMessage::Refused(Refused {
+            req: RequestId(1),
+            reason: RefuseReason::Full,
+            suggestions,
+        }))
+    };
+    let mut len = size;
+    loop {
+        let m = with(len);
+        let got = wire::encode(&m).len();
+        if got == size {
+            return m;
+        }
+        len = len + size - got.min(len + size);
+    }
+}
+
+#[test]
+fn a_message_too_large_for_a_frame_with_the_proof_is_not_carried() {
+    // As large as a frame allows alone: sent behind a bare proof.
+    let big = refusal_of_size(wire::MAX_FRAME_LEN - 20);
+    assert!(wire::decode(&wire::encode(&big)).is_ok(), "a frame alone");
+    assert!(Carried::new(big).is_err(), "too large to ride with a proof");
+    // Smaller: carried, and the frame with the proof still fits.
+    let first = Carried::new(refusal_of_size(wire::MAX_FRAME_LEN - 45)).expect("fits with the proof");
+    let frame = wire::encode(&Envelope::from(HelloProofWith { mac: [1; 32], first }));
+    assert!(frame.len() <= wire::MAX_FRAME_LEN, "{}", frame.len());
+    assert!(wire::decode(&frame).is_ok());
 }

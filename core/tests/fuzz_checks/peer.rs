@@ -15,11 +15,11 @@ use super::tracing;
 use arbitrary::{Arbitrary, Unstructured};
 use ocd_core::journal::{SEED_MAGIC, Seed, SeedStep};
 use ocd_core::proto::wire::{
-    AddProvider, AppMessage, AppRefusal, CandidatesRequest, CandidatesResponse, ChallengeEntry, DhtMessage, FindNode,
-    FindValue, GetProviders, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello, HelloProof, HelloReply,
-    IndexerMessage, Key, LinkMessage, MAX_STORE_BATCH, MeshMessage, NodeMessage, Nodes, Providers, Publish, Published,
-    RecordReply, SearchFound, SearchHits, SearchMessage, SearchRequest, Standing, Store, StoreAck, StoreBatch, Value,
-    WIRE_VERSION, WitnessQuery, WitnessReport,
+    AddProvider, AppMessage, AppRefusal, CandidatesRequest, CandidatesResponse, Carried, ChallengeEntry, DhtMessage,
+    FindNode, FindValue, GetProviders, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse, Hello, HelloProof,
+    HelloProofWith, HelloReply, IndexerMessage, Key, LinkMessage, MAX_STORE_BATCH, MeshMessage, NodeMessage, Nodes,
+    Providers, Publish, Published, RecordReply, SearchFound, SearchHits, SearchMessage, SearchRequest, Standing, Store,
+    StoreAck, StoreBatch, Value, WIRE_VERSION, WitnessQuery, WitnessReport,
 };
 use ocd_core::proto::{
     AppProtocol, Command, Config, Did, DidBinding, Envelope, Input, Keypair, MessageId, NewMessage, Output, Peer,
@@ -449,6 +449,8 @@ pub enum MeshSpec {
 pub enum Msg {
     Hello([u8; 32]),
     HelloProof([u8; 32]),
+    /// A proof carrying another message (a carried link message is sent as a bare proof).
+    HelloProofWith([u8; 32], Box<Msg>),
     Heartbeat {
         req: Req,
         probe: bool,
@@ -1247,6 +1249,10 @@ impl Harness {
         Some(match msg {
             Msg::Hello(nonce) => Envelope::from(Hello { nonce: *nonce }),
             Msg::HelloProof(mac) => Envelope::from(HelloProof { mac: *mac }),
+            Msg::HelloProofWith(mac, first) => match Carried::new(self.envelope(from, first)?) {
+                Ok(first) => Envelope::from(HelloProofWith { mac: *mac, first }),
+                Err(_) => Envelope::from(HelloProof { mac: *mac }),
+            },
             Msg::Heartbeat {
                 req: r,
                 probe,
@@ -1765,6 +1771,7 @@ pub fn sample_envelopes() -> Vec<Envelope> {
         Msg::AppRefused { id: MsgRef::Spec { sender: Who(8), epoch: 1, seq: 2 }, reason: 1 },
         Msg::StoreBatch { req: Req::Raw(14), records: vec![rec, rec], server: true },
         Msg::HelloReply { nonce: [3; 32], mac: [4; 32] },
+        Msg::HelloProofWith([5; 32], Box::new(Msg::Leave)),
     ];
     msgs.iter().filter_map(|m| h.envelope(me.id(), m)).collect()
 }

@@ -6,7 +6,10 @@ use super::{Life, Simulation};
 use crate::net::PeerIx;
 use crate::report::ForgedSent;
 use crate::scenario::{Behaviour, Forgery};
-use ocd_core::proto::wire::{DhtMessage, Envelope, Heartbeat, HeartbeatKind, IndexerMessage, SearchMessage, WireError};
+use ocd_core::proto::wire::{
+    Carried, DhtMessage, Envelope, Heartbeat, HeartbeatKind, HelloProof, HelloProofWith, IndexerMessage, LinkMessage,
+    SearchMessage, WireError,
+};
 use ocd_core::proto::{PeerRecord, RequestId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -130,6 +133,13 @@ impl Simulation {
             return Some(message);
         }
         match (behaviour, message) {
+            // What a proof carries is what the peer says.
+            (_, Envelope::Link(LinkMessage::HelloProofWith(HelloProofWith { mac, first }))) => {
+                match self.byzantine_filter(p, first.into_inner()).map(Carried::new) {
+                    Some(Ok(first)) => Some(HelloProofWith { mac, first }.into()),
+                    Some(Err(_)) | None => Some(HelloProof { mac }.into()),
+                }
+            }
             (Behaviour::LieChallenges, Envelope::Indexer(IndexerMessage::HeartbeatResponse(mut r))) => {
                 for c in &mut r.challenges {
                     c.found = false;
@@ -280,6 +290,7 @@ impl Simulation {
         if !self.peers[to as usize].roles.indexer {
             return;
         }
+        let decoded = decoded.as_ref().map(Envelope::carried);
         let counts = match self.byz[t].behaviour {
             Behaviour::ClaimForeignDid | Behaviour::BadSignature => match decoded {
                 Ok(Envelope::Indexer(IndexerMessage::Heartbeat(hb))) => hb.record.is_some(),
@@ -295,13 +306,18 @@ impl Simulation {
         }
     }
 
-    /// Whether `to` drops `message` unseen: a withholding indexer stores nothing it is sent, and
-    /// answers nothing for it.
-    pub(super) fn withholds(&self, to: PeerIx, message: &Envelope) -> bool {
+    /// What `to` processes of `message` (`None`: nothing): a withholding indexer drops unseen what
+    /// it is asked to store, and answers nothing for it (a proof carrying a write is kept, bare).
+    pub(super) fn withhold(&self, to: PeerIx, message: Envelope) -> Option<Envelope> {
         let sp = &self.peers[to as usize];
-        matches!(message, Envelope::Dht(DhtMessage::Store(_) | DhtMessage::StoreBatch(_)))
+        let withholds = matches!(message.carried(), Envelope::Dht(DhtMessage::Store(_) | DhtMessage::StoreBatch(_)))
             && matches!(sp.byz, Some((Behaviour::WithholdRecords, _)))
-            && sp.roles.indexer
+            && sp.roles.indexer;
+        match message {
+            _ if !withholds => Some(message),
+            Envelope::Link(LinkMessage::HelloProofWith(HelloProofWith { mac, .. })) => Some(HelloProof { mac }.into()),
+            _ => None,
+        }
     }
 
     /// A flooding node's tick: its extra heartbeats if it is alive, and the next tick.

@@ -284,9 +284,9 @@ impl Simulation {
             self.count_delivered(m);
         }
         self.note_reached(from, to, &decoded);
-        match decoded {
-            Ok(message) if self.withholds(to, &message) => self.netr.dropped_byzantine += 1,
-            Ok(message) => {
+        match decoded.map(|m| self.withhold(to, m)) {
+            Ok(None) => self.netr.dropped_byzantine += 1,
+            Ok(Some(message)) => {
                 let fid = self.ids[from as usize];
                 self.handle(to, Input::Received { from: fid, message }, false);
             }

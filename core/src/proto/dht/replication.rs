@@ -52,22 +52,29 @@ impl Dht {
         }
         let known_binding = self.store.by_peer(&from, now).is_some_and(|h| h.body.did == record.body.did)
             || self.store.did_owner(&record.body.did, now) == Some(from);
-        if !known_binding && self.server && !self.table.is_empty() {
-            if let Some(owner) = self.store.did_owner(&record.body.did, now) {
+        if !known_binding && self.server {
+            if !self.table.is_empty()
+                && let Some(owner) = self.store.did_owner(&record.body.did, now)
+            {
                 debug_assert_ne!(owner, from);
                 return Offer::Refused(StoreError::ForeignDid { did: record.body.did });
             }
             // Only the indexer that replicates the record checks its claim: the owner's other
             // indexers hold it, neither stored nor served, until one of them becomes the
             // replicator (`replicate_held`). Every indexer of a joining node running the same
-            // lookup was a sixth of the federation's traffic.
+            // lookup was a sixth of the federation's traffic. So too with an empty routing table
+            // (an indexer in its first seconds): a copy it stored and served, replicated by
+            // nobody, answered the referent's claim lookup as if the DHT held the record, and the
+            // record was never written to its replicas.
             if !replicate && (self.unchecked.len() < self.config.record_store_max || self.unchecked.contains_key(&from))
             {
                 let expires = record.body.expires_at;
                 self.unchecked.insert(from, record);
                 return Offer::Held(expires);
             }
-            return self.claim(from, record, replicate, now, out);
+            if !self.table.is_empty() {
+                return self.claim(from, record, replicate, now, out);
+            }
         }
         self.unchecked.remove(&from);
         self.commit(from, record, replicate, now, out)
@@ -104,13 +111,17 @@ impl Dht {
     pub fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
         let Some(r) = self.store.by_peer(peer, now) else {
             if self.server
-                && !self.table.is_empty()
                 && self.unchecked_expiry(peer, now).is_some()
                 && !self.claims.contains_key(peer)
                 && let Some(r) = self.unchecked.remove(peer)
             {
-                // Not started (too many queries): held unchecked again, tried at its next heartbeat.
-                if self.claim(*peer, r.clone(), true, now, out) != Offer::Checking {
+                if self.table.is_empty() {
+                    // Nobody to check the claim with (a lone indexer): committed, as a record
+                    // handed to it as the replicator would be.
+                    self.commit(*peer, r, true, now, out);
+                } else if self.claim(*peer, r.clone(), true, now, out) != Offer::Checking {
+                    // Not started (too many queries): held unchecked again, tried at its next
+                    // heartbeat.
                     self.unchecked.insert(*peer, r);
                 }
             }

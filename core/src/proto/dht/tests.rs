@@ -495,6 +495,32 @@ fn only_the_referent_checks_a_claim_the_others_hold_the_record_unserved_until_na
 }
 
 #[test]
+fn an_indexer_with_an_empty_table_serves_no_record_it_was_not_asked_to_replicate() {
+    // An indexer in its first seconds: no DHT peer yet. A node that replicates through another
+    // indexer hands it its record: held unchecked, not served — a served copy answered the
+    // referent's claim check as if the DHT held the record, which then reached no replica.
+    let (mut dht, _) = server_with(0);
+    let owner = Keypair::derive(1, "owner");
+    let r = record(&owner, "did:o", NOW);
+    let mut out = Vec::new();
+    assert_eq!(dht.offer_record(owner.peer_id(), r.clone(), false, NOW, &mut out), Offer::Held(r.body.expires_at));
+    assert_eq!(dht.held_expiry(&owner.peer_id(), NOW), Some(r.body.expires_at));
+    assert_eq!(dht.local(&RecordKey::Did(r.body.did.clone()), NOW), None, "not served");
+    assert_eq!(dht.local(&RecordKey::Peer(owner.peer_id()), NOW), None);
+    // Named its referent while still alone: nobody to check with, so it is committed and served.
+    let mut out = Vec::new();
+    dht.replicate_held(&owner.peer_id(), NOW, &mut out);
+    assert_eq!(dht.local(&RecordKey::Peer(owner.peer_id()), NOW), Some(&r));
+    // A lone indexer asked to replicate serves the record at once, as before.
+    let (mut lone, _) = server_with(0);
+    let other = Keypair::derive(2, "other");
+    let r2 = record(&other, "did:p", NOW);
+    let mut out = Vec::new();
+    assert_eq!(lone.offer_record(other.peer_id(), r2.clone(), true, NOW, &mut out), Offer::Held(r2.body.expires_at));
+    assert_eq!(lone.local(&RecordKey::Did(r2.body.did.clone()), NOW), Some(&r2));
+}
+
+#[test]
 fn a_referent_taking_over_an_unchecked_record_stores_nothing_the_dht_holds_and_refuses_a_thief() {
     let owner = Keypair::derive(1, "owner");
     let thief = Keypair::derive(2, "thief");

@@ -5,7 +5,9 @@
 //! the key with a BLAKE3 keyed MAC under the network key over both peer ids and both nonces, in
 //! three messages: the dialler sends [`Hello`] with a fresh nonce; the accepting side answers
 //! [`HelloReply`], its own nonce and its proof over the dialler's; the dialler, now sure of the
-//! other side, sends its [`HelloProof`] and its queued messages right behind it. Both sides
+//! other side, sends its proof with its first queued message in one frame ([`HelloProofWith`];
+//! a bare [`HelloProof`] when it has none, or that one is too large to carry) and its other
+//! queued messages right behind it. Both sides
 //! dialling at once (each sent a `Hello`) fall back to answering each `Hello` with a `HelloProof`.
 //! Until a peer's proof verifies, nothing else it sends is processed (at most a few messages are
 //! held in case they overtook the proof); a wrong proof, or no proof within `handshake_timeout`,
@@ -21,7 +23,7 @@ use crate::proto::identity::{Addr, PeerAddr, PeerId};
 use crate::proto::rng::DetRng;
 use crate::proto::seeded::{SeededMap, seeded_map};
 use crate::proto::time::Timestamp;
-use crate::proto::wire::{Envelope, Hello, HelloProof, HelloReply, LinkMessage};
+use crate::proto::wire::{Carried, Envelope, Hello, HelloProof, HelloProofWith, HelloReply, LinkMessage};
 use crate::proto::{CloseReason, Event, Output};
 
 pub(crate) mod messages;
@@ -338,22 +340,23 @@ impl Connections {
                 if !constant_time_eq(&expected, &mac) {
                     return self.fail(from, CloseReason::HandshakeFailed, out);
                 }
-                let proof = hello_mac(&self.network_key, &self.me, &from, &nonce, &link.our_nonce);
-                out.push_back(Output::Send { to: from, message: HelloProof { mac: proof }.into() });
+                let ours = hello_mac(&self.network_key, &self.me, &from, &nonce, &link.our_nonce);
+                // The first queued message rides with the proof (the peer is verified: it may
+                // have it now), unless it is too large for one frame with the proof.
+                let proof: Envelope = match link.outbound_queue.pop_front().map(Carried::new) {
+                    Some(Ok(first)) => HelloProofWith { mac: ours, first }.into(),
+                    Some(Err(first)) => {
+                        link.outbound_queue.push_front(first);
+                        HelloProof { mac: ours }.into()
+                    }
+                    None => HelloProof { mac: ours }.into(),
+                };
+                out.push_back(Output::Send { to: from, message: proof });
                 self.ready(from, now, out)
             }
-            Envelope::Link(LinkMessage::HelloProof(HelloProof { mac })) => {
-                let Some(their_nonce) = link.their_nonce else {
-                    return self.fail(from, CloseReason::ProtocolViolation, out);
-                };
-                if !matches!(link.state, State::Handshaking) {
-                    return self.fail(from, CloseReason::ProtocolViolation, out);
-                }
-                let expected = hello_mac(&self.network_key, &from, &self.me, &link.our_nonce, &their_nonce);
-                if !constant_time_eq(&expected, &mac) {
-                    return self.fail(from, CloseReason::HandshakeFailed, out);
-                }
-                self.ready(from, now, out)
+            Envelope::Link(LinkMessage::HelloProof(HelloProof { mac })) => self.on_proof(from, mac, None, now, out),
+            Envelope::Link(LinkMessage::HelloProofWith(HelloProofWith { mac, first })) => {
+                self.on_proof(from, mac, Some(first.into_inner()), now, out)
             }
             other => match link.state {
                 State::Ready => Inbound::Deliver(other),
@@ -363,6 +366,39 @@ impl Connections {
                 }
                 _ => self.fail(from, CloseReason::ProtocolViolation, out),
             },
+        }
+    }
+
+    /// `from`'s proof, and the message it carried: checked, then the link is ready and the
+    /// message is processed before anything held.
+    fn on_proof(
+        &mut self,
+        from: PeerId,
+        mac: [u8; 32],
+        first: Option<Envelope>,
+        now: Timestamp,
+        out: &mut VecDeque<Output>,
+    ) -> Inbound {
+        let Some(link) = self.links.get(&from) else {
+            return Inbound::Nothing;
+        };
+        let Some(their_nonce) = link.their_nonce else {
+            return self.fail(from, CloseReason::ProtocolViolation, out);
+        };
+        if !matches!(link.state, State::Handshaking) {
+            return self.fail(from, CloseReason::ProtocolViolation, out);
+        }
+        let expected = hello_mac(&self.network_key, &from, &self.me, &link.our_nonce, &their_nonce);
+        if !constant_time_eq(&expected, &mac) {
+            return self.fail(from, CloseReason::HandshakeFailed, out);
+        }
+        match (self.ready(from, now, out), first) {
+            (Inbound::Nothing, Some(first)) => Inbound::Deliver(first),
+            (Inbound::DeliverHeld(mut held), Some(first)) => {
+                held.insert(0, first);
+                Inbound::DeliverHeld(held)
+            }
+            (inbound, _) => inbound,
         }
     }
 
@@ -574,7 +610,7 @@ mod tests {
     fn a_handshake_takes_three_messages_and_both_dialling_still_authenticates() {
         let ((ra, _, _, _, ca, cb, a, b), count) = handshake_counted([1; 32], false);
         assert!(ca.is_ready(&b) && cb.is_ready(&a));
-        assert_eq!(count, 3, "Hello, HelloReply, HelloProof");
+        assert_eq!(count, 3, "Hello, HelloReply, HelloProof carrying the Leave");
         assert!(ra.contains(&Inbound::Deliver(Envelope::Indexer(crate::proto::wire::IndexerMessage::Leave))));
         let ((ra, _, _, _, ca, cb, a, b), count) = handshake_counted([1; 32], true);
         assert!(ca.is_ready(&b) && cb.is_ready(&a));
@@ -593,6 +629,91 @@ mod tests {
         let reply = Envelope::from(HelloReply { nonce: [3; 32], mac: [4; 32] });
         assert_eq!(cb.on_message(a, reply, Timestamp(1), &mut o), Inbound::Closed);
         assert!(!cb.is_ready(&a) && b != a);
+    }
+
+    /// `a` dials `b` with `queued` waiting, and the handshake runs: the frames `a` sent `b` in
+    /// order, and what `b` processed of them.
+    fn dial_with(queued: Vec<Envelope>) -> (Vec<Envelope>, Vec<Inbound>) {
+        let (a, mut ca, b, mut cb) = pair([1; 32], [1; 32]);
+        let (mut oa, mut ob) = (VecDeque::new(), VecDeque::new());
+        for m in queued {
+            assert!(ca.send(b, m, Timestamp(0), &mut oa));
+        }
+        oa.retain(|o| !matches!(o, Output::Connect { .. }));
+        ca.on_up(b, None, true, Timestamp(1), &mut oa);
+        cb.on_up(a, None, false, Timestamp(1), &mut ob);
+        let (mut frames, mut processed) = (Vec::new(), Vec::new());
+        while !oa.is_empty() || !ob.is_empty() {
+            while let Some(Output::Send { message, .. }) = oa.pop_front() {
+                frames.push(message.clone());
+                processed.push(cb.on_message(a, message, Timestamp(2), &mut ob));
+            }
+            while let Some(Output::Send { message, .. }) = ob.pop_front() {
+                ca.on_message(b, message, Timestamp(2), &mut oa);
+            }
+        }
+        assert!(ca.is_ready(&b) && cb.is_ready(&a));
+        (frames, processed)
+    }
+
+    #[test]
+    fn the_dialler_s_first_message_rides_with_its_proof_and_is_processed_first() {
+        use crate::proto::wire::{IndexerMessage, WitnessQuery};
+        let leave = Envelope::Indexer(IndexerMessage::Leave);
+        let query = Envelope::from(WitnessQuery { req: RequestId(1), indexer: PeerId([5; 32]) });
+        let (frames, processed) = dial_with(vec![leave.clone(), query.clone()]);
+        // Hello, then the proof carrying the Leave, then the query: three frames for two messages.
+        assert_eq!(frames.len(), 3, "{frames:?}");
+        assert!(matches!(frames[0], Envelope::Link(LinkMessage::Hello(_))));
+        assert!(
+            matches!(&frames[1], Envelope::Link(LinkMessage::HelloProofWith(p)) if p.first.get() == &leave),
+            "{:?}",
+            frames[1]
+        );
+        assert_eq!(processed, vec![Inbound::Nothing, Inbound::Deliver(leave), Inbound::Deliver(query)]);
+        // Nothing queued: a bare proof.
+        let (frames, _) = dial_with(Vec::new());
+        assert!(matches!(
+            frames[..],
+            [Envelope::Link(LinkMessage::Hello(_)), Envelope::Link(LinkMessage::HelloProof(_))]
+        ));
+    }
+
+    #[test]
+    fn a_first_message_too_large_to_carry_follows_a_bare_proof() {
+        use crate::proto::wire::{IndexerMessage, MAX_FRAME_LEN, Refused};
+        let addr = PeerAddr { id: PeerId([9; 32]), addrs: vec!["a".repeat(MAX_FRAME_LEN - 80)] };
+        let big = Envelope::Indexer(IndexerMessage::Refused(Refused {
+            req: RequestId(1),
+            reason: crate::proto::wire::RefuseReason::Full,
+            suggestions: vec![addr],
+        }));
+        assert!(crate::proto::wire::encode(&big).len() <= MAX_FRAME_LEN, "a frame alone");
+        let (frames, processed) = dial_with(vec![big.clone()]);
+        assert!(matches!(frames[1], Envelope::Link(LinkMessage::HelloProof(_))), "{:?}", frames[1].kind());
+        assert_eq!(frames.len(), 3);
+        assert_eq!(processed[2], Inbound::Deliver(big));
+    }
+
+    #[test]
+    fn a_proof_with_a_message_and_the_wrong_key_closes_and_processes_nothing() {
+        use crate::proto::wire::IndexerMessage;
+        let (a, mut ca, _b, mut cb) = pair([1; 32], [1; 32]);
+        let b = cb.me;
+        let mut o = VecDeque::new();
+        cb.on_up(a, None, false, Timestamp(0), &mut o);
+        assert_eq!(cb.on_message(a, Hello { nonce: [1; 32] }.into(), Timestamp(1), &mut o), Inbound::Nothing);
+        let first = Carried::new(Envelope::Indexer(IndexerMessage::Leave)).expect("carried");
+        let forged = Envelope::from(HelloProofWith { mac: [0; 32], first });
+        assert_eq!(cb.on_message(a, forged, Timestamp(2), &mut o), Inbound::Closed);
+        assert!(!cb.is_ready(&a));
+        assert!(o.iter().any(|x| matches!(x, Output::Close { reason: CloseReason::HandshakeFailed, .. })));
+        // A proof with a message before any Hello is a violation too.
+        let mut o = VecDeque::new();
+        ca.on_up(b, None, false, Timestamp(0), &mut o);
+        let first = Carried::new(Envelope::Indexer(IndexerMessage::Leave)).expect("carried");
+        let early = Envelope::from(HelloProofWith { mac: [0; 32], first });
+        assert_eq!(ca.on_message(b, early, Timestamp(1), &mut o), Inbound::Closed);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub(crate) enum Message {
     Hello(Hello),
     HelloProof(HelloProof),
     HelloReply(HelloReply),
+    HelloProofWith(HelloProofWith),
     Heartbeat(Heartbeat),
     HeartbeatResponse(HeartbeatResponse),
     Refused(Refused),
@@ -33,6 +34,7 @@ impl From<Envelope> for Message {
             Envelope::Link(LinkMessage::Hello(m)) => Message::Hello(m),
             Envelope::Link(LinkMessage::HelloProof(m)) => Message::HelloProof(m),
             Envelope::Link(LinkMessage::HelloReply(m)) => Message::HelloReply(m),
+            Envelope::Link(LinkMessage::HelloProofWith(m)) => Message::HelloProofWith(m),
             Envelope::Indexer(m) => match m {
                 IndexerMessage::Heartbeat(m) => Message::Heartbeat(m),
                 IndexerMessage::HeartbeatResponse(m) => Message::HeartbeatResponse(m),
@@ -60,6 +62,7 @@ impl From<Message> for Envelope {
             Message::Hello(m) => m.into(),
             Message::HelloProof(m) => m.into(),
             Message::HelloReply(m) => m.into(),
+            Message::HelloProofWith(m) => m.into(),
             Message::Heartbeat(m) => m.into(),
             Message::HeartbeatResponse(m) => m.into(),
             Message::Refused(m) => IndexerMessage::Refused(m).into(),

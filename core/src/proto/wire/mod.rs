@@ -41,7 +41,7 @@ pub use super::indexer::messages::{
     CandidatesRequest, CandidatesResponse, ChallengeEntry, GetRecord, Heartbeat, HeartbeatKind, HeartbeatResponse,
     IndexerMessage, Publish, Published, RecordReply, Standing,
 };
-pub use super::link::messages::{Hello, HelloProof, HelloReply, LinkMessage};
+pub use super::link::messages::{Carried, Hello, HelloProof, HelloProofWith, HelloReply, LinkMessage};
 pub use super::node::messages::{NodeMessage, WitnessQuery, WitnessReport};
 pub use super::record::RecordKey;
 pub use super::search::{
@@ -55,8 +55,9 @@ pub(crate) mod flat;
 /// Version byte leading every payload. Bumped on any incompatible change to [`Envelope`] (3: one
 /// variant per mechanism; 4: search; 5: application messages; 6: resource searches on the mesh;
 /// 7: the three-message `Hello` (`HelloReply`), batched DHT stores (`StoreBatch`) and the node's
-/// standing in its heartbeats; 8: one-way DHT writes, a `StoreAck` only for a refusal).
-pub const WIRE_VERSION: u8 = 8;
+/// standing in its heartbeats; 8: one-way DHT writes, a `StoreAck` only for a refusal; 9: the
+/// dialler's proof carries its first message, `HelloProofWith`).
+pub const WIRE_VERSION: u8 = 9;
 
 /// Largest accepted payload (version byte + message), in bytes.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
@@ -154,6 +155,8 @@ impl Envelope {
                 LinkMessage::Hello(_) => 0,
                 LinkMessage::HelloProof(_) => 1,
                 LinkMessage::HelloReply(_) => 38,
+                // Counted as the message it carries: the proof is 32 bytes riding on it.
+                LinkMessage::HelloProofWith(m) => m.first.get().kind_index(),
             },
             Envelope::Indexer(m) => match m {
                 IndexerMessage::Heartbeat(_) => 2,
@@ -201,6 +204,15 @@ impl Envelope {
                 AppMessage::Ack { .. } => 33,
                 AppMessage::Refused { .. } => 34,
             },
+        }
+    }
+
+    /// The message the machines see in this frame: the one a [`HelloProofWith`] carries, or
+    /// the envelope itself.
+    pub fn carried(&self) -> &Envelope {
+        match self {
+            Envelope::Link(LinkMessage::HelloProofWith(m)) => m.first.get(),
+            other => other,
         }
     }
 
@@ -254,6 +266,7 @@ lift! {
     Hello => LinkMessage::Hello,
     HelloProof => LinkMessage::HelloProof,
     HelloReply => LinkMessage::HelloReply,
+    HelloProofWith => LinkMessage::HelloProofWith,
     Heartbeat => IndexerMessage::Heartbeat,
     HeartbeatResponse => IndexerMessage::HeartbeatResponse,
     CandidatesRequest => IndexerMessage::CandidatesRequest,
@@ -339,6 +352,34 @@ pub fn encode_into(msg: &Envelope, out: &mut Vec<u8>) {
 /// `false` if serialising failed, which plain data never does (`out` may then hold part of it).
 pub(crate) fn append_postcard<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> bool {
     postcard::serialize_with_flavor(value, Append(out)).is_ok()
+}
+
+/// The length of the postcard encoding of `value` (without the version byte), without writing it.
+pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    postcard::serialize_with_flavor(value, Count(0)).unwrap_or(usize::MAX)
+}
+
+/// A postcard output that only counts the bytes.
+struct Count(usize);
+
+impl postcard::ser_flavors::Flavor for Count {
+    type Output = usize;
+
+    #[inline(always)]
+    fn try_push(&mut self, _: u8) -> postcard::Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0 += data.len();
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.0)
+    }
 }
 
 /// A postcard output that appends to a `Vec` one `push` per byte (postcard's `to_extend` goes
