@@ -66,7 +66,7 @@ fn journals(runtime: &str) {
         assert!(said.contains("identically") && said.contains("ended cleanly"), "{said}");
         let steps: u64 =
             said.split("replayed ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
-        assert!(steps > 20, "a busy journal replays many steps: {said}");
+        assert!(steps >= 15, "a busy journal replays many steps: {said}");
     }
     let out = replay(&killed_journal);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
