@@ -636,6 +636,12 @@ impl crate::proto::indexer::RecordDesk for Dht {
     }
 
     fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
+        // A client, or a server that knows no other indexer, replicates nothing (what
+        // `Dht::replicate_held` concludes too, after reaching the record: a cache miss per
+        // heartbeat of a referent's node at scale, issue 13).
+        if !self.server || self.table.is_empty() {
+            return;
+        }
         // The steady state (nothing held, or this version replicated already), decided from the
         // store's bucket without reaching the record: what `Dht::replicate_held` would conclude.
         match self.store.held_expiry(peer, now) {

@@ -27,7 +27,9 @@
 //!   [`BehaviourTable::restore_ban`] takes it back, bounded by `ban_duration` from the restart.
 //! * **Clean entries are pruned** at GC ([`BehaviourTable::prune`]): peers with no strike, no ban,
 //!   no event left in any window and no session. A peer whose window still holds events is kept,
-//!   so pruning never resets a rate limit early.
+//!   so pruning never resets a rate limit early. GC visits only the entries it has work on (a
+//!   list kept in step with them): a session without strike or ban is left alone, as GC would
+//!   leave it anyway (issue 13: at 100 k sessions, visiting each was a miss per session).
 //!
 //! **One entry per peer for its session too** (issue 13): the table also holds the indexer's
 //! sessions, each in its peer's entry, so that a heartbeat finds the behaviour record it counts
@@ -376,11 +378,30 @@ pub(super) struct Entry {
     /// The behaviour record is in the table (counted, bounded, indexed in `idle` or `bans`).
     /// Untracked, `behaviour` is a blank record that nothing reads.
     tracked: bool,
+    /// The peer is listed in `BehaviourTable::gc` (see [`Entry::needs_gc`]).
+    in_gc: bool,
     behaviour: Behaviour,
     session: Option<Session>,
 }
 
 impl Entry {
+    /// A new entry, not yet listed for GC (see [`BehaviourTable::sync_gc`]).
+    fn new(tracked: bool, behaviour: Behaviour, session: Option<Session>) -> Self {
+        Entry { tracked, in_gc: false, behaviour, session }
+    }
+
+    /// Whether GC ([`BehaviourTable::prune`]) has anything to do with this entry: a tracked
+    /// behaviour record, unless it holds a session and has neither strike nor ban. For such an
+    /// entry GC would only move `decay_from` (read only while strikes > 0, and reset by the
+    /// strike that makes them so) and drop window events that have left their window (dropped
+    /// anyway before the window is next counted), and it would keep the entry: nothing anyone
+    /// reads. Skipping it spares GC a visit to every steady session each `gc_interval` — at
+    /// 100 k sessions, a cache and TLB miss per session (issue 13).
+    fn needs_gc(&self) -> bool {
+        self.tracked
+            && !(self.session.is_some() && self.behaviour.strikes == 0 && self.behaviour.banned_until.is_none())
+    }
+
     /// Whether the peer is banned at `now`.
     pub(super) fn banned_at(&self, now: Timestamp) -> bool {
         self.tracked && self.behaviour.banned_at(now).is_some()
@@ -430,6 +451,10 @@ pub struct BehaviourTable {
     idle: BTreeSet<(Timestamp, PeerId)>,
     /// Banned entries, by ban end.
     bans: BTreeSet<(Timestamp, PeerId)>,
+    /// The peers whose entry GC must visit ([`Entry::needs_gc`]), kept in step with their
+    /// entries by [`BehaviourTable::sync_gc`]: GC visits these, not every entry. In steady state
+    /// (sessions without strikes) it is empty.
+    gc: BTreeSet<PeerId>,
 }
 
 impl BehaviourTable {
@@ -452,6 +477,7 @@ impl BehaviourTable {
             sessions: 0,
             idle: BTreeSet::new(),
             bans: BTreeSet::new(),
+            gc: BTreeSet::new(),
         }
     }
 
@@ -539,9 +565,10 @@ impl BehaviourTable {
                 if e.session.replace(session).is_none() {
                     self.sessions += 1;
                 }
+                Self::sync_gc(&mut self.gc, &peer, e);
             }
             None => {
-                self.entries.insert(peer, slot(Entry { tracked: false, behaviour: blank(), session: Some(session) }));
+                self.entries.insert(peer, slot(Entry::new(false, blank(), Some(session))));
                 self.sessions += 1;
             }
         }
@@ -552,7 +579,10 @@ impl BehaviourTable {
         let e = self.entries.get_mut(peer)?;
         let session = e.session.take()?;
         self.sessions -= 1;
-        if !e.tracked {
+        if e.tracked {
+            Self::sync_gc(&mut self.gc, peer, e);
+        } else {
+            // An untracked entry is never listed for GC.
             self.entries.remove(peer);
         }
         Some(session)
@@ -647,17 +677,23 @@ impl BehaviourTable {
     /// GC (C §18.8): applies decay and ban expiry to every tracked entry, then drops the clean
     /// ones (no strike, no ban, empty windows) without a session. Returns how many went.
     pub fn prune(&mut self, now: Timestamp) -> usize {
-        let BehaviourTable { limits, entries, tracked, idle, bans, .. } = self;
+        let BehaviourTable { limits, entries, tracked, idle, bans, gc, .. } = self;
         let before = *tracked;
-        // Each entry is decided on its own, so the table's order does not matter; the indices
-        // follow the entries that leave or whose ban ended. An entry that holds only a session is
-        // not a behaviour record: left as it is.
-        entries.retain(|peer, e| {
-            if !e.tracked {
-                return true;
+        // Each entry is decided on its own, so the order does not matter; the indices follow the
+        // entries that leave or whose ban ended. Only the entries listed in `gc` are visited: the
+        // others are untracked (a session only: left as it is) or sessions without strike or ban,
+        // which GC would leave as they are (see `Entry::needs_gc`).
+        gc.retain(|peer| {
+            let Some(entry) = entries.get_mut(peer) else {
+                // Cannot happen: an entry leaves `gc` when it goes.
+                return false;
+            };
+            if !entry.tracked {
+                entry.in_gc = false;
+                return false;
             }
-            let has_session = e.session.is_some();
-            let e = &mut e.behaviour;
+            let has_session = entry.session.is_some();
+            let e = &mut entry.behaviour;
             let banned = e.banned_until;
             e.refresh(limits, now);
             e.prune_windows(limits, now);
@@ -681,8 +717,11 @@ impl BehaviourTable {
             if !keep {
                 // Without a session (it would have been kept): the whole entry goes.
                 *tracked -= 1;
+                entries.remove(peer);
+                return false;
             }
-            keep
+            entry.in_gc = entry.needs_gc();
+            entry.in_gc
         });
         before - *tracked
     }
@@ -695,10 +734,12 @@ impl BehaviourTable {
                 break;
             }
             self.bans.pop_first();
-            if let Some(e) = self.entries.get_mut(&peer).filter(|e| e.tracked).map(|e| &mut e.behaviour) {
+            if let Some(entry) = self.entries.get_mut(&peer).filter(|e| e.tracked) {
+                let e = &mut entry.behaviour;
                 e.refresh(&self.limits, now);
                 e.indexed = e.last_active;
                 self.idle.insert((e.indexed, peer));
+                Self::sync_gc(&mut self.gc, &peer, entry);
             }
         }
         // The earliest key whose entry was not active since is the least recently active entry:
@@ -730,6 +771,10 @@ impl BehaviourTable {
             return;
         };
         self.tracked -= 1;
+        if e.in_gc {
+            e.in_gc = false;
+            self.gc.remove(peer);
+        }
         if e.session.is_some() {
             e.tracked = false;
             e.behaviour = blank();
@@ -742,7 +787,8 @@ impl BehaviourTable {
         // Hot path (every heartbeat): update in place. The index moves only when the ban state
         // changed, or when the clock went back before the entry's key (which must stay at or
         // before its last activity); a later activity is caught up with lazily.
-        if let Some(e) = self.entries.get_mut(&peer).filter(|e| e.tracked).map(|e| &mut e.behaviour) {
+        if let Some(entry) = self.entries.get_mut(&peer).filter(|e| e.tracked) {
+            let e = &mut entry.behaviour;
             let (old_ban, old_indexed) = (e.banned_until, e.indexed);
             e.refresh(&self.limits, now);
             e.last_active = now;
@@ -756,6 +802,7 @@ impl BehaviourTable {
                 unindex(&mut self.idle, &mut self.bans, &peer, old_ban, old_indexed);
                 index(&mut self.idle, &mut self.bans, &peer, e);
             }
+            Self::sync_gc(&mut self.gc, &peer, entry);
             return r;
         }
         // A new behaviour record (the peer may have an entry already, for its session).
@@ -772,16 +819,26 @@ impl BehaviourTable {
         let r = f(&mut e, &self.limits);
         index(&mut self.idle, &mut self.bans, &peer, &mut e);
         self.tracked += 1;
-        match self.entries.get_mut(&peer) {
-            Some(entry) => {
-                entry.tracked = true;
-                entry.behaviour = e;
-            }
-            None => {
-                self.entries.insert(peer, slot(Entry { tracked: true, behaviour: e, session: None }));
+        let entry = self.entries.entry(peer).or_insert_with(|| slot(Entry::new(false, blank(), None)));
+        entry.tracked = true;
+        entry.behaviour = e;
+        Self::sync_gc(&mut self.gc, &peer, entry);
+        r
+    }
+
+    /// Lists `peer` in `gc`, or takes it out, as its entry `e` now needs (see
+    /// [`Entry::needs_gc`]). Called after every change to what that depends on; in steady state
+    /// nothing changes and `gc` is not touched.
+    fn sync_gc(gc: &mut BTreeSet<PeerId>, peer: &PeerId, e: &mut Entry) {
+        let want = e.needs_gc();
+        if want != e.in_gc {
+            e.in_gc = want;
+            if want {
+                gc.insert(*peer);
+            } else {
+                gc.remove(peer);
             }
         }
-        r
     }
 }
 
@@ -1112,6 +1169,100 @@ mod tests {
         t.prune(at(14 + 61));
         assert_eq!(t.len(), 0);
         assert!(t.idle.is_empty() && t.bans.is_empty(), "pruned entries leave the indices");
+    }
+
+    /// The GC list is exactly the entries GC has work on, through every change.
+    fn gc_list_consistent(t: &BehaviourTable) {
+        for (p, e) in &t.entries {
+            assert_eq!(e.in_gc, e.needs_gc(), "{p:?}: listed iff GC has work on it");
+            assert_eq!(t.gc.contains(p), e.in_gc, "{p:?}: flag and list agree");
+        }
+        assert!(t.gc.iter().all(|p| t.entries.contains_key(p)), "no listed peer without an entry");
+    }
+
+    #[test]
+    fn gc_visits_only_entries_with_something_to_do_and_they_end_as_when_it_visited_all() {
+        let c = Config::default();
+        let mut t = BehaviourTable::new(&c, 5);
+        let s = |p: PeerId| Session::new(PeerAddr { id: p, addrs: Vec::new() }, at(0));
+        let (clean, struck, banned, alone) = (peer(1), peer(2), peer(3), peer(4));
+        for p in [clean, struck, banned] {
+            t.insert_session(p, s(p));
+            t.record_heartbeat(p, at(0)).unwrap();
+        }
+        t.record_heartbeat(alone, at(0)).unwrap();
+        gc_list_consistent(&t);
+        // Sessions without strikes are not listed; a record without a session is.
+        assert_eq!(t.gc.iter().copied().collect::<Vec<_>>(), vec![alone]);
+        // A strike lists its peer; a ban too.
+        t.record_bad_signature(struck, at(1));
+        t.restore_ban(banned, at(100), at(1));
+        gc_list_consistent(&t);
+        assert!(t.gc.contains(&struck) && t.gc.contains(&banned) && !t.gc.contains(&clean));
+        // GC: the clean sessionless record goes, the others stay listed while GC has work on them.
+        assert_eq!(t.prune(at(61)), 1);
+        assert!(!t.contains(&alone));
+        gc_list_consistent(&t);
+        assert_eq!(t.strikes(&struck), 2, "no decay yet");
+        // The ban ends at GC: strikes cleared, the peer leaves the list; decay forgives strikes at
+        // GC, so the struck peer leaves once it has none.
+        let later = at(1) + c.strike_decay * 2;
+        t.prune(later);
+        gc_list_consistent(&t);
+        assert_eq!((t.strikes(&banned), t.banned_until(&banned, later)), (0, None));
+        assert_eq!(t.strikes(&struck), 0, "two strikes forgiven by GC");
+        assert!(t.gc.is_empty(), "only sessions without strikes are left");
+        // A session that closes leaves a record GC must look at again, and prune then drops it.
+        t.remove_session(&clean).unwrap();
+        gc_list_consistent(&t);
+        assert!(t.gc.contains(&clean));
+        assert_eq!(t.prune(later + c.behaviour_window), 1);
+        assert!(!t.contains(&clean) && t.entry(&clean).is_none());
+        // Evicting a listed record takes it off the list, even when its session stays.
+        let c1 = Config { behaviour_table_max: 1, ..Config::default() };
+        let mut t = BehaviourTable::new(&c1, 6);
+        t.insert_session(struck, s(struck));
+        t.record_bad_signature(struck, at(0));
+        assert!(t.gc.contains(&struck));
+        t.record_heartbeat(alone, at(1)).unwrap();
+        gc_list_consistent(&t);
+        assert!(!t.contains(&struck) && t.has_session(&struck) && !t.gc.contains(&struck));
+    }
+
+    /// What GC does to sessions changes no admission outcome: a table pruned every third step
+    /// (visiting only the listed entries) and one never pruned count, refuse and ban alike.
+    #[test]
+    fn gc_changes_no_admission_outcome_for_sessions() {
+        let c = Config::default();
+        let mut pruned = BehaviourTable::new(&c, 7);
+        let mut never = BehaviourTable::new(&c, 7);
+        let peers: Vec<PeerId> = (0..6).map(peer).collect();
+        let s = |p: PeerId| Session::new(PeerAddr { id: p, addrs: Vec::new() }, at(0));
+        for t in [&mut pruned, &mut never] {
+            for p in &peers {
+                t.insert_session(*p, s(*p));
+            }
+        }
+        for step in 0..400u64 {
+            let now = at(step * 7);
+            let p = peers[(step % 6) as usize];
+            let a = pruned.record_heartbeat(p, now);
+            let b = never.record_heartbeat(p, now);
+            assert_eq!(a, b, "step {step}");
+            // Every other peer's heartbeats come in bursts now and then (strikes, a ban).
+            if step % 50 == 0 {
+                for _ in 0..6 {
+                    assert_eq!(pruned.record_heartbeat(peers[1], now), never.record_heartbeat(peers[1], now));
+                }
+            }
+            if step % 3 == 0 {
+                pruned.prune(now);
+                gc_list_consistent(&pruned);
+            }
+            for q in &peers {
+                assert_eq!(pruned.banned_until(q, now), never.banned_until(q, now));
+            }
+        }
     }
 
     #[test]

@@ -68,10 +68,12 @@
 //! both with one probe; witnesses are drawn from a vector of non-indexer sessions by index, and
 //! a heartbeat updates no ordered index unless what it indexes changed — the expiry and eviction
 //! indices are renewed lazily, about once per `session_expiry`, by the timer (see
-//! [`IndexerService::handle_timeout`]). GC scans. The two tables a heartbeat reads (the peer's
-//! entry, the record store) are looked up together first, so that at scale their cache misses
-//! overlap ([`IndexerService::on_heartbeat`]). A session costs under 1 KiB in all (the session,
-//! its indices and the node's behaviour record; measured by
+//! [`IndexerService::handle_timeout`]). GC visits only the behaviour entries it has work on
+//! (strikes, a ban, no session; listed as they change, see `admission.rs`), not every steady
+//! session. The two tables a heartbeat reads (the peer's entry, the record store) are looked up
+//! together first, so that at scale their cache misses overlap
+//! ([`IndexerService::on_heartbeat`]). A session costs under 1 KiB in all (the session, its
+//! indices and the node's behaviour record; measured by
 //! `cargo bench -p ocd-core --features internals --bench sessions`).
 //!
 //! ## Files, one per flow
