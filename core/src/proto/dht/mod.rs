@@ -636,10 +636,11 @@ impl crate::proto::indexer::RecordDesk for Dht {
     }
 
     fn replicate_held(&mut self, peer: &PeerId, now: Timestamp, out: &mut Vec<Action>) {
-        // A client, or a server that knows no other indexer, replicates nothing (what
-        // `Dht::replicate_held` concludes too, after reaching the record: a cache miss per
+        // A client replicates nothing, nor does a server that knows no other indexer unless it
+        // holds records unchecked (committed when it is named their referent while alone): what
+        // `Dht::replicate_held` concludes too, after reaching the record (a cache miss per
         // heartbeat of a referent's node at scale, issue 13).
-        if !self.server || self.table.is_empty() {
+        if !self.server || (self.table.is_empty() && self.unchecked.is_empty()) {
             return;
         }
         // The steady state (nothing held, or this version replicated already), decided from the
