@@ -321,8 +321,9 @@ pub struct Dht {
     young_writes: BTreeSet<PeerId>,
     /// Records held for owners that did not name us their referent, their DID not checked in the
     /// DHT yet, by owner: neither served nor stored until we become the referent (see
-    /// [`Dht::offer_record`]). At most `record_store_max`.
-    unchecked: BTreeMap<PeerId, PeerRecord>,
+    /// [`Dht::offer_record`]). At most `record_store_max`. A hash table (every heartbeat of such
+    /// an owner looks it up; its order is never an output).
+    unchecked: crate::proto::seeded::SeededMap<PeerId, PeerRecord>,
     providers: BTreeMap<PeerId, ProviderRecord>,
     /// Closest sets found by replication lookups, by key, reused by the next replications.
     closest: BTreeMap<Key, Closest>,
@@ -411,7 +412,7 @@ impl Dht {
             failures: BTreeMap::new(),
             store: RecordStore::keyed(config.record_store_max, BINDING_TTL, store_key),
             claims: BTreeMap::new(),
-            unchecked: BTreeMap::new(),
+            unchecked: crate::proto::seeded::seeded_map(store_key.rotate_left(29) ^ 0x6a09_e667_f3bc_c908),
             young_writes: BTreeSet::new(),
             providers: BTreeMap::new(),
             closest: BTreeMap::new(),
