@@ -1250,8 +1250,8 @@ impl Harness {
             Msg::Hello(nonce) => Envelope::from(Hello { nonce: *nonce }),
             Msg::HelloProof(mac) => Envelope::from(HelloProof { mac: *mac }),
             Msg::HelloProofWith(mac, first) => match Carried::new(self.envelope(from, first)?) {
-                Ok(first) => Envelope::from(HelloProofWith { mac: *mac, first }),
-                Err(_) => Envelope::from(HelloProof { mac: *mac }),
+                Some(first) => Envelope::from(HelloProofWith { mac: *mac, first }),
+                None => Envelope::from(HelloProof { mac: *mac }),
             },
             Msg::Heartbeat {
                 req: r,

@@ -135,9 +135,9 @@ impl Simulation {
         match (behaviour, message) {
             // What a proof carries is what the peer says.
             (_, Envelope::Link(LinkMessage::HelloProofWith(HelloProofWith { mac, first }))) => {
-                match self.byzantine_filter(p, first.into_inner()).map(Carried::new) {
-                    Some(Ok(first)) => Some(HelloProofWith { mac, first }.into()),
-                    Some(Err(_)) | None => Some(HelloProof { mac }.into()),
+                match self.byzantine_filter(p, first.into_inner()).and_then(Carried::new) {
+                    Some(first) => Some(HelloProofWith { mac, first }.into()),
+                    None => Some(HelloProof { mac }.into()),
                 }
             }
             (Behaviour::LieChallenges, Envelope::Indexer(IndexerMessage::HeartbeatResponse(mut r))) => {

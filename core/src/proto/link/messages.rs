@@ -69,13 +69,21 @@ pub struct Carried(Box<Envelope>);
 const CARRY_OVERHEAD: usize = 1 + 2 + 32 + 5;
 
 impl Carried {
-    /// `message`, if it may be carried: not a link message, and small enough that the frame
-    /// carrying it stays within [`MAX_FRAME_LEN`]. Otherwise `message` back.
-    pub fn new(message: Envelope) -> Result<Self, Envelope> {
-        if matches!(message, Envelope::Link(_)) || encoded_len(&message) + CARRY_OVERHEAD > MAX_FRAME_LEN {
-            return Err(message);
-        }
-        Ok(Carried(Box::new(message)))
+    /// Whether `message` may be carried: not a link message, and small enough that the frame
+    /// carrying it stays within [`MAX_FRAME_LEN`].
+    pub fn fits(message: &Envelope) -> bool {
+        !matches!(message, Envelope::Link(_)) && encoded_len(message) + CARRY_OVERHEAD <= MAX_FRAME_LEN
+    }
+
+    /// `message`, carried, if it [`fits`](Carried::fits).
+    pub fn new(message: Envelope) -> Option<Self> {
+        Self::fits(&message).then(|| Carried(Box::new(message)))
+    }
+
+    /// `message`, carried, already known to fit.
+    pub(super) fn fitting(message: Envelope) -> Self {
+        debug_assert!(Self::fits(&message));
+        Carried(Box::new(message))
     }
 
     /// The carried message.

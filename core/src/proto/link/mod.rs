@@ -343,12 +343,12 @@ impl Connections {
                 let ours = hello_mac(&self.network_key, &self.me, &from, &nonce, &link.our_nonce);
                 // The first queued message rides with the proof (the peer is verified: it may
                 // have it now), unless it is too large for one frame with the proof.
-                let proof: Envelope = match link.outbound_queue.pop_front().map(Carried::new) {
-                    Some(Ok(first)) => HelloProofWith { mac: ours, first }.into(),
-                    Some(Err(first)) => {
-                        link.outbound_queue.push_front(first);
-                        HelloProof { mac: ours }.into()
-                    }
+                let first = match link.outbound_queue.front() {
+                    Some(m) if Carried::fits(m) => link.outbound_queue.pop_front(),
+                    _ => None,
+                };
+                let proof: Envelope = match first {
+                    Some(first) => HelloProofWith { mac: ours, first: Carried::fitting(first) }.into(),
                     None => HelloProof { mac: ours }.into(),
                 };
                 out.push_back(Output::Send { to: from, message: proof });
