@@ -44,7 +44,7 @@
 //! that asked, so no machine reads another's request ids.
 //!
 //! ```text
-//! Envelope ─┬─ Link(LinkMessage)        Hello, HelloReply, HelloProof            → link
+//! Envelope ─┬─ Link(LinkMessage)        Hello, HelloReply, HelloProof(With)      → link
 //!           ├─ Indexer(IndexerMessage)  requests (Heartbeat, Leave, Candidates,   → indexer
 //!           │                           Publish, GetRecord); replies and Refused  → node
 //!           ├─ Node(NodeMessage)        WitnessQuery, WitnessReport               → node

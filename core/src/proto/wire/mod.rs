@@ -9,7 +9,7 @@
 //! ## The envelope
 //!
 //! ```text
-//! Envelope ─┬─ Link(LinkMessage)        Hello, HelloReply, HelloProof           proto/link/
+//! Envelope ─┬─ Link(LinkMessage)        Hello, HelloReply, HelloProof(With)     proto/link/
 //!           ├─ Indexer(IndexerMessage)  Heartbeat ⇄ HeartbeatResponse, Leave,   proto/indexer/
 //!           │                           Candidates, Publish, GetRecord, Refused
 //!           ├─ Node(NodeMessage)        WitnessQuery ⇄ WitnessReport            proto/node/
