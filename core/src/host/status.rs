@@ -431,6 +431,18 @@ impl StatusReport {
         let _ =
             writeln!(s, "uptime   {}", humantime::format_duration(std::time::Duration::from_secs(self.uptime_secs)));
         let _ = writeln!(s, "conns    {}", self.connections);
+        self.render_pool(&mut s);
+        self.render_indexer(&mut s);
+        let _ = writeln!(s);
+        self.render_record_and_dht(&mut s);
+        self.render_search(&mut s);
+        self.render_nats_and_app(&mut s);
+        self.render_counters(&mut s);
+        s
+    }
+
+    /// The node's pool: one line per indexer with its score factors.
+    fn render_pool(&self, s: &mut String) {
         if let Some(p) = &self.pool {
             let _ = writeln!(s, "\npool: {} live (min {}, max {})", p.live, p.min, p.max);
             let _ = writeln!(
@@ -469,6 +481,10 @@ impl StatusReport {
                 );
             }
         }
+    }
+
+    /// The indexer role: its sessions, one line per node admitted.
+    fn render_indexer(&self, s: &mut String) {
         if let Some(ix) = &self.indexer {
             let _ = writeln!(
                 s,
@@ -498,7 +514,10 @@ impl StatusReport {
                 }
             }
         }
-        let _ = writeln!(s);
+    }
+
+    /// The signed record and the DHT counters.
+    fn render_record_and_dht(&self, s: &mut String) {
         match &self.record {
             Some(r) => {
                 let left = r.expires_at_ms.saturating_sub(self.now_ms) / 1000;
@@ -524,7 +543,10 @@ impl StatusReport {
             "  queries {} (refused {}); rpcs {} (failed {}); stores accepted {} / refused {}; verifications {}",
             d.queries, d.queries_refused, d.rpcs, d.rpc_failures, d.stores_accepted, d.stores_refused, d.verifications
         );
-        self.render_search(&mut s);
+    }
+
+    /// The NATS bridge and the application messages.
+    fn render_nats_and_app(&self, s: &mut String) {
         if let Some(n) = &self.nats {
             let _ = writeln!(
                 s,
@@ -542,7 +564,7 @@ impl StatusReport {
             );
         }
         if let Some(app) = &self.app {
-            app.render(&mut s);
+            app.render(s);
             let a = &self.counters.app;
             let _ = writeln!(
                 s,
@@ -557,6 +579,10 @@ impl StatusReport {
                 a.refused_incoming
             );
         }
+    }
+
+    /// The lookup, record, heartbeat and ban counters.
+    fn render_counters(&self, s: &mut String) {
         let c = &self.counters;
         let _ = writeln!(
             s,
@@ -568,7 +594,6 @@ impl StatusReport {
             "heartbeats sent {} / received {} / refused {}; evictions {}; bans {}",
             c.heartbeats_sent, c.heartbeats_received, c.heartbeats_refused, c.evictions, c.bans
         );
-        s
     }
 
     /// The search lines: searches in flight, referenced records, emitted searches, the mesh and
