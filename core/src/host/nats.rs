@@ -337,48 +337,11 @@ async fn client(
     link: Arc<NatsLink>,
 ) {
     let (ev_tx, mut ev_rx) = mpsc::unbounded::<async_nats::Event>();
-    let options = async_nats::ConnectOptions::new()
-        .name("ocd")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .reconnect_delay_callback(|attempt| {
-            // 100 ms doubling to 5 s: a local server that restarts is back within seconds.
-            Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
-        })
-        .event_callback(move |e| {
-            let ev_tx = ev_tx.clone();
-            async move {
-                let _ = ev_tx.unbounded_send(e);
-            }
-        });
-    let nc = match options.connect(url.as_str()).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(url, "NATS bridge: {e}; the bridge is off");
-            link.set_error(e);
-            return;
-        }
+    let Some(nc) = connect(&url, ev_tx, &link).await else {
+        return;
     };
     let (in_tx, mut in_rx) = mpsc::channel::<FromNats>(64);
-    for subject in subjects {
-        match nc.subscribe(subject.clone()).await {
-            Ok(mut sub) => {
-                let mut in_tx = in_tx.clone();
-                tokio::spawn(async move {
-                    while let Some(m) = sub.next().await {
-                        let msg = FromNats::Message { subject: m.subject.to_string(), payload: m.payload.to_vec() };
-                        if in_tx.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::error!(subject, "NATS bridge: cannot subscribe: {e}");
-                link.set_error(e);
-            }
-        }
-    }
+    subscribe(&nc, subjects, &in_tx, &link).await;
     let sync_subject = format!("_OCD_SYNC.{}", nc.new_inbox().rsplit('.').next().unwrap_or("x"));
     let mut requests: HashMap<u64, tokio::task::JoinHandle<()>> = HashMap::new();
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -391,23 +354,7 @@ async fn client(
                 None => break,
                 Some(ToNats::Publish { publication, seq }) => pending.push_back(Pending { publication, seq }),
                 Some(ToNats::Request { token, publication }) => {
-                    let (nc, mut in_tx) = (nc.clone(), in_tx.clone());
-                    let task = tokio::spawn(async move {
-                        let inbox = nc.new_inbox();
-                        let mut sub = match nc.subscribe(inbox.clone()).await {
-                            Ok(s) => s,
-                            Err(e) => return tracing::debug!(token, "NATS bridge: request: {e}"),
-                        };
-                        if let Err(e) = nc.publish_with_reply_and_headers(publication.subject, inbox, headers(&publication.msg_id), publication.payload.into()).await {
-                            return tracing::debug!(token, "NATS bridge: request: {e}");
-                        }
-                        while let Some(m) = sub.next().await {
-                            if in_tx.send(FromNats::Reply { token, payload: m.payload.to_vec() }).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    requests.insert(token, task);
+                    requests.insert(token, tokio::spawn(request(nc.clone(), in_tx.clone(), token, publication)));
                 }
                 Some(ToNats::EndRequest { token }) => {
                     if let Some(t) = requests.remove(&token) {
@@ -420,22 +367,11 @@ async fn client(
                     break;
                 }
             }
-            e = ev_rx.next() => match e {
-                Some(async_nats::Event::Connected) => {
-                    link.connected.store(true, Ordering::Relaxed);
-                    if ever_connected {
-                        link.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                    ever_connected = true;
-                    tracing::info!(url, "NATS bridge: connected");
+            e = ev_rx.next() => {
+                if let Some(e) = e {
+                    on_event(e, &url, &link, &mut ever_connected);
                 }
-                Some(async_nats::Event::Disconnected) => {
-                    link.connected.store(false, Ordering::Relaxed);
-                    tracing::warn!(url, "NATS bridge: disconnected; reconnecting, the daemon runs on");
-                }
-                Some(other) => tracing::debug!("NATS bridge: {other}"),
-                None => {}
-            },
+            }
             _ = retry.tick() => {}
         }
         requests.retain(|_, t| !t.is_finished());
@@ -460,6 +396,100 @@ async fn client(
     }
     // Best effort: what is pending stays unpublished in the store and goes out after a restart.
     let _ = tokio::time::timeout(Duration::from_secs(1), nc.flush()).await;
+}
+
+/// Connects to `url` (retrying in the background until the server is up), its connection
+/// events sent to `events`; `None` (the bridge is off) if the options are refused.
+async fn connect(
+    url: &str,
+    events: mpsc::UnboundedSender<async_nats::Event>,
+    link: &NatsLink,
+) -> Option<async_nats::Client> {
+    let options = async_nats::ConnectOptions::new()
+        .name("ocd")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(|attempt| {
+            // 100 ms doubling to 5 s: a local server that restarts is back within seconds.
+            Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
+        })
+        .event_callback(move |e| {
+            let events = events.clone();
+            async move {
+                let _ = events.unbounded_send(e);
+            }
+        });
+    match options.connect(url).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(url, "NATS bridge: {e}; the bridge is off");
+            link.set_error(e);
+            None
+        }
+    }
+}
+
+/// Subscribes to each of `subjects`, its messages forwarded to `in_tx` by a task of its own.
+async fn subscribe(nc: &async_nats::Client, subjects: Vec<String>, in_tx: &mpsc::Sender<FromNats>, link: &NatsLink) {
+    for subject in subjects {
+        match nc.subscribe(subject.clone()).await {
+            Ok(mut sub) => {
+                let mut in_tx = in_tx.clone();
+                tokio::spawn(async move {
+                    while let Some(m) = sub.next().await {
+                        let msg = FromNats::Message { subject: m.subject.to_string(), payload: m.payload.to_vec() };
+                        if in_tx.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(subject, "NATS bridge: cannot subscribe: {e}");
+                link.set_error(e);
+            }
+        }
+    }
+}
+
+/// A request: `publication` sent with a fresh inbox as its reply subject, every reply forwarded
+/// to `in_tx` under `token` until the task is aborted (`EndRequest`) or the driver is gone.
+async fn request(nc: async_nats::Client, mut in_tx: mpsc::Sender<FromNats>, token: u64, publication: Publication) {
+    let inbox = nc.new_inbox();
+    let mut sub = match nc.subscribe(inbox.clone()).await {
+        Ok(s) => s,
+        Err(e) => return tracing::debug!(token, "NATS bridge: request: {e}"),
+    };
+    let headers = headers(&publication.msg_id);
+    if let Err(e) =
+        nc.publish_with_reply_and_headers(publication.subject, inbox, headers, publication.payload.into()).await
+    {
+        return tracing::debug!(token, "NATS bridge: request: {e}");
+    }
+    while let Some(m) = sub.next().await {
+        if in_tx.send(FromNats::Reply { token, payload: m.payload.to_vec() }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection event: the link's state and reconnect count, and the log.
+fn on_event(e: async_nats::Event, url: &str, link: &NatsLink, ever_connected: &mut bool) {
+    match e {
+        async_nats::Event::Connected => {
+            link.connected.store(true, Ordering::Relaxed);
+            if *ever_connected {
+                link.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            *ever_connected = true;
+            tracing::info!(url, "NATS bridge: connected");
+        }
+        async_nats::Event::Disconnected => {
+            link.connected.store(false, Ordering::Relaxed);
+            tracing::warn!(url, "NATS bridge: disconnected; reconnecting, the daemon runs on");
+        }
+        other => tracing::debug!("NATS bridge: {other}"),
+    }
 }
 
 /// The `Nats-Msg-Id` header, when there is an id.
