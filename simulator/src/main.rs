@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ocd_core::proto::SigMemoStats;
 use ocd_simulator::bench::{self, BenchParams};
 use ocd_simulator::{DumpSpec, Report, Scenario, Simulation};
 use std::path::PathBuf;
@@ -94,7 +95,7 @@ enum Command {
     },
 }
 
-fn write_report(path: &PathBuf, report: &Report) -> anyhow::Result<()> {
+fn write_report(path: &std::path::Path, report: &Report) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(report)?;
     std::fs::write(path, json + "\n").with_context(|| format!("cannot write report {}", path.display()))
 }
@@ -168,42 +169,118 @@ fn replay(path: &PathBuf, key: Option<PathBuf>, network_key: Option<PathBuf>) ->
     }
 }
 
+/// `ocd-sim run`: one scenario, its summary (or JSON report) printed.
+fn run(
+    scenario: &std::path::Path,
+    seed: Option<u64>,
+    report: Option<&std::path::Path>,
+    json: bool,
+    trace: &[String],
+    dump_corpus: Option<PathBuf>,
+    no_sig_memo: bool,
+) -> anyhow::Result<()> {
+    let mut sc = Scenario::load(scenario)?;
+    if let Some(s) = seed {
+        sc = sc.with_seed(s);
+    }
+    let mut sim = Simulation::new(sc)?;
+    if no_sig_memo {
+        sim.check_signatures_directly();
+    }
+    let unknown = sim.trace_peers(trace);
+    if !unknown.is_empty() {
+        anyhow::bail!("--trace: no such peer(s): {}", unknown.join(", "));
+    }
+    if let Some(dir) = &dump_corpus {
+        sim.dump_corpus(DumpSpec::new(dir.clone()));
+    }
+    let r = sim.run_to_end();
+    if dump_corpus.is_some() {
+        for (path, steps) in sim.write_corpus()? {
+            eprintln!("seed {} ({steps} inputs)", path.display());
+        }
+    }
+    std::mem::forget(sim); // exiting soon: skip freeing every peer
+    if let Some(path) = &report {
+        write_report(path, &r)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", r.summary());
+        if let Some(path) = &report {
+            println!("report written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// `ocd-sim bench`'s lines: speed, traffic by kind and by minute, and the run's outcome.
+fn print_bench(r: &Report, peers: usize, setup_s: f64, memo: Option<SigMemoStats>) {
+    let wall_s = (r.wall_ms.max(1)) as f64 / 1000.0;
+    println!("setup           {setup_s:.2} s (keys and peers)");
+    println!("wall            {wall_s:.2} s");
+    println!("events          {}", r.events);
+    println!("messages        {}", r.messages);
+    println!(
+        "per peer-minute {:.1} messages, {:.0} bytes",
+        r.messages_per_peer_minute,
+        r.network.bytes as f64 / r.peer_minutes.max(f64::MIN_POSITIVE)
+    );
+    let mut kinds: Vec<_> = r.messages_by_kind.iter().collect();
+    kinds.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+    for (k, t) in kinds.iter().take(12) {
+        println!(
+            "  {k:<22} {:>7.2} /peer-min  {:>12} msgs  {:>7.0} B each",
+            t.per_peer_minute,
+            t.count,
+            t.bytes as f64 / t.count.max(1) as f64
+        );
+    }
+    let minutes: Vec<String> = r.traffic_timeline.iter().map(|w| format!("{:.0}", w.per_peer_minute)).collect();
+    println!("by minute       {} (messages per peer-minute)", minutes.join(" "));
+    println!("events/s        {:.0}", r.events as f64 / wall_s);
+    println!("messages/s      {:.0}", r.messages as f64 / wall_s);
+    println!("peer-s / wall-s {:.0}", peers as f64 * (r.sim_ms as f64 / 1000.0) / wall_s);
+    println!("sim-s / wall-s  {:.1}", (r.sim_ms as f64 / 1000.0) / wall_s);
+    match memo {
+        Some(m) => {
+            println!("signature memo  {} checks answered, {} verified ({} held at the end)", m.hits, m.misses, m.held)
+        }
+        None => println!("signature memo  off (every signature verified)"),
+    }
+    println!(
+        "final pool      mean live {:.2}, {} of {} nodes below min {}",
+        r.pool.final_mean_live, r.pool.final_nodes_below_min, r.pool.final_nodes, r.pool.min_target
+    );
+    if let Some(l) = &r.lookups {
+        let pct = if l.issued == 0 { 0.0 } else { l.ok as f64 * 100.0 / l.issued as f64 };
+        println!(
+            "lookups         {} of {} ok ({pct:.2}%), p50 {} ms, hops p50 {}; failed: {} with no indexer to ask, {} whose target had no indexer yet, {} misses",
+            l.ok,
+            l.issued,
+            l.p50_ms.map_or("-".into(), |v| v.to_string()),
+            l.hops_p50.map_or("-".into(), |v| v.to_string()),
+            l.failed_no_indexer,
+            l.failed_target_unadmitted,
+            l.failed.saturating_sub(l.failed_no_indexer + l.failed_target_unadmitted)
+        );
+    }
+    if let Some(rec) = &r.records {
+        println!(
+            "records         {} stored, {} rejected; {:.0} per indexer at the end",
+            rec.stored, rec.rejected, rec.mean_records_per_indexer
+        );
+    }
+    println!("bans            {} honest, {} byzantine", r.bans.honest, r.bans.byzantine);
+    println!("invariant violations {}", r.invariant_violation_count);
+    println!("trace_hash      {}", r.trace_hash);
+}
+
 fn real_main(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { scenario, seed, report, json, trace, dump_corpus, no_sig_memo } => {
-            let mut sc = Scenario::load(&scenario)?;
-            if let Some(s) = seed {
-                sc = sc.with_seed(s);
-            }
-            let mut sim = Simulation::new(sc)?;
-            if no_sig_memo {
-                sim.check_signatures_directly();
-            }
-            let unknown = sim.trace_peers(&trace);
-            if !unknown.is_empty() {
-                anyhow::bail!("--trace: no such peer(s): {}", unknown.join(", "));
-            }
-            if let Some(dir) = &dump_corpus {
-                sim.dump_corpus(DumpSpec::new(dir.clone()));
-            }
-            let r = sim.run_to_end();
-            if dump_corpus.is_some() {
-                for (path, steps) in sim.write_corpus()? {
-                    eprintln!("seed {} ({steps} inputs)", path.display());
-                }
-            }
-            std::mem::forget(sim); // exiting soon: skip freeing every peer
-            if let Some(path) = &report {
-                write_report(path, &r)?;
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print!("{}", r.summary());
-                if let Some(path) = &report {
-                    println!("report written to {}", path.display());
-                }
-            }
+            run(&scenario, seed, report.as_deref(), json, &trace, dump_corpus, no_sig_memo)?
         }
         // Answered by `replay`, with its own exit codes.
         Command::Replay { journal, key, network_key } => {
@@ -226,65 +303,7 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             let memo = sim.sig_memo_stats();
             // Freeing every peer takes a noticeable share of a bench; the process exits right after.
             std::mem::forget(sim);
-            let wall_s = (r.wall_ms.max(1)) as f64 / 1000.0;
-            println!("setup           {setup_s:.2} s (keys and peers)");
-            println!("wall            {wall_s:.2} s");
-            println!("events          {}", r.events);
-            println!("messages        {}", r.messages);
-            println!(
-                "per peer-minute {:.1} messages, {:.0} bytes",
-                r.messages_per_peer_minute,
-                r.network.bytes as f64 / r.peer_minutes.max(f64::MIN_POSITIVE)
-            );
-            let mut kinds: Vec<_> = r.messages_by_kind.iter().collect();
-            kinds.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
-            for (k, t) in kinds.iter().take(12) {
-                println!(
-                    "  {k:<22} {:>7.2} /peer-min  {:>12} msgs  {:>7.0} B each",
-                    t.per_peer_minute,
-                    t.count,
-                    t.bytes as f64 / t.count.max(1) as f64
-                );
-            }
-            let minutes: Vec<String> = r.traffic_timeline.iter().map(|w| format!("{:.0}", w.per_peer_minute)).collect();
-            println!("by minute       {} (messages per peer-minute)", minutes.join(" "));
-            println!("events/s        {:.0}", r.events as f64 / wall_s);
-            println!("messages/s      {:.0}", r.messages as f64 / wall_s);
-            println!("peer-s / wall-s {:.0}", peers as f64 * (r.sim_ms as f64 / 1000.0) / wall_s);
-            println!("sim-s / wall-s  {:.1}", (r.sim_ms as f64 / 1000.0) / wall_s);
-            match memo {
-                Some(m) => println!(
-                    "signature memo  {} checks answered, {} verified ({} held at the end)",
-                    m.hits, m.misses, m.held
-                ),
-                None => println!("signature memo  off (every signature verified)"),
-            }
-            println!(
-                "final pool      mean live {:.2}, {} of {} nodes below min {}",
-                r.pool.final_mean_live, r.pool.final_nodes_below_min, r.pool.final_nodes, r.pool.min_target
-            );
-            if let Some(l) = &r.lookups {
-                let pct = if l.issued == 0 { 0.0 } else { l.ok as f64 * 100.0 / l.issued as f64 };
-                println!(
-                    "lookups         {} of {} ok ({pct:.2}%), p50 {} ms, hops p50 {}; failed: {} with no indexer to ask, {} whose target had no indexer yet, {} misses",
-                    l.ok,
-                    l.issued,
-                    l.p50_ms.map_or("-".into(), |v| v.to_string()),
-                    l.hops_p50.map_or("-".into(), |v| v.to_string()),
-                    l.failed_no_indexer,
-                    l.failed_target_unadmitted,
-                    l.failed.saturating_sub(l.failed_no_indexer + l.failed_target_unadmitted)
-                );
-            }
-            if let Some(rec) = &r.records {
-                println!(
-                    "records         {} stored, {} rejected; {:.0} per indexer at the end",
-                    rec.stored, rec.rejected, rec.mean_records_per_indexer
-                );
-            }
-            println!("bans            {} honest, {} byzantine", r.bans.honest, r.bans.byzantine);
-            println!("invariant violations {}", r.invariant_violation_count);
-            println!("trace_hash      {}", r.trace_hash);
+            print_bench(&r, peers, setup_s, memo);
             if let Some(path) = &report {
                 write_report(path, &r)?;
             }
