@@ -130,6 +130,10 @@ pub struct RecordLookups {
     suspects: BTreeMap<PeerId, Timestamp>,
     /// How answered records are checked.
     sigs: SigCheck,
+    /// When each indexer was sent our `GetRecord`s within the last `behaviour_window`: an indexer
+    /// refuses the `max_get_per_minute`-th and strikes the sender, so we stay below it (see
+    /// [`get_budget_left`]).
+    gets: BTreeMap<PeerId, VecDeque<Timestamp>>,
     #[cfg(test)]
     /// Hedges sent so far (an indexer asked before the previous one answered).
     hedges: u64,
@@ -146,6 +150,7 @@ impl RecordLookups {
             excess: VecDeque::with_capacity(EXCESS_WINDOW),
             suspects: BTreeMap::new(),
             sigs: SigCheck::direct(),
+            gets: BTreeMap::new(),
             #[cfg(test)]
             hedges: 0,
         }
@@ -256,7 +261,17 @@ impl RecordLookups {
         let Some(p) = self.pending.get_mut(&lookup) else {
             return;
         };
-        let Some(next) = p.rest.pop() else {
+        // An indexer our gets would push past its window is passed over: a node whose
+        // applications look up faster than its indexers serve fails those lookups itself rather
+        // than be refused, struck and banned by every indexer it has.
+        let (limit, window) = (get_limit(&self.config), self.config.behaviour_window);
+        let next = loop {
+            match p.rest.pop() {
+                Some(t) if !get_budget_left(&mut self.gets, &t.addr.id, limit, window, now) => continue,
+                other => break other,
+            }
+        };
+        let Some(next) = next else {
             p.hedge_at = None;
             if p.asks.is_empty()
                 && let Some(p) = self.pending.remove(&lookup)
@@ -273,6 +288,11 @@ impl RecordLookups {
         };
         out.emit(NodeOut::Learn(next.addr.clone()));
         out.emit(NodeOut::Send { to: next.addr.id, message: GetRecord { req, key: p.key.clone() }.into() });
+        self.gets.entry(next.addr.id).or_default().push_back(now);
+        if self.gets.len() > MAX_SUSPECTS {
+            // Indexers we no longer ask: their windows are over.
+            self.gets.retain(|_, sent| sent.back().is_some_and(|t| now.since(*t) < window));
+        }
         p.attempts += 1;
         p.asks.insert(req, Ask { to: next.addr.id, sent: now, base, deadline: now + self.config.lookup_timeout });
         p.hedge_at = if p.rest.is_empty() { None } else { Some(now + hedge_delay) };
@@ -386,6 +406,30 @@ impl RecordLookups {
 }
 
 /// A finished lookup, told to whoever asked.
+/// The most `GetRecord`s we send one indexer per `behaviour_window`: four fifths of what it
+/// serves (`max_get_per_minute`, which also counts the pool's candidate requests).
+fn get_limit(config: &Config) -> usize {
+    (config.max_get_per_minute.saturating_mul(4) / 5).max(1)
+}
+
+/// Whether one more `GetRecord` to `to` keeps the gets it was sent within `window` below `limit`
+/// (forgetting the older ones).
+fn get_budget_left(
+    gets: &mut BTreeMap<PeerId, VecDeque<Timestamp>>,
+    to: &PeerId,
+    limit: usize,
+    window: Duration,
+    now: Timestamp,
+) -> bool {
+    let Some(sent) = gets.get_mut(to) else {
+        return true;
+    };
+    while sent.front().is_some_and(|t| now.since(*t) >= window) {
+        sent.pop_front();
+    }
+    sent.len() < limit
+}
+
 fn done(id: Origin, key: RecordKey, record: Option<crate::proto::PeerRecord>, hops: u32, attempts: u32) -> NodeOut {
     match id {
         Origin::Command(id) => NodeOut::Event(Event::LookupDone { id, key, record, hops, attempts }),
@@ -470,6 +514,39 @@ mod tests {
             l.handle_timeout(ids, t, out);
             assert!(l.poll_timeout().is_none_or(|n| n > t), "a deadline left at {t:?}");
         }
+    }
+
+    #[test]
+    fn lookups_faster_than_the_indexers_serve_fail_here_rather_than_get_the_node_banned() {
+        let config = Config::default();
+        let limit = get_limit(&config);
+        assert!(limit < config.max_get_per_minute, "below the indexer's window");
+        let mut l = RecordLookups::new(config.clone());
+        let (mut ids, mut out) = (1, Vec::new());
+        // A burst of lookups at one instant, two indexers: each is sent `limit` gets, no more;
+        // the rest fail at once, nobody asked.
+        let burst = 3 * limit as u64;
+        for id in 0..burst {
+            l.start(Origin::Command(id), key(), targets(2), &mut ids, NOW, &mut out);
+        }
+        let sent = asked(&out);
+        for i in [1, 2] {
+            let to = indexer(i).id;
+            assert!(sent.iter().filter(|(p, _)| *p == to).count() <= limit, "indexer {i}");
+        }
+        assert_eq!(sent.len(), 2 * limit, "each indexer's budget used, first indexer first");
+        let refused = dones(&out).into_iter().filter(|(_, found, attempts)| !found && *attempts == 0).count();
+        assert_eq!(refused as u64, burst - 2 * limit as u64, "the lookups nobody could be asked for");
+        // Answers end the others; a window later the indexers are asked again.
+        let mut out2 = Vec::new();
+        for (to, req) in &sent {
+            l.on_reply(*to, found(*req), &mut ids, NOW + RTT, &mut out2);
+        }
+        assert_eq!(l.len(), 0);
+        let later = NOW + config.behaviour_window;
+        let mut out3 = Vec::new();
+        l.start(Origin::Command(burst), key(), targets(2), &mut ids, later, &mut out3);
+        assert_eq!(asked(&out3).len(), 1, "the window is over");
     }
 
     #[test]
