@@ -72,7 +72,7 @@ impl Carried {
     /// Whether `message` may be carried: not a link message, and small enough that the frame
     /// carrying it stays within [`MAX_FRAME_LEN`].
     pub fn fits(message: &Envelope) -> bool {
-        !matches!(message, Envelope::Link(_)) && encoded_len(message) + CARRY_OVERHEAD <= MAX_FRAME_LEN
+        !matches!(message, Envelope::Link(_)) && encoded_len(message).saturating_add(CARRY_OVERHEAD) <= MAX_FRAME_LEN
     }
 
     /// `message`, carried, if it [`fits`](Carried::fits).
