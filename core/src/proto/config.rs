@@ -228,7 +228,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// A connection unused for this long, to a peer that is neither in the pool nor a session, is
-    /// closed (ocd).
+    /// closed (ocd), within another three quarters of it (idle links are found by a scan).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Most messages queued for a peer while its connection is being set up; more are dropped and

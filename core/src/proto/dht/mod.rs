@@ -353,6 +353,8 @@ pub struct Dht {
     next_table_refresh: Option<Timestamp>,
     /// The current wait before trying missing bootstrap peers again.
     bootstrap_retry: Duration,
+    /// When the garbage collection is next due: at the first timeout from then on, at the latest
+    /// one `gc_interval` later.
     next_gc: Timestamp,
     stats: DhtStats,
     /// How records and provider records are checked.
@@ -598,7 +600,7 @@ impl Dht {
         }
     }
 
-    /// The next deadline.
+    /// The next deadline (for the garbage collection, its latest time: see [`Dht::gc_due`]).
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         let queries = self.queries.values().map(|q| {
             let t = match q.lookup.poll_timeout() {
@@ -612,8 +614,15 @@ impl Dht {
             .chain(self.next_provide)
             .chain(self.next_cache_refresh)
             .chain(self.next_table_refresh)
-            .chain(std::iter::once(self.next_gc))
+            .chain(std::iter::once(self.next_gc + self.config.gc_interval))
             .min()
+    }
+
+    /// Whether the garbage collection's time has come (see [`Dht::poll_timeout`]: it runs at the
+    /// first timeout from then on, and asks for one of its own only a whole `gc_interval` later,
+    /// so on a node it rides on the heartbeat tick instead of waking the node twice a minute).
+    pub fn gc_due(&self, now: Timestamp) -> bool {
+        now >= self.next_gc
     }
 }
 

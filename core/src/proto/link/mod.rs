@@ -36,6 +36,12 @@ const MAX_EARLY_INBOUND: usize = 16;
 const ADDRESS_BOOK_MAX: usize = 4096;
 /// Slack added to a sweep deadline so that links expiring close together are handled in one sweep.
 const SWEEP_SLACK: Duration = Duration::from_millis(500);
+/// How long past its time an idle scan may wait for the peer to wake for something else (a
+/// quarter of `idle_timeout`; a node's heartbeat tick comes sooner), so that it costs no wake-up
+/// of its own: an unused link closes between one and one and three quarter idle periods.
+fn idle_sweep_slack(idle_timeout: Duration) -> Duration {
+    idle_timeout / 4
+}
 
 /// Computes the `Hello` proof that `prover` knows `network_key`.
 pub fn hello_mac(
@@ -110,8 +116,11 @@ pub struct Connections {
     rng: DetRng,
     /// Links still dialling or handshaking, with their handshake deadline (usually few).
     pending: BTreeMap<PeerId, Timestamp>,
-    /// When ready links are next scanned for idleness (every half idle period while any exist).
+    /// When ready links are next scanned for idleness (every half idle period while any exist):
+    /// at the first timeout from then on, at the latest [`idle_sweep_slack`] later.
     next_idle_sweep: Option<Timestamp>,
+    /// The latest time a sweep is due: the first handshake deadline (plus [`SWEEP_SLACK`]) or the
+    /// idle scan's latest time, whichever is earlier.
     next_sweep: Option<Timestamp>,
 }
 
@@ -293,7 +302,7 @@ impl Connections {
 
     /// The connection is gone (or could not be made). Returns how many queued messages were lost.
     pub fn on_down(&mut self, peer: &PeerId) -> usize {
-        self.pending.remove(peer);
+        self.end_pending(peer);
         self.links.remove(peer).map(|l| l.outbound_queue.len()).unwrap_or(0)
     }
 
@@ -415,18 +424,17 @@ impl Connections {
         }
         let early: Vec<Envelope> = Vec::from(std::mem::take(&mut link.early_inbound));
         out.push_back(Output::Event(Event::PeerAuthenticated { peer: from }));
-        self.pending.remove(&from);
         if self.next_idle_sweep.is_none() {
-            let at = now + self.idle_timeout / 2;
-            self.next_idle_sweep = Some(at);
-            self.arm_sweep(at);
+            self.next_idle_sweep = Some(now + self.idle_timeout / 2);
         }
+        self.pending.remove(&from);
+        self.rearm_sweep();
         if early.is_empty() { Inbound::Nothing } else { Inbound::DeliverHeld(early) }
     }
 
     fn fail(&mut self, peer: PeerId, reason: CloseReason, out: &mut VecDeque<Output>) -> Inbound {
         self.links.remove(&peer);
-        self.pending.remove(&peer);
+        self.end_pending(&peer);
         out.push_back(Output::Close { peer, reason });
         if matches!(reason, CloseReason::HandshakeFailed | CloseReason::HandshakeTimeout) {
             out.push_back(Output::Event(Event::HandshakeFailed { peer, reason }));
@@ -436,7 +444,7 @@ impl Connections {
 
     /// Closes the connection to `peer` (if any). Returns whether there was one.
     pub fn close(&mut self, peer: PeerId, reason: CloseReason, out: &mut VecDeque<Output>) -> bool {
-        self.pending.remove(&peer);
+        self.end_pending(&peer);
         if self.links.remove(&peer).is_some() {
             out.push_back(Output::Close { peer, reason });
             true
@@ -457,6 +465,24 @@ impl Connections {
         self.next_sweep = Some(self.next_sweep.map_or(at, |t| t.min(at)));
     }
 
+    /// `peer`'s handshake is over (done, failed or gone): its deadline no longer calls a sweep
+    /// (the peer would wake for nothing).
+    fn end_pending(&mut self, peer: &PeerId) {
+        if self.pending.remove(peer).is_some() {
+            self.rearm_sweep();
+        }
+    }
+
+    /// The next sweep from scratch: the first handshake deadline, the idle scan's latest time.
+    fn rearm_sweep(&mut self) {
+        let handshake = self.pending.values().min().map(|d| *d + SWEEP_SLACK);
+        let idle = self.next_idle_sweep.map(|t| t + idle_sweep_slack(self.idle_timeout));
+        self.next_sweep = match (handshake, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     /// The next time [`Connections::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.next_sweep
@@ -471,10 +497,8 @@ impl Connections {
         keep: impl Fn(&PeerId) -> bool,
         out: &mut VecDeque<Output>,
     ) -> Vec<PeerId> {
-        let Some(at) = self.next_sweep else {
-            return Vec::new();
-        };
-        if now < at {
+        let idle_due = self.next_idle_sweep.is_some_and(|t| t <= now);
+        if !idle_due && self.next_sweep.is_none_or(|t| now < t) {
             return Vec::new();
         }
         let mut dropped = Vec::new();
@@ -484,9 +508,10 @@ impl Connections {
             .filter(|(_, deadline)| **deadline <= now)
             .map(|(peer, _)| (*peer, CloseReason::HandshakeTimeout))
             .collect();
-        // Idle links are found by a scan every half idle period, so a link is closed between one
-        // and one and a half idle periods after its last use.
-        if self.next_idle_sweep.is_some_and(|t| t <= now) {
+        // Idle links are found by a scan every half idle period (run at most a quarter idle
+        // period late, see `idle_sweep_slack`), so a link is closed between one and one and three
+        // quarter idle periods after its last use.
+        if idle_due {
             self.next_idle_sweep = None;
             let mut idle: Vec<PeerId> = self
                 .links
@@ -514,16 +539,10 @@ impl Connections {
                 }
             }
         }
-        self.next_sweep = None;
-        if let Some(d) = self.pending.values().min().copied() {
-            self.arm_sweep(d + SWEEP_SLACK);
-        }
         if self.next_idle_sweep.is_none() && self.links.len() > self.pending.len() {
             self.next_idle_sweep = Some(now + self.idle_timeout / 2);
         }
-        if let Some(t) = self.next_idle_sweep {
-            self.arm_sweep(t);
-        }
+        self.rearm_sweep();
         dropped
     }
 }
@@ -764,8 +783,8 @@ mod tests {
         let (_ra, _rb, _oa, _ob, mut ca, mut cb, a, b) = handshake([1; 32]);
         let idle = Config::default().idle_timeout;
         let mut o = VecDeque::new();
-        // b still needs a (e.g. a session): kept; a does not need b: closed within 1.5 idle periods.
-        let end = Timestamp(10) + idle + idle / 2 + SWEEP_SLACK;
+        // b still needs a (e.g. a session): kept; a does not need b: closed within 1.75 idle periods.
+        let end = Timestamp(10) + idle + idle / 2 + idle_sweep_slack(idle);
         for (conns, keep) in [(&mut ca, false), (&mut cb, true)] {
             while let Some(t) = conns.poll_timeout() {
                 if t > end {
@@ -776,6 +795,29 @@ mod tests {
         }
         assert!(!ca.is_ready(&b), "idle, unneeded link closed");
         assert!(cb.is_ready(&a), "needed link kept");
+        assert!(o.iter().any(|x| matches!(x, Output::Close { peer, reason: CloseReason::Idle } if *peer == b)));
+    }
+
+    #[test]
+    fn a_finished_handshake_wakes_nobody_and_the_idle_scan_rides_on_other_wake_ups() {
+        let (_ra, _rb, _oa, _ob, mut ca, _cb, _a, b) = handshake([1; 32]);
+        let (idle, t0) = (Config::default().idle_timeout, Timestamp(0));
+        // The handshake deadline is forgotten with the handshake: the next wake-up the link asks
+        // for is its idle scan's latest time.
+        let latest = ca.poll_timeout().expect("an idle scan is armed");
+        assert!(latest >= t0 + idle / 2 + idle_sweep_slack(idle), "{latest:?}");
+        assert!(latest <= Timestamp(100) + idle / 2 + idle_sweep_slack(idle), "{latest:?}");
+        // The peer wakes for something else after the scan's time: the scan runs then (the link
+        // is not idle yet) and the next one is armed from there.
+        let mut o = VecDeque::new();
+        let s1 = Timestamp(200) + idle / 2;
+        assert!(s1 < latest);
+        ca.handle_timeout(s1, |_| false, &mut o);
+        assert!(ca.is_ready(&b));
+        assert_eq!(ca.poll_timeout(), Some(s1 + idle / 2 + idle_sweep_slack(idle)));
+        // Woken again past the next scan's time, the link has been idle long enough: closed.
+        ca.handle_timeout(s1 + idle / 2 + Duration::from_millis(1), |_| false, &mut o);
+        assert!(!ca.is_ready(&b));
         assert!(o.iter().any(|x| matches!(x, Output::Close { peer, reason: CloseReason::Idle } if *peer == b)));
     }
 
@@ -804,7 +846,7 @@ mod tests {
         ids.sort_unstable();
         assert_eq!(hub.peers(), ids, "peers() in id order");
         let idle = Config::default().idle_timeout;
-        let end = Timestamp(10) + idle + idle / 2 + SWEEP_SLACK;
+        let end = Timestamp(10) + idle + idle / 2 + idle_sweep_slack(idle);
         let mut o = VecDeque::new();
         while let Some(t) = hub.poll_timeout() {
             if t > end {

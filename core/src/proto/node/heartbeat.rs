@@ -1,4 +1,4 @@
-//! Heartbeats (spec A §3.1, §6.2, E F7): sending them on each indexer's own schedule, matching
+//! Heartbeats (spec A §3.1, §6.2, E F7): sending them on the node's one heartbeat tick, matching
 //! their answers by request id (B8) and handling failures — a refusal `Busy` is "not now", a
 //! failing seed goes Down, any other failing entry is evicted when others remain.
 
@@ -51,6 +51,22 @@ impl IndexerPool {
         }
     }
 
+    /// When the regular heartbeat after one sent at `now` is due: the last tick at or before
+    /// `now + heartbeat_interval`, so the gap never exceeds the interval (lookups judge an
+    /// indexer by it). A tick closer than half an interval is too soon: then half an interval
+    /// from now, and the one after that is back on the tick.
+    pub(super) fn next_heartbeat_at(&self, now: Timestamp) -> Timestamp {
+        let interval = crate::proto::time::duration_ms(self.config.heartbeat_interval).max(1);
+        let target = now.0.saturating_add(interval);
+        let origin = self.tick_origin.0;
+        let tick = match target.checked_sub(origin) {
+            Some(since) => origin + since / interval * interval,
+            None => target,
+        };
+        let half = now.0.saturating_add(interval / 2);
+        Timestamp(if tick >= half { tick } else { half })
+    }
+
     /// Our pool as it stands without `peer` (issue 13): the live indexers besides it, those we
     /// are joining right now (a heartbeat in flight to a Pending entry), and our minimum. A full
     /// indexer admits us by moving a node with spare indexers only while this says we are short,
@@ -78,6 +94,7 @@ impl IndexerPool {
             self.entries.iter().filter(|(id, e)| **id != peer && e.is_active()).map(|(id, _)| *id).collect();
         let spacing = self.draw_challenge_spacing_if_due(&peer);
         let req = self.next_request();
+        let next_tick = self.next_heartbeat_at(now);
         let Some(e) = self.entries.get_mut(&peer) else {
             return;
         };
@@ -111,7 +128,7 @@ impl IndexerPool {
             want_witnesses: challenge,
         };
         e.in_flight = Some(req);
-        e.next_due = now + self.config.heartbeat_interval;
+        e.next_due = next_tick;
         if referent {
             self.told_referent = Some(peer);
         }

@@ -1,9 +1,12 @@
 //! Node role: the scored pool of indexers a node trusts (spec A §6, B §3, E F6/F8/F11/F12).
 //!
 //! A node keeps at most `max_pool` *active* indexers — **Pending** (added, not answering yet) or
-//! **Live** (answered its last heartbeat) — and proves its liveness to each with a heartbeat on the
-//! indexer's own schedule: at once when it is added, then every `heartbeat_interval`. Every reply
-//! is matched to its request by [`RequestId`] (B8), which also gives the round-trip time.
+//! **Live** (answered its last heartbeat) — and proves its liveness to each with a heartbeat: at
+//! once when it is added, then every `heartbeat_interval` on the node's one heartbeat tick (the
+//! seed's single ticker, A §6.4), so a node with four indexers wakes once per interval, not four
+//! times. A heartbeat sent off the tick (a new indexer, a deferred or refused one) rejoins it
+//! after half to one interval: no gap exceeds `heartbeat_interval`. Every reply is matched to its
+//! request by [`RequestId`] (B8), which also gives the round-trip time.
 //!
 //! Each heartbeat carries the node's *need* (free slots), marks exactly one indexer — the
 //! best-scored live one — as the *referent* for distributed search, and now and then (every 1–10
@@ -371,6 +374,8 @@ pub struct IndexerPool {
     told_provisional: bool,
     /// The referent chosen at the last heartbeat round, sticky until it is told.
     referent_choice: Option<PeerId>,
+    /// The phase of the node's heartbeat tick: ticks fall at this time plus whole intervals.
+    tick_origin: Timestamp,
 }
 
 impl IndexerPool {
@@ -426,6 +431,7 @@ impl IndexerPool {
             told_referent: None,
             told_provisional: false,
             referent_choice: None,
+            tick_origin: now,
         };
         for s in pool.seeds.clone() {
             let nc = pool.draw_challenge_spacing();

@@ -505,6 +505,59 @@ fn challenge_batches_carry_own_id_first_and_did_every_fifth() {
     }
 }
 
+/// Times of the regular heartbeats to `p`.
+fn heartbeat_times(net: &Net, p: PeerId) -> Vec<Timestamp> {
+    net.regular_heartbeats_to(p).into_iter().map(|(t, _)| t).collect()
+}
+
+fn on_tick(t: Timestamp) -> bool {
+    t.since(T0).as_millis().is_multiple_of(Config::default().heartbeat_interval.as_millis())
+}
+
+#[test]
+fn an_indexer_added_off_the_tick_joins_it_and_no_gap_exceeds_the_interval() {
+    let (s, x) = (pid("s"), pid("x"));
+    // The seed answers 3.7 s late, so the indexer it suggests is heartbeated off the node's tick.
+    let seed = Ix { latency_ms: 3_700, suggestions: vec![x], ..Ix::honest() };
+    let mut net = Net::new(Config::default(), &[s], 5).with(s, seed).with(x, Ix::honest());
+    net.run_for(secs(200));
+    let interval = Config::default().heartbeat_interval;
+    let xs = heartbeat_times(&net, x);
+    assert!(xs.first().is_some_and(|t| !on_tick(*t)), "x was first heartbeated off the tick: {xs:?}");
+    for p in [s, x] {
+        let ts = heartbeat_times(&net, p);
+        assert!(ts.len() >= 10, "{ts:?}");
+        for w in ts.windows(2) {
+            let gap = w[1].since(w[0]);
+            assert!(gap <= interval && gap >= interval / 2, "gap {gap:?} in {ts:?}");
+        }
+        assert!(ts[2..].iter().all(|t| on_tick(*t)), "on the node's one tick from the third: {ts:?}");
+    }
+    assert!(net.pool.is_live(&s) && net.pool.is_live(&x));
+}
+
+#[test]
+fn a_refused_indexer_rejoins_the_tick_within_its_rate_budget() {
+    let (a, b) = (pid("s1"), pid("s2"));
+    let busy = Ix { mode: Mode::Refuse(RefuseReason::Busy), ..Ix::honest() };
+    let mut net = Net::new(Config::default(), &[a, b], 5).with(a, Ix::honest()).with(b, busy);
+    net.run_for(secs(1));
+    // b said "not now": its retry comes half to one interval later, jittered, off the tick.
+    net.ixm(b).mode = Mode::Up;
+    net.run_for(secs(240));
+    let config = Config::default();
+    let bs = heartbeat_times(&net, b);
+    assert!(bs.iter().any(|t| !on_tick(*t)), "b's retry went off the tick: {bs:?}");
+    let horizon = config.behaviour_window + secs(1);
+    for (i, t) in bs.iter().enumerate() {
+        let in_window = bs[i..].iter().filter(|u| u.since(*t) < horizon).count();
+        assert!(in_window < config.max_hb_per_minute, "rate budget exceeded from {t:?}: {bs:?}");
+    }
+    let late: Vec<Timestamp> = bs.iter().copied().filter(|t| *t >= T0 + secs(120)).collect();
+    assert!(late.len() >= 5 && late.iter().all(|t| on_tick(*t)), "back on the node's one tick: {late:?}");
+    assert!(net.pool.is_live(&a) && net.pool.is_live(&b));
+}
+
 #[test]
 fn failed_heartbeat_evicts_non_seed_and_triggers_consensus() {
     let (s, x, c) = (pid("s"), pid("x"), pid("c"));

@@ -418,7 +418,7 @@ impl Peer {
         if let Some(ix) = &self.indexer {
             self.dht.set_fill(ix.fill_rate(), self.config.max_nodes);
         }
-        if self.dht.poll_timeout().is_some_and(|t| t <= now) {
+        if self.dht.gc_due(now) || self.dht.poll_timeout().is_some_and(|t| t <= now) {
             self.dht.handle_timeout(now, &mut self.actions);
         }
         if self.search.poll_timeout().is_some_and(|t| t <= now) {
