@@ -1157,7 +1157,7 @@ impl Harness {
     /// The heartbeat `req` answers, if the peer sent it to `from`.
     fn heartbeat_sent(&self, from: PeerId, req: RequestId) -> Option<&Heartbeat> {
         self.sent.iter().rev().find_map(|(to, e)| match e {
-            Envelope::Indexer(IndexerMessage::Heartbeat(h)) if *to == from && h.req == req => Some(h),
+            Envelope::Indexer(IndexerMessage::Heartbeat(h)) if *to == from && h.req == req => Some(&**h),
             _ => None,
         })
     }

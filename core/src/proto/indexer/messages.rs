@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 /// Node → indexer requests and the indexer's replies.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum IndexerMessage {
-    /// Node → indexer liveness proof, challenges and pool hints (also a one-shot probe).
-    Heartbeat(Heartbeat),
+    /// Node → indexer liveness proof, challenges and pool hints (also a one-shot probe). Boxed,
+    /// as is its answer: the two are two thirds of all traffic but three times the size of every
+    /// other message, and every envelope is moved several times between machine and wire.
+    Heartbeat(Box<Heartbeat>),
     /// Indexer → node raw metrics and challenge answers.
-    HeartbeatResponse(HeartbeatResponse),
+    HeartbeatResponse(Box<HeartbeatResponse>),
     /// A request refused, with the reason (and where to go instead, when known).
     Refused(Refused),
     /// Node → indexer: "you are no longer in my pool"; frees the session at once.

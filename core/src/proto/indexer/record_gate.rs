@@ -216,7 +216,7 @@ pub fn on_request(
     };
     let peer = from.id;
     match m {
-        IndexerMessage::Heartbeat(hb) => ix.on_heartbeat(from, hb, desk, now, out),
+        IndexerMessage::Heartbeat(hb) => ix.on_heartbeat(from, *hb, desk, now, out),
         IndexerMessage::Publish(p) => ix.on_publish(peer, p, desk, now, out),
         IndexerMessage::GetRecord(g) => {
             let known = desk.knows(&peer, now);

@@ -472,7 +472,7 @@ impl IndexerPool {
             _ => None,
         };
         match m {
-            IndexerMessage::HeartbeatResponse(r) => self.on_heartbeat_response(from, r, now, out),
+            IndexerMessage::HeartbeatResponse(r) => self.on_heartbeat_response(from, *r, now, out),
             IndexerMessage::Refused(r) => self.on_refused(from, r, now, out),
             IndexerMessage::CandidatesResponse(r) => self.on_candidates(from, r, now, out),
             _ => {}

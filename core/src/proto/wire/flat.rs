@@ -36,8 +36,8 @@ impl From<Envelope> for Message {
             Envelope::Link(LinkMessage::HelloReply(m)) => Message::HelloReply(m),
             Envelope::Link(LinkMessage::HelloProofWith(m)) => Message::HelloProofWith(m),
             Envelope::Indexer(m) => match m {
-                IndexerMessage::Heartbeat(m) => Message::Heartbeat(m),
-                IndexerMessage::HeartbeatResponse(m) => Message::HeartbeatResponse(m),
+                IndexerMessage::Heartbeat(m) => Message::Heartbeat(*m),
+                IndexerMessage::HeartbeatResponse(m) => Message::HeartbeatResponse(*m),
                 IndexerMessage::Refused(m) => Message::Refused(m),
                 IndexerMessage::Leave => Message::Leave,
                 IndexerMessage::CandidatesRequest(m) => Message::CandidatesRequest(m),

@@ -227,12 +227,12 @@ macro_rules! lift {
     ($($ty:ident => $mech:ident :: $var:ident),* $(,)?) => {$(
         impl From<$ty> for $mech {
             fn from(m: $ty) -> Self {
-                $mech::$var(m)
+                $mech::$var(m.into())
             }
         }
         impl From<$ty> for Envelope {
             fn from(m: $ty) -> Self {
-                Envelope::from($mech::$var(m))
+                Envelope::from($mech::$var(m.into()))
             }
         }
     )*};
