@@ -651,7 +651,10 @@ impl RecordStore {
 
     /// Whether exactly this record is held (nothing to verify again).
     pub fn holds(&self, record: &PeerRecord) -> bool {
-        self.by_peer.get(&record.body.peer_id).is_some_and(|h| *h.record == *record)
+        // The expiry, kept in the table, tells versions apart without reaching the record.
+        self.by_peer
+            .get(&record.body.peer_id)
+            .is_some_and(|h| h.expires_at == record.body.expires_at && *h.record == *record)
     }
 
     /// The key a DID is bound to at `now`, if any.

@@ -24,13 +24,16 @@ impl IndexerPool {
         let Some(log) = self.send_log.get(peer) else {
             return now;
         };
+        // Runs for every due heartbeat and on every pump: no allocation. The log is oldest first,
+        // so the recent sends are its tail.
         let horizon = self.rate_horizon();
-        let recent: Vec<Timestamp> = log.iter().copied().filter(|t| now.since(*t) < horizon).collect();
+        let recent = log.iter().rev().take_while(|t| now.since(**t) < horizon).count();
         let budget = self.rate_budget();
-        if recent.len() < budget {
+        if recent < budget {
             return now;
         }
-        match recent.get(recent.len() - budget) {
+        // The oldest send that still counts against a new one: `budget` from the end.
+        match log.get(log.len() - budget) {
             Some(t) => (*t + horizon).max(now),
             None => now,
         }
@@ -41,6 +44,10 @@ impl IndexerPool {
         let log = self.send_log.entry(peer).or_default();
         log.retain(|t| now.since(*t) < horizon);
         log.push(now);
+        // Oldest first even if the clock stepped back (`rate_allowed_at` reads the tail).
+        if log.len() >= 2 && log[log.len() - 2] > now {
+            log.sort_unstable();
+        }
         if self.send_log.len() > SEND_LOG_MAX {
             self.prune_send_log(now);
         }
