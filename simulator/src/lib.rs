@@ -50,7 +50,8 @@
 //!   target did not crash or restart meanwhile (else `excluded`); it succeeded (`ok`) when the
 //!   record is the target's. Latency = command → `LookupDone`, in simulated ms; hops = the
 //!   answering indexer's DHT hops. `failed_no_indexer` = failures where the asker had no live
-//!   indexer to ask.
+//!   indexer to ask; `failed_own_budget` = failures where it had some but asked none, all at the
+//!   record gets their window allows (the node refuses rather than be banned).
 //! * `records`: `RecordStored` / `RecordRejected` events over the run; at the end, the alive
 //!   indexers' record-store, routing-table and provider sizes and every alive peer's DHT counters.
 //! * `search` workload: at Poisson times a random alive, honest node-role peer started at least

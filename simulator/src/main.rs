@@ -256,14 +256,15 @@ fn print_bench(r: &Report, peers: usize, setup_s: f64, memo: Option<SigMemoStats
     if let Some(l) = &r.lookups {
         let pct = if l.issued == 0 { 0.0 } else { l.ok as f64 * 100.0 / l.issued as f64 };
         println!(
-            "lookups         {} of {} ok ({pct:.2}%), p50 {} ms, hops p50 {}; failed: {} with no indexer to ask, {} whose target had no indexer yet, {} misses",
+            "lookups         {} of {} ok ({pct:.2}%), p50 {} ms, hops p50 {}; failed: {} with no indexer to ask, {} refused by the asker (get windows full), {} whose target had no indexer yet, {} misses",
             l.ok,
             l.issued,
             l.p50_ms.map_or("-".into(), |v| v.to_string()),
             l.hops_p50.map_or("-".into(), |v| v.to_string()),
             l.failed_no_indexer,
+            l.failed_own_budget,
             l.failed_target_unadmitted,
-            l.failed.saturating_sub(l.failed_no_indexer + l.failed_target_unadmitted)
+            l.failed.saturating_sub(l.failed_no_indexer + l.failed_own_budget + l.failed_target_unadmitted)
         );
     }
     if let Some(rec) = &r.records {

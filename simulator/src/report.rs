@@ -230,6 +230,10 @@ pub struct LookupReport {
     /// record may not be stored anywhere yet. The rest of `failed` are real misses.
     #[serde(default)]
     pub failed_target_unadmitted: u64,
+    /// Of `failed`: the asking node had live indexers but asked none, every one at the record
+    /// gets its window allows (the node refuses the lookup rather than be banned for it).
+    #[serde(default)]
+    pub failed_own_budget: u64,
     /// `[t, counted, ok]` per minute of issue time (`t` = start of the minute).
     #[serde(default)]
     pub timeline: Vec<(u64, u64, u64)>,
@@ -838,13 +842,15 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "  by DID {} of {}, by peer id {} of {}; {} failed with no indexer to ask, {} whose target had no \
-                 indexer yet; {} excluded (target crashed), {} unfinished",
+                "  by DID {} of {}, by peer id {} of {}; {} failed with no indexer to ask, {} refused by the asker \
+                 (its indexers' get windows full), {} whose target had no indexer yet; {} excluded (target \
+                 crashed), {} unfinished",
                 l.by_did.ok,
                 l.by_did.issued,
                 l.by_peer.ok,
                 l.by_peer.issued,
                 l.failed_no_indexer,
+                l.failed_own_budget,
                 l.failed_target_unadmitted,
                 l.excluded,
                 l.unfinished

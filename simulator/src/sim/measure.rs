@@ -38,6 +38,7 @@ pub(super) struct LookupAcc {
     excluded: u64,
     no_indexer: u64,
     target_unadmitted: u64,
+    own_budget: u64,
     failures: Vec<String>,
     /// Minute of issue → (counted, ok).
     per_minute: BTreeMap<u64, (u64, u64)>,
@@ -465,6 +466,8 @@ impl Simulation {
             acc.ok += 1;
             acc.latencies.push(now - l.issued);
             acc.hops.push(u64::from(hops));
+        } else if attempts == 0 && l.asker_admitted {
+            acc.own_budget += 1;
         } else if attempts == 0 {
             acc.no_indexer += 1;
         } else if l.target_unadmitted {
@@ -895,6 +898,7 @@ impl Simulation {
             excluded: acc.excluded,
             failed_no_indexer: acc.no_indexer,
             failed_target_unadmitted: acc.target_unadmitted,
+            failed_own_budget: acc.own_budget,
             timeline: acc.per_minute.iter().map(|(m, (n, ok))| (m * SAMPLE_EVERY_MS, *n, *ok)).collect(),
             unfinished: self.lookup.pending.len() as u64,
             failures: std::mem::take(&mut acc.failures),

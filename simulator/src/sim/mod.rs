@@ -768,6 +768,24 @@ role = "indexer"
     }
 
     #[test]
+    fn lookups_a_node_refuses_to_stay_within_its_indexers_windows_are_counted_apart() {
+        // Ten nodes with one or two indexers each look each other up far faster than an indexer
+        // serves one peer's gets (50 a minute): the node refuses the excess itself.
+        let text = format!(
+            "{TWO}\n[[group]]\nname = \"n\"\ncount = 10\nrole = \"node\"\nseeds = [\"a\"]\nseeds_sample = 1\n\
+             start_spread = \"10s\"\n[group.config]\nmin_indexers = 1\nmax_indexers = 1\n\
+             [[workload]]\nkind = \"lookup\"\nfrom = \"1m\"\nuntil = \"4m\"\nrate_per_s = 10.0"
+        );
+        let r = run(Scenario::from_toml(&text).unwrap()).unwrap();
+        let l = r.lookups.as_ref().expect("a lookup workload");
+        assert!(l.failed_own_budget > 0, "{l:?}");
+        assert_eq!(l.failed_no_indexer, 0, "every asker had an indexer: {l:?}");
+        assert!(l.failed >= l.failed_own_budget + l.failed_target_unadmitted, "{l:?}");
+        assert!(l.ok > 0, "{l:?}");
+        assert_eq!(r.bans.honest, 0, "no node was banned for its lookups");
+    }
+
+    #[test]
     fn the_traffic_timeline_splits_every_message_by_minute() {
         // Nodes join in the first 30 s, an indexer crashes at 2 m: a 10-minute run.
         let text = format!(

@@ -43,6 +43,9 @@ pub(super) struct PendingLookup {
     /// The target had no live indexer when the lookup was issued (still joining, or its pool
     /// emptied): no indexer may hold its record yet.
     pub(super) target_unadmitted: bool,
+    /// The asker had a live indexer when the lookup was issued: if it asked nobody, it refused
+    /// the lookup itself, to keep its gets within its indexers' windows.
+    pub(super) asker_admitted: bool,
 }
 
 /// The scenario's `lookup` workloads and the lookups they have in flight.
@@ -281,7 +284,9 @@ impl Simulation {
             RecordKey::Peer(self.ids[target as usize])
         };
         let target_unadmitted = self.peers[target as usize].live_count() == 0;
-        self.lookup.pending.insert(id, PendingLookup { asker, target, issued: self.now, by_did, target_unadmitted });
+        let asker_admitted = self.peers[asker as usize].live_count() > 0;
+        let pending = PendingLookup { asker, target, issued: self.now, by_did, target_unadmitted, asker_admitted };
+        self.lookup.pending.insert(id, pending);
         self.trace.bytes(b"lookup");
         self.trace.u64(self.now);
         self.trace.u32(asker);
