@@ -532,6 +532,9 @@ struct Binding {
     stored: Timestamp,
 }
 
+/// Mixed into a [`RecordStore`]'s key for its DID table (so its two tables hash differently).
+const DID_TABLE_KEY: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// The records an indexer holds, reachable by peer id and by DID (the seed's `/pid/<PeerId>` and
 /// `/node/<DID>` keys, C §7), validated on the way in and on the way out.
 ///
@@ -572,8 +575,10 @@ pub struct RecordStore {
     /// probes, and a table of small buckets stays within the caches (and the TLB) much longer
     /// than one of whole records (issue 13).
     by_peer: crate::proto::seeded::SeededMap<PeerId, Held>,
-    /// DID → its owner, valid until, and the `until` last persisted.
-    did_owner: std::collections::BTreeMap<Did, Binding>,
+    /// DID → its owner, valid until, and the `until` last persisted: a hash table too (the DID
+    /// of every record stored is looked up; a B-tree search compares a string per level), whose
+    /// order is never an output either.
+    did_owner: crate::proto::seeded::SeededMap<Did, Binding>,
     max_records: usize,
     binding_ttl: Duration,
     /// How [`RecordStore::put`] checks signatures.
@@ -601,7 +606,7 @@ impl RecordStore {
     pub fn keyed(max_records: usize, binding_ttl: Duration, key: u64) -> Self {
         RecordStore {
             by_peer: crate::proto::seeded::seeded_map(key),
-            did_owner: std::collections::BTreeMap::new(),
+            did_owner: crate::proto::seeded::seeded_map(key ^ DID_TABLE_KEY),
             max_records: max_records.max(1),
             binding_ttl,
             sigs: SigCheck::direct(),
@@ -746,7 +751,8 @@ impl RecordStore {
                 .did_owner
                 .iter()
                 .filter(|(_, b)| !self.by_peer.contains_key(&b.owner))
-                .min_by_key(|(_, b)| b.until)
+                // Ties go to the lowest DID: the table's order does not matter.
+                .min_by(|(d, b), (e, c)| b.until.cmp(&c.until).then_with(|| d.cmp(e)))
                 .map(|(d, _)| d.clone());
             match victim {
                 Some(d) => self.did_owner.remove(&d),
@@ -933,6 +939,21 @@ mod store_tests {
 
     fn did(s: &str) -> Did {
         Did::new(s).unwrap()
+    }
+
+    #[test]
+    fn bindings_dropped_for_room_do_not_depend_on_the_table_key() {
+        // One record of room, four bindings: the owners that lost their record leave bindings
+        // lapsing at the same instant, and the lowest DIDs go first, whatever the hash key.
+        for key in 0..8u64 {
+            let mut s = RecordStore::keyed(1, Duration::from_secs(60), key);
+            for i in 0..6u64 {
+                let k = Keypair::derive(i, "ties");
+                let _ = s.put(rec(&k, &format!("did:{i}"), 100, NOW), NOW).unwrap();
+            }
+            let kept: Vec<u64> = (0..6).filter(|i| s.did_owner(&did(&format!("did:{i}")), NOW).is_some()).collect();
+            assert_eq!(kept, vec![2, 3, 4, 5], "table key {key}");
+        }
     }
 
     #[test]

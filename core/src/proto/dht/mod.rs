@@ -114,6 +114,14 @@ pub const PROVIDER_FILL_STEP: f32 = 0.05;
 /// A batch is sent early once its records are about this large when encoded.
 const STORE_BATCH_BYTES: usize = MAX_FRAME_LEN / 4;
 
+/// The refreshed records waiting for one replica, by owner, and their approximate encoded size.
+#[derive(Debug, Default)]
+struct RefreshBatch {
+    records: BTreeMap<PeerId, PeerRecord>,
+    /// The sum of `approx_len` over `records`, kept as they come and go.
+    bytes: usize,
+}
+
 /// Identifies a running query.
 pub type QueryId = u64;
 
@@ -331,7 +339,7 @@ pub struct Dht {
     /// like the store's (a referent's heartbeats look it up; its order is never an output).
     replicated: crate::proto::seeded::SeededMap<PeerId, Timestamp>,
     /// Refreshed records waiting for their batch, by replica, then owner.
-    refreshes: BTreeMap<PeerId, BTreeMap<PeerId, PeerRecord>>,
+    refreshes: BTreeMap<PeerId, RefreshBatch>,
     /// When the waiting refreshes are sent.
     next_refresh: Option<Timestamp>,
     queries: BTreeMap<QueryId, Query>,

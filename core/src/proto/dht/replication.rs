@@ -303,17 +303,20 @@ impl Dht {
         self.next_refresh = Some(self.next_refresh.map_or(due, |t| t.min(due)));
         let owner = record.body.peer_id;
         let mut full = Vec::new();
+        let len = approx_len(&record);
         for r in replicas {
             let batch = self.refreshes.entry(r.id).or_default();
-            batch.insert(owner, record.clone());
-            let bytes: usize = batch.values().map(approx_len).sum();
-            if batch.len() >= MAX_STORE_BATCH || bytes >= STORE_BATCH_BYTES {
+            if let Some(old) = batch.records.insert(owner, record.clone()) {
+                batch.bytes -= approx_len(&old);
+            }
+            batch.bytes += len;
+            if batch.records.len() >= MAX_STORE_BATCH || batch.bytes >= STORE_BATCH_BYTES {
                 full.push(r.id);
             }
         }
         let batches: Vec<(PeerId, Vec<PeerRecord>)> = full
             .into_iter()
-            .filter_map(|p| self.refreshes.remove(&p).map(|b| (p, b.into_values().collect())))
+            .filter_map(|p| self.refreshes.remove(&p).map(|b| (p, b.records.into_values().collect())))
             .collect();
         self.send_batches(batches, now, out);
     }
@@ -321,8 +324,10 @@ impl Dht {
     /// Sends every waiting refresh.
     pub(super) fn flush_refreshes(&mut self, now: Timestamp, out: &mut Vec<Action>) {
         self.next_refresh = None;
-        let batches: Vec<(PeerId, Vec<PeerRecord>)> =
-            std::mem::take(&mut self.refreshes).into_iter().map(|(p, b)| (p, b.into_values().collect())).collect();
+        let batches: Vec<(PeerId, Vec<PeerRecord>)> = std::mem::take(&mut self.refreshes)
+            .into_iter()
+            .map(|(p, b)| (p, b.records.into_values().collect()))
+            .collect();
         self.send_batches(batches, now, out);
     }
 

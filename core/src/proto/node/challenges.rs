@@ -22,6 +22,15 @@ impl IndexerPool {
     }
 }
 
+/// Who the node is, for judging challenge answers: its id, its DID, and how its own record's
+/// signature is checked (the pool's [`SigCheck`]).
+#[derive(Clone, Copy)]
+pub(super) struct Ours<'a> {
+    pub(super) me: PeerId,
+    pub(super) did: &'a Did,
+    pub(super) sigs: &'a SigCheck,
+}
+
 impl Entry {
     /// Judges the answers to a challenge batch: the node's own session must be found and recent;
     /// a DID challenge counts only if the DHT returned the node's own, intact record.
@@ -29,11 +38,11 @@ impl Entry {
         &mut self,
         sent: HeartbeatSent,
         r: &HeartbeatResponse,
-        me: PeerId,
-        did: &Did,
+        ours: Ours<'_>,
         now: Timestamp,
         cfg: &Config,
     ) {
+        let Ours { me, did, sigs } = ours;
         let e = self;
         if sent.challenge {
             let last_seen = r.challenges.iter().find(|c| c.peer == me && c.found).and_then(|c| c.last_seen);
@@ -46,10 +55,9 @@ impl Entry {
         if sent.did_challenge {
             e.score.did_checked = e.score.did_checked.saturating_add(1);
             // Found only if the DHT returned our own record, intact.
-            let ours = r
-                .did_record
-                .as_ref()
-                .is_some_and(|rec| rec.body.peer_id == me && rec.body.did == *did && rec.verify(now).is_ok());
+            let ours = r.did_record.as_ref().is_some_and(|rec| {
+                rec.body.peer_id == me && rec.body.did == *did && rec.verify_with(now, sigs).is_ok()
+            });
             if r.did_found == Some(true) && ours {
                 e.score.did_success = e.score.did_success.saturating_add(1);
             }

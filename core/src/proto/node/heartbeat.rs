@@ -221,6 +221,7 @@ impl IndexerPool {
     ) {
         let me = self.me;
         let cfg = &self.config;
+        let sigs = &self.lookups.sigs;
         let Some(e) = self.entries.get_mut(&from) else {
             return;
         };
@@ -229,7 +230,7 @@ impl IndexerPool {
         }
         e.in_flight = None;
         e.note_answer(sent, now.since(sent_at), &r, now, cfg);
-        e.judge_challenges(sent, &r, me, &self.did, now, cfg);
+        e.judge_challenges(sent, &r, challenges::Ours { me, did: &self.did, sigs }, now, cfg);
         match e.state {
             EntryState::Live => {}
             EntryState::Pending => {

@@ -128,8 +128,8 @@ pub struct RecordLookups {
     excess: VecDeque<i64>,
     /// Indexers that were overtaken by a hedge, timed out or went unreachable, since when.
     suspects: BTreeMap<PeerId, Timestamp>,
-    /// How answered records are checked.
-    sigs: SigCheck,
+    /// How answered records are checked (and the node's own record a DID challenge returns).
+    pub(super) sigs: SigCheck,
     /// When each indexer was sent our `GetRecord`s within the last `behaviour_window`: an indexer
     /// refuses the `max_get_per_minute`-th and strikes the sender, so we stay below it (see
     /// [`get_budget_left`]).
