@@ -352,6 +352,9 @@ pub(crate) struct OwnRecord {
     addrs: Vec<Addr>,
     ttl: Duration,
     current: Option<PeerRecord>,
+    /// When `current` is re-signed, kept beside it: hosts ask after every input, and the boxed
+    /// body is elsewhere in memory.
+    refresh_at: Option<Timestamp>,
     /// Signs each version, and tells a shared memo it is good (see [`SigCheck::sign`]).
     sigs: SigCheck,
 }
@@ -361,7 +364,7 @@ impl OwnRecord {
     pub(crate) fn new(keypair: Keypair, did: Did, name: &str, mut addrs: Vec<Addr>, ttl: Duration) -> Self {
         addrs.truncate(MAX_ADDRS);
         let name = if name.len() > MAX_NAME_LEN { String::new() } else { name.to_string() };
-        OwnRecord { keypair, did, name, addrs, ttl, current: None, sigs: SigCheck::direct() }
+        OwnRecord { keypair, did, name, addrs, ttl, current: None, refresh_at: None, sigs: SigCheck::direct() }
     }
 
     /// Signs through `sigs`, so a shared memo knows each version is good.
@@ -385,13 +388,15 @@ impl OwnRecord {
         body.check_shape().ok()?;
         let signature = self.sigs.sign(&self.keypair, &body.signing_bytes());
         let record = PeerRecord { body: Box::new(body), signature };
+        self.refresh_at = Some(now + self.ttl / 2);
         self.current = Some(record.clone());
         Some(record)
     }
 
     /// When the current version is re-signed (half its lifetime).
     pub(crate) fn refresh_at(&self) -> Option<Timestamp> {
-        self.current.as_ref().map(|r| r.body.issued_at + self.ttl / 2)
+        debug_assert_eq!(self.refresh_at, self.current.as_ref().map(|r| r.body.issued_at + self.ttl / 2));
+        self.refresh_at
     }
 
     /// The current version.

@@ -732,7 +732,7 @@ role = "indexer"
         s.run_for(Duration::from_secs(6));
         assert!(s.peer("a/1").is_none());
         assert!(ready(&s, "a/0", "a/1"), "still believes the link");
-        // idle_timeout defaults to 30 s.
+        // The transport notices the dead end after `[network] idle_timeout`, 30 s by default.
         s.run_for(Duration::from_secs(36));
         assert!(s.network().link(0, 1).is_none());
     }
