@@ -4,10 +4,9 @@
 //! certificate), so the peer id of every received message is authenticated by the transport and
 //! nothing in the protocol trusts a self-declared id (seed bug B11).
 
-use crate::proto::seeded::SeededState;
+use crate::proto::seeded::SeededSet;
 use ed25519_dalek::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -206,8 +205,8 @@ pub struct SigCheck {
 struct SigMemo {
     /// Hash sets: a digest is found with one probe (a B-tree of 100 k digests took a cache miss
     /// per level); their order is never read. Digests are BLAKE3 outputs, spread by themselves.
-    current: HashSet<[u8; 32], SeededState>,
-    previous: HashSet<[u8; 32], SeededState>,
+    current: SeededSet<[u8; 32]>,
+    previous: SeededSet<[u8; 32]>,
     per_generation: usize,
     stats: SigMemoStats,
 }
@@ -236,8 +235,8 @@ impl SigCheck {
     /// to be cloned into every peer of the host.
     pub fn memoised(per_generation: usize) -> Self {
         let memo = SigMemo {
-            current: HashSet::default(),
-            previous: HashSet::default(),
+            current: SeededSet::default(),
+            previous: SeededSet::default(),
             per_generation: per_generation.max(1),
             stats: SigMemoStats::default(),
         };

@@ -16,11 +16,14 @@
 //!   word of the key with a multiply-fold keyed by the seed, so without the seed a peer cannot
 //!   tell which keys share a bucket and pile its sessions into one probe sequence.
 
-use std::collections::hash_map;
+use std::collections::{hash_map, hash_set};
 use std::hash::{BuildHasher, Hasher};
 
 /// A hash map whose hasher is seeded by its owner (see the module doc).
 pub type SeededMap<K, V> = hash_map::HashMap<K, V, SeededState>;
+
+/// A hash set whose hasher is seeded by its owner (see the module doc).
+pub type SeededSet<K> = hash_set::HashSet<K, SeededState>;
 
 /// Builds [`SeededHasher`]s from a fixed 64-bit key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -347,6 +347,8 @@ pub struct IndexerPool {
     lookups: RecordLookups,
     /// Recent heartbeat and probe send times per peer, oldest first.
     send_log: BTreeMap<PeerId, Vec<Timestamp>>,
+    /// `send_log` is pruned of stale peers when it grows past this.
+    send_log_prune_at: usize,
     /// Peers evicted for misbehaviour, until when.
     cooldown: BTreeMap<PeerId, Timestamp>,
     /// Configured seeds whose seed flag a migration cleared.
@@ -416,6 +418,7 @@ impl IndexerPool {
             requests: BTreeMap::new(),
             next_req: 1,
             send_log: BTreeMap::new(),
+            send_log_prune_at: rate::SEND_LOG_PRUNE_MIN,
             cooldown: BTreeMap::new(),
             discharged: BTreeSet::new(),
             heard_of: Vec::new(),

@@ -9,6 +9,8 @@ use super::*;
 const RATE_SLACK: Duration = Duration::from_secs(1);
 /// Most peers whose recent send times are kept; beyond it no *new* peer is probed.
 pub(super) const SEND_LOG_MAX: usize = 1024;
+/// The send log is first pruned of stale peers when it holds more than this many.
+pub(super) const SEND_LOG_PRUNE_MIN: usize = 16;
 
 impl IndexerPool {
     pub(super) fn rate_horizon(&self) -> Duration {
@@ -48,8 +50,12 @@ impl IndexerPool {
         if log.len() >= 2 && log[log.len() - 2] > now {
             log.sort_unstable();
         }
-        if self.send_log.len() > SEND_LOG_MAX {
+        // Peers not sent to within the horizon are dropped once the log has doubled since the
+        // last prune (it would otherwise keep every indexer ever probed, and each check searches
+        // it); they count for nothing either way.
+        if self.send_log.len() > self.send_log_prune_at.min(SEND_LOG_MAX) {
             self.prune_send_log(now);
+            self.send_log_prune_at = self.send_log.len().saturating_mul(2).max(SEND_LOG_PRUNE_MIN);
         }
     }
 

@@ -1412,3 +1412,25 @@ fn the_referent_holds_while_scores_are_close() {
     let count = net.heartbeats_to(*told.iter().next().expect("one")).iter().filter(|(_, hb)| hb.referent).count();
     assert!(count >= 14, "told at every heartbeat: {count}");
 }
+
+#[test]
+fn the_send_log_forgets_peers_not_sent_to_within_the_horizon() {
+    // A node that probes a new peer every minute for three hours keeps the log of the last few,
+    // not of every peer it ever sent to; the budget of the recent ones still holds.
+    let net = Net::new(Config::default(), &[], 4);
+    let mut pool = net.pool;
+    let horizon = pool.rate_horizon();
+    let mut now = T0;
+    for i in 0..180u64 {
+        let p = pid(&format!("probed-{i}"));
+        pool.log_send(p, now);
+        assert!(pool.send_log.len() <= 2 * rate::SEND_LOG_PRUNE_MIN + 1, "{} peers logged", pool.send_log.len());
+        now = now + Duration::from_secs(60);
+    }
+    let last = pid("probed-179");
+    for _ in 0..pool.rate_budget() {
+        pool.log_send(last, now);
+    }
+    assert!(pool.rate_allowed_at(&last, now) > now, "the recent sends still count");
+    assert!(pool.rate_allowed_at(&last, now) <= now + horizon);
+}
