@@ -333,7 +333,7 @@ fn a_badly_signed_record_is_never_stored_and_costs_a_ban() {
         Box::new(move |m| match m {
             Envelope::Indexer(IndexerMessage::Heartbeat(mut hb)) => {
                 if let Some(r) = &mut hb.record {
-                    r.body.name = "changed after signing".into();
+                    std::sync::Arc::make_mut(&mut r.body).name = "changed after signing".into();
                 }
                 Envelope::Indexer(IndexerMessage::Heartbeat(hb))
             }

@@ -16,6 +16,7 @@ use super::identity::{Addr, Did, Keypair, PeerId, SigCheck, Signature};
 use super::time::Timestamp;
 use super::wire::append_postcard;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Domain separation for record signatures.
@@ -126,8 +127,10 @@ impl RecordBody {
 /// A record signed by its owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
-    /// What is claimed (boxed: records travel inside messages and events, which stay small).
-    pub body: Box<RecordBody>,
+    /// What is claimed, shared: records travel inside messages and events, which stay small, and
+    /// a record is copied to every replica and batch it goes to (a clone is a reference count;
+    /// change a body with [`Arc::make_mut`]).
+    pub body: Arc<RecordBody>,
     /// The owner's signature over [`RecordBody::signing_bytes`].
     pub signature: Signature,
 }
@@ -137,7 +140,7 @@ impl PeerRecord {
     /// well-formed (sizes, lifetime).
     pub fn sign(body: RecordBody, key: &Keypair) -> Result<Self, RecordError> {
         let signature = sign_body(&body, key)?;
-        Ok(PeerRecord { body: Box::new(body), signature })
+        Ok(PeerRecord { body: Arc::new(body), signature })
     }
 
     /// Checks the record as of `now`: shape, lifetime, not expired, not issued in the future
@@ -387,7 +390,7 @@ impl OwnRecord {
         };
         body.check_shape().ok()?;
         let signature = self.sigs.sign(&self.keypair, &body.signing_bytes());
-        let record = PeerRecord { body: Box::new(body), signature };
+        let record = PeerRecord { body: Arc::new(body), signature };
         self.refresh_at = Some(now + self.ttl / 2);
         self.current = Some(record.clone());
         Some(record)
@@ -441,7 +444,7 @@ mod tests {
         assert_eq!(PeerRecord::sign(body(&alice), &mallory), Err(RecordError::WrongKey));
         // Re-labelling Alice's record as Mallory's breaks the signature.
         let mut r = PeerRecord::sign(body(&alice), &alice).unwrap();
-        r.body.peer_id = mallory.peer_id();
+        std::sync::Arc::make_mut(&mut r.body).peer_id = mallory.peer_id();
         assert_eq!(r.verify(NOW), Err(RecordError::BadSignature));
     }
 
@@ -924,7 +927,7 @@ mod store_tests {
         let t = NOW + Duration::from_secs(20);
         assert_eq!(s.put(rec(&a, "did:a", 120, t), t).map(|x| x.replaced), Ok(true));
         let mut forged = rec(&a, "did:a", 600, t);
-        forged.body.name = "forged".into();
+        std::sync::Arc::make_mut(&mut forged.body).name = "forged".into();
         assert_eq!(s.put(forged, t), Err(StoreError::Invalid(RecordError::BadSignature)));
     }
 

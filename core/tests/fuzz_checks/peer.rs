@@ -298,7 +298,7 @@ impl RecordSpec {
             expires_at,
         };
         let signature = self.forge.sign(self.owner, &body.signing_bytes());
-        PeerRecord { body: Box::new(body), signature }
+        PeerRecord { body: std::sync::Arc::new(body), signature }
     }
 }
 

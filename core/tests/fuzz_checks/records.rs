@@ -204,16 +204,18 @@ fn altered_peer_record(data: &[u8]) {
                     bytes.remove(usize::from(at) % n);
                 }
             }
-            Alteration::Name(s) => value.body.name = truncated(s, MAX_NAME_LEN),
+            Alteration::Name(s) => std::sync::Arc::make_mut(&mut value.body).name = truncated(s, MAX_NAME_LEN),
             Alteration::Did(s) => {
                 if let Ok(d) = Did::new(s) {
-                    value.body.did = d;
+                    std::sync::Arc::make_mut(&mut value.body).did = d;
                 }
             }
-            Alteration::Owner(i) => value.body.peer_id = keys()[usize::from(i) % keys().len()].peer_id(),
-            Alteration::IssuedAt(t) => value.body.issued_at = Timestamp(t),
-            Alteration::ExpiresAt(t) => value.body.expires_at = Timestamp(t),
-            Alteration::Addr(a) => value.body.addrs.push(a),
+            Alteration::Owner(i) => {
+                std::sync::Arc::make_mut(&mut value.body).peer_id = keys()[usize::from(i) % keys().len()].peer_id()
+            }
+            Alteration::IssuedAt(t) => std::sync::Arc::make_mut(&mut value.body).issued_at = Timestamp(t),
+            Alteration::ExpiresAt(t) => std::sync::Arc::make_mut(&mut value.body).expires_at = Timestamp(t),
+            Alteration::Addr(a) => std::sync::Arc::make_mut(&mut value.body).addrs.push(a),
             Alteration::SignatureOf(i) => {
                 let k = &keys()[usize::from(i) % keys().len()];
                 value.signature = super::sign(k, &body_of_key(k).signing_bytes());

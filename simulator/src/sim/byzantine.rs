@@ -250,14 +250,15 @@ impl Simulation {
         Some(match kind {
             Forgery::Altered => {
                 let mut r = base;
-                r.body.name = format!("!{}", r.body.name);
+                let body = std::sync::Arc::make_mut(&mut r.body);
+                body.name = format!("!{}", body.name);
                 r
             }
             Forgery::Impersonate => {
                 let mut body = (*base.body).clone();
                 body.addrs = vec![FORGER_ADDR.to_string()];
                 let signature = sp.setup.keypair.sign(&body.signing_bytes());
-                PeerRecord { body: Box::new(body), signature }
+                PeerRecord { body: std::sync::Arc::new(body), signature }
             }
             Forgery::Unrelated => own.unwrap_or(base),
             Forgery::ClaimDid => {

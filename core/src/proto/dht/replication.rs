@@ -57,7 +57,7 @@ impl Dht {
                 && let Some(owner) = self.store.did_owner(&record.body.did, now)
             {
                 debug_assert_ne!(owner, from);
-                return Offer::Refused(StoreError::ForeignDid { did: record.body.did });
+                return Offer::Refused(StoreError::ForeignDid { did: record.body.did.clone() });
             }
             // Only the indexer that replicates the record checks its claim: the owner's other
             // indexers hold it, neither stored nor served, until one of them becomes the

@@ -324,7 +324,7 @@ fn refreshed_versions_wait_for_one_batch_per_replica_and_changes_go_at_once() {
     // A tampered record in a batch is refused, answered with the refusal, and reported so the
     // sender is struck.
     let mut bad = record(&a, "did:a", t + Duration::from_secs(1));
-    bad.body.name = "forged".into();
+    std::sync::Arc::make_mut(&mut bad.body).name = "forged".into();
     let mut out = Vec::new();
     let refused = replica.on_request(
         PeerAddr::id_only(me_id()),
@@ -346,8 +346,8 @@ fn refreshed_versions_wait_for_one_batch_per_replica_and_changes_go_at_once() {
     assert!(matches!(dht.commit(a.peer_id(), record(&a, "did:a", t2), true, t2, &mut out), Offer::Held(_)));
     assert!(dht_sends(&out).is_empty(), "a refresh waits");
     let mut changed = record(&a, "did:a", t2 + Duration::from_secs(1));
-    changed.body.name = "renamed".into();
-    let changed = PeerRecord::sign(*changed.body, &a).unwrap();
+    std::sync::Arc::make_mut(&mut changed.body).name = "renamed".into();
+    let changed = PeerRecord::sign((*changed.body).clone(), &a).unwrap();
     let mut out = Vec::new();
     assert!(matches!(dht.commit(a.peer_id(), changed, true, t2, &mut out), Offer::Held(_)));
     assert!(dht_sends(&out).iter().any(|(_, m)| matches!(m, DhtMessage::Store(_))), "a change goes at once");

@@ -692,7 +692,7 @@ mod tests {
         assert!(out.is_empty());
         // A record for another key is no answer either.
         let mut wrong = found(ra);
-        wrong.record.as_mut().unwrap().body.name = "tampered".into();
+        std::sync::Arc::make_mut(&mut wrong.record.as_mut().unwrap().body).name = "tampered".into();
         l.on_reply(a, wrong, &mut ids, NOW + Duration::from_secs(2), &mut out);
         assert_eq!(dones(&out), vec![(1, false, 2)]);
         assert_eq!(l.len(), 0);

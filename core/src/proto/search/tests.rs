@@ -150,7 +150,7 @@ fn the_emitter_relays_verified_new_hits_and_strikes_a_forger() {
 
     // A responder sends the remote hit, the local one again, an altered record and an unrelated one.
     let mut altered = remote.clone();
-    altered.body.name = "gamma-evil".into();
+    std::sync::Arc::make_mut(&mut altered.body).name = "gamma-evil".into();
     let unrelated = record(4, "zeta", now);
     let found = SearchFound { query: 1, records: vec![remote.clone(), local.clone(), altered, unrelated] };
     out.clear();
@@ -184,7 +184,7 @@ fn the_node_verifies_hits_drops_duplicates_and_distrusts_a_lying_emitter() {
     };
     let good = record(3, "Gamma", now);
     let mut forged = record(4, "gamma-2", now);
-    forged.body.addrs = vec![Addr::from("10.0.0.1:1")];
+    std::sync::Arc::make_mut(&mut forged.body).addrs = vec![Addr::from("10.0.0.1:1")];
     out.clear();
     let hits = SearchHits { req, records: vec![good.clone(), good.clone(), forged] };
     n.on_message(emitter.id, SearchMessage::Hits(hits), &Refs(Vec::new()), now, &mut out);
