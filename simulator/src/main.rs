@@ -49,6 +49,11 @@ enum Command {
         /// results and trace hash, slower).
         #[arg(long)]
         no_sig_memo: bool,
+        /// Threads the peers' machines run on (default: the machine's cores). The same trace
+        /// hash and report with any number; scenarios with byzantine behaviours or search, send or
+        /// resource workloads run on one.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Run the fixed large scenario and print throughput.
     Bench {
@@ -71,6 +76,11 @@ enum Command {
         /// results and trace hash, slower).
         #[arg(long)]
         no_sig_memo: bool,
+        /// Threads the peers' machines run on (default: the machine's cores). The same trace
+        /// hash and report with any number; scenarios with byzantine behaviours or search, send or
+        /// resource workloads run on one.
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Replay a real daemon's journal (`ocd run --journal FILE`): rebuild its peer, feed it the
     /// recorded inputs and compare its outputs' running hash step by step. Exits 0 when the replay
@@ -177,16 +187,14 @@ fn run(
     json: bool,
     trace: &[String],
     dump_corpus: Option<PathBuf>,
-    no_sig_memo: bool,
+    speed: Speed,
 ) -> anyhow::Result<()> {
     let mut sc = Scenario::load(scenario)?;
     if let Some(s) = seed {
         sc = sc.with_seed(s);
     }
     let mut sim = Simulation::new(sc)?;
-    if no_sig_memo {
-        sim.check_signatures_directly();
-    }
+    speed.apply(&mut sim)?;
     let unknown = sim.trace_peers(trace);
     if !unknown.is_empty() {
         anyhow::bail!("--trace: no such peer(s): {}", unknown.join(", "));
@@ -216,6 +224,24 @@ fn run(
 }
 
 /// `ocd-sim bench`'s lines: speed, traffic by kind and by minute, and the run's outcome.
+/// How a run goes about its work: neither changes its outcome.
+struct Speed {
+    no_sig_memo: bool,
+    threads: Option<usize>,
+}
+
+impl Speed {
+    fn apply(self, sim: &mut Simulation) -> anyhow::Result<()> {
+        if self.no_sig_memo {
+            sim.check_signatures_directly();
+        }
+        // The machine's cores by default.
+        let threads = self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        sim.set_threads(threads)?;
+        Ok(())
+    }
+}
+
 fn print_bench(r: &Report, peers: usize, setup_s: f64, memo: Option<SigMemoStats>) {
     let wall_s = (r.wall_ms.max(1)) as f64 / 1000.0;
     println!("setup           {setup_s:.2} s (keys and peers)");
@@ -280,14 +306,14 @@ fn print_bench(r: &Report, peers: usize, setup_s: f64, memo: Option<SigMemoStats
 
 fn real_main(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { scenario, seed, report, json, trace, dump_corpus, no_sig_memo } => {
-            run(&scenario, seed, report.as_deref(), json, &trace, dump_corpus, no_sig_memo)?
+        Command::Run { scenario, seed, report, json, trace, dump_corpus, no_sig_memo, threads } => {
+            run(&scenario, seed, report.as_deref(), json, &trace, dump_corpus, Speed { no_sig_memo, threads })?
         }
         // Answered by `replay`, with its own exit codes.
         Command::Replay { journal, key, network_key } => {
             let _ = replay(&journal, key, network_key);
         }
-        Command::Bench { nodes, indexers, duration, seed, report, no_sig_memo } => {
+        Command::Bench { nodes, indexers, duration, seed, report, no_sig_memo, threads } => {
             let sc = bench::scenario(BenchParams { nodes, indexers, duration, seed })?;
             let peers = sc.peer_count();
             println!(
@@ -296,12 +322,19 @@ fn real_main(command: Command) -> anyhow::Result<()> {
             );
             let setup = Instant::now();
             let mut sim = Simulation::new(sc)?;
-            if no_sig_memo {
-                sim.check_signatures_directly();
-            }
+            Speed { no_sig_memo, threads }.apply(&mut sim)?;
             let setup_s = setup.elapsed().as_secs_f64();
             let r = sim.run_to_end();
             let memo = sim.sig_memo_stats();
+            let (windows, windowed, in_parallel) = sim.parallel_windows();
+            println!("threads         {}", sim.threads());
+            if windows > 0 {
+                println!(
+                    "windows         {windows}, {:.1} events each, {:.1} % of them run in parallel",
+                    windowed as f64 / windows as f64,
+                    in_parallel as f64 * 100.0 / windowed.max(1) as f64
+                );
+            }
             // Freeing every peer takes a noticeable share of a bench; the process exits right after.
             std::mem::forget(sim);
             print_bench(&r, peers, setup_s, memo);

@@ -215,6 +215,11 @@ impl Network {
         self.loss = loss;
     }
 
+    /// The smallest one-way latency (ms).
+    pub fn min_latency(&self) -> u64 {
+        self.latency_ms.0
+    }
+
     /// One one-way latency draw.
     pub fn latency(&mut self) -> u64 {
         self.rng.range_inclusive(self.latency_ms.0, self.latency_ms.1)

@@ -118,6 +118,47 @@ impl<T> EventQueue<T> {
     }
 }
 
+/// What [`EventQueue::pop_if`] found.
+pub enum PopIf<T> {
+    /// The earliest event, which the predicate accepted, with its time.
+    Popped(u64, T),
+    /// The earliest event is due at this time, but the predicate refused it: it stays queued.
+    Refused(u64),
+    /// Nothing is due at or before the limit.
+    Nothing,
+}
+
+impl<T> EventQueue<T> {
+    /// Like [`EventQueue::pop_until`], but pops the earliest event only if `accept` says so;
+    /// otherwise it stays first in the queue.
+    pub fn pop_if(&mut self, limit: u64, accept: impl FnOnce(&T) -> bool) -> PopIf<T> {
+        loop {
+            let bucket = &mut self.ring[(self.now & MASK) as usize];
+            if let Some(item) = bucket.front() {
+                if !accept(item) {
+                    return PopIf::Refused(self.now);
+                }
+                let Some(item) = bucket.pop_front() else { return PopIf::Nothing };
+                self.in_ring -= 1;
+                return PopIf::Popped(self.now, item);
+            }
+            let next = if self.in_ring > 0 {
+                self.now + 1
+            } else {
+                match self.far.peek() {
+                    Some(f) => f.at,
+                    None => return PopIf::Nothing,
+                }
+            };
+            if next > limit {
+                return PopIf::Nothing;
+            }
+            self.now = next;
+            self.migrate();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +208,22 @@ mod tests {
         }
         reference.sort();
         assert_eq!(popped, reference);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn pop_if_leaves_a_refused_event_first() {
+        let mut q = EventQueue::new(0);
+        q.push(5, 'a');
+        q.push(5, 'b');
+        q.push(20_000, 'c');
+        assert!(matches!(q.pop_if(4, |_| true), PopIf::Nothing));
+        assert!(matches!(q.pop_if(10, |c| *c == 'b'), PopIf::Refused(5)));
+        assert!(matches!(q.pop_if(10, |c| *c == 'a'), PopIf::Popped(5, 'a')));
+        assert!(matches!(q.pop_if(10, |_| true), PopIf::Popped(5, 'b')));
+        assert!(matches!(q.pop_if(10, |_| true), PopIf::Nothing));
+        assert!(matches!(q.pop_if(30_000, |_| false), PopIf::Refused(20_000)));
+        assert_eq!(q.pop_until(30_000), Some((20_000, 'c')));
         assert!(q.is_empty());
     }
 }

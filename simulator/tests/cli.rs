@@ -1,4 +1,5 @@
-//! The `ocd-sim` binary: determinism across processes, seeds, and errors on bad scenarios.
+//! The `ocd-sim` binary: determinism across processes, seeds and thread counts, and errors on bad
+//! scenarios.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
@@ -45,8 +46,12 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn run(scenario: &PathBuf, seed: Option<u64>, report: &PathBuf) -> serde_json::Value {
+    run_with(scenario, seed, report, &[])
+}
+
+fn run_with(scenario: &PathBuf, seed: Option<u64>, report: &PathBuf, extra: &[&str]) -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocd-sim"));
-    cmd.arg("run").arg(scenario).arg("--report").arg(report);
+    cmd.arg("run").arg(scenario).arg("--report").arg(report).args(extra);
     if let Some(s) = seed {
         cmd.arg("--seed").arg(s.to_string());
     }
@@ -61,9 +66,9 @@ fn same_scenario_and_seed_in_two_processes_give_the_same_report_and_another_seed
     let dir = scratch("det");
     let sc = dir.join("small.toml");
     std::fs::write(&sc, SMALL).unwrap();
-    let mut a = run(&sc, None, &dir.join("a.json"));
-    let mut b = run(&sc, None, &dir.join("b.json"));
-    assert_eq!(a["trace_hash"], b["trace_hash"]);
+    let mut a = run_with(&sc, None, &dir.join("a.json"), &["--threads", "1"]);
+    let mut b = run_with(&sc, None, &dir.join("b.json"), &["--threads", "2"]);
+    assert_eq!(a["trace_hash"], b["trace_hash"], "one thread and two");
     assert_eq!(a["seed"], 9);
     for r in [&mut a, &mut b] {
         r["wall_ms"] = 0.into();

@@ -96,12 +96,18 @@ impl InFlight {
     }
 
     /// The bytes and the message in `slot`; hand the buffer back with [`InFlight::release`].
-    fn take(&mut self, slot: u32) -> (Vec<u8>, Option<Envelope>) {
+    pub(super) fn take(&mut self, slot: u32) -> (Vec<u8>, Option<Envelope>) {
         self.slots.get_mut(slot as usize).map(|(b, m)| (std::mem::take(b), m.take())).unwrap_or_default()
     }
 
+    /// Whether `slot` holds its message, and its encoding fits the wire (the receiver is then
+    /// handed the message as is; see [`received`]).
+    pub(super) fn carries_whole(&self, slot: u32) -> bool {
+        self.slots.get(slot as usize).is_some_and(|(b, m)| m.is_some() && b.len() <= wire::MAX_FRAME_LEN)
+    }
+
     /// Frees `slot`, keeping `buf` (taken from it) for the next message.
-    fn release(&mut self, slot: u32, buf: Vec<u8>) {
+    pub(super) fn release(&mut self, slot: u32, buf: Vec<u8>) {
         if let Some(s) = self.slots.get_mut(slot as usize) {
             s.0 = buf;
             self.free.push(slot);
@@ -111,7 +117,7 @@ impl InFlight {
 
 /// What the receiver of `bytes` decodes: `sent`, the message they encode, unless the frame is too
 /// large for the wire (then the decoder's error). Debug builds decode and compare every message.
-fn received(bytes: &[u8], sent: Option<Envelope>) -> Result<Envelope, WireError> {
+pub(super) fn received(bytes: &[u8], sent: Option<Envelope>) -> Result<Envelope, WireError> {
     match sent {
         Some(m) if bytes.len() <= wire::MAX_FRAME_LEN => {
             debug_assert_eq!(wire::decode(bytes).as_ref(), Ok(&m), "the wire codec must round-trip every message");
@@ -121,9 +127,52 @@ fn received(bytes: &[u8], sent: Option<Envelope>) -> Result<Envelope, WireError>
     }
 }
 
+/// Hands `input` to `peer` at its local time `local` and collects its outputs into `buf`; returns
+/// its next deadline in simulated time (`skew`: its clock's offset). The only part of an event
+/// that touches nothing but the peer itself, so the parallel loop runs it on any thread.
+pub(super) fn run_peer(
+    peer: &mut Peer,
+    input: Input,
+    local: Timestamp,
+    skew: i64,
+    buf: &mut Vec<Output>,
+) -> Option<u64> {
+    peer.handle(input, local);
+    while let Some(o) = peer.poll_output() {
+        buf.push(o);
+    }
+    peer.poll_timeout().map(|t| t.0.saturating_add_signed(-skew))
+}
+
+/// What re-arming a peer's wake-up does.
+pub(super) struct Rearm {
+    /// The deadline was already due right after a timeout was handled: it is pushed one ms
+    /// forward (and counted), or the peer would spin.
+    pub(super) spun: bool,
+    /// The new wake-up time when it changes (its generation then moves on; `Some(None)`: none).
+    pub(super) set: Option<Option<u64>>,
+}
+
+/// Re-arming a wake-up armed at `wake_at` for the deadline `next`, after an input handled at
+/// `now` (`is_timeout`: the input was the wake-up itself).
+pub(super) fn plan_rearm(wake_at: Option<u64>, next: Option<u64>, now: u64, is_timeout: bool) -> Rearm {
+    match next {
+        Some(t) => {
+            let spun = t <= now && is_timeout;
+            let t = if spun { now + 1 } else { t }.max(now);
+            Rearm { spun, set: (wake_at != Some(t)).then_some(Some(t)) }
+        }
+        None => Rearm { spun: false, set: Some(None) },
+    }
+}
+
 impl Simulation {
     pub(super) fn schedule(&mut self, at: u64, ev: Ev) {
-        self.queue.push(at, ev);
+        match self.window.as_mut() {
+            // Due inside the window being replayed: run in place, in order (see `parallel`).
+            Some(w) if at < w.end => w.defer(at, ev),
+            _ => self.queue.push(at, ev),
+        }
     }
 
     /// Runs one popped event (`self.now` is already its time).
@@ -177,7 +226,10 @@ impl Simulation {
         Timestamp(self.now.saturating_add_signed(self.peers[p as usize].skew_ms))
     }
 
-    fn wake(&mut self, peer: PeerIx, generation: u64) {
+    pub(super) fn wake(&mut self, peer: PeerIx, generation: u64) {
+        if self.window.is_some() && self.replay_own_wake(peer, generation) {
+            return;
+        }
         let sp = &mut self.peers[peer as usize];
         if sp.life == Life::Alive && sp.wake_gen == generation {
             self.events += 1;
@@ -187,7 +239,7 @@ impl Simulation {
     }
 
     /// A message reaches the end of its link, unless the link closed meanwhile.
-    fn arrive(&mut self, from: PeerIx, to: PeerIx, epoch: u64, slot: u32) {
+    pub(super) fn arrive(&mut self, from: PeerIx, to: PeerIx, epoch: u64, slot: u32) {
         let (bytes, sent) = self.in_flight.take(slot);
         if self.net.is_open(to, from, epoch) {
             self.events += 1;
@@ -244,7 +296,7 @@ impl Simulation {
         let now = self.now;
         let local = self.peer_now(p);
         let sp = &mut self.peers[p as usize];
-        sp.peer = Some(Peer::new(sp.setup.clone(), local));
+        sp.peer = Some(Box::new(Peer::new(sp.setup.clone(), local)));
         if let Some(d) = self.dump.as_mut() {
             d.start(p, sp, local.0);
         }
@@ -269,20 +321,9 @@ impl Simulation {
 
     /// Hands a delivered message to `to` (through the byzantine input filters): `sent`, what the
     /// bytes decode to (see [`InFlight`]).
-    fn deliver(&mut self, from: PeerIx, to: PeerIx, bytes: &[u8], sent: Option<Envelope>) {
-        self.messages += 1;
-        self.netr.bytes += bytes.len() as u64;
-        self.trace.bytes(b"msg");
-        self.trace.u64(self.now);
-        self.trace.u32(from);
-        self.trace.u32(to);
-        self.trace.u64(bytes.len() as u64);
-        self.trace.bytes(bytes);
+    pub(super) fn deliver(&mut self, from: PeerIx, to: PeerIx, bytes: &[u8], sent: Option<Envelope>) {
         let decoded = received(bytes, sent);
-        if let Ok(m) = &decoded {
-            self.delivered_bytes_by_kind[m.kind_index()] += bytes.len() as u64;
-            self.count_delivered(m);
-        }
+        self.count_arrival(from, to, bytes, decoded.as_ref().ok().map(Envelope::kind_index));
         self.note_reached(from, to, &decoded);
         match decoded.map(|m| self.withhold(to, m)) {
             Ok(None) => self.netr.dropped_byzantine += 1,
@@ -301,6 +342,23 @@ impl Simulation {
         }
     }
 
+    /// Counts and traces the arrival of `bytes` from `from` at `to` (`kind`: the message's kind,
+    /// when it decodes).
+    pub(super) fn count_arrival(&mut self, from: PeerIx, to: PeerIx, bytes: &[u8], kind: Option<usize>) {
+        self.messages += 1;
+        self.netr.bytes += bytes.len() as u64;
+        self.trace.bytes(b"msg");
+        self.trace.u64(self.now);
+        self.trace.u32(from);
+        self.trace.u32(to);
+        self.trace.u64(bytes.len() as u64);
+        self.trace.bytes(bytes);
+        if let Some(k) = kind {
+            self.delivered_bytes_by_kind[k] += bytes.len() as u64;
+            self.count_delivered(k);
+        }
+    }
+
     /// Hands `input` to peer `p`, executes its outputs and re-arms its wake-up.
     pub(super) fn handle(&mut self, p: PeerIx, input: Input, is_timeout: bool) {
         let now = self.now;
@@ -312,53 +370,52 @@ impl Simulation {
         if let Some(d) = self.dump.as_mut().filter(|_| self.peers[p as usize].peer.is_some()) {
             d.input(p, local.0, &input);
         }
+        self.check_not_ahead(p);
         let mut buf = std::mem::take(&mut self.out_buf);
         let next = {
             let Some(peer) = self.peers[p as usize].peer.as_mut() else {
                 self.out_buf = buf;
                 return;
             };
-            peer.handle(input, local);
-            while let Some(o) = peer.poll_output() {
-                buf.push(o);
-            }
-            // Its deadline, in simulated time.
-            peer.poll_timeout().map(|t| t.0.saturating_add_signed(-skew))
+            run_peer(peer, input, local, skew, &mut buf)
         };
+        self.after_handle(p, &mut buf, next, now, is_timeout);
+        self.out_buf = buf;
+    }
+
+    /// What follows a peer's handling of an input: its outputs are executed in order, its wake-up
+    /// re-armed at `next`, and the fault trackers watching it updated.
+    pub(super) fn after_handle(
+        &mut self,
+        p: PeerIx,
+        buf: &mut Vec<Output>,
+        next: Option<u64>,
+        now: u64,
+        is_timeout: bool,
+    ) {
         for o in buf.drain(..) {
             self.execute(p, o);
         }
-        self.out_buf = buf;
         self.rearm(p, next, now, is_timeout);
         if !self.peers[p as usize].watch.is_empty() {
             self.update_watch(p);
         }
     }
 
-    /// Re-arms `p`'s wake-up at its deadline `next`. A deadline already due right after a timeout
-    /// was handled would spin: push it one ms forward (and count it).
+    /// Re-arms `p`'s wake-up at its deadline `next` (see [`plan_rearm`]).
     fn rearm(&mut self, p: PeerIx, next: Option<u64>, now: u64, is_timeout: bool) {
         let sp = &mut self.peers[p as usize];
         if sp.life != Life::Alive {
             return;
         }
-        match next {
-            Some(mut t) => {
-                if t <= now && is_timeout {
-                    self.spins += 1;
-                    t = now + 1;
-                }
-                let t = t.max(now);
-                if sp.wake_at != Some(t) {
-                    sp.wake_gen += 1;
-                    sp.wake_at = Some(t);
-                    let generation = sp.wake_gen;
-                    self.schedule(t, Ev::Wake { peer: p, generation });
-                }
-            }
-            None => {
-                sp.wake_gen += 1;
-                sp.wake_at = None;
+        let plan = plan_rearm(sp.wake_at, next, now, is_timeout);
+        self.spins += u64::from(plan.spun);
+        if let Some(at) = plan.set {
+            sp.wake_gen += 1;
+            sp.wake_at = at;
+            let generation = sp.wake_gen;
+            if let Some(t) = at {
+                self.schedule(t, Ev::Wake { peer: p, generation });
             }
         }
     }

@@ -229,17 +229,17 @@ impl Simulation {
             self.violation(m);
             return;
         }
+        let len = self.pool_len_now(p);
         let sp = &mut self.peers[p as usize];
         sp.members.push((x, now));
         let (node, honest) = (sp.is_node(), sp.honest());
-        if let Some(pool) = sp.peer.as_ref().and_then(|q| q.pool())
-            && pool.len() > pool.max_pool()
+        if let (Some(len), Some(pool)) = (len, sp.peer.as_ref().and_then(|q| q.pool()))
+            && len > pool.max_pool()
         {
             let m = format!(
-                "t={}s: {}: {} active indexers, above its maximum {}",
+                "t={}s: {}: {len} active indexers, above its maximum {}",
                 (now - EPOCH_MS) / 1000,
                 sp.name,
-                pool.len(),
                 pool.max_pool()
             );
             self.violation(m);

@@ -55,6 +55,7 @@ mod corpus;
 mod engine;
 mod faults;
 mod measure;
+mod parallel;
 mod resources;
 mod searches;
 mod sends;
@@ -101,7 +102,8 @@ struct SimPeer {
     roles: Roles,
     setup: PeerSetup,
     min_indexers: usize,
-    peer: Option<Peer>,
+    /// Boxed: the parallel loop moves it to the thread that runs it.
+    peer: Option<Box<Peer>>,
     life: Life,
     incarnation: u32,
     wake_gen: u64,
@@ -272,6 +274,14 @@ pub struct Simulation {
     dump: Option<Box<corpus::CorpusDump>>,
     /// The signature memo every peer shares (direct checks once turned off).
     sigs: SigCheck,
+    /// `--threads`: the parallel loop, when more than one thread is asked for.
+    parallel: Option<parallel::Parallel>,
+    /// The window the parallel loop is replaying.
+    window: Option<parallel::Window>,
+    /// By peer: its position in the current window, `u32::MAX` if none.
+    win_slot: Vec<u32>,
+    /// The jobs of the window being replayed.
+    jobs: Vec<parallel::Job>,
 }
 
 /// Every peer of a scenario, built but not started.
@@ -489,8 +499,32 @@ impl Simulation {
             refusals: BTreeMap::new(),
             dump: None,
             sigs: SigCheck::direct(),
+            parallel: None,
+            window: None,
+            win_slot: vec![u32::MAX; n_peers],
+            jobs: Vec::new(),
             scenario,
         }
+    }
+
+    /// Runs the peers' machines on `threads` threads (see the `parallel` module): the same
+    /// trace hash, report and outcome as with one, faster on a machine with several cores.
+    /// Scenarios the parallel loop cannot run exactly (byzantine behaviours, search, send or
+    /// resource workloads, `--trace`, `--dump-corpus`) run on one thread whatever this says.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), rayon::ThreadPoolBuildError> {
+        self.parallel = if threads > 1 { Some(parallel::Parallel::new(threads)?) } else { None };
+        Ok(())
+    }
+
+    /// The threads the machines run on (1: the sequential loop).
+    pub fn threads(&self) -> usize {
+        self.parallel.as_ref().map_or(1, |p| p.threads())
+    }
+
+    /// Windows the parallel loop ran, the events they held, and how many of those ran in
+    /// parallel (zeros on one thread).
+    pub fn parallel_windows(&self) -> (u64, u64, u64) {
+        self.parallel.as_ref().map_or((0, 0, 0), |p| (p.windows, p.windowed, p.in_parallel))
     }
 
     /// Makes every peer check each signature with ed25519 rather than through the run's shared
@@ -535,7 +569,7 @@ impl Simulation {
 
     /// The peer named `"<group>/<i>"`, if it is running.
     pub fn peer(&self, name: &str) -> Option<&Peer> {
-        self.peers.iter().find(|p| p.name == name).and_then(|p| p.peer.as_ref())
+        self.peers.iter().find(|p| p.name == name).and_then(|p| p.peer.as_deref())
     }
 
     /// Index of the peer named `name`.
@@ -651,6 +685,9 @@ impl Simulation {
     /// Processes every event up to and including `until` (absolute ms; see [`EPOCH_MS`]).
     pub fn run_until(&mut self, until: u64) {
         let until = until.min(self.end);
+        if self.run_until_parallel(until) {
+            return;
+        }
         while let Some((at, ev)) = self.queue.pop_until(until) {
             self.now = at;
             self.step(ev);

@@ -8,7 +8,6 @@ use super::{EPOCH_MS, Life, SAMPLE_EVERY_MS, Simulation};
 use crate::net::PeerIx;
 use crate::report::{KeyLookups, MeshReport, SearchReport, Stats};
 use crate::scenario::{Behaviour, SearchBy};
-use ocd_core::proto::wire::Envelope;
 use ocd_core::proto::{PeerId, PeerRecord, SearchEnd};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,8 +73,7 @@ struct MeshShape {
 
 impl Simulation {
     /// Counts a delivered message by kind, and search traffic in the search window.
-    pub(super) fn count_delivered(&mut self, m: &Envelope) {
-        let k = m.kind_index();
+    pub(super) fn count_delivered(&mut self, k: usize) {
         self.delivered_by_kind[k] += 1;
         self.count_resource_traffic(k);
         if k == MESH_CONTROL && self.search.window.is_some_and(|(a, _)| self.now < a) {

@@ -283,8 +283,8 @@ impl Simulation {
         } else {
             RecordKey::Peer(self.ids[target as usize])
         };
-        let target_unadmitted = self.peers[target as usize].live_count() == 0;
-        let asker_admitted = self.peers[asker as usize].live_count() > 0;
+        let target_unadmitted = self.live_count_now(target) == 0;
+        let asker_admitted = self.live_count_now(asker) > 0;
         let pending = PendingLookup { asker, target, issued: self.now, by_did, target_unadmitted, asker_admitted };
         self.lookup.pending.insert(id, pending);
         self.trace.bytes(b"lookup");
