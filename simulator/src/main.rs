@@ -334,6 +334,10 @@ fn real_main(command: Command) -> anyhow::Result<()> {
                     windowed as f64 / windows as f64,
                     in_parallel as f64 * 100.0 / windowed.max(1) as f64
                 );
+                let [admit, run, replay, in_jobs] = sim.parallel_phases().map(|d| d.as_secs_f64());
+                println!(
+                    "window phases   admit {admit:.1} s, jobs {run:.1} s ({in_jobs:.1} s of threads' time in them), replay {replay:.1} s (wall)"
+                );
             }
             // Freeing every peer takes a noticeable share of a bench; the process exits right after.
             std::mem::forget(sim);

@@ -527,6 +527,12 @@ impl Simulation {
         self.parallel.as_ref().map_or((0, 0, 0), |p| (p.windows, p.windowed, p.in_parallel))
     }
 
+    /// The parallel loop's wall time admitting windows, running their jobs and replaying them,
+    /// and its threads' time in the jobs (zeros on one thread).
+    pub fn parallel_phases(&self) -> [std::time::Duration; 4] {
+        self.parallel.as_ref().map_or_else(Default::default, |p| p.phase_time)
+    }
+
     /// Makes every peer check each signature with ed25519 rather than through the run's shared
     /// memo: slower, with the same results (and trace hash). Call it before the run starts.
     pub fn check_signatures_directly(&mut self) {

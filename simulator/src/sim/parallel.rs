@@ -46,6 +46,7 @@ use ocd_core::proto::{Event, Input, Output, Peer, PeerId, Timestamp};
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Most events in one window.
 const MAX_WINDOW: usize = 4096;
@@ -158,6 +159,8 @@ pub(super) struct Job {
     steps: Vec<Step>,
     /// Steps replayed so far.
     replayed: u32,
+    /// How long its thread took to run it.
+    took: Duration,
     live_before: usize,
     /// Whether the lookup workload may ask for the peer's live indexers mid-window.
     track_live: bool,
@@ -186,6 +189,12 @@ impl Job {
     /// Runs the job's events, and the wake-ups its peer arms before the horizon, in the order the
     /// sequential loop would.
     fn run(&mut self, me: usize, clocks: &[JobClock]) {
+        let started = Instant::now();
+        self.run_steps(me, clocks);
+        self.took = started.elapsed();
+    }
+
+    fn run_steps(&mut self, me: usize, clocks: &[JobClock]) {
         let clock = &clocks[me];
         let Some(mut peer) = self.peer.take() else {
             for e in &mut self.events {
@@ -301,6 +310,9 @@ pub(super) struct Parallel {
     pub(super) windows: u64,
     pub(super) windowed: u64,
     pub(super) in_parallel: u64,
+    /// Wall time spent admitting, running the jobs and replaying, and the threads' time in the
+    /// jobs (for the bench's summary; never read by the run).
+    pub(super) phase_time: [Duration; 4],
 }
 
 impl Parallel {
@@ -316,6 +328,7 @@ impl Parallel {
             windows: 0,
             windowed: 0,
             in_parallel: 0,
+            phase_time: Default::default(),
         })
     }
 
@@ -418,6 +431,7 @@ impl Simulation {
                     events: Vec::new(),
                     steps: Vec::new(),
                     replayed: 0,
+                    took: Duration::ZERO,
                     live_before: 0,
                     // The lookup workload asks and looks up node-role peers only.
                     track_live: sp.roles.node && !self.lookup.is_empty(),
@@ -448,6 +462,7 @@ impl Simulation {
     /// parallel and replays it.
     fn run_window(&mut self, t0: u64, limit: u64, par: &mut Parallel) {
         // 1. Admit.
+        let started = Instant::now();
         let end = self.fill(limit, par);
         debug_assert!(end >= t0);
         par.clocks.clear();
@@ -459,6 +474,7 @@ impl Simulation {
             par.clocks.push(JobClock { progress: AtomicU64::new(0), taint: AtomicU64::new(job.horizon) });
         }
         // 2. Run.
+        let admitted = Instant::now();
         let clocks = &par.clocks;
         if par.jobs.len() > 1 {
             par.jobs.par_iter_mut().enumerate().with_max_len(1).for_each(|(i, job)| job.run(i, clocks));
@@ -469,9 +485,11 @@ impl Simulation {
         par.windowed += par.items.len() as u64;
         for job in &mut par.jobs {
             par.in_parallel += job.steps.len() as u64;
+            par.phase_time[3] += job.took;
             self.peers[job.p as usize].peer = job.peer.take();
         }
         // 3. Replay.
+        let ran = Instant::now();
         std::mem::swap(&mut self.jobs, &mut par.jobs);
         let mut items = std::mem::take(&mut par.items);
         self.window = Some(Window { end, deferred: Vec::new(), order: 0 });
@@ -496,6 +514,10 @@ impl Simulation {
             self.win_slot[p as usize] = OUT;
         }
         par.items = items;
+        let t = &mut par.phase_time;
+        t[0] += admitted - started;
+        t[1] += ran - admitted;
+        t[2] += ran.elapsed();
     }
 
     /// Admits what is due up to `limit`; returns the window's end (the time of the first event
