@@ -38,7 +38,7 @@
 //! target's job recorded at that point.
 
 use super::engine::{Ev, plan_rearm, run_peer};
-use super::{Life, Simulation};
+use super::{Life, SimPeer, Simulation};
 use crate::net::PeerIx;
 use crate::queue::PopIf;
 use ocd_core::proto::wire::Envelope;
@@ -186,6 +186,25 @@ impl JobClock {
 }
 
 impl Job {
+    /// A job for peer `p`, taking its machine out of `sp` for the window.
+    fn new(p: PeerIx, sp: &mut SimPeer, track_live: bool) -> Job {
+        Job {
+            p,
+            peer: sp.peer.take(),
+            skew: sp.skew_ms,
+            alive: sp.life == Life::Alive,
+            wake_gen: sp.wake_gen,
+            wake_at: sp.wake_at,
+            horizon: u64::MAX,
+            events: Vec::new(),
+            steps: Vec::new(),
+            replayed: 0,
+            took: Duration::ZERO,
+            live_before: 0,
+            track_live,
+        }
+    }
+
     /// Runs the job's events, and the wake-ups its peer arms before the horizon, in the order the
     /// sequential loop would.
     fn run(&mut self, me: usize, clocks: &[JobClock]) {
@@ -427,23 +446,9 @@ impl Simulation {
         };
         let j = match self.win_slot[p as usize] {
             OUT => {
-                let sp = &mut self.peers[p as usize];
-                par.jobs.push(Job {
-                    p,
-                    peer: sp.peer.take(),
-                    skew: sp.skew_ms,
-                    alive: sp.life == Life::Alive,
-                    wake_gen: sp.wake_gen,
-                    wake_at: sp.wake_at,
-                    horizon: u64::MAX,
-                    events: Vec::new(),
-                    steps: Vec::new(),
-                    replayed: 0,
-                    took: Duration::ZERO,
-                    live_before: 0,
-                    // The lookup workload asks and looks up node-role peers only.
-                    track_live: sp.roles.node && !self.lookup.is_empty(),
-                });
+                // The lookup workload asks and looks up node-role peers only.
+                let track_live = self.peers[p as usize].roles.node && !self.lookup.is_empty();
+                par.jobs.push(Job::new(p, &mut self.peers[p as usize], track_live));
                 let j = par.jobs.len() - 1;
                 self.win_slot[p as usize] = j as u32;
                 j
@@ -696,8 +701,12 @@ fn touches(ev: &Ev) -> Option<[Option<PeerIx>; 2]> {
 
 #[cfg(test)]
 mod tests {
+    use super::{Admitted, Job, JobClock, Outcome, What};
+    use crate::net::PeerIx;
     use crate::scenario::Scenario;
-    use crate::sim::Simulation;
+    use crate::sim::{EPOCH_MS, Simulation};
+    use ocd_core::proto::wire::{Envelope, IndexerMessage};
+    use std::sync::atomic::AtomicU64;
 
     /// Lookups, dials, crashes, restarts, a partition and its heal, loss and latency changes,
     /// skewed clocks: everything the parallel loop runs or ends its windows on.
@@ -808,6 +817,87 @@ rate_per_s = 8.0
         }
         assert!(one["lookups"]["issued"].as_u64().unwrap() > 500, "{}", one["lookups"]);
         assert!(one["network"]["connect_failed"].as_u64().unwrap() > 0, "{}", one["network"]);
+    }
+
+    /// Two indexers and two nodes.
+    const SMALL: &str = r#"
+name = "parallel-small"
+seed = 5
+duration = "1m"
+
+[network]
+latency_ms = [10, 20]
+
+[[group]]
+name = "idx"
+count = 2
+role = "indexer"
+seeds = ["idx"]
+
+[[group]]
+name = "n"
+count = 2
+role = "node"
+seeds = ["idx"]
+"#;
+
+    /// What becomes of a message from `sender` to `receiver` due at `at`, in the receiver's job,
+    /// when the sender's job (job 0) has run up to `progress` and may act on its links from
+    /// `taint` on.
+    fn outcome_in_job(
+        sim: &mut Simulation,
+        sender: PeerIx,
+        receiver: PeerIx,
+        at: u64,
+        progress: u64,
+        taint: u64,
+    ) -> Outcome {
+        let message: Envelope = IndexerMessage::Leave.into();
+        let mut job = Job::new(receiver, &mut sim.peers[receiver as usize], false);
+        job.events.push(Admitted {
+            at,
+            after: Some(0),
+            what: What::Deliver {
+                from: sender,
+                from_id: sim.ids[sender as usize],
+                epoch: 0,
+                slot: 0,
+                bytes: Vec::new(),
+                message: Some(message),
+                kind: 0,
+                open: true,
+            },
+            outcome: Outcome::InOrder,
+        });
+        let clocks = [
+            JobClock { progress: AtomicU64::new(progress), taint: AtomicU64::new(taint) },
+            JobClock { progress: AtomicU64::new(0), taint: AtomicU64::new(u64::MAX) },
+        ];
+        job.run(1, &clocks);
+        sim.peers[receiver as usize].peer = job.peer.take();
+        job.events[0].outcome
+    }
+
+    /// The sender-clock check: a message from a peer that has a job of its own is handled in the
+    /// receiver's job only if the sender's job has run past it without acting on a link (it
+    /// could have closed and redialled the link the message is on); otherwise it is left to the
+    /// replay, in order.
+    #[test]
+    fn a_message_runs_in_a_job_only_once_its_senders_job_ran_past_it_without_touching_a_link() {
+        let mut sim = Simulation::new(Scenario::from_toml(SMALL).unwrap()).unwrap();
+        sim.run_until(EPOCH_MS + 20_000);
+        let (receiver, sender) = (0, 2);
+        assert_eq!((sim.name(receiver), sim.name(sender)), ("idx/0", "n/0"));
+        let at = sim.now + 5;
+        // The sender's job ran past the message and acts on no link in the window.
+        assert_eq!(outcome_in_job(&mut sim, sender, receiver, at, u64::MAX, u64::MAX), Outcome::Step(0));
+        // Its job acted on a link before the message arrives.
+        assert_eq!(outcome_in_job(&mut sim, sender, receiver, at, u64::MAX, at - 3), Outcome::InOrder);
+        // Its job acts on a link at the message's time, or has not run that far yet.
+        assert_eq!(outcome_in_job(&mut sim, sender, receiver, at, u64::MAX, at), Outcome::InOrder);
+        assert_eq!(outcome_in_job(&mut sim, sender, receiver, at, at - 1, u64::MAX), Outcome::InOrder);
+        // Past it, and tainted only later.
+        assert_eq!(outcome_in_job(&mut sim, sender, receiver, at, at, at + 1), Outcome::Step(0));
     }
 
     #[test]

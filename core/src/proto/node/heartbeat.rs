@@ -4,7 +4,36 @@
 
 use super::*;
 
+/// A node at its minimum of live indexers doubles its wait after each `Busy` refusal in a row at
+/// most this many times (half an interval, then one, then two: retries come at most four
+/// intervals apart).
+const BUSY_MAX_DOUBLINGS: u32 = 2;
+
+/// How many times more refusals in a row a node at its minimum gives a busy indexer before it
+/// counts them as a failure (see `last_indexer_max_failures`).
+const BUSY_PATIENCE_AT_MIN: u32 = 2;
+
 impl IndexerPool {
+    /// Live entries other than `peer`.
+    fn live_others(&self, peer: &PeerId) -> usize {
+        self.entries.iter().filter(|(id, e)| *id != peer && e.state == EntryState::Live).count()
+    }
+
+    /// A node that backed off from busy indexers while it had its minimum, and has fallen below
+    /// it since: their retries come when a node below its minimum would have sent them (at most
+    /// one heartbeat interval after the refusal), not at the end of the back-off.
+    pub(super) fn hurry_backed_off(&mut self, now: Timestamp) {
+        if !self.backed_off || self.live_count() >= self.min_pool {
+            return;
+        }
+        for e in self.entries.values_mut() {
+            if let Some(cap) = e.busy_cap.take() {
+                e.next_due = e.next_due.min(cap.max(now));
+            }
+        }
+        self.backed_off = false;
+    }
+
     /// Sends every heartbeat and retry probe that is due, or pushes it back until the peer is free
     /// and within its rate budget.
     pub(super) fn send_due(&mut self, now: Timestamp, out: &mut Vec<Action>) {
@@ -129,6 +158,7 @@ impl IndexerPool {
         };
         e.in_flight = Some(req);
         e.next_due = next_tick;
+        e.busy_cap = None;
         if referent {
             self.told_referent = Some(peer);
         }
@@ -288,6 +318,11 @@ impl IndexerPool {
     ) {
         let others_active = self.active_count() > 1;
         let max_failures = self.config.last_indexer_max_failures;
+        // (An indexer's own pool is also how its DHT routing table first fills: it keeps the
+        // pace below.)
+        let at_min = reason == FailReason::Refused(RefuseReason::Busy)
+            && !self.is_indexer
+            && self.live_others(&peer) >= self.min_pool;
         let Some(e) = self.entries.get_mut(&peer) else {
             return;
         };
@@ -305,14 +340,29 @@ impl IndexerPool {
             return;
         }
         e.state = EntryState::Pending;
-        if reason == FailReason::Refused(RefuseReason::Busy) && e.score.uptime.consecutive_fails < max_failures {
+        let refusals = e.score.uptime.consecutive_fails;
+        let patience = if at_min { max_failures.saturating_mul(BUSY_PATIENCE_AT_MIN) } else { max_failures };
+        if reason == FailReason::Refused(RefuseReason::Busy) && refusals < patience {
             // The indexer's burst guard said "not now" (B §9.2): it is alive and answering, so this
             // is no failure of the indexer. Keep the slot and retry after half to one heartbeat
             // interval, jittered so that refused nodes do not all come back in step; after
             // `last_indexer_max_failures` refusals in a row it counts as a failure below.
-            let half = self.config.heartbeat_interval / 2;
-            let jitter = Duration::from_millis(self.rng.below(crate::proto::time::duration_ms(half) + 1));
-            e.next_due = now + half + jitter;
+            //
+            // A node that already has its minimum of live indexers is in no hurry: it backs off,
+            // each refusal in a row doubling the wait up to four times the first, and gives the
+            // indexer twice as many tries before looking elsewhere. The guard admits a fixed
+            // number of new sessions per window whoever asks, so in a flash crowd the nodes below
+            // their minimum get more of them, and the refusals — nine in ten of a join's went to
+            // nodes already at their minimum — fall.
+            // Should the node fall below its minimum before the retry, the retry is brought
+            // forward to where a node below it would have put it (`hurry_backed_off`).
+            let doublings = if at_min { refusals.saturating_sub(1).min(BUSY_MAX_DOUBLINGS) } else { 0 };
+            let wait = (self.config.heartbeat_interval / 2).saturating_mul(1 << doublings);
+            let jitter = Duration::from_millis(self.rng.below(crate::proto::time::duration_ms(wait) + 1));
+            e.next_due = now + wait + jitter;
+            let cap = now + self.config.heartbeat_interval;
+            e.busy_cap = (e.next_due > cap).then_some(cap);
+            self.backed_off |= e.busy_cap.is_some();
             return;
         }
         if reason == FailReason::Refused(RefuseReason::Moved) && !e.is_seed && others_active {

@@ -243,6 +243,10 @@ struct Entry {
     record_held: Option<Timestamp>,
     /// Its last failure was a refusal for capacity (`Full`, `Busy`, `Moved`): it is alive.
     refused_for_capacity: bool,
+    /// Backing off after `Busy` refusals while the node had its minimum: when the retry would
+    /// have come at the pace of a node below it (it is brought forward to then if the node falls
+    /// below its minimum before the retry).
+    busy_cap: Option<Timestamp>,
 }
 
 impl Entry {
@@ -266,6 +270,7 @@ impl Entry {
             answered: false,
             record_held: None,
             refused_for_capacity: false,
+            busy_cap: None,
         }
     }
 
@@ -361,6 +366,8 @@ pub struct IndexerPool {
     recovery: Option<Recovery>,
     started: bool,
     shut: bool,
+    /// Some entry may hold a `busy_cap` (see [`IndexerPool::hurry_backed_off`]).
+    backed_off: bool,
     /// Our signed record, sent to each indexer until it holds this version.
     record: Option<PeerRecord>,
     /// Earliest next DHT provider discovery.
@@ -427,6 +434,7 @@ impl IndexerPool {
             recovery: None,
             started: false,
             shut: false,
+            backed_off: false,
             record: None,
             next_discovery: now + DISCOVERY_WARMUP,
             discovery_misses: 0,
@@ -723,6 +731,7 @@ impl IndexerPool {
         self.follow_up(now, out);
         self.recovery_step(now, out);
         self.hurry_down_seeds(now);
+        self.hurry_backed_off(now);
         self.discover_if_due(now, out);
         self.hurry_referent(now);
         self.send_due(now, out);

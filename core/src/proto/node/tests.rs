@@ -558,6 +558,82 @@ fn a_refused_indexer_rejoins_the_tick_within_its_rate_budget() {
     assert!(net.pool.is_live(&a) && net.pool.is_live(&b));
 }
 
+/// What a node does with an indexer whose burst guard keeps saying `Busy`, given its minimum:
+/// the times of its heartbeats to it, and when it evicted it.
+fn busy_indexer_heartbeats(min_indexers: usize) -> (Vec<Timestamp>, Vec<Timestamp>) {
+    let (a, b, c) = (pid("a"), pid("b"), pid("c"));
+    let cfg = Config { min_indexers, ..Config::default() };
+    let mut net = Net::new(cfg, &[a, b], 3)
+        .with(a, Ix { suggestions: vec![c], ..Ix::honest() })
+        .with(b, Ix::honest())
+        .with(c, Ix { mode: Mode::Refuse(RefuseReason::Busy), ..Ix::honest() });
+    net.run_for(secs(1));
+    assert_eq!(net.added(c).len(), 1, "c joins the pool");
+    net.ixm(a).suggestions.clear();
+    net.run_for(secs(900));
+    assert!(net.pool.is_live(&a) && net.pool.is_live(&b));
+    let evicted = net.evictions().into_iter().filter(|e| e.1 == c).map(|e| e.0).collect();
+    (net.heartbeats_to(c).into_iter().map(|(t, _)| t).collect(), evicted)
+}
+
+#[test]
+fn a_node_at_its_minimum_backs_off_from_a_busy_indexer_and_one_below_it_does_not() {
+    let interval = Config::default().heartbeat_interval;
+    let tries = Config::default().last_indexer_max_failures as usize;
+    // Below its minimum (3, with two live): retries half to one interval apart, and after
+    // `last_indexer_max_failures` refusals the indexer is evicted for another.
+    let (hb, evicted) = busy_indexer_heartbeats(3);
+    assert_eq!((hb.len(), evicted.len()), (tries, 1), "{hb:?} {evicted:?}");
+    for w in hb.windows(2) {
+        let gap = w[1].since(w[0]);
+        assert!(gap >= interval / 2 && gap <= interval + secs(1), "gap {gap:?} in {hb:?}");
+    }
+    // At its minimum (2, with two live): each refusal in a row doubles the wait, up to four
+    // intervals, and the indexer gets twice the tries.
+    let (hb, evicted) = busy_indexer_heartbeats(2);
+    assert_eq!((hb.len(), evicted.len()), (2 * tries, 1), "{hb:?} {evicted:?}");
+    for (i, w) in hb.windows(2).enumerate() {
+        let gap = w[1].since(w[0]);
+        let least = (interval / 2) * (1 << i.min(2));
+        assert!(gap >= least && gap <= 2 * least + secs(1), "gap {i} {gap:?} in {hb:?}");
+    }
+    assert!(hb[hb.len() - 1].since(hb[0]) >= interval * 7, "{hb:?}");
+}
+
+#[test]
+fn a_node_that_falls_below_its_minimum_stops_backing_off() {
+    let (a, b, c) = (pid("a"), pid("b"), pid("c"));
+    let interval = Config::default().heartbeat_interval;
+    let cfg = Config { min_indexers: 2, ..Config::default() };
+    let mut net = Net::new(cfg, &[a, b], 3)
+        .with(a, Ix { suggestions: vec![c], ..Ix::honest() })
+        .with(b, Ix::honest())
+        .with(c, Ix { mode: Mode::Refuse(RefuseReason::Busy), ..Ix::honest() });
+    net.run_for(secs(1));
+    net.ixm(a).suggestions.clear();
+    // Three refusals in a row at its minimum: the next retry is two to four intervals away.
+    while net.heartbeats_to(c).len() < 3 {
+        net.run_for(Duration::from_millis(100));
+    }
+    net.run_for(secs(1));
+    let refused_at = net.now;
+    // Then b stops answering: the node falls below its minimum when it notices.
+    net.ixm(b).mode = Mode::Silent;
+    net.run_for(interval * 4);
+    let down = net
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, Event::IndexerDown { indexer, .. } if *indexer == b))
+        .map(|(t, _)| *t)
+        .expect("b goes down");
+    let next = net.heartbeats_to(c).into_iter().map(|(t, _)| t).find(|t| *t > refused_at).expect("c asked again");
+    assert!(down < refused_at + interval * 2, "b went down at {down:?}, within the back-off");
+    assert!(
+        next >= down && next <= (refused_at + interval).max(down) + secs(1),
+        "c asked again at {next:?}: b went down at {down:?}, c refused at {refused_at:?}"
+    );
+}
+
 #[test]
 fn failed_heartbeat_evicts_non_seed_and_triggers_consensus() {
     let (s, x, c) = (pid("s"), pid("x"), pid("c"));
