@@ -819,28 +819,6 @@ rate_per_s = 8.0
         assert!(one["network"]["connect_failed"].as_u64().unwrap() > 0, "{}", one["network"]);
     }
 
-    /// Two indexers and two nodes.
-    const SMALL: &str = r#"
-name = "parallel-small"
-seed = 5
-duration = "1m"
-
-[network]
-latency_ms = [10, 20]
-
-[[group]]
-name = "idx"
-count = 2
-role = "indexer"
-seeds = ["idx"]
-
-[[group]]
-name = "n"
-count = 2
-role = "node"
-seeds = ["idx"]
-"#;
-
     /// What becomes of a message from `sender` to `receiver` due at `at`, in the receiver's job,
     /// when the sender's job (job 0) has run up to `progress` and may act on its links from
     /// `taint` on.
@@ -884,9 +862,9 @@ seeds = ["idx"]
     /// replay, in order.
     #[test]
     fn a_message_runs_in_a_job_only_once_its_senders_job_ran_past_it_without_touching_a_link() {
-        let mut sim = Simulation::new(Scenario::from_toml(SMALL).unwrap()).unwrap();
+        let mut sim = Simulation::new(Scenario::from_toml(MIXED).unwrap()).unwrap();
         sim.run_until(EPOCH_MS + 20_000);
-        let (receiver, sender) = (0, 2);
+        let (receiver, sender) = (0, 8);
         assert_eq!((sim.name(receiver), sim.name(sender)), ("idx/0", "n/0"));
         let at = sim.now + 5;
         // The sender's job ran past the message and acts on no link in the window.
