@@ -346,7 +346,8 @@ impl IndexerPool {
             // The indexer's burst guard said "not now" (B §9.2): it is alive and answering, so this
             // is no failure of the indexer. Keep the slot and retry after half to one heartbeat
             // interval, jittered so that refused nodes do not all come back in step; after
-            // `last_indexer_max_failures` refusals in a row it counts as a failure below.
+            // `last_indexer_max_failures` refusals in a row (twice that at the minimum, below)
+            // it counts as a failure.
             //
             // A node that already has its minimum of live indexers is in no hurry: it backs off,
             // each refusal in a row doubling the wait up to four times the first, and gives the
@@ -354,6 +355,7 @@ impl IndexerPool {
             // number of new sessions per window whoever asks, so in a flash crowd the nodes below
             // their minimum get more of them, and the refusals — nine in ten of a join's went to
             // nodes already at their minimum — fall.
+            //
             // Should the node fall below its minimum before the retry, the retry is brought
             // forward to where a node below it would have put it (`hurry_backed_off`).
             let doublings = if at_min { refusals.saturating_sub(1).min(BUSY_MAX_DOUBLINGS) } else { 0 };
